@@ -1,0 +1,51 @@
+// Memory behind backend tags. CPU: 64-byte aligned host memory. CUDA: declared here, defined in
+// cuda/memory.cu (link tessera::cuda to use it).
+#pragma once
+#include <cstddef>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "tessera/core/backend.hpp"
+
+namespace tessera {
+
+template <class B>
+struct Allocator;
+
+template <>
+struct Allocator<cpu> {
+  static void* allocate(size_t bytes) {
+    if (bytes == 0) return nullptr;
+    const size_t rounded = (bytes + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, rounded);
+    if (!p) throw std::bad_alloc();
+    return p;
+  }
+  static void deallocate(void* p) { std::free(p); }
+  static void memset_zero(void* p, size_t bytes) {
+    if (bytes) std::memset(p, 0, bytes);
+  }
+  static void copy(void* dst, const void* src, size_t bytes) {
+    if (bytes) std::memcpy(dst, src, bytes);
+  }
+};
+
+/// Defined in cuda/memory.cu. Errors are thrown as tessera::Error naming the CUDA call.
+template <>
+struct Allocator<cuda> {
+  static void* allocate(size_t bytes);
+  static void deallocate(void* p);
+  static void memset_zero(void* p, size_t bytes);
+  static void copy(void* dst, const void* src, size_t bytes);  // device -> device
+};
+
+namespace cuda_mem {
+/// Host <-> device copies (defined in cuda/memory.cu).
+void to_device(void* dst, const void* src, size_t bytes);
+void to_host(void* dst, const void* src, size_t bytes);
+/// Number of visible devices; 0 when the driver or device is missing (never throws).
+int device_count();
+}  // namespace cuda_mem
+
+}  // namespace tessera

@@ -1,0 +1,3 @@
+// Umbrella header: everything of tessera's host-side library.
+#pragma once
+#include "tessera/core/core.hpp"
