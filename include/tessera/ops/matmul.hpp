@@ -1,0 +1,67 @@
+// Matrix products: general GEMM (transposes, strided batches) and the linear layer's forward/backward.
+// Row-major throughout. CPU: Eigen (-> OpenBLAS when built with EIGEN_USE_BLAS). CUDA: cuBLAS (cuda/gemm.cu).
+#pragma once
+#include <cstdint>
+#include <type_traits>
+
+#include "tessera/core/backend.hpp"
+#include "tessera/ops/eigen.hpp"
+
+namespace tessera::ops {
+
+/// C[M,N] = alpha * op(A) * op(B) + beta * C, op(X) = X or X^T. A is [M,K] (or [K,M] when ta),
+/// B is [K,N] (or [N,K] when tb); lda/ldb/ldc are row strides of the stored matrices.
+template <class T>
+void gemm(cpu, bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A, int64_t lda,
+          const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {
+  auto c = eig::mat(C, M, N, ldc);
+  if (beta == T(0)) c.setZero();
+  else if (beta != T(1)) c *= beta;
+  if (M == 0 || N == 0 || K == 0) return;
+  const auto a = eig::mat(A, ta ? K : M, ta ? M : K, lda);
+  const auto b = eig::mat(B, tb ? N : K, tb ? K : N, ldb);
+  if (!ta && !tb) c.noalias() += alpha * (a * b);
+  else if (!ta && tb) c.noalias() += alpha * (a * b.transpose());
+  else if (ta && !tb) c.noalias() += alpha * (a.transpose() * b);
+  else c.noalias() += alpha * (a.transpose() * b.transpose());
+}
+
+/// `batch` independent GEMMs; matrix i starts at A + i*sa, B + i*sb, C + i*sc.
+template <class T>
+void gemm_batched(cpu, bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+                  int64_t lda, int64_t sa, const T* B, int64_t ldb, int64_t sb, T beta, T* C, int64_t ldc,
+                  int64_t sc, int64_t batch) {
+  for (int64_t i = 0; i < batch; ++i)
+    gemm(cpu{}, ta, tb, M, N, K, alpha, A + i * sa, lda, B + i * sb, ldb, beta, C + i * sc, ldc);
+}
+
+/// y[N,out] = x[N,in] * W[out,in]^T (+ b[out]). PyTorch weight layout.
+template <class B, class T>
+void linear_forward(B be, T* y, const T* x, const T* w, const T* b, int64_t N, int64_t in, int64_t out) {
+  gemm(be, false, true, N, out, in, T(1), x, in, w, in, T(0), y, out);
+  if (b) {
+    static_assert(std::is_same_v<B, cpu>, "bias add on this backend goes through its own kernel");
+    eig::mat(y, N, out).rowwise() += eig::CMapVec<T>(b, out).transpose();
+  }
+}
+
+/// dx = dy W (overwritten, skipped when dx is null); dW += dy^T x; db += sum_rows dy (when db).
+template <class B, class T>
+void linear_backward(B be, T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, int64_t N, int64_t in,
+                     int64_t out) {
+  if (dx) gemm(be, false, false, N, in, out, T(1), dy, out, w, in, T(0), dx, in);
+  if (dw) gemm(be, true, false, out, in, N, T(1), dy, out, x, in, T(1), dw, in);
+  if (db) {
+    static_assert(std::is_same_v<B, cpu>, "bias grad on this backend goes through its own kernel");
+    eig::MapVec<T>(db, out) += eig::mat(dy, N, out).colwise().sum().transpose();
+  }
+}
+
+// CUDA (cuda/gemm.cu, cuBLAS). fp32 and bf16-in/fp32-accumulate variants.
+void gemm(cuda, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+          const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+void gemm_batched(cuda, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                  int64_t lda, int64_t sa, const float* B, int64_t ldb, int64_t sb, float beta, float* C,
+                  int64_t ldc, int64_t sc, int64_t batch);
+
+}  // namespace tessera::ops
