@@ -1,0 +1,114 @@
+// Self-attention with rotary positions and a mask policy; projections are Linear children
+// (q_proj, k_proj, v_proj, o_proj) so checkpoint keys follow the Llama/HF layout. GQA via n_kv_heads.
+#pragma once
+#include <cmath>
+
+#include "tessera/layers/linear.hpp"
+#include "tessera/layers/masks.hpp"
+#include "tessera/ops/attention.hpp"
+#include "tessera/ops/elementwise.hpp"
+
+namespace tessera {
+
+template <class T, class Rope = rope::Interleaved, class Mask = mask::Causal, class B = cpu>
+struct SelfAttention {
+  using value_type = T;
+  using backend = B;
+  struct Saved {
+    typename Linear<T, B>::Saved q_s, k_s, v_s, o_s;
+    Tensor<T, B> q, k, v, attn, lse;
+    Tensor<int64_t> positions;
+  };
+  Linear<T, B> q_proj, k_proj, v_proj, o_proj;
+  int64_t dim = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
+  double rope_theta = 10000.0;
+
+  void setup(const LayerConfig& c) {
+    dim = c.dim;
+    n_heads = c.n_heads;
+    n_kv_heads = c.kv_heads();
+    head_dim = c.hdim();
+    rope_theta = c.rope_theta;
+    TESSERA_CHECK(n_heads > 0 && n_heads % n_kv_heads == 0, "SelfAttention: n_heads ", n_heads,
+                  " is not a multiple of n_kv_heads ", n_kv_heads);
+    q_proj.setup(dim, n_heads * head_dim);
+    k_proj.setup(dim, n_kv_heads * head_dim);
+    v_proj.setup(dim, n_kv_heads * head_dim);
+    o_proj.setup(n_heads * head_dim, dim);
+  }
+  template <class F>
+  void for_each_child(F&& f) {
+    f("q_proj", q_proj);
+    f("k_proj", k_proj);
+    f("v_proj", v_proj);
+    f("o_proj", o_proj);
+  }
+
+  ops::AttnDims dims(const SeqContext& ctx) const {
+    ops::AttnDims d{};
+    d.B = ctx.batch;
+    d.Tq = d.Tk = ctx.seq;
+    d.Hq = n_heads;
+    d.Hkv = n_kv_heads;
+    d.Dh = head_dim;
+    d.q_stride = d.o_stride = n_heads * head_dim;
+    d.k_stride = d.v_stride = n_kv_heads * head_dim;
+    d.scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+    return d;
+  }
+
+  void forward(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s) const {
+    TESSERA_CHECK(x.size(0) == ctx.rows(), "SelfAttention: ", x.size(0), " rows but the context has ",
+                  ctx.batch, " x ", ctx.seq);
+    q_proj.forward(ctx, x, s.q, s.q_s);
+    k_proj.forward(ctx, x, s.k, s.k_s);
+    v_proj.forward(ctx, x, s.v, s.v_s);
+    const int64_t n = ctx.rows();
+    if constexpr (Rope::enabled) {
+      const int64_t* pos = positions(ctx, s);
+      ops::rope_forward(B{}, s.q.data(), n_heads * head_dim, pos, n, n_heads, head_dim, rope_theta, Rope::style);
+      ops::rope_forward(B{}, s.k.data(), n_kv_heads * head_dim, pos, n, n_kv_heads, head_dim, rope_theta,
+                        Rope::style);
+    }
+    const auto d = dims(ctx);
+    s.attn.resize_uninit({n, n_heads * head_dim});
+    s.lse.resize_uninit({ctx.batch, n_heads, ctx.seq});
+    ops::attention_forward(B{}, d, Mask::make(ctx), s.q.data(), s.k.data(), s.v.data(), s.attn.data(),
+                           s.lse.data());
+    o_proj.forward(ctx, s.attn, y, s.o_s);
+  }
+
+  void backward(const SeqContext& ctx, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {
+    const int64_t n = ctx.rows();
+    o_proj.backward(ctx, dy, d_attn_, s.o_s);
+    dq_.resize_uninit(s.q.shape());
+    dk_.resize_uninit(s.k.shape());
+    dv_.resize_uninit(s.v.shape());
+    ops::attention_backward(B{}, dims(ctx), Mask::make(ctx), s.q.data(), s.k.data(), s.v.data(), s.attn.data(),
+                            s.lse.data(), d_attn_.data(), dq_.data(), dk_.data(), dv_.data());
+    if constexpr (Rope::enabled) {
+      const int64_t* pos = ctx.positions ? ctx.positions : s.positions.data();
+      ops::rope_backward(B{}, dq_.data(), n_heads * head_dim, pos, n, n_heads, head_dim, rope_theta, Rope::style);
+      ops::rope_backward(B{}, dk_.data(), n_kv_heads * head_dim, pos, n, n_kv_heads, head_dim, rope_theta,
+                         Rope::style);
+    }
+    q_proj.backward(ctx, dq_, dx, s.q_s);
+    k_proj.backward(ctx, dk_, tmp_, s.k_s);
+    ops::add_inplace(B{}, dx.data(), tmp_.data(), dx.numel());
+    v_proj.backward(ctx, dv_, tmp_, s.v_s);
+    ops::add_inplace(B{}, dx.data(), tmp_.data(), dx.numel());
+  }
+
+ private:
+  /// Rotary positions: the context's, or pos_offset + t within each sequence.
+  static const int64_t* positions(const SeqContext& ctx, Saved& s) {
+    if (ctx.positions) return ctx.positions;
+    s.positions.resize_uninit({ctx.rows()});
+    for (int64_t b = 0; b < ctx.batch; ++b)
+      for (int64_t t = 0; t < ctx.seq; ++t) s.positions[b * ctx.seq + t] = ctx.pos_offset + t;
+    return s.positions.data();
+  }
+  Tensor<T, B> d_attn_, dq_, dk_, dv_, tmp_;  // backward scratch, reused across steps
+};
+
+}  // namespace tessera

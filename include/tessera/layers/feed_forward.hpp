@@ -1,0 +1,60 @@
+// SwiGLU feed-forward (Llama): y = down(silu(gate(x)) * up(x)).
+#pragma once
+#include "tessera/layers/linear.hpp"
+#include "tessera/ops/activation.hpp"
+#include "tessera/ops/elementwise.hpp"
+
+namespace tessera {
+
+template <class T, class B = cpu>
+struct SwiGlu {
+  using value_type = T;
+  using backend = B;
+  struct Saved {
+    typename Linear<T, B>::Saved gate_s, up_s, down_s;
+    Tensor<T, B> gate, up, hidden;
+  };
+  Linear<T, B> gate_proj, up_proj, down_proj;
+  int64_t dim = 0, hidden = 0;
+
+  void setup(const LayerConfig& c) { setup(c.dim, c.ffn_hidden); }
+  void setup(int64_t d, int64_t h) {
+    dim = d;
+    hidden = h;
+    gate_proj.setup(d, h);
+    up_proj.setup(d, h);
+    down_proj.setup(h, d);
+  }
+  template <class F>
+  void for_each_child(F&& f) {
+    f("gate_proj", gate_proj);
+    f("up_proj", up_proj);
+    f("down_proj", down_proj);
+  }
+
+  void forward(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s) const {
+    gate_proj.forward(ctx, x, s.gate, s.gate_s);
+    up_proj.forward(ctx, x, s.up, s.up_s);
+    s.hidden.resize_uninit(s.gate.shape());
+    ops::swiglu_forward(B{}, s.hidden.data(), s.gate.data(), s.up.data(), s.gate.size(0), hidden);
+    down_proj.forward(ctx, s.hidden, y, s.down_s);
+  }
+  void backward(const SeqContext& ctx, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {
+    Tensor<T, B>& dh = scratch_[0];
+    down_proj.backward(ctx, dy, dh, s.down_s);
+    Tensor<T, B>& dgate = scratch_[1];
+    Tensor<T, B>& dup = scratch_[2];
+    dgate.resize_uninit(s.gate.shape());
+    dup.resize_uninit(s.up.shape());
+    ops::swiglu_backward(B{}, dgate.data(), dup.data(), dh.data(), s.gate.data(), s.up.data(), s.gate.size(0),
+                         hidden);
+    gate_proj.backward(ctx, dgate, dx, s.gate_s);
+    up_proj.backward(ctx, dup, scratch_[0], s.up_s);
+    ops::add_inplace(B{}, dx.data(), scratch_[0].data(), dx.numel());
+  }
+
+ private:
+  Tensor<T, B> scratch_[3];  // backward temporaries, reused across steps
+};
+
+}  // namespace tessera

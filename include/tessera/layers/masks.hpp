@@ -1,0 +1,66 @@
+// Layer-level mask policies: types that build an ops::mask policy from a SeqContext at forward time.
+// A layer names its mask as a template argument (SelfAttention<T, rope::Interleaved, mask::Causal>);
+// the ids it needs (documents, segments, validity) travel in the context, never as a T×T matrix.
+#pragma once
+#include "tessera/layers/context.hpp"
+#include "tessera/ops/mask.hpp"
+#include "tessera/ops/rope.hpp"
+
+namespace tessera::mask {
+
+struct None {
+  static ops::mask::Full make(const SeqContext&) { return {}; }
+};
+struct Causal {
+  static ops::mask::Causal make(const SeqContext&) { return {}; }
+};
+/// Causal within the last ctx.window positions (ctx.window == 0: plain causal over everything).
+struct SlidingWindow {
+  static ops::mask::SlidingWindow make(const SeqContext& c) {
+    return ops::mask::SlidingWindow{c.window > 0 ? c.window : INT64_MAX / 4};
+  }
+};
+/// Same document only (ctx.doc_ids); combine with Causal via All<>.
+struct Document {
+  static ops::mask::DocumentCuts make(const SeqContext& c) {
+    TESSERA_CHECK(c.doc_ids, "mask::Document needs SeqContext::doc_ids");
+    return ops::mask::DocumentCuts{c.doc_ids, c.doc_ids, true};
+  }
+};
+/// Block-causal over segments (ctx.segment_ids, non-decreasing per row), e.g. BLT's patches.
+struct BlockCausal {
+  static ops::mask::BlockCausal make(const SeqContext& c) {
+    TESSERA_CHECK(c.segment_ids, "mask::BlockCausal needs SeqContext::segment_ids");
+    return ops::mask::BlockCausal{c.segment_ids, c.segment_ids, true};
+  }
+};
+/// Padding keys excluded (ctx.key_valid).
+struct KeyValid {
+  static ops::mask::KeyValid make(const SeqContext& c) {
+    TESSERA_CHECK(c.key_valid, "mask::KeyValid needs SeqContext::key_valid");
+    return ops::mask::KeyValid{c.key_valid};
+  }
+};
+/// Conjunction of layer-level masks.
+template <class... Ms>
+struct All {
+  static auto make(const SeqContext& c) { return ops::mask::All{Ms::make(c)...}; }
+};
+
+}  // namespace tessera::mask
+
+namespace tessera::rope {
+/// Rotary policies for attention layers.
+struct Interleaved {
+  static constexpr bool enabled = true;
+  static constexpr ops::RopeStyle style = ops::RopeStyle::Interleaved;
+};
+struct Half {
+  static constexpr bool enabled = true;
+  static constexpr ops::RopeStyle style = ops::RopeStyle::Half;
+};
+struct None {
+  static constexpr bool enabled = false;
+  static constexpr ops::RopeStyle style = ops::RopeStyle::Interleaved;
+};
+}  // namespace tessera::rope

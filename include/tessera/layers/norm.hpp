@@ -1,0 +1,89 @@
+// Normalisation layers: RmsNorm (Llama) and LayerNorm, each a thin wrapper over ops/norm.hpp.
+#pragma once
+#include "tessera/core/param.hpp"
+#include "tessera/layers/context.hpp"
+#include "tessera/ops/norm.hpp"
+
+namespace tessera {
+
+template <class T, class B = cpu>
+struct RmsNorm {
+  using value_type = T;
+  using backend = B;
+  struct Params {
+    BOOST_HANA_DEFINE_STRUCT(Params, (Param<T, B>, weight));
+  };
+  struct Saved {
+    TensorView<const T> x;
+    Tensor<T, B> rstd;
+  };
+  Params params;
+  int64_t dim = 0;
+  double eps = 1e-5;
+
+  void setup(const LayerConfig& c) { setup(c.dim, c.norm_eps); }
+  void setup(int64_t d, double e) {
+    dim = d;
+    eps = e;
+    params.weight.resize({d});
+    std::fill(params.weight.value.begin(), params.weight.value.end(), T(1));
+  }
+  void forward(const SeqContext&, TensorView<const T> x, Tensor<T, B>& y, Saved& s) const {
+    TESSERA_CHECK(x.rank() == 2 && x.size(1) == dim, "RmsNorm: input ", x.shape, " does not match dim ", dim);
+    const int64_t n = x.size(0);
+    y.resize_uninit({n, dim});
+    s.rstd.resize_uninit({n});
+    ops::rmsnorm_forward(B{}, y.data(), s.rstd.data(), x.data(), params.weight.value.data(), n, dim, eps);
+    s.x = x;
+  }
+  void backward(const SeqContext&, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {
+    const int64_t n = s.x.size(0);
+    dx.resize_uninit({n, dim});
+    ops::rmsnorm_backward(B{}, dx.data(), params.weight.grad.data(), dy.data(), s.x.data(),
+                          params.weight.value.data(), s.rstd.data(), n, dim);
+  }
+};
+
+template <class T, class B = cpu>
+struct LayerNorm {
+  using value_type = T;
+  using backend = B;
+  struct Params {
+    BOOST_HANA_DEFINE_STRUCT(Params, (Param<T, B>, weight), (Param<T, B>, bias));
+  };
+  struct Saved {
+    TensorView<const T> x;
+    Tensor<T, B> mean, rstd;
+  };
+  Params params;
+  int64_t dim = 0;
+  double eps = 1e-5;
+
+  void setup(const LayerConfig& c) { setup(c.dim, c.norm_eps); }
+  void setup(int64_t d, double e, bool bias = true) {
+    dim = d;
+    eps = e;
+    params.weight.resize({d});
+    std::fill(params.weight.value.begin(), params.weight.value.end(), T(1));
+    if (bias) params.bias.resize({d});
+  }
+  void forward(const SeqContext&, TensorView<const T> x, Tensor<T, B>& y, Saved& s) const {
+    TESSERA_CHECK(x.rank() == 2 && x.size(1) == dim, "LayerNorm: input ", x.shape, " does not match dim ", dim);
+    const int64_t n = x.size(0);
+    y.resize_uninit({n, dim});
+    s.mean.resize_uninit({n});
+    s.rstd.resize_uninit({n});
+    ops::layernorm_forward(B{}, y.data(), s.mean.data(), s.rstd.data(), x.data(), params.weight.value.data(),
+                           params.bias.present() ? params.bias.value.data() : nullptr, n, dim, eps);
+    s.x = x;
+  }
+  void backward(const SeqContext&, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {
+    const int64_t n = s.x.size(0);
+    dx.resize_uninit({n, dim});
+    ops::layernorm_backward(B{}, dx.data(), params.weight.grad.data(),
+                            params.bias.present() ? params.bias.grad.data() : nullptr, dy.data(), s.x.data(),
+                            params.weight.value.data(), s.mean.data(), s.rstd.data(), n, dim);
+  }
+};
+
+}  // namespace tessera

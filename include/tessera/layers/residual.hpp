@@ -1,0 +1,105 @@
+// Residual composites: PreNormResidual (y = x + inner(norm(x)), Llama/BLT) and PostNormResidual
+// (y = norm(x + inner(x))). Both passes derive from the two children's passes.
+#pragma once
+#include <string_view>
+#include <type_traits>
+
+#include "tessera/layers/named.hpp"
+#include "tessera/ops/elementwise.hpp"
+
+namespace tessera {
+
+namespace detail {
+template <class L>
+concept Transparent = requires { requires L::transparent; };
+
+/// Children of composites: a Named<> child contributes its own name; a transparent composite (a residual
+/// wrapper) adds no level of its own; any other child is named by the given fallback (its index).
+template <class L, class F>
+void visit_child(L& child, std::string_view fallback, F&& f) {
+  using U = std::remove_const_t<L>;
+  if constexpr (is_named_v<U> || Transparent<U>) child.for_each_child(f);
+  else f(fallback, child);
+}
+}  // namespace detail
+
+template <class Norm, class Inner>
+struct PreNormResidual {
+  using value_type = typename Inner::value_type;
+  using backend = typename Inner::backend;
+  using T = value_type;
+  using B = backend;
+  static constexpr bool transparent = true;  // adds no name level: "input_layernorm", "self_attn"
+  struct Saved {
+    typename Norm::Saved norm_s;
+    typename Inner::Saved inner_s;
+    Tensor<T, B> normed;
+  };
+  Norm norm;
+  Inner inner;
+
+  void setup(const LayerConfig& c) {
+    norm.setup(c);
+    inner.setup(c);
+  }
+  template <class F>
+  void for_each_child(F&& f) {
+    detail::visit_child(norm, "norm", f);
+    detail::visit_child(inner, "inner", f);
+  }
+  void forward(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s) {
+    norm.forward(ctx, x, s.normed, s.norm_s);
+    inner.forward(ctx, s.normed, y, s.inner_s);
+    ops::add_inplace(B{}, y.data(), x.data(), x.numel());
+  }
+  /// dx = dy + norm'(inner'(dy)).
+  void backward(const SeqContext& ctx, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {
+    inner.backward(ctx, dy, scratch_, s.inner_s);
+    norm.backward(ctx, scratch_, dx, s.norm_s);
+    ops::add_inplace(B{}, dx.data(), dy.data(), dy.numel());
+  }
+
+ private:
+  Tensor<T, B> scratch_;
+};
+
+template <class Norm, class Inner>
+struct PostNormResidual {
+  using value_type = typename Inner::value_type;
+  using backend = typename Inner::backend;
+  using T = value_type;
+  using B = backend;
+  static constexpr bool transparent = true;
+  struct Saved {
+    typename Inner::Saved inner_s;
+    typename Norm::Saved norm_s;
+    Tensor<T, B> sum;
+  };
+  Norm norm;
+  Inner inner;
+
+  void setup(const LayerConfig& c) {
+    norm.setup(c);
+    inner.setup(c);
+  }
+  template <class F>
+  void for_each_child(F&& f) {
+    detail::visit_child(norm, "norm", f);
+    detail::visit_child(inner, "inner", f);
+  }
+  void forward(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s) {
+    inner.forward(ctx, x, s.sum, s.inner_s);
+    ops::add_inplace(B{}, s.sum.data(), x.data(), x.numel());
+    norm.forward(ctx, s.sum, y, s.norm_s);
+  }
+  void backward(const SeqContext& ctx, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {
+    norm.backward(ctx, dy, scratch_, s.norm_s);
+    inner.backward(ctx, scratch_, dx, s.inner_s);
+    ops::add_inplace(B{}, dx.data(), scratch_.data(), scratch_.numel());
+  }
+
+ private:
+  Tensor<T, B> scratch_;
+};
+
+}  // namespace tessera

@@ -1,0 +1,141 @@
+// A Llama-style transformer (RMSNorm, interleaved RoPE, GQA, SwiGLU, no biases) composed only from
+// library layers. Used as the byte-level LM of tessera's first app and as BLT's entropy model.
+#pragma once
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "tessera/layers/layers.hpp"
+#include "tessera/ops/loss.hpp"
+
+namespace tessera::models {
+
+struct LlamaConfig {
+  int64_t vocab_size = 256, dim = 256, n_layers = 4, n_heads = 4, n_kv_heads = 0, ffn_hidden = 0;
+  double norm_eps = 1e-5, rope_theta = 10000.0;
+  int64_t window = 0;  // sliding attention window (0 = full causal)
+
+  LayerConfig layer() const {
+    LayerConfig c;
+    c.dim = dim;
+    c.n_layers = n_layers;
+    c.n_heads = n_heads;
+    c.n_kv_heads = n_kv_heads ? n_kv_heads : n_heads;
+    c.ffn_hidden = ffn_hidden;
+    c.norm_eps = norm_eps;
+    c.rope_theta = rope_theta;
+    return c;
+  }
+  /// Reads a JSON object; every size is required, eps/theta/window optional. Errors name the field.
+  static LlamaConfig from_json(const nlohmann::json& j, const std::string& where = "model config") {
+    auto req = [&](const char* f) -> int64_t {
+      TESSERA_CHECK(j.is_object() && j.contains(f), where, ": missing field '", f, "'");
+      TESSERA_CHECK(j[f].is_number_integer() && j[f].get<int64_t>() > 0, where, ": field '", f,
+                    "' must be a positive integer");
+      return j[f].get<int64_t>();
+    };
+    auto opt = [&](const char* f, double d) {
+      if (!j.contains(f)) return d;
+      TESSERA_CHECK(j[f].is_number(), where, ": field '", f, "' must be a number");
+      return j[f].get<double>();
+    };
+    LlamaConfig c;
+    c.vocab_size = req("vocab_size");
+    c.dim = req("dim");
+    c.n_layers = req("n_layers");
+    c.n_heads = req("n_heads");
+    c.n_kv_heads = j.contains("n_kv_heads") ? req("n_kv_heads") : c.n_heads;
+    c.ffn_hidden = req("ffn_hidden");
+    c.norm_eps = opt("norm_eps", 1e-5);
+    c.rope_theta = opt("rope_theta", 10000.0);
+    c.window = static_cast<int64_t>(opt("window", 0));
+    TESSERA_CHECK(c.dim % c.n_heads == 0, where, ": dim ", c.dim, " is not divisible by n_heads ", c.n_heads);
+    TESSERA_CHECK(c.n_heads % c.n_kv_heads == 0, where, ": n_heads ", c.n_heads,
+                  " is not a multiple of n_kv_heads ", c.n_kv_heads);
+    return c;
+  }
+  nlohmann::json to_json() const {
+    return {{"vocab_size", vocab_size}, {"dim", dim},           {"n_layers", n_layers},
+            {"n_heads", n_heads},       {"n_kv_heads", n_kv_heads ? n_kv_heads : n_heads},
+            {"ffn_hidden", ffn_hidden}, {"norm_eps", norm_eps}, {"rope_theta", rope_theta},
+            {"window", window}};
+  }
+};
+
+/// One Llama block, with the key names of the reference implementations.
+template <class T, class Mask = mask::SlidingWindow, class B = cpu>
+using LlamaBlock =
+    Sequence<PreNormResidual<Named<"input_layernorm", RmsNorm<T, B>>,
+                             Named<"self_attn", SelfAttention<T, rope::Interleaved, Mask, B>>>,
+             PreNormResidual<Named<"post_attention_layernorm", RmsNorm<T, B>>, Named<"mlp", SwiGlu<T, B>>>>;
+
+template <class T, class B = cpu>
+class Llama {
+ public:
+  using value_type = T;
+  using backend = B;
+  LlamaConfig config;
+  Embedding<T, B> embed_tokens;
+  Stack<LlamaBlock<T, mask::SlidingWindow, B>> layers;
+  RmsNorm<T, B> norm;
+  Linear<T, B> lm_head;
+
+  Llama() = default;
+  explicit Llama(const LlamaConfig& c) { setup(c); }
+  void setup(const LlamaConfig& c) {
+    config = c;
+    embed_tokens.setup(c.vocab_size, c.dim);
+    layers.setup(c.layer());
+    norm.setup(c.layer());
+    lm_head.setup(c.dim, c.vocab_size);
+  }
+  template <class F>
+  void for_each_child(F&& f) {
+    f("embed_tokens", embed_tokens);
+    f("layers", layers);
+    f("norm", norm);
+    f("lm_head", lm_head);
+  }
+
+  /// ids: [B*T] row-major -> logits [B*T, vocab]. Keeps what backward needs until the next forward.
+  const Tensor<T, B>& forward(const int64_t* ids, int64_t batch, int64_t seq) {
+    ctx_ = SeqContext{};
+    ctx_.batch = batch;
+    ctx_.seq = seq;
+    ctx_.window = config.window;
+    embed_tokens.forward(ids, ctx_.rows(), x0_, s_.embed);
+    layers.forward(ctx_, x0_, h_, s_.layers);
+    norm.forward(ctx_, h_, hn_, s_.norm);
+    lm_head.forward(ctx_, hn_, logits_, s_.head);
+    return logits_;
+  }
+  const Tensor<T, B>& logits() const { return logits_; }
+
+  /// Mean cross-entropy of the last forward's logits against targets [B*T] (ignore_index skipped).
+  double loss(const int64_t* targets, int64_t ignore_index = -100) const {
+    return ops::cross_entropy_forward(B{}, static_cast<T*>(nullptr), logits_.data(), targets, ctx_.rows(),
+                                      config.vocab_size, ignore_index);
+  }
+  /// Gradient of loss(targets) * scale into every Param::grad (accumulated; call zero_grads first).
+  void backward(const int64_t* targets, double scale = 1.0, int64_t ignore_index = -100) {
+    dlogits_.resize_uninit(logits_.shape());
+    ops::cross_entropy_backward(B{}, dlogits_.data(), logits_.data(), targets, ctx_.rows(), config.vocab_size,
+                                scale, ignore_index);
+    lm_head.backward(ctx_, dlogits_, g1_, s_.head);
+    norm.backward(ctx_, g1_, g2_, s_.norm);
+    layers.backward(ctx_, g2_, g1_, s_.layers);
+    embed_tokens.backward(g1_, s_.embed);
+  }
+
+ private:
+  struct Saved {
+    typename Embedding<T, B>::Saved embed;
+    typename Stack<LlamaBlock<T, mask::SlidingWindow, B>>::Saved layers;
+    typename RmsNorm<T, B>::Saved norm;
+    typename Linear<T, B>::Saved head;
+  };
+  SeqContext ctx_;
+  Saved s_;
+  Tensor<T, B> x0_, h_, hn_, logits_, dlogits_, g1_, g2_;
+};
+
+}  // namespace tessera::models

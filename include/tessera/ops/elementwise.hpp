@@ -1,0 +1,26 @@
+// Elementwise helpers used by composite layers (residual sums, gradient accumulation).
+#pragma once
+#include <cstdint>
+
+#include "tessera/core/backend.hpp"
+#include "tessera/ops/eigen.hpp"
+
+namespace tessera::ops {
+
+/// y += x over n elements.
+template <class T>
+void add_inplace(cpu, T* y, const T* x, int64_t n) {
+  eig::MapVec<T>(y, n) += eig::CMapVec<T>(x, n);
+}
+/// z = x + y over n elements.
+template <class T>
+void add(cpu, T* z, const T* x, const T* y, int64_t n) {
+  eig::MapVec<T>(z, n) = eig::CMapVec<T>(x, n) + eig::CMapVec<T>(y, n);
+}
+/// y *= a over n elements.
+template <class T>
+void scale_inplace(cpu, T* y, T a, int64_t n) {
+  eig::MapVec<T>(y, n) *= a;
+}
+
+}  // namespace tessera::ops
