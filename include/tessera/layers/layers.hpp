@@ -2,6 +2,7 @@
 #pragma once
 #include "tessera/layers/attention.hpp"
 #include "tessera/layers/context.hpp"
+#include "tessera/layers/cross_attention.hpp"
 #include "tessera/layers/embedding.hpp"
 #include "tessera/layers/feed_forward.hpp"
 #include "tessera/layers/init.hpp"

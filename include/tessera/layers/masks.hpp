@@ -10,6 +10,7 @@ namespace tessera::mask {
 
 struct None {
   static ops::mask::Full make(const SeqContext&) { return {}; }
+  static ops::mask::Full make_cross(const SeqContext&, const SeqContext&) { return {}; }
 };
 struct Causal {
   static ops::mask::Causal make(const SeqContext&) { return {}; }
@@ -39,6 +40,14 @@ struct KeyValid {
   static ops::mask::KeyValid make(const SeqContext& c) {
     TESSERA_CHECK(c.key_valid, "mask::KeyValid needs SeqContext::key_valid");
     return ops::mask::KeyValid{c.key_valid};
+  }
+};
+/// Cross-attention between rows of equal segment id (e.g. a byte and its own patch): the query context's
+/// segment_ids against the key context's (keys' ids non-decreasing per row).
+struct SegmentMatch {
+  static ops::mask::SegmentEqual make_cross(const SeqContext& q, const SeqContext& k) {
+    TESSERA_CHECK(q.segment_ids && k.segment_ids, "mask::SegmentMatch needs segment_ids on both contexts");
+    return ops::mask::SegmentEqual{q.segment_ids, k.segment_ids, true};
   }
 };
 /// Conjunction of layer-level masks.

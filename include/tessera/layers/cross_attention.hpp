@@ -1,0 +1,89 @@
+// Cross-attention: queries from x (query context), keys/values from a source sequence (key context),
+// projections q_proj/k_proj/v_proj/o_proj, no rotary positions, a cross mask policy (Mask::make_cross).
+#pragma once
+#include <cmath>
+
+#include "tessera/layers/linear.hpp"
+#include "tessera/layers/masks.hpp"
+#include "tessera/ops/attention.hpp"
+#include "tessera/ops/elementwise.hpp"
+
+namespace tessera {
+
+template <class T, class Mask = mask::None, class B = cpu>
+struct CrossAttention {
+  using value_type = T;
+  using backend = B;
+  struct Saved {
+    typename Linear<T, B>::Saved q_s, k_s, v_s, o_s;
+    Tensor<T, B> q, k, v, attn, lse;
+    SeqContext kctx;
+  };
+  Linear<T, B> q_proj, k_proj, v_proj, o_proj;
+  int64_t dim = 0, kv_dim = 0, n_heads = 0, head_dim = 0;
+
+  void setup(const LayerConfig& c) {
+    dim = c.dim;
+    kv_dim = c.source_dim();
+    n_heads = c.n_heads;
+    head_dim = c.hdim();
+    q_proj.setup(dim, n_heads * head_dim);
+    k_proj.setup(kv_dim, n_heads * head_dim);
+    v_proj.setup(kv_dim, n_heads * head_dim);
+    o_proj.setup(n_heads * head_dim, dim);
+  }
+  template <class F>
+  void for_each_child(F&& f) {
+    f("q_proj", q_proj);
+    f("k_proj", k_proj);
+    f("v_proj", v_proj);
+    f("o_proj", o_proj);
+  }
+
+  /// x: [q.rows(), dim] attends to src: [k.rows(), kv_dim]; both contexts share the batch size.
+  void forward(const SeqContext& q, TensorView<const T> x, const SeqContext& k, TensorView<const T> src,
+               Tensor<T, B>& y, Saved& s) const {
+    TESSERA_CHECK(q.batch == k.batch, "CrossAttention: query batch ", q.batch, " != key batch ", k.batch);
+    TESSERA_CHECK(src.size(0) == k.rows() && src.size(1) == kv_dim, "CrossAttention: source ", src.shape,
+                  " does not match ", k.rows(), " rows of width ", kv_dim);
+    q_proj.forward(q, x, s.q, s.q_s);
+    k_proj.forward(k, src, s.k, s.k_s);
+    v_proj.forward(k, src, s.v, s.v_s);
+    s.attn.resize_uninit({q.rows(), n_heads * head_dim});
+    s.lse.resize_uninit({q.batch, n_heads, q.seq});
+    s.kctx = k;
+    ops::attention_forward(B{}, dims(q, k), Mask::make_cross(q, k), s.q.data(), s.k.data(), s.v.data(),
+                           s.attn.data(), s.lse.data());
+    o_proj.forward(q, s.attn, y, s.o_s);
+  }
+  /// dx (overwritten) and dsrc (overwritten) from dy; parameter gradients accumulated.
+  void backward(const SeqContext& q, TensorView<const T> dy, Tensor<T, B>& dx, Tensor<T, B>& dsrc, Saved& s) {
+    const SeqContext& k = s.kctx;
+    o_proj.backward(q, dy, d_attn_, s.o_s);
+    dq_.resize_uninit(s.q.shape());
+    dk_.resize_uninit(s.k.shape());
+    dv_.resize_uninit(s.v.shape());
+    ops::attention_backward(B{}, dims(q, k), Mask::make_cross(q, k), s.q.data(), s.k.data(), s.v.data(),
+                            s.attn.data(), s.lse.data(), d_attn_.data(), dq_.data(), dk_.data(), dv_.data());
+    q_proj.backward(q, dq_, dx, s.q_s);
+    k_proj.backward(k, dk_, dsrc, s.k_s);
+    v_proj.backward(k, dv_, tmp_, s.v_s);
+    ops::add_inplace(B{}, dsrc.data(), tmp_.data(), dsrc.numel());
+  }
+
+ private:
+  ops::AttnDims dims(const SeqContext& q, const SeqContext& k) const {
+    ops::AttnDims d{};
+    d.B = q.batch;
+    d.Tq = q.seq;
+    d.Tk = k.seq;
+    d.Hq = d.Hkv = n_heads;
+    d.Dh = head_dim;
+    d.q_stride = d.o_stride = d.k_stride = d.v_stride = n_heads * head_dim;
+    d.scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+    return d;
+  }
+  Tensor<T, B> d_attn_, dq_, dk_, dv_, tmp_;
+};
+
+}  // namespace tessera

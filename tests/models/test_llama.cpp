@@ -1,0 +1,75 @@
+// The composed Llama: end-to-end finite-difference gradient check in double through embedding, blocks,
+// final norm, head and cross-entropy; reflected checkpoint names; config errors.
+#include <gtest/gtest.h>
+
+#include "support/gradcheck.hpp"
+#include "tessera/models/llama.hpp"
+
+using namespace tessera;
+
+namespace {
+models::LlamaConfig tiny() {
+  models::LlamaConfig c;
+  c.vocab_size = 11;
+  c.dim = 8;
+  c.n_layers = 2;
+  c.n_heads = 2;
+  c.n_kv_heads = 1;
+  c.ffn_hidden = 12;
+  return c;
+}
+}  // namespace
+
+TEST(Llama, NamesFollowTheReferenceLayout) {
+  models::Llama<float> m(tiny());
+  std::vector<std::string> names;
+  for_each_param(m, [&](const std::string& n, auto&) { names.push_back(n); });
+  ASSERT_EQ(names.size(), 1u + 2 * 9 + 2);
+  EXPECT_EQ(names.front(), "embed_tokens.weight");
+  EXPECT_EQ(names[1], "layers.0.input_layernorm.weight");
+  EXPECT_EQ(names[3], "layers.0.self_attn.k_proj.weight");
+  EXPECT_EQ(names[19], "norm.weight");
+  EXPECT_EQ(names.back(), "lm_head.weight");
+  EXPECT_EQ(count_params(m), 11 * 8 * 2 + 2 * (8 + 8 * 8 + 2 * 4 * 8 + 8 * 8 + 8 + 3 * 8 * 12) + 8);
+}
+
+TEST(Llama, EndToEndGradientsMatchFiniteDifferences) {
+  for (int64_t window : {0, 2}) {
+    auto cfg = tiny();
+    cfg.window = window;
+    models::Llama<double> m(cfg);
+    Rng rng(11);
+    init_normal(m, rng, 0.4);
+    std::vector<int64_t> ids = {1, 5, 7, 2, 9, 3, 0, 10, 4, 4}, tgt = {5, 7, 2, 9, 3, -100, 10, 4, 4, 6};
+    m.forward(ids.data(), 2, 5);
+    zero_grads(m);
+    m.backward(tgt.data());
+    auto loss = [&] {
+      m.forward(ids.data(), 2, 5);
+      return m.loss(tgt.data());
+    };
+    for_each_param(m, [&](const std::string& name, auto& p) {
+      Tensor<double> g = p.grad.clone();
+      tessera::testing::expect_grad_close(name + " (window " + std::to_string(window) + ")", p.value.data(), g.data(),
+                                 p.value.numel(), loss, 1e-6, 1e-5, 1e-8);
+    });
+  }
+}
+
+TEST(Llama, BadConfigAndInputsGiveClearErrors) {
+  nlohmann::json j = {{"vocab_size", 256}, {"dim", 64}, {"n_layers", 2}, {"n_heads", 4}};
+  try {
+    models::LlamaConfig::from_json(j, "cfg.json");
+    FAIL() << "no error for a missing field";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cfg.json: missing field 'ffn_hidden'"), std::string::npos) << e.what();
+  }
+  j["ffn_hidden"] = "big";
+  EXPECT_THROW(models::LlamaConfig::from_json(j), Error);
+  j["ffn_hidden"] = 128;
+  j["n_heads"] = 5;
+  EXPECT_THROW(models::LlamaConfig::from_json(j), Error);
+  models::Llama<float> m(tiny());
+  std::vector<int64_t> bad = {1, 2, 99};
+  EXPECT_THROW(m.forward(bad.data(), 1, 3), Error);
+}
