@@ -95,8 +95,9 @@ int cmd_train(const std::string& config_path, const std::string& data_override, 
   const double bpb0 = resume ? NAN : heldout_bpb(model, split.heldout, dcfg.batch, T, dcfg.eval_windows);
   if (!resume) std::printf("held-out bpb at start: %.4f\n", bpb0);
   const auto res = trainer.run();
-  std::printf("held-out bpb at end: %.4f (step %lld)\n", res.last_eval.value("val_bpb", NAN),
-              static_cast<long long>(res.steps_done));
+  if (res.last_eval.is_object())
+    std::printf("held-out bpb at end: %.4f (step %lld)\n", res.last_eval.value("val_bpb", NAN),
+                static_cast<long long>(res.steps_done));
   std::printf("sample: %s\n", lm::sample_text(model, "The ", 160, 0.8, 40, tcfg.seed).c_str());
   return 0;
 }

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Build tessera's CPU benchmarks, run them and the PyTorch eager baseline at 1 and 2 threads, print a Markdown
+# table (tessera vs PyTorch, ratio, GEMM GFLOP/s).
+#
+#   benchmarks/run_cpu.sh                 # build dir build-bench, threads "1 2"
+#   THREADS="1 2 4" BUILD=build-x benchmarks/run_cpu.sh
+#   WAIT_QUIET=1 benchmarks/run_cpu.sh    # first wait (2-minute steps, up to 40 min) for 1-min load < 1.0
+#
+# Threads: tessera runs its own loops with OpenMP and its large GEMMs in OpenBLAS (Debian's pthreads build,
+# through Eigen's EIGEN_USE_BLAS); PyTorch uses OpenMP for ATen and the same OpenBLAS for GEMMs. Both pools
+# are capped at N for both programs via OMP_NUM_THREADS and OPENBLAS_NUM_THREADS.
+# Results (Google Benchmark JSON, torch JSON, table.md) go to $BUILD/bench-results/.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=${BUILD:-build-bench}
+[[ $BUILD = /* ]] || BUILD="$ROOT/$BUILD"
+THREADS=${THREADS:-"1 2"}
+PY=${PY:-/usr/bin/python3}  # Debian's python3 has torch 1.13; a pyenv `python3` on PATH does not
+OUT="$BUILD/bench-results"
+BENCHES=(bench_train_step bench_gemm bench_attention)
+
+if [[ ! -f $BUILD/CMakeCache.txt ]]; then
+  cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DTESSERA_CUDA=OFF
+fi
+cmake --build "$BUILD" -j2 --target "${BENCHES[@]}"
+
+if [[ ${WAIT_QUIET:-0} = 1 ]]; then
+  for _ in $(seq 20); do
+    load=$(cut -d' ' -f1 /proc/loadavg)
+    awk -v l="$load" 'BEGIN { exit !(l < 1.0) }' && break
+    echo "load average $load >= 1.0: waiting 2 minutes" >&2
+    sleep 120
+  done
+fi
+
+mkdir -p "$OUT"
+{
+  echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+  echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') | $(nproc) cores"
+  echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "tessera blas: $(ldd "$BUILD/benchmarks/bench_gemm" | grep -Eo 'lib(open)?blas[^ ]*' | sort -u | tr '\n' ' ')"
+  echo "openblas: $(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3)"
+} | tee "$OUT/context.txt"
+
+for n in $THREADS; do
+  export OMP_NUM_THREADS=$n OPENBLAS_NUM_THREADS=$n
+  for b in "${BENCHES[@]}"; do
+    echo "== $b, $n thread(s)" >&2
+    "$BUILD/benchmarks/$b" --benchmark_out="$OUT/${b}_$n.json" --benchmark_out_format=json >&2
+  done
+  echo "== PyTorch, $n thread(s)" >&2
+  "$PY" "$ROOT/benchmarks/compare_pytorch.py" measure --threads "$n" > "$OUT/torch_$n.json"
+done
+echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/context.txt"
+
+torch_files=()
+for n in $THREADS; do torch_files+=("$OUT/torch_$n.json"); done
+"$PY" "$ROOT/benchmarks/compare_pytorch.py" table --tessera-dir "$OUT" --torch "${torch_files[@]}" | tee "$OUT/table.md"

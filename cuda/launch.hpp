@@ -1,0 +1,28 @@
+// Internal to tessera::cuda: the host-side entry points of the .cu files, in plain C++ (no CUDA types).
+//
+// How the backend is put together: each .cu file holds kernels and a launcher declared here; ops.cpp,
+// compiled by the host compiler, includes the public op headers (tessera/ops/*.hpp) and defines their
+// `cuda` overloads as calls to these launchers. So nvcc never parses Eigen or whatever else the public
+// headers include, and a signature that drifts from its public declaration fails to compile in ops.cpp.
+// All work is queued on the legacy default stream. Pointers are device pointers.
+#pragma once
+#include <cstdint>
+
+namespace tessera::cuda_detail {
+
+// gemm.cu (cuBLAS). Row-major C[M,N] = alpha op(A) op(B) + beta C, as tessera::ops::gemm.
+void gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+              int64_t sa, const float* B, int64_t ldb, int64_t sb, float beta, float* C, int64_t ldc,
+              int64_t sc, int64_t batch);
+
+// norm.cu
+void rmsnorm_forward_f32(float* y, float* rstd, const float* x, const float* w, int64_t N, int64_t D,
+                         double eps);
+void rmsnorm_backward_f32(float* dx, float* dw, const float* dy, const float* x, const float* w,
+                          const float* rstd, int64_t N, int64_t D);
+
+// softmax.cu
+void softmax_forward_f32(float* y, const float* x, int64_t N, int64_t D);
+void softmax_backward_f32(float* dx, const float* dy, const float* y, int64_t N, int64_t D);
+
+}  // namespace tessera::cuda_detail

@@ -1,0 +1,91 @@
+// Rotary position embedding (RoPE), applied in place to a [N, H, Dh] block of query or key heads.
+//
+// Token n starts at x + n * stride (stride >= H * Dh, so q and k may be slices of a fused qkv buffer); its
+// H heads of Dh values are contiguous. Pair i (0 <= i < Dh/2) is rotated by angle pos[n] * theta^(-2i/Dh):
+//   RopeStyle::Interleaved  pairs (x[2i], x[2i+1])      Meta's Llama complex-pair layout
+//   RopeStyle::Half         pairs (x[i], x[i + Dh/2])   GPT-NeoX / Hugging Face rotate_half layout
+// (a, b) -> (a cos - b sin, a sin + b cos). The backward pass is the inverse rotation (angle -> -angle).
+//
+// Angles, cos and sin are computed in double and then cast to T. Hugging Face forms pos * inv_freq in fp32,
+// which loses ~pos * 2^-24 rad (about 2.4e-4 rad at position 4096); computing in double keeps the rotation
+// accurate at long positions at the cost of small differences from fp32 reference implementations there.
+// Nothing is cached between calls: the per-token cos/sin table lives in a per-thread buffer.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "tessera/core/backend.hpp"
+#include "tessera/core/error.hpp"
+
+namespace tessera::ops {
+
+enum class RopeStyle { Interleaved, Half };
+
+namespace detail {
+inline constexpr int64_t kRopeParallelMin = int64_t(1) << 15;  // elements before OpenMP pays
+
+/// Rotates every pair by sign * angle (sign = +1 forward, -1 inverse).
+template <class T>
+void rope_rotate(const char* what, T* x, int64_t stride, const int64_t* positions, int64_t N, int64_t H,
+                 int64_t Dh, double theta, RopeStyle style, double sign) {
+  TESSERA_CHECK(Dh > 0 && Dh % 2 == 0, what, ": head dimension must be positive and even, got ", Dh);
+  TESSERA_CHECK(H > 0, what, ": number of heads must be positive, got ", H);
+  TESSERA_CHECK(stride >= H * Dh, what, ": token stride ", stride, " is smaller than heads*head_dim ", H * Dh);
+  TESSERA_CHECK(theta > 0, what, ": theta must be positive, got ", theta);
+  const int64_t half = Dh / 2;
+  std::vector<double> inv_freq(half);
+  for (int64_t i = 0; i < half; ++i)
+    inv_freq[i] = std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(Dh));
+
+#pragma omp parallel if (N * H * Dh >= kRopeParallelMin)
+  {
+    std::vector<T> cs(Dh);  // cos in [0, half), sign * sin in [half, Dh)
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      const double pos = static_cast<double>(positions[n]);
+      for (int64_t i = 0; i < half; ++i) {
+        const double a = pos * inv_freq[i];
+        cs[i] = static_cast<T>(std::cos(a));
+        cs[half + i] = static_cast<T>(sign * std::sin(a));
+      }
+      const T* c = cs.data();
+      const T* s = cs.data() + half;
+      for (int64_t h = 0; h < H; ++h) {
+        T* v = x + n * stride + h * Dh;
+        if (style == RopeStyle::Interleaved) {
+          for (int64_t i = 0; i < half; ++i) {
+            const T a = v[2 * i], b = v[2 * i + 1];
+            v[2 * i] = a * c[i] - b * s[i];
+            v[2 * i + 1] = a * s[i] + b * c[i];
+          }
+        } else {
+          T* lo = v;
+          T* hi = v + half;
+          for (int64_t i = 0; i < half; ++i) {
+            const T a = lo[i], b = hi[i];
+            lo[i] = a * c[i] - b * s[i];
+            hi[i] = a * s[i] + b * c[i];
+          }
+        }
+      }
+    }
+  }
+}
+}  // namespace detail
+
+/// Rotates x in place (see the file comment). positions is [N].
+template <class T>
+void rope_forward(cpu, T* x, int64_t stride, const int64_t* positions, int64_t N, int64_t H, int64_t Dh,
+                  double theta, RopeStyle style) {
+  detail::rope_rotate("rope_forward", x, stride, positions, N, H, Dh, theta, style, 1.0);
+}
+
+/// Gradient of rope_forward, in place: dx <- R^T dx, the inverse rotation (R is orthogonal).
+template <class T>
+void rope_backward(cpu, T* dx, int64_t stride, const int64_t* positions, int64_t N, int64_t H, int64_t Dh,
+                   double theta, RopeStyle style) {
+  detail::rope_rotate("rope_backward", dx, stride, positions, N, H, Dh, theta, style, -1.0);
+}
+
+}  // namespace tessera::ops

@@ -1,0 +1,289 @@
+// CPU vs CUDA parity for the ops of tessera::cuda: the CPU implementation (tessera::ops with cpu{}) and the
+// CUDA one run on the same random fp32 inputs and must agree to float rounding. Every test skips itself
+// (with a message) when no CUDA device is visible, so this binary passes on machines without a GPU.
+//
+// Tolerance: |gpu - cpu| <= kRtol * |cpu| + kRtol * max|cpu| (elementwise). The two sides sum in different
+// orders (cuBLAS vs Eigen/OpenBLAS tiles, CUB tree reductions vs Eigen's vectorised sums), so each element
+// differs by a few ulp of the partial sums; the second term keeps entries that cancel to near zero from
+// being judged by their own tiny magnitude. kRtol = 1e-5 is ~80 ulp of fp32: loose enough for sums of a
+// few thousand terms, tight enough that any indexing or transpose mistake fails by orders of magnitude.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "support/gradcheck.hpp"
+#include "tessera/core/allocator.hpp"
+#include "tessera/core/rng.hpp"
+#include "tessera/core/tensor.hpp"
+#include "tessera/ops/matmul.hpp"
+#include "tessera/ops/norm.hpp"
+#include "tessera/ops/softmax.hpp"
+
+using namespace tessera;
+
+namespace {
+
+constexpr double kRtol = 1e-5;
+
+class Cuda : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (cuda_mem::device_count() == 0)
+      GTEST_SKIP() << "no CUDA device: cudaGetDeviceCount reports none (no GPU or no driver)";
+  }
+};
+
+using Host = std::vector<float>;
+
+Host randn(int64_t n, Rng& rng, double scale = 1.0) {
+  Host v(static_cast<size_t>(n));
+  tessera::testing::fill_normal(v.data(), n, rng, scale);
+  return v;
+}
+
+Tensor<float, cuda> upload(const Host& h) {
+  Tensor<float, cuda> t;
+  t.resize_uninit({static_cast<int64_t>(h.size())});
+  cuda_mem::to_device(t.data(), h.data(), h.size() * sizeof(float));
+  return t;
+}
+
+Host download(const Tensor<float, cuda>& t) {
+  Host h(static_cast<size_t>(t.numel()));
+  cuda_mem::to_host(h.data(), t.data(), h.size() * sizeof(float));
+  return h;
+}
+
+void expect_close(const std::string& what, const Host& gpu, const Host& ref, double rtol = kRtol) {
+  ASSERT_EQ(gpu.size(), ref.size()) << what;
+  double scale = 0;
+  for (float r : ref) scale = std::max(scale, std::abs(static_cast<double>(r)));
+  int bad = 0;
+  double worst = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double g = gpu[i], r = ref[i], err = std::abs(g - r);
+    worst = std::max(worst, err / std::max(scale, 1e-30));
+    if (!(err <= rtol * std::abs(r) + rtol * scale) && ++bad <= 5)
+      ADD_FAILURE() << what << "[" << i << "]: gpu " << g << " vs cpu " << r;
+  }
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << ref.size() << " entries differ (worst |err|/max|cpu| "
+                    << worst << ")";
+}
+
+}  // namespace
+
+// ---- memory ------------------------------------------------------------------------------------------
+
+TEST_F(Cuda, MemoryRoundTripCloneAndZero) {
+  Rng rng(1);
+  const Host h = randn(1000, rng);
+  Tensor<float, cuda> d = upload(h);
+  EXPECT_EQ(download(d), h);
+  Tensor<float, cuda> c = d.clone();  // device -> device
+  d.zero();
+  EXPECT_EQ(download(c), h);
+  EXPECT_EQ(download(d), Host(1000, 0.0f));
+}
+
+TEST_F(Cuda, AllocationFailureIsATesseraError) {
+  try {
+    Allocator<cuda>::allocate(size_t(1) << 62);  // 4 EiB
+    ADD_FAILURE() << "expected tessera::Error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cudaMalloc"), std::string::npos) << e.what();
+  }
+  // The failure is not sticky: the device stays usable.
+  Tensor<float, cuda> t({4});
+  EXPECT_EQ(download(t), Host(4, 0.0f));
+}
+
+// ---- gemm --------------------------------------------------------------------------------------------
+
+// All transposes, padded leading dimensions, alpha and beta, odd sizes that are not multiples of any tile.
+TEST_F(Cuda, GemmAllTransposesMatchCpu) {
+  Rng rng(2);
+  const int64_t M = 37, N = 29, K = 53, pad = 3;
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb) {
+      const int64_t arows = ta ? K : M, acols = ta ? M : K, brows = tb ? N : K, bcols = tb ? K : N;
+      const int64_t lda = acols + pad, ldb = bcols + pad, ldc = N + pad;
+      const Host A = randn(arows * lda, rng), B = randn(brows * ldb, rng);
+      Host C = randn(M * ldc, rng);
+      auto dA = upload(A), dB = upload(B), dC = upload(C);
+      ops::gemm(cpu{}, ta, tb, M, N, K, 0.75f, A.data(), lda, B.data(), ldb, 0.5f, C.data(), ldc);
+      ops::gemm(cuda{}, ta, tb, M, N, K, 0.75f, dA.data(), lda, dB.data(), ldb, 0.5f, dC.data(), ldc);
+      // Padding columns of C are compared too: both sides must leave them untouched.
+      expect_close("gemm ta=" + std::to_string(ta) + " tb=" + std::to_string(tb), download(dC), C);
+    }
+}
+
+// Strided batches with beta = 0 over a NaN-filled C (beta = 0 must overwrite, not scale).
+TEST_F(Cuda, GemmBatchedMatchesCpu) {
+  Rng rng(3);
+  const int64_t M = 16, N = 24, K = 40, batch = 3;
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb) {
+      const int64_t lda = ta ? M : K, ldb = tb ? K : N, sa = M * K + 5, sb = K * N + 7, sc = M * N + 1;
+      const Host A = randn(sa * batch, rng), B = randn(sb * batch, rng);
+      Host C(static_cast<size_t>(sc * batch), std::numeric_limits<float>::quiet_NaN());
+      for (int64_t i = 0; i < batch; ++i) C[static_cast<size_t>(i * sc + M * N)] = 7.0f;  // gaps stay as is
+      auto dA = upload(A), dB = upload(B), dC = upload(C);
+      ops::gemm_batched(cpu{}, ta, tb, M, N, K, 1.0f, A.data(), lda, sa, B.data(), ldb, sb, 0.0f, C.data(), N,
+                        sc, batch);
+      ops::gemm_batched(cuda{}, ta, tb, M, N, K, 1.0f, dA.data(), lda, sa, dB.data(), ldb, sb, 0.0f,
+                        dC.data(), N, sc, batch);
+      expect_close("gemm_batched ta=" + std::to_string(ta) + " tb=" + std::to_string(tb), download(dC), C);
+    }
+}
+
+// K = 0 gives C = beta C; M = 0 is a no-op; a too-small leading dimension is a clear error.
+TEST_F(Cuda, GemmEdgeCases) {
+  Host C = {1, 2, 3, 4};
+  auto dC = upload(C);
+  ops::gemm(cuda{}, false, false, 2, 2, 0, 1.0f, nullptr, 0, nullptr, 2, 0.5f, dC.data(), 2);
+  EXPECT_EQ(download(dC), (Host{0.5f, 1, 1.5f, 2}));
+  ops::gemm(cuda{}, false, false, 0, 2, 3, 1.0f, nullptr, 3, nullptr, 2, 0.0f, dC.data(), 2);
+  EXPECT_EQ(download(dC), (Host{0.5f, 1, 1.5f, 2}));
+  try {
+    ops::gemm(cuda{}, false, false, 2, 2, 3, 1.0f, dC.data(), 2, dC.data(), 2, 0.0f, dC.data(), 2);
+    ADD_FAILURE() << "expected tessera::Error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("lda=2"), std::string::npos) << e.what();
+  }
+}
+
+// ---- linear ------------------------------------------------------------------------------------------
+
+// ops::linear_forward/backward (templates in matmul.hpp) cannot be instantiated for cuda yet: their bias
+// branches hold a static_assert that fires for any non-cpu backend, and the cuda gemm overloads are declared
+// after the templates (unqualified lookup misses them; ADL looks in tessera, not tessera::ops). Until
+// matmul.hpp is fixed these helpers issue exactly the gemm calls the templates make, so the test checks the
+// transposes and the dw accumulation that linear relies on. Then: replace them by ops::linear_*(cuda{}, ...).
+void cuda_linear_forward(float* y, const float* x, const float* w, int64_t N, int64_t in, int64_t out) {
+  ops::gemm(cuda{}, false, true, N, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
+}
+void cuda_linear_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t N,
+                          int64_t in, int64_t out) {
+  ops::gemm(cuda{}, false, false, N, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
+  ops::gemm(cuda{}, true, false, out, in, N, 1.0f, dy, out, x, in, 1.0f, dw, in);
+}
+
+TEST_F(Cuda, LinearForwardBackwardMatchCpu) {
+  Rng rng(4);
+  const int64_t N = 19, in = 33, out = 21;
+  const Host x = randn(N * in, rng), w = randn(out * in, rng, 0.2), dy = randn(N * out, rng);
+  Host y(static_cast<size_t>(N * out)), dx(static_cast<size_t>(N * in)), dw = randn(out * in, rng);
+  auto d_x = upload(x), d_w = upload(w), d_dy = upload(dy), d_y = upload(y), d_dx = upload(dx),
+       d_dw = upload(dw);
+  const float* no_bias = nullptr;
+  float* no_bias_grad = nullptr;
+
+  ops::linear_forward(cpu{}, y.data(), x.data(), w.data(), no_bias, N, in, out);
+  cuda_linear_forward(d_y.data(), d_x.data(), d_w.data(), N, in, out);
+  expect_close("linear y", download(d_y), y);
+
+  // dw starts non-zero: backward accumulates into it.
+  ops::linear_backward(cpu{}, dx.data(), dw.data(), no_bias_grad, dy.data(), x.data(), w.data(), N, in, out);
+  cuda_linear_backward(d_dx.data(), d_dw.data(), d_dy.data(), d_x.data(), d_w.data(), N, in, out);
+  expect_close("linear dx", download(d_dx), dx);
+  expect_close("linear dw", download(d_dw), dw);
+}
+
+// ---- rmsnorm -----------------------------------------------------------------------------------------
+
+// Row lengths covering both kernel shapes (warp per row for D <= 1024, block per row above), a D that is
+// not a multiple of 32, and N large enough that dw is reduced over several row groups.
+TEST_F(Cuda, RmsNormForwardBackwardMatchCpu) {
+  Rng rng(5);
+  struct Case {
+    int64_t N, D;
+    bool affine;
+  };
+  for (const Case c : {Case{5, 64, true}, Case{37, 1000, true}, Case{300, 96, true}, Case{9, 3000, true},
+                       Case{130, 2048, false}}) {
+    const std::string tag = "N=" + std::to_string(c.N) + " D=" + std::to_string(c.D);
+    const int64_t n = c.N * c.D;
+    const Host x = randn(n, rng, 2.0), dy = randn(n, rng);
+    Host w = c.affine ? randn(c.D, rng) : Host{};
+    for (float& v : w) v += 1.0f;
+    const float* wp = c.affine ? w.data() : nullptr;
+    Host y(static_cast<size_t>(n)), rstd(static_cast<size_t>(c.N)), dx(static_cast<size_t>(n));
+    Host dw = randn(c.D, rng);  // accumulated into
+    auto d_x = upload(x), d_dy = upload(dy), d_w = upload(w), d_y = upload(y), d_rstd = upload(rstd);
+    auto d_dx = upload(dx), d_dw = upload(dw);
+    const float* d_wp = c.affine ? d_w.data() : nullptr;
+
+    ops::rmsnorm_forward(cpu{}, y.data(), rstd.data(), x.data(), wp, c.N, c.D, 1e-5);
+    ops::rmsnorm_forward(cuda{}, d_y.data(), d_rstd.data(), d_x.data(), d_wp, c.N, c.D, 1e-5);
+    expect_close("rmsnorm y " + tag, download(d_y), y);
+    expect_close("rmsnorm rstd " + tag, download(d_rstd), rstd);
+
+    ops::rmsnorm_backward(cpu{}, dx.data(), c.affine ? dw.data() : nullptr, dy.data(), x.data(), wp,
+                          rstd.data(), c.N, c.D);
+    ops::rmsnorm_backward(cuda{}, d_dx.data(), c.affine ? d_dw.data() : nullptr, d_dy.data(), d_x.data(),
+                          d_wp, d_rstd.data(), c.N, c.D);
+    expect_close("rmsnorm dx " + tag, download(d_dx), dx);
+    expect_close("rmsnorm dw " + tag, download(d_dw), dw);
+  }
+}
+
+// dw is reduced without atomics in a fixed order: two runs give bitwise identical results.
+TEST_F(Cuda, RmsNormDwIsDeterministic) {
+  Rng rng(6);
+  const int64_t N = 4096, D = 256;
+  const Host x = randn(N * D, rng), dy = randn(N * D, rng), w = randn(D, rng);
+  Host rstd(static_cast<size_t>(N)), y(static_cast<size_t>(N * D));
+  auto d_x = upload(x), d_dy = upload(dy), d_w = upload(w), d_y = upload(y), d_rstd = upload(rstd);
+  ops::rmsnorm_forward(cuda{}, d_y.data(), d_rstd.data(), d_x.data(), d_w.data(), N, D, 1e-6);
+  Host first;
+  for (int run = 0; run < 2; ++run) {
+    Tensor<float, cuda> d_dw({D});
+    ops::rmsnorm_backward(cuda{}, nullptr, d_dw.data(), d_dy.data(), d_x.data(), d_w.data(), d_rstd.data(), N,
+                          D);
+    if (run == 0)
+      first = download(d_dw);
+    else
+      EXPECT_EQ(download(d_dw), first);
+  }
+}
+
+// ---- softmax -----------------------------------------------------------------------------------------
+
+// Includes D = 1, both kernel shapes around the 1024 switch, large logits (the max must be subtracted) and
+// in-place operation (y aliasing x, dx aliasing dy), which the CPU version allows too.
+TEST_F(Cuda, SoftmaxForwardBackwardMatchCpu) {
+  Rng rng(7);
+  for (const int64_t D : {1, 50, 1024, 1025, 5000}) {
+    const int64_t N = 13, n = N * D;
+    const std::string tag = "D=" + std::to_string(D);
+    const Host x = randn(n, rng, 30.0), dy = randn(n, rng);
+    Host y(static_cast<size_t>(n)), dx(static_cast<size_t>(n));
+    ops::softmax_forward(cpu{}, y.data(), x.data(), N, D);
+    ops::softmax_backward(cpu{}, dx.data(), dy.data(), y.data(), N, D);
+
+    auto d_y = upload(x);  // in place: y overwrites x
+    ops::softmax_forward(cuda{}, d_y.data(), d_y.data(), N, D);
+    const Host gy = download(d_y);
+    expect_close("softmax y " + tag, gy, y);
+    for (int64_t r = 0; r < N; ++r) {
+      double s = 0;
+      for (int64_t i = 0; i < D; ++i) s += gy[static_cast<size_t>(r * D + i)];
+      EXPECT_NEAR(s, 1.0, 1e-5) << tag << " row " << r;
+    }
+
+    auto d_dx = upload(dy);         // in place: dx overwrites dy
+    const auto d_yref = upload(y);  // same y on both sides, so backward is compared on its own
+    ops::softmax_backward(cuda{}, d_dx.data(), d_dx.data(), d_yref.data(), N, D);
+    expect_close("softmax dx " + tag, download(d_dx), dx);
+  }
+}
+
+TEST_F(Cuda, BadSizesAreTesseraErrors) {
+  Tensor<float, cuda> t({8});
+  EXPECT_THROW(ops::softmax_forward(cuda{}, t.data(), t.data(), 2, 0), Error);
+  EXPECT_THROW(ops::rmsnorm_forward(cuda{}, t.data(), nullptr, t.data(), nullptr, -1, 4, 1e-5), Error);
+}
