@@ -132,14 +132,7 @@ void rmsnorm_backward_f32(float* dx, float* dw, const float* dy, const float* x,
   check_sizes("rmsnorm_backward", N, D);
   if (N == 0) return;
   const int d = static_cast<int>(D);
-  if (dx) {
-    dispatch_rows(D, [&](auto row) {
-      using Row = decltype(row);
-      rmsnorm_backward_dx_kernel<Row>
-          <<<row_blocks<Row>(N), dim3(Row::kThreads, Row::kRows)>>>(dx, dy, x, w, rstd, N, d);
-    });
-    TESSERA_CUDA_CHECK_LAUNCH("rmsnorm_backward_dx_kernel");
-  }
+  // dw first: it reads dy, which dx may overwrite (dx aliasing dy is allowed).
   if (dw) {
     // Enough row groups to fill the GPU, at least 64 rows each; capped to bound the scratch.
     const int groups = static_cast<int>(std::clamp<int64_t>((N + 63) / 64, 1, 256));
@@ -155,6 +148,14 @@ void rmsnorm_backward_f32(float* dx, float* dw, const float* dy, const float* x,
       sum_partials_kernel<<<(d + 255) / 256, 256>>>(dw, partial, groups, d);
       TESSERA_CUDA_CHECK_LAUNCH("sum_partials_kernel");
     }
+  }
+  if (dx) {
+    dispatch_rows(D, [&](auto row) {
+      using Row = decltype(row);
+      rmsnorm_backward_dx_kernel<Row>
+          <<<row_blocks<Row>(N), dim3(Row::kThreads, Row::kRows)>>>(dx, dy, x, w, rstd, N, d);
+    });
+    TESSERA_CUDA_CHECK_LAUNCH("rmsnorm_backward_dx_kernel");
   }
 }
 

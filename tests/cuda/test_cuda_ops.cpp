@@ -158,20 +158,6 @@ TEST_F(Cuda, GemmEdgeCases) {
 
 // ---- linear ------------------------------------------------------------------------------------------
 
-// ops::linear_forward/backward (templates in matmul.hpp) cannot be instantiated for cuda yet: their bias
-// branches hold a static_assert that fires for any non-cpu backend, and the cuda gemm overloads are declared
-// after the templates (unqualified lookup misses them; ADL looks in tessera, not tessera::ops). Until
-// matmul.hpp is fixed these helpers issue exactly the gemm calls the templates make, so the test checks the
-// transposes and the dw accumulation that linear relies on. Then: replace them by ops::linear_*(cuda{}, ...).
-void cuda_linear_forward(float* y, const float* x, const float* w, int64_t N, int64_t in, int64_t out) {
-  ops::gemm(cuda{}, false, true, N, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
-}
-void cuda_linear_backward(float* dx, float* dw, const float* dy, const float* x, const float* w, int64_t N,
-                          int64_t in, int64_t out) {
-  ops::gemm(cuda{}, false, false, N, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
-  ops::gemm(cuda{}, true, false, out, in, N, 1.0f, dy, out, x, in, 1.0f, dw, in);
-}
-
 TEST_F(Cuda, LinearForwardBackwardMatchCpu) {
   Rng rng(4);
   const int64_t N = 19, in = 33, out = 21;
@@ -183,12 +169,13 @@ TEST_F(Cuda, LinearForwardBackwardMatchCpu) {
   float* no_bias_grad = nullptr;
 
   ops::linear_forward(cpu{}, y.data(), x.data(), w.data(), no_bias, N, in, out);
-  cuda_linear_forward(d_y.data(), d_x.data(), d_w.data(), N, in, out);
+  ops::linear_forward(cuda{}, d_y.data(), d_x.data(), d_w.data(), no_bias, N, in, out);
   expect_close("linear y", download(d_y), y);
 
   // dw starts non-zero: backward accumulates into it.
   ops::linear_backward(cpu{}, dx.data(), dw.data(), no_bias_grad, dy.data(), x.data(), w.data(), N, in, out);
-  cuda_linear_backward(d_dx.data(), d_dw.data(), d_dy.data(), d_x.data(), d_w.data(), N, in, out);
+  ops::linear_backward(cuda{}, d_dx.data(), d_dw.data(), no_bias_grad, d_dy.data(), d_x.data(), d_w.data(), N, in,
+                      out);
   expect_close("linear dx", download(d_dx), dx);
   expect_close("linear dw", download(d_dw), dw);
 }
@@ -201,11 +188,12 @@ TEST_F(Cuda, RmsNormForwardBackwardMatchCpu) {
   Rng rng(5);
   struct Case {
     int64_t N, D;
-    bool affine;
+    bool affine, in_place;  // in_place: CUDA backward overwrites dy with dx (allowed there, not on the CPU)
   };
-  for (const Case c : {Case{5, 64, true}, Case{37, 1000, true}, Case{300, 96, true}, Case{9, 3000, true},
-                       Case{130, 2048, false}}) {
-    const std::string tag = "N=" + std::to_string(c.N) + " D=" + std::to_string(c.D);
+  for (const Case c : {Case{5, 64, true, false}, Case{37, 1000, true, true}, Case{300, 96, true, false},
+                       Case{9, 3000, true, true}, Case{130, 2048, false, false}, Case{700, 40, true, true}}) {
+    const std::string tag =
+        "N=" + std::to_string(c.N) + " D=" + std::to_string(c.D) + (c.in_place ? " in place" : "");
     const int64_t n = c.N * c.D;
     const Host x = randn(n, rng, 2.0), dy = randn(n, rng);
     Host w = c.affine ? randn(c.D, rng) : Host{};
@@ -214,8 +202,9 @@ TEST_F(Cuda, RmsNormForwardBackwardMatchCpu) {
     Host y(static_cast<size_t>(n)), rstd(static_cast<size_t>(c.N)), dx(static_cast<size_t>(n));
     Host dw = randn(c.D, rng);  // accumulated into
     auto d_x = upload(x), d_dy = upload(dy), d_w = upload(w), d_y = upload(y), d_rstd = upload(rstd);
-    auto d_dx = upload(dx), d_dw = upload(dw);
+    auto d_dx = upload(c.in_place ? dy : dx), d_dw = upload(dw);
     const float* d_wp = c.affine ? d_w.data() : nullptr;
+    float* d_dw_arg = c.affine ? d_dw.data() : nullptr;
 
     ops::rmsnorm_forward(cpu{}, y.data(), rstd.data(), x.data(), wp, c.N, c.D, 1e-5);
     ops::rmsnorm_forward(cuda{}, d_y.data(), d_rstd.data(), d_x.data(), d_wp, c.N, c.D, 1e-5);
@@ -224,7 +213,7 @@ TEST_F(Cuda, RmsNormForwardBackwardMatchCpu) {
 
     ops::rmsnorm_backward(cpu{}, dx.data(), c.affine ? dw.data() : nullptr, dy.data(), x.data(), wp,
                           rstd.data(), c.N, c.D);
-    ops::rmsnorm_backward(cuda{}, d_dx.data(), c.affine ? d_dw.data() : nullptr, d_dy.data(), d_x.data(),
+    ops::rmsnorm_backward(cuda{}, d_dx.data(), d_dw_arg, c.in_place ? d_dx.data() : d_dy.data(), d_x.data(),
                           d_wp, d_rstd.data(), c.N, c.D);
     expect_close("rmsnorm dx " + tag, download(d_dx), dx);
     expect_close("rmsnorm dw " + tag, download(d_dw), dw);

@@ -161,7 +161,9 @@ TEST(Layers, StackAndPostNormGrad) {
   EXPECT_EQ(stack.size(), 2u);
   int n = 0;
   for_each_param(stack, [&](const std::string& name, auto&) {
-    if (n++ == 9) EXPECT_EQ(name, "1.input_layernorm.weight");
+    if (n++ == 9) {
+      EXPECT_EQ(name, "1.input_layernorm.weight");
+    }
   });
   check_layer_grads(stack, ctx_for(1, 4), 8);
   PostNormResidual<Named<"norm", RmsNorm<double>>, Named<"ffn", SwiGlu<double>>> post;
@@ -213,7 +215,9 @@ TEST(Layers, CrossAttentionGradAndSegmentMask) {
   for (int i = 0; i < 10; ++i) {
     const bool affected = i < 5 && qseg[i] == 0;
     for (int d = 0; d < 8; ++d)
-      if (!affected) EXPECT_DOUBLE_EQ(y[i * 8 + d], y1[i * 8 + d]) << i;
+      if (!affected) {
+        EXPECT_DOUBLE_EQ(y[i * 8 + d], y1[i * 8 + d]) << i;
+      }
   }
   EXPECT_NE(y[0], y1[0]);
 }

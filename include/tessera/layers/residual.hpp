@@ -4,6 +4,7 @@
 #include <string_view>
 #include <type_traits>
 
+#include "tessera/core/tensor.hpp"
 #include "tessera/layers/named.hpp"
 #include "tessera/ops/elementwise.hpp"
 

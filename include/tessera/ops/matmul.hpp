@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "tessera/core/backend.hpp"
+#include "tessera/core/error.hpp"
 #include "tessera/ops/eigen.hpp"
 
 namespace tessera::ops {
@@ -35,13 +36,21 @@ void gemm_batched(cpu, bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alph
     gemm(cpu{}, ta, tb, M, N, K, alpha, A + i * sa, lda, B + i * sb, ldb, beta, C + i * sc, ldc);
 }
 
+// CUDA (cuda/gemm.cu, cuBLAS). fp32 and bf16-in/fp32-accumulate variants.
+void gemm(cuda, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+          const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+void gemm_batched(cuda, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                  int64_t lda, int64_t sa, const float* B, int64_t ldb, int64_t sb, float beta, float* C,
+                  int64_t ldc, int64_t sc, int64_t batch);
+
 /// y[N,out] = x[N,in] * W[out,in]^T (+ b[out]). PyTorch weight layout.
 template <class B, class T>
 void linear_forward(B be, T* y, const T* x, const T* w, const T* b, int64_t N, int64_t in, int64_t out) {
   gemm(be, false, true, N, out, in, T(1), x, in, w, in, T(0), y, out);
-  if (b) {
-    static_assert(std::is_same_v<B, cpu>, "bias add on this backend goes through its own kernel");
-    eig::mat(y, N, out).rowwise() += eig::CMapVec<T>(b, out).transpose();
+  if constexpr (is_cpu_v<B>) {
+    if (b) eig::mat(y, N, out).rowwise() += eig::CMapVec<T>(b, out).transpose();
+  } else {
+    TESSERA_CHECK(!b, "linear_forward(", B::name, "): bias is not supported on this backend yet");
   }
 }
 
@@ -51,17 +60,11 @@ void linear_backward(B be, T* dx, T* dw, T* db, const T* dy, const T* x, const T
                      int64_t out) {
   if (dx) gemm(be, false, false, N, in, out, T(1), dy, out, w, in, T(0), dx, in);
   if (dw) gemm(be, true, false, out, in, N, T(1), dy, out, x, in, T(1), dw, in);
-  if (db) {
-    static_assert(std::is_same_v<B, cpu>, "bias grad on this backend goes through its own kernel");
-    eig::MapVec<T>(db, out) += eig::mat(dy, N, out).colwise().sum().transpose();
+  if constexpr (is_cpu_v<B>) {
+    if (db) eig::MapVec<T>(db, out) += eig::mat(dy, N, out).colwise().sum().transpose();
+  } else {
+    TESSERA_CHECK(!db, "linear_backward(", B::name, "): bias is not supported on this backend yet");
   }
 }
-
-// CUDA (cuda/gemm.cu, cuBLAS). fp32 and bf16-in/fp32-accumulate variants.
-void gemm(cuda, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-          const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
-void gemm_batched(cuda, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
-                  int64_t lda, int64_t sa, const float* B, int64_t ldb, int64_t sb, float beta, float* C,
-                  int64_t ldc, int64_t sc, int64_t batch);
 
 }  // namespace tessera::ops

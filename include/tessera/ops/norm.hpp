@@ -58,7 +58,7 @@ void rmsnorm_forward(cpu, T* y, std::type_identity_t<T>* rstd, const T* x, const
 }
 
 /// With g = dy * w: dx = rstd * (g - x * rstd^2 * <g, x> / D) (overwritten, skipped when null);
-/// dw += sum_rows dy * x * rstd (skipped when null).
+/// dw += sum_rows dy * x * rstd (skipped when null). dx must not alias dy or x (dw reads them afterwards).
 template <class T>
 void rmsnorm_backward(cpu, std::type_identity_t<T>* dx, std::type_identity_t<T>* dw, const T* dy, const T* x,
                       const std::type_identity_t<T>* w, const T* rstd, int64_t N, int64_t D) {

@@ -1,0 +1,249 @@
+// The Byte Latent Transformer (specs/blt.md §0-§6, §9): BltModel (embeddings, local encoder, global
+// transformer, local decoder, optional entropy model) and BltForCausalLM (+ the 260-way lm_head) with forward,
+// loss, a full backward through every trainable parameter, and no-cache greedy generation.
+//
+// Parameter names are exactly the Hugging Face port's when the causal LM is walked from the root:
+//   model.encoder_hash_tok_embedding.weight, model.local_encoder.{embed_tokens,layers.N,patch_embedding_projection,
+//   cross_attn_layers.0}, model.global_transformer.{layers.N,token_embedding_projection}, model.local_decoder.
+//   {patch_embedding_projection,cross_attn_layers.N,layers.N,norm}, model.patcher.* (entropy model), lm_head.weight
+// so io::load_model(lm, "model.safetensors") loads a transformers checkpoint strictly, and io::save_model writes one.
+//
+// Patches: forward takes per-row patch lengths [B, P] (zero-padded rows; HF sums to T, the original to T + 1),
+// or computes them with the entropy model (`model.patcher`) and patchers::EntropyPatcher: BOS alone, a new patch
+// after every byte whose next-byte entropy exceeds the threshold (HF: possibly an empty trailing patch).
+//
+// Training note: the entropy model is frozen in BLT. It is part of the parameter walk only so that checkpoints
+// round-trip; it never receives a gradient. Train with patch_in_forward = false (patches computed outside, e.g.
+// by a separately loaded entropy model) or skip names starting with "model.patcher." in the optimizer.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "tessera/models/blt/config.hpp"
+#include "tessera/models/blt/entropy.hpp"
+#include "tessera/models/blt/global_transformer.hpp"
+#include "tessera/models/blt/hash_embedding.hpp"
+#include "tessera/models/blt/local_decoder.hpp"
+#include "tessera/models/blt/local_encoder.hpp"
+#include "tessera/ops/loss.hpp"
+#include "tessera/patchers/entropy_patcher.hpp"
+
+namespace tessera::blt {
+
+/// Per-row patch lengths, zero-padded to a common count P. lengths is [B, P] row-major.
+struct PatchLengths {
+  int64_t B = 0, P = 0;
+  std::vector<int64_t> lengths;
+};
+
+template <class T, class B = cpu>
+class BltModel {
+ public:
+  using value_type = T;
+  using backend = B;
+  BltConfig config;
+  HashNgramEmbedding<T, B> embeddings;  // names local_encoder.embed_tokens and encoder_hash_tok_embedding
+  LocalEncoder<T, B> local_encoder;
+  GlobalTransformer<T, B> global_transformer;
+  LocalDecoder<T, B> local_decoder;
+  models::Llama<T, B> patcher;  // the entropy model; set up only when config.patch_in_forward
+
+  BltModel() = default;
+  explicit BltModel(const BltConfig& c) { setup(c); }
+  void setup(const BltConfig& c) {
+    c.validate("BltModel");
+    config = c;
+    HashConfig h;
+    h.group_sizes = c.hash_sizes;
+    h.n_functions = c.hash_functions;
+    h.table_size = c.hash_vocab;
+    h.vocab_size = c.vocab_size;
+    h.dim = c.encoder.dim;
+    embeddings.setup(h);
+    local_encoder.setup(c);
+    global_transformer.setup(c);
+    local_decoder.setup(c);
+    patcher = models::Llama<T, B>{};
+    if (c.patch_in_forward) patcher.setup(c.patcher);
+  }
+  template <class F>
+  void for_each_child(F&& f) {
+    embeddings.for_each_child(f);
+    f("local_encoder", local_encoder);
+    f("global_transformer", global_transformer);
+    f("local_decoder", local_decoder);
+    if (config.patch_in_forward) f("patcher", patcher);
+  }
+
+  /// The patch rule of this config: global entropy threshold; HF layout: lengths sum to T with a possible empty
+  /// trailing patch (NextByte::kHf), original layout: include_next_token (sum T + 1, NextByte::kInclude).
+  patchers::EntropyPatcher entropy_patcher() const {
+    patchers::EntropyPatcher p;
+    p.threshold = config.patching_threshold;
+    p.max_patch_length = config.max_patch_length;
+    p.next = config.eos_document_cuts ? patchers::NextByte::kInclude : patchers::NextByte::kHf;
+    return p;
+  }
+
+  /// Patch lengths [batch, P] of ids [batch*seq] from the entropy model, each row on its own (no batch leak,
+  /// §13.12). One row: the rule's own form (HF config: sum T, as transformers returns them); several rows: sum
+  /// T + 1 per row, zero-padded.
+  PatchLengths compute_patch_lengths(const int64_t* ids, int64_t batch, int64_t seq) {
+    TESSERA_CHECK(config.patch_in_forward, "BLT: no patch lengths given and the model has no entropy model "
+                                           "(patch_in_forward is false)");
+    TESSERA_CHECK(config.patching_mode == "entropy", "BLT: patching_mode '", config.patching_mode,
+                  "' is not supported; pass patch lengths explicitly");
+    const EntropyOptions opt = config.eos_document_cuts ? EntropyOptions::original() : EntropyOptions::hf();
+    const std::vector<float> H = entropies(patcher, ids, batch, seq, opt);
+    const patchers::EntropyPatcher rule = entropy_patcher();
+    std::vector<std::vector<int64_t>> rows(batch);
+    PatchLengths out;
+    out.B = batch;
+    for (int64_t b = 0; b < batch; ++b) {
+      rows[b] = rule.patch_lengths(std::span<const int64_t>(ids + b * seq, seq),
+                                   std::span<const float>(H.data() + b * seq, seq));
+      out.P = std::max<int64_t>(out.P, static_cast<int64_t>(rows[b].size()));
+    }
+    // Rows right-padded with empty patches. Padding is only unambiguous in the include-next-byte form (sum T + 1,
+    // see PatchLayout), so with several rows an HF-form row gets the next byte added to its last patch.
+    out.lengths.assign(batch * out.P, 0);
+    for (int64_t b = 0; b < batch; ++b) {
+      if (batch > 1 && rule.next == patchers::NextByte::kHf) ++rows[b].back();
+      std::copy(rows[b].begin(), rows[b].end(), out.lengths.begin() + b * out.P);
+    }
+    return out;
+  }
+
+  /// ids: [batch*seq] row-major. patch_lengths: [batch, n_patches] or nullptr (computed by the entropy model).
+  /// Returns the decoder's normed byte states [batch*seq, d] (input of lm_head). ids and patch lengths are
+  /// copied; buffers stay valid until the next forward.
+  const Tensor<T, B>& forward(const int64_t* ids, int64_t batch, int64_t seq, const int64_t* patch_lengths = nullptr,
+                              int64_t n_patches = 0) {
+    TESSERA_CHECK(ids != nullptr && batch > 0 && seq > 0, "BLT forward: empty input (", batch, " x ", seq, ")");
+    ids_.assign(ids, ids + batch * seq);
+    if (patch_lengths == nullptr) {
+      PatchLengths pl = compute_patch_lengths(ids_.data(), batch, seq);
+      layout_.build(ids_.data(), pl.lengths.data(), batch, seq, pl.P, config.cross_attn_k, config.eos_document_cuts,
+                    config.eos_id);
+    } else {
+      layout_.build(ids_.data(), patch_lengths, batch, seq, n_patches, config.cross_attn_k, config.eos_document_cuts,
+                    config.eos_id);
+    }
+    bytes_ = SeqContext{};
+    bytes_.batch = batch;
+    bytes_.seq = seq;
+    bytes_.doc_ids = layout_.byte_doc.data();
+    bytes_.window = config.local_window;
+    patches_ = SeqContext{};
+    patches_.batch = batch;
+    patches_.seq = layout_.P;
+    patches_.doc_ids = layout_.patch_doc.data();
+
+    embeddings.forward(ids_.data(), batch, seq, e_, s_.emb);
+    local_encoder.forward(bytes_, e_, layout_, h_enc_, patch_repr_, s_.enc);
+    global_transformer.forward(patches_, patch_repr_, g_, s_.glob);
+    local_decoder.forward(bytes_, h_enc_, g_, layout_, out_, s_.dec);
+    return out_;
+  }
+  const PatchLayout& layout() const { return layout_; }
+  const Tensor<T, B>& encoder_states() const { return h_enc_; }
+  const Tensor<T, B>& global_states() const { return g_; }
+  const SeqContext& byte_context() const { return bytes_; }
+
+  /// dout: gradient of forward()'s output. Accumulates into every parameter's grad except the entropy model's.
+  void backward(TensorView<const T> dout) {
+    local_decoder.backward(bytes_, dout, layout_, dh_enc_, dg_, s_.dec);
+    global_transformer.backward(patches_, dg_, dpatch_, s_.glob);
+    local_encoder.backward(bytes_, dh_enc_, dpatch_, layout_, de_, s_.enc);
+    embeddings.backward(de_, s_.emb);
+  }
+
+ private:
+  struct Saved {
+    typename HashNgramEmbedding<T, B>::Saved emb;
+    typename LocalEncoder<T, B>::Saved enc;
+    typename GlobalTransformer<T, B>::Saved glob;
+    typename LocalDecoder<T, B>::Saved dec;
+  };
+  std::vector<int64_t> ids_;
+  PatchLayout layout_;
+  SeqContext bytes_, patches_;
+  Saved s_;
+  Tensor<T, B> e_, h_enc_, patch_repr_, g_, out_;
+  Tensor<T, B> dh_enc_, dg_, dpatch_, de_;
+};
+
+/// BLT with its output head (HF BltForCausalLM): logits[b*T + t] predict ids[b*T + t + 1].
+template <class T, class B = cpu>
+class BltForCausalLM {
+ public:
+  using value_type = T;
+  using backend = B;
+  BltModel<T, B> model;
+  Linear<T, B> lm_head;
+
+  BltForCausalLM() = default;
+  explicit BltForCausalLM(const BltConfig& c) { setup(c); }
+  void setup(const BltConfig& c) {
+    model.setup(c);
+    lm_head.setup(c.decoder.dim, c.vocab_size);
+  }
+  const BltConfig& config() const { return model.config; }
+  template <class F>
+  void for_each_child(F&& f) {
+    f("model", model);
+    f("lm_head", lm_head);
+  }
+
+  /// ids [batch*seq] -> logits [batch*seq, vocab]. patch_lengths [batch, n_patches] or nullptr (entropy model).
+  const Tensor<T, B>& forward(const int64_t* ids, int64_t batch, int64_t seq, const int64_t* patch_lengths = nullptr,
+                              int64_t n_patches = 0) {
+    const Tensor<T, B>& h = model.forward(ids, batch, seq, patch_lengths, n_patches);
+    lm_head.forward(model.byte_context(), h, logits_, head_s_);
+    return logits_;
+  }
+  const Tensor<T, B>& logits() const { return logits_; }
+
+  /// Mean next-byte cross-entropy of the last forward's logits against targets [batch*seq].
+  double loss(const int64_t* targets, int64_t ignore_index = -100) const {
+    return ops::cross_entropy_forward(B{}, static_cast<T*>(nullptr), logits_.data(), targets, logits_.size(0),
+                                      logits_.size(1), ignore_index);
+  }
+  /// Gradient of loss(targets) * scale into every trainable Param::grad (accumulated; zero_grads first).
+  void backward(const int64_t* targets, double scale = 1.0, int64_t ignore_index = -100) {
+    dlogits_.resize_uninit(logits_.shape());
+    ops::cross_entropy_backward(B{}, dlogits_.data(), logits_.data(), targets, logits_.size(0), logits_.size(1),
+                                scale, ignore_index);
+    lm_head.backward(model.byte_context(), dlogits_, dh_, head_s_);
+    model.backward(dh_);
+  }
+
+  /// Greedy continuation without a cache (HF generate(do_sample=False, use_cache=False), the reference's
+  /// generate_nocache): every step recomputes the patches of the whole sequence with the entropy model and runs
+  /// a full forward; the argmax of the last position is appended. Returns the n_new generated ids.
+  std::vector<int64_t> generate_greedy(std::vector<int64_t> ids, int64_t n_new) {
+    static_assert(is_cpu_v<B>, "generate_greedy reads logits on the host");
+    TESSERA_CHECK(!ids.empty(), "BLT generate: empty prompt (it needs at least BOS)");
+    std::vector<int64_t> out;
+    out.reserve(n_new);
+    for (int64_t step = 0; step < n_new; ++step) {
+      const int64_t seq = static_cast<int64_t>(ids.size());
+      const Tensor<T, B>& lg = forward(ids.data(), 1, seq);
+      const T* last = lg.data() + (seq - 1) * lg.size(1);
+      const int64_t next = std::max_element(last, last + lg.size(1)) - last;  // first maximum, like torch.argmax
+      ids.push_back(next);
+      out.push_back(next);
+    }
+    return out;
+  }
+
+ private:
+  typename Linear<T, B>::Saved head_s_;
+  Tensor<T, B> logits_, dlogits_, dh_;
+};
+
+}  // namespace tessera::blt
