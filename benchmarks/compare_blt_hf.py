@@ -12,7 +12,9 @@ Measures, for each model and each thread count (torch.set_num_threads(N)), fp32,
 - generation: `model.generate(ids, max_new_tokens=64, do_sample=False, use_cache=False)` from a
   --gen-prompt-bytes prompt, reported as new bytes/s. use_cache=False is what the HF BLT docs require: every
   step is a full forward (patcher + encoder + global + decoder) over the whole sequence.
-Each number is the median of --repeats runs after one warm-up. Prints one JSON object. The machine has 2 cores:
+Each number is the median of --repeats runs after one warm-up. Prints one JSON object. Every (model, threads)
+pair runs in a fresh child process with OMP_NUM_THREADS=N: with torch 2.11, raising set_num_threads from 1 to 2
+inside one process after work at 1 thread made the tiny prefill ~50x slower (60 ms -> 2.9 s, reproducible). The machine has 2 cores:
 time on a quiet machine (the JSON records the 1-minute load average); with other jobs running, the 2-thread
 numbers collapse (OpenMP threads wait for a descheduled peer).
 
@@ -29,6 +31,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -144,7 +148,35 @@ def main():
     ap.add_argument("--gen-repeats", type=int, default=2)
     ap.add_argument("--bench-dir", default="/work/blt-bench-model")
     ap.add_argument("--rebuild", action="store_true", help="re-create the bench model even if it exists")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+
+    if not args.child:   # parent: build the bench model once, then one child process per (model, threads)
+        if "bench" in args.models.split(",") and (args.rebuild or not os.path.exists(
+                os.path.join(args.bench_dir, "config.json"))):
+            t0 = time.perf_counter()
+            build_bench_model(args.bench_dir)
+            print(f"[bench] built and saved {args.bench_dir} in {time.perf_counter() - t0:.1f} s", flush=True)
+        report = None
+        for name in args.models.split(","):
+            for n in args.threads:
+                cmd = [sys.executable, os.path.abspath(__file__), "--child", "--models", name, "--threads", str(n)]
+                for opt in ("prompt_bytes", "gen_prompt_bytes", "new_tokens", "repeats", "gen_repeats",
+                            "bench_dir"):
+                    cmd += ["--" + opt.replace("_", "-"), str(getattr(args, opt))]
+                env = dict(os.environ, OMP_NUM_THREADS=str(n), PYTHONDONTWRITEBYTECODE="1")
+                out = subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
+                child = json.loads(out[out.index("\n{") + 1:])
+                for line in out[:out.index("\n{")].splitlines():
+                    if line.startswith("["):
+                        print(line, flush=True)
+                if report is None:
+                    report = child
+                else:
+                    report["models"].update(child["models"])
+                    report["results"] += child["results"]
+        print(json.dumps(report, indent=1))
+        return
 
     report = {"transformers": transformers.__version__, "torch": torch.__version__,
               "cpu": platform.processor() or platform.machine(), "dtype": "float32", "batch": 1,
@@ -159,10 +191,6 @@ def main():
             path = TINY_DIR
         elif name == "bench":
             path = args.bench_dir
-            if args.rebuild or not os.path.exists(os.path.join(path, "config.json")):
-                t0 = time.perf_counter()
-                build_bench_model(path)
-                print(f"[bench] built and saved {path} in {time.perf_counter() - t0:.1f} s", flush=True)
         else:
             raise SystemExit(f"unknown model {name!r} (tiny, bench)")
         model = BltForCausalLM.from_pretrained(path, dtype=torch.float32).eval()

@@ -226,6 +226,14 @@ TEST(BltCheckpoint, ReflectedNamesAreExactlyTheFixtureKeys) {
   EXPECT_TRUE(names.count("model.local_decoder.cross_attn_layers.1.o_proj.weight"));
   EXPECT_TRUE(names.count("model.patcher.lm_head.weight"));
   EXPECT_TRUE(names.count("lm_head.weight"));
+  // Hiding the frozen entropy model from optimizers: the walk loses exactly its 21 tensors.
+  m.model.walk_patcher = false;
+  int64_t n = 0;
+  for_each_param(m, [&](const std::string& name, Param<float>&) {
+    EXPECT_FALSE(name.starts_with("model.patcher.")) << name;
+    ++n;
+  });
+  EXPECT_EQ(n, static_cast<int64_t>(names.size()) - 21);
 }
 
 // ---- parity with transformers ---------------------------------------------------------------------------
@@ -299,6 +307,38 @@ TEST(BltParity, BatchRowsAreIndependent) {
     EXPECT_LE(tessera::testing::max_abs_err(both.data() + b * T * 260, one.data(), one.numel()), 1e-5) << b;
   }
   EXPECT_LE(tessera::testing::max_abs_err(both.data(), c0.logits.data(), T * 260), 1e-4);
+}
+
+TEST(BltParity, OriginalMasksAgreeBelow512BytesWithoutEos) {
+  // The original layout's 512-byte windows, EOS document cuts and include-next-byte patches (sum T + 1) only
+  // differ from the HF port on longer texts or texts with EOS; the fixture has neither (ids = byte + 4 >= 4).
+  BltConfig cfg = fixture_config();
+  cfg.local_window = 512;
+  cfg.eos_document_cuts = true;
+  cfg.patcher.window = 512;
+  BltForCausalLM<float> m(cfg);
+  io::load_model(m, kDir + "/model.safetensors");
+  double worst = 0;
+  for (int i = 0; i < kCases; ++i) {
+    const Case c = load_case(i);
+    const int64_t T = static_cast<int64_t>(c.ids.size());
+    const blt::PatchLengths pl = m.model.compute_patch_lengths(c.ids.data(), 1, T);
+    int64_t sum = 0;
+    for (int64_t l : pl.lengths) sum += l;
+    EXPECT_EQ(sum, T + 1) << "case " << i;
+    const auto& logits = m.forward(c.ids.data(), 1, T);
+    worst = std::max(worst, tessera::testing::max_abs_err(logits.data(), c.logits.data(), logits.numel()));
+  }
+  report("original_masks.logits.max_abs_err", worst);
+  EXPECT_LE(worst, 1e-4);
+  // A short window does change the result (the mask is really applied).
+  cfg.local_window = 4;
+  BltForCausalLM<float> w(cfg);
+  io::load_model(w, kDir + "/model.safetensors");
+  const Case c = load_case(0);
+  const auto& lw = w.forward(c.ids.data(), 1, static_cast<int64_t>(c.ids.size()), c.patch_lengths.data(),
+                             static_cast<int64_t>(c.patch_lengths.size()));
+  EXPECT_GT(tessera::testing::max_abs_err(lw.data(), c.logits.data(), lw.numel()), 1e-2);
 }
 
 // ---- patch bookkeeping -----------------------------------------------------------------------------------
@@ -443,6 +483,26 @@ TEST(BltCheckpoint, StrictLoadNamesTheProblem) {
     EXPECT_NE(std::string(e.what()).find("model.local_decoder.layers.2.self_attn.q_proj.weight"), std::string::npos)
         << e.what();
   }
+}
+
+TEST(BltModel, BadInputsGiveClearErrors) {
+  auto& m = fixture_model<float>();
+  std::vector<int64_t> ids = {1, 76, 300, 80};
+  const std::vector<int64_t> lengths = {1, 3};
+  EXPECT_THROW(m.forward(ids.data(), 1, 4, lengths.data(), 2), Error);  // id 300 outside the byte vocabulary
+  ids[2] = 77;
+  EXPECT_NO_THROW(m.forward(ids.data(), 1, 4, lengths.data(), 2));
+  EXPECT_THROW(m.forward(ids.data(), 1, 0), Error);  // empty input
+  BltConfig c = fixture_config();
+  c.patch_in_forward = false;
+  BltForCausalLM<float> no_patcher(c);
+  try {
+    no_patcher.forward(ids.data(), 1, 4);
+    FAIL() << "no error without patch lengths and without an entropy model";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no patch lengths given"), std::string::npos) << e.what();
+  }
+  EXPECT_NO_THROW(no_patcher.forward(ids.data(), 1, 4, lengths.data(), 2));
 }
 
 // ---- gradients ------------------------------------------------------------------------------------------

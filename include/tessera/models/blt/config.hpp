@@ -386,7 +386,8 @@ inline BltConfig BltConfig::read(const std::string& path, const std::string& ent
   using io::json;
   const json j = io::read_json_file(path);
   io::detail::check_object(j, path);
-  if (j.contains("encoder_config") || j.value("model_type", "") == "blt") return from_hf_json(j, path);
+  const bool hf_type = j.contains("model_type") && j["model_type"].is_string() && j["model_type"] == "blt";
+  if (j.contains("encoder_config") || hf_type) return from_hf_json(j, path);
   if (j.contains("model") || j.contains("args")) {
     if (entropy_path.empty()) return from_original_json(j, nullptr, path);
     const json e = io::read_json_file(entropy_path);

@@ -12,9 +12,9 @@
 // or computes them with the entropy model (`model.patcher`) and patchers::EntropyPatcher: BOS alone, a new patch
 // after every byte whose next-byte entropy exceeds the threshold (HF: possibly an empty trailing patch).
 //
-// Training note: the entropy model is frozen in BLT. It is part of the parameter walk only so that checkpoints
-// round-trip; it never receives a gradient. Train with patch_in_forward = false (patches computed outside, e.g.
-// by a separately loaded entropy model) or skip names starting with "model.patcher." in the optimizer.
+// Training note: the entropy model is frozen in BLT and never receives a gradient. It is part of the parameter
+// walk so that checkpoints round-trip; set `model.walk_patcher = false` after loading to hide it from optimizers
+// (AdamW would otherwise weight-decay it), clipping and zero_grads — and back to true before saving.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -51,6 +51,7 @@ class BltModel {
   GlobalTransformer<T, B> global_transformer;
   LocalDecoder<T, B> local_decoder;
   models::Llama<T, B> patcher;  // the entropy model; set up only when config.patch_in_forward
+  bool walk_patcher = true;     // include `patcher.*` in for_each_param (see the training note above)
 
   BltModel() = default;
   explicit BltModel(const BltConfig& c) { setup(c); }
@@ -76,7 +77,7 @@ class BltModel {
     f("local_encoder", local_encoder);
     f("global_transformer", global_transformer);
     f("local_decoder", local_decoder);
-    if (config.patch_in_forward) f("patcher", patcher);
+    if (config.patch_in_forward && walk_patcher) f("patcher", patcher);
   }
 
   /// The patch rule of this config: global entropy threshold; HF layout: lengths sum to T with a possible empty
