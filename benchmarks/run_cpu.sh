@@ -9,7 +9,7 @@
 # Threads: tessera runs its own loops with OpenMP and its large GEMMs in OpenBLAS (Debian's pthreads build,
 # through Eigen's EIGEN_USE_BLAS); PyTorch uses OpenMP for ATen and the same OpenBLAS for GEMMs. Both pools
 # are capped at N for both programs via OMP_NUM_THREADS and OPENBLAS_NUM_THREADS.
-# Results (Google Benchmark JSON, torch JSON, table.md) go to $BUILD/bench-results/.
+# Results (Google Benchmark JSON, torch JSON, context.txt, table.md) go to $OUT (default $BUILD/bench-results).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,7 +17,7 @@ BUILD=${BUILD:-build-bench}
 [[ $BUILD = /* ]] || BUILD="$ROOT/$BUILD"
 THREADS=${THREADS:-"1 2"}
 PY=${PY:-/usr/bin/python3}  # Debian's python3 has torch 1.13; a pyenv `python3` on PATH does not
-OUT="$BUILD/bench-results"
+OUT=${OUT:-"$BUILD/bench-results"}
 BENCHES=(bench_train_step bench_gemm bench_attention)
 
 if [[ ! -f $BUILD/CMakeCache.txt ]]; then
@@ -41,13 +41,15 @@ mkdir -p "$OUT"
   echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "tessera blas: $(ldd "$BUILD/benchmarks/bench_gemm" | grep -Eo 'lib(open)?blas[^ ]*' | sort -u | tr '\n' ' ')"
   echo "openblas: $(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3)"
+  echo "environment: $(env | grep -E '^(OMP_|GOMP_|OPENBLAS_|KMP_)' | sort | tr '\n' ' ')"
 } | tee "$OUT/context.txt"
 
 for n in $THREADS; do
   export OMP_NUM_THREADS=$n OPENBLAS_NUM_THREADS=$n
   for b in "${BENCHES[@]}"; do
     echo "== $b, $n thread(s)" >&2
-    "$BUILD/benchmarks/$b" --benchmark_out="$OUT/${b}_$n.json" --benchmark_out_format=json >&2
+    "$BUILD/benchmarks/$b" --benchmark_min_time=0.3 --benchmark_out="$OUT/${b}_$n.json" \
+      --benchmark_out_format=json >&2
   done
   echo "== PyTorch, $n thread(s)" >&2
   "$PY" "$ROOT/benchmarks/compare_pytorch.py" measure --threads "$n" > "$OUT/torch_$n.json"

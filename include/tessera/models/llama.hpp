@@ -3,7 +3,10 @@
 #pragma once
 #include <nlohmann/json.hpp>
 #include <string>
+#include <type_traits>
+#include <vector>
 
+#include "tessera/layers/kv_cache.hpp"
 #include "tessera/layers/layers.hpp"
 #include "tessera/ops/loss.hpp"
 
@@ -68,6 +71,71 @@ using LlamaBlock =
                              Named<"self_attn", SelfAttention<T, rope::Interleaved, Mask, B>>>,
              PreNormResidual<Named<"post_attention_layernorm", RmsNorm<T, B>>, Named<"mlp", SwiGlu<T, B>>>>;
 
+// ---- inference with KV caches ------------------------------------------------------------------------
+
+/// Scratch of the cached forward of Llama blocks (buffers reused across steps; no state between calls).
+template <class T, class Mask = mask::SlidingWindow, class B = cpu>
+struct LlamaBlockScratch {
+  typename RmsNorm<T, B>::Saved n1, n2;
+  typename SelfAttention<T, rope::Interleaved, Mask, B>::Saved attn;
+  typename SwiGlu<T, B>::Saved mlp;
+  Tensor<T, B> normed, h;
+};
+
+/// One Llama block with KV caches (inference only): y = h + mlp(n2(h)), h = x + attn(n1(x)), the attention
+/// reading and extending caches[b] for sequence b (SelfAttention::forward_cached). The same operations in the
+/// same order as LlamaBlock::forward, so each row equals the full forward's row.
+template <class T, class Mask, class B>
+void llama_block_forward_cached(const LlamaBlock<T, Mask, B>& blk, const SeqContext& ctx,
+                                std::type_identity_t<TensorView<const T>> x, Tensor<T, B>& y, KvCache<T, B>* const* caches, LlamaBlockScratch<T, Mask, B>& s) {
+  const auto& attn_part = std::get<0>(blk.layers);
+  const auto& mlp_part = std::get<1>(blk.layers);
+  attn_part.norm.inner.forward(ctx, x, s.normed, s.n1);
+  attn_part.inner.inner.forward_cached(ctx, s.normed, s.h, caches, s.attn);
+  ops::add_inplace(B{}, s.h.data(), x.data(), x.numel());
+  mlp_part.norm.inner.forward(ctx, s.h, s.normed, s.n2);
+  mlp_part.inner.inner.forward(ctx, s.normed, y, s.mlp);
+  ops::add_inplace(B{}, y.data(), s.h.data(), s.h.numel());
+}
+
+/// Scratch of llama_stack_forward_cached.
+template <class T, class Mask = mask::SlidingWindow, class B = cpu>
+struct LlamaStackScratch {
+  LlamaBlockScratch<T, Mask, B> block;
+  Tensor<T, B> buf[2];
+  std::vector<int64_t> positions;
+  std::vector<KvCache<T, B>*> layer_caches;
+};
+
+/// A stack of Llama blocks with KV caches (inference only). ctx.batch sequences with ctx.seq new tokens each;
+/// caches[b] is sequence b's KvCacheStack (one cache per layer). Rotary positions are caches[b]->next_pos + t
+/// unless ctx.positions is set; next_pos advances by ctx.seq. x [rows, dim] -> y [rows, dim].
+template <class T, class Mask, class B>
+void llama_stack_forward_cached(const Stack<LlamaBlock<T, Mask, B>>& stack, const SeqContext& ctx,
+                                std::type_identity_t<TensorView<const T>> x, Tensor<T, B>& y, KvCacheStack<T, B>* const* caches,
+                                LlamaStackScratch<T, Mask, B>& s) {
+  const size_t n = stack.size();
+  TESSERA_CHECK(n > 0, "llama_stack_forward_cached: no layers");
+  SeqContext c = ctx;
+  if (!c.positions) {
+    cached_positions(caches, ctx.batch, ctx.seq, s.positions);
+    c.positions = s.positions.data();
+  }
+  s.layer_caches.resize(static_cast<size_t>(ctx.batch));
+  TensorView<const T> cur = x;
+  for (size_t i = 0; i < n; ++i) {
+    for (int64_t b = 0; b < ctx.batch; ++b) {
+      TESSERA_CHECK(caches[b]->layers.size() == n, "llama_stack_forward_cached: cache of sequence ", b, " has ",
+                    caches[b]->layers.size(), " layers, the stack ", n);
+      s.layer_caches[b] = &caches[b]->layers[i];
+    }
+    Tensor<T, B>& out = i + 1 == n ? y : s.buf[i % 2];
+    llama_block_forward_cached(stack.layers[i], c, cur, out, s.layer_caches.data(), s.block);
+    cur = out;
+  }
+  for (int64_t b = 0; b < ctx.batch; ++b) caches[b]->next_pos += ctx.seq;
+}
+
 template <class T, class B = cpu>
 class Llama {
  public:
@@ -109,6 +177,39 @@ class Llama {
     return logits_;
   }
   const Tensor<T, B>& logits() const { return logits_; }
+
+  // ---- inference with KV caches (no backward) ----
+  using Cache = KvCacheStack<T, B>;
+  /// Buffers of forward_cached, reused across calls (one per concurrent caller).
+  struct DecodeScratch {
+    typename Embedding<T, B>::Saved embed;
+    LlamaStackScratch<T, mask::SlidingWindow, B> stack;
+    typename RmsNorm<T, B>::Saved norm;
+    typename Linear<T, B>::Saved head;
+    Tensor<T, B> x0, h, hn, logits;
+  };
+  /// An empty cache for one sequence (window = config.window; position 0).
+  Cache make_cache() const {
+    Cache c;
+    const LayerConfig l = config.layer();
+    c.setup(config.n_layers, l.kv_heads() * l.hdim(), l.kv_heads() * l.hdim(), config.window);
+    return c;
+  }
+  /// Incremental forward: ids [batch*seq], `seq` new tokens of each of `batch` sequences; caches[b] (make_cache)
+  /// holds sequence b's earlier tokens and advances by seq positions. Returns logits [batch*seq, vocab] (in s,
+  /// valid until its next use). Equals the rows of forward() over each whole sequence.
+  const Tensor<T, B>& forward_cached(const int64_t* ids, int64_t batch, int64_t seq, Cache* const* caches,
+                                     DecodeScratch& s) const {
+    SeqContext ctx;
+    ctx.batch = batch;
+    ctx.seq = seq;
+    ctx.window = config.window;
+    embed_tokens.forward(ids, ctx.rows(), s.x0, s.embed);
+    llama_stack_forward_cached(layers, ctx, s.x0, s.h, caches, s.stack);
+    norm.forward(ctx, s.h, s.hn, s.norm);
+    lm_head.forward(ctx, s.hn, s.logits, s.head);
+    return s.logits;
+  }
 
   /// Mean cross-entropy of the last forward's logits against targets [B*T] (ignore_index skipped).
   double loss(const int64_t* targets, int64_t ignore_index = -100) const {

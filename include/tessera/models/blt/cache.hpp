@@ -1,0 +1,425 @@
+// Cached BLT inference (specs/blt.md §9): the state of one generation row (BltRowCache) and the incremental
+// forward (BltIncremental) that extends it by one byte per row, batched over rows, or by a whole prompt at once —
+// with, row for row, the results of a full BltForCausalLM forward over the sequence so far.
+//
+// What a row keeps:
+//   entropy  KvCacheStack of the entropy model. Positions restart where its context restarts (original layout:
+//            after an EOS and every 8192 tokens, EntropyOptions::original(); HF layout: never).
+//   encoder  KvCacheStack of the local encoder's self-attention (positions = byte index), and open_h, the encoder
+//            states of the bytes of the open patch: max-pooled and cross-attended once, when the patch closes.
+//   global   KvCacheStack of the global transformer with one entry per CLOSED patch (position = patch index).
+//   decoder  KvCacheStack of the local decoder's self-attention, and per decoder cross-attention layer the K/V of
+//            the k memory slots of the latest closed patch.
+// Why closed patches suffice (§6, §13.3): byte t reads the global output of patch_id(t+1) - 1. Whether byte t+1
+// starts a patch is decided by H_t as soon as byte t is ingested: if it does, byte t reads its own patch, which
+// closes right then; otherwise the patch before it, closed earlier. Either way it is the latest closed patch, so
+// the open patch's global output is never computed and the decoder memory holds one patch.
+//
+// Patching is decided byte by byte: byte t+1 starts a patch iff t == 0, or H_t > threshold (fp32 compare, as
+// EntropyPatcher), or max_patch_length bytes are open. Earlier patches never change as the text grows (every
+// component is causal and the rule is local), which is what makes the caches valid. Document cuts of the original
+// layout (EOS bytes; patches holding an EOS for the global model) clear the caches, keeping the positions.
+//
+// One quirk is reproduced: with the HF patch form and max_patch_length set, the HF port drops the candidate
+// start at position N (EntropyPatcher, finish_starts), so the LAST byte of a sequence reads the patch before its
+// own even when byte N will start a new patch; one step later the same byte reads its own patch. Logits then
+// come from a decoder pass with the "view" memory, and the byte is decoded once more with its final memory for
+// the caches.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "tessera/layers/kv_cache.hpp"
+#include "tessera/models/blt/entropy.hpp"
+#include "tessera/models/blt/model.hpp"
+#include "tessera/ops/segment.hpp"
+
+namespace tessera::blt {
+
+/// The cached state of one row (see the file comment). Create with BltIncremental::new_row.
+template <class T>
+struct BltRowCache {
+  std::vector<int64_t> ids;            // every id ingested so far
+  std::vector<float> entropies;        // H_t of every ingested id (nats)
+  std::vector<int64_t> patch_lengths;  // lengths of the closed patches
+  int64_t open_len = 0;                // bytes ingested into the open patch
+  bool open_has_eos = false;
+  bool next_starts = true;             // the next byte starts a new patch
+  std::vector<T> open_h;               // encoder states of the open patch's bytes [open_len, d]
+  KvCacheStack<T> entropy, encoder, global, decoder;
+  std::vector<KvCache<T>> cross;       // per decoder cross-attention layer: slots of the latest closed patch
+  std::vector<T> logits;               // next-byte logits after the last ingested id [vocab]
+
+  int64_t size() const { return static_cast<int64_t>(ids.size()); }
+  int64_t closed_patches() const { return static_cast<int64_t>(patch_lengths.size()); }
+};
+
+template <class T>
+class BltIncremental {
+ public:
+  using Model = BltForCausalLM<T>;
+
+  explicit BltIncremental(const Model& lm) : lm_(lm) {
+    const BltConfig& c = lm.config();
+    TESSERA_CHECK(c.patch_in_forward, "BLT generation: the model has no entropy model (patch_in_forward is false)");
+    TESSERA_CHECK(c.patching_mode == "entropy", "BLT generation: patching_mode '", c.patching_mode,
+                  "' is not supported (only \"entropy\")");
+    entropy_opt_ = c.eos_document_cuts ? EntropyOptions::original() : EntropyOptions::hf();
+    const patchers::EntropyPatcher rule = lm.model.entropy_patcher();
+    threshold_ = static_cast<float>(rule.threshold);
+    max_len_ = rule.max_patch_length;
+    view_quirk_ = rule.next == patchers::NextByte::kHf && max_len_ > 0;
+    k_ = c.cross_attn_k;
+    d_ = c.encoder.dim;
+    for (const int64_t n : c.hash_sizes) max_ngram_ = std::max(max_ngram_, n);
+  }
+  const Model& model() const { return lm_; }
+
+  /// An empty row with caches sized for the model.
+  BltRowCache<T> new_row() const {
+    const BltConfig& c = lm_.config();
+    BltRowCache<T> r;
+    r.entropy = lm_.model.patcher.make_cache();
+    auto kv = [](const LayerConfig& l) { return l.kv_heads() * l.hdim(); };
+    const LayerConfig enc = c.encoder.layer(), glo = c.global.layer(), dec = c.decoder.layer();
+    r.encoder.setup(enc.n_layers, kv(enc), kv(enc), c.local_window);
+    r.global.setup(glo.n_layers, kv(glo), kv(glo), 0);
+    r.decoder.setup(dec.n_layers, kv(dec), kv(dec), c.local_window);
+    const LayerConfig cross = c.decoder.cross_layer();
+    r.cross.assign(lm_.model.local_decoder.cross_attn_layers.size(), KvCache<T>{});
+    for (auto& x : r.cross) x.setup(cross.n_heads * cross.hdim(), cross.n_heads * cross.hdim());
+    return r;
+  }
+
+  /// Reset `row` and ingest a prompt (at least one id, normally BOS first). The prompt is processed in parallel,
+  /// in pieces between context resets. Afterwards row.logits predict the byte after the prompt.
+  void prefill(BltRowCache<T>& row, std::span<const int64_t> prompt) {
+    TESSERA_CHECK(!prompt.empty(), "BLT generate: empty prompt (it needs at least BOS)");
+    row = new_row();
+    BltRowCache<T>* rp = &row;
+    int64_t start = 0;
+    const int64_t n = static_cast<int64_t>(prompt.size());
+    for (int64_t t = 1; t < n; ++t)
+      if (resets_before(prompt[t - 1], t)) {
+        ingest(&rp, 1, prompt.data() + start, t - start);
+        start = t;
+      }
+    ingest(&rp, 1, prompt.data() + start, n - start);
+  }
+
+  /// Ingest ids[i] into rows[i] for i < n_rows (one byte per row, batched); updates each row's logits.
+  void step(BltRowCache<T>* const* rows, int64_t n_rows, const int64_t* ids) { ingest(rows, n_rows, ids, 1); }
+
+  /// Ingest n ids per row (ids [n_rows * n], row-major) with no context reset inside them (a reset before the
+  /// first is fine): entropy model, encoder, patch decisions, closed patches through the global model, decoder.
+  void ingest(BltRowCache<T>* const* rows, int64_t R, const int64_t* ids, int64_t n) {
+    TESSERA_CHECK(R >= 1 && n >= 1, "BltIncremental::ingest: nothing to ingest (", R, " rows x ", n, " ids)");
+    const BltConfig& cfg = lm_.config();
+    const BltModel<T>& m = lm_.model;
+    const int64_t N = R * n, V = cfg.vocab_size;
+    for (int64_t i = 0; i < N; ++i)
+      TESSERA_CHECK(ids[i] >= 0 && ids[i] < V, "BLT generate: id ", ids[i], " (row ", i / n, ") is outside the "
+                    "vocabulary [0, ", V, ")");
+
+    // 0. context resets before the first new id, then record the ids
+    t0_.resize(static_cast<size_t>(R));
+    for (int64_t b = 0; b < R; ++b) {
+      BltRowCache<T>& row = *rows[b];
+      const int64_t t0 = row.size();
+      const int64_t* x = ids + b * n;
+      if (t0 > 0) {
+        const int64_t prev = row.ids.back();
+        if (entropy_resets_before(prev, t0)) row.entropy.clear(true);
+        if (document_cut_after(prev)) {
+          row.encoder.clear(false);
+          row.decoder.clear(false);
+        }
+      }
+      for (int64_t j = 1; j < n; ++j)
+        TESSERA_CHECK(!resets_before(x[j - 1], t0 + j), "BltIncremental::ingest: a context reset inside the ids "
+                      "(position ", t0 + j, "); split them there (prefill does)");
+      row.ids.insert(row.ids.end(), x, x + n);
+      t0_[b] = t0;
+    }
+
+    // 1. entropy model -> H_t of every new id
+    ent_ptrs_.resize(static_cast<size_t>(R));
+    for (int64_t b = 0; b < R; ++b) ent_ptrs_[b] = &rows[b]->entropy;
+    const Tensor<T>& el = m.patcher.forward_cached(ids, R, n, ent_ptrs_.data(), ent_s_);
+    H_.resize(static_cast<size_t>(N));
+    entropies_from_logits(el.data(), N, el.size(1), H_.data());
+
+    // 2. local encoder: byte + hash n-gram embeddings, then the cached layers
+    const HashConfig& hc = m.embeddings.config;
+    const int64_t nt = hc.n_tables();
+    hash_.resize(static_cast<size_t>(nt * N));
+    for (int64_t b = 0; b < R; ++b) {
+      const int64_t t0 = t0_[b], w0 = std::max<int64_t>(0, t0 - (max_ngram_ - 1)), len = t0 + n - w0;
+      window_hash_.resize(static_cast<size_t>(nt * len));
+      stacked_hash_ids(hc, rows[b]->ids.data() + w0, 1, len, window_hash_.data());
+      for (int64_t t = 0; t < nt; ++t)
+        std::copy_n(window_hash_.data() + t * len + (t0 - w0), n, hash_.data() + t * N + b * n);
+    }
+    e_.resize_uninit({N, d_});
+    hash_embedding_forward(cpu{}, e_.data(), ids, hash_.data(), m.embeddings.embed_tokens.params.weight.value.data(),
+                           m.embeddings.hash_tables.params.weight.value.data(), N, nt, hc.vocab_size, d_);
+    SeqContext bytes;
+    bytes.batch = R;
+    bytes.seq = n;
+    bytes.window = cfg.local_window;
+    stack_ptrs_.resize(static_cast<size_t>(R));
+    for (int64_t b = 0; b < R; ++b) stack_ptrs_[b] = &rows[b]->encoder;
+    models::llama_stack_forward_cached(m.local_encoder.layers, bytes, e_, h_, stack_ptrs_.data(), enc_s_);
+
+    // 3. patch decisions, byte by byte; closed patches are collected for steps 4-6
+    closings_.clear();
+    close_h_.clear();
+    key_seg_.clear();
+    seg_.resize(static_cast<size_t>(N));
+    final_seg_.assign(static_cast<size_t>(R), 0);
+    for (int64_t b = 0; b < R; ++b) {
+      BltRowCache<T>& row = *rows[b];
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t t = t0_[b] + j, r = b * n + j, p = row.closed_patches();  // p: the patch of byte t
+        const float h = H_[r];
+        row.entropies.push_back(h);
+        row.open_h.insert(row.open_h.end(), h_.data() + r * d_, h_.data() + (r + 1) * d_);
+        ++row.open_len;
+        row.open_has_eos = row.open_has_eos || ids[r] == cfg.eos_id;
+        const bool starts = t == 0 || h > threshold_ || (max_len_ > 0 && row.open_len >= max_len_);
+        seg_[r] = starts ? p : p - 1;  // patch_id(t+1) - 1 (t == 0: patch 0, which closes now)
+        if (j == n - 1) {  // the last byte's logits use the view of a sequence ending at it (see the quirk)
+          final_seg_[b] = seg_[r];
+          if (view_quirk_) seg_[r] = std::max<int64_t>(p - 1, 0);
+        }
+        if (starts) {
+          closings_.push_back({b, p, static_cast<int64_t>(key_seg_.size()), row.open_len, row.open_has_eos});
+          close_h_.insert(close_h_.end(), row.open_h.begin(), row.open_h.end());
+          key_seg_.insert(key_seg_.end(), static_cast<size_t>(row.open_len),
+                          static_cast<int64_t>(closings_.size()) - 1);
+          row.patch_lengths.push_back(row.open_len);
+          row.open_h.clear();
+          row.open_len = 0;
+          row.open_has_eos = false;
+        }
+        row.next_starts = starts;
+      }
+    }
+
+    // 4-6. closed patches: encoder cross-attention, global model, decoder memory
+    if (!closings_.empty()) close_patches(rows, n);
+
+    // 7. decoder (pass A: the logits' view), final norm and head on the last byte of every row
+    const Tensor<T>& hd = decode(rows, R, n, h_, seg_.data());
+    last_.resize_uninit({R, d_});
+    for (int64_t b = 0; b < R; ++b) std::copy_n(hd.data() + (b * n + n - 1) * d_, d_, last_.data() + b * d_);
+    SeqContext lastc;
+    lastc.batch = R;
+    lastc.seq = 1;
+    m.local_decoder.norm.forward(lastc, last_, normed_, norm_s_);
+    lm_.lm_head.forward(lastc, normed_, logits_, head_s_);
+    for (int64_t b = 0; b < R; ++b) rows[b]->logits.assign(logits_.data() + b * V, logits_.data() + (b + 1) * V);
+
+    // pass B (quirk only): decode the last byte again with its final memory patch, for the caches
+    quirk_rows_.clear();
+    for (int64_t b = 0; b < R; ++b)
+      if (final_seg_[b] != seg_[b * n + n - 1]) quirk_rows_.push_back(b);
+    if (!quirk_rows_.empty()) {
+      const int64_t Q = static_cast<int64_t>(quirk_rows_.size());
+      quirk_ptrs_.resize(static_cast<size_t>(Q));
+      quirk_seg_.resize(static_cast<size_t>(Q));
+      quirk_h_.resize_uninit({Q, d_});
+      for (int64_t i = 0; i < Q; ++i) {
+        const int64_t b = quirk_rows_[i];
+        BltRowCache<T>& row = *rows[b];
+        for (auto& l : row.decoder.layers) l.pop_back(1);
+        --row.decoder.next_pos;
+        quirk_ptrs_[i] = &row;
+        quirk_seg_[i] = final_seg_[b];
+        std::copy_n(h_.data() + (b * n + n - 1) * d_, d_, quirk_h_.data() + i * d_);
+      }
+      decode(quirk_ptrs_.data(), Q, 1, quirk_h_, quirk_seg_.data());
+    }
+
+    // 8. the decoder only ever reads the latest closed patch again
+    for (int64_t b = 0; b < R; ++b)
+      for (auto& c : rows[b]->cross) c.keep_last(k_);
+  }
+
+  /// Patch lengths of the ids ingested so far, in the form BltModel::compute_patch_lengths gives one row:
+  /// HF (sum N, possibly a trailing empty patch) or original (sum N + 1, the next byte in the last patch).
+  std::vector<int64_t> patch_lengths(const BltRowCache<T>& row) const {
+    std::vector<int64_t> l = row.patch_lengths;
+    if (lm_.config().eos_document_cuts) {
+      l.push_back(row.open_len + 1);
+    } else {
+      if (row.open_len > 0) l.push_back(row.open_len);
+      if (row.next_starts && !view_quirk_) l.push_back(0);
+    }
+    return l;
+  }
+
+ private:
+  struct Closing {
+    int64_t row, patch, key_begin, key_len;
+    bool has_eos;
+  };
+
+  /// Context resets of the entropy model before position t (prev = the id at t - 1).
+  bool entropy_resets_before(int64_t prev, int64_t t) const {
+    return (entropy_opt_.eos_cuts && prev == EOS) || (entropy_opt_.chunk > 0 && t % entropy_opt_.chunk == 0);
+  }
+  /// A document cut of the local models after the id `prev` (original layout).
+  bool document_cut_after(int64_t prev) const {
+    const BltConfig& c = lm_.config();
+    return c.eos_document_cuts && prev == c.eos_id;
+  }
+  bool resets_before(int64_t prev, int64_t t) const {
+    return entropy_resets_before(prev, t) || document_cut_after(prev);
+  }
+
+  /// Steps 4-6 for the patches closed by this ingest (closings_, their byte states in close_h_).
+  void close_patches(BltRowCache<T>* const* rows, int64_t n) {
+    const BltModel<T>& m = lm_.model;
+    const int64_t C = static_cast<int64_t>(closings_.size()), L = static_cast<int64_t>(key_seg_.size());
+    // 4. max-pool -> k query slots -> cross-attention over exactly the patch's bytes (2·q0 + o)
+    pooled_.resize_uninit({C, d_});
+    argmax_.resize_uninit({C, d_});
+    ops::segment_max_forward(cpu{}, pooled_.data(), argmax_.data(), close_h_.data(), key_seg_.data(), L, C, d_);
+    SeqContext pc;
+    pc.batch = 1;
+    pc.seq = C;
+    m.local_encoder.patch_embedding_projection.forward(pc, pooled_, q0_, lin_s_);
+    slot_seg_.resize(static_cast<size_t>(C * k_));
+    for (int64_t s = 0; s < C * k_; ++s) slot_seg_[s] = s / k_;
+    SeqContext qs, ks;
+    qs.seq = C * k_;
+    qs.segment_ids = slot_seg_.data();
+    ks.seq = L;
+    ks.segment_ids = key_seg_.data();
+    const TensorView<const T> keys(close_h_.data(), Shape{L, d_});
+    m.local_encoder.cross_attn_layers.layers[0].forward(qs, q0_.view().reshape({C * k_, d_}), ks, keys, reprs_,
+                                                        enc_cross_s_);
+    reprs_.reshape({C, k_ * d_});
+
+    // 5. global model, one position per closed patch; the cache is cleared after a patch holding an EOS
+    //    (original layout: block-causal documents over patches)
+    TensorView<const T> gx = reprs_;
+    if (m.global_transformer.projects()) {
+      m.global_transformer.token_embedding_projection.forward(pc, reprs_, gproj_, lin_s_);
+      gx = gproj_;
+    }
+    const int64_t dg = m.global_transformer.dim;
+    const bool cuts = lm_.config().eos_document_cuts;
+    g_.resize_uninit({C, dg});
+    SeqContext gc;
+    if (n == 1) {  // at most one closed patch per row: one batched call
+      stack_ptrs_.resize(static_cast<size_t>(C));
+      for (int64_t c = 0; c < C; ++c) stack_ptrs_[c] = &rows[closings_[c].row]->global;
+      gc.batch = C;
+      gc.seq = 1;
+      models::llama_stack_forward_cached(m.global_transformer.layers, gc, gx, g_, stack_ptrs_.data(), glob_s_);
+      for (int64_t c = 0; c < C; ++c)
+        if (cuts && closings_[c].has_eos) rows[closings_[c].row]->global.clear(false);
+    } else {  // one row: its patches in runs that end at EOS patches
+      for (int64_t c0 = 0; c0 < C;) {
+        int64_t c1 = c0 + 1;
+        while (c1 < C && !(cuts && closings_[c1 - 1].has_eos)) ++c1;
+        KvCacheStack<T>* gs = &rows[closings_[c0].row]->global;
+        gc.batch = 1;
+        gc.seq = c1 - c0;
+        models::llama_stack_forward_cached(m.global_transformer.layers, gc, gx.slice(0, c0, c1), grun_, &gs, glob_s_);
+        std::copy_n(grun_.data(), (c1 - c0) * dg, g_.data() + c0 * dg);
+        if (cuts && closings_[c1 - 1].has_eos) gs->clear(false);
+        c0 = c1;
+      }
+    }
+
+    // 6. decoder memory: k slots per patch, their K/V for every cross-attention layer, appended to the rows
+    m.local_decoder.patch_embedding_projection.forward(pc, g_, mem_, lin_s_);
+    const TensorView<const T> mem = mem_.view().reshape({C * k_, d_});
+    SeqContext mc;
+    mc.seq = C * k_;
+    patch_ids_.resize(static_cast<size_t>(k_));
+    for (size_t i = 0; i < m.local_decoder.cross_attn_layers.size(); ++i) {
+      const auto& cross = m.local_decoder.cross_attn_layers.layers[i];
+      cross.k_norm.forward(mc, mem, kn_, rms_s_);
+      cross.attn.project_kv(mc, kn_, kmem_, vmem_);
+      const int64_t w = kmem_.size(1);
+      for (int64_t c = 0; c < C; ++c) {
+        std::fill(patch_ids_.begin(), patch_ids_.end(), closings_[c].patch);
+        rows[closings_[c].row]->cross[i].append(kmem_.data() + c * k_ * w, w, vmem_.data() + c * k_ * w, w, k_,
+                                                patch_ids_.data());
+      }
+    }
+  }
+
+  /// Decoder over n new byte states per row (x [R*n, d]); seg [R*n]: the patch whose memory each byte reads.
+  /// Extends the rows' decoder caches; returns the last layer's output [R*n, d] (before the final norm).
+  const Tensor<T>& decode(BltRowCache<T>* const* rows, int64_t R, int64_t n, TensorView<const T> x,
+                          const int64_t* seg) {
+    const auto& dec = lm_.model.local_decoder;
+    SeqContext bytes;
+    bytes.batch = R;
+    bytes.seq = n;
+    bytes.window = lm_.config().local_window;
+    dec_stack_ptrs_.resize(static_cast<size_t>(R));
+    for (int64_t b = 0; b < R; ++b) dec_stack_ptrs_[b] = &rows[b]->decoder;
+    cached_positions(dec_stack_ptrs_.data(), R, n, dec_pos_);
+    bytes.positions = dec_pos_.data();
+    SeqContext q = bytes;
+    q.segment_ids = seg;
+    cross_ptrs_.resize(static_cast<size_t>(R));
+    layer_ptrs_.resize(static_cast<size_t>(R));
+    TensorView<const T> cur = x;
+    const size_t L = dec.layers.size();
+    for (size_t i = 0; i < L; ++i) {
+      if (dec.has_cross(i)) {
+        const auto& cross = dec.cross_attn_layers.layers[i];
+        for (int64_t b = 0; b < R; ++b) cross_ptrs_[b] = &rows[b]->cross[i];
+        cross.q_norm.forward(q, cur, qn_, rms_s_);
+        cross.attn.forward_cached(q, qn_, cross_ptrs_.data(), cbuf_, dec_cross_s_);
+        ops::add_inplace(cpu{}, cbuf_.data(), cur.data(), cur.numel());  // 2·x + o, as PatchCrossAttention
+        ops::add_inplace(cpu{}, cbuf_.data(), cur.data(), cur.numel());
+        cur = cbuf_;
+      }
+      for (int64_t b = 0; b < R; ++b) layer_ptrs_[b] = &rows[b]->decoder.layers[i];
+      models::llama_block_forward_cached(dec.layers.layers[i], bytes, cur, lbuf_[i % 2], layer_ptrs_.data(), block_s_);
+      cur = lbuf_[i % 2];
+    }
+    for (int64_t b = 0; b < R; ++b) rows[b]->decoder.next_pos += n;
+    return lbuf_[(L - 1) % 2];
+  }
+
+  const Model& lm_;
+  EntropyOptions entropy_opt_;
+  float threshold_ = 0;
+  int64_t max_len_ = 0, k_ = 1, d_ = 0, max_ngram_ = 1;
+  bool view_quirk_ = false;
+
+  // scratch, reused across calls
+  typename models::Llama<T>::DecodeScratch ent_s_;
+  models::LlamaStackScratch<T, BltMask> enc_s_, glob_s_;
+  models::LlamaBlockScratch<T, BltMask> block_s_;
+  typename PatchCrossAttention<T>::Saved enc_cross_s_;
+  typename CrossAttention<T, mask::SegmentMatch>::Saved dec_cross_s_;
+  typename RmsNorm<T>::Saved rms_s_, norm_s_;
+  typename Linear<T>::Saved lin_s_, head_s_;
+  std::vector<int64_t> t0_, hash_, window_hash_, seg_, final_seg_, key_seg_, slot_seg_, patch_ids_, dec_pos_,
+      quirk_rows_, quirk_seg_;
+  std::vector<float> H_;
+  std::vector<T> close_h_;
+  std::vector<Closing> closings_;
+  std::vector<KvCacheStack<T>*> ent_ptrs_, stack_ptrs_, dec_stack_ptrs_;
+  std::vector<const KvCache<T>*> cross_ptrs_;
+  std::vector<KvCache<T>*> layer_ptrs_;
+  std::vector<BltRowCache<T>*> quirk_ptrs_;
+  Tensor<T> e_, h_, last_, normed_, logits_, quirk_h_, pooled_, q0_, reprs_, gproj_, g_, grun_, mem_, kn_, kmem_,
+      vmem_, qn_, cbuf_, lbuf_[2];
+  Tensor<int64_t> argmax_;
+};
+
+}  // namespace tessera::blt
