@@ -79,17 +79,17 @@ struct SelfAttention {
     o_proj.forward(ctx, s.attn, y, s.o_s);
   }
 
-  static constexpr int64_t kDecodeRows = 4;  // forward_cached: up to this many new rows use decode_attention
-
-  /// Inference with a KV cache (no backward): ctx.batch sequences with ctx.seq new tokens each, x [rows, dim].
-  /// caches[b] (widths n_kv_heads * head_dim) holds sequence b's earlier keys and values and receives the new
-  /// ones; its queries attend to every cached key the position part of Mask allows (mask::Cached: causal, window
-  /// ctx.window). RoPE positions: ctx.positions [rows] or ctx.pos_offset + t. Document cuts are the caller's job
-  /// (clear a cache where a document starts). Row for row the same as forward() over the whole sequence.
-  void forward_cached(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, KvCache<T, B>* const* caches,
-                      Saved& s) const {
-    static_assert(mask::Cached<Mask>::supported && mask::Cached<Mask>::causal,
-                  "SelfAttention::forward_cached needs a causal mask (optionally windowed / with document cuts)");
+  /// Inference with a KV cache (no backward): ctx.batch sequences with ctx.seq new tokens each, x [rows,
+  /// dim]. caches[b] (widths n_kv_heads * head_dim) holds sequence b's earlier keys and values and receives
+  /// the new ones; its queries attend to every cached key the position part of Mask allows (mask::Cached:
+  /// causal, window ctx.window). RoPE positions: ctx.positions [rows] or ctx.pos_offset + t. Document cuts
+  /// are the caller's job (clear a cache where a document starts). Row for row the same as forward() over the
+  /// whole sequence.
+  void forward_cached(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y,
+                      KvCache<T, B>* const* caches, Saved& s) const {
+    static_assert(
+        mask::Cached<Mask>::supported && mask::Cached<Mask>::causal,
+        "SelfAttention::forward_cached needs a causal mask (optionally windowed / with document cuts)");
     TESSERA_CHECK(x.size(0) == ctx.rows(), "SelfAttention::forward_cached: ", x.size(0),
                   " rows but the context has ", ctx.batch, " x ", ctx.seq);
     q_proj.forward(ctx, x, s.q, s.q_s);
@@ -106,8 +106,9 @@ struct SelfAttention {
     s.attn.resize_uninit({n, qw});
     for (int64_t b = 0; b < ctx.batch; ++b) {
       KvCache<T, B>& c = *caches[b];
-      TESSERA_CHECK(c.k_width() == kw && c.v_width() == kw, "SelfAttention::forward_cached: cache of sequence ", b,
-                    " has row widths ", c.k_width(), "/", c.v_width(), ", expected ", kw);
+      TESSERA_CHECK(c.k_width() == kw && c.v_width() == kw,
+                    "SelfAttention::forward_cached: cache of sequence ", b, " has row widths ", c.k_width(),
+                    "/", c.v_width(), ", expected ", kw);
       c.append(s.k.data() + b * ctx.seq * kw, kw, s.v.data() + b * ctx.seq * kw, kw, ctx.seq);
       ops::AttnDims d = dims(ctx);
       d.B = 1;
@@ -115,8 +116,10 @@ struct SelfAttention {
       d.q_offset = d.Tk - ctx.seq;
       const T* qb = s.q.data() + b * ctx.seq * qw;
       T* ob = s.attn.data() + b * ctx.seq * qw;
-      if (ctx.seq <= kDecodeRows) decode_attention(d, m, qb, c.k(), c.v(), ob, s.lse);  // lse: scratch here
-      else ops::attention_forward(B{}, d, m, qb, c.k(), c.v(), ob, static_cast<T*>(nullptr));
+      if (ctx.seq <= kDecodeAttentionRows)
+        decode_attention(d, m, qb, c.k(), c.v(), ob, s.lse);  // lse: scratch here
+      else
+        ops::attention_forward(B{}, d, m, qb, c.k(), c.v(), ob, static_cast<T*>(nullptr));
     }
     o_proj.forward(ctx, s.attn, y, s.o_s);
   }

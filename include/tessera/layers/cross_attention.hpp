@@ -58,27 +58,30 @@ struct CrossAttention {
     o_proj.forward(q, s.attn, y, s.o_s);
   }
   /// Inference: keys and values of a source for a cache, kout / vout [k.rows(), n_heads * head_dim].
-  void project_kv(const SeqContext& k, TensorView<const T> src, Tensor<T, B>& kout, Tensor<T, B>& vout) const {
-    TESSERA_CHECK(src.size(0) == k.rows() && src.size(1) == kv_dim, "CrossAttention::project_kv: source ", src.shape,
-                  " does not match ", k.rows(), " rows of width ", kv_dim);
+  void project_kv(const SeqContext& k, TensorView<const T> src, Tensor<T, B>& kout,
+                  Tensor<T, B>& vout) const {
+    TESSERA_CHECK(src.size(0) == k.rows() && src.size(1) == kv_dim, "CrossAttention::project_kv: source ",
+                  src.shape, " does not match ", k.rows(), " rows of width ", kv_dim);
     typename Linear<T, B>::Saved unused;
     k_proj.forward(k, src, kout, unused);
     v_proj.forward(k, src, vout, unused);
   }
-  /// Inference against cached keys/values (no backward): q.batch query sequences of q.seq rows, x [q.rows(), dim];
-  /// caches[b] holds sequence b's keys, values (project_kv) and segment ids. The mask is Mask::make_cross of
-  /// sequence b's slice of the query context and a key context over the cache (segment_ids = its segments).
-  void forward_cached(const SeqContext& q, TensorView<const T> x, const KvCache<T, B>* const* caches, Tensor<T, B>& y,
-                      Saved& s) const {
-    TESSERA_CHECK(x.size(0) == q.rows(), "CrossAttention::forward_cached: ", x.size(0), " rows but the context has ",
-                  q.batch, " x ", q.seq);
+  /// Inference against cached keys/values (no backward): q.batch query sequences of q.seq rows, x [q.rows(),
+  /// dim]; caches[b] holds sequence b's keys, values (project_kv) and segment ids. The mask is
+  /// Mask::make_cross of sequence b's slice of the query context and a key context over the cache
+  /// (segment_ids = its segments).
+  void forward_cached(const SeqContext& q, TensorView<const T> x, const KvCache<T, B>* const* caches,
+                      Tensor<T, B>& y, Saved& s) const {
+    TESSERA_CHECK(x.size(0) == q.rows(), "CrossAttention::forward_cached: ", x.size(0),
+                  " rows but the context has ", q.batch, " x ", q.seq);
     q_proj.forward(q, x, s.q, s.q_s);
     const int64_t w = n_heads * head_dim;
     s.attn.resize_uninit({q.rows(), w});
     for (int64_t b = 0; b < q.batch; ++b) {
       const KvCache<T, B>& c = *caches[b];
-      TESSERA_CHECK(c.k_width() == w && c.v_width() == w, "CrossAttention::forward_cached: cache of sequence ", b,
-                    " has row widths ", c.k_width(), "/", c.v_width(), ", expected ", w);
+      TESSERA_CHECK(c.k_width() == w && c.v_width() == w,
+                    "CrossAttention::forward_cached: cache of sequence ", b, " has row widths ", c.k_width(),
+                    "/", c.v_width(), ", expected ", w);
       SeqContext qb = q, kb;
       qb.batch = 1;
       if (q.segment_ids) qb.segment_ids = q.segment_ids + b * q.seq;
@@ -87,8 +90,11 @@ struct CrossAttention {
       kb.segment_ids = c.segments();
       const T* qp = s.q.data() + b * q.seq * w;
       T* op = s.attn.data() + b * q.seq * w;
-      if (q.seq <= 4) decode_attention(dims(qb, kb), Mask::make_cross(qb, kb), qp, c.k(), c.v(), op, s.lse);
-      else ops::attention_forward(B{}, dims(qb, kb), Mask::make_cross(qb, kb), qp, c.k(), c.v(), op, static_cast<T*>(nullptr));
+      if (q.seq <= kDecodeAttentionRows)
+        decode_attention(dims(qb, kb), Mask::make_cross(qb, kb), qp, c.k(), c.v(), op, s.lse);
+      else
+        ops::attention_forward(B{}, dims(qb, kb), Mask::make_cross(qb, kb), qp, c.k(), c.v(), op,
+                               static_cast<T*>(nullptr));
     }
     o_proj.forward(q, s.attn, y, s.o_s);
   }

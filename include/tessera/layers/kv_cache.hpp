@@ -1,19 +1,21 @@
 // Key/value caches for incremental (inference-only) attention.
 //
-//   KvCache<T>       one sequence's keys and values of one attention layer (rows = tokens, RoPE already applied),
-//                    optionally a segment id per row (cross-attention memories); a sliding window lets it drop
-//                    rows no future query can see.
+//   KvCache<T>       one sequence's keys and values of one attention layer (rows = tokens, RoPE already
+//   applied),
+//                    optionally a segment id per row (cross-attention memories); a sliding window lets it
+//                    drop rows no future query can see.
 //   KvCacheStack<T>  one sequence's caches of a stack of self-attention layers plus the RoPE position of the
 //                    next token.
-//   decode_attention single-query-row attention for decoding steps (the blockwise ops::attention_forward packs
+//   decode_attention single-query-row attention for decoding steps (the blockwise ops::attention_forward
+//   packs
 //                    64-row tiles, which costs more than the products when a query is one row).
 //   mask::Cached<M>  which self-attention mask policies a cache can reproduce: causal masks with an optional
-//                    sliding window (ctx.window); document cuts are the caller's job — clear the cache where a
-//                    new document starts (RoPE depends only on position differences, so a cleared cache equals
-//                    the document mask).
+//                    sliding window (ctx.window); document cuts are the caller's job — clear the cache where
+//                    a new document starts (RoPE depends only on position differences, so a cleared cache
+//                    equals the document mask).
 //
-// Used by SelfAttention::forward_cached, CrossAttention::forward_cached and the models' generators. Host memory
-// only for now (the CPU backend).
+// Used by SelfAttention::forward_cached, CrossAttention::forward_cached and the models' generators. Host
+// memory only for now (the CPU backend).
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -60,9 +62,10 @@ class KvCache {
   const int64_t* segments() const { return seg_.data(); }
 
   void clear() { n_ = 0; }
-  /// Append n rows: row i of the keys at k + i * k_stride, of the values at v + i * v_stride; seg (may be null:
-  /// segment 0) gives their segment ids.
-  void append(const T* k, int64_t k_stride, const T* v, int64_t v_stride, int64_t n, const int64_t* seg = nullptr) {
+  /// Append n rows: row i of the keys at k + i * k_stride, of the values at v + i * v_stride; seg (may be
+  /// null: segment 0) gives their segment ids.
+  void append(const T* k, int64_t k_stride, const T* v, int64_t v_stride, int64_t n,
+              const int64_t* seg = nullptr) {
     TESSERA_CHECK(kw_ > 0, "KvCache: append before setup");
     TESSERA_CHECK(n >= 0, "KvCache: cannot append ", n, " rows");
     make_room(n);
@@ -139,10 +142,13 @@ void cached_positions(Stack* const* caches, int64_t batch, int64_t seq, std::vec
     for (int64_t t = 0; t < seq; ++t) positions[b * seq + t] = caches[b]->next_pos + t;
 }
 
-/// Attention for decoding: the same contract as ops::attention_forward (AttnDims, a mask policy, o written, no
-/// lse), computed query row by query row with matrix-vector products over the row's key range — for the few
-/// query rows of a decoding step, where the blockwise kernel's tile packing dominates. `scores` is scratch.
-/// Equal to attention_forward up to rounding (a plain two-pass softmax instead of the online one).
+/// Cached forwards with at most this many new query rows per sequence use decode_attention.
+inline constexpr int64_t kDecodeAttentionRows = 4;
+
+/// Attention for decoding: the same contract as ops::attention_forward (AttnDims, a mask policy, o written,
+/// no lse), computed query row by query row with matrix-vector products over the row's key range — for the
+/// few query rows of a decoding step, where the blockwise kernel's tile packing dominates. `scores` is
+/// scratch. Equal to attention_forward up to rounding (a plain two-pass softmax instead of the online one).
 template <class T, class Mask>
 void decode_attention(const ops::AttnDims& d, const Mask& policy, const T* q, const T* k, const T* v, T* o,
                       Tensor<T>& scores) {

@@ -87,7 +87,8 @@ struct LlamaBlockScratch {
 /// same order as LlamaBlock::forward, so each row equals the full forward's row.
 template <class T, class Mask, class B>
 void llama_block_forward_cached(const LlamaBlock<T, Mask, B>& blk, const SeqContext& ctx,
-                                std::type_identity_t<TensorView<const T>> x, Tensor<T, B>& y, KvCache<T, B>* const* caches, LlamaBlockScratch<T, Mask, B>& s) {
+                                std::type_identity_t<TensorView<const T>> x, Tensor<T, B>& y,
+                                KvCache<T, B>* const* caches, LlamaBlockScratch<T, Mask, B>& s) {
   const auto& attn_part = std::get<0>(blk.layers);
   const auto& mlp_part = std::get<1>(blk.layers);
   attn_part.norm.inner.forward(ctx, x, s.normed, s.n1);
@@ -112,8 +113,8 @@ struct LlamaStackScratch {
 /// unless ctx.positions is set; next_pos advances by ctx.seq. x [rows, dim] -> y [rows, dim].
 template <class T, class Mask, class B>
 void llama_stack_forward_cached(const Stack<LlamaBlock<T, Mask, B>>& stack, const SeqContext& ctx,
-                                std::type_identity_t<TensorView<const T>> x, Tensor<T, B>& y, KvCacheStack<T, B>* const* caches,
-                                LlamaStackScratch<T, Mask, B>& s) {
+                                std::type_identity_t<TensorView<const T>> x, Tensor<T, B>& y,
+                                KvCacheStack<T, B>* const* caches, LlamaStackScratch<T, Mask, B>& s) {
   const size_t n = stack.size();
   TESSERA_CHECK(n > 0, "llama_stack_forward_cached: no layers");
   SeqContext c = ctx;
@@ -125,8 +126,8 @@ void llama_stack_forward_cached(const Stack<LlamaBlock<T, Mask, B>>& stack, cons
   TensorView<const T> cur = x;
   for (size_t i = 0; i < n; ++i) {
     for (int64_t b = 0; b < ctx.batch; ++b) {
-      TESSERA_CHECK(caches[b]->layers.size() == n, "llama_stack_forward_cached: cache of sequence ", b, " has ",
-                    caches[b]->layers.size(), " layers, the stack ", n);
+      TESSERA_CHECK(caches[b]->layers.size() == n, "llama_stack_forward_cached: cache of sequence ", b,
+                    " has ", caches[b]->layers.size(), " layers, the stack ", n);
       s.layer_caches[b] = &caches[b]->layers[i];
     }
     Tensor<T, B>& out = i + 1 == n ? y : s.buf[i % 2];
@@ -195,9 +196,9 @@ class Llama {
     c.setup(config.n_layers, l.kv_heads() * l.hdim(), l.kv_heads() * l.hdim(), config.window);
     return c;
   }
-  /// Incremental forward: ids [batch*seq], `seq` new tokens of each of `batch` sequences; caches[b] (make_cache)
-  /// holds sequence b's earlier tokens and advances by seq positions. Returns logits [batch*seq, vocab] (in s,
-  /// valid until its next use). Equals the rows of forward() over each whole sequence.
+  /// Incremental forward: ids [batch*seq], `seq` new tokens of each of `batch` sequences; caches[b]
+  /// (make_cache) holds sequence b's earlier tokens and advances by seq positions. Returns logits [batch*seq,
+  /// vocab] (in s, valid until its next use). Equals the rows of forward() over each whole sequence.
   const Tensor<T, B>& forward_cached(const int64_t* ids, int64_t batch, int64_t seq, Cache* const* caches,
                                      DecodeScratch& s) const {
     SeqContext ctx;

@@ -1,30 +1,35 @@
 // Cached BLT inference (specs/blt.md §9): the state of one generation row (BltRowCache) and the incremental
-// forward (BltIncremental) that extends it by one byte per row, batched over rows, or by a whole prompt at once —
-// with, row for row, the results of a full BltForCausalLM forward over the sequence so far.
+// forward (BltIncremental) that extends it by one byte per row, batched over rows, or by a whole prompt at
+// once — with, row for row, the results of a full BltForCausalLM forward over the sequence so far.
 //
 // What a row keeps:
-//   entropy  KvCacheStack of the entropy model. Positions restart where its context restarts (original layout:
+//   entropy  KvCacheStack of the entropy model. Positions restart where its context restarts (original
+//   layout:
 //            after an EOS and every 8192 tokens, EntropyOptions::original(); HF layout: never).
-//   encoder  KvCacheStack of the local encoder's self-attention (positions = byte index), and open_h, the encoder
-//            states of the bytes of the open patch: max-pooled and cross-attended once, when the patch closes.
+//   encoder  KvCacheStack of the local encoder's self-attention (positions = byte index), and open_h, the
+//   encoder
+//            states of the bytes of the open patch: max-pooled and cross-attended once, when the patch
+//            closes.
 //   global   KvCacheStack of the global transformer with one entry per CLOSED patch (position = patch index).
-//   decoder  KvCacheStack of the local decoder's self-attention, and per decoder cross-attention layer the K/V of
+//   decoder  KvCacheStack of the local decoder's self-attention, and per decoder cross-attention layer the
+//   K/V of
 //            the k memory slots of the latest closed patch.
-// Why closed patches suffice (§6, §13.3): byte t reads the global output of patch_id(t+1) - 1. Whether byte t+1
-// starts a patch is decided by H_t as soon as byte t is ingested: if it does, byte t reads its own patch, which
-// closes right then; otherwise the patch before it, closed earlier. Either way it is the latest closed patch, so
-// the open patch's global output is never computed and the decoder memory holds one patch.
+// Why closed patches suffice (§6, §13.3): byte t reads the global output of patch_id(t+1) - 1. Whether byte
+// t+1 starts a patch is decided by H_t as soon as byte t is ingested: if it does, byte t reads its own patch,
+// which closes right then; otherwise the patch before it, closed earlier. Either way it is the latest closed
+// patch, so the open patch's global output is never computed and the decoder memory holds one patch.
 //
 // Patching is decided byte by byte: byte t+1 starts a patch iff t == 0, or H_t > threshold (fp32 compare, as
 // EntropyPatcher), or max_patch_length bytes are open. Earlier patches never change as the text grows (every
-// component is causal and the rule is local), which is what makes the caches valid. Document cuts of the original
-// layout (EOS bytes; patches holding an EOS for the global model) clear the caches, keeping the positions.
+// component is causal and the rule is local), which is what makes the caches valid. Document cuts of the
+// original layout (EOS bytes; patches holding an EOS for the global model) clear the caches, keeping the
+// positions.
 //
 // One quirk is reproduced: with the HF patch form and max_patch_length set, the HF port drops the candidate
-// start at position N (EntropyPatcher, finish_starts), so the LAST byte of a sequence reads the patch before its
-// own even when byte N will start a new patch; one step later the same byte reads its own patch. Logits then
-// come from a decoder pass with the "view" memory, and the byte is decoded once more with its final memory for
-// the caches.
+// start at position N (EntropyPatcher, finish_starts), so the LAST byte of a sequence reads the patch before
+// its own even when byte N will start a new patch; one step later the same byte reads its own patch. Logits
+// then come from a decoder pass with the "view" memory, and the byte is decoded once more with its final
+// memory for the caches.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -47,11 +52,11 @@ struct BltRowCache {
   std::vector<int64_t> patch_lengths;  // lengths of the closed patches
   int64_t open_len = 0;                // bytes ingested into the open patch
   bool open_has_eos = false;
-  bool next_starts = true;             // the next byte starts a new patch
-  std::vector<T> open_h;               // encoder states of the open patch's bytes [open_len, d]
+  bool next_starts = true;  // the next byte starts a new patch
+  std::vector<T> open_h;    // encoder states of the open patch's bytes [open_len, d]
   KvCacheStack<T> entropy, encoder, global, decoder;
-  std::vector<KvCache<T>> cross;       // per decoder cross-attention layer: slots of the latest closed patch
-  std::vector<T> logits;               // next-byte logits after the last ingested id [vocab]
+  std::vector<KvCache<T>> cross;  // per decoder cross-attention layer: slots of the latest closed patch
+  std::vector<T> logits;          // next-byte logits after the last ingested id [vocab]
 
   int64_t size() const { return static_cast<int64_t>(ids.size()); }
   int64_t closed_patches() const { return static_cast<int64_t>(patch_lengths.size()); }
@@ -64,7 +69,8 @@ class BltIncremental {
 
   explicit BltIncremental(const Model& lm) : lm_(lm) {
     const BltConfig& c = lm.config();
-    TESSERA_CHECK(c.patch_in_forward, "BLT generation: the model has no entropy model (patch_in_forward is false)");
+    TESSERA_CHECK(c.patch_in_forward,
+                  "BLT generation: the model has no entropy model (patch_in_forward is false)");
     TESSERA_CHECK(c.patching_mode == "entropy", "BLT generation: patching_mode '", c.patching_mode,
                   "' is not supported (only \"entropy\")");
     entropy_opt_ = c.eos_document_cuts ? EntropyOptions::original() : EntropyOptions::hf();
@@ -94,8 +100,8 @@ class BltIncremental {
     return r;
   }
 
-  /// Reset `row` and ingest a prompt (at least one id, normally BOS first). The prompt is processed in parallel,
-  /// in pieces between context resets. Afterwards row.logits predict the byte after the prompt.
+  /// Reset `row` and ingest a prompt (at least one id, normally BOS first). The prompt is processed in
+  /// parallel, in pieces between context resets. Afterwards row.logits predict the byte after the prompt.
   void prefill(BltRowCache<T>& row, std::span<const int64_t> prompt) {
     TESSERA_CHECK(!prompt.empty(), "BLT generate: empty prompt (it needs at least BOS)");
     row = new_row();
@@ -114,15 +120,16 @@ class BltIncremental {
   void step(BltRowCache<T>* const* rows, int64_t n_rows, const int64_t* ids) { ingest(rows, n_rows, ids, 1); }
 
   /// Ingest n ids per row (ids [n_rows * n], row-major) with no context reset inside them (a reset before the
-  /// first is fine): entropy model, encoder, patch decisions, closed patches through the global model, decoder.
+  /// first is fine): entropy model, encoder, patch decisions, closed patches through the global model,
+  /// decoder.
   void ingest(BltRowCache<T>* const* rows, int64_t R, const int64_t* ids, int64_t n) {
     TESSERA_CHECK(R >= 1 && n >= 1, "BltIncremental::ingest: nothing to ingest (", R, " rows x ", n, " ids)");
     const BltConfig& cfg = lm_.config();
     const BltModel<T>& m = lm_.model;
     const int64_t N = R * n, V = cfg.vocab_size;
     for (int64_t i = 0; i < N; ++i)
-      TESSERA_CHECK(ids[i] >= 0 && ids[i] < V, "BLT generate: id ", ids[i], " (row ", i / n, ") is outside the "
-                    "vocabulary [0, ", V, ")");
+      TESSERA_CHECK(ids[i] >= 0 && ids[i] < V, "BLT generate: id ", ids[i], " (row ", i / n,
+                    ") is outside the vocabulary [0, ", V, ")");
 
     // 0. context resets before the first new id, then record the ids
     t0_.resize(static_cast<size_t>(R));
@@ -139,8 +146,9 @@ class BltIncremental {
         }
       }
       for (int64_t j = 1; j < n; ++j)
-        TESSERA_CHECK(!resets_before(x[j - 1], t0 + j), "BltIncremental::ingest: a context reset inside the ids "
-                      "(position ", t0 + j, "); split them there (prefill does)");
+        TESSERA_CHECK(!resets_before(x[j - 1], t0 + j),
+                      "BltIncremental::ingest: a context reset inside the ids", " (position ", t0 + j,
+                      "); split them there (prefill does)");
       row.ids.insert(row.ids.end(), x, x + n);
       t0_[b] = t0;
     }
@@ -164,7 +172,8 @@ class BltIncremental {
         std::copy_n(window_hash_.data() + t * len + (t0 - w0), n, hash_.data() + t * N + b * n);
     }
     e_.resize_uninit({N, d_});
-    hash_embedding_forward(cpu{}, e_.data(), ids, hash_.data(), m.embeddings.embed_tokens.params.weight.value.data(),
+    hash_embedding_forward(cpu{}, e_.data(), ids, hash_.data(),
+                           m.embeddings.embed_tokens.params.weight.value.data(),
                            m.embeddings.hash_tables.params.weight.value.data(), N, nt, hc.vocab_size, d_);
     SeqContext bytes;
     bytes.batch = R;
@@ -196,7 +205,7 @@ class BltIncremental {
           if (view_quirk_) seg_[r] = std::max<int64_t>(p - 1, 0);
         }
         if (starts) {
-          closings_.push_back({b, p, static_cast<int64_t>(key_seg_.size()), row.open_len, row.open_has_eos});
+          closings_.push_back({b, p, row.open_has_eos});
           close_h_.insert(close_h_.end(), row.open_h.begin(), row.open_h.end());
           key_seg_.insert(key_seg_.end(), static_cast<size_t>(row.open_len),
                           static_cast<int64_t>(closings_.size()) - 1);
@@ -221,7 +230,8 @@ class BltIncremental {
     lastc.seq = 1;
     m.local_decoder.norm.forward(lastc, last_, normed_, norm_s_);
     lm_.lm_head.forward(lastc, normed_, logits_, head_s_);
-    for (int64_t b = 0; b < R; ++b) rows[b]->logits.assign(logits_.data() + b * V, logits_.data() + (b + 1) * V);
+    for (int64_t b = 0; b < R; ++b)
+      rows[b]->logits.assign(logits_.data() + b * V, logits_.data() + (b + 1) * V);
 
     // pass B (quirk only): decode the last byte again with its final memory patch, for the caches
     quirk_rows_.clear();
@@ -264,7 +274,7 @@ class BltIncremental {
 
  private:
   struct Closing {
-    int64_t row, patch, key_begin, key_len;
+    int64_t row, patch;  // index into the ingest's rows, patch index in that row
     bool has_eos;
   };
 
@@ -288,7 +298,8 @@ class BltIncremental {
     // 4. max-pool -> k query slots -> cross-attention over exactly the patch's bytes (2·q0 + o)
     pooled_.resize_uninit({C, d_});
     argmax_.resize_uninit({C, d_});
-    ops::segment_max_forward(cpu{}, pooled_.data(), argmax_.data(), close_h_.data(), key_seg_.data(), L, C, d_);
+    ops::segment_max_forward(cpu{}, pooled_.data(), argmax_.data(), close_h_.data(), key_seg_.data(), L, C,
+                             d_);
     SeqContext pc;
     pc.batch = 1;
     pc.seq = C;
@@ -301,8 +312,8 @@ class BltIncremental {
     ks.seq = L;
     ks.segment_ids = key_seg_.data();
     const TensorView<const T> keys(close_h_.data(), Shape{L, d_});
-    m.local_encoder.cross_attn_layers.layers[0].forward(qs, q0_.view().reshape({C * k_, d_}), ks, keys, reprs_,
-                                                        enc_cross_s_);
+    m.local_encoder.cross_attn_layers.layers[0].forward(qs, q0_.view().reshape({C * k_, d_}), ks, keys,
+                                                        reprs_, enc_cross_s_);
     reprs_.reshape({C, k_ * d_});
 
     // 5. global model, one position per closed patch; the cache is cleared after a patch holding an EOS
@@ -321,7 +332,8 @@ class BltIncremental {
       for (int64_t c = 0; c < C; ++c) stack_ptrs_[c] = &rows[closings_[c].row]->global;
       gc.batch = C;
       gc.seq = 1;
-      models::llama_stack_forward_cached(m.global_transformer.layers, gc, gx, g_, stack_ptrs_.data(), glob_s_);
+      models::llama_stack_forward_cached(m.global_transformer.layers, gc, gx, g_, stack_ptrs_.data(),
+                                         glob_s_);
       for (int64_t c = 0; c < C; ++c)
         if (cuts && closings_[c].has_eos) rows[closings_[c].row]->global.clear(false);
     } else {  // one row: its patches in runs that end at EOS patches
@@ -331,7 +343,8 @@ class BltIncremental {
         KvCacheStack<T>* gs = &rows[closings_[c0].row]->global;
         gc.batch = 1;
         gc.seq = c1 - c0;
-        models::llama_stack_forward_cached(m.global_transformer.layers, gc, gx.slice(0, c0, c1), grun_, &gs, glob_s_);
+        models::llama_stack_forward_cached(m.global_transformer.layers, gc, gx.slice(0, c0, c1), grun_, &gs,
+                                           glob_s_);
         std::copy_n(grun_.data(), (c1 - c0) * dg, g_.data() + c0 * dg);
         if (cuts && closings_[c1 - 1].has_eos) gs->clear(false);
         c0 = c1;
@@ -351,8 +364,8 @@ class BltIncremental {
       const int64_t w = kmem_.size(1);
       for (int64_t c = 0; c < C; ++c) {
         std::fill(patch_ids_.begin(), patch_ids_.end(), closings_[c].patch);
-        rows[closings_[c].row]->cross[i].append(kmem_.data() + c * k_ * w, w, vmem_.data() + c * k_ * w, w, k_,
-                                                patch_ids_.data());
+        rows[closings_[c].row]->cross[i].append(kmem_.data() + c * k_ * w, w, vmem_.data() + c * k_ * w, w,
+                                                k_, patch_ids_.data());
       }
     }
   }
@@ -387,7 +400,8 @@ class BltIncremental {
         cur = cbuf_;
       }
       for (int64_t b = 0; b < R; ++b) layer_ptrs_[b] = &rows[b]->decoder.layers[i];
-      models::llama_block_forward_cached(dec.layers.layers[i], bytes, cur, lbuf_[i % 2], layer_ptrs_.data(), block_s_);
+      models::llama_block_forward_cached(dec.layers.layers[i], bytes, cur, lbuf_[i % 2], layer_ptrs_.data(),
+                                         block_s_);
       cur = lbuf_[i % 2];
     }
     for (int64_t b = 0; b < R; ++b) rows[b]->decoder.next_pos += n;
@@ -417,8 +431,8 @@ class BltIncremental {
   std::vector<const KvCache<T>*> cross_ptrs_;
   std::vector<KvCache<T>*> layer_ptrs_;
   std::vector<BltRowCache<T>*> quirk_ptrs_;
-  Tensor<T> e_, h_, last_, normed_, logits_, quirk_h_, pooled_, q0_, reprs_, gproj_, g_, grun_, mem_, kn_, kmem_,
-      vmem_, qn_, cbuf_, lbuf_[2];
+  Tensor<T> e_, h_, last_, normed_, logits_, quirk_h_, pooled_, q0_, reprs_, gproj_, g_, grun_, mem_, kn_,
+      kmem_, vmem_, qn_, cbuf_, lbuf_[2];
   Tensor<int64_t> argmax_;
 };
 

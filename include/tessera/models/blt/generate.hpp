@@ -1,21 +1,22 @@
 // BLT text generation (specs/blt.md §9) with caches, and the reference no-cache path it must reproduce.
 //
-//   blt::GenerateOptions o;                      // max_new_tokens, temperature (0 = greedy), top_k, top_p, seed,
-//   o.max_new_tokens = 200;                      // stop_at_eos
-//   auto r = blt::generate_cached(lm, {blt::encode("A BLT has"), blt::encode("my name is")}, o);
-//   r.tokens[0]            // generated ids of prompt 0 (EOS included when it ended there)
-//   r.generate_bytes_per_s()
+//   blt::GenerateOptions o;                      // max_new_tokens, temperature (0 = greedy), top_k, top_p,
+//   seed, o.max_new_tokens = 200;                      // stop_at_eos auto r = blt::generate_cached(lm,
+//   {blt::encode("A BLT has"), blt::encode("my name is")}, o); r.tokens[0]            // generated ids of
+//   prompt 0 (EOS included when it ended there) r.generate_bytes_per_s()
 //
 //   blt::BltGenerator<float> g(lm, o);           // step by step: prefill, then step() until done()
 //   g.prefill(prompts);  while (!g.done()) { std::vector<int64_t> next = g.step(); ... }
 //
-// generate_uncached is the reference's generate_nocache: every step recomputes the patches of the whole row with
-// the entropy model and runs a full forward; it shares the sampler, so both paths consume the random stream the
-// same way and give the same ids (up to fp32 rounding deciding a near-tie, which the tests would catch).
+// generate_uncached is the reference's generate_nocache: every step recomputes the patches of the whole row
+// with the entropy model and runs a full forward; it shares the sampler, so both paths consume the random
+// stream the same way and give the same ids (up to fp32 rounding deciding a near-tie, which the tests would
+// catch).
 //
-// Rows are independent: per-row patching (no batch leak, issue #123), per-row caches and one random stream per
-// row, seeded with `seed` for every row — a prompt gets the same continuation alone or in any batch. (Sample the
-// same prompt several times by calling with different seeds.) Rows finish on their own (EOS or max_new_tokens).
+// Rows are independent: per-row patching (no batch leak, issue #123), per-row caches and one random stream
+// per row, seeded with `seed` for every row — a prompt gets the same continuation alone or in any batch.
+// (Sample the same prompt several times by calling with different seeds.) Rows finish on their own (EOS or
+// max_new_tokens).
 #pragma once
 #include <algorithm>
 #include <chrono>
@@ -33,16 +34,16 @@ namespace tessera::blt {
 
 struct GenerateOptions {
   int64_t max_new_tokens = 256;  // per row (the reference's max_gen_len)
-  double temperature = 0.0;      // 0 = greedy (argmax, first maximum); > 0: sample softmax(logits / temperature)
-  int64_t top_k = 0;             // > 0: keep the k most likely ids (ties with the k-th kept too)
-  double top_p = 1.0;            // < 1: nucleus — keep ids while the probability mass before them is <= top_p
-  uint64_t seed = 0;             // every row's random stream starts from Rng(seed)
-  bool stop_at_eos = true;       // a row ends after generating EOS (id 2), which is included in its tokens
+  double temperature = 0.0;  // 0 = greedy (argmax, first maximum); > 0: sample softmax(logits / temperature)
+  int64_t top_k = 0;         // > 0: keep the k most likely ids (ties with the k-th kept too)
+  double top_p = 1.0;        // < 1: nucleus — keep ids while the probability mass before them is <= top_p
+  uint64_t seed = 0;         // every row's random stream starts from Rng(seed)
+  bool stop_at_eos = true;   // a row ends after generating EOS (id 2), which is included in its tokens
 
   void validate() const {
     TESSERA_CHECK(max_new_tokens >= 0, "BLT generate: max_new_tokens must be >= 0, got ", max_new_tokens);
-    TESSERA_CHECK(std::isfinite(temperature) && temperature >= 0, "BLT generate: temperature must be a finite "
-                  "number >= 0 (0 = greedy), got ", temperature);
+    TESSERA_CHECK(std::isfinite(temperature) && temperature >= 0,
+                  "BLT generate: temperature must be a finite number >= 0 (0 = greedy), got ", temperature);
     TESSERA_CHECK(top_k >= 0, "BLT generate: top_k must be >= 0 (0 = off), got ", top_k);
     TESSERA_CHECK(top_p > 0 && top_p <= 1, "BLT generate: top_p must be in (0, 1] (1 = off), got ", top_p);
   }
@@ -101,12 +102,13 @@ class Sampler {
 
 /// Generated ids per row and rough throughput numbers.
 struct GenerateResult {
-  std::vector<std::vector<int64_t>> tokens;  // per row: the generated ids (EOS last when the row stopped there)
-  std::vector<uint8_t> stopped_at_eos;       // per row
-  int64_t prompt_bytes = 0;                  // ids of all prompts
-  int64_t new_bytes = 0;                     // ids generated over all rows
-  double prefill_seconds = 0;                // prompts -> first next-byte logits of every row
-  double generate_seconds = 0;               // everything after: sampling and feeding back
+  std::vector<std::vector<int64_t>>
+      tokens;                           // per row: the generated ids (EOS last when the row stopped there)
+  std::vector<uint8_t> stopped_at_eos;  // per row
+  int64_t prompt_bytes = 0;             // ids of all prompts
+  int64_t new_bytes = 0;                // ids generated over all rows
+  double prefill_seconds = 0;           // prompts -> first next-byte logits of every row
+  double generate_seconds = 0;          // everything after: sampling and feeding back
   double prefill_bytes_per_s() const { return prefill_seconds > 0 ? prompt_bytes / prefill_seconds : 0; }
   double generate_bytes_per_s() const { return generate_seconds > 0 ? new_bytes / generate_seconds : 0; }
 };
@@ -120,8 +122,8 @@ class BltGenerator {
     options.validate();
   }
 
-  /// Starts a new batch, one row per prompt (each non-empty, normally BOS + bytes + 4), and computes every row's
-  /// next-byte logits. With max_new_tokens == 0 every row is finished at once.
+  /// Starts a new batch, one row per prompt (each non-empty, normally BOS + bytes + 4), and computes every
+  /// row's next-byte logits. With max_new_tokens == 0 every row is finished at once.
   void prefill(const std::vector<std::vector<int64_t>>& prompts) {
     TESSERA_CHECK(!prompts.empty(), "BLT generate: no prompts");
     const size_t R = prompts.size();
@@ -134,9 +136,9 @@ class BltGenerator {
       with_context(str("BLT generate: prompt ", b), [&] { inc_.prefill(rows_[b], prompts[b]); });
   }
 
-  /// Samples the next id of every unfinished row from its logits, records it, and feeds it back unless the row
-  /// is now finished (EOS with stop_at_eos, or max_new_tokens reached). Returns one id per row, -1 for rows that
-  /// were already finished.
+  /// Samples the next id of every unfinished row from its logits, records it, and feeds it back unless the
+  /// row is now finished (EOS with stop_at_eos, or max_new_tokens reached). Returns one id per row, -1 for
+  /// rows that were already finished.
   std::vector<int64_t> step() {
     const int64_t R = rows();
     std::vector<int64_t> next(static_cast<size_t>(R), -1);
@@ -180,7 +182,9 @@ class BltGenerator {
   }
 
   int64_t rows() const { return static_cast<int64_t>(rows_.size()); }
-  bool done() const { return std::all_of(finished_.begin(), finished_.end(), [](bool f) { return f; }); }
+  bool done() const {
+    return std::all_of(finished_.begin(), finished_.end(), [](bool f) { return f; });
+  }
   bool finished(int64_t row) const { return finished_.at(row); }
   bool stopped_at_eos(int64_t row) const { return stopped_at_eos_.at(row) != 0; }
   /// Ids generated so far for a row.
