@@ -4,7 +4,8 @@
 //   matmul        2 · rows · in · out for every linear layer (no biases in either model)
 //   attention     per attention layer and per attended (query, key) pair: 2·d for q·k plus 2·d for p·v,
 //                 d = heads · head_dim; a causal query at position t of a row attends min(t + 1, window) keys
-//                 (window 0 = unlimited), so "causal halving" is exact: mean keys (T + 1) / 2 without a window
+//                 (window 0 = unlimited), so "causal halving" is exact: mean keys (T + 1) / 2 without a
+//                 window
 //   free          embedding and hash n-gram lookups, norms, RoPE, softmax, SwiGLU's elementwise product,
 //                 residual adds, max-pooling, the loss
 //   training      3 × forward (backward = 2 × forward)
@@ -14,8 +15,8 @@
 //
 // BLT, one row of T bytes cut into P patches (P counts the patches the global model processes; k slots):
 //   per byte   encoder stack + encoder cross k/v proj (4·d_e²) + encoder cross attention (each byte is a key
-//              of k slots: 4·d_e·k) + decoder stack + per decoder cross layer (q/o proj 4·d_d², attention to k
-//              memory slots 4·d_d·k) + head 2·d_d·V
+//              of k slots: 4·d_e·k) + decoder stack + per decoder cross layer (q/o proj 4·d_d², attention to
+//              k memory slots 4·d_d·k) + head 2·d_d·V
 //   per patch  encoder patch projection 2·k·d_e² + encoder cross q/o proj 4·k·d_e² + global input projection
 //              (only when k·d_e != d_g) 2·k·d_e·d_g + global stack matmuls + decoder patch projection
 //              2·d_g·k·d_d + per decoder cross layer k/v proj 4·k·d_d²
@@ -42,7 +43,9 @@ struct StackShape {
 inline StackShape stack_of(const models::LlamaConfig& c) {
   return {c.dim, c.n_layers, c.n_heads, c.n_kv_heads ? c.n_kv_heads : c.n_heads, c.ffn_hidden};
 }
-inline StackShape stack_of(const blt::LocalConfig& c) { return {c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.ffn_hidden}; }
+inline StackShape stack_of(const blt::LocalConfig& c) {
+  return {c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.ffn_hidden};
+}
 inline StackShape stack_of(const blt::GlobalConfig& c) {
   return {c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.ffn_hidden};
 }
@@ -56,7 +59,9 @@ inline double causal_pairs(int64_t T, int64_t w) {
   return wd * (wd + 1) / 2 + (Td - wd) * wd;  // first w queries ramp up, the rest see w keys
 }
 /// Mean keys per query (the "context" of the attention term).
-inline double mean_keys(int64_t T, int64_t w) { return causal_pairs(T, w) / static_cast<double>(T); }
+inline double mean_keys(int64_t T, int64_t w) {
+  return causal_pairs(T, w) / static_cast<double>(T);
+}
 
 /// Matmul FLOPs of one token through the stack (q, k, v, o projections and the three SwiGLU matrices).
 inline double stack_matmul_flops(const StackShape& s) {
@@ -107,13 +112,15 @@ inline BltFlops blt_forward_flops_row(const blt::BltConfig& c, int64_t T, double
   const double de = static_cast<double>(c.encoder.dim), dd = static_cast<double>(c.decoder.dim),
                dg = static_cast<double>(c.global.dim), V = static_cast<double>(c.vocab_size);
   const StackShape enc = stack_of(c.encoder), dec = stack_of(c.decoder), glo = stack_of(c.global);
-  const double dec_cross_layers = c.decoder.cross_attn_all_layers ? static_cast<double>(c.decoder.n_layers) : 1.0;
+  const double dec_cross_layers =
+      c.decoder.cross_attn_all_layers ? static_cast<double>(c.decoder.n_layers) : 1.0;
   BltFlops f;
   f.encoder = Td * stack_matmul_flops(enc) + stack_attention_flops(enc, causal_pairs(T, c.local_window));
   f.encoder_cross = P * (2 * de * k * de + 4 * k * de * de) + Td * (4 * de * de + 4 * de * k);
   f.global = P * stack_matmul_flops(glo) + stack_attention_flops(glo, P * (P + 1) / 2);
   if (c.has_token_projection()) f.global += P * 2 * k * de * dg;
-  f.decoder_cross = P * 2 * dg * k * dd + dec_cross_layers * (Td * (4 * dd * dd + 4 * dd * k) + P * 4 * k * dd * dd);
+  f.decoder_cross =
+      P * 2 * dg * k * dd + dec_cross_layers * (Td * (4 * dd * dd + 4 * dd * k) + P * 4 * k * dd * dd);
   f.decoder = Td * stack_matmul_flops(dec) + stack_attention_flops(dec, causal_pairs(T, c.local_window));
   f.head = Td * 2 * dd * V;
   return f;
@@ -121,7 +128,8 @@ inline BltFlops blt_forward_flops_row(const blt::BltConfig& c, int64_t T, double
 
 /// BLT forward FLOPs per byte for rows of T bytes at a mean patch length of `bytes_per_patch`.
 inline BltFlops blt_forward_flops_per_byte(const blt::BltConfig& c, int64_t T, double bytes_per_patch) {
-  return blt_forward_flops_row(c, T, static_cast<double>(T) / bytes_per_patch).scaled(1.0 / static_cast<double>(T));
+  return blt_forward_flops_row(c, T, static_cast<double>(T) / bytes_per_patch)
+      .scaled(1.0 / static_cast<double>(T));
 }
 
 }  // namespace tessera::bench

@@ -3,15 +3,16 @@
 //   OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 build/benchmarks/blt_vs_llama [--json results.json]
 //   build/benchmarks/blt_vs_llama --check-only        # only the FLOP-formula assertions
 //
-// 1. The FLOP formulas (blt_flops.hpp) are checked against a hand-computed case and against a brute-force count
+// 1. The FLOP formulas (blt_flops.hpp) are checked against a hand-computed case and against a brute-force
+// count
 //    over a real model's parameters and a real patch layout's masks (exits non-zero on a mismatch).
 // 2. An entropy model (models::Llama, ids byte + 4 with BOS, window 512) is trained on the training split; a
 //    global entropy threshold is calibrated on training windows for a target mean patch length.
 // 3. BLT is trained with patches from the frozen entropy model (recomputed each step); its FLOPs are counted
 //    per step from each row's actual number of patches.
 // 4. A byte-level Llama (same ids, same batches) sized to about BLT's FLOPs/byte is trained for the number of
-//    steps that makes its total training FLOPs equal to BLT's; both are evaluated on the same held-out windows
-//    at the same FLOP budgets (1/4, 1/2, all of BLT's total).
+//    steps that makes its total training FLOPs equal to BLT's; both are evaluated on the same held-out
+//    windows at the same FLOP budgets (1/4, 1/2, all of BLT's total).
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cmath>
@@ -38,10 +39,14 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 
 /// SwiGLU hidden width: 8d/3 rounded up to a multiple of 16.
-int64_t ffn_for(int64_t d) { return (8 * d / 3 + 15) / 16 * 16; }
+int64_t ffn_for(int64_t d) {
+  return (8 * d / 3 + 15) / 16 * 16;
+}
 
 // ---- FLOP-formula checks ------------------------------------------------------------------------------
 
@@ -66,7 +71,8 @@ double blt_rows(const std::string& n, double T, double P, double k) {
   if (starts("model.global_transformer.")) return P;
   if (starts("model.local_decoder.patch_embedding_projection.")) return P;
   if (starts("model.local_decoder.cross_attn_layers."))
-    return has("q_proj") || has("o_proj") ? T : P * k;  // queries: bytes; keys/values: k memory slots per patch
+    return has("q_proj") || has("o_proj") ? T
+                                          : P * k;  // queries: bytes; keys/values: k memory slots per patch
   if (starts("model.local_decoder.layers.")) return T;
   if (starts("lm_head.")) return T;
   throw Error(str("blt_vs_llama: no FLOP rule for parameter '", n, "'"));
@@ -91,9 +97,11 @@ double blt_brute_force(Blt& lm, const blt::PatchLayout& L, int64_t window) {
     for (int64_t i = 0; i < L.T; ++i)
       for (int64_t j = 0; j <= i; ++j) self_pairs += window <= 0 || i - j < window;
     for (int64_t s = 0; s < L.P * L.k; ++s)
-      for (int64_t j = 0; j < L.T; ++j) enc_pairs += L.patch_id[b * L.T + j] == L.slot_patch[b * L.P * L.k + s];
+      for (int64_t j = 0; j < L.T; ++j)
+        enc_pairs += L.patch_id[b * L.T + j] == L.slot_patch[b * L.P * L.k + s];
     for (int64_t i = 0; i < L.T; ++i)
-      for (int64_t s = 0; s < L.P * L.k; ++s) dec_pairs += L.slot_patch[b * L.P * L.k + s] == L.dec_patch[b * L.T + i];
+      for (int64_t s = 0; s < L.P * L.k; ++s)
+        dec_pairs += L.slot_patch[b * L.P * L.k + s] == L.dec_patch[b * L.T + i];
     for (int64_t p = 0; p < L.P; ++p)
       for (int64_t q = 0; q <= p; ++q) glob_pairs += L.lengths[b * L.P + p] > 0 && L.lengths[b * L.P + q] > 0;
   }
@@ -128,7 +136,8 @@ blt::BltConfig tiny_blt_config() {
   c.encoder.ffn_hidden = c.decoder.ffn_hidden = 8;
   c.encoder.n_layers = c.decoder.n_layers = 1;
   c.decoder.cross_attn_all_layers = true;
-  c.global.dim = 8, c.global.n_layers = 1, c.global.n_heads = c.global.n_kv_heads = 1, c.global.ffn_hidden = 16;
+  c.global.dim = 8, c.global.n_layers = 1, c.global.n_heads = c.global.n_kv_heads = 1,
+  c.global.ffn_hidden = 16;
   c.cross_attn_k = 2;  // k·d_e = 8 = d_g: no global input projection
   c.hash_sizes = {3};
   c.hash_vocab = 7;
@@ -139,12 +148,14 @@ blt::BltConfig tiny_blt_config() {
 /// Returns the number of failed checks.
 int check_flop_formulas(const blt::BltConfig& experiment) {
   std::printf("FLOP formula checks\n");
-  // Hand-computed Llama: V 10, d 4, 1 layer, 1 head, ffn 8, T 4, no window. Per token: matmuls 2·(2·16 + 2·16 +
-  // 3·32) = 320, head 2·4·10 = 80; attention 4·d·pairs = 4·4·(1+2+3+4) = 160 per row. Row: 4·400 + 160 = 1760.
+  // Hand-computed Llama: V 10, d 4, 1 layer, 1 head, ffn 8, T 4, no window. Per token: matmuls 2·(2·16 + 2·16
+  // + 3·32) = 320, head 2·4·10 = 80; attention 4·d·pairs = 4·4·(1+2+3+4) = 160 per row. Row: 4·400 + 160 =
+  // 1760.
   models::LlamaConfig lc;
   lc.vocab_size = 10, lc.dim = 4, lc.n_layers = 1, lc.n_heads = 1, lc.n_kv_heads = 1, lc.ffn_hidden = 8;
   expect_close(bench::llama_forward_flops_row(lc, 4), 1760, "hand: Llama row forward (T 4)");
-  expect_close(bench::kTrainFactor * bench::llama_forward_flops_per_token(lc, 4), 1320, "hand: Llama train/token");
+  expect_close(bench::kTrainFactor * bench::llama_forward_flops_per_token(lc, 4), 1320,
+               "hand: Llama train/token");
   // Window 2 over T 4: pairs 1 + 2 + 2 + 2 = 7.
   expect_close(bench::causal_pairs(4, 2), 7, "hand: causal pairs T 4, window 2");
   expect_close(bench::causal_pairs(4, 0), 10, "hand: causal pairs T 4, no window");
@@ -173,7 +184,7 @@ int check_flop_formulas(const blt::BltConfig& experiment) {
     lm.model.walk_patcher = false;  // the entropy model is not part of BLT's training FLOPs
     const int64_t B = 3, T = 12, P = 5;
     // HF form (sum T) and original form (sum T + 1) rows, zero-padded; the layout normalises both.
-    const std::vector<int64_t> lens = {1, 3, 4, 4, 0,  /**/ 1, 1, 2, 3, 6,  /**/ 1, 11, 0, 0, 0};
+    const std::vector<int64_t> lens = {1, 3, 4, 4, 0, /**/ 1, 1, 2, 3, 6, /**/ 1, 11, 0, 0, 0};
     std::vector<int64_t> ids(B * T, 5);
     blt::PatchLayout L;
     L.build(ids.data(), lens.data(), B, T, P, c.cross_attn_k, false, c.eos_id);
@@ -191,7 +202,8 @@ int check_flop_formulas(const blt::BltConfig& experiment) {
   brute(experiment, 7, "experiment config, window 7");
   for (int64_t w : {0, 6}) {
     models::LlamaConfig c = lc;
-    c.dim = 32, c.n_heads = 4, c.n_kv_heads = 2, c.ffn_hidden = 48, c.n_layers = 2, c.window = w, c.vocab_size = 260;
+    c.dim = 32, c.n_heads = 4, c.n_kv_heads = 2, c.ffn_hidden = 48, c.n_layers = 2, c.window = w,
+    c.vocab_size = 260;
     Llama m(c);
     expect_close(llama_brute_force(m, 3, 16), 3 * bench::llama_forward_flops_row(c, 16),
                  str("brute force: Llama GQA, window ", w));
@@ -228,8 +240,8 @@ struct Eval {
   int64_t bytes = 0, patches = 0;  // held-out bytes predicted; patches (BLT only)
 };
 
-/// Held-out bits per byte over the first `windows` non-overlapping BOS-prefixed windows. `fwd(ids, tgt, rows)`
-/// returns the mean loss in nats and the number of patches (0 for a Llama).
+/// Held-out bits per byte over the first `windows` non-overlapping BOS-prefixed windows. `fwd(ids, tgt,
+/// rows)` returns the mean loss in nats and the number of patches (0 for a Llama).
 template <class F>
 Eval heldout(std::span<const uint8_t> bytes, int64_t batch, int64_t T, int64_t windows, F&& fwd) {
   train::EvalWindows ev(bytes, batch, T, blt::OFFSET, windows);
@@ -266,7 +278,8 @@ template <class Model, class StepFn, class EvalAt, class EvalFn>
 std::vector<EvalPoint> train_run(const char* name, Model& model, train::ByteLoader& loader, int64_t steps,
                                  const Hyper& h, StepFn&& step_fn, EvalAt&& eval_at, EvalFn&& eval_fn,
                                  double& wall_total, int64_t log_every = 25) {
-  const train::Schedule sched = train::Schedule::cosine(h.lr, h.lr * h.min_lr_ratio, std::max<int64_t>(1, steps / 10), steps);
+  const train::Schedule sched =
+      train::Schedule::cosine(h.lr, h.lr * h.min_lr_ratio, std::max<int64_t>(1, steps / 10), steps);
   train::AdamW<float> opt({h.lr, 0.9, 0.95, 1e-8, h.weight_decay});
   train::ByteBatch batch;
   std::vector<EvalPoint> out;
@@ -301,7 +314,8 @@ std::vector<EvalPoint> train_run(const char* name, Model& model, train::ByteLoad
 /// The patching threshold giving `target` bytes per patch on `n` evenly spaced BOS-prefixed training windows
 /// (spec §2.4). Patches per row = 2 forced starts (BOS, first byte) + #{p in 1..T-1 : H_p > θ}, the last
 /// possibly holding only the next byte. Returns θ and the mean patch length it gives on those windows.
-std::pair<double, double> calibrate(Blt& lm, std::span<const uint8_t> bytes, int64_t T, int64_t n, double target) {
+std::pair<double, double> calibrate(Blt& lm, std::span<const uint8_t> bytes, int64_t T, int64_t n,
+                                    double target) {
   const int64_t room = static_cast<int64_t>(bytes.size()) - T;
   std::vector<int64_t> ids(n * T);
   for (int64_t w = 0; w < n; ++w) {
@@ -311,11 +325,14 @@ std::pair<double, double> calibrate(Blt& lm, std::span<const uint8_t> bytes, int
   }
   const auto H = blt::entropies(lm.model.patcher, ids.data(), n, T, blt::EntropyOptions::hf());
   std::vector<float> deciding;
-  for (int64_t w = 0; w < n; ++w) deciding.insert(deciding.end(), H.begin() + w * T + 1, H.begin() + (w + 1) * T);
+  for (int64_t w = 0; w < n; ++w)
+    deciding.insert(deciding.end(), H.begin() + w * T + 1, H.begin() + (w + 1) * T);
   std::sort(deciding.begin(), deciding.end(), std::greater<>());
   const int64_t above = std::llround((static_cast<double>(T) / target - 2.0) * static_cast<double>(n));
-  const size_t idx = static_cast<size_t>(std::clamp<int64_t>(above, 0, static_cast<int64_t>(deciding.size()) - 1));
-  lm.model.config.patching_threshold = deciding[idx];  // exactly `above` entropies are strictly greater (no ties)
+  const size_t idx =
+      static_cast<size_t>(std::clamp<int64_t>(above, 0, static_cast<int64_t>(deciding.size()) - 1));
+  lm.model.config.patching_threshold =
+      deciding[idx];  // exactly `above` entropies are strictly greater (no ties)
   // Measure with the model's own patcher, as training uses it.
   const blt::PatchLengths pl = lm.model.compute_patch_lengths(ids.data(), n, T);
   int64_t patches = 0;
@@ -371,9 +388,11 @@ models::LlamaConfig size_llama(double target_fpb, int64_t T, int64_t vocab, int6
     for (int64_t L = 1; L <= 12; ++L) {
       if (layers > 0 && L != layers) continue;
       models::LlamaConfig c;
-      c.vocab_size = vocab, c.dim = d, c.n_layers = L, c.n_heads = c.n_kv_heads = d / 32, c.ffn_hidden = ffn_for(d);
+      c.vocab_size = vocab, c.dim = d, c.n_layers = L, c.n_heads = c.n_kv_heads = d / 32,
+      c.ffn_hidden = ffn_for(d);
       c.window = 0;
-      const double dist = std::abs(std::log(bench::kTrainFactor * bench::llama_forward_flops_per_token(c, T) / target_fpb));
+      const double dist =
+          std::abs(std::log(bench::kTrainFactor * bench::llama_forward_flops_per_token(c, T) / target_fpb));
       if (dist < best_d) best_d = dist, best = c;
     }
   }
@@ -387,7 +406,11 @@ json config_json(const blt::BltConfig& c) {
   };
   return {{"encoder", local(c.encoder)},
           {"decoder", local(c.decoder)},
-          {"global", {{"dim", c.global.dim}, {"layers", c.global.n_layers}, {"heads", c.global.n_heads}, {"ffn", c.global.ffn_hidden}}},
+          {"global",
+           {{"dim", c.global.dim},
+            {"layers", c.global.n_layers},
+            {"heads", c.global.n_heads},
+            {"ffn", c.global.ffn_hidden}}},
           {"k", c.cross_attn_k},
           {"hash_sizes", c.hash_sizes},
           {"hash_rows", c.hash_vocab},
@@ -404,8 +427,8 @@ int run(const Options& o) {
   const auto t_all = Clock::now();
   auto split = train::split_corpus(train::load_corpus(o.data).bytes, o.heldout);
   std::printf("\ndata: %s | %zu train bytes | %zu held-out bytes | eval: first %lld windows of %lld bytes\n",
-              o.data.c_str(), split.train.size(), split.heldout.size(), static_cast<long long>(o.eval_windows),
-              static_cast<long long>(T));
+              o.data.c_str(), split.train.size(), split.heldout.size(),
+              static_cast<long long>(o.eval_windows), static_cast<long long>(T));
   const std::span<const uint8_t> held(split.heldout);
 
   // ---- (a) entropy model ------------------------------------------------------------------------------
@@ -428,23 +451,27 @@ int run(const Options& o) {
       zero_grads(em);
       em.forward(ids.data(), b.rows(), T);
       em.backward(tgt.data());
-      return std::pair{em.loss(tgt.data()), static_cast<double>(b.rows()) * bench::llama_forward_flops_row(em.config, T)};
+      return std::pair{em.loss(tgt.data()),
+                       static_cast<double>(b.rows()) * bench::llama_forward_flops_row(em.config, T)};
     };
     auto ev = [&] {
-      em_eval = heldout(held, o.eval_batch, T, o.eval_windows, [&](const int64_t* x, const int64_t* y, int64_t r) {
-        em.forward(x, r, T);
-        return std::pair{em.loss(y), int64_t(0)};
-      });
+      em_eval =
+          heldout(held, o.eval_batch, T, o.eval_windows, [&](const int64_t* x, const int64_t* y, int64_t r) {
+            em.forward(x, r, T);
+            return std::pair{em.loss(y), int64_t(0)};
+          });
       return em_eval.bpb;
     };
-    train_run("entropy", em, loader, o.entropy_steps, o.hyper, step,
-              [&](int64_t s, double) { return s == o.entropy_steps; }, ev, wall_entropy, 50);
+    train_run(
+        "entropy", em, loader, o.entropy_steps, o.hyper, step,
+        [&](int64_t s, double) { return s == o.entropy_steps; }, ev, wall_entropy, 50);
   }
 
   // ---- (b) threshold ----------------------------------------------------------------------------------
   const auto [theta, calib_len] = calibrate(lm, split.train, T, o.calib_windows, o.target_patch);
-  std::printf("\n(b) threshold %.5f nats: mean patch length %.3f bytes on %lld training windows (target %.2f)\n", theta,
-              calib_len, static_cast<long long>(o.calib_windows), o.target_patch);
+  std::printf(
+      "\n(b) threshold %.5f nats: mean patch length %.3f bytes on %lld training windows (target %.2f)\n",
+      theta, calib_len, static_cast<long long>(o.calib_windows), o.target_patch);
 
   // ---- (c) BLT ----------------------------------------------------------------------------------------
   lm.model.walk_patcher = false;  // optimizer, clipping, zero_grads and init see the BLT only
@@ -453,11 +480,12 @@ int run(const Options& o) {
   allocate_grads(lm);
   const int64_t blt_params = count_params(lm);
   const BltFlops nominal = bench::blt_forward_flops_per_byte(lm.config(), T, calib_len);
-  std::printf("\n(c) BLT: %lld trainable parameters; nominal forward FLOPs/byte at %.2f bytes/patch: %.0f "
-              "(encoder %.0f, enc cross %.0f, global %.0f, dec cross %.0f, decoder %.0f, head %.0f); entropy model "
-              "forward %.0f/byte (not counted)\n",
-              static_cast<long long>(blt_params), calib_len, nominal.total(), nominal.encoder, nominal.encoder_cross,
-              nominal.global, nominal.decoder_cross, nominal.decoder, nominal.head, em_fwd_per_byte);
+  std::printf(
+      "\n(c) BLT: %lld trainable parameters; nominal forward FLOPs/byte at %.2f bytes/patch: %.0f "
+      "(encoder %.0f, enc cross %.0f, global %.0f, dec cross %.0f, decoder %.0f, head %.0f); entropy model "
+      "forward %.0f/byte (not counted)\n",
+      static_cast<long long>(blt_params), calib_len, nominal.total(), nominal.encoder, nominal.encoder_cross,
+      nominal.global, nominal.decoder_cross, nominal.decoder, nominal.head, em_fwd_per_byte);
   const int64_t S = o.blt_steps;
   const std::vector<int64_t> blt_eval_steps = {S / 4, S / 2, S};
   BltFlops blt_fwd;  // summed forward FLOPs of the training batches
@@ -484,39 +512,45 @@ int run(const Options& o) {
       return std::pair{lm.loss(tgt.data()), f.total()};
     };
     auto ev = [&] {
-      blt_last_eval = heldout(held, o.eval_batch, T, o.eval_windows, [&](const int64_t* x, const int64_t* y, int64_t r) {
-        lm.forward(x, r, T);  // patches from the entropy model
-        int64_t p = 0;
-        for (int64_t n : patches_per_row(lm.model.layout())) p += n;
-        return std::pair{lm.loss(y), p};
-      });
+      blt_last_eval =
+          heldout(held, o.eval_batch, T, o.eval_windows, [&](const int64_t* x, const int64_t* y, int64_t r) {
+            lm.forward(x, r, T);  // patches from the entropy model
+            int64_t p = 0;
+            for (int64_t n : patches_per_row(lm.model.layout())) p += n;
+            return std::pair{lm.loss(y), p};
+          });
       return blt_last_eval.bpb;
     };
-    blt_points = train_run("BLT", lm, loader, S, o.hyper, step,
-                           [&](int64_t s, double) {
-                             return std::find(blt_eval_steps.begin(), blt_eval_steps.end(), s) != blt_eval_steps.end();
-                           },
-                           ev, wall_blt);
+    blt_points = train_run(
+        "BLT", lm, loader, S, o.hyper, step,
+        [&](int64_t s, double) {
+          return std::find(blt_eval_steps.begin(), blt_eval_steps.end(), s) != blt_eval_steps.end();
+        },
+        ev, wall_blt);
   }
   const int64_t blt_bytes = S * B * T;
   const double blt_total = bench::kTrainFactor * blt_fwd.total();
   const double blt_fpb = blt_total / static_cast<double>(blt_bytes);
   const double train_patch_len = static_cast<double>(blt_bytes) / static_cast<double>(train_patches);
-  const double held_patch_len = static_cast<double>(blt_last_eval.bytes) / static_cast<double>(blt_last_eval.patches);
+  const double held_patch_len =
+      static_cast<double>(blt_last_eval.bytes) / static_cast<double>(blt_last_eval.patches);
 
-  // ---- (c') Llama at equal training FLOPs ------------------------------------------------------------------
+  // ---- (c') Llama at equal training FLOPs
+  // ------------------------------------------------------------------
   const models::LlamaConfig llc = size_llama(blt_fpb, T, V, o.llama_dim, o.llama_layers);
   const double llama_fpb = bench::kTrainFactor * bench::llama_forward_flops_per_token(llc, T);
-  const int64_t S_llama = std::max<int64_t>(1, std::llround(blt_total / (llama_fpb * static_cast<double>(B * T))));
+  const int64_t S_llama =
+      std::max<int64_t>(1, std::llround(blt_total / (llama_fpb * static_cast<double>(B * T))));
   Llama llama(llc);
   Rng rng_l(o.seed + 2);
   init_normal(llama, rng_l, 0.02);
   allocate_grads(llama);
-  std::printf("\n(c') Llama: %lld parameters (dim %lld, %lld layers, ffn %lld); training FLOPs/byte %.0f vs BLT %.0f "
-              "-> %lld steps for BLT's %.3e FLOPs\n",
-              static_cast<long long>(count_params(llama)), static_cast<long long>(llc.dim),
-              static_cast<long long>(llc.n_layers), static_cast<long long>(llc.ffn_hidden), llama_fpb, blt_fpb,
-              static_cast<long long>(S_llama), blt_total);
+  std::printf(
+      "\n(c') Llama: %lld parameters (dim %lld, %lld layers, ffn %lld); training FLOPs/byte %.0f vs BLT %.0f "
+      "-> %lld steps for BLT's %.3e FLOPs\n",
+      static_cast<long long>(count_params(llama)), static_cast<long long>(llc.dim),
+      static_cast<long long>(llc.n_layers), static_cast<long long>(llc.ffn_hidden), llama_fpb, blt_fpb,
+      static_cast<long long>(S_llama), blt_total);
   double wall_llama = 0;
   std::vector<EvalPoint> llama_points;
   {
@@ -526,57 +560,74 @@ int run(const Options& o) {
     for (size_t i = 0; i < blt_points.size(); ++i)
       eval_steps.push_back(i + 1 == blt_points.size()
                                ? S_llama
-                               : std::min<int64_t>(S_llama, static_cast<int64_t>(std::ceil(blt_points[i].flops / per_step - 1e-9))));
+                               : std::min<int64_t>(S_llama, static_cast<int64_t>(std::ceil(
+                                                                blt_points[i].flops / per_step - 1e-9))));
     auto step = [&](const train::ByteBatch& b) {
       prepend_bos(b, ids, tgt);
       zero_grads(llama);
       llama.forward(ids.data(), b.rows(), T);
       llama.backward(tgt.data());
-      return std::pair{llama.loss(tgt.data()), static_cast<double>(b.rows()) * bench::llama_forward_flops_row(llc, T)};
+      return std::pair{llama.loss(tgt.data()),
+                       static_cast<double>(b.rows()) * bench::llama_forward_flops_row(llc, T)};
     };
     auto ev = [&] {
-      return heldout(held, o.eval_batch, T, o.eval_windows, [&](const int64_t* x, const int64_t* y, int64_t r) {
-               llama.forward(x, r, T);
-               return std::pair{llama.loss(y), int64_t(0)};
-             }).bpb;
+      return heldout(held, o.eval_batch, T, o.eval_windows,
+                     [&](const int64_t* x, const int64_t* y, int64_t r) {
+                       llama.forward(x, r, T);
+                       return std::pair{llama.loss(y), int64_t(0)};
+                     })
+          .bpb;
     };
-    llama_points = train_run("Llama", llama, loader, S_llama, o.hyper, step,
-                             [&](int64_t s, double) {
-                               return std::find(eval_steps.begin(), eval_steps.end(), s) != eval_steps.end();
-                             },
-                             ev, wall_llama);
+    llama_points = train_run(
+        "Llama", llama, loader, S_llama, o.hyper, step,
+        [&](int64_t s, double) {
+          return std::find(eval_steps.begin(), eval_steps.end(), s) != eval_steps.end();
+        },
+        ev, wall_llama);
   }
   const double total_wall = seconds_since(t_all);
 
   // ---- (d) report -----------------------------------------------------------------------------------------
   const double blt_fpb_nominal = bench::kTrainFactor * nominal.total();
-  std::printf("\nSummary (held-out: first %lld windows x %lld bytes = %lld predicted bytes of the 1%% split)\n",
-              static_cast<long long>(o.eval_windows), static_cast<long long>(T),
-              static_cast<long long>(blt_last_eval.bytes));
-  std::printf("entropy model: held-out %.4f bpb after %lld steps (%.1f s); forward %.0f FLOPs/byte\n", em_eval.bpb,
-              static_cast<long long>(o.entropy_steps), wall_entropy, em_fwd_per_byte);
-  std::printf("patching: threshold %.5f; mean patch length %.3f (calibration), %.3f (training batches), %.3f (held-out)\n",
-              theta, calib_len, train_patch_len, held_patch_len);
-  std::printf("\n| model | params | train FLOPs/byte | bytes seen | total train FLOPs | steps | wall s | held-out bpb @1/4 | @1/2 | @1 |\n");
+  std::printf(
+      "\nSummary (held-out: first %lld windows x %lld bytes = %lld predicted bytes of the 1%% split)\n",
+      static_cast<long long>(o.eval_windows), static_cast<long long>(T),
+      static_cast<long long>(blt_last_eval.bytes));
+  std::printf("entropy model: held-out %.4f bpb after %lld steps (%.1f s); forward %.0f FLOPs/byte\n",
+              em_eval.bpb, static_cast<long long>(o.entropy_steps), wall_entropy, em_fwd_per_byte);
+  std::printf(
+      "patching: threshold %.5f; mean patch length %.3f (calibration), %.3f (training batches), %.3f "
+      "(held-out)\n",
+      theta, calib_len, train_patch_len, held_patch_len);
+  std::printf(
+      "\n| model | params | train FLOPs/byte | bytes seen | total train FLOPs | steps | wall s | held-out "
+      "bpb @1/4 | @1/2 | @1 |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
-  auto row = [&](const char* name, int64_t params, double fpb, const std::vector<EvalPoint>& pts, int64_t steps, double wall) {
+  auto row = [&](const char* name, int64_t params, double fpb, const std::vector<EvalPoint>& pts,
+                 int64_t steps, double wall) {
     std::printf("| %s | %lld | %.3e | %lld | %.3e | %lld | %.0f |", name, static_cast<long long>(params), fpb,
-                static_cast<long long>(pts.back().bytes_seen), pts.back().flops, static_cast<long long>(steps), wall);
+                static_cast<long long>(pts.back().bytes_seen), pts.back().flops,
+                static_cast<long long>(steps), wall);
     for (const auto& p : pts) std::printf(" %.4f (%.2e) |", p.bpb, p.flops);
     std::printf("\n");
   };
   row("BLT", blt_params, blt_fpb, blt_points, S, wall_blt);
   row("Llama", count_params(llama), llama_fpb, llama_points, S_llama, wall_llama);
-  std::printf("\nBLT wall time includes %.1f s of entropy-model patching (forward %.3e FLOPs, not counted); total "
-              "program wall time %.0f s\n",
-              wall_patching, em_fwd_per_byte * static_cast<double>(blt_bytes), total_wall);
+  std::printf(
+      "\nBLT wall time includes %.1f s of entropy-model patching (forward %.3e FLOPs, not counted); total "
+      "program wall time %.0f s\n",
+      wall_patching, em_fwd_per_byte * static_cast<double>(blt_bytes), total_wall);
 
   if (!o.json_out.empty()) {
     auto points = [](const std::vector<EvalPoint>& pts) {
       json a = json::array();
       for (const auto& p : pts)
-        a.push_back({{"step", p.step}, {"bytes_seen", p.bytes_seen}, {"train_flops", p.flops}, {"heldout_bpb", p.bpb},
-                     {"train_loss_avg", p.train_loss}, {"wall_s", p.wall_s}});
+        a.push_back({{"step", p.step},
+                     {"bytes_seen", p.bytes_seen},
+                     {"train_flops", p.flops},
+                     {"heldout_bpb", p.bpb},
+                     {"train_loss_avg", p.train_loss},
+                     {"wall_s", p.wall_s}});
       return a;
     };
     const BltFlops per_byte = blt_fwd.scaled(1.0 / static_cast<double>(blt_bytes));
@@ -587,22 +638,50 @@ int run(const Options& o) {
               {"seq_len", T},
               {"batch", B},
               {"seed", o.seed},
-              {"hyper", {{"lr", o.hyper.lr}, {"min_lr_ratio", o.hyper.min_lr_ratio}, {"weight_decay", o.hyper.weight_decay}, {"clip", o.hyper.clip}}},
-              {"entropy", {{"params", count_params(em)}, {"steps", o.entropy_steps}, {"heldout_bpb", em_eval.bpb},
-                           {"forward_flops_per_byte", em_fwd_per_byte}, {"wall_s", wall_entropy}}},
-              {"patching", {{"threshold", theta}, {"target", o.target_patch}, {"mean_len_calibration", calib_len},
-                            {"mean_len_train", train_patch_len}, {"mean_len_heldout", held_patch_len}}},
-              {"blt", {{"config", config_json(lm.config())}, {"params", blt_params}, {"steps", S},
-                       {"train_flops_per_byte", blt_fpb}, {"train_flops_per_byte_nominal", blt_fpb_nominal},
-                       {"forward_flops_per_byte", {{"encoder", per_byte.encoder}, {"encoder_cross", per_byte.encoder_cross},
-                                                   {"global", per_byte.global}, {"decoder_cross", per_byte.decoder_cross},
-                                                   {"decoder", per_byte.decoder}, {"head", per_byte.head}}},
-                       {"total_train_flops", blt_total}, {"bytes_seen", blt_bytes}, {"wall_s", wall_blt},
-                       {"wall_patching_s", wall_patching}, {"evals", points(blt_points)}}},
-              {"llama", {{"config", llc.to_json()}, {"params", count_params(llama)}, {"steps", S_llama},
-                         {"train_flops_per_byte", llama_fpb}, {"total_train_flops", llama_points.back().flops},
-                         {"bytes_seen", llama_points.back().bytes_seen}, {"wall_s", wall_llama},
-                         {"evals", points(llama_points)}}},
+              {"hyper",
+               {{"lr", o.hyper.lr},
+                {"min_lr_ratio", o.hyper.min_lr_ratio},
+                {"weight_decay", o.hyper.weight_decay},
+                {"clip", o.hyper.clip}}},
+              {"entropy",
+               {{"params", count_params(em)},
+                {"steps", o.entropy_steps},
+                {"heldout_bpb", em_eval.bpb},
+                {"forward_flops_per_byte", em_fwd_per_byte},
+                {"wall_s", wall_entropy}}},
+              {"patching",
+               {{"threshold", theta},
+                {"target", o.target_patch},
+                {"mean_len_calibration", calib_len},
+                {"mean_len_train", train_patch_len},
+                {"mean_len_heldout", held_patch_len}}},
+              {"blt",
+               {{"config", config_json(lm.config())},
+                {"params", blt_params},
+                {"steps", S},
+                {"train_flops_per_byte", blt_fpb},
+                {"train_flops_per_byte_nominal", blt_fpb_nominal},
+                {"forward_flops_per_byte",
+                 {{"encoder", per_byte.encoder},
+                  {"encoder_cross", per_byte.encoder_cross},
+                  {"global", per_byte.global},
+                  {"decoder_cross", per_byte.decoder_cross},
+                  {"decoder", per_byte.decoder},
+                  {"head", per_byte.head}}},
+                {"total_train_flops", blt_total},
+                {"bytes_seen", blt_bytes},
+                {"wall_s", wall_blt},
+                {"wall_patching_s", wall_patching},
+                {"evals", points(blt_points)}}},
+              {"llama",
+               {{"config", llc.to_json()},
+                {"params", count_params(llama)},
+                {"steps", S_llama},
+                {"train_flops_per_byte", llama_fpb},
+                {"total_train_flops", llama_points.back().flops},
+                {"bytes_seen", llama_points.back().bytes_seen},
+                {"wall_s", wall_llama},
+                {"evals", points(llama_points)}}},
               {"total_wall_s", total_wall}};
     std::ofstream(o.json_out) << j.dump(2) << "\n";
     std::printf("wrote %s\n", o.json_out.c_str());
@@ -620,10 +699,12 @@ int main(int argc, char** argv) {
   app.add_option("--seq", o.seq, "bytes per row")->capture_default_str();
   app.add_option("--batch", o.batch, "rows per training batch")->capture_default_str();
   app.add_option("--eval-windows", o.eval_windows, "held-out windows evaluated")->capture_default_str();
-  app.add_option("--calib-windows", o.calib_windows, "training windows for threshold calibration")->capture_default_str();
+  app.add_option("--calib-windows", o.calib_windows, "training windows for threshold calibration")
+      ->capture_default_str();
   app.add_option("--target-patch", o.target_patch, "target mean patch length (bytes)")->capture_default_str();
   app.add_option("--entropy-steps", o.entropy_steps, "entropy model steps")->capture_default_str();
-  app.add_option("--blt-steps", o.blt_steps, "BLT steps (the Llama's follow from equal FLOPs)")->capture_default_str();
+  app.add_option("--blt-steps", o.blt_steps, "BLT steps (the Llama's follow from equal FLOPs)")
+      ->capture_default_str();
   app.add_option("--llama-dim", o.llama_dim, "fix the Llama width (0 = pick by FLOPs/byte)");
   app.add_option("--llama-layers", o.llama_layers, "fix the Llama depth (0 = pick by FLOPs/byte)");
   app.add_option("--lr", o.hyper.lr, "peak learning rate (all three models)")->capture_default_str();
