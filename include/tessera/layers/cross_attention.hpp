@@ -21,16 +21,19 @@ struct CrossAttention {
     SeqContext kctx;
   };
   Linear<T, B> q_proj, k_proj, v_proj, o_proj;
-  int64_t dim = 0, kv_dim = 0, n_heads = 0, head_dim = 0;
+  int64_t dim = 0, kv_dim = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
 
   void setup(const LayerConfig& c) {
     dim = c.dim;
     kv_dim = c.source_dim();
     n_heads = c.n_heads;
+    n_kv_heads = c.kv_heads();  // GQA: query head h reads key/value head h / (n_heads / n_kv_heads)
     head_dim = c.hdim();
+    TESSERA_CHECK(n_heads > 0 && n_kv_heads > 0 && n_heads % n_kv_heads == 0, "CrossAttention: n_heads ",
+                  n_heads, " is not a multiple of n_kv_heads ", n_kv_heads);
     q_proj.setup(dim, n_heads * head_dim);
-    k_proj.setup(kv_dim, n_heads * head_dim);
-    v_proj.setup(kv_dim, n_heads * head_dim);
+    k_proj.setup(kv_dim, n_kv_heads * head_dim);
+    v_proj.setup(kv_dim, n_kv_heads * head_dim);
     o_proj.setup(n_heads * head_dim, dim);
   }
   template <class F>
@@ -57,7 +60,7 @@ struct CrossAttention {
                            s.attn.data(), s.lse.data());
     o_proj.forward(q, s.attn, y, s.o_s);
   }
-  /// Inference: keys and values of a source for a cache, kout / vout [k.rows(), n_heads * head_dim].
+  /// Inference: keys and values of a source for a cache, kout / vout [k.rows(), n_kv_heads * head_dim].
   void project_kv(const SeqContext& k, TensorView<const T> src, Tensor<T, B>& kout,
                   Tensor<T, B>& vout) const {
     TESSERA_CHECK(src.size(0) == k.rows() && src.size(1) == kv_dim, "CrossAttention::project_kv: source ",
@@ -75,13 +78,13 @@ struct CrossAttention {
     TESSERA_CHECK(x.size(0) == q.rows(), "CrossAttention::forward_cached: ", x.size(0),
                   " rows but the context has ", q.batch, " x ", q.seq);
     q_proj.forward(q, x, s.q, s.q_s);
-    const int64_t w = n_heads * head_dim;
+    const int64_t w = n_heads * head_dim, kvw = n_kv_heads * head_dim;
     s.attn.resize_uninit({q.rows(), w});
     for (int64_t b = 0; b < q.batch; ++b) {
       const KvCache<T, B>& c = *caches[b];
-      TESSERA_CHECK(c.k_width() == w && c.v_width() == w,
+      TESSERA_CHECK(c.k_width() == kvw && c.v_width() == kvw,
                     "CrossAttention::forward_cached: cache of sequence ", b, " has row widths ", c.k_width(),
-                    "/", c.v_width(), ", expected ", w);
+                    "/", c.v_width(), ", expected ", kvw);
       SeqContext qb = q, kb;
       qb.batch = 1;
       if (q.segment_ids) qb.segment_ids = q.segment_ids + b * q.seq;
@@ -120,9 +123,11 @@ struct CrossAttention {
     d.B = q.batch;
     d.Tq = q.seq;
     d.Tk = k.seq;
-    d.Hq = d.Hkv = n_heads;
+    d.Hq = n_heads;
+    d.Hkv = n_kv_heads;
     d.Dh = head_dim;
-    d.q_stride = d.o_stride = d.k_stride = d.v_stride = n_heads * head_dim;
+    d.q_stride = d.o_stride = n_heads * head_dim;
+    d.k_stride = d.v_stride = n_kv_heads * head_dim;
     d.scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
     return d;
   }

@@ -96,7 +96,7 @@ class BltIncremental {
     r.decoder.setup(dec.n_layers, kv(dec), kv(dec), c.local_window);
     const LayerConfig cross = c.decoder.cross_layer();
     r.cross.assign(lm_.model.local_decoder.cross_attn_layers.size(), KvCache<T>{});
-    for (auto& x : r.cross) x.setup(cross.n_heads * cross.hdim(), cross.n_heads * cross.hdim());
+    for (auto& x : r.cross) x.setup(cross.kv_heads() * cross.hdim(), cross.kv_heads() * cross.hdim());
     return r;
   }
 

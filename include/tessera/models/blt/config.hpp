@@ -27,6 +27,7 @@ namespace tessera::blt {
 struct LocalConfig {
   int64_t dim = 1024, n_layers = 1, n_heads = 16, n_kv_heads = 16, ffn_hidden = 2816;
   int64_t cross_heads = 16;             // heads of the cross-attention (original `cross_attn_nheads`)
+  int64_t cross_kv_heads = 0;           // its key/value heads (HF: num_key_value_heads); 0 = cross_heads
   bool cross_attn_all_layers = false;   // decoder: one cross-attention before every layer (else before layer 0)
   double norm_eps = 1e-5, rope_theta = 500000.0;
   int64_t max_positions = 24576;        // RoPE table size of the reference (bytes); informational
@@ -45,7 +46,8 @@ struct LocalConfig {
   }
   LayerConfig cross_layer() const {
     LayerConfig c = layer();
-    c.n_heads = c.n_kv_heads = cross_heads;
+    c.n_heads = cross_heads;
+    c.n_kv_heads = cross_kv_heads ? cross_kv_heads : cross_heads;
     c.head_dim = dim / cross_heads;
     return c;
   }
@@ -240,9 +242,11 @@ inline BltConfig BltConfig::from_hf_json(const nlohmann::json& j, const std::str
   hf_transformer_fields(enc, c.encoder, 1024, 16, 1, 2816, 500000.0, we);
   c.encoder.cross_attn_all_layers = get_or<bool>(enc, "cross_attn_all_layers", false, we);
   c.encoder.cross_heads = c.encoder.n_heads;  // BltCrossAttention uses the sub-config's num_attention_heads
+  c.encoder.cross_kv_heads = c.encoder.n_kv_heads;  // ... and its num_key_value_heads (GQA)
   hf_transformer_fields(dec, c.decoder, 1024, 16, 9, 2816, 500000.0, wd);
   c.decoder.cross_attn_all_layers = get_or<bool>(dec, "cross_attn_all_layers", true, wd);
   c.decoder.cross_heads = c.decoder.n_heads;
+  c.decoder.cross_kv_heads = c.decoder.n_kv_heads;
   c.global.max_positions = 4096;
   hf_transformer_fields(glo, c.global, 2048, 16, 25, 5632, 500000.0, wg);
   for (const auto& [s, w] : {std::pair{&enc, we}, std::pair{&dec, wd}}) {
