@@ -35,6 +35,29 @@ if [[ ${WAIT_QUIET:-0} = 1 ]]; then
 fi
 
 mkdir -p "$OUT"
+
+# Busy CPU time of the whole machine so far, in clock ticks (/proc/stat: user nice system idle iowait irq
+# softirq steal ...).
+busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
+# Run a command and append to context.txt how much CPU OTHER processes used meanwhile, as a share of all
+# cores. A 2-thread number is only trustworthy when that share is near 0: on 2 cores any foreign process
+# takes a core away from a thread team that spin-waits at every barrier.
+measured() {
+  local label=$1 tf b0 b1 t0 t1
+  shift
+  tf=$(mktemp)
+  b0=$(busy_ticks)
+  t0=$(date +%s.%N)
+  { TIMEFORMAT='%U %S'; time "$@" 2>&3; } 3>&2 2>"$tf"
+  t1=$(date +%s.%N)
+  b1=$(busy_ticks)
+  awk -v l="$label" -v b0="$b0" -v b1="$b1" -v t0="$t0" -v t1="$t1" -v hz="$(getconf CLK_TCK)" \
+      -v nc="$(nproc)" -v ld="$(cut -d' ' -f1 /proc/loadavg)" '{ own = $1 + $2 } END {
+        wall = t1 - t0; foreign = ((b1 - b0) / hz - own) / (wall * nc) * 100; if (foreign < 0) foreign = 0
+        printf "%s: wall %.1f s, own CPU %.1f s, foreign CPU %.1f%% of the machine, load after %s\n", \
+               l, wall, own, foreign, ld }' "$tf" >> "$OUT/context.txt"
+  rm -f "$tf"
+}
 {
   echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
   echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') | $(nproc) cores"
@@ -48,13 +71,14 @@ for n in $THREADS; do
   export OMP_NUM_THREADS=$n OPENBLAS_NUM_THREADS=$n
   for b in "${BENCHES[@]}"; do
     echo "== $b, $n thread(s)" >&2
-    "$BUILD/benchmarks/$b" --benchmark_min_time=0.3 --benchmark_out="$OUT/${b}_$n.json" \
+    measured "$b ${n}T" "$BUILD/benchmarks/$b" --benchmark_min_time=0.3 --benchmark_out="$OUT/${b}_$n.json" \
       --benchmark_out_format=json >&2
   done
   echo "== PyTorch, $n thread(s)" >&2
-  "$PY" "$ROOT/benchmarks/compare_pytorch.py" measure --threads "$n" > "$OUT/torch_$n.json"
+  measured "pytorch ${n}T" "$PY" "$ROOT/benchmarks/compare_pytorch.py" measure --threads "$n" > "$OUT/torch_$n.json"
 done
-echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/context.txt"
+echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/context.txt"
+grep -E '^(bench_|pytorch|load at end)' "$OUT/context.txt"
 
 torch_files=()
 for n in $THREADS; do torch_files+=("$OUT/torch_$n.json"); done
