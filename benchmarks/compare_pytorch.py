@@ -361,7 +361,7 @@ def cmd_table(args):
               f"{fmt(fe['train_step']['tokens_per_s'], 0)} | {fmt(ratio(fe['train_step']['ms'], t_ms), 2)} |")
     w("")
 
-    w("### GEMM, fp32 (GFLOP/s; tessera::ops::gemm vs torch.mm, both on the same OpenBLAS)\n")
+    w("### GEMM, fp32 (GFLOP/s; tessera::ops::gemm vs torch.mm at the same thread count)\n")
     head = "| product | " + " | ".join(f"tessera {n}T | PyTorch {n}T | ratio {n}T" for n in threads) + " |"
     w(head)
     w("|---|" + "---|" * (3 * len(threads)))

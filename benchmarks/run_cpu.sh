@@ -6,9 +6,13 @@
 #   THREADS="1 2 4" BUILD=build-x benchmarks/run_cpu.sh
 #   WAIT_QUIET=1 benchmarks/run_cpu.sh    # first wait (2-minute steps, up to 40 min) for 1-min load < 1.0
 #
-# Threads: tessera runs its own loops with OpenMP and its large GEMMs in OpenBLAS (Debian's pthreads build,
-# through Eigen's EIGEN_USE_BLAS); PyTorch uses OpenMP for ATen and the same OpenBLAS for GEMMs. Both pools
-# are capped at N for both programs via OMP_NUM_THREADS and OPENBLAS_NUM_THREADS.
+#   OMP_WAIT_POLICY=passive OUT=build-bench/bench-results-passive benchmarks/run_cpu.sh   # a variant
+#
+# Threads: tessera runs its own loops with OpenMP and its GEMMs in OpenBLAS (Debian's pthreads build, through
+# Eigen's EIGEN_USE_BLAS; a TESSERA_USE_BLAS=OFF build uses Eigen's kernel on the OpenMP team instead);
+# PyTorch uses OpenMP for ATen and the same OpenBLAS for GEMMs. Both pools are capped at N for both programs
+# via OMP_NUM_THREADS and OPENBLAS_NUM_THREADS; any other OMP_*/OPENBLAS_* variables are passed through and
+# recorded. See benchmarks/RESULTS.md for why the two pools matter.
 # Results (Google Benchmark JSON, torch JSON, context.txt, table.md) go to $OUT (default $BUILD/bench-results).
 set -euo pipefail
 
@@ -62,7 +66,8 @@ measured() {
   echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
   echo "cpu: $(lscpu | sed -n 's/^Model name: *//p') | $(nproc) cores"
   echo "load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "tessera blas: $(ldd "$BUILD/benchmarks/bench_gemm" | grep -Eo 'lib(open)?blas[^ ]*' | sort -u | tr '\n' ' ')"
+  blas=$(ldd "$BUILD/benchmarks/bench_gemm" | grep -Eo 'lib(open)?blas[^ ]*' | sort -u | tr '\n' ' ' || true)
+  echo "tessera GEMM: ${blas:-Eigen GEBP kernel, no BLAS (TESSERA_USE_BLAS=OFF)}"
   echo "openblas: $(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3)"
   echo "environment: $(env | grep -E '^(OMP_|GOMP_|OPENBLAS_|KMP_)' | sort | tr '\n' ' ')"
 } | tee "$OUT/context.txt"
