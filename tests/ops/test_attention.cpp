@@ -23,11 +23,13 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 using Size = std::tuple<int64_t, int64_t, int64_t>;  // Tq, Tk, q_offset
 
 AttnDims make_dims(int64_t B, int64_t Tq, int64_t Tk, int64_t Hq, int64_t Hkv, int64_t Dh,
-                   int64_t q_offset = 0) {
+                   int64_t q_offset = 0, int64_t Dv = 0) {
   AttnDims d;
-  d.B = B, d.Tq = Tq, d.Tk = Tk, d.Hq = Hq, d.Hkv = Hkv, d.Dh = Dh;
-  d.q_stride = d.o_stride = Hq * Dh;
-  d.k_stride = d.v_stride = Hkv * Dh;
+  d.B = B, d.Tq = Tq, d.Tk = Tk, d.Hq = Hq, d.Hkv = Hkv, d.Dh = Dh, d.Dv = Dv;
+  d.q_stride = Hq * Dh;
+  d.o_stride = Hq * d.dv();
+  d.k_stride = Hkv * Dh;
+  d.v_stride = Hkv * d.dv();
   d.q_offset = q_offset;
   d.scale = 1.0 / std::sqrt(static_cast<double>(Dh));
   return d;
@@ -54,18 +56,18 @@ void ref_forward(const AttnDims& d, const Mask& mask0, const double* q, const do
           s[j] = dot * d.scale;
           mx = std::max(mx, s[j]);
         }
-        double* oi = o + (b * d.Tq + i) * d.o_stride + h * d.Dh;
-        for (int64_t c = 0; c < d.Dh; ++c) oi[c] = 0;
+        double* oi = o + (b * d.Tq + i) * d.o_stride + h * d.dv();
+        for (int64_t c = 0; c < d.dv(); ++c) oi[c] = 0;
         double l = 0;
         if (mx != -kInf)
           for (int64_t j = 0; j < d.Tk; ++j) {
             const double p = std::exp(s[j] - mx);
             l += p;
-            const double* vj = v + (b * d.Tk + j) * d.v_stride + h / rep * d.Dh;
-            for (int64_t c = 0; c < d.Dh; ++c) oi[c] += p * vj[c];
+            const double* vj = v + (b * d.Tk + j) * d.v_stride + h / rep * d.dv();
+            for (int64_t c = 0; c < d.dv(); ++c) oi[c] += p * vj[c];
           }
         if (l > 0)
-          for (int64_t c = 0; c < d.Dh; ++c) oi[c] /= l;
+          for (int64_t c = 0; c < d.dv(); ++c) oi[c] /= l;
         lse[(b * d.Hq + h) * d.Tq + i] = l > 0 ? mx + std::log(l) : -kInf;
       }
 }
@@ -81,7 +83,7 @@ void ref_backward(const AttnDims& d, const Mask& mask0, const double* q, const d
     for (int64_t h = 0; h < d.Hq; ++h)
       for (int64_t i = 0; i < d.Tq; ++i) {
         const double* qi = q + (b * d.Tq + i) * d.q_stride + h * d.Dh;
-        const double* doi = dout + (b * d.Tq + i) * d.o_stride + h * d.Dh;
+        const double* doi = dout + (b * d.Tq + i) * d.o_stride + h * d.dv();
         double mx = -kInf;
         for (int64_t j = 0; j < d.Tk; ++j) {
           p[j] = -kInf;
@@ -98,9 +100,9 @@ void ref_backward(const AttnDims& d, const Mask& mask0, const double* q, const d
         double D = 0;
         for (int64_t j = 0; j < d.Tk; ++j) {
           p[j] /= l;
-          const double* vj = v + (b * d.Tk + j) * d.v_stride + h / rep * d.Dh;
+          const double* vj = v + (b * d.Tk + j) * d.v_stride + h / rep * d.dv();
           dp[j] = 0;
-          for (int64_t c = 0; c < d.Dh; ++c) dp[j] += doi[c] * vj[c];
+          for (int64_t c = 0; c < d.dv(); ++c) dp[j] += doi[c] * vj[c];
           D += p[j] * dp[j];
         }
         double* dqi = dq + (b * d.Tq + i) * d.q_stride + h * d.Dh;
@@ -108,12 +110,12 @@ void ref_backward(const AttnDims& d, const Mask& mask0, const double* q, const d
           const double ds = p[j] * (dp[j] - D) * d.scale;
           const double* kj = k + (b * d.Tk + j) * d.k_stride + h / rep * d.Dh;
           double* dkj = dk + (b * d.Tk + j) * d.k_stride + h / rep * d.Dh;
-          double* dvj = dv + (b * d.Tk + j) * d.v_stride + h / rep * d.Dh;
+          double* dvj = dv + (b * d.Tk + j) * d.v_stride + h / rep * d.dv();
           for (int64_t c = 0; c < d.Dh; ++c) {
             dqi[c] += ds * kj[c];
             dkj[c] += ds * qi[c];
-            dvj[c] += p[j] * doi[c];
           }
+          for (int64_t c = 0; c < d.dv(); ++c) dvj[c] += p[j] * doi[c];
         }
       }
 }
@@ -343,6 +345,16 @@ TEST(Attention, WideHeadsMatchReference) {
                                   1e-11);
 }
 
+TEST(Attention, ValueHeadsWiderOrNarrowerThanKeyHeads) {
+  // Megalodon: dz != dv. Dv > tile size and Dv < Dh, GQA, offset queries, chunk-local and causal masks.
+  check_against_reference<double>("Dv=80 chunk", make_dims(2, 100, 100, 4, 2, 8, 0, 80), mask::ChunkLocal{32},
+                                  11, 1e-12, 1e-11);
+  check_against_reference<double>("Dv=4 causal", make_dims(1, 70, 90, 2, 1, 16, 20, 4), mask::Causal{}, 12,
+                                  1e-12, 1e-11);
+  check_against_reference<float>("Dv=24 float", make_dims(2, 130, 130, 2, 2, 8, 0, 24), mask::ChunkLocal{48},
+                                 13, 1e-5, 5e-5);
+}
+
 TEST(Attention, CrossAttentionSegmentEqual) {
   // Bytes (queries) attend to their own patch (keys) and patches attend to their bytes; Tq != Tk.
   const int64_t B = 2, bytes = 130, patches = 23;
@@ -514,6 +526,10 @@ TEST(AttentionGrad, CausalWithDocumentCuts) {
   std::vector<int64_t> docs(2 * 70);
   for (int64_t i = 0; i < 2 * 70; ++i) docs[i] = (i % 70) / 25 + (i >= 70 ? 3 : 0);
   fd_check("causal+doc", d, mask::All{mask::Causal{}, mask::DocumentCuts{docs.data(), docs.data(), true}}, 1);
+}
+
+TEST(AttentionGrad, ChunkLocalWithWideValues) {
+  fd_check("chunk local Dv=5", make_dims(2, 70, 70, 2, 1, 3, 0, 5), mask::ChunkLocal{16}, 6);
 }
 
 TEST(AttentionGrad, SlidingWindow) {

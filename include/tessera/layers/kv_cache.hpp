@@ -154,7 +154,7 @@ void decode_attention(const ops::AttnDims& d, const Mask& policy, const T* q, co
                       Tensor<T>& scores) {
   ops::attn_detail::check_dims(d, "decode_attention");
   const auto m = ops::mask::bind(policy, ops::mask::Layout{d.B, d.Tq, d.Tk, d.q_offset});
-  const int64_t Dh = d.Dh, rep = d.Hq / d.Hkv;
+  const int64_t Dh = d.Dh, Dv = d.dv(), rep = d.Hq / d.Hkv;
   const T scale = static_cast<T>(d.scale), ninf = -std::numeric_limits<T>::infinity();
   scores.resize_uninit({std::max<int64_t>(d.Tk, 1)});
   for (int64_t b = 0; b < d.B; ++b)
@@ -164,14 +164,14 @@ void decode_attention(const ops::AttnDims& d, const Mask& policy, const T* q, co
       const int64_t n = kr.hi - kr.lo;
       for (int64_t h = 0; h < d.Hq; ++h) {
         const int64_t g = h / rep;
-        auto out = eig::mat(o + (b * d.Tq + i) * d.o_stride + h * Dh, 1, Dh);
+        auto out = eig::mat(o + (b * d.Tq + i) * d.o_stride + h * Dv, 1, Dv);
         if (n <= 0) {
           out.setZero();
           continue;
         }
         const auto qv = eig::mat(q + (b * d.Tq + i) * d.q_stride + h * Dh, 1, Dh);
         const auto kb = eig::mat(k + (b * d.Tk + kr.lo) * d.k_stride + g * Dh, n, Dh, d.k_stride);
-        const auto vb = eig::mat(v + (b * d.Tk + kr.lo) * d.v_stride + g * Dh, n, Dh, d.v_stride);
+        const auto vb = eig::mat(v + (b * d.Tk + kr.lo) * d.v_stride + g * Dv, n, Dv, d.v_stride);
         auto s = eig::mat(scores.data(), 1, n);
         s.noalias() = scale * (qv * kb.transpose());
         for (int64_t j = 0; j < n; ++j)

@@ -5,6 +5,7 @@
 // Layout: row-major token rows with explicit strides so q, k, v may be slices of one fused QKV buffer.
 //   q row (b*Tq + i) at q + (b*Tq+i)*q_stride, head h at column h*Dh;  k, v rows (b*Tk + j) likewise;
 //   o like q with o_stride; lse [B, Hq, Tq]. GQA: query head h reads kv head h / (Hq/Hkv).
+//   q, k heads are Dh wide; v and o heads are Dv = dims.dv() wide (v head g at column g*Dv).
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -21,10 +22,13 @@ namespace tessera::ops {
 
 struct AttnDims {
   int64_t B = 0, Tq = 0, Tk = 0;    // batch, query length, key length
-  int64_t Hq = 0, Hkv = 0, Dh = 0;  // query heads, key/value heads (Hq % Hkv == 0), head dim
+  int64_t Hq = 0, Hkv = 0, Dh = 0;  // query heads, key/value heads (Hq % Hkv == 0), query/key head dim
+  int64_t Dv = 0;                   // value/output head dim; 0 = Dh (Megalodon: dz != dv)
   int64_t q_stride = 0, k_stride = 0, v_stride = 0, o_stride = 0;  // elements between token rows
   int64_t q_offset = 0;  // absolute position of query row 0 (KV-cache decoding: Tk - Tq)
   double scale = 0;      // usually 1/sqrt(Dh)
+
+  int64_t dv() const { return Dv ? Dv : Dh; }
 };
 
 namespace attn_detail {
@@ -40,12 +44,13 @@ inline void check_dims(const AttnDims& d, const char* who) {
   TESSERA_CHECK(d.Hq % d.Hkv == 0, who, ": AttnDims Hq (", d.Hq, ") must be a multiple of Hkv (", d.Hkv, ")");
   TESSERA_CHECK(d.q_stride >= d.Hq * d.Dh, who, ": AttnDims q_stride (", d.q_stride, ") < Hq*Dh (",
                 d.Hq * d.Dh, ")");
-  TESSERA_CHECK(d.o_stride >= d.Hq * d.Dh, who, ": AttnDims o_stride (", d.o_stride, ") < Hq*Dh (",
-                d.Hq * d.Dh, ")");
+  TESSERA_CHECK(d.Dv >= 0, who, ": AttnDims Dv must be >= 0 (0 = Dh), got ", d.Dv);
+  TESSERA_CHECK(d.o_stride >= d.Hq * d.dv(), who, ": AttnDims o_stride (", d.o_stride, ") < Hq*Dv (",
+                d.Hq * d.dv(), ")");
   TESSERA_CHECK(d.k_stride >= d.Hkv * d.Dh, who, ": AttnDims k_stride (", d.k_stride, ") < Hkv*Dh (",
                 d.Hkv * d.Dh, ")");
-  TESSERA_CHECK(d.v_stride >= d.Hkv * d.Dh, who, ": AttnDims v_stride (", d.v_stride, ") < Hkv*Dh (",
-                d.Hkv * d.Dh, ")");
+  TESSERA_CHECK(d.v_stride >= d.Hkv * d.dv(), who, ": AttnDims v_stride (", d.v_stride, ") < Hkv*Dv (",
+                d.Hkv * d.dv(), ")");
   TESSERA_CHECK(d.q_offset >= 0, who, ": AttnDims q_offset must be >= 0, got ", d.q_offset);
   TESSERA_CHECK(std::isfinite(d.scale), who, ": AttnDims scale must be finite, got ", d.scale);
 }
@@ -169,22 +174,22 @@ void attention_forward(cpu, const AttnDims& d, const Mask& mask_policy, const T*
   check_ptr(k, d.B * d.Tk > 0, who, "k");
   check_ptr(v, d.B * d.Tk > 0, who, "v");
   const auto m = mask::bind(mask_policy, mask::Layout{d.B, d.Tq, d.Tk, d.q_offset});
-  const int64_t Dh = d.Dh, rep = d.Hq / d.Hkv, nqb = (d.Tq + kBlockQ - 1) / kBlockQ;
+  const int64_t Dh = d.Dh, Dv = d.dv(), rep = d.Hq / d.Hkv, nqb = (d.Tq + kBlockQ - 1) / kBlockQ;
   const int64_t ntasks = d.B * d.Hq * nqb;
   const T scale = static_cast<T>(d.scale), ninf = -std::numeric_limits<T>::infinity();
 
 #pragma omp parallel if (worth_parallel(d, ntasks))
   {
     // Per-thread scratch: score/probability tile, output accumulator, running row max and sum.
-    TileWork<T> work(Dh);
-    eig::Mat<T> s_buf(kBlockQ, kBlockK), acc_buf(kBlockQ, Dh);
+    TileWork<T> work(std::max(Dh, Dv));
+    eig::Mat<T> s_buf(kBlockQ, kBlockK), acc_buf(kBlockQ, Dv);
     Eigen::Matrix<T, Eigen::Dynamic, 1> mx(kBlockQ), sum(kBlockQ);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < ntasks; ++task) {
       const int64_t b = task / (d.Hq * nqb), h = task / nqb % d.Hq, i0 = task % nqb * kBlockQ;
       const int64_t nq = std::min(kBlockQ, d.Tq - i0), g = h / rep, qpos0 = d.q_offset + i0;
       const T* qp = rows_at(q, b * d.Tq + i0, d.q_stride, h, Dh);
-      auto acc = eig::mat(acc_buf.data(), nq, Dh);
+      auto acc = eig::mat(acc_buf.data(), nq, Dv);
       acc.setZero();
       mx.head(nq).setConstant(ninf);
       sum.head(nq).setZero();
@@ -208,11 +213,11 @@ void attention_forward(cpu, const AttnDims& d, const Mask& mask_policy, const T*
           acc.row(r) *= alpha;
           mx[r] = new_max;
         }
-        tile_gemm<false, false>(work, nq, Dh, nk, T(1), s.data(), nk,
-                                rows_at(v, b * d.Tk + j0, d.v_stride, g, Dh), d.v_stride, acc.data(), Dh);
+        tile_gemm<false, false>(work, nq, Dv, nk, T(1), s.data(), nk,
+                                rows_at(v, b * d.Tk + j0, d.v_stride, g, Dv), d.v_stride, acc.data(), Dv);
       }
 
-      auto ob = eig::mat(rows_at(o, b * d.Tq + i0, d.o_stride, h, Dh), nq, Dh, d.o_stride);
+      auto ob = eig::mat(rows_at(o, b * d.Tq + i0, d.o_stride, h, Dv), nq, Dv, d.o_stride);
       T* lse_row = lse ? lse + (b * d.Hq + h) * d.Tq + i0 : nullptr;
       for (int64_t r = 0; r < nq; ++r) {
         if (sum[r] > T(0)) {
@@ -251,7 +256,7 @@ void attention_backward(cpu, const AttnDims& d, const Mask& mask_policy, const T
   check_ptr(dk, has_k, who, "dk");
   check_ptr(dv, has_k, who, "dv");
   const auto m = mask::bind(mask_policy, mask::Layout{d.B, d.Tq, d.Tk, d.q_offset});
-  const int64_t Dh = d.Dh, rep = d.Hq / d.Hkv;
+  const int64_t Dh = d.Dh, Dv = d.dv(), rep = d.Hq / d.Hkv;
   const int64_t nqb = (d.Tq + kBlockQ - 1) / kBlockQ, nkb = (d.Tk + kBlockK - 1) / kBlockK;
   const T scale = static_cast<T>(d.scale);
 
@@ -262,9 +267,9 @@ void attention_backward(cpu, const AttnDims& d, const Mask& mask_policy, const T
   for (int64_t row = 0; row < nrows; ++row) {
     const int64_t b = row / d.Tq, i = row % d.Tq;
     for (int64_t h = 0; h < d.Hq; ++h) {
-      const auto dor = eig::mat(rows_at(dout, row, d.o_stride, h, Dh), 1, Dh);
+      const auto dor = eig::mat(rows_at(dout, row, d.o_stride, h, Dv), 1, Dv);
       D[(b * d.Hq + h) * d.Tq + i] =
-          dor.cwiseProduct(eig::mat(rows_at(o, row, d.o_stride, h, Dh), 1, Dh)).sum();
+          dor.cwiseProduct(eig::mat(rows_at(o, row, d.o_stride, h, Dv), 1, Dv)).sum();
     }
   }
 
@@ -280,15 +285,15 @@ void attention_backward(cpu, const AttnDims& d, const Mask& mask_policy, const T
   const int64_t ntasks_k = d.B * d.Hkv * nkb;
 #pragma omp parallel if (worth_parallel(d, ntasks_k))
   {
-    TileWork<T> work(Dh);
-    eig::Mat<T> p_buf(kBlockQ, kBlockK), dp_buf(kBlockQ, kBlockK), dk_buf(kBlockK, Dh), dv_buf(kBlockK, Dh);
+    TileWork<T> work(std::max(Dh, Dv));
+    eig::Mat<T> p_buf(kBlockQ, kBlockK), dp_buf(kBlockQ, kBlockK), dk_buf(kBlockK, Dh), dv_buf(kBlockK, Dv);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < ntasks_k; ++task) {
       const int64_t b = task / (d.Hkv * nkb), g = task / nkb % d.Hkv, j0 = task % nkb * kBlockK;
       const int64_t nk = std::min(kBlockK, d.Tk - j0);
       const T* kp = rows_at(k, b * d.Tk + j0, d.k_stride, g, Dh);
-      const T* vp = rows_at(v, b * d.Tk + j0, d.v_stride, g, Dh);
-      auto dkacc = eig::mat(dk_buf.data(), nk, Dh), dvacc = eig::mat(dv_buf.data(), nk, Dh);
+      const T* vp = rows_at(v, b * d.Tk + j0, d.v_stride, g, Dv);
+      auto dkacc = eig::mat(dk_buf.data(), nk, Dh), dvacc = eig::mat(dv_buf.data(), nk, Dv);
       dkacc.setZero();
       dvacc.setZero();
       for (int64_t qblk = 0; qblk < nqb; ++qblk) {
@@ -298,17 +303,17 @@ void attention_backward(cpu, const AttnDims& d, const Mask& mask_policy, const T
         auto p = eig::mat(p_buf.data(), nq, nk), dp = eig::mat(dp_buf.data(), nq, nk);
         for (int64_t h = g * rep; h < (g + 1) * rep; ++h) {
           const T* qp = rows_at(q, b * d.Tq + i0, d.q_stride, h, Dh);
-          const T* dop = rows_at(dout, b * d.Tq + i0, d.o_stride, h, Dh);
+          const T* dop = rows_at(dout, b * d.Tq + i0, d.o_stride, h, Dv);
           const int64_t row0 = (b * d.Hq + h) * d.Tq + i0;
           score_tile(work, p, qp, d.q_stride, kp, d.k_stride, Dh, scale, m, b, qpos0, j0);
           probs_from_lse(p, lse + row0);
-          tile_gemm<true, false>(work, nk, Dh, nq, T(1), p.data(), nk, dop, d.o_stride, dvacc.data(), Dh);
-          dscores_tile(work, dp, p, dop, d.o_stride, vp, d.v_stride, Dh, D.data() + row0);
+          tile_gemm<true, false>(work, nk, Dv, nq, T(1), p.data(), nk, dop, d.o_stride, dvacc.data(), Dv);
+          dscores_tile(work, dp, p, dop, d.o_stride, vp, d.v_stride, Dv, D.data() + row0);
           tile_gemm<true, false>(work, nk, Dh, nq, scale, dp.data(), nk, qp, d.q_stride, dkacc.data(), Dh);
         }
       }
       eig::mat(rows_at(dk, b * d.Tk + j0, d.k_stride, g, Dh), nk, Dh, d.k_stride) = dkacc;
-      eig::mat(rows_at(dv, b * d.Tk + j0, d.v_stride, g, Dh), nk, Dh, d.v_stride) = dvacc;
+      eig::mat(rows_at(dv, b * d.Tk + j0, d.v_stride, g, Dv), nk, Dv, d.v_stride) = dvacc;
     }
   }
 
@@ -316,14 +321,14 @@ void attention_backward(cpu, const AttnDims& d, const Mask& mask_policy, const T
   const int64_t ntasks_q = d.B * d.Hq * nqb;
 #pragma omp parallel if (worth_parallel(d, ntasks_q))
   {
-    TileWork<T> work(Dh);
+    TileWork<T> work(std::max(Dh, Dv));
     eig::Mat<T> p_buf(kBlockQ, kBlockK), dp_buf(kBlockQ, kBlockK), dq_buf(kBlockQ, Dh);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < ntasks_q; ++task) {
       const int64_t b = task / (d.Hq * nqb), h = task / nqb % d.Hq, qblk = task % nqb, i0 = qblk * kBlockQ;
       const int64_t nq = std::min(kBlockQ, d.Tq - i0), g = h / rep, qpos0 = d.q_offset + i0;
       const T* qp = rows_at(q, b * d.Tq + i0, d.q_stride, h, Dh);
-      const T* dop = rows_at(dout, b * d.Tq + i0, d.o_stride, h, Dh);
+      const T* dop = rows_at(dout, b * d.Tq + i0, d.o_stride, h, Dv);
       const int64_t row0 = (b * d.Hq + h) * d.Tq + i0;
       auto dqacc = eig::mat(dq_buf.data(), nq, Dh);
       dqacc.setZero();
@@ -334,13 +339,30 @@ void attention_backward(cpu, const AttnDims& d, const Mask& mask_policy, const T
         auto p = eig::mat(p_buf.data(), nq, nk), dp = eig::mat(dp_buf.data(), nq, nk);
         score_tile(work, p, qp, d.q_stride, kp, d.k_stride, Dh, scale, m, b, qpos0, j0);
         probs_from_lse(p, lse + row0);
-        dscores_tile(work, dp, p, dop, d.o_stride, rows_at(v, b * d.Tk + j0, d.v_stride, g, Dh), d.v_stride,
-                     Dh, D.data() + row0);
+        dscores_tile(work, dp, p, dop, d.o_stride, rows_at(v, b * d.Tk + j0, d.v_stride, g, Dv), d.v_stride,
+                     Dv, D.data() + row0);
         tile_gemm<false, false>(work, nq, Dh, nk, scale, dp.data(), nk, kp, d.k_stride, dqacc.data(), Dh);
       }
       eig::mat(rows_at(dq, b * d.Tq + i0, d.q_stride, h, Dh), nq, Dh, d.q_stride) = dqacc;
     }
   }
 }
+
+// CUDA (cuda/attention.cu), fp32, flash-style; position-only masks. dq, dk, dv are overwritten.
+void attention_forward(cuda, const AttnDims& d, const mask::Causal& m, const float* q, const float* k,
+                       const float* v, float* o, float* lse);
+void attention_forward(cuda, const AttnDims& d, const mask::SlidingWindow& m, const float* q, const float* k,
+                       const float* v, float* o, float* lse);
+void attention_forward(cuda, const AttnDims& d, const mask::ChunkLocal& m, const float* q, const float* k,
+                       const float* v, float* o, float* lse);
+void attention_backward(cuda, const AttnDims& d, const mask::Causal& m, const float* q, const float* k,
+                        const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk,
+                        float* dv);
+void attention_backward(cuda, const AttnDims& d, const mask::SlidingWindow& m, const float* q, const float* k,
+                        const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk,
+                        float* dv);
+void attention_backward(cuda, const AttnDims& d, const mask::ChunkLocal& m, const float* q, const float* k,
+                        const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk,
+                        float* dv);
 
 }  // namespace tessera::ops
