@@ -40,7 +40,10 @@ struct PatchLengths {
   std::vector<int64_t> lengths;
 };
 
-template <class T, class B = cpu>
+/// `Global` is the latent model over patches: any layer template with setup(const BltConfig&), for_each_child,
+/// forward(patch context, x [B*P, k*d_enc], y [B*P, d_global], Saved&) and backward — the Llama-style
+/// GlobalTransformer by default (cached generation needs it); see tests/models/megalodon for a Megalodon one.
+template <class T, class B = cpu, template <class, class> class Global = GlobalTransformer>
 class BltModel {
  public:
   using value_type = T;
@@ -48,7 +51,7 @@ class BltModel {
   BltConfig config;
   HashNgramEmbedding<T, B> embeddings;  // names local_encoder.embed_tokens and encoder_hash_tok_embedding
   LocalEncoder<T, B> local_encoder;
-  GlobalTransformer<T, B> global_transformer;
+  Global<T, B> global_transformer;
   LocalDecoder<T, B> local_decoder;
   models::Llama<T, B> patcher;  // the entropy model; set up only when config.patch_in_forward
   bool walk_patcher = true;     // include `patcher.*` in for_each_param (see the training note above)
@@ -167,7 +170,7 @@ class BltModel {
   struct Saved {
     typename HashNgramEmbedding<T, B>::Saved emb;
     typename LocalEncoder<T, B>::Saved enc;
-    typename GlobalTransformer<T, B>::Saved glob;
+    typename Global<T, B>::Saved glob;
     typename LocalDecoder<T, B>::Saved dec;
   };
   std::vector<int64_t> ids_;
@@ -179,12 +182,12 @@ class BltModel {
 };
 
 /// BLT with its output head (HF BltForCausalLM): logits[b*T + t] predict ids[b*T + t + 1].
-template <class T, class B = cpu>
+template <class T, class B = cpu, template <class, class> class Global = GlobalTransformer>
 class BltForCausalLM {
  public:
   using value_type = T;
   using backend = B;
-  BltModel<T, B> model;
+  BltModel<T, B, Global> model;
   Linear<T, B> lm_head;
 
   BltForCausalLM() = default;
