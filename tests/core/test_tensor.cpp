@@ -33,6 +33,7 @@ TEST(Tensor, MoveCloneResize) {
   Tensor<double> c = std::move(a);
   EXPECT_EQ(c[1], 2.0);
   EXPECT_EQ(a.numel(), 0);
+  EXPECT_EQ(a.clone().numel(), 0);  // an unallocated tensor stays unallocated when cloned
   c.resize({2, 2});
   EXPECT_EQ(c[3], 0.0);
   EXPECT_THROW(c.reshape({5}), Error);

@@ -121,6 +121,7 @@ class Tensor {
   }
   Tensor clone() const {
     Tensor t;
+    if (!data_) return t;  // an unallocated tensor clones to an unallocated one (not a rank-0 scalar)
     t.resize_uninit(shape_);
     Allocator<B>::copy(t.data_, data_, static_cast<size_t>(numel()) * sizeof(T));
     return t;

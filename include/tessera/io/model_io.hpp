@@ -1,6 +1,7 @@
 // Saving and loading a model's parameters as safetensors, keyed by the reflected parameter names
 // (core/param.hpp for_each_param). Only Param::value is stored; gradients are not part of a checkpoint.
 #pragma once
+#include <functional>
 #include <map>
 #include <set>
 #include <string>
@@ -63,8 +64,10 @@ void save_model(Model& m, const std::string& path, const std::string& prefix = "
 /// Load every present parameter of `m` from `f`. Checks everything before changing the model, then reports all
 /// problems at once: missing keys, unexpected keys under `prefix`, shape mismatches, and integer/float dtype
 /// mixing. Stored F32/F64/BF16/F16 data converts to the model's floating-point type.
+/// `known_extra` (optional) accepts keys that are not parameters (e.g. buffers the caller checks itself).
 template <class Model>
-void load_model(Model& m, const SafeTensorsFile& f, const std::string& prefix = "") {
+void load_model(Model& m, const SafeTensorsFile& f, const std::string& prefix = "",
+                const std::function<bool(std::string_view)>& known_extra = {}) {
   std::vector<std::string> missing, mismatched, unexpected;
   std::set<std::string, std::less<>> expected;
   for_each_param(m, prefix, [&](const std::string& name, auto& p) {
@@ -82,7 +85,8 @@ void load_model(Model& m, const SafeTensorsFile& f, const std::string& prefix = 
                                detail::target_name<T>()));
   });
   for (const TensorInfo& t : f.tensors())
-    if (detail::under_prefix(t.name, prefix) && !expected.contains(t.name)) unexpected.push_back(str("'", t.name, "'"));
+    if (detail::under_prefix(t.name, prefix) && !expected.contains(t.name) && !(known_extra && known_extra(t.name)))
+      unexpected.push_back(str("'", t.name, "'"));
 
   if (!missing.empty() || !unexpected.empty() || !mismatched.empty()) {
     std::string msg = str(f.path(), ": cannot load model");

@@ -1,0 +1,333 @@
+// Megalodon's moving-average gated attention (official MovingAverageGatedAttention, megalodon spec §3, §5.1
+// steps 1-8), with the official child names:
+//   x̂ = timenorm(x)            TimestepNorm, carried state
+//   c = cema(x̂)                complex EMA, carried state
+//   mx = rmsnorm(c)            RMSNorm, gain 1 + weight
+//   z = znorm(wz(mx))          per-head RMS normalisation, no affine
+//   q, k = z (1 + gamma[0|1]) / sqrt(dz) + beta[0|1]      ("normalised attention", no further 1/sqrt(d))
+//   v = silu(wv(x̂)),  r = silu(wr(mx))
+//   a = ChunkAttention(RoPE(q), RoPE(k), v)               causal inside chunks of C, never across; RoPE
+//                                                         positions restart at every chunk
+//   y = x + wh1(mx) + wh2(a * r)
+// Training: forward/backward over B sequences of L tokens (a segment starting at a chunk boundary, optionally
+// with carried TimestepNorm/CEMA state). Inference: forward_stream over any number of new tokens per call with
+// a KV cache of the current partial chunk only, so memory stays constant however long the sequence.
+#pragma once
+#include <cmath>
+#include <complex>
+#include <vector>
+
+#include "tessera/layers/cema.hpp"
+#include "tessera/layers/kv_cache.hpp"
+#include "tessera/layers/linear.hpp"
+#include "tessera/layers/offset_norm.hpp"
+#include "tessera/layers/timestep_norm.hpp"
+#include "tessera/ops/activation.hpp"
+#include "tessera/ops/attention.hpp"
+#include "tessera/ops/elementwise.hpp"
+#include "tessera/ops/rope.hpp"
+#include "tessera/models/megalodon/config.hpp"
+
+namespace tessera::models {
+
+/// What one gated-attention layer carries between segments of `batch` sequences: TimestepNorm statistics,
+/// the CEMA state hx [batch, D, N] (complex as pairs) and, for streaming, the keys/values of the current
+/// partial chunk ([batch, C, Z] and [batch, C, E]; `count` rows valid).
+template <class T, class B = cpu>
+struct MegaLayerState {
+  TimestepNormState<T, B> tsn;
+  Tensor<T, B> hx, k, v;
+  int64_t count = 0;
+  const std::complex<T>* hx_ptr() const {
+    return hx.numel() ? reinterpret_cast<const std::complex<T>*>(hx.data()) : nullptr;
+  }
+};
+
+template <class T, class B = cpu>
+struct MegaGatedAttention {
+  using value_type = T;
+  using backend = B;
+  using State = MegaLayerState<T, B>;
+  struct Params {
+    BOOST_HANA_DEFINE_STRUCT(Params, (Param<T, B>, gamma), (Param<T, B>, beta));
+  };
+  struct Saved {
+    TensorView<const T> x;
+    typename TimestepNorm<T, B>::Saved tsn;
+    typename Cema<T, B>::Saved cema;
+    typename OffsetRmsNorm<T, B>::Saved rms;
+    typename Linear<T, B>::Saved wz, wv, wr, wh1, wh2;
+    Tensor<T, B> xt, c, mx, z, zrstd, zn, q, k, v_pre, v, r_pre, r, attn, lse, ar, h, tmp;
+    Tensor<int64_t> positions;
+    TimestepNormState<T, B> prev_tsn;  // carried-in state of a training forward (read again by backward)
+    Tensor<T, B> prev_hx;
+  };
+  Params params;
+  TimestepNorm<T, B> timenorm;
+  Cema<T, B> cema;
+  OffsetRmsNorm<T, B> rmsnorm;
+  Linear<T, B> wv, wz, wr, wh1, wh2;
+  int64_t dim = 0, zdim = 0, vdim = 0, heads = 0, dz = 0, dv = 0, chunk = 0;
+  double eps = 1e-5, rope_base = 10000.0;
+
+  void setup(const MegalodonConfig& c) {
+    dim = c.model_dim;
+    zdim = c.z_dim;
+    vdim = c.value_dim;
+    heads = c.num_heads;
+    dz = c.z_head_dim();
+    dv = c.v_head_dim();
+    chunk = c.chunk_size;
+    eps = c.norm_eps;
+    rope_base = c.rope_base;
+    timenorm.setup(dim, c.norm_num_groups, eps);
+    cema.setup(dim, c.cema_ndim);
+    rmsnorm.setup(dim, eps);
+    wv.setup(dim, vdim, true);
+    wz.setup(dim, zdim, true);
+    wr.setup(dim, vdim, true);
+    wh1.setup(dim, dim, true);
+    wh2.setup(vdim, dim, false);
+    params.gamma.resize({2, zdim});
+    params.beta.resize({2, zdim});
+  }
+  template <class F>
+  void for_each_child(F&& f) {
+    f("timenorm", timenorm);
+    f("cema", cema);
+    f("rmsnorm", rmsnorm);
+    f("wv", wv);
+    f("wz", wz);
+    f("wr", wr);
+    f("wh1", wh1);
+    f("wh2", wh2);
+  }
+
+  /// Training forward over ctx.batch sequences of ctx.seq tokens starting at a chunk boundary. `state`
+  /// (nullable) carries TimestepNorm and CEMA state in and out (detached: no gradient flows into the previous
+  /// segment); its KV part must be empty. x and the state must stay valid until backward.
+  void forward(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s,
+               State* state = nullptr) const {
+    TESSERA_CHECK(!state || state->count == 0, "MegaGatedAttention::forward: the carried state holds ",
+                  state ? state->count : 0, " tokens of an unfinished chunk; training segments start at a chunk "
+                  "boundary (use forward_stream for inference)");
+    const int64_t n = ctx.rows();
+    s.x = x;
+    // Carried state is read before it is overwritten: keep the previous copies alive in Saved.
+    s.prev_tsn = state ? state->tsn.clone() : TimestepNormState<T, B>{};
+    s.prev_hx = state && state->hx.numel() ? state->hx.clone() : Tensor<T, B>{};
+    const std::complex<T>* hx =
+        s.prev_hx.numel() ? reinterpret_cast<const std::complex<T>*>(s.prev_hx.data()) : nullptr;
+    std::complex<T>* h_out = nullptr;
+    if (state) {
+      state->hx.resize_uninit({ctx.batch, dim, cema.ndim, 2});
+      h_out = reinterpret_cast<std::complex<T>*>(state->hx.data());
+    }
+    timenorm.forward(ctx, x, s.xt, s.tsn, s.prev_tsn.empty() ? nullptr : &s.prev_tsn,
+                     state ? &state->tsn : nullptr);
+    cema.forward(ctx, s.xt, s.c, s.cema, hx, h_out);
+    project(ctx, s, ctx.positions ? ctx.positions : chunk_positions(ctx, 0, s.positions));
+    // Chunk-local attention.
+    s.attn.resize_uninit({n, vdim});
+    s.lse.resize_uninit({ctx.batch, heads, ctx.seq});
+    ops::attention_forward(B{}, attn_dims(ctx.batch, ctx.seq, ctx.seq, 0), ops::mask::ChunkLocal{chunk},
+                           s.q.data(), s.k.data(), s.v.data(), s.attn.data(), s.lse.data());
+    finish(ctx, x, y, s);
+  }
+
+  /// dy -> dx (overwritten); every parameter gradient accumulated.
+  void backward(const SeqContext& ctx, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {
+    const int64_t n = ctx.rows();
+    // y = x + wh1(mx) + wh2(a * r)
+    wh1.backward(ctx, dy, dmx_, s.wh1);
+    wh2.backward(ctx, dy, dar_, s.wh2);
+    da_.resize_uninit({n, vdim});
+    dr_.resize_uninit({n, vdim});
+    {
+      const T* g = dar_.data();
+      const T* a = s.attn.data();
+      const T* r = s.r.data();
+      T* da = da_.data();
+      T* dr = dr_.data();
+      for (int64_t i = 0; i < n * vdim; ++i) {
+        da[i] = g[i] * r[i];
+        dr[i] = g[i] * a[i];
+      }
+    }
+    // r = silu(wr(mx))
+    ops::silu_backward(B{}, dr_.data(), dr_.data(), s.r_pre.data(), n * vdim);
+    wr.backward(ctx, dr_, tmp_, s.wr);
+    ops::add_inplace(B{}, dmx_.data(), tmp_.data(), dmx_.numel());
+    // attention
+    dq_.resize_uninit({n, zdim});
+    dk_.resize_uninit({n, zdim});
+    dv_.resize_uninit({n, vdim});
+    ops::attention_backward(B{}, attn_dims(ctx.batch, ctx.seq, ctx.seq, 0), ops::mask::ChunkLocal{chunk},
+                            s.q.data(), s.k.data(), s.v.data(), s.attn.data(), s.lse.data(), da_.data(),
+                            dq_.data(), dk_.data(), dv_.data());
+    const int64_t* pos = ctx.positions ? ctx.positions : s.positions.data();
+    ops::rope_backward(B{}, dq_.data(), zdim, pos, n, heads, dz, rope_base, ops::RopeStyle::Interleaved);
+    ops::rope_backward(B{}, dk_.data(), zdim, pos, n, heads, dz, rope_base, ops::RopeStyle::Interleaved);
+    // q, k = zn * scale[0|1] + beta[0|1]
+    dz_.resize_uninit({n, zdim});
+    {
+      const T inv = T(1) / std::sqrt(static_cast<T>(dz));
+      const T* g = params.gamma.value.data();
+      T* dg = params.gamma.grad.data();
+      T* db = params.beta.grad.data();
+      for (int64_t i = 0; i < n; ++i) {
+        const T* zq = dq_.data() + i * zdim;
+        const T* zk = dk_.data() + i * zdim;
+        const T* zn = s.zn.data() + i * zdim;
+        T* o = dz_.data() + i * zdim;
+        for (int64_t c = 0; c < zdim; ++c) {
+          o[c] = zq[c] * (T(1) + g[c]) * inv + zk[c] * (T(1) + g[zdim + c]) * inv;
+          dg[c] += zq[c] * zn[c] * inv;
+          dg[zdim + c] += zk[c] * zn[c] * inv;
+          db[c] += zq[c];
+          db[zdim + c] += zk[c];
+        }
+      }
+    }
+    // zn = znorm(z): RMS over each head's dz values, no affine.
+    dzz_.resize_uninit({n, zdim});
+    ops::rmsnorm_backward(B{}, dzz_.data(), static_cast<T*>(nullptr), dz_.data(), s.z.data(),
+                          static_cast<const T*>(nullptr), s.zrstd.data(), n * heads, dz);
+    wz.backward(ctx, dzz_, tmp_, s.wz);
+    ops::add_inplace(B{}, dmx_.data(), tmp_.data(), dmx_.numel());
+    // mx = rmsnorm(c), c = cema(x̂)
+    rmsnorm.backward(ctx, dmx_, dc_, s.rms);
+    cema.backward(ctx, dc_, dxt_, s.cema);
+    // v = silu(wv(x̂))
+    ops::silu_backward(B{}, dv_.data(), dv_.data(), s.v_pre.data(), n * vdim);
+    wv.backward(ctx, dv_, tmp_, s.wv);
+    ops::add_inplace(B{}, dxt_.data(), tmp_.data(), dxt_.numel());
+    // x̂ = timenorm(x); y = x + ...
+    timenorm.backward(ctx, dxt_, dx, s.tsn);
+    ops::add_inplace(B{}, dx.data(), dy.data(), dx.numel());
+  }
+
+  /// An empty streaming state for `batch` sequences (prior statistics, zero CEMA state, empty KV).
+  State make_state(int64_t batch) const {
+    State st;
+    st.k.resize({batch, chunk, zdim});
+    st.v.resize({batch, chunk, vdim});
+    st.count = 0;
+    return st;
+  }
+
+  /// Inference over ctx.seq new tokens of each of ctx.batch sequences, continuing `state` (make_state) and
+  /// advancing it. The new tokens must not cross a chunk boundary unless they start at one and fill whole
+  /// chunks (the model splits its input so). Row for row the same as forward() over the whole sequences.
+  void forward_stream(const SeqContext& ctx, const ops::CemaCoeffs<T>& coeffs, TensorView<const T> x,
+                      Tensor<T, B>& y, State& state, Saved& s) const {
+    const int64_t L = ctx.seq, count = state.count;
+    TESSERA_CHECK(state.k.numel() == ctx.batch * chunk * zdim, "MegaGatedAttention::forward_stream: state is for ",
+                  state.k.numel() / std::max<int64_t>(1, chunk * zdim), " sequences, input has ", ctx.batch);
+    TESSERA_CHECK(count + L <= chunk || (count == 0 && L % chunk == 0), "MegaGatedAttention::forward_stream: ",
+                  L, " new tokens after ", count, " cached ones cross a chunk boundary of ", chunk);
+    s.x = x;
+    TimestepNormState<T, B> next_tsn;
+    timenorm.forward(ctx, x, s.xt, s.tsn, state.tsn.empty() ? nullptr : &state.tsn, &next_tsn, false);
+    state.tsn = std::move(next_tsn);
+    Tensor<T, B> h_new({ctx.batch, dim, cema.ndim, 2});
+    cema.forward_cached(ctx, coeffs, s.xt, s.c, state.hx_ptr(), reinterpret_cast<std::complex<T>*>(h_new.data()));
+    state.hx = std::move(h_new);
+    project(ctx, s, chunk_positions(ctx, count, s.positions));
+    s.attn.resize_uninit({ctx.rows(), vdim});
+    if (count == 0 && L >= chunk) {  // whole chunks: the training path
+      ops::attention_forward(B{}, attn_dims(ctx.batch, L, L, 0), ops::mask::ChunkLocal{chunk}, s.q.data(),
+                             s.k.data(), s.v.data(), s.attn.data(), static_cast<T*>(nullptr));
+    } else {  // continue the current chunk: keys/values of its earlier tokens come from the cache
+      for (int64_t b = 0; b < ctx.batch; ++b) {
+        T* kc = state.k.data() + b * chunk * zdim;
+        T* vc = state.v.data() + b * chunk * vdim;
+        std::copy_n(s.k.data() + b * L * zdim, L * zdim, kc + count * zdim);
+        std::copy_n(s.v.data() + b * L * vdim, L * vdim, vc + count * vdim);
+        const ops::AttnDims d = attn_dims(1, L, count + L, count);
+        const T* qb = s.q.data() + b * L * zdim;
+        T* ob = s.attn.data() + b * L * vdim;
+        if (L <= kDecodeAttentionRows)
+          decode_attention(d, ops::mask::Causal{}, qb, kc, vc, ob, s.lse);
+        else
+          ops::attention_forward(B{}, d, ops::mask::Causal{}, qb, kc, vc, ob, static_cast<T*>(nullptr));
+      }
+    }
+    state.count = (count + L) % chunk;
+    finish(ctx, x, y, s);
+  }
+
+ private:
+  ops::AttnDims attn_dims(int64_t batch, int64_t tq, int64_t tk, int64_t q_offset) const {
+    ops::AttnDims d;
+    d.B = batch;
+    d.Tq = tq;
+    d.Tk = tk;
+    d.Hq = d.Hkv = heads;
+    d.Dh = dz;
+    d.Dv = dv;
+    d.q_stride = d.k_stride = zdim;
+    d.v_stride = d.o_stride = vdim;
+    d.q_offset = q_offset;
+    d.scale = 1.0;  // the (1 + gamma) / sqrt(dz) factors on q and k are the whole temperature (spec §3.2)
+    return d;
+  }
+
+  /// RoPE positions restart at every chunk: (first + t) % C for token t of each sequence.
+  const int64_t* chunk_positions(const SeqContext& ctx, int64_t first, Tensor<int64_t>& pos) const {
+    pos.resize_uninit({ctx.rows()});
+    for (int64_t b = 0; b < ctx.batch; ++b)
+      for (int64_t t = 0; t < ctx.seq; ++t) pos[b * ctx.seq + t] = (first + t) % chunk;
+    return pos.data();
+  }
+
+  /// mx, q, k (rotated), v, r from s.xt and s.c.
+  void project(const SeqContext& ctx, Saved& s, const int64_t* positions) const {
+    const int64_t n = ctx.rows();
+    rmsnorm.forward(ctx, s.c, s.mx, s.rms);
+    wz.forward(ctx, s.mx, s.z, s.wz);
+    s.zn.resize_uninit({n, zdim});
+    s.zrstd.resize_uninit({n * heads});
+    ops::rmsnorm_forward(B{}, s.zn.data(), s.zrstd.data(), s.z.data(), static_cast<const T*>(nullptr), n * heads,
+                         dz, eps);
+    s.q.resize_uninit({n, zdim});
+    s.k.resize_uninit({n, zdim});
+    {
+      const T inv = T(1) / std::sqrt(static_cast<T>(dz));
+      const T* g = params.gamma.value.data();
+      const T* be = params.beta.value.data();
+      for (int64_t i = 0; i < n; ++i) {
+        const T* zn = s.zn.data() + i * zdim;
+        T* q = s.q.data() + i * zdim;
+        T* k = s.k.data() + i * zdim;
+        for (int64_t c = 0; c < zdim; ++c) {
+          q[c] = zn[c] * ((T(1) + g[c]) * inv) + be[c];
+          k[c] = zn[c] * ((T(1) + g[zdim + c]) * inv) + be[zdim + c];
+        }
+      }
+    }
+    ops::rope_forward(B{}, s.q.data(), zdim, positions, n, heads, dz, rope_base, ops::RopeStyle::Interleaved);
+    ops::rope_forward(B{}, s.k.data(), zdim, positions, n, heads, dz, rope_base, ops::RopeStyle::Interleaved);
+    wv.forward(ctx, s.xt, s.v_pre, s.wv);
+    s.v.resize_uninit({n, vdim});
+    ops::silu_forward(B{}, s.v.data(), s.v_pre.data(), n * vdim);
+    wr.forward(ctx, s.mx, s.r_pre, s.wr);
+    s.r.resize_uninit({n, vdim});
+    ops::silu_forward(B{}, s.r.data(), s.r_pre.data(), n * vdim);
+  }
+
+  /// y = x + wh1(mx) + wh2(attn * r).
+  void finish(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s) const {
+    const int64_t n = ctx.rows();
+    s.ar.resize_uninit({n, vdim});
+    for (int64_t i = 0; i < n * vdim; ++i) s.ar[i] = s.attn[i] * s.r[i];
+    wh1.forward(ctx, s.mx, y, s.wh1);
+    wh2.forward(ctx, s.ar, s.h, s.wh2);
+    ops::add_inplace(B{}, y.data(), s.h.data(), y.numel());
+    ops::add_inplace(B{}, y.data(), x.data(), y.numel());
+  }
+
+  Tensor<T, B> dmx_, dar_, da_, dr_, dq_, dk_, dv_, dz_, dzz_, dc_, dxt_, tmp_;  // backward scratch
+};
+
+}  // namespace tessera::models
