@@ -1,9 +1,16 @@
 // The `cuda` overloads declared in the public op headers, bound to the launchers of the .cu files
 // (see launch.hpp for why this file exists). Compiled by the host compiler.
 #include "launch.hpp"
+#include "launch_megalodon.hpp"
+#include "tessera/ops/attention.hpp"
+#include "tessera/ops/cema.hpp"
 #include "tessera/ops/matmul.hpp"
 #include "tessera/ops/norm.hpp"
 #include "tessera/ops/softmax.hpp"
+#include "tessera/ops/timestep_norm.hpp"
+
+#include <complex>
+#include <type_traits>
 
 namespace tessera::ops {
 
@@ -34,6 +41,157 @@ void softmax_forward(cuda, float* y, const float* x, int64_t N, int64_t D) {
 
 void softmax_backward(cuda, float* dx, const float* dy, const float* y, int64_t N, int64_t D) {
   cuda_detail::softmax_backward_f32(dx, dy, y, N, D);
+}
+
+// ---- CEMA (cema.cu) ----------------------------------------------------------------------------------
+// The CPU op's checks run first, so both backends reject the same inputs with the same messages.
+
+namespace {
+
+cuda_detail::CemaArgs cema_args(const CemaDims& dm, const CemaParams<float>& prm) {
+  return {dm.B, dm.L, dm.D, dm.N, prm.alpha, prm.delta, prm.theta, prm.gamma, prm.omega};
+}
+// std::complex<float> arrays are arrays of (re, im) float pairs ([complex.numbers.general]).
+const float* floats(const std::complex<float>* p) { return reinterpret_cast<const float*>(p); }
+float* floats(std::complex<float>* p) { return reinterpret_cast<float*>(p); }
+
+}  // namespace
+
+void cema_forward(cuda, const CemaDims& dm, const CemaParams<float>& prm, const float* u,
+                  const std::complex<float>* hx, float* y, std::complex<float>* h_out) {
+  constexpr const char* op = "cema_forward";
+  cema_detail::check_dims(op, dm);
+  cema_detail::check_params(op, prm);
+  TESSERA_CHECK(u, op, ": u is null");
+  TESSERA_CHECK(y, op, ": y is null");
+  cuda_detail::cema_forward_f32(cema_args(dm, prm), u, floats(hx), y, floats(h_out));
+}
+
+void cema_backward(cuda, const CemaDims& dm, const CemaParams<float>& prm, const float* u,
+                   const std::complex<float>* hx, const float* dy, const std::complex<float>* dh_out, float* du,
+                   std::complex<float>* dhx, const CemaGrads<float>& grads) {
+  constexpr const char* op = "cema_backward";
+  cema_detail::check_dims(op, dm);
+  cema_detail::check_params(op, prm);
+  TESSERA_CHECK(u, op, ": u is null");
+  TESSERA_CHECK(dy, op, ": dy is null");
+  TESSERA_CHECK(du, op, ": du is null");
+  cuda_detail::cema_backward_f32(cema_args(dm, prm), u, floats(hx), dy, floats(dh_out), du, floats(dhx),
+                                 grads.alpha, grads.delta, grads.theta, grads.gamma, grads.omega);
+}
+
+// ---- TimestepNorm (timestep_norm.cu) -----------------------------------------------------------------
+// The CPU op's checks, except prev_count >= 0 (device memory).
+
+void timestep_norm_forward(cuda, const TsnDims& d, const float* x, const int64_t* prev_count,
+                           const float* prev_mean, const float* prev_var, const float* weight, const float* bias,
+                           double eps, float* y, int64_t* count, float* mean, float* var, float* cummean,
+                           float* cumrstd) {
+  constexpr const char* op = "timestep_norm_forward";
+  tsn_detail::check_dims(op, d);  // prev_count lives on the device: its sign is not checked here
+  TESSERA_CHECK(x, op, ": x is null");
+  TESSERA_CHECK(y, op, ": y is null");
+  TESSERA_CHECK(eps >= 0, op, ": eps must be non-negative, got ", eps);
+  cuda_detail::timestep_norm_forward_f32(d.B, d.L, d.D, d.G, x, prev_count, prev_mean, prev_var, weight, bias,
+                                         eps, y, count, mean, var, cummean, cumrstd);
+}
+
+void timestep_norm_backward(cuda, const TsnDims& d, const float* dy, const float* dmean, const float* dvar,
+                            const float* x, const int64_t* prev_count, const float* prev_mean,
+                            const float* cummean, const float* cumrstd, const float* weight, float* dx,
+                            float* dprev_mean, float* dprev_var, float* dweight, float* dbias) {
+  constexpr const char* op = "timestep_norm_backward";
+  tsn_detail::check_dims(op, d);
+  TESSERA_CHECK(dy, op, ": dy is null");
+  TESSERA_CHECK(x, op, ": x is null");
+  TESSERA_CHECK(cummean, op, ": cummean is null (save it in the forward)");
+  TESSERA_CHECK(cumrstd, op, ": cumrstd is null (save it in the forward)");
+  TESSERA_CHECK(dx, op, ": dx is null");
+  cuda_detail::timestep_norm_backward_f32(d.B, d.L, d.D, d.G, dy, dmean, dvar, x, prev_count, prev_mean, cummean,
+                                          cumrstd, weight, dx, dprev_mean, dprev_var, dweight, dbias);
+}
+
+// ---- attention (attention.cu) ------------------------------------------------------------------------
+// The CPU op's dimension checks and mask binding (which validates W and C) run first.
+
+namespace {
+
+using cuda_detail::AttnMask;
+
+cuda_detail::AttnArgs attn_args(const AttnDims& d, const char* who, AttnMask kind, int64_t param) {
+  attn_detail::check_dims(d, who);
+  cuda_detail::AttnArgs a;
+  a.B = d.B;
+  a.Tq = d.Tq;
+  a.Tk = d.Tk;
+  a.Hq = d.Hq;
+  a.Hkv = d.Hkv;
+  a.Dh = d.Dh;
+  a.Dv = d.dv();
+  a.q_stride = d.q_stride;
+  a.k_stride = d.k_stride;
+  a.v_stride = d.v_stride;
+  a.o_stride = d.o_stride;
+  a.q_offset = d.q_offset;
+  a.scale = d.scale;
+  a.mask = kind;
+  a.mask_param = param;
+  return a;
+}
+
+template <class Mask>
+cuda_detail::AttnArgs attn_args(const AttnDims& d, const Mask& m, const char* who) {
+  const Mask bound = mask::bind(m, mask::Layout{d.B, d.Tq, d.Tk, d.q_offset});
+  if constexpr (std::is_same_v<Mask, mask::Causal>)
+    return attn_args(d, who, AttnMask::Causal, 0);
+  else if constexpr (std::is_same_v<Mask, mask::SlidingWindow>)
+    return attn_args(d, who, AttnMask::SlidingWindow, bound.W);
+  else
+    return attn_args(d, who, AttnMask::ChunkLocal, bound.C);
+}
+
+template <class Mask>
+void attention_forward_cuda(const AttnDims& d, const Mask& m, const float* q, const float* k, const float* v,
+                            float* o, float* lse) {
+  cuda_detail::attention_forward_f32(attn_args(d, m, "attention_forward"), q, k, v, o, lse);
+}
+
+template <class Mask>
+void attention_backward_cuda(const AttnDims& d, const Mask& m, const float* q, const float* k, const float* v,
+                             const float* o, const float* lse, const float* dout, float* dq, float* dk,
+                             float* dv) {
+  cuda_detail::attention_backward_f32(attn_args(d, m, "attention_backward"), q, k, v, o, lse, dout, dq, dk, dv);
+}
+
+}  // namespace
+
+void attention_forward(cuda, const AttnDims& d, const mask::Causal& m, const float* q, const float* k,
+                       const float* v, float* o, float* lse) {
+  attention_forward_cuda(d, m, q, k, v, o, lse);
+}
+void attention_forward(cuda, const AttnDims& d, const mask::SlidingWindow& m, const float* q, const float* k,
+                       const float* v, float* o, float* lse) {
+  attention_forward_cuda(d, m, q, k, v, o, lse);
+}
+void attention_forward(cuda, const AttnDims& d, const mask::ChunkLocal& m, const float* q, const float* k,
+                       const float* v, float* o, float* lse) {
+  attention_forward_cuda(d, m, q, k, v, o, lse);
+}
+
+void attention_backward(cuda, const AttnDims& d, const mask::Causal& m, const float* q, const float* k,
+                        const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk,
+                        float* dv) {
+  attention_backward_cuda(d, m, q, k, v, o, lse, dout, dq, dk, dv);
+}
+void attention_backward(cuda, const AttnDims& d, const mask::SlidingWindow& m, const float* q, const float* k,
+                        const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk,
+                        float* dv) {
+  attention_backward_cuda(d, m, q, k, v, o, lse, dout, dq, dk, dv);
+}
+void attention_backward(cuda, const AttnDims& d, const mask::ChunkLocal& m, const float* q, const float* k,
+                        const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk,
+                        float* dv) {
+  attention_backward_cuda(d, m, q, k, v, o, lse, dout, dq, dk, dv);
 }
 
 }  // namespace tessera::ops

@@ -1,0 +1,402 @@
+// Internal to tessera::cuda: the device code of attention.cu (see there for the design). A separate header
+// only so that the kernels can also be compiled for a CPU-thread emulation of the launch model when checking
+// their indexing without a GPU; it includes nothing CUDA-specific, and exactly one .cu file includes it
+// (hence the unnamed namespace).
+#pragma once
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+namespace tessera::cuda_detail {
+namespace {
+
+
+constexpr unsigned kFull = 0xffffffffu;
+constexpr int kBQ = 32;  // query rows per tile
+constexpr int kBK = 32;  // keys per tile (one per lane)
+
+// ---- masks: device copies of tessera::ops::mask::{Causal, SlidingWindow, ChunkLocal} --------------------
+
+struct Range {
+  int64_t lo, hi;
+};
+
+struct CausalMask {
+  __device__ bool allowed(int64_t qpos, int64_t kpos) const { return kpos <= qpos; }
+  __device__ Range range(int64_t, int64_t qpos_hi, int64_t Tk) const { return {0, min(Tk, qpos_hi)}; }
+};
+
+struct WindowMask {
+  int64_t W;
+  __device__ bool allowed(int64_t qpos, int64_t kpos) const { return kpos <= qpos && kpos > qpos - W; }
+  __device__ Range range(int64_t qpos_lo, int64_t qpos_hi, int64_t Tk) const {
+    return {max(int64_t{0}, qpos_lo - W + 1), min(Tk, qpos_hi)};
+  }
+};
+
+struct ChunkMask {
+  int64_t C;
+  // kpos / C == qpos / C with kpos <= qpos, written with one modulo (positions are >= 0).
+  __device__ bool allowed(int64_t qpos, int64_t kpos) const { return kpos <= qpos && kpos >= qpos - qpos % C; }
+  __device__ Range range(int64_t qpos_lo, int64_t qpos_hi, int64_t Tk) const {
+    return {min(Tk, qpos_lo / C * C), min(Tk, qpos_hi)};
+  }
+};
+
+/// Key range of the query positions [qpos_lo, qpos_hi) clamped to [0, Tk) (attn_detail::clamped_range).
+template <class Mask>
+__device__ Range clamped_range(const Mask& m, int64_t qpos_lo, int64_t qpos_hi, int64_t Tk) {
+  Range r = m.range(qpos_lo, qpos_hi, Tk);
+  r.lo = max(r.lo, int64_t{0});
+  r.hi = min(r.hi, Tk);
+  if (r.hi < r.lo) r.hi = r.lo;
+  return r;
+}
+
+struct Dims {
+  int64_t B, Tq, Tk, Hq, Hkv, Dh, Dv, q_stride, k_stride, v_stride, o_stride, q_offset;
+  float scale;
+  __host__ __device__ int64_t rep() const { return Hq / Hkv; }
+};
+
+__device__ inline float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFull, v, o));
+  return v;
+}
+__device__ inline float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
+  return v;
+}
+
+/// Copy `n` rows x `cols` columns (row r at src + r*stride) into dst [rows][ld], zero elsewhere.
+__device__ void load_tile(float* dst, int rows, int ld, const float* src, int64_t stride, int n, int64_t cols) {
+  for (int e = threadIdx.x; e < rows * ld; e += blockDim.x) {
+    const int r = e / ld, c = e % ld;
+    dst[e] = (r < n && c < cols) ? src[r * stride + c] : 0.f;
+  }
+}
+
+// ---- forward -----------------------------------------------------------------------------------------
+
+constexpr int kFwdThreads = 128;
+constexpr int kFwdRows = kBQ / (kFwdThreads / 32);  // query rows per warp (8)
+
+template <int kD>
+constexpr size_t fwd_smem() {
+  return sizeof(float) * (kBQ * kD + kBK * (kD + 1) + kBK * kD);
+}
+
+template <int kD, class Mask>
+__global__ void __launch_bounds__(kFwdThreads)
+    attn_forward_kernel(Dims d, Mask m, const float* __restrict__ q, const float* __restrict__ k,
+                        const float* __restrict__ v, float* __restrict__ o, float* __restrict__ lse) {
+  constexpr int kC = kD / 32;  // output columns per lane
+  extern __shared__ float sm[];
+  float* Qs = sm;                    // [kBQ][kD]
+  float* Ks = Qs + kBQ * kD;         // [kBK][kD + 1]: lane j reads row j, padded against bank conflicts
+  float* Vs = Ks + kBK * (kD + 1);   // [kBK][kD]
+  const int64_t nqb = (d.Tq + kBQ - 1) / kBQ;
+  const int64_t blk = blockIdx.x;
+  const int64_t b = blk / (nqb * d.Hq), h = blk / nqb % d.Hq, i0 = blk % nqb * kBQ;
+  const int nq = static_cast<int>(min(static_cast<int64_t>(kBQ), d.Tq - i0));
+  const int64_t g = h / d.rep(), qpos0 = d.q_offset + i0;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+
+  load_tile(Qs, kBQ, kD, q + (b * d.Tq + i0) * d.q_stride + h * d.Dh, d.q_stride, nq, d.Dh);
+
+  float mx[kFwdRows], lsum[kFwdRows], acc[kFwdRows][kC];
+#pragma unroll
+  for (int rr = 0; rr < kFwdRows; ++rr) {
+    mx[rr] = -INFINITY;
+    lsum[rr] = 0.f;
+#pragma unroll
+    for (int i = 0; i < kC; ++i) acc[rr][i] = 0.f;
+  }
+
+  const Range kr = clamped_range(m, qpos0, qpos0 + nq, d.Tk);
+  for (int64_t j0 = kr.lo; j0 < kr.hi; j0 += kBK) {
+    const int nk = static_cast<int>(min(static_cast<int64_t>(kBK), kr.hi - j0));
+    __syncthreads();  // every warp is done with the previous K, V tiles
+    load_tile(Ks, kBK, kD + 1, k + (b * d.Tk + j0) * d.k_stride + g * d.Dh, d.k_stride, nk, d.Dh);
+    load_tile(Vs, kBK, kD, v + (b * d.Tk + j0) * d.v_stride + g * d.Dv, d.v_stride, nk, d.Dv);
+    __syncthreads();
+
+    // s[rr] = q_row . k_lane
+    float s[kFwdRows];
+#pragma unroll
+    for (int rr = 0; rr < kFwdRows; ++rr) s[rr] = 0.f;
+    const float* krow = Ks + lane * (kD + 1);
+    const float* qrows = Qs + warp * kFwdRows * kD;
+    for (int c = 0; c < d.Dh; ++c) {
+      const float kc = krow[c];
+#pragma unroll
+      for (int rr = 0; rr < kFwdRows; ++rr) s[rr] += qrows[rr * kD + c] * kc;
+    }
+
+    // Online softmax; s[rr] becomes the (unnormalised) probability exp(score - running max).
+#pragma unroll
+    for (int rr = 0; rr < kFwdRows; ++rr) {
+      const int r = warp * kFwdRows + rr;
+      const bool ok = lane < nk && r < nq && m.allowed(qpos0 + r, j0 + lane);
+      const float sv = ok ? s[rr] * d.scale : -INFINITY;
+      const float new_max = fmaxf(mx[rr], warp_max(sv));  // warp-uniform
+      if (new_max == -INFINITY) {                         // nothing allowed in this row so far
+        s[rr] = 0.f;
+        continue;
+      }
+      const float alpha = expf(mx[rr] - new_max);  // 0 while mx was -inf
+      s[rr] = ok ? expf(sv - new_max) : 0.f;
+      lsum[rr] = lsum[rr] * alpha + s[rr];
+#pragma unroll
+      for (int i = 0; i < kC; ++i) acc[rr][i] *= alpha;
+      mx[rr] = new_max;
+    }
+
+    // acc[rr][i] += sum_j p[rr][j] * V[j][lane + 32 i]
+    for (int j = 0; j < nk; ++j) {
+      float vj[kC];
+#pragma unroll
+      for (int i = 0; i < kC; ++i) vj[i] = Vs[j * kD + lane + 32 * i];
+#pragma unroll
+      for (int rr = 0; rr < kFwdRows; ++rr) {
+        const float pj = __shfl_sync(kFull, s[rr], j);
+#pragma unroll
+        for (int i = 0; i < kC; ++i) acc[rr][i] += pj * vj[i];
+      }
+    }
+  }
+
+#pragma unroll
+  for (int rr = 0; rr < kFwdRows; ++rr) {
+    const int r = warp * kFwdRows + rr;
+    const float l = warp_sum(lsum[rr]);
+    if (r >= nq) continue;
+    const int64_t row = b * d.Tq + i0 + r;
+    float* orow = o + row * d.o_stride + h * d.Dv;
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+    for (int i = 0; i < kC; ++i) {
+      const int c = lane + 32 * i;
+      if (c < d.Dv) orow[c] = l > 0.f ? acc[rr][i] * inv : 0.f;
+    }
+    if (lse && lane == 0) lse[(b * d.Hq + h) * d.Tq + i0 + r] = l > 0.f ? mx[rr] + logf(l) : -INFINITY;
+  }
+}
+
+// ---- backward ----------------------------------------------------------------------------------------
+
+// Dd[(b*Hq + h)*Tq + i] = dO_i . O_i over the Dv columns of head h; one warp per (token row, head).
+__global__ void attn_rowdot_kernel(Dims d, const float* __restrict__ o, const float* __restrict__ dout,
+                                   float* __restrict__ Dd) {
+  const int64_t w = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (w >= d.B * d.Tq * d.Hq) return;  // whole warps
+  const int64_t row = w / d.Hq, h = w % d.Hq;
+  const float* orow = o + row * d.o_stride + h * d.Dv;
+  const float* drow = dout + row * d.o_stride + h * d.Dv;
+  float s = 0.f;
+  for (int64_t c = lane; c < d.Dv; c += 32) s += drow[c] * orow[c];
+  s = warp_sum(s);
+  if (lane == 0) Dd[(row / d.Tq * d.Hq + h) * d.Tq + row % d.Tq] = s;
+}
+
+constexpr int kBwdThreads = 256;
+constexpr int kBwdWarps = kBwdThreads / 32;  // 8
+constexpr int kBwdPer = kBQ / kBwdWarps;      // rows (or keys) per warp (4)
+static_assert(kBQ == kBK, "the backward thread mapping assumes square tiles");
+
+template <int kD>
+constexpr size_t bwd_smem() {
+  return sizeof(float) * (2 * kBK * (kD + 1) + 2 * kBQ * kD + 2 * kBQ * (kBK + 1) + 2 * kBQ);
+}
+
+/// Shared-memory tiles of the backward kernels.
+template <int kD>
+struct BwdTiles {
+  float *Ks, *Vs;   // [kBK][kD + 1]
+  float *Qs, *dOs;  // [kBQ][kD]
+  float *Ps, *dSs;  // [kBQ][kBK + 1]
+  float *lse, *Dd;  // [kBQ]
+  __device__ explicit BwdTiles(float* sm) {
+    Ks = sm;
+    Vs = Ks + kBK * (kD + 1);
+    Qs = Vs + kBK * (kD + 1);
+    dOs = Qs + kBQ * kD;
+    Ps = dOs + kBQ * kD;
+    dSs = Ps + kBQ * (kBK + 1);
+    lse = dSs + kBQ * (kBK + 1);
+    Dd = lse + kBQ;
+  }
+
+  /// Query-side tiles for head h, query rows i0 .. i0+nq (zero / -inf padded).
+  __device__ void load_queries(const Dims& d, const float* q, const float* dout, const float* lse_g,
+                               const float* D_g, int64_t b, int64_t h, int64_t i0, int nq) {
+    load_tile(Qs, kBQ, kD, q + (b * d.Tq + i0) * d.q_stride + h * d.Dh, d.q_stride, nq, d.Dh);
+    load_tile(dOs, kBQ, kD, dout + (b * d.Tq + i0) * d.o_stride + h * d.Dv, d.o_stride, nq, d.Dv);
+    for (int r = threadIdx.x; r < kBQ; r += blockDim.x) {
+      const int64_t idx = (b * d.Hq + h) * d.Tq + i0 + r;
+      lse[r] = r < nq ? lse_g[idx] : -INFINITY;
+      Dd[r] = r < nq ? D_g[idx] : 0.f;
+    }
+  }
+
+  /// Key-side tiles for kv head g, keys j0 .. j0+nk (zero padded).
+  __device__ void load_keys(const Dims& d, const float* k, const float* v, int64_t b, int64_t g, int64_t j0,
+                            int nk) {
+    load_tile(Ks, kBK, kD + 1, k + (b * d.Tk + j0) * d.k_stride + g * d.Dh, d.k_stride, nk, d.Dh);
+    load_tile(Vs, kBK, kD + 1, v + (b * d.Tk + j0) * d.v_stride + g * d.Dv, d.v_stride, nk, d.Dv);
+  }
+
+  /// Ps[r][j] = P, dSs[r][j] = P (dO_r . v_j - D_r); 0 where masked, padded or the row is fully masked.
+  /// Lane = key j, rows r = warp + 8 m. Needs both tile sets loaded (and a barrier after this).
+  template <class Mask>
+  __device__ void probs(const Dims& d, const Mask& m, int64_t qpos0, int nq, int64_t j0, int nk) {
+    const int warp = threadIdx.x / 32, j = threadIdx.x % 32;
+    float s[kBwdPer], dp[kBwdPer];
+#pragma unroll
+    for (int mm = 0; mm < kBwdPer; ++mm) s[mm] = dp[mm] = 0.f;
+    const float* krow = Ks + j * (kD + 1);
+    const float* vrow = Vs + j * (kD + 1);
+    for (int c = 0; c < d.Dh; ++c) {
+      const float kc = krow[c];
+#pragma unroll
+      for (int mm = 0; mm < kBwdPer; ++mm) s[mm] += Qs[(warp + kBwdWarps * mm) * kD + c] * kc;
+    }
+    for (int c = 0; c < d.Dv; ++c) {
+      const float vc = vrow[c];
+#pragma unroll
+      for (int mm = 0; mm < kBwdPer; ++mm) dp[mm] += dOs[(warp + kBwdWarps * mm) * kD + c] * vc;
+    }
+#pragma unroll
+    for (int mm = 0; mm < kBwdPer; ++mm) {
+      const int r = warp + kBwdWarps * mm;
+      const bool ok = j < nk && r < nq && lse[r] != -INFINITY && m.allowed(qpos0 + r, j0 + j);
+      const float p = ok ? expf(s[mm] * d.scale - lse[r]) : 0.f;
+      Ps[r * (kBK + 1) + j] = p;
+      dSs[r * (kBK + 1) + j] = p * (dp[mm] - Dd[r]);
+    }
+  }
+};
+
+// dK, dV for (b, kv head g, keys j0 .. j0+nk). Thread owns keys j = warp + 8 m and columns lane + 32 i.
+template <int kD, class Mask>
+__global__ void __launch_bounds__(kBwdThreads)
+    attn_backward_dkdv_kernel(Dims d, Mask m, const float* __restrict__ q, const float* __restrict__ k,
+                              const float* __restrict__ v, const float* __restrict__ lse_g,
+                              const float* __restrict__ D_g, const float* __restrict__ dout,
+                              float* __restrict__ dk, float* __restrict__ dv) {
+  constexpr int kC = kD / 32;
+  extern __shared__ float sm[];
+  BwdTiles<kD> t(sm);
+  const int64_t nkb = (d.Tk + kBK - 1) / kBK;
+  const int64_t blk = blockIdx.x;
+  const int64_t b = blk / (nkb * d.Hkv), g = blk / nkb % d.Hkv, j0 = blk % nkb * kBK;
+  const int nk = static_cast<int>(min(static_cast<int64_t>(kBK), d.Tk - j0));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t rep = d.rep();
+
+  float dka[kBwdPer][kC], dva[kBwdPer][kC];
+#pragma unroll
+  for (int mm = 0; mm < kBwdPer; ++mm)
+#pragma unroll
+    for (int i = 0; i < kC; ++i) dka[mm][i] = dva[mm][i] = 0.f;
+
+  t.load_keys(d, k, v, b, g, j0, nk);  // made visible by the first barrier below
+  for (int64_t h = g * rep; h < (g + 1) * rep; ++h) {
+    for (int64_t i0 = 0; i0 < d.Tq; i0 += kBQ) {
+      const int nq = static_cast<int>(min(static_cast<int64_t>(kBQ), d.Tq - i0));
+      const int64_t qpos0 = d.q_offset + i0;
+      const Range kr = clamped_range(m, qpos0, qpos0 + nq, d.Tk);
+      if (max(kr.lo, j0) >= min(kr.hi, j0 + nk)) continue;  // block-uniform: this query tile never sees us
+      __syncthreads();  // previous iteration done with the query tiles and Ps, dSs
+      t.load_queries(d, q, dout, lse_g, D_g, b, h, i0, nq);
+      __syncthreads();
+      t.probs(d, m, qpos0, nq, j0, nk);
+      __syncthreads();
+      for (int r = 0; r < nq; ++r) {
+#pragma unroll
+        for (int mm = 0; mm < kBwdPer; ++mm) {
+          const int j = warp + kBwdWarps * mm;
+          const float p = t.Ps[r * (kBK + 1) + j], ds = t.dSs[r * (kBK + 1) + j];
+#pragma unroll
+          for (int i = 0; i < kC; ++i) {
+            dva[mm][i] += p * t.dOs[r * kD + lane + 32 * i];
+            dka[mm][i] += ds * t.Qs[r * kD + lane + 32 * i];
+          }
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int mm = 0; mm < kBwdPer; ++mm) {
+    const int j = warp + kBwdWarps * mm;
+    if (j >= nk) continue;
+    float* dkrow = dk + (b * d.Tk + j0 + j) * d.k_stride + g * d.Dh;
+    float* dvrow = dv + (b * d.Tk + j0 + j) * d.v_stride + g * d.Dv;
+#pragma unroll
+    for (int i = 0; i < kC; ++i) {
+      const int c = lane + 32 * i;
+      if (c < d.Dh) dkrow[c] = d.scale * dka[mm][i];
+      if (c < d.Dv) dvrow[c] = dva[mm][i];
+    }
+  }
+}
+
+// dQ for (b, h, query rows i0 .. i0+nq). Thread owns rows r = warp + 8 m and columns lane + 32 i.
+template <int kD, class Mask>
+__global__ void __launch_bounds__(kBwdThreads)
+    attn_backward_dq_kernel(Dims d, Mask m, const float* __restrict__ q, const float* __restrict__ k,
+                            const float* __restrict__ v, const float* __restrict__ lse_g,
+                            const float* __restrict__ D_g, const float* __restrict__ dout,
+                            float* __restrict__ dq) {
+  constexpr int kC = kD / 32;
+  extern __shared__ float sm[];
+  BwdTiles<kD> t(sm);
+  const int64_t nqb = (d.Tq + kBQ - 1) / kBQ;
+  const int64_t blk = blockIdx.x;
+  const int64_t b = blk / (nqb * d.Hq), h = blk / nqb % d.Hq, i0 = blk % nqb * kBQ;
+  const int nq = static_cast<int>(min(static_cast<int64_t>(kBQ), d.Tq - i0));
+  const int64_t g = h / d.rep(), qpos0 = d.q_offset + i0;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+
+  float dqa[kBwdPer][kC];
+#pragma unroll
+  for (int mm = 0; mm < kBwdPer; ++mm)
+#pragma unroll
+    for (int i = 0; i < kC; ++i) dqa[mm][i] = 0.f;
+
+  t.load_queries(d, q, dout, lse_g, D_g, b, h, i0, nq);  // made visible by the first barrier below
+  const Range kr = clamped_range(m, qpos0, qpos0 + nq, d.Tk);
+  for (int64_t j0 = kr.lo; j0 < kr.hi; j0 += kBK) {
+    const int nk = static_cast<int>(min(static_cast<int64_t>(kBK), kr.hi - j0));
+    __syncthreads();  // previous iteration done with Ks and dSs
+    t.load_keys(d, k, v, b, g, j0, nk);
+    __syncthreads();
+    t.probs(d, m, qpos0, nq, j0, nk);
+    __syncthreads();
+    for (int j = 0; j < nk; ++j) {
+#pragma unroll
+      for (int mm = 0; mm < kBwdPer; ++mm) {
+        const float ds = t.dSs[(warp + kBwdWarps * mm) * (kBK + 1) + j];
+#pragma unroll
+        for (int i = 0; i < kC; ++i) dqa[mm][i] += ds * t.Ks[j * (kD + 1) + lane + 32 * i];
+      }
+    }
+  }
+
+#pragma unroll
+  for (int mm = 0; mm < kBwdPer; ++mm) {
+    const int r = warp + kBwdWarps * mm;
+    if (r >= nq) continue;
+    float* dqrow = dq + (b * d.Tq + i0 + r) * d.q_stride + h * d.Dh;
+#pragma unroll
+    for (int i = 0; i < kC; ++i) {
+      const int c = lane + 32 * i;
+      if (c < d.Dh) dqrow[c] = d.scale * dqa[mm][i];
+    }
+  }
+}
+
+}  // namespace
+}  // namespace tessera::cuda_detail

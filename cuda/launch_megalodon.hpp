@@ -1,0 +1,63 @@
+// Internal to tessera::cuda: host entry points of cema.cu, timestep_norm.cu and attention.cu, in plain C++
+// (no CUDA types, no public op headers); ops.cpp binds the public `cuda` overloads to them (see launch.hpp).
+// All pointers are device pointers; complex arrays are interleaved (re, im) floats, which is the layout of
+// std::complex<float>. Work is queued on the legacy default stream.
+#pragma once
+#include <cstdint>
+
+namespace tessera::cuda_detail {
+
+// ---- cema.cu (spec §1) -------------------------------------------------------------------------------
+
+struct CemaArgs {
+  int64_t B = 0, L = 0, D = 0, N = 0;
+  const float* alpha = nullptr;  // [D, N]
+  const float* delta = nullptr;  // [D, N]
+  const float* theta = nullptr;  // [D]
+  const float* gamma = nullptr;  // [D, N, 2]
+  const float* omega = nullptr;  // [D]
+};
+
+/// y [B,L,D] = CEMA(u [B,L,D]); hx, h_out [B,D,N] complex (nullable).
+void cema_forward_f32(const CemaArgs& a, const float* u, const float* hx, float* y, float* h_out);
+
+/// du overwritten; dhx overwritten when not null; d* parameter gradients accumulated when not null.
+void cema_backward_f32(const CemaArgs& a, const float* u, const float* hx, const float* dy, const float* dh_out,
+                       float* du, float* dhx, float* dalpha, float* ddelta, float* dtheta, float* dgamma,
+                       float* domega);
+
+// ---- timestep_norm.cu (spec §2) ----------------------------------------------------------------------
+
+void timestep_norm_forward_f32(int64_t B, int64_t L, int64_t D, int64_t G, const float* x,
+                               const int64_t* prev_count, const float* prev_mean, const float* prev_var,
+                               const float* weight, const float* bias, double eps, float* y, int64_t* count,
+                               float* mean, float* var, float* cummean, float* cumrstd);
+
+void timestep_norm_backward_f32(int64_t B, int64_t L, int64_t D, int64_t G, const float* dy, const float* dmean,
+                                const float* dvar, const float* x, const int64_t* prev_count,
+                                const float* prev_mean, const float* cummean, const float* cumrstd,
+                                const float* weight, float* dx, float* dprev_mean, float* dprev_var,
+                                float* dweight, float* dbias);
+
+// ---- attention.cu ------------------------------------------------------------------------------------
+
+enum class AttnMask { Causal, SlidingWindow, ChunkLocal };
+
+/// The fields of ops::AttnDims (Dv already resolved: never 0) plus the mask and its parameter (W or C).
+struct AttnArgs {
+  int64_t B = 0, Tq = 0, Tk = 0, Hq = 0, Hkv = 0, Dh = 0, Dv = 0;
+  int64_t q_stride = 0, k_stride = 0, v_stride = 0, o_stride = 0, q_offset = 0;
+  double scale = 0;
+  AttnMask mask = AttnMask::Causal;
+  int64_t mask_param = 0;  // SlidingWindow: W; ChunkLocal: C; unused for Causal
+};
+
+/// Largest head dim (Dh and Dv) the CUDA attention kernels support.
+inline constexpr int64_t kAttnMaxHeadDim = 256;
+
+void attention_forward_f32(const AttnArgs& a, const float* q, const float* k, const float* v, float* o,
+                           float* lse);
+void attention_backward_f32(const AttnArgs& a, const float* q, const float* k, const float* v, const float* o,
+                            const float* lse, const float* dout, float* dq, float* dk, float* dv);
+
+}  // namespace tessera::cuda_detail
