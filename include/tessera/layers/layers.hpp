@@ -1,6 +1,7 @@
 // Layers module umbrella.
 #pragma once
 #include "tessera/layers/attention.hpp"
+#include "tessera/layers/cema.hpp"
 #include "tessera/layers/context.hpp"
 #include "tessera/layers/cross_attention.hpp"
 #include "tessera/layers/embedding.hpp"
@@ -10,5 +11,7 @@
 #include "tessera/layers/masks.hpp"
 #include "tessera/layers/named.hpp"
 #include "tessera/layers/norm.hpp"
+#include "tessera/layers/offset_norm.hpp"
 #include "tessera/layers/residual.hpp"
 #include "tessera/layers/sequence.hpp"
+#include "tessera/layers/timestep_norm.hpp"
