@@ -3,6 +3,7 @@
 
 #include "tessera/ops/activation.hpp"
 #include "tessera/ops/attention.hpp"
+#include "tessera/ops/cema.hpp"
 #include "tessera/ops/embedding.hpp"
 #include "tessera/ops/loss.hpp"
 #include "tessera/ops/matmul.hpp"
@@ -10,3 +11,4 @@
 #include "tessera/ops/rope.hpp"
 #include "tessera/ops/segment.hpp"
 #include "tessera/ops/softmax.hpp"
+#include "tessera/ops/timestep_norm.hpp"
