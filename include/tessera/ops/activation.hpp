@@ -156,4 +156,15 @@ void swiglu_backward(cpu, T* dgate, T* dup, const T* dout, const T* gate, const 
   }
 }
 
+// CUDA (cuda/elementwise.cu), fp32, device pointers, same semantics (outputs may alias inputs as above).
+void silu_forward(cuda, float* y, const float* x, int64_t n);
+void silu_backward(cuda, float* dx, const float* dy, const float* x, int64_t n);
+void gelu_forward(cuda, float* y, const float* x, int64_t n, GeluApprox approx = GeluApprox::None);
+void gelu_backward(cuda, float* dx, const float* dy, const float* x, int64_t n,
+                   GeluApprox approx = GeluApprox::None);
+void swiglu_forward(cuda, float* out, const float* gate, const float* up, int64_t N, int64_t H,
+                    int64_t gu_stride = 0);
+void swiglu_backward(cuda, float* dgate, float* dup, const float* dout, const float* gate, const float* up,
+                     int64_t N, int64_t H, int64_t gu_stride = 0);
+
 }  // namespace tessera::ops

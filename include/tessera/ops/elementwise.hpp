@@ -23,4 +23,9 @@ void scale_inplace(cpu, T* y, T a, int64_t n) {
   eig::MapVec<T>(y, n) *= a;
 }
 
+// CUDA (cuda/elementwise.cu), fp32, device pointers.
+void add_inplace(cuda, float* y, const float* x, int64_t n);
+void add(cuda, float* z, const float* x, const float* y, int64_t n);
+void scale_inplace(cuda, float* y, float a, int64_t n);
+
 }  // namespace tessera::ops

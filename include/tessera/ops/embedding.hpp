@@ -44,4 +44,12 @@ void embedding_backward(cpu, T* dtable, const T* dout, const int64_t* ids, int64
   }
 }
 
+// CUDA (cuda/elementwise.cu), fp32, device pointers. Ids are not validated on the host (that would need a
+// synchronisation): an id outside [0, V) gives a NaN row in forward and is skipped in backward. Backward is
+// deterministic (rows sorted by id with CUB, each id's rows summed in row order, as here).
+void embedding_forward(cuda, float* out, const int64_t* ids, const float* table, int64_t N, int64_t V,
+                       int64_t D);
+void embedding_backward(cuda, float* dtable, const float* dout, const int64_t* ids, int64_t N, int64_t V,
+                        int64_t D);
+
 }  // namespace tessera::ops

@@ -76,4 +76,12 @@ void cross_entropy_backward(cpu, T* dlogits, const T* logits, const int64_t* tar
   }
 }
 
+// CUDA (cuda/loss.cu), fp32, device pointers (targets too). The forward synchronises (it returns the mean to
+// the host) and throws on a bad target like the CPU version; losses may be null. The backward does not
+// synchronise: a row with a target outside [0, V) that is not ignore_index gets NaN gradients instead.
+double cross_entropy_forward(cuda, float* losses, const float* logits, const int64_t* targets, int64_t N,
+                             int64_t V, int64_t ignore_index = -100);
+void cross_entropy_backward(cuda, float* dlogits, const float* logits, const int64_t* targets, int64_t N,
+                            int64_t V, double dloss, int64_t ignore_index = -100);
+
 }  // namespace tessera::ops

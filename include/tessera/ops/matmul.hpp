@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "tessera/core/backend.hpp"
+#include "tessera/core/dtype.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/ops/eigen.hpp"
 
@@ -42,6 +43,24 @@ void gemm(cuda, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, 
 void gemm_batched(cuda, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                   int64_t lda, int64_t sa, const float* B, int64_t ldb, int64_t sb, float beta, float* C,
                   int64_t ldc, int64_t sc, int64_t batch);
+
+namespace detail {
+// The bf16 GEMMs (cuda/ops_core.cpp); call them as gemm(cuda{}, ...) below.
+void gemm_bf16(cuda, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const bf16* A, int64_t lda,
+               const bf16* B, int64_t ldb, float beta, float* C, int64_t ldc);
+void gemm_bf16(cuda, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const bf16* A, int64_t lda,
+               const bf16* B, int64_t ldb, float beta, bf16* C, int64_t ldc);
+}  // namespace detail
+
+/// bf16 A and B, fp32 accumulation (CUBLAS_COMPUTE_32F), alpha/beta in fp32; C in fp32 or bf16 (rounded once).
+/// A template (T = bf16, TC = float or bf16) only so that fp32 calls with literal nullptr operands (K == 0)
+/// still pick the fp32 overload above instead of being ambiguous.
+template <class T, class TC>
+  requires std::is_same_v<T, bf16> && (std::is_same_v<TC, float> || std::is_same_v<TC, bf16>)
+void gemm(cuda, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const T* A, int64_t lda,
+          const std::type_identity_t<T>* B, int64_t ldb, float beta, TC* C, int64_t ldc) {
+  detail::gemm_bf16(cuda{}, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
 
 /// y[N,out] = x[N,in] * W[out,in]^T (+ b[out]). PyTorch weight layout.
 template <class B, class T>

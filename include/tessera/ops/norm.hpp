@@ -152,5 +152,10 @@ void rmsnorm_forward(cuda, float* y, float* rstd, const float* x, const float* w
                      double eps);
 void rmsnorm_backward(cuda, float* dx, float* dw, const float* dy, const float* x, const float* w,
                       const float* rstd, int64_t N, int64_t D);
+// LayerNorm (cuda/loss.cu). dw/db are reduced without atomics (deterministic); dx may alias dy.
+void layernorm_forward(cuda, float* y, float* mean, float* rstd, const float* x, const float* w, const float* b,
+                       int64_t N, int64_t D, double eps);
+void layernorm_backward(cuda, float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
+                        const float* mean, const float* rstd, int64_t N, int64_t D);
 
 }  // namespace tessera::ops

@@ -88,4 +88,10 @@ void rope_backward(cpu, T* dx, int64_t stride, const int64_t* positions, int64_t
   detail::rope_rotate("rope_backward", dx, stride, positions, N, H, Dh, theta, style, -1.0);
 }
 
+// CUDA (cuda/elementwise.cu), fp32, device pointers (positions too). Angles, cos and sin in double as above.
+void rope_forward(cuda, float* x, int64_t stride, const int64_t* positions, int64_t N, int64_t H, int64_t Dh,
+                  double theta, RopeStyle style);
+void rope_backward(cuda, float* dx, int64_t stride, const int64_t* positions, int64_t N, int64_t H, int64_t Dh,
+                   double theta, RopeStyle style);
+
 }  // namespace tessera::ops

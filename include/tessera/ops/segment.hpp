@@ -116,4 +116,15 @@ void segment_mean_backward(cpu, T* dx, const T* dout, const int64_t* seg, int64_
   }
 }
 
+// CUDA (cuda/segment.cu), fp32, device pointers (segment ids too), same semantics and results except that
+// segment ids >= S are not diagnosed (those rows are ignored, like negative ids). Deterministic: max pooling
+// via an atomicMax on (value, earliest row) keys, mean pooling sums each segment's rows in row order.
+void segment_max_forward(cuda, float* out, int64_t* argmax, const float* x, const int64_t* seg, int64_t N,
+                         int64_t S, int64_t D);
+void segment_max_backward(cuda, float* dx, const float* dout, const int64_t* argmax, int64_t S, int64_t D);
+void segment_mean_forward(cuda, float* out, const float* x, const int64_t* seg, int64_t N, int64_t S,
+                          int64_t D);
+void segment_mean_backward(cuda, float* dx, const float* dout, const int64_t* seg, int64_t N, int64_t S,
+                           int64_t D);
+
 }  // namespace tessera::ops

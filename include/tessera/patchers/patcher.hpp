@@ -21,6 +21,7 @@
 #include <span>
 #include <vector>
 
+#include "tessera/core/backend.hpp"
 #include "tessera/core/error.hpp"
 
 namespace tessera::patchers {
@@ -121,5 +122,10 @@ inline void patch_ids_from_lengths(const int64_t* lengths, int64_t batch, int64_
   for (int64_t b = 0; b < batch; ++b)
     patch_ids_from_lengths(lengths + b * n_patches, n_patches, n_tokens, out + b * n_tokens);
 }
+
+// CUDA (cuda/segment.cu): the batch form on device memory (cub::DeviceScan of the lengths, then a binary
+// search per position). Lengths are not validated: negative ones give unspecified ids in [0, n_patches).
+void patch_ids_from_lengths(cuda, const int64_t* lengths, int64_t batch, int64_t n_patches, int64_t n_tokens,
+                            int64_t* out);
 
 }  // namespace tessera::patchers

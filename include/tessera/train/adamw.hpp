@@ -9,6 +9,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "tessera/core/dtype.hpp"
 #include "tessera/core/param.hpp"
 #include "tessera/io/safetensors.hpp"
 
@@ -65,6 +66,12 @@ void adamw_update(cpu, T* p, const T* g, T* m, T* v, int64_t n, double lr, doubl
     p[i] = static_cast<T>(pi - step_size * static_cast<double>(mi) / denom);
   }
 }
+
+/// CUDA (cuda/adamw.cu): the same update on device memory, fused in one kernel, matching the CPU
+/// one to the last bit or within 1 ulp (double per element, rounded once, no FMA contraction on the GPU). p_bf16 (nullable, [n]) receives bf16(p) after the update: the
+/// compute copy of fp32 master weights.
+void adamw_update(cuda, float* p, const float* g, float* m, float* v, int64_t n, double lr, double beta1,
+                  double beta2, double eps, double wd, int64_t t, bf16* p_bf16 = nullptr);
 
 /// AdamW over every parameter of a model (walked with for_each_param). State is created (zeroed) on the first
 /// step a parameter is seen; the step count t is shared, as torch's per-parameter counts are all equal when

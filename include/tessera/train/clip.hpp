@@ -53,4 +53,12 @@ double clip_grad_norm(Model& model, double max_norm) {
   return norm;
 }
 
+// CUDA (cuda/adamw.cu), device pointers. Clip without a host round trip: grad_sumsq over every gradient into
+// one zeroed device double, then clip_scale_grads on every gradient (copy *sumsq to the host for the norm).
+/// *sumsq += sum g^2 (accumulated in double, deterministic for a given n).
+void grad_sumsq(cuda, double* sumsq, const float* g, int64_t n);
+/// g *= coef, coef = max_norm / (sqrt(*sumsq) + 1e-6), when coef < 1, the norm is finite and max_norm > 0
+/// (clip_grad_norm's rule).
+void clip_scale_grads(cuda, float* g, int64_t n, const double* sumsq, double max_norm);
+
 }  // namespace tessera::train

@@ -132,6 +132,10 @@ void entropies_from_logits(const T* logits, int64_t rows, int64_t V, float* out)
   }
 }
 
+/// CUDA (cuda/loss.cu): the same on device memory (logits [rows, V], out [rows]), one row per warp or block;
+/// sums in fp32, the final log/division in double.
+void entropies_from_logits(cuda, const float* logits, int64_t rows, int64_t V, float* out);
+
 /// How the entropy model's context is cut (see the file comment).
 struct EntropyOptions {
   int64_t chunk = kEntropyChunk;          // context reset every `chunk` tokens of a row; 0 = never

@@ -204,4 +204,16 @@ struct HashNgramEmbedding {
   }
 };
 
+// CUDA (cuda/hash.cu, cuda/elementwise.cu), device pointers, same results (the hash is exact integer
+// arithmetic). hash_embedding_forward gives a NaN row for a byte id outside [0, vocab) (hash ids are produced
+// in range by stacked_hash_ids and are not checked); the backward is embedding_backward(cuda) per table.
+void hash_ngram_ids_batch(cuda, const int64_t* ids, int64_t B, int64_t T, int n, int64_t table_size,
+                          int64_t* out, int64_t prime = kHashPrimes[0]);
+void stacked_hash_ids(cuda, const HashConfig& c, const int64_t* ids, int64_t B, int64_t T, int64_t* out);
+void hash_embedding_forward(cuda, float* y, const int64_t* ids, const int64_t* hash_ids, const float* byte_table,
+                            const float* hash_table, int64_t N, int64_t n_tables, int64_t vocab, int64_t D);
+void hash_embedding_backward(cuda, float* dbyte_table, float* dhash_table, const float* dy, const int64_t* ids,
+                             const int64_t* hash_ids, int64_t N, int64_t n_tables, int64_t vocab,
+                             int64_t hash_rows, int64_t D);
+
 }  // namespace tessera::blt

@@ -1,0 +1,300 @@
+// Elementwise and gather/scatter ops on the GPU: embedding, SiLU, GELU, SwiGLU, add/scale, RoPE.
+//
+// Elementwise kernels are grid-stride loops with int64 indices, one element per thread and iteration;
+// activations use expf/erff/tanhf (not the fast intrinsics) for parity with the CPU.
+// Embedding backward is deterministic and atomic-free: (id, row) pairs are radix-sorted by id with CUB
+// (stable, so each id's rows stay in row order), then the first row of each run of equal ids owns that
+// table row and adds the run's gradient rows in order, exactly the CPU's summation order.
+// RoPE: one thread per (token, pair) computes the angle, cos and sin in double like the CPU (then rounds to
+// float) and rotates that pair in every head of the token.
+#include <algorithm>
+#include <bit>
+#include <climits>
+#include <cub/device/device_radix_sort.cuh>
+
+#include "core_util.cuh"
+#include "launch_core.hpp"
+
+namespace tessera::cuda_detail {
+namespace {
+
+constexpr int kThreads = 256;
+__device__ inline float nan_f() {
+  return __int_as_float(0x7fc00000);
+}
+
+// ---- embedding ----------------------------------------------------------------------------------------
+
+__global__ void embedding_forward_kernel(float* __restrict__ out, const int64_t* __restrict__ ids,
+                                         const float* __restrict__ table, int64_t N, int64_t V, int64_t D) {
+  TESSERA_GRID_STRIDE(i, N * D) {
+    const int64_t n = i / D, d = i - n * D, id = ids[n];
+    out[i] = (id >= 0 && id < V) ? table[id * D + d] : nan_f();
+  }
+}
+
+// Sort keys: the id, or V for an id outside [0, V) (sorted last, skipped). Values: the row.
+__global__ void embedding_keys_kernel(uint32_t* __restrict__ keys, int32_t* __restrict__ rows,
+                                      const int64_t* __restrict__ ids, int64_t N, int64_t V) {
+  TESSERA_GRID_STRIDE(n, N) {
+    const int64_t id = ids[n];
+    keys[n] = static_cast<uint32_t>((id >= 0 && id < V) ? id : V);
+    rows[n] = static_cast<int32_t>(n);
+  }
+}
+
+// Block x = sorted position i, block y * blockDim.x + thread = column d. Only the first position of a run of
+// equal keys does work: it owns table row `key`, so no two threads write the same element.
+__global__ void embedding_accumulate_kernel(float* __restrict__ dtable, const float* __restrict__ dout,
+                                            const uint32_t* __restrict__ keys,
+                                            const int32_t* __restrict__ rows, int N, uint32_t V, int D) {
+  const int i = blockIdx.x;
+  const int d = blockIdx.y * blockDim.x + threadIdx.x;
+  const uint32_t key = keys[i];
+  if (d >= D || key >= V || (i > 0 && keys[i - 1] == key)) return;
+  float* dst = dtable + static_cast<int64_t>(key) * D + d;
+  float acc = *dst;  // start from the table's gradient: same additions, same order as the CPU loop
+  for (int j = i; j < N && keys[j] == key; ++j) acc += dout[static_cast<int64_t>(rows[j]) * D + d];
+  *dst = acc;
+}
+
+// ---- activations ---------------------------------------------------------------------------------------
+
+constexpr float kSqrt2Inv = 0.70710678118654752440f;
+constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
+constexpr float kSqrt2OverPi = 0.79788456080286535588f;
+constexpr float kGeluCubic = 0.044715f;
+
+__device__ inline float sigmoid(float x) {
+  return 1.f / (1.f + expf(-x));
+}
+
+__global__ void silu_forward_kernel(float* y, const float* x, int64_t n) {
+  TESSERA_GRID_STRIDE(i, n) {
+    const float v = x[i];
+    y[i] = v / (1.f + expf(-v));
+  }
+}
+
+__global__ void silu_backward_kernel(float* dx, const float* dy, const float* x, int64_t n) {
+  TESSERA_GRID_STRIDE(i, n) {
+    const float v = x[i], s = sigmoid(v);
+    dx[i] = dy[i] * s * (1.f + v * (1.f - s));  // d/dx [x s(x)]
+  }
+}
+
+__global__ void gelu_forward_kernel(float* y, const float* x, int64_t n, bool tanh_approx) {
+  TESSERA_GRID_STRIDE(i, n) {
+    const float v = x[i];
+    y[i] = tanh_approx ? 0.5f * v * (1.f + tanhf(kSqrt2OverPi * (v + kGeluCubic * v * v * v)))
+                       : 0.5f * v * (1.f + erff(v * kSqrt2Inv));
+  }
+}
+
+__global__ void gelu_backward_kernel(float* dx, const float* dy, const float* x, int64_t n,
+                                     bool tanh_approx) {
+  TESSERA_GRID_STRIDE(i, n) {
+    const float v = x[i];
+    float g;
+    if (tanh_approx) {
+      const float t = tanhf(kSqrt2OverPi * (v + kGeluCubic * v * v * v));
+      g = 0.5f * (1.f + t) + 0.5f * v * (1.f - t * t) * kSqrt2OverPi * (1.f + 3.f * kGeluCubic * v * v);
+    } else {
+      g = 0.5f * (1.f + erff(v * kSqrt2Inv)) + v * kInvSqrt2Pi * expf(-0.5f * v * v);  // Phi(x) + x phi(x)
+    }
+    dx[i] = dy[i] * g;
+  }
+}
+
+__global__ void swiglu_forward_kernel(float* out, const float* gate, const float* up, int64_t N, int64_t H,
+                                      int64_t ld) {
+  TESSERA_GRID_STRIDE(i, N * H) {
+    const int64_t n = i / H, j = n * ld + (i - n * H);
+    const float g = gate[j];
+    out[i] = g / (1.f + expf(-g)) * up[j];
+  }
+}
+
+__global__ void swiglu_backward_kernel(float* dgate, float* dup, const float* dout, const float* gate,
+                                       const float* up, int64_t N, int64_t H, int64_t ld) {
+  TESSERA_GRID_STRIDE(i, N * H) {
+    const int64_t n = i / H, j = n * ld + (i - n * H);
+    const float g = gate[j], u = up[j], d = dout[i], s = sigmoid(g);
+    dup[j] = d * g * s;
+    dgate[j] = d * u * s * (1.f + g * (1.f - s));
+  }
+}
+
+__global__ void add_inplace_kernel(float* y, const float* x, int64_t n) {
+  TESSERA_GRID_STRIDE(i, n) y[i] += x[i];
+}
+__global__ void add_kernel(float* z, const float* x, const float* y, int64_t n) {
+  TESSERA_GRID_STRIDE(i, n) z[i] = x[i] + y[i];
+}
+__global__ void scale_inplace_kernel(float* y, float a, int64_t n) {
+  TESSERA_GRID_STRIDE(i, n) y[i] *= a;
+}
+
+// ---- RoPE ---------------------------------------------------------------------------------------------
+
+__global__ void rope_kernel(float* x, int64_t stride, const int64_t* __restrict__ positions, int64_t N, int H,
+                            int Dh, double theta, bool interleaved, double sign) {
+  const int half = Dh / 2;
+  TESSERA_GRID_STRIDE(k, N * half) {
+    const int64_t n = k / half;
+    const int i = static_cast<int>(k - n * half);
+    // As the CPU: inv_freq = theta^(-2i/Dh), angle = pos * inv_freq, all in double, then cos/sin to float.
+    const double inv_freq = pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(Dh));
+    double sd, cd;
+    sincos(static_cast<double>(positions[n]) * inv_freq, &sd, &cd);
+    const float c = static_cast<float>(cd), s = static_cast<float>(sign * sd);
+    float* tok = x + n * stride;
+    for (int h = 0; h < H; ++h) {
+      float* v = tok + static_cast<int64_t>(h) * Dh;
+      float* pa = interleaved ? v + 2 * i : v + i;
+      float* pb = interleaved ? v + 2 * i + 1 : v + half + i;
+      const float a = *pa, b = *pb;
+      *pa = a * c - b * s;
+      *pb = a * s + b * c;
+    }
+  }
+}
+
+void check_n(const char* op, int64_t n) {
+  TESSERA_CHECK(n >= 0, op, "(cuda): negative element count ", n);
+}
+
+}  // namespace
+
+// ---- embedding ----------------------------------------------------------------------------------------
+
+void embedding_forward_f32(float* out, const int64_t* ids, const float* table, int64_t N, int64_t V,
+                           int64_t D) {
+  TESSERA_CHECK(N >= 0 && V > 0 && D > 0, "embedding_forward(cuda): bad sizes N=", N, " V=", V, " D=", D);
+  if (N == 0) return;
+  embedding_forward_kernel<<<stride_blocks(N * D), kThreads>>>(out, ids, table, N, V, D);
+  TESSERA_CUDA_CHECK_LAUNCH("embedding_forward_kernel");
+}
+
+void embedding_backward_f32(float* dtable, const float* dout, const int64_t* ids, int64_t N, int64_t V,
+                            int64_t D) {
+  constexpr const char* op = "embedding_backward";
+  TESSERA_CHECK(N >= 0 && V > 0 && D > 0, op, "(cuda): bad sizes N=", N, " V=", V, " D=", D);
+  check_int_range(op, "N", N);
+  check_int_range(op, "V", V);  // keys are uint32 with V as the invalid-id key
+  check_int_range(op, "D", D);
+  if (N == 0) return;
+  const int n = static_cast<int>(N);
+  const int end_bit = std::max(1, static_cast<int>(std::bit_width(static_cast<uint64_t>(V))));  // keys <= V
+  size_t sort_bytes = 0;
+  TESSERA_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
+      nullptr, sort_bytes, static_cast<const uint32_t*>(nullptr), static_cast<uint32_t*>(nullptr),
+      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), n, 0, end_bit));
+  OpTemp temp(2 * OpTemp::bytes<uint32_t>(N) + 2 * OpTemp::bytes<int32_t>(N) +
+              OpTemp::bytes<char>(sort_bytes));
+  uint32_t* keys_in = temp.carve<uint32_t>(N);
+  uint32_t* keys = temp.carve<uint32_t>(N);
+  int32_t* rows_in = temp.carve<int32_t>(N);
+  int32_t* rows = temp.carve<int32_t>(N);
+  void* sort_temp = temp.carve<char>(static_cast<int64_t>(sort_bytes));
+
+  embedding_keys_kernel<<<stride_blocks(N), kThreads>>>(keys_in, rows_in, ids, N, V);
+  TESSERA_CUDA_CHECK_LAUNCH("embedding_keys_kernel");
+  TESSERA_CUDA_CHECK(
+      cub::DeviceRadixSort::SortPairs(sort_temp, sort_bytes, keys_in, keys, rows_in, rows, n, 0, end_bit));
+  const int threads = static_cast<int>(std::min<int64_t>(kThreads, (D + 31) / 32 * 32));
+  const dim3 grid(static_cast<unsigned>(N), static_cast<unsigned>((D + threads - 1) / threads));
+  TESSERA_CHECK(grid.y <= 65535, op, "(cuda): D=", D, " is too large");
+  embedding_accumulate_kernel<<<grid, threads>>>(dtable, dout, keys, rows, n, static_cast<uint32_t>(V),
+                                                 static_cast<int>(D));
+  TESSERA_CUDA_CHECK_LAUNCH("embedding_accumulate_kernel");
+}
+
+// ---- activations ---------------------------------------------------------------------------------------
+
+void silu_forward_f32(float* y, const float* x, int64_t n) {
+  check_n("silu_forward", n);
+  if (n == 0) return;
+  silu_forward_kernel<<<stride_blocks(n), kThreads>>>(y, x, n);
+  TESSERA_CUDA_CHECK_LAUNCH("silu_forward_kernel");
+}
+
+void silu_backward_f32(float* dx, const float* dy, const float* x, int64_t n) {
+  check_n("silu_backward", n);
+  if (n == 0) return;
+  silu_backward_kernel<<<stride_blocks(n), kThreads>>>(dx, dy, x, n);
+  TESSERA_CUDA_CHECK_LAUNCH("silu_backward_kernel");
+}
+
+void gelu_forward_f32(float* y, const float* x, int64_t n, bool tanh_approx) {
+  check_n("gelu_forward", n);
+  if (n == 0) return;
+  gelu_forward_kernel<<<stride_blocks(n), kThreads>>>(y, x, n, tanh_approx);
+  TESSERA_CUDA_CHECK_LAUNCH("gelu_forward_kernel");
+}
+
+void gelu_backward_f32(float* dx, const float* dy, const float* x, int64_t n, bool tanh_approx) {
+  check_n("gelu_backward", n);
+  if (n == 0) return;
+  gelu_backward_kernel<<<stride_blocks(n), kThreads>>>(dx, dy, x, n, tanh_approx);
+  TESSERA_CUDA_CHECK_LAUNCH("gelu_backward_kernel");
+}
+
+void swiglu_forward_f32(float* out, const float* gate, const float* up, int64_t N, int64_t H, int64_t ld) {
+  TESSERA_CHECK(N >= 0 && H > 0, "swiglu_forward(cuda): bad sizes N=", N, " H=", H);
+  TESSERA_CHECK(ld >= H, "swiglu_forward(cuda): gate/up row stride ", ld, " is smaller than the width ", H);
+  if (N == 0) return;
+  swiglu_forward_kernel<<<stride_blocks(N * H), kThreads>>>(out, gate, up, N, H, ld);
+  TESSERA_CUDA_CHECK_LAUNCH("swiglu_forward_kernel");
+}
+
+void swiglu_backward_f32(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
+                         int64_t N, int64_t H, int64_t ld) {
+  TESSERA_CHECK(N >= 0 && H > 0, "swiglu_backward(cuda): bad sizes N=", N, " H=", H);
+  TESSERA_CHECK(ld >= H, "swiglu_backward(cuda): gate/up row stride ", ld, " is smaller than the width ", H);
+  if (N == 0) return;
+  swiglu_backward_kernel<<<stride_blocks(N * H), kThreads>>>(dgate, dup, dout, gate, up, N, H, ld);
+  TESSERA_CUDA_CHECK_LAUNCH("swiglu_backward_kernel");
+}
+
+void add_inplace_f32(float* y, const float* x, int64_t n) {
+  check_n("add_inplace", n);
+  if (n == 0) return;
+  add_inplace_kernel<<<stride_blocks(n), kThreads>>>(y, x, n);
+  TESSERA_CUDA_CHECK_LAUNCH("add_inplace_kernel");
+}
+
+void add_f32(float* z, const float* x, const float* y, int64_t n) {
+  check_n("add", n);
+  if (n == 0) return;
+  add_kernel<<<stride_blocks(n), kThreads>>>(z, x, y, n);
+  TESSERA_CUDA_CHECK_LAUNCH("add_kernel");
+}
+
+void scale_inplace_f32(float* y, float a, int64_t n) {
+  check_n("scale_inplace", n);
+  if (n == 0) return;
+  scale_inplace_kernel<<<stride_blocks(n), kThreads>>>(y, a, n);
+  TESSERA_CUDA_CHECK_LAUNCH("scale_inplace_kernel");
+}
+
+// ---- RoPE ---------------------------------------------------------------------------------------------
+
+void rope_f32(float* x, int64_t stride, const int64_t* positions, int64_t N, int64_t H, int64_t Dh,
+              double theta, bool interleaved, double sign) {
+  const char* op = sign > 0 ? "rope_forward" : "rope_backward";
+  // The CPU op's checks and messages.
+  TESSERA_CHECK(Dh > 0 && Dh % 2 == 0, op, ": head dimension must be positive and even, got ", Dh);
+  TESSERA_CHECK(H > 0, op, ": number of heads must be positive, got ", H);
+  TESSERA_CHECK(stride >= H * Dh, op, ": token stride ", stride, " is smaller than heads*head_dim ", H * Dh);
+  TESSERA_CHECK(theta > 0, op, ": theta must be positive, got ", theta);
+  TESSERA_CHECK(N >= 0, op, "(cuda): negative token count ", N);
+  check_int_range(op, "H", H);
+  check_int_range(op, "Dh", Dh);
+  if (N == 0) return;
+  rope_kernel<<<stride_blocks(N * (Dh / 2)), kThreads>>>(x, stride, positions, N, static_cast<int>(H),
+                                                         static_cast<int>(Dh), theta, interleaved, sign);
+  TESSERA_CUDA_CHECK_LAUNCH("rope_kernel");
+}
+
+}  // namespace tessera::cuda_detail

@@ -1,0 +1,103 @@
+// Internal to tessera::cuda: host entry points of elementwise.cu, loss.cu, segment.cu, hash.cu, adamw.cu and
+// the bf16 path of gemm.cu, in plain C++ (no CUDA types, no public op headers). ops_core.cpp binds the public
+// `cuda` overloads to them (see launch.hpp). Pointers are device pointers; bf16 arrays are passed as their
+// uint16_t bit patterns (tessera::bf16 is exactly that). Work is queued on the legacy default stream.
+//
+// Index arrays (token ids, targets, segment ids, patch lengths) live in device memory, so they are not
+// validated on the host (that would cost a synchronisation per call). Kernels never read or write out of
+// bounds because of them: an out-of-range id makes the affected forward outputs NaN and is skipped by the
+// backward pass (details per op below). Exception: cross_entropy_forward synchronises anyway (it returns the
+// mean loss to the host), so it throws on a bad target like the CPU op.
+#pragma once
+#include <cstdint>
+
+namespace tessera::cuda_detail {
+
+// ---- elementwise.cu ----------------------------------------------------------------------------------
+
+/// out[n, :] = table[ids[n], :]; a row whose id is outside [0, V) is NaN.
+void embedding_forward_f32(float* out, const int64_t* ids, const float* table, int64_t N, int64_t V,
+                           int64_t D);
+/// dtable[ids[n], :] += dout[n, :], deterministic (sort by id, then each id's rows summed in row order);
+/// out-of-range ids are skipped.
+void embedding_backward_f32(float* dtable, const float* dout, const int64_t* ids, int64_t N, int64_t V,
+                            int64_t D);
+
+void silu_forward_f32(float* y, const float* x, int64_t n);
+void silu_backward_f32(float* dx, const float* dy, const float* x, int64_t n);
+void gelu_forward_f32(float* y, const float* x, int64_t n, bool tanh_approx);
+void gelu_backward_f32(float* dx, const float* dy, const float* x, int64_t n, bool tanh_approx);
+/// ld = row stride of gate/up/dgate/dup (>= H).
+void swiglu_forward_f32(float* out, const float* gate, const float* up, int64_t N, int64_t H, int64_t ld);
+void swiglu_backward_f32(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
+                         int64_t N, int64_t H, int64_t ld);
+
+void add_inplace_f32(float* y, const float* x, int64_t n);
+void add_f32(float* z, const float* x, const float* y, int64_t n);
+void scale_inplace_f32(float* y, float a, int64_t n);
+
+/// In-place rotation of [N, H, Dh] heads with token stride `stride` by sign * pos * theta^(-2i/Dh).
+void rope_f32(float* x, int64_t stride, const int64_t* positions, int64_t N, int64_t H, int64_t Dh,
+              double theta, bool interleaved, double sign);
+
+// ---- loss.cu -----------------------------------------------------------------------------------------
+
+/// Mean cross-entropy over the non-ignored rows (0 if none); losses [N] nullable. Synchronises; throws
+/// tessera::Error naming the first row whose target is neither in [0, V) nor ignore_index.
+double cross_entropy_forward_f32(float* losses, const float* logits, const int64_t* targets, int64_t N,
+                                 int64_t V, int64_t ignore_index);
+/// dlogits overwritten; a row with an invalid target is NaN (no synchronisation, so no exception).
+void cross_entropy_backward_f32(float* dlogits, const float* logits, const int64_t* targets, int64_t N,
+                                int64_t V, double dloss, int64_t ignore_index);
+/// out[r] = entropy (nats) of softmax(logits[r, :]).
+void row_entropies_f32(float* out, const float* logits, int64_t rows, int64_t V);
+
+void layernorm_forward_f32(float* y, float* mean, float* rstd, const float* x, const float* w, const float* b,
+                           int64_t N, int64_t D, double eps);
+void layernorm_backward_f32(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
+                            const float* mean, const float* rstd, int64_t N, int64_t D);
+
+// ---- segment.cu --------------------------------------------------------------------------------------
+// Segment ids >= S are ignored like negative ones (the CPU op throws on them).
+
+void segment_max_forward_f32(float* out, int64_t* argmax, const float* x, const int64_t* seg, int64_t N,
+                             int64_t S, int64_t D);
+void segment_max_backward_f32(float* dx, const float* dout, const int64_t* argmax, int64_t S, int64_t D);
+void segment_mean_forward_f32(float* out, const float* x, const int64_t* seg, int64_t N, int64_t S,
+                              int64_t D);
+void segment_mean_backward_f32(float* dx, const float* dout, const int64_t* seg, int64_t N, int64_t S,
+                               int64_t D);
+/// lengths [B, P] (right-padded with zeros) -> out [B, T] patch ids. Negative lengths give unspecified (but
+/// in-range, [0, P)) ids.
+void patch_ids_from_lengths_i64(const int64_t* lengths, int64_t B, int64_t P, int64_t T, int64_t* out);
+
+// ---- hash.cu -----------------------------------------------------------------------------------------
+
+/// out[b*T + i] = offset + floor-mod(rolling hash of the n-gram ending at i of row b, M).
+void hash_ngram_ids_i64(const int64_t* ids, int64_t B, int64_t T, int n, int64_t M, int64_t prime,
+                        int64_t offset, int64_t* out);
+/// y[r] = byte_table[ids[r]] + sum_t hash_table[hash_ids[t*N + r]]; a row with an out-of-range byte id is NaN
+/// (hash ids are not range-checked: no table size is passed; stacked_hash_ids produces them in range).
+void hash_embedding_forward_f32(float* y, const int64_t* ids, const int64_t* hash_ids,
+                                const float* byte_table, const float* hash_table, int64_t N, int64_t n_tables,
+                                int64_t vocab, int64_t D);
+
+// ---- adamw.cu ----------------------------------------------------------------------------------------
+
+/// One AdamW step (train::adamw_update semantics); p_bf16 (nullable) receives bf16(p) after the update.
+void adamw_update_f32(float* p, const float* g, float* m, float* v, int64_t n, double lr, double beta1,
+                      double beta2, double eps, double wd, int64_t t, uint16_t* p_bf16);
+/// *sumsq (one device double) += sum g^2, accumulated in double in a fixed order (deterministic).
+void grad_sumsq_f32(double* sumsq, const float* g, int64_t n);
+/// g *= coef with coef = max_norm / (sqrt(*sumsq) + 1e-6) when that is < 1, the norm finite and max_norm > 0.
+void clip_scale_grads_f32(float* g, int64_t n, const double* sumsq, double max_norm);
+
+// ---- gemm.cu (bf16 path) -----------------------------------------------------------------------------
+
+/// Row-major C = alpha op(A) op(B) + beta C with bf16 A, B and fp32 accumulation (CUBLAS_COMPUTE_32F);
+/// C is fp32 (c_bf16 false) or bf16 (c_bf16 true).
+void gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A, int64_t lda,
+               int64_t sa, const uint16_t* B, int64_t ldb, int64_t sb, float beta, void* C, bool c_bf16,
+               int64_t ldc, int64_t sc, int64_t batch);
+
+}  // namespace tessera::cuda_detail

@@ -1,0 +1,748 @@
+// CPU vs CUDA parity for the core and BLT ops of tessera::cuda (elementwise.cu, loss.cu, segment.cu, hash.cu,
+// adamw.cu and the bf16 path of gemm.cu): each op runs on the same random inputs through the CPU
+// implementation and the CUDA one. Every test skips itself (with a message) when no CUDA device is visible.
+// Sizes are deliberately not multiples of the warp, block or tile sizes (37, 53, 301, ...).
+//
+// Default tolerance (expect_close): |gpu - cpu| <= rtol * |cpu| + rtol * max|cpu| elementwise, rtol = 1e-5
+// (~80 fp32 ulp). The two sides differ only by float rounding: expf/erff/tanhf on the GPU vs Eigen's
+// vectorised exp/erf/tanh (each a few ulp), FMA contraction by nvcc, and sums over rows or columns in a
+// different order (tree reductions vs sequential loops, relative error ~1e-7 * log2(length)). The max|cpu|
+// term keeps entries that cancel to near zero from being judged by their own magnitude. Any indexing,
+// striding or transposition mistake is off by O(1) relative and fails by orders of magnitude.
+// Integer outputs (argmax, patch ids, hash ids) and pure data movement (gather, max) must match exactly.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "support/gradcheck.hpp"
+#include "tessera/core/allocator.hpp"
+#include "tessera/core/dtype.hpp"
+#include "tessera/core/rng.hpp"
+#include "tessera/models/blt/entropy.hpp"
+#include "tessera/models/blt/hash_embedding.hpp"
+#include "tessera/ops/activation.hpp"
+#include "tessera/ops/elementwise.hpp"
+#include "tessera/ops/embedding.hpp"
+#include "tessera/ops/loss.hpp"
+#include "tessera/ops/matmul.hpp"
+#include "tessera/ops/norm.hpp"
+#include "tessera/ops/rope.hpp"
+#include "tessera/ops/segment.hpp"
+#include "tessera/patchers/patcher.hpp"
+#include "tessera/train/adamw.hpp"
+#include "tessera/train/clip.hpp"
+
+using namespace tessera;
+
+namespace {
+
+constexpr double kRtol = 1e-5;
+
+class CudaCore : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (cuda_mem::device_count() == 0)
+      GTEST_SKIP() << "no CUDA device: cudaGetDeviceCount reports none (no GPU or no driver)";
+  }
+};
+
+using Host = std::vector<float>;
+using Ids = std::vector<int64_t>;
+
+/// A device copy of a host vector (any trivially copyable element type); freed on destruction.
+template <class T>
+class Dev {
+ public:
+  explicit Dev(const std::vector<T>& h) : n_(h.size()) {
+    p_ = static_cast<T*>(Allocator<cuda>::allocate(n_ * sizeof(T)));
+    cuda_mem::to_device(p_, h.data(), n_ * sizeof(T));
+  }
+  Dev(const Dev&) = delete;
+  Dev& operator=(const Dev&) = delete;
+  ~Dev() { Allocator<cuda>::deallocate(p_); }
+  T* data() { return p_; }
+  std::vector<T> get() const {
+    std::vector<T> h(n_);
+    cuda_mem::to_host(h.data(), p_, n_ * sizeof(T));
+    return h;
+  }
+
+ private:
+  size_t n_ = 0;
+  T* p_ = nullptr;
+};
+
+Host randn(int64_t n, Rng& rng, double scale = 1.0) {
+  Host v(static_cast<size_t>(n));
+  tessera::testing::fill_normal(v.data(), n, rng, scale);
+  return v;
+}
+
+/// Uniform integers in [lo, hi).
+Ids randint(int64_t n, Rng& rng, int64_t lo, int64_t hi) {
+  Ids v(static_cast<size_t>(n));
+  for (auto& x : v) x = lo + static_cast<int64_t>(rng.next_u64() % static_cast<uint64_t>(hi - lo));
+  return v;
+}
+
+size_t sz(int64_t n) {
+  return static_cast<size_t>(n);
+}
+
+void expect_close(const std::string& what, const Host& gpu, const Host& ref, double rtol = kRtol) {
+  ASSERT_EQ(gpu.size(), ref.size()) << what;
+  double scale = 0;
+  for (float r : ref) scale = std::max(scale, std::abs(static_cast<double>(r)));
+  int bad = 0;
+  double worst = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double g = gpu[i], r = ref[i], err = std::abs(g - r);
+    worst = std::max(worst, err / std::max(scale, 1e-30));
+    if (!(err <= rtol * std::abs(r) + rtol * scale) && ++bad <= 5)
+      ADD_FAILURE() << what << "[" << i << "]: gpu " << g << " vs cpu " << r;
+  }
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << ref.size() << " entries differ (worst |err|/max|cpu| "
+                    << worst << ")";
+}
+
+template <class T>
+void expect_equal(const std::string& what, const std::vector<T>& gpu, const std::vector<T>& ref) {
+  ASSERT_EQ(gpu.size(), ref.size()) << what;
+  int bad = 0;
+  for (size_t i = 0; i < ref.size(); ++i)
+    if (!(gpu[i] == ref[i]) && ++bad <= 5)
+      ADD_FAILURE() << what << "[" << i << "]: gpu " << gpu[i] << " vs cpu " << ref[i];
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << ref.size() << " entries differ";
+}
+
+bool all_nan(const Host& v, size_t begin, size_t end) {
+  for (size_t i = begin; i < end; ++i)
+    if (!std::isnan(v[i])) return false;
+  return true;
+}
+
+}  // namespace
+
+// ---- embedding
+// ---------------------------------------------------------------------------------------------
+
+// Many repeated ids (301 rows over 37 ids) so the backward sums runs of equal ids; D = 300 spans two column
+// blocks of the accumulate kernel. The gather is exact; dtable starts non-zero (backward accumulates).
+TEST_F(CudaCore, EmbeddingForwardBackwardMatchCpu) {
+  Rng rng(11);
+  const int64_t N = 301, V = 37, D = 300;
+  const Ids ids = randint(N, rng, 0, V);
+  const Host table = randn(V * D, rng), dout = randn(N * D, rng);
+  Host out(sz(N * D)), dtable = randn(V * D, rng);
+  Dev<int64_t> d_ids(ids);
+  Dev<float> d_table(table), d_out(out), d_dout(dout), d_dtable(dtable);
+
+  ops::embedding_forward(cpu{}, out.data(), ids.data(), table.data(), N, V, D);
+  ops::embedding_forward(cuda{}, d_out.data(), d_ids.data(), d_table.data(), N, V, D);
+  expect_equal("embedding out", d_out.get(), out);
+
+  ops::embedding_backward(cpu{}, dtable.data(), dout.data(), ids.data(), N, V, D);
+  ops::embedding_backward(cuda{}, d_dtable.data(), d_dout.data(), d_ids.data(), N, V, D);
+  expect_close("embedding dtable", d_dtable.get(), dtable);
+}
+
+// Sorted by id, each id's rows are summed in row order starting from the table's value: the same additions in
+// the same order as the CPU loop, so the result is bitwise reproducible run to run (and equal to the CPU's).
+TEST_F(CudaCore, EmbeddingBackwardIsDeterministic) {
+  Rng rng(12);
+  const int64_t N = 5000, V = 7, D = 33;
+  const Ids ids = randint(N, rng, 0, V);
+  const Host dout = randn(N * D, rng);
+  Dev<int64_t> d_ids(ids);
+  Dev<float> d_dout(dout);
+  Host first;
+  for (int run = 0; run < 2; ++run) {
+    Dev<float> d_dtable(Host(sz(V * D), 0.f));
+    ops::embedding_backward(cuda{}, d_dtable.data(), d_dout.data(), d_ids.data(), N, V, D);
+    if (run == 0)
+      first = d_dtable.get();
+    else
+      EXPECT_EQ(d_dtable.get(), first);
+  }
+}
+
+// Ids are not validated on the host: an out-of-range id gives a NaN row forward and is skipped backward,
+// without touching memory outside the table.
+TEST_F(CudaCore, EmbeddingOutOfRangeIdsAreNanAndSkipped) {
+  const int64_t V = 4, D = 3;
+  const Ids ids = {1, -1, 4, 1000000, 2, 1};
+  const int64_t N = static_cast<int64_t>(ids.size());
+  Host table(sz(V * D));
+  for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<float>(i);
+  Dev<int64_t> d_ids(ids);
+  Dev<float> d_table(table), d_out(Host(sz(N * D))), d_dout(Host(sz(N * D), 1.f)),
+      d_dtable(Host(sz(V * D), 0.f));
+  ops::embedding_forward(cuda{}, d_out.data(), d_ids.data(), d_table.data(), N, V, D);
+  const Host out = d_out.get();
+  EXPECT_EQ(out[0], 3.f);
+  EXPECT_EQ(out[12], 6.f);
+  EXPECT_EQ(out[15], 3.f);
+  EXPECT_TRUE(all_nan(out, 3, 12)) << "rows 1-3 have out-of-range ids";
+  ops::embedding_backward(cuda{}, d_dtable.data(), d_dout.data(), d_ids.data(), N, V, D);
+  EXPECT_EQ(d_dtable.get(), (Host{0, 0, 0, 2, 2, 2, 1, 1, 1, 0, 0, 0}));
+  EXPECT_THROW(ops::embedding_forward(cuda{}, d_out.data(), d_ids.data(), d_table.data(), N, V, 0), Error);
+}
+
+// ---- activations -----------------------------------------------------------------------------------------
+
+TEST_F(CudaCore, SiluGeluForwardBackwardMatchCpu) {
+  Rng rng(21);
+  const int64_t n = 37 * 301;
+  Host x = randn(n, rng, 3.0);
+  x[0] = 100.f;  // saturated sigmoid / erf / tanh
+  x[1] = -100.f;
+  const Host dy = randn(n, rng);
+  Dev<float> d_x(x), d_dy(dy), d_y(Host(sz(n))), d_dx(Host(sz(n)));
+  Host y(sz(n)), dx(sz(n));
+
+  ops::silu_forward(cpu{}, y.data(), x.data(), n);
+  ops::silu_forward(cuda{}, d_y.data(), d_x.data(), n);
+  expect_close("silu y", d_y.get(), y);
+  ops::silu_backward(cpu{}, dx.data(), dy.data(), x.data(), n);
+  ops::silu_backward(cuda{}, d_dx.data(), d_dy.data(), d_x.data(), n);
+  expect_close("silu dx", d_dx.get(), dx);
+
+  for (const auto approx : {ops::GeluApprox::None, ops::GeluApprox::Tanh}) {
+    const std::string tag = approx == ops::GeluApprox::None ? " (erf)" : " (tanh)";
+    ops::gelu_forward(cpu{}, y.data(), x.data(), n, approx);
+    ops::gelu_forward(cuda{}, d_y.data(), d_x.data(), n, approx);
+    expect_close("gelu y" + tag, d_y.get(), y);
+    ops::gelu_backward(cpu{}, dx.data(), dy.data(), x.data(), n, approx);
+    ops::gelu_backward(cuda{}, d_dx.data(), d_dy.data(), d_x.data(), n, approx);
+    expect_close("gelu dx" + tag, d_dx.get(), dx);
+  }
+
+  // In place (y == x), allowed on both backends.
+  Dev<float> d_inplace(x);
+  ops::silu_forward(cpu{}, y.data(), x.data(), n);
+  ops::silu_forward(cuda{}, d_inplace.data(), d_inplace.data(), n);
+  expect_close("silu in place", d_inplace.get(), y);
+}
+
+// gate and up as the two halves of a fused [N, 2H] projection (gu_stride = 2H), and as separate [N, H]
+// arrays.
+TEST_F(CudaCore, SwigluForwardBackwardMatchCpu) {
+  Rng rng(22);
+  const int64_t N = 37, H = 301;
+  for (const bool fused : {true, false}) {
+    const std::string tag = fused ? " fused" : " separate";
+    const int64_t ld = fused ? 2 * H : H;
+    // fused: gu holds [gate | up] rows; separate: gu is gate and `up` its own array. Gradients likewise.
+    const Host gu = randn(N * ld, rng, 2.0), up_sep = randn(N * H, rng), dout = randn(N * H, rng);
+    Host out(sz(N * H)), dgu(gu.size(), 0.f), dup_sep(sz(N * H), 0.f);
+    Dev<float> d_gu(gu), d_up_sep(up_sep), d_dout(dout), d_out(out), d_dgu(dgu), d_dup_sep(dup_sep);
+    const float* up = fused ? gu.data() + H : up_sep.data();
+    float* dup = fused ? dgu.data() + H : dup_sep.data();
+    const float* d_up = fused ? d_gu.data() + H : d_up_sep.data();
+    float* d_dup = fused ? d_dgu.data() + H : d_dup_sep.data();
+    const int64_t stride = fused ? ld : 0;  // 0 = H, the default
+
+    ops::swiglu_forward(cpu{}, out.data(), gu.data(), up, N, H, stride);
+    ops::swiglu_forward(cuda{}, d_out.data(), d_gu.data(), d_up, N, H, stride);
+    expect_close("swiglu out" + tag, d_out.get(), out);
+    ops::swiglu_backward(cpu{}, dgu.data(), dup, dout.data(), gu.data(), up, N, H, stride);
+    ops::swiglu_backward(cuda{}, d_dgu.data(), d_dup, d_dout.data(), d_gu.data(), d_up, N, H, stride);
+    expect_close("swiglu dgate (and dup when fused)" + tag, d_dgu.get(), dgu);
+    if (!fused) expect_close("swiglu dup" + tag, d_dup_sep.get(), dup_sep);
+  }
+}
+
+// Single fp32 additions and multiplications: exact.
+TEST_F(CudaCore, AddAndScaleAreExact) {
+  Rng rng(23);
+  const int64_t n = 1001;
+  const Host x = randn(n, rng), y = randn(n, rng);
+  Host z(sz(n)), yi = y, ys = y;
+  ops::add(cpu{}, z.data(), x.data(), y.data(), n);
+  ops::add_inplace(cpu{}, yi.data(), x.data(), n);
+  ops::scale_inplace(cpu{}, ys.data(), -0.37f, n);
+  Dev<float> d_x(x), d_y(y), d_z(Host(sz(n))), d_yi(y), d_ys(y);
+  ops::add(cuda{}, d_z.data(), d_x.data(), d_y.data(), n);
+  ops::add_inplace(cuda{}, d_yi.data(), d_x.data(), n);
+  ops::scale_inplace(cuda{}, d_ys.data(), -0.37f, n);
+  expect_equal("add", d_z.get(), z);
+  expect_equal("add_inplace", d_yi.get(), yi);
+  expect_equal("scale_inplace", d_ys.get(), ys);
+}
+
+// ---- RoPE ----------------------------------------------------------------------------------------------
+
+// Both pair layouts, a padded token stride (the padding must stay untouched), odd half = 17 and positions up
+// to 5000. cos/sin are computed in double on both sides, so only the fp32 rotation (possibly FMA-contracted
+// on the GPU) differs: within kRtol. Backward is compared with the CPU and must invert forward.
+TEST_F(CudaCore, RopeForwardBackwardMatchCpu) {
+  Rng rng(31);
+  const int64_t N = 37, H = 3, Dh = 34, stride = H * Dh + 5;
+  Ids pos = randint(N, rng, 0, 5000);
+  pos[0] = 0;
+  const Host x = randn(N * stride, rng);
+  Dev<int64_t> d_pos(pos);
+  for (const auto style : {ops::RopeStyle::Interleaved, ops::RopeStyle::Half}) {
+    const std::string tag = style == ops::RopeStyle::Interleaved ? " interleaved" : " half";
+    Host y = x;
+    Dev<float> d_y(x);
+    ops::rope_forward(cpu{}, y.data(), stride, pos.data(), N, H, Dh, 10000.0, style);
+    ops::rope_forward(cuda{}, d_y.data(), stride, d_pos.data(), N, H, Dh, 10000.0, style);
+    const Host gy = d_y.get();
+    expect_close("rope forward" + tag, gy, y);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t k = H * Dh; k < stride; ++k)
+        EXPECT_EQ(gy[sz(n * stride + k)], x[sz(n * stride + k)]) << "padding changed" << tag;
+
+    ops::rope_backward(cpu{}, y.data(), stride, pos.data(), N, H, Dh, 10000.0, style);
+    ops::rope_backward(cuda{}, d_y.data(), stride, d_pos.data(), N, H, Dh, 10000.0, style);
+    const Host back = d_y.get();
+    expect_close("rope backward" + tag, back, y);
+    expect_close("rope backward(forward(x)) = x" + tag, back, x);
+  }
+  Dev<float> d_x(x);
+  EXPECT_THROW(
+      ops::rope_forward(cuda{}, d_x.data(), stride, d_pos.data(), N, H, 33, 1e4, ops::RopeStyle::Half),
+      Error);
+}
+
+// ---- cross-entropy
+// -----------------------------------------------------------------------------------------
+
+// V = 301 (warp per row) and V = 2000 (block per row); about one target in five is ignore_index. The mean
+// loss is summed in double on both sides from per-row losses that differ by a few fp32 ulp: rtol 1e-6
+// suffices.
+TEST_F(CudaCore, CrossEntropyForwardBackwardMatchCpu) {
+  Rng rng(41);
+  for (const int64_t V : {int64_t(301), int64_t(2000)}) {
+    const std::string tag = " V=" + std::to_string(V);
+    const int64_t N = 37;
+    const Host logits = randn(N * V, rng, 4.0);
+    Ids targets = randint(N, rng, 0, V);
+    for (int64_t n = 0; n < N; n += 5) targets[sz(n)] = -100;
+    Host losses(sz(N)), dlogits(sz(N * V));
+    Dev<float> d_logits(logits), d_losses(losses), d_dlogits(dlogits);
+    Dev<int64_t> d_targets(targets);
+
+    const double loss = ops::cross_entropy_forward(cpu{}, losses.data(), logits.data(), targets.data(), N, V);
+    const double gloss =
+        ops::cross_entropy_forward(cuda{}, d_losses.data(), d_logits.data(), d_targets.data(), N, V);
+    EXPECT_NEAR(gloss, loss, 1e-6 * std::abs(loss)) << tag;
+    expect_close("ce losses" + tag, d_losses.get(), losses);
+    EXPECT_NEAR(ops::cross_entropy_forward(cuda{}, nullptr, d_logits.data(), d_targets.data(), N, V), loss,
+                1e-6 * std::abs(loss))
+        << "losses = nullptr" << tag;
+
+    ops::cross_entropy_backward(cpu{}, dlogits.data(), logits.data(), targets.data(), N, V, 1.7);
+    ops::cross_entropy_backward(cuda{}, d_dlogits.data(), d_logits.data(), d_targets.data(), N, V, 1.7);
+    expect_close("ce dlogits" + tag, d_dlogits.get(), dlogits);
+  }
+}
+
+TEST_F(CudaCore, CrossEntropyIgnoredAndBadTargets) {
+  const int64_t N = 3, V = 5;
+  Rng rng(42);
+  const Host logits = randn(N * V, rng);
+  Dev<float> d_logits(logits), d_dlogits(Host(sz(N * V), 7.f));
+  Dev<int64_t> all_ignored(Ids{-1, -1, -1});
+  EXPECT_EQ(ops::cross_entropy_forward(cuda{}, nullptr, d_logits.data(), all_ignored.data(), N, V, -1), 0.0);
+  ops::cross_entropy_backward(cuda{}, d_dlogits.data(), d_logits.data(), all_ignored.data(), N, V, 1.0, -1);
+  EXPECT_EQ(d_dlogits.get(), Host(sz(N * V), 0.f));
+
+  Dev<int64_t> bad(Ids{0, 5, -100});
+  try {
+    ops::cross_entropy_forward(cuda{}, nullptr, d_logits.data(), bad.data(), N, V);
+    ADD_FAILURE() << "expected tessera::Error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("target 5 of row 1"), std::string::npos) << e.what();
+  }
+  ops::cross_entropy_backward(cuda{}, d_dlogits.data(), d_logits.data(), bad.data(), N, V, 1.0);
+  const Host g = d_dlogits.get();
+  EXPECT_TRUE(all_nan(g, 5, 10)) << "row with a bad target";
+  EXPECT_FALSE(std::isnan(g[0]));
+  EXPECT_EQ(g[10], 0.f);  // ignored row
+}
+
+// ---- entropies -------------------------------------------------------------------------------------------
+
+// The CPU computes in double; the GPU sums e^z and e^z z in fp32 (relative error ~1e-7 * log2 V) and does the
+// final log and division in double. Entropies are <= log V ~ 7.6, so kRtol (relative to the largest) is an
+// absolute ~7e-5 budget, ~100x the expected error; a wrong row or a missing max shift is off by O(1).
+TEST_F(CudaCore, EntropiesMatchCpu) {
+  Rng rng(51);
+  for (const int64_t V : {int64_t(260), int64_t(2000)}) {
+    const int64_t rows = 37;
+    Host logits = randn(rows * V, rng, 3.0);
+    for (int64_t v = 0; v < V; ++v) logits[sz(V + v)] = v == 7 ? 80.f : 0.f;  // row 1: nearly one-hot
+    Host h(sz(rows));
+    blt::entropies_from_logits(logits.data(), rows, V, h.data());
+    Dev<float> d_logits(logits), d_h(Host(sz(rows)));
+    blt::entropies_from_logits(cuda{}, d_logits.data(), rows, V, d_h.data());
+    expect_close("entropies V=" + std::to_string(V), d_h.get(), h);
+  }
+}
+
+// ---- LayerNorm -------------------------------------------------------------------------------------------
+
+// Both row-kernel shapes (D <= 1024 warp per row, above block per row), N large enough for several dw/db row
+// groups, with and without affine parameters; dw and db start non-zero (accumulated).
+TEST_F(CudaCore, LayerNormForwardBackwardMatchCpu) {
+  Rng rng(61);
+  struct Case {
+    int64_t N, D;
+    bool affine;
+  };
+  for (const Case c : {Case{37, 301, true}, Case{5, 3000, false}, Case{300, 96, true}}) {
+    const std::string tag = " N=" + std::to_string(c.N) + " D=" + std::to_string(c.D);
+    const int64_t n = c.N * c.D;
+    Host x = randn(n, rng, 2.0);
+    for (float& v : x) v += 3.f;  // a non-zero mean
+    const Host dy = randn(n, rng);
+    Host w = randn(c.D, rng), b = randn(c.D, rng);
+    for (float& v : w) v += 1.f;
+    Host y(sz(n)), mean(sz(c.N)), rstd(sz(c.N)), dx(sz(n)), dw = randn(c.D, rng), db = randn(c.D, rng);
+    Dev<float> d_x(x), d_dy(dy), d_w(w), d_b(b), d_y(y), d_mean(mean), d_rstd(rstd), d_dx(dx), d_dw(dw),
+        d_db(db);
+    const float* wp = c.affine ? w.data() : nullptr;
+    const float* bp = c.affine ? b.data() : nullptr;
+
+    ops::layernorm_forward(cpu{}, y.data(), mean.data(), rstd.data(), x.data(), wp, bp, c.N, c.D, 1e-5);
+    ops::layernorm_forward(cuda{}, d_y.data(), d_mean.data(), d_rstd.data(), d_x.data(),
+                           c.affine ? d_w.data() : nullptr, c.affine ? d_b.data() : nullptr, c.N, c.D, 1e-5);
+    expect_close("layernorm y" + tag, d_y.get(), y);
+    expect_close("layernorm mean" + tag, d_mean.get(), mean);
+    expect_close("layernorm rstd" + tag, d_rstd.get(), rstd);
+
+    ops::layernorm_backward(cpu{}, dx.data(), c.affine ? dw.data() : nullptr, c.affine ? db.data() : nullptr,
+                            dy.data(), x.data(), wp, mean.data(), rstd.data(), c.N, c.D);
+    ops::layernorm_backward(cuda{}, d_dx.data(), c.affine ? d_dw.data() : nullptr,
+                            c.affine ? d_db.data() : nullptr, d_dy.data(), d_x.data(),
+                            c.affine ? d_w.data() : nullptr, d_mean.data(), d_rstd.data(), c.N, c.D);
+    expect_close("layernorm dx" + tag, d_dx.get(), dx);
+    expect_close("layernorm dw" + tag, d_dw.get(), dw);
+    expect_close("layernorm db" + tag, d_db.get(), db);
+  }
+}
+
+// ---- segment pooling -------------------------------------------------------------------------------------
+
+namespace {
+// 301 rows in 37 unsorted segments, ~10% padding rows (-1), segment 5 empty, and duplicated rows inside
+// segments so that max pooling has exact ties (the first row must win).
+struct SegmentCase {
+  int64_t N = 301, S = 37, D = 53;
+  Ids seg;
+  Host x;
+  explicit SegmentCase(Rng& rng) {
+    seg = randint(N, rng, -4, S);
+    for (auto& s : seg) {
+      if (s < 0) s = -1;
+      if (s == 5) s = 6;
+    }
+    x = randn(N * D, rng);
+    for (int64_t n = 1; n < N; n += 7)
+      for (int64_t m = 0; m < n; ++m)
+        if (seg[sz(m)] == seg[sz(n)]) {  // row n copies an earlier row of its segment
+          std::copy_n(x.begin() + m * D, D, x.begin() + n * D);
+          break;
+        }
+  }
+};
+}  // namespace
+
+// Max pooling moves values (no arithmetic): out and argmax must equal the CPU's exactly; backward adds one
+// value per element of dx (exact too).
+TEST_F(CudaCore, SegmentMaxForwardBackwardMatchCpu) {
+  Rng rng(71);
+  const SegmentCase c(rng);
+  const int64_t N = c.N, S = c.S, D = c.D;
+  Host out(sz(S * D)), dx = randn(N * D, rng);
+  Ids argmax(sz(S * D));
+  const Host dout = randn(S * D, rng);
+  Dev<float> d_x(c.x), d_out(out), d_dout(dout), d_dx(dx);
+  Dev<int64_t> d_seg(c.seg), d_argmax(argmax);
+
+  ops::segment_max_forward(cpu{}, out.data(), argmax.data(), c.x.data(), c.seg.data(), N, S, D);
+  ops::segment_max_forward(cuda{}, d_out.data(), d_argmax.data(), d_x.data(), d_seg.data(), N, S, D);
+  expect_equal("segment max out", d_out.get(), out);
+  expect_equal("segment max argmax", d_argmax.get(), argmax);
+
+  ops::segment_max_backward(cpu{}, dx.data(), dout.data(), argmax.data(), S, D);
+  ops::segment_max_backward(cuda{}, d_dx.data(), d_dout.data(), d_argmax.data(), S, D);
+  expect_equal("segment max dx", d_dx.get(), dx);
+}
+
+// Mean pooling sums each segment's rows in row order on both sides (then one multiply): results agree to
+// rounding (in practice bit for bit); backward adds dout / count.
+TEST_F(CudaCore, SegmentMeanForwardBackwardMatchCpu) {
+  Rng rng(72);
+  const SegmentCase c(rng);
+  const int64_t N = c.N, S = c.S, D = c.D;
+  Host out(sz(S * D)), dx = randn(N * D, rng);
+  const Host dout = randn(S * D, rng);
+  Dev<float> d_x(c.x), d_out(out), d_dout(dout), d_dx(dx);
+  Dev<int64_t> d_seg(c.seg);
+
+  ops::segment_mean_forward(cpu{}, out.data(), c.x.data(), c.seg.data(), N, S, D);
+  ops::segment_mean_forward(cuda{}, d_out.data(), d_x.data(), d_seg.data(), N, S, D);
+  expect_close("segment mean out", d_out.get(), out);
+
+  ops::segment_mean_backward(cpu{}, dx.data(), dout.data(), c.seg.data(), N, S, D);
+  ops::segment_mean_backward(cuda{}, d_dx.data(), d_dout.data(), d_seg.data(), N, S, D);
+  expect_close("segment mean dx", d_dx.get(), dx);
+}
+
+// ---- patch ids
+// ---------------------------------------------------------------------------------------------
+
+// Rows with zero-length patches in the middle and at the start of the padding, lengths summing to less than
+// T (positions past the end take the last patch) and to more than T.
+TEST_F(CudaCore, PatchIdsFromLengthsMatchCpu) {
+  const int64_t B = 4, P = 9, T = 23;
+  const Ids lengths = {1,  3, 0, 2, 5, 0, 0, 0, 0,  //
+                       0,  4, 4, 4, 4, 4, 4, 4, 4,  //
+                       23, 0, 0, 0, 0, 0, 0, 0, 0,  //
+                       2,  2, 2, 2, 2, 2, 2, 2, 2};
+  Ids ref(sz(B * T));
+  patchers::patch_ids_from_lengths(lengths.data(), B, P, T, ref.data());
+  Dev<int64_t> d_len(lengths), d_out(Ids(sz(B * T), -7));
+  patchers::patch_ids_from_lengths(cuda{}, d_len.data(), B, P, T, d_out.data());
+  expect_equal("patch ids", d_out.get(), ref);
+
+  // A longer random batch through the same path.
+  Rng rng(81);
+  const int64_t B2 = 3, P2 = 61, T2 = 301;
+  const Ids len2 = randint(B2 * P2, rng, 0, 9);
+  Ids ref2(sz(B2 * T2));
+  patchers::patch_ids_from_lengths(len2.data(), B2, P2, T2, ref2.data());
+  Dev<int64_t> d_len2(len2), d_out2(Ids(sz(B2 * T2)));
+  patchers::patch_ids_from_lengths(cuda{}, d_len2.data(), B2, P2, T2, d_out2.data());
+  expect_equal("patch ids (random)", d_out2.get(), ref2);
+}
+
+// ---- BLT hash n-gram ids and hash embedding
+// ------------------------------------------------------------------
+
+// Exact integer arithmetic: byte ids and arbitrary int64 ids (negative hashes exercise the floor-mod), n-gram
+// sizes 1..8 and primes above 2^32 (the products wrap mod 2^64).
+TEST_F(CudaCore, HashNgramIdsMatchCpuExactly) {
+  Rng rng(91);
+  const int64_t B = 3, T = 301;
+  for (const bool bytes : {true, false}) {
+    Ids ids(sz(B * T));
+    for (auto& v : ids)
+      v = bytes ? static_cast<int64_t>(rng.next_u64() % 260) : static_cast<int64_t>(rng.next_u64());
+    Dev<int64_t> d_ids(ids);
+    for (const int n : {1, 3, 8})
+      for (const int64_t prime : {blt::kHashPrimes[0], blt::kHashPrimes[1], blt::kHashPrimes[6]}) {
+        const int64_t M = 500002;
+        Ids ref(sz(B * T));
+        blt::hash_ngram_ids_batch(ids.data(), B, T, n, M, ref.data(), prime);
+        Dev<int64_t> d_out(Ids(sz(B * T), -1));
+        blt::hash_ngram_ids_batch(cuda{}, d_ids.data(), B, T, n, M, d_out.data(), prime);
+        expect_equal("hash ids n=" + std::to_string(n) + " prime=" + std::to_string(prime) +
+                         (bytes ? " (bytes)" : " (int64)"),
+                     d_out.get(), ref);
+      }
+  }
+}
+
+// Stacked ids of 2 functions x 3 sizes, then the summed embedding forward and its backward.
+TEST_F(CudaCore, StackedHashEmbeddingMatchesCpu) {
+  Rng rng(92);
+  blt::HashConfig hc;
+  hc.group_sizes = {3, 4, 6};
+  hc.n_functions = 2;
+  hc.table_size = 50;
+  hc.vocab_size = 260;
+  hc.dim = 19;
+  const int64_t B = 2, T = 37, N = B * T, nt = hc.n_tables(), D = hc.dim, rows = nt * hc.table_size;
+  const Ids ids = randint(N, rng, 0, hc.vocab_size);
+  Ids hid(sz(nt * N));
+  blt::stacked_hash_ids(hc, ids.data(), B, T, hid.data());
+  Dev<int64_t> d_ids(ids), d_hid(Ids(sz(nt * N), -1));
+  blt::stacked_hash_ids(cuda{}, hc, d_ids.data(), B, T, d_hid.data());
+  expect_equal("stacked hash ids", d_hid.get(), hid);
+
+  const Host byte_table = randn(hc.vocab_size * D, rng), hash_table = randn(rows * D, rng),
+             dy = randn(N * D, rng);
+  Host y(sz(N * D)), dbyte = randn(hc.vocab_size * D, rng), dhash = randn(rows * D, rng);
+  Dev<float> d_bt(byte_table), d_ht(hash_table), d_dy(dy), d_y(y), d_dbyte(dbyte), d_dhash(dhash);
+  blt::hash_embedding_forward(cpu{}, y.data(), ids.data(), hid.data(), byte_table.data(), hash_table.data(),
+                              N, nt, hc.vocab_size, D);
+  blt::hash_embedding_forward(cuda{}, d_y.data(), d_ids.data(), d_hid.data(), d_bt.data(), d_ht.data(), N, nt,
+                              hc.vocab_size, D);
+  expect_close("hash embedding y", d_y.get(), y);
+
+  blt::hash_embedding_backward(cpu{}, dbyte.data(), dhash.data(), dy.data(), ids.data(), hid.data(), N, nt,
+                               hc.vocab_size, rows, D);
+  blt::hash_embedding_backward(cuda{}, d_dbyte.data(), d_dhash.data(), d_dy.data(), d_ids.data(),
+                               d_hid.data(), N, nt, hc.vocab_size, rows, D);
+  expect_close("hash embedding dbyte", d_dbyte.get(), dbyte);
+  expect_close("hash embedding dhash", d_dhash.get(), dhash);
+}
+
+// ---- AdamW and clipping
+// ------------------------------------------------------------------------------------
+
+// Three steps with fresh gradients, weight decay on. Both sides evaluate each element's update in double and
+// round once (the GPU without FMA contraction; the per-step scalars come from the same host code), so they
+// agree bit for bit unless the CPU build contracts its loop into FMAs (-march=native may), which moves an
+// fp32 result by at most 1 ulp; after 3 steps rtol 1e-6 (~8 ulp) is ample, a wrong formula is off by far
+// more. The bf16 copy must be exactly the RNE rounding of the GPU's fp32 weights.
+TEST_F(CudaCore, AdamWThreeStepsMatchCpu) {
+  Rng rng(101);
+  const int64_t n = 1001;
+  Host p = randn(n, rng), m(sz(n), 0.f), v(sz(n), 0.f);
+  Dev<float> d_p(p), d_m(m), d_v(v);
+  Dev<bf16> d_pb(std::vector<bf16>(sz(n)));
+  for (int64_t t = 1; t <= 3; ++t) {
+    const Host g = randn(n, rng, 0.1);
+    Dev<float> d_g(g);
+    train::adamw_update(cpu{}, p.data(), g.data(), m.data(), v.data(), n, 1e-2, 0.9, 0.95, 1e-8, 0.1, t);
+    train::adamw_update(cuda{}, d_p.data(), d_g.data(), d_m.data(), d_v.data(), n, 1e-2, 0.9, 0.95, 1e-8, 0.1,
+                        t, t == 3 ? d_pb.data() : nullptr);
+  }
+  const Host gp = d_p.get();
+  expect_close("adamw p", gp, p, 1e-6);
+  expect_close("adamw m", d_m.get(), m, 1e-6);
+  expect_close("adamw v", d_v.get(), v, 1e-6);
+  const std::vector<bf16> pb = d_pb.get();
+  for (int64_t i = 0; i < n; ++i)
+    ASSERT_EQ(pb[sz(i)].bits, bf16(gp[sz(i)]).bits) << "bf16 copy of p[" << i << "] = " << gp[sz(i)];
+}
+
+// Sum of squares over two tensors accumulated in one device double (vs a double loop: relative 1e-12 allows
+// for the different summation order of ~1e5 double terms), deterministic, then clipping by the CPU's rule.
+TEST_F(CudaCore, GradNormAndClipMatchCpu) {
+  Rng rng(102);
+  const Host g1 = randn(100003, rng), g2 = randn(777, rng, 3.0);
+  double ref = 0;
+  for (float x : g1) ref += double(x) * x;
+  for (float x : g2) ref += double(x) * x;
+  Dev<float> d_g1(g1), d_g2(g2);
+  double first = 0;
+  for (int run = 0; run < 2; ++run) {
+    Dev<double> d_s(std::vector<double>{0.0});
+    train::grad_sumsq(cuda{}, d_s.data(), d_g1.data(), 100003);
+    train::grad_sumsq(cuda{}, d_s.data(), d_g2.data(), 777);
+    const double s = d_s.get()[0];
+    EXPECT_NEAR(s, ref, 1e-12 * ref);
+    if (run == 0)
+      first = s;
+    else
+      EXPECT_EQ(s, first) << "not deterministic";
+  }
+
+  const double norm = std::sqrt(ref);
+  Dev<double> d_s(std::vector<double>{ref});
+  for (const double max_norm : {2.0 * norm, 0.5 * norm, 0.0}) {
+    Dev<float> d_g(g2);
+    train::clip_scale_grads(cuda{}, d_g.data(), 777, d_s.data(), max_norm);
+    Host want = g2;
+    const double coef = max_norm / (norm + 1e-6);
+    if (max_norm > 0 && coef < 1.0)
+      for (float& x : want) x *= static_cast<float>(coef);
+    expect_close("clip max_norm=" + std::to_string(max_norm), d_g.get(), want, 1e-6);
+  }
+}
+
+// ---- bf16 GEMM
+// -----------------------------------------------------------------------------------------------
+
+// A and B are rounded to bf16 (8 significant bits: relative error <= 2^-8 per input, so <= ~2^-7 per product)
+// and the products are accumulated in fp32. Against the fp32 CPU GEMM on the unrounded inputs the error of
+// C[i,j] is therefore bounded by |alpha| 2^-7 (|A||B|)[i,j] plus fp32 accumulation (1e-5 of the scale); we
+// check that bound with 5% slack. A transposed or misindexed operand is off by ~|C|, about sqrt(K) times the
+// typical bound, and fails. Against the CPU GEMM on the bf16-rounded inputs (exact products) only the
+// accumulation differs: 1e-4 of (|A||B|)[i,j]. bf16 C output adds one rounding: 2^-8 |C|.
+TEST_F(CudaCore, GemmBf16MatchesCpuWithinBf16Rounding) {
+  Rng rng(111);
+  const int64_t M = 37, N = 29, K = 301, pad = 3;
+  const float alpha = 0.75f, beta = 0.5f;
+  auto round_bf16 = [](const Host& h) {
+    std::vector<bf16> b(h.size());
+    for (size_t i = 0; i < h.size(); ++i) b[i] = bf16(h[i]);
+    return b;
+  };
+  auto widen = [](const std::vector<bf16>& b) {
+    Host h(b.size());
+    for (size_t i = 0; i < b.size(); ++i) h[i] = static_cast<float>(b[i]);
+    return h;
+  };
+  auto absv = [](Host h) {
+    for (float& x : h) x = std::abs(x);
+    return h;
+  };
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb) {
+      const std::string tag = " ta=" + std::to_string(ta) + " tb=" + std::to_string(tb);
+      const int64_t arows = ta ? K : M, acols = ta ? M : K, brows = tb ? N : K, bcols = tb ? K : N;
+      const int64_t lda = acols + pad, ldb = bcols + pad, ldc = N + pad;
+      const Host A = randn(arows * lda, rng), B = randn(brows * ldb, rng), C0 = randn(M * ldc, rng);
+      const std::vector<bf16> Ab = round_bf16(A), Bb = round_bf16(B), Cb = round_bf16(C0);
+      const Host Ar = widen(Ab), Br = widen(Bb), Cr = widen(Cb);
+
+      Host exact = C0, rounded = C0, mag(sz(M * ldc), 0.f), rounded_c = Cr;
+      ops::gemm(cpu{}, ta, tb, M, N, K, alpha, A.data(), lda, B.data(), ldb, beta, exact.data(), ldc);
+      ops::gemm(cpu{}, ta, tb, M, N, K, alpha, Ar.data(), lda, Br.data(), ldb, beta, rounded.data(), ldc);
+      ops::gemm(cpu{}, ta, tb, M, N, K, alpha, Ar.data(), lda, Br.data(), ldb, beta, rounded_c.data(), ldc);
+      const Host aA = absv(A), aB = absv(B);
+      ops::gemm(cpu{}, ta, tb, M, N, K, std::abs(alpha), aA.data(), lda, aB.data(), ldb, 0.f, mag.data(),
+                ldc);
+      double scale = 0;
+      for (float x : exact) scale = std::max(scale, std::abs(double(x)));
+
+      Dev<bf16> d_A(Ab), d_B(Bb), d_Cb(Cb);
+      Dev<float> d_C(C0);
+      ops::gemm(cuda{}, ta, tb, M, N, K, alpha, d_A.data(), lda, d_B.data(), ldb, beta, d_C.data(), ldc);
+      ops::gemm(cuda{}, ta, tb, M, N, K, alpha, d_A.data(), lda, d_B.data(), ldb, beta, d_Cb.data(), ldc);
+      const Host got = d_C.get(), got_b = widen(d_Cb.get());
+      int bad = 0;
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t j = 0; j < ldc; ++j) {
+          const size_t k = sz(i * ldc + j);
+          if (j >= N) {  // padding columns stay as they were
+            EXPECT_EQ(got[k], C0[k]) << tag;
+            EXPECT_EQ(got_b[k], Cr[k]) << tag;
+            continue;
+          }
+          const double bound = 1.05 * std::ldexp(double(mag[k]), -7) + 1e-5 * scale;
+          const double tight = 1e-4 * double(mag[k]) + 1e-6 * scale;
+          const double out_round = std::ldexp(std::abs(double(rounded_c[k])), -8);
+          if (std::abs(double(got[k]) - exact[k]) > bound && ++bad <= 5)
+            ADD_FAILURE() << "bf16 gemm vs fp32" << tag << " [" << i << "," << j << "]: " << got[k] << " vs "
+                          << exact[k] << " (bound " << bound << ")";
+          if (std::abs(double(got[k]) - rounded[k]) > tight && ++bad <= 5)
+            ADD_FAILURE() << "bf16 gemm vs rounded inputs" << tag << " [" << i << "," << j << "]: " << got[k]
+                          << " vs " << rounded[k];
+          if (std::abs(double(got_b[k]) - rounded_c[k]) > tight + out_round && ++bad <= 5)
+            ADD_FAILURE() << "bf16 gemm, bf16 C" << tag << " [" << i << "," << j << "]: " << got_b[k]
+                          << " vs " << rounded_c[k];
+        }
+      EXPECT_EQ(bad, 0) << tag;
+    }
+}
+
+TEST_F(CudaCore, BadSizesAreTesseraErrors) {
+  Dev<float> f(Host(16, 0.f));
+  Dev<int64_t> i(Ids(16, 0));
+  EXPECT_THROW(ops::swiglu_forward(cuda{}, f.data(), f.data(), f.data(), 2, 8, 4), Error);  // stride < H
+  EXPECT_THROW(
+      ops::layernorm_forward(cuda{}, f.data(), nullptr, nullptr, f.data(), nullptr, nullptr, 2, 0, 1e-5),
+      Error);
+  EXPECT_THROW(ops::segment_mean_forward(cuda{}, f.data(), f.data(), i.data(), -1, 2, 2), Error);
+  EXPECT_THROW(patchers::patch_ids_from_lengths(cuda{}, i.data(), 1, 0, 4, i.data()), Error);
+  EXPECT_THROW(blt::hash_ngram_ids_batch(cuda{}, i.data(), 1, 4, 0, 10, i.data()), Error);
+  EXPECT_THROW(
+      train::adamw_update(cuda{}, f.data(), f.data(), f.data(), f.data(), 16, 1e-3, 0.9, 0.95, 1e-8, 0, 0),
+      Error);
+  Dev<bf16> b(std::vector<bf16>(16));
+  EXPECT_THROW(ops::gemm(cuda{}, false, false, 2, 2, 3, 1.f, b.data(), 2, b.data(), 2, 0.f, f.data(), 2),
+               Error);
+}
