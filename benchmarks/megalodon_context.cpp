@@ -1,8 +1,8 @@
 // Megalodon unlimited context: time and memory against context length.
 // For each context length N it streams N tokens through a randomly initialised Megalodon chunk by chunk
-// (carried TimestepNorm/CEMA state, KV of the current chunk only), then decodes tokens one at a time. It prints
-// a markdown table: prefill ms and µs/token, ratio to the shortest context, decode ms/token after N tokens,
-// the streaming state's bytes and the process's resident memory.
+// (carried TimestepNorm/CEMA state, KV of the current chunk only), then decodes tokens one at a time. It
+// prints a markdown table: prefill ms and µs/token, ratio to the shortest context, decode ms/token after N
+// tokens, the streaming state's bytes and the process's resident memory.
 //   megalodon_context [--lengths 4096,8192,...] [--decode 64] [--dim 256] [--layers 4] [--chunk 1024]
 #include <CLI/CLI.hpp>
 #include <chrono>
@@ -56,10 +56,13 @@ int main(int argc, char** argv) {
   Rng rng(1);
   m.init(rng);
   std::printf("Megalodon: %lld parameters, dim %lld, %lld layers, chunk %lld, z %lld, v %lld\n\n",
-              static_cast<long long>(count_params(m)), static_cast<long long>(dim), static_cast<long long>(layers),
-              static_cast<long long>(chunk), static_cast<long long>(c.z_dim), static_cast<long long>(c.value_dim));
-  std::printf("| context N | prefill ms | prefill µs/token | ratio to N=%lld | decode ms/token after N | state KiB | RSS MiB |\n",
-              static_cast<long long>(lengths.front()));
+              static_cast<long long>(count_params(m)), static_cast<long long>(dim),
+              static_cast<long long>(layers), static_cast<long long>(chunk), static_cast<long long>(c.z_dim),
+              static_cast<long long>(c.value_dim));
+  std::printf(
+      "| context N | prefill ms | prefill µs/token | ratio to N=%lld | decode ms/token after N | state KiB | "
+      "RSS MiB |\n",
+      static_cast<long long>(lengths.front()));
   std::printf("|---|---|---|---|---|---|---|\n");
   double first_ms = 0;
   typename models::Megalodon<float>::StreamScratch scratch;

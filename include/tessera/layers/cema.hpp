@@ -1,8 +1,8 @@
 // Complex exponential moving average (Megalodon's MultiHeadComplexEMA, megalodon spec §1), a layer over token
-// rows [B*L, D]: h_t = p x_t + q h_{t-1}, y_t = Re(sum_n g_n h_t,n) + omega x_t per channel, with the official
-// parameter shapes (alpha, delta [D,N,1], theta [D,1,1], gamma [D,N,2], omega [D,1]). The carried state
-// (hx in, h out; [B, D, N] complex, stored as [B, D, N, 2] reals) is how a long sequence is processed segment
-// by segment. The math is in ops/cema.hpp.
+// rows [B*L, D]: h_t = p x_t + q h_{t-1}, y_t = Re(sum_n g_n h_t,n) + omega x_t per channel, with the
+// official parameter shapes (alpha, delta [D,N,1], theta [D,1,1], gamma [D,N,2], omega [D,1]). The carried
+// state (hx in, h out; [B, D, N] complex, stored as [B, D, N, 2] reals) is how a long sequence is processed
+// segment by segment. The math is in ops/cema.hpp.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -44,7 +44,8 @@ struct Cema {
   }
 
   /// Official initialisation (spec §1.7): alpha, delta ~ N(0, 0.2^2); theta = logit(D^(-k/D)) for a random
-  /// permutation of k = 1..D; gamma real part ~ N(0, 1), imaginary part 0; omega ~ N(0, 0.25^2) cut to [-1, 1].
+  /// permutation of k = 1..D; gamma real part ~ N(0, 1), imaginary part 0; omega ~ N(0, 0.25^2) cut to [-1,
+  /// 1].
   void init(Rng& rng) {
     for (auto* p : {&params.alpha, &params.delta})
       for (auto& v : p->value) v = static_cast<T>(0.2 * rng.normal());
@@ -74,8 +75,8 @@ struct Cema {
   }
   ops::CemaDims dims(const SeqContext& ctx) const { return {ctx.batch, ctx.seq, dim, ndim}; }
 
-  /// x [B*L, D] -> y [B*L, D]. hx: carried state [B, D, N] (nullptr = zero); h_out: final state (nullptr = not
-  /// needed). hx must stay valid until backward.
+  /// x [B*L, D] -> y [B*L, D]. hx: carried state [B, D, N] (nullptr = zero); h_out: final state (nullptr =
+  /// not needed). hx must stay valid until backward.
   void forward(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s,
                const std::complex<T>* hx = nullptr, std::complex<T>* h_out = nullptr) const {
     TESSERA_CHECK(x.rank() == 2 && x.size(1) == dim && x.size(0) == ctx.rows(), "Cema: input ", x.shape,
@@ -86,8 +87,8 @@ struct Cema {
     s.hx = hx;
   }
   /// Decoding with precomputed coefficients (coeffs()): no exp/sin/cos per token.
-  void forward_cached(const SeqContext& ctx, const ops::CemaCoeffs<T>& c, TensorView<const T> x, Tensor<T, B>& y,
-                      const std::complex<T>* hx, std::complex<T>* h_out) const {
+  void forward_cached(const SeqContext& ctx, const ops::CemaCoeffs<T>& c, TensorView<const T> x,
+                      Tensor<T, B>& y, const std::complex<T>* hx, std::complex<T>* h_out) const {
     y.resize_uninit({ctx.rows(), dim});
     ops::cema_forward(B{}, dims(ctx), c, params.omega.value.data(), x.data(), hx, y.data(), h_out, mode);
   }

@@ -1,6 +1,7 @@
-// Normalisations whose gain is stored as an offset from 1 (scale = 1 + weight, weight zero-initialised), as in
-// Megalodon's RMSNorm, LayerNorm and TimestepNorm (megalodon spec §4 "Norm weights"). Weight decay then pulls
-// the scale towards 1, and checkpoints hold the offset. The gradient of the offset equals that of the scale.
+// Normalisations whose gain is stored as an offset from 1 (scale = 1 + weight, weight zero-initialised), as
+// in Megalodon's RMSNorm, LayerNorm and TimestepNorm (megalodon spec §4 "Norm weights"). Weight decay then
+// pulls the scale towards 1, and checkpoints hold the offset. The gradient of the offset equals that of the
+// scale.
 #pragma once
 #include <algorithm>
 

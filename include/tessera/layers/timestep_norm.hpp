@@ -21,6 +21,11 @@ struct TimestepNormState {
     mean.resize({batch, groups});
     var.resize({batch, groups});
   }
+  /// The official prior for `batch` sequences: count 0, mean 0, var 1 (same as an empty state).
+  void reset_prior(int64_t batch, int64_t groups) {
+    resize(batch, groups);
+    for (auto& v : var) v = T(1);
+  }
   TimestepNormState clone() const { return {count.clone(), mean.clone(), var.clone()}; }
 };
 
@@ -53,10 +58,10 @@ struct TimestepNorm {
 
   /// x [B*L, D] -> y. prev: carried state (nullptr or empty = prior); next: receives the final state
   /// (nullable). prev must stay valid until backward. With `train` false nothing is saved for backward.
-  void forward(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s, const State* prev = nullptr,
-               State* next = nullptr, bool train = true) const {
-    TESSERA_CHECK(x.rank() == 2 && x.size(1) == dim && x.size(0) == ctx.rows(), "TimestepNorm: input ", x.shape,
-                  " does not match ", ctx.batch, " x ", ctx.seq, " rows of dim ", dim);
+  void forward(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s,
+               const State* prev = nullptr, State* next = nullptr, bool train = true) const {
+    TESSERA_CHECK(x.rank() == 2 && x.size(1) == dim && x.size(0) == ctx.rows(), "TimestepNorm: input ",
+                  x.shape, " does not match ", ctx.batch, " x ", ctx.seq, " rows of dim ", dim);
     if (prev && prev->empty()) prev = nullptr;
     if (prev)
       TESSERA_CHECK(prev->count.numel() == ctx.batch && prev->mean.numel() == ctx.batch * groups,
@@ -83,11 +88,11 @@ struct TimestepNorm {
   void backward(const SeqContext& ctx, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {
     dx.resize_uninit({ctx.rows(), dim});
     const State* prev = s.prev;
-    ops::timestep_norm_backward(B{}, dims(ctx), dy.data(), static_cast<const T*>(nullptr),
-                                static_cast<const T*>(nullptr), s.x.data(), prev ? prev->count.data() : nullptr,
-                                prev ? prev->mean.data() : nullptr, s.cummean.data(), s.cumrstd.data(),
-                                params.weight.value.data(), dx.data(), static_cast<T*>(nullptr),
-                                static_cast<T*>(nullptr), params.weight.grad.data(), params.bias.grad.data());
+    ops::timestep_norm_backward(
+        B{}, dims(ctx), dy.data(), static_cast<const T*>(nullptr), static_cast<const T*>(nullptr), s.x.data(),
+        prev ? prev->count.data() : nullptr, prev ? prev->mean.data() : nullptr, s.cummean.data(),
+        s.cumrstd.data(), params.weight.value.data(), dx.data(), static_cast<T*>(nullptr),
+        static_cast<T*>(nullptr), params.weight.grad.data(), params.bias.grad.data());
   }
 };
 

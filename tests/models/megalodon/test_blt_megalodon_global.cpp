@@ -1,6 +1,6 @@
-// Composition check: a BLT whose global (patch-level) model is a Megalodon stack, built from library templates
-// with no change to library code. The whole hybrid is the 40 lines between the markers; the test trains it on
-// gradients checked by finite differences.
+// Composition check: a BLT whose global (patch-level) model is a Megalodon stack, built from library
+// templates with no change to library code. The whole hybrid is the 40 lines between the markers; the test
+// trains it on gradients checked by finite differences.
 #include <gtest/gtest.h>
 
 #include "support/gradcheck.hpp"
@@ -75,7 +75,8 @@ TEST(BltMegalodonGlobal, ForwardBackwardMatchFiniteDifferences) {
   const int64_t T = 24;
   std::vector<int64_t> ids(T), targets(T);
   for (int64_t t = 0; t < T; ++t) ids[t] = 4 + (t * 37) % 250, targets[t] = 4 + (t * 37 + 37) % 250;
-  const std::vector<int64_t> lengths = {1, 3, 2, 4, 1, 5, 2, 3, 3};  // 9 patches over 24 bytes (2 chunks of 8)
+  const std::vector<int64_t> lengths = {1, 3, 2, 4, 1,
+                                        5, 2, 3, 3};  // 9 patches over 24 bytes (2 chunks of 8)
   allocate_grads(lm);
   zero_grads(lm);
   lm.forward(ids.data(), 1, T, lengths.data(), static_cast<int64_t>(lengths.size()));
@@ -89,7 +90,8 @@ TEST(BltMegalodonGlobal, ForwardBackwardMatchFiniteDifferences) {
   int checked = 0;
   for_each_param(lm, [&](const std::string& n, auto& p) {
     if (!n.starts_with("model.global_transformer.layers.0.mega.cema.") &&
-        !n.starts_with("model.global_transformer.layers.1.nffn.fc2") && n != "model.local_encoder.embed_tokens.weight")
+        !n.starts_with("model.global_transformer.layers.1.nffn.fc2") &&
+        n != "model.local_encoder.embed_tokens.weight")
       return;
     std::vector<double> g(p.grad.begin(), p.grad.end());
     const int64_t n_check = std::min<int64_t>(p.value.numel(), 64);

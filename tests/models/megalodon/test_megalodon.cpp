@@ -40,8 +40,8 @@ void init_perturbed(Megalodon<T>& m, uint64_t seed) {
   Rng rng(seed);
   m.init(rng);
   for_each_param(m, [&](const std::string& name, auto& p) {
-    const bool zero_init = p.value.rank() == 1 || name.ends_with("mega.gamma") || name.ends_with("mega.beta") ||
-                           name.ends_with("cema.gamma");
+    const bool zero_init = p.value.rank() == 1 || name.ends_with("mega.gamma") ||
+                           name.ends_with("mega.beta") || name.ends_with("cema.gamma");
     if (!zero_init) return;
     for (auto& v : p.value) v += static_cast<T>(0.1 * rng.normal());
   });
@@ -85,7 +85,9 @@ void check_model_grads(const MegalodonConfig& c, uint64_t seed) {
 
 }  // namespace
 
-TEST(MegalodonGrad, WholeModelSwiGlu) { check_model_grads(tiny_config(true), 1); }
+TEST(MegalodonGrad, WholeModelSwiGlu) {
+  check_model_grads(tiny_config(true), 1);
+}
 
 TEST(MegalodonGrad, WholeModelSiluRescaledScaledTiedEmbedding) {
   MegalodonConfig c = tiny_config(false);
@@ -99,13 +101,30 @@ TEST(Megalodon, ParameterNamesAreTheOfficialOnes) {
   Megalodon<float> m(tiny_config());
   std::vector<std::string> names;
   for_each_param(m, [&](const std::string& n, auto&) { names.push_back(n); });
-  for (const char* want :
-       {"embed.weight", "layers.0.mega.timenorm.weight", "layers.0.mega.timenorm.bias", "layers.0.mega.cema.alpha",
-        "layers.0.mega.cema.delta", "layers.0.mega.cema.theta", "layers.0.mega.cema.gamma", "layers.0.mega.cema.omega",
-        "layers.0.mega.rmsnorm.weight", "layers.0.mega.wv.weight", "layers.0.mega.wv.bias", "layers.0.mega.wz.weight",
-        "layers.0.mega.wr.bias", "layers.0.mega.wh1.bias", "layers.0.mega.wh2.weight", "layers.0.mega.gamma",
-        "layers.0.mega.beta", "layers.1.nffn.norm.weight", "layers.1.nffn.norm.bias", "layers.1.nffn.fc1.weight",
-        "layers.1.nffn.fc2.weight", "layers.1.nffn.fc3.weight", "output.final_norm.weight", "output.output.weight"})
+  for (const char* want : {"embed.weight",
+                           "layers.0.mega.timenorm.weight",
+                           "layers.0.mega.timenorm.bias",
+                           "layers.0.mega.cema.alpha",
+                           "layers.0.mega.cema.delta",
+                           "layers.0.mega.cema.theta",
+                           "layers.0.mega.cema.gamma",
+                           "layers.0.mega.cema.omega",
+                           "layers.0.mega.rmsnorm.weight",
+                           "layers.0.mega.wv.weight",
+                           "layers.0.mega.wv.bias",
+                           "layers.0.mega.wz.weight",
+                           "layers.0.mega.wr.bias",
+                           "layers.0.mega.wh1.bias",
+                           "layers.0.mega.wh2.weight",
+                           "layers.0.mega.gamma",
+                           "layers.0.mega.beta",
+                           "layers.1.nffn.norm.weight",
+                           "layers.1.nffn.norm.bias",
+                           "layers.1.nffn.fc1.weight",
+                           "layers.1.nffn.fc2.weight",
+                           "layers.1.nffn.fc3.weight",
+                           "output.final_norm.weight",
+                           "output.output.weight"})
     EXPECT_NE(std::find(names.begin(), names.end(), want), names.end()) << want;
   EXPECT_EQ(std::find(names.begin(), names.end(), "layers.0.mega.wh2.bias"), names.end());
   EXPECT_EQ(std::find(names.begin(), names.end(), "layers.0.nffn.fc1.bias"), names.end());

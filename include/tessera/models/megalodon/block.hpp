@@ -39,7 +39,8 @@ struct MegaFeedForward {
     if (swiglu) fc3.setup(dim, hidden_dim);
     if (c.rescale_nffn) {
       params.alpha.resize({dim});
-      for (auto& v : params.alpha.value) v = static_cast<T>(0.1 * std::pow(0.5, static_cast<double>(layer_id)));
+      for (auto& v : params.alpha.value)
+        v = static_cast<T>(0.1 * std::pow(0.5, static_cast<double>(layer_id)));
     }
   }
   template <class F>
@@ -140,7 +141,8 @@ struct MegaBlock {
     mega.forward_stream(ctx, coeffs, x, s.y, state, s.mega);
     nffn.forward(ctx, s.y, x, out, s.nffn);
   }
-  /// dout -> dx (overwritten): through the FFN into y, through the attention into x, plus the two-hop residual.
+  /// dout -> dx (overwritten): through the FFN into y, through the attention into x, plus the two-hop
+  /// residual.
   void backward(const SeqContext& ctx, TensorView<const T> dout, Tensor<T, B>& dx, Saved& s) {
     nffn.backward(ctx, dout, dy_, s.nffn);
     mega.backward(ctx, dy_, dx, s.mega);

@@ -1,7 +1,8 @@
 // Megalodon checkpoints in the official layout: a directory with config.json (the official ModelConf field
 // names) and model.safetensors (the official Mega state_dict names, parameters and buffers).
-//   auto m = load_megalodon<float>("run/model");   // strict: missing, unexpected or mis-shaped keys all reported
-//   save_megalodon(*m, "run/model");               // atomically; loadable by the official model's load_state_dict
+//   auto m = load_megalodon<float>("run/model");   // strict: missing, unexpected or mis-shaped keys all
+//   reported save_megalodon(*m, "run/model");               // atomically; loadable by the official model's
+//   load_state_dict
 // The official state_dict also holds buffers: per TimestepNorm `prior_count` (I64 scalar), `prior_mean` and
 // `prior_logv` [G] (the prior the release never uses: count 0, mean 0, log-variance 0) and `rope.freqs`
 // [dz/2]. They are written on save and checked on load (a prior other than the official one is refused with
@@ -34,7 +35,8 @@ inline std::vector<float> rope_freqs(const MegalodonConfig& c) {
   const int64_t dz = c.z_head_dim();
   std::vector<float> f(static_cast<size_t>(dz / 2));
   for (int64_t j = 0; j < dz; j += 2)
-    f[j / 2] = static_cast<float>(1.0 / std::pow(c.rope_base, static_cast<double>(j) / static_cast<double>(dz)));
+    f[j / 2] =
+        static_cast<float>(1.0 / std::pow(c.rope_base, static_cast<double>(j) / static_cast<double>(dz)));
   return f;
 }
 
@@ -49,7 +51,8 @@ inline void check_buffers(const io::SafeTensorsFile& f, const MegalodonConfig& c
   for (const std::string& p : norm_prefixes(c)) {
     if (f.contains(p + ".prior_count")) {
       const auto cnt = f.read<int64_t>(p + ".prior_count");
-      TESSERA_CHECK(cnt.numel() == 1 && cnt[0] == 0, file, ": '", p, ".prior_count' is not 0: a TimestepNorm "
+      TESSERA_CHECK(cnt.numel() == 1 && cnt[0] == 0, file, ": '", p,
+                    ".prior_count' is not 0: a TimestepNorm "
                     "prior (the research fork's prior_count > 0) is not supported");
     }
     for (const char* b : {".prior_mean", ".prior_logv"}) {
@@ -58,7 +61,8 @@ inline void check_buffers(const io::SafeTensorsFile& f, const MegalodonConfig& c
       TESSERA_CHECK(t.numel() == c.norm_num_groups, file, ": '", p, b, "' has ", t.numel(),
                     " values, norm_num_groups is ", c.norm_num_groups);
       for (int64_t i = 0; i < t.numel(); ++i)
-        TESSERA_CHECK(t[i] == 0.0f, file, ": '", p, b, "' is not zero: a learnt TimestepNorm prior is not supported");
+        TESSERA_CHECK(t[i] == 0.0f, file, ": '", p, b,
+                      "' is not zero: a learnt TimestepNorm prior is not supported");
     }
   }
   const std::vector<std::string> stray = [&] {
@@ -78,8 +82,9 @@ inline void check_buffers(const io::SafeTensorsFile& f, const MegalodonConfig& c
     TESSERA_CHECK(got.numel() == static_cast<int64_t>(want.size()), file, ": 'rope.freqs' has ", got.numel(),
                   " values, z_dim / num_heads / 2 is ", want.size());
     for (size_t i = 0; i < want.size(); ++i)
-      TESSERA_CHECK(std::abs(got[i] - want[i]) <= 1e-6f * std::abs(want[i]) + 1e-12f, file, ": 'rope.freqs'[", i,
-                    "] = ", got[i], " does not match rope_base ", c.rope_base, " (expected ", want[i], ")");
+      TESSERA_CHECK(std::abs(got[i] - want[i]) <= 1e-6f * std::abs(want[i]) + 1e-12f, file, ": 'rope.freqs'[",
+                    i, "] = ", got[i], " does not match rope_base ", c.rope_base, " (expected ", want[i],
+                    ")");
   }
 }
 

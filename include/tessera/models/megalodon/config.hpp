@@ -27,7 +27,8 @@ struct MegalodonConfig {
   int64_t v_head_dim() const { return value_dim / num_heads; }
   int64_t out_size() const { return output_size == -1 ? vocab_size : output_size; }
 
-  /// Every structural size is required; the rest defaults as in the official ModelConf. Errors name the field.
+  /// Every structural size is required; the rest defaults as in the official ModelConf. Errors name the
+  /// field.
   static MegalodonConfig from_json(const nlohmann::json& j, const std::string& where = "megalodon config") {
     TESSERA_CHECK(j.is_object(), where, ": expected a JSON object");
     auto req = [&](const char* f) -> int64_t {
@@ -67,8 +68,12 @@ struct MegalodonConfig {
     c.share_emb = flag("share_emb", false);
     c.layerwise_ckpt = flag("layerwise_ckpt", false);
     if (j.contains("efficient_attn") && !j["efficient_attn"].is_null()) {
-      TESSERA_CHECK(j["efficient_attn"].is_string(), where, ": field 'efficient_attn' must be null or a string");
+      TESSERA_CHECK(j["efficient_attn"].is_string(), where,
+                    ": field 'efficient_attn' must be null or a string");
       c.efficient_attn = j["efficient_attn"].get<std::string>();
+      TESSERA_CHECK(c.efficient_attn == "swift" || c.efficient_attn == "fused", where,
+                    ": field 'efficient_attn' must be null, \"swift\" or \"fused\", got \"", c.efficient_attn,
+                    "\"");
     }
     if (j.contains("init_mode")) {
       TESSERA_CHECK(j["init_mode"].is_string(), where, ": field 'init_mode' must be a string");
@@ -82,16 +87,18 @@ struct MegalodonConfig {
   }
 
   void validate(const std::string& where = "megalodon config") const {
-    TESSERA_CHECK(z_dim % num_heads == 0, where, ": z_dim ", z_dim, " is not divisible by num_heads ", num_heads);
-    TESSERA_CHECK(value_dim % num_heads == 0, where, ": value_dim ", value_dim, " is not divisible by num_heads ",
+    TESSERA_CHECK(z_dim % num_heads == 0, where, ": z_dim ", z_dim, " is not divisible by num_heads ",
                   num_heads);
+    TESSERA_CHECK(value_dim % num_heads == 0, where, ": value_dim ", value_dim,
+                  " is not divisible by num_heads ", num_heads);
     TESSERA_CHECK(z_head_dim() % 2 == 0, where, ": z_dim / num_heads = ", z_head_dim(),
                   " must be even (rotary pairs)");
     TESSERA_CHECK(model_dim % norm_num_groups == 0, where, ": model_dim ", model_dim,
                   " is not divisible by norm_num_groups ", norm_num_groups);
     TESSERA_CHECK(cema_ndim <= 64, where, ": cema_ndim ", cema_ndim, " is above 64");
     TESSERA_CHECK(norm_affine, where, ": field 'norm_affine' must be true (every official preset uses it)");
-    TESSERA_CHECK(output_size == -1 || output_size > 0, where, ": field 'output_size' must be -1 or positive");
+    TESSERA_CHECK(output_size == -1 || output_size > 0, where,
+                  ": field 'output_size' must be -1 or positive");
     TESSERA_CHECK(!share_emb || out_size() == vocab_size, where,
                   ": share_emb needs output_size == vocab_size");
     TESSERA_CHECK(norm_eps > 0 && std::isfinite(norm_eps), where, ": field 'norm_eps' must be positive");

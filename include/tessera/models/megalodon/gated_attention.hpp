@@ -10,8 +10,8 @@
 //                                                         positions restart at every chunk
 //   y = x + wh1(mx) + wh2(a * r)
 // Training: forward/backward over B sequences of L tokens (a segment starting at a chunk boundary, optionally
-// with carried TimestepNorm/CEMA state). Inference: forward_stream over any number of new tokens per call with
-// a KV cache of the current partial chunk only, so memory stays constant however long the sequence.
+// with carried TimestepNorm/CEMA state). Inference: forward_stream over any number of new tokens per call
+// with a KV cache of the current partial chunk only, so memory stays constant however long the sequence.
 #pragma once
 #include <cmath>
 #include <complex>
@@ -22,11 +22,11 @@
 #include "tessera/layers/linear.hpp"
 #include "tessera/layers/offset_norm.hpp"
 #include "tessera/layers/timestep_norm.hpp"
+#include "tessera/models/megalodon/config.hpp"
 #include "tessera/ops/activation.hpp"
 #include "tessera/ops/attention.hpp"
 #include "tessera/ops/elementwise.hpp"
 #include "tessera/ops/rope.hpp"
-#include "tessera/models/megalodon/config.hpp"
 
 namespace tessera::models {
 
@@ -35,8 +35,9 @@ namespace tessera::models {
 /// partial chunk ([batch, C, Z] and [batch, C, E]; `count` rows valid).
 template <class T, class B = cpu>
 struct MegaLayerState {
-  TimestepNormState<T, B> tsn;
+  TimestepNormState<T, B> tsn, tsn_next;  // tsn_next: the streaming step's output, swapped with tsn
   Tensor<T, B> hx, k, v;
+  Tensor<T, B> hx_next;  // the streaming step's output state, swapped with hx (no allocation per token)
   int64_t count = 0;
   const std::complex<T>* hx_ptr() const {
     return hx.numel() ? reinterpret_cast<const std::complex<T>*>(hx.data()) : nullptr;
@@ -109,7 +110,8 @@ struct MegaGatedAttention {
   void forward(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s,
                State* state = nullptr) const {
     TESSERA_CHECK(!state || state->count == 0, "MegaGatedAttention::forward: the carried state holds ",
-                  state ? state->count : 0, " tokens of an unfinished chunk; training segments start at a chunk "
+                  state ? state->count : 0,
+                  " tokens of an unfinished chunk; training segments start at a chunk "
                   "boundary (use forward_stream for inference)");
     const int64_t n = ctx.rows();
     s.x = x;
@@ -210,6 +212,10 @@ struct MegaGatedAttention {
   /// An empty streaming state for `batch` sequences (prior statistics, zero CEMA state, empty KV).
   State make_state(int64_t batch) const {
     State st;
+    st.tsn.reset_prior(batch, timenorm.groups);
+    st.tsn_next.reset_prior(batch, timenorm.groups);
+    st.hx.resize({batch, dim, cema.ndim, 2});  // zero state
+    st.hx_next.resize({batch, dim, cema.ndim, 2});
     st.k.resize({batch, chunk, zdim});
     st.v.resize({batch, chunk, vdim});
     st.count = 0;
@@ -222,17 +228,19 @@ struct MegaGatedAttention {
   void forward_stream(const SeqContext& ctx, const ops::CemaCoeffs<T>& coeffs, TensorView<const T> x,
                       Tensor<T, B>& y, State& state, Saved& s) const {
     const int64_t L = ctx.seq, count = state.count;
-    TESSERA_CHECK(state.k.numel() == ctx.batch * chunk * zdim, "MegaGatedAttention::forward_stream: state is for ",
+    TESSERA_CHECK(state.k.numel() == ctx.batch * chunk * zdim,
+                  "MegaGatedAttention::forward_stream: state is for ",
                   state.k.numel() / std::max<int64_t>(1, chunk * zdim), " sequences, input has ", ctx.batch);
-    TESSERA_CHECK(count + L <= chunk || (count == 0 && L % chunk == 0), "MegaGatedAttention::forward_stream: ",
-                  L, " new tokens after ", count, " cached ones cross a chunk boundary of ", chunk);
+    TESSERA_CHECK(count + L <= chunk || (count == 0 && L % chunk == 0),
+                  "MegaGatedAttention::forward_stream: ", L, " new tokens after ", count,
+                  " cached ones cross a chunk boundary of ", chunk);
     s.x = x;
-    TimestepNormState<T, B> next_tsn;
-    timenorm.forward(ctx, x, s.xt, s.tsn, state.tsn.empty() ? nullptr : &state.tsn, &next_tsn, false);
-    state.tsn = std::move(next_tsn);
-    Tensor<T, B> h_new({ctx.batch, dim, cema.ndim, 2});
-    cema.forward_cached(ctx, coeffs, s.xt, s.c, state.hx_ptr(), reinterpret_cast<std::complex<T>*>(h_new.data()));
-    state.hx = std::move(h_new);
+    timenorm.forward(ctx, x, s.xt, s.tsn, state.tsn.empty() ? nullptr : &state.tsn, &state.tsn_next, false);
+    std::swap(state.tsn, state.tsn_next);
+    state.hx_next.resize_uninit({ctx.batch, dim, cema.ndim, 2});
+    cema.forward_cached(ctx, coeffs, s.xt, s.c, state.hx_ptr(),
+                        reinterpret_cast<std::complex<T>*>(state.hx_next.data()));
+    std::swap(state.hx, state.hx_next);
     project(ctx, s, chunk_positions(ctx, count, s.positions));
     s.attn.resize_uninit({ctx.rows(), vdim});
     if (count == 0 && L >= chunk) {  // whole chunks: the training path
@@ -288,8 +296,8 @@ struct MegaGatedAttention {
     wz.forward(ctx, s.mx, s.z, s.wz);
     s.zn.resize_uninit({n, zdim});
     s.zrstd.resize_uninit({n * heads});
-    ops::rmsnorm_forward(B{}, s.zn.data(), s.zrstd.data(), s.z.data(), static_cast<const T*>(nullptr), n * heads,
-                         dz, eps);
+    ops::rmsnorm_forward(B{}, s.zn.data(), s.zrstd.data(), s.z.data(), static_cast<const T*>(nullptr),
+                         n * heads, dz, eps);
     s.q.resize_uninit({n, zdim});
     s.k.resize_uninit({n, zdim});
     {

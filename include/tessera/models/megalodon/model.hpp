@@ -4,7 +4,8 @@
 // Parameter names are the official state_dict keys (checkpoint.hpp adds the official buffers).
 //
 // Unlimited context:
-//   * training: forward(ids, batch, seq, &state) continues `state` (TimestepNorm statistics and CEMA states of
+//   * training: forward(ids, batch, seq, &state) continues `state` (TimestepNorm statistics and CEMA states
+//   of
 //     every layer, detached) from the previous segment; segments are whole chunks, so attention never needs
 //     the previous segment.
 //   * inference: forward_stream(ids, batch, n, state) takes any number of new tokens and keeps only the keys
@@ -26,16 +27,21 @@ namespace tessera::models {
 template <class T, class B = cpu>
 struct MegalodonState {
   std::vector<MegaLayerState<T, B>> layers;
-  TimestepNormState<T, B> final_norm;
+  TimestepNormState<T, B> final_norm, final_norm_next;
   std::vector<ops::CemaCoeffs<T>> coeffs;  // per layer, for streaming (fixed at make_state: weights frozen)
   int64_t batch = 0, pos = 0;              // tokens processed per sequence
 
   /// Bytes held: constant in pos (the KV part is one chunk).
   int64_t bytes() const {
-    int64_t n = final_norm.count.numel() * 8 + (final_norm.mean.numel() + final_norm.var.numel()) * int64_t(sizeof(T));
+    const auto tsn_bytes = [](const TimestepNormState<T, B>& t) {
+      return t.count.numel() * 8 + (t.mean.numel() + t.var.numel()) * int64_t(sizeof(T));
+    };
+    int64_t n = tsn_bytes(final_norm) + tsn_bytes(final_norm_next);
     for (const auto& l : layers)
-      n += (l.hx.numel() + l.k.numel() + l.v.numel() + l.tsn.mean.numel() + l.tsn.var.numel()) * int64_t(sizeof(T)) +
-           l.tsn.count.numel() * 8;
+      n += tsn_bytes(l.tsn) + tsn_bytes(l.tsn_next) +
+           (l.hx.numel() + l.hx_next.numel() + l.k.numel() + l.v.numel()) * int64_t(sizeof(T));
+    for (const auto& c : coeffs)
+      n += static_cast<int64_t>(c.p.size() * sizeof(T) + (c.q.size() + c.g.size()) * 2 * sizeof(T));
     return n;
   }
 };
@@ -120,8 +126,10 @@ class Megalodon {
     TESSERA_CHECK(seq > 0 && batch > 0, "Megalodon::forward: empty input (", batch, " x ", seq, ")");
     if (state) {
       ensure_state(*state, batch);
-      TESSERA_CHECK(state->pos % config.chunk_size == 0, "Megalodon::forward: the carried state ends inside a "
-                    "chunk (position ", state->pos, ", chunk_size ", config.chunk_size,
+      TESSERA_CHECK(state->pos % config.chunk_size == 0,
+                    "Megalodon::forward: the carried state ends inside a "
+                    "chunk (position ",
+                    state->pos, ", chunk_size ", config.chunk_size,
                     "); training segments continue at chunk boundaries");
     }
     ctx_ = SeqContext{};
@@ -135,6 +143,7 @@ class Megalodon {
     output.final_norm.forward(ctx_, h, hn_, s_final_, prev_final_.empty() ? nullptr : &prev_final_,
                               state ? &state->final_norm : nullptr);
     head(hn_, logits_);
+    s_head_.x = hn_;
     if (state) state->pos += seq;
     return logits_;
   }
@@ -142,14 +151,15 @@ class Megalodon {
 
   /// Mean cross-entropy of the last forward against targets [batch*seq] (ignore_index skipped).
   double loss(const int64_t* targets, int64_t ignore_index = -100) const {
-    return ops::cross_entropy_forward(B{}, static_cast<T*>(nullptr), logits_.data(), targets, ctx_.rows(), vocab(),
-                                      ignore_index);
+    return ops::cross_entropy_forward(B{}, static_cast<T*>(nullptr), logits_.data(), targets, ctx_.rows(),
+                                      vocab(), ignore_index);
   }
   /// Gradient of loss(targets) * scale into every Param::grad (accumulated; zero_grads first).
   void backward(const int64_t* targets, double scale = 1.0, int64_t ignore_index = -100) {
     const int64_t n = ctx_.rows(), D = config.model_dim;
     dlogits_.resize_uninit(logits_.shape());
-    ops::cross_entropy_backward(B{}, dlogits_.data(), logits_.data(), targets, n, vocab(), scale, ignore_index);
+    ops::cross_entropy_backward(B{}, dlogits_.data(), logits_.data(), targets, n, vocab(), scale,
+                                ignore_index);
     g_[0].resize_uninit({n, D});
     if (output.tied)
       ops::linear_backward(B{}, g_[0].data(), embed.params.weight.grad.data(), static_cast<T*>(nullptr),
@@ -173,6 +183,8 @@ class Megalodon {
   State make_state(int64_t batch) const {
     State st;
     st.batch = batch;
+    st.final_norm.reset_prior(batch, config.norm_num_groups);
+    st.final_norm_next.reset_prior(batch, config.norm_num_groups);
     for (const auto& blk : layers) st.layers.push_back(blk.mega.make_state(batch));
     refresh_coeffs(st);
     return st;
@@ -191,9 +203,9 @@ class Megalodon {
     std::vector<int64_t> ids;
   };
 
-  /// `n` new tokens of each of state.batch sequences: ids [batch*n] row-major. Returns logits [batch*n, V] (in
-  /// s.out). Splits the tokens at chunk boundaries internally; equal row for row to forward() over the whole
-  /// sequences (up to rounding).
+  /// `n` new tokens of each of state.batch sequences: ids [batch*n] row-major. Returns logits [batch*n, V]
+  /// (in s.out). Splits the tokens at chunk boundaries internally; equal row for row to forward() over the
+  /// whole sequences (up to rounding).
   const Tensor<T, B>& forward_stream(const int64_t* ids, int64_t n, State& state, StreamScratch& s) const {
     const int64_t batch = state.batch, C = config.chunk_size, V = vocab();
     TESSERA_CHECK(batch > 0 && state.layers.size() == layers.size(),
@@ -205,8 +217,7 @@ class Megalodon {
       const int64_t in_chunk = state.pos % C, left = n - done;
       const int64_t len = in_chunk == 0 && left >= C ? left / C * C : std::min(left, C - in_chunk);
       s.ids.resize(static_cast<size_t>(batch * len));
-      for (int64_t b = 0; b < batch; ++b)
-        std::copy_n(ids + b * n + done, len, s.ids.begin() + b * len);
+      for (int64_t b = 0; b < batch; ++b) std::copy_n(ids + b * n + done, len, s.ids.begin() + b * len);
       SeqContext ctx;
       ctx.batch = batch;
       ctx.seq = len;
@@ -216,10 +227,10 @@ class Megalodon {
         layers[i].forward_stream(ctx, state.coeffs[i], s.x[cur], s.x[1 - cur], state.layers[i], s.blocks[i]);
         cur = 1 - cur;
       }
-      TimestepNormState<T, B> next;
       output.final_norm.forward(ctx, s.x[cur], s.hn, s.final_norm,
-                                state.final_norm.empty() ? nullptr : &state.final_norm, &next, false);
-      state.final_norm = std::move(next);
+                                state.final_norm.empty() ? nullptr : &state.final_norm,
+                                &state.final_norm_next, false);
+      std::swap(state.final_norm, state.final_norm_next);
       head(s.hn, s.logits);
       for (int64_t b = 0; b < batch; ++b)
         std::copy_n(s.logits.data() + b * len * V, len * V, s.out.data() + (b * n + done) * V);
@@ -240,19 +251,19 @@ class Megalodon {
     logits.resize_uninit({n, vocab()});
     const T* w = output.tied ? embed.params.weight.value.data() : output.output.params.weight.value.data();
     ops::linear_forward(B{}, logits.data(), hn.data(), w, static_cast<const T*>(nullptr), n, D, vocab());
-    if (!output.tied) s_head_.x = hn;
   }
   void ensure_state(State& st, int64_t batch) const {
     if (st.layers.empty()) st = make_state(batch);
-    TESSERA_CHECK(st.batch == batch && st.layers.size() == layers.size(), "Megalodon: state is for ", st.batch,
-                  " sequences of a ", st.layers.size(), "-layer model; input has ", batch, " sequences");
+    TESSERA_CHECK(st.batch == batch && st.layers.size() == layers.size(), "Megalodon: state is for ",
+                  st.batch, " sequences of a ", st.layers.size(), "-layer model; input has ", batch,
+                  " sequences");
   }
 
   SeqContext ctx_;
   std::vector<typename MegaBlock<T, B>::Saved> saved_;
   typename Embedding<T, B>::Saved s_embed_;
   typename TimestepNorm<T, B>::Saved s_final_;
-  mutable typename Linear<T, B>::Saved s_head_;
+  typename Linear<T, B>::Saved s_head_;
   TimestepNormState<T, B> prev_final_;
   std::vector<Tensor<T, B>> x_;  // block inputs/outputs
   Tensor<T, B> hn_, logits_, dlogits_, g_[2];
