@@ -274,3 +274,23 @@ TEST(MegalodonCheckpoint, BadInputsGiveClearErrors) {
   expect_error("model.safetensors");
   std::filesystem::remove_all(dir);
 }
+
+TEST(Megalodon, IsCausal) {
+  // Changing token t0 must leave every logit row before t0 unchanged, in every chunk position.
+  MegalodonConfig c = tiny_config();
+  c.chunk_size = 8;
+  Megalodon<float> m(c);
+  init_perturbed(m, 13);
+  const int64_t L = 24;
+  auto ids = random_ids(L, c.vocab_size, 14);
+  const Tensor<float> base = m.forward(ids.data(), 1, L).clone();
+  for (const int64_t t0 : {1, 7, 8, 13, 23}) {
+    auto changed = ids;
+    changed[t0] = (changed[t0] + 1) % c.vocab_size;
+    const auto& out = m.forward(changed.data(), 1, L);
+    for (int64_t i = 0; i < t0 * c.vocab_size; ++i) ASSERT_EQ(out[i], base[i]) << "t0 " << t0 << " row " << i / c.vocab_size;
+    double diff = 0;
+    for (int64_t i = t0 * c.vocab_size; i < (t0 + 1) * c.vocab_size; ++i) diff += std::abs(out[i] - base[i]);
+    EXPECT_GT(diff, 0.0) << "token " << t0 << " does not affect its own row";
+  }
+}
