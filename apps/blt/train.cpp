@@ -85,9 +85,9 @@ struct StepStats {
   int64_t bytes = 0, patches = 0;
 };
 
-/// Run the Trainer. Its own step line is replaced by ours: the eval hook runs every log_every steps and
-/// returns {loss, bpb, bytes_per_s[, patches_per_s, mean_patch_len][, val_bpb]}, which the Trainer prints as
-/// one line and records in metrics.jsonl; val_bpb (held-out) is added every eval_every steps and at the end.
+/// Run the Trainer. Every step adds {bpb, bytes_per_s[, patches_per_s, mean_patch_len]} to the Trainer's
+/// progress line and metrics.jsonl (step extras); held-out val_bpb comes from the eval hook every eval_every
+/// steps and at the end.
 /// `write_config` writes out/config.json; `save_final` exports out/config.json + out/model.safetensors.
 template <class Model, class Step, class Heldout, class WriteConfig, class SaveFinal>
 int run_training(RunConfig& rc, Model& model, StepStats& st, Step&& step, Heldout&& heldout,
@@ -101,24 +101,21 @@ int run_training(RunConfig& rc, Model& model, StepStats& st, Step&& step, Heldou
   if (!resuming) std::printf("held-out bpb at start: %.4f\n", heldout(model));
 
   train::TrainConfig tc = rc.train;
-  tc.log_every = 0;
-  tc.eval_every = rc.log_every;
   // Weight decay on every parameter, as the reference (spec §10).
   train::Trainer<Model> trainer(tc, model, loader, std::forward<Step>(step),
                                 [](const std::string&, const tessera::Shape&) { return true; });
-  trainer.set_eval([&](Model& m, int64_t s) {
+  trainer.set_step_extras([&](Model&, int64_t) {
     const double sec =
         std::max(1e-9, std::chrono::duration<double>(std::chrono::steady_clock::now() - st.t0).count());
-    json r = {{"loss", st.loss},
-              {"bpb", st.loss / std::log(2.0)},
+    json r = {{"bpb", st.loss / std::log(2.0)},
               {"bytes_per_s", static_cast<int64_t>(std::llround(static_cast<double>(st.bytes) / sec))}};
     if (st.patches > 0) {
       r["patches_per_s"] = static_cast<int64_t>(std::llround(static_cast<double>(st.patches) / sec));
       r["mean_patch_len"] = static_cast<double>(st.bytes) / static_cast<double>(st.patches);
     }
-    if ((rc.eval_every > 0 && s % rc.eval_every == 0) || s == rc.train.steps) r["val_bpb"] = heldout(m);
     return r;
   });
+  trainer.set_eval([&](Model& m, int64_t) { return json{{"val_bpb", heldout(m)}}; });
   trainer.set_app_state(std::move(app_state));
   g_stop = false;
   trainer.set_stop_flag(&g_stop);

@@ -233,6 +233,32 @@ TEST(Checkpoint, ClearErrorsNameTheFile) {
   EXPECT_NE(msg.find("step_00000042"), std::string::npos) << msg;
 }
 
+TEST(Trainer, StepExtrasJoinTheProgressLineAndMetrics) {
+  TempDir d("trainer_extras");
+  ByteLm m(1);
+  ByteLoader loader(sample_text(), loader_cfg());
+  auto cfg = train_cfg(d.path, 4);
+  cfg.log_every = 2;
+  Trainer<ByteLm> trainer(cfg, m, loader,
+                          [](ByteLm& mm, const ByteBatch& b) { return lm_loss(mm, b, true); });
+  trainer.set_step_extras([](ByteLm&, int64_t step) {
+    return nlohmann::json{{"bytes_per_s", 1000 * step}, {"mean_patch_len", 0.5 * static_cast<double>(step)}};
+  });
+  ::testing::internal::CaptureStdout();
+  trainer.run();
+  const std::string out = ::testing::internal::GetCapturedStdout();
+  EXPECT_TRUE(std::regex_search(out, std::regex(R"(step 2/4 \| .* ms \| bytes_per_s 2000 \| mean_patch_len 1\.0000\n)")))
+      << out;
+  EXPECT_EQ(out.find("step 3/4"), std::string::npos) << "only every log_every steps: " << out;
+  std::ifstream in(d.path / "metrics.jsonl");
+  int n = 0;
+  for (std::string l; std::getline(in, l); ++n) {
+    const auto r = nlohmann::json::parse(l);
+    EXPECT_EQ(r["bytes_per_s"], 1000 * r["step"].get<int64_t>());  // every step, logged or not
+  }
+  EXPECT_EQ(n, 4);
+}
+
 TEST(Trainer, LogLineFormatMetricsAndEval) {
   TempDir d("trainer_log");
   ByteLm m(1);

@@ -139,6 +139,7 @@ class Trainer {
   using Batch = typename Loader::Batch;
   using StepFn = std::function<double(Model&, const Batch&)>;
   using EvalFn = std::function<nlohmann::json(Model&, int64_t step)>;
+  using ExtrasFn = std::function<nlohmann::json(Model&, int64_t step)>;
 
   Trainer(TrainConfig cfg, Model& model, Loader& loader, StepFn step_fn, DecayFilter decay = decay_rank_ge2)
       : cfg_(std::move(cfg)),
@@ -151,6 +152,10 @@ class Trainer {
   }
 
   void set_eval(EvalFn f) { eval_ = std::move(f); }
+  /// Extra numbers of every step (a JSON object, e.g. {"bytes_per_s": ..., "mean_patch_len": ...}), called
+  /// after the optimizer step: appended to the progress line as " | key value" and recorded in the step's
+  /// metrics line.
+  void set_step_extras(ExtrasFn f) { extras_ = std::move(f); }
   /// Extra JSON stored as "app" in every trainer_state.json (e.g. the model config, for the record).
   void set_app_state(nlohmann::json j) { app_state_ = std::move(j); }
   /// When *flag becomes true (e.g. from a SIGINT handler), the loop checkpoints after the current step and
@@ -221,11 +226,18 @@ class Trainer {
 
       nlohmann::json rec = {{"step", done},    {"loss", loss},          {"lr", lr},
                             {"grad_norm", gn}, {"tokens_per_s", tok_s}, {"ms", sec * 1e3}};
+      nlohmann::json extras;
+      if (extras_) {
+        extras = extras_(model_, done);
+        TESSERA_CHECK(extras.is_object() || extras.is_null(), "trainer: step extras must be a JSON object");
+        if (extras.is_object())
+          for (const auto& [k, v] : extras.items()) rec[k] = v;
+      }
       const bool last = done == cfg_.steps;
       if (cfg_.log_every > 0 && (done % cfg_.log_every == 0 || done == start + 1 || last)) {
-        std::printf("step %lld/%lld | loss %.4f | lr %.1e | grad norm %.3f | %.0f tok/s | %.1f ms\n",
+        std::printf("step %lld/%lld | loss %.4f | lr %.1e | grad norm %.3f | %.0f tok/s | %.1f ms%s\n",
                     static_cast<long long>(done), static_cast<long long>(cfg_.steps), loss, lr, gn, tok_s,
-                    sec * 1e3);
+                    sec * 1e3, format_fields(extras).c_str());
         std::fflush(stdout);
       }
       if (eval_ && ((cfg_.eval_every > 0 && done % cfg_.eval_every == 0) || last)) {
@@ -256,10 +268,11 @@ class Trainer {
   }
 
  private:
-  static void print_eval(int64_t step, const nlohmann::json& ev) {
-    std::string line = str("eval step ", step);
-    if (ev.is_object()) {
-      for (const auto& [k, v] : ev.items()) {
+  /// " | key value" for every field of a JSON object (floats with 4 decimals); "" for null.
+  static std::string format_fields(const nlohmann::json& fields) {
+    std::string line;
+    if (fields.is_object()) {
+      for (const auto& [k, v] : fields.items()) {
         char buf[64];
         if (v.is_number_float())
           std::snprintf(buf, sizeof buf, "%.4f", v.template get<double>());
@@ -267,10 +280,13 @@ class Trainer {
           std::snprintf(buf, sizeof buf, "%s", v.dump().substr(0, 60).c_str());
         line += str(" | ", k, " ", buf);
       }
-    } else {
-      line += str(" | ", ev.dump());
+    } else if (!fields.is_null()) {
+      line += str(" | ", fields.dump());
     }
-    std::printf("%s\n", line.c_str());
+    return line;
+  }
+  static void print_eval(int64_t step, const nlohmann::json& ev) {
+    std::printf("eval step %lld%s\n", static_cast<long long>(step), format_fields(ev).c_str());
     std::fflush(stdout);
   }
 
@@ -299,6 +315,7 @@ class Trainer {
   Schedule schedule_;
   AdamW<T, B> opt_;
   EvalFn eval_;
+  ExtrasFn extras_;
   nlohmann::json app_state_;
   const std::atomic<bool>* stop_ = nullptr;
 };
