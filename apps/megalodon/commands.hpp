@@ -27,7 +27,7 @@ int cmd_eval(const EvalArgs& a);
 struct GenerateArgs {
   std::string model, prompt = "The ";
   int64_t n = 200;
-  SamplingOptions sampling;
+  SamplingOptions sampling{.temperature = 0.8};
 };
 int cmd_generate(const GenerateArgs& a);
 

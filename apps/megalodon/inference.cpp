@@ -80,7 +80,7 @@ int cmd_eval(const EvalArgs& a) {
 }
 
 int cmd_generate(const GenerateArgs& a) {
-  Sampler sample(a.sampling);  // checks --temp, --top-k, --top-p
+  Sampler sample(a.sampling, "generate");  // checks --temp, --top-k, --top-p
   TESSERA_CHECK(a.n >= 1, "-n must be >= 1, got ", a.n);
   const ModelFiles f = resolve_model_dir(a.model);
   const ModelConfig cfg = read_model_config(f);

@@ -48,7 +48,7 @@ int main(int argc, char** argv) {
   c_ge->add_option("-n", ge.n, "tokens to generate (bytes for a byte model)")->capture_default_str();
   c_ge->add_option("--temp", ge.sampling.temperature, "temperature (0 = greedy)")->capture_default_str();
   c_ge->add_option("--top-k", ge.sampling.top_k, "sample among the k most likely tokens (0 = all)");
-  c_ge->add_option("--top-p", ge.sampling.top_p, "nucleus sampling mass (0 or 1 = off)");
+  c_ge->add_option("--top-p", ge.sampling.top_p, "nucleus sampling mass, in (0, 1] (1 = off)");
   c_ge->add_option("--seed", ge.sampling.seed, "sampling seed");
 
   LogitsArgs lo;

@@ -89,7 +89,7 @@ expect_error "expected shape" "$MGL" logits -m "$TMP/shape" --ids 1 --out "$TMP/
 cp "$FX/model.safetensors" "$TMP/nocfg/"
 expect_error "config.json' is missing" "$MGL" logits -m "$TMP/nocfg" --ids 1 --out "$TMP/o11.safetensors"
 expect_error "no tokenizer.model" "$MGL" generate -m "$FX" -p hi -n 2  # vocab 64: not a byte model
-expect_error "top-p" "$MGL" generate -m "$FX" -p hi -n 2 --top-p 2
+expect_error "top_p must be in (0, 1]" "$MGL" generate -m "$FX" -p hi -n 2 --top-p 2
 no_file "$TMP"/o*.safetensors "$TMP/no"
 
 # ---- training ------------------------------------------------------------------------------------------------

@@ -29,76 +29,23 @@
 
 #include "tessera/core/rng.hpp"
 #include "tessera/models/blt/cache.hpp"
+#include "tessera/models/sampling.hpp"
 
 namespace tessera::blt {
 
-struct GenerateOptions {
+/// Sampling (temperature, top_k, top_p, seed: models::SamplingOptions) plus BLT's stopping rules.
+struct GenerateOptions : models::SamplingOptions {
   int64_t max_new_tokens = 256;  // per row (the reference's max_gen_len)
-  double temperature = 0.0;  // 0 = greedy (argmax, first maximum); > 0: sample softmax(logits / temperature)
-  int64_t top_k = 0;         // > 0: keep the k most likely ids (ties with the k-th kept too)
-  double top_p = 1.0;        // < 1: nucleus — keep ids while the probability mass before them is <= top_p
-  uint64_t seed = 0;         // every row's random stream starts from Rng(seed)
-  bool stop_at_eos = true;   // a row ends after generating EOS (id 2), which is included in its tokens
+  bool stop_at_eos = true;       // a row ends after generating EOS (id 2), which is included in its tokens
 
   void validate() const {
     TESSERA_CHECK(max_new_tokens >= 0, "BLT generate: max_new_tokens must be >= 0, got ", max_new_tokens);
-    TESSERA_CHECK(std::isfinite(temperature) && temperature >= 0,
-                  "BLT generate: temperature must be a finite number >= 0 (0 = greedy), got ", temperature);
-    TESSERA_CHECK(top_k >= 0, "BLT generate: top_k must be >= 0 (0 = off), got ", top_k);
-    TESSERA_CHECK(top_p > 0 && top_p <= 1, "BLT generate: top_p must be in (0, 1] (1 = off), got ", top_p);
+    models::SamplingOptions::validate("BLT generate");
   }
 };
 
-/// Picks the next id from logits [V]. Greedy (temperature 0): the first maximum, no random number. Otherwise
-/// p = softmax(logits / temperature) in double, ids ordered by p (descending, ties by id), top-k then top-p
-/// filtering, and ONE uniform draw u from the row's stream: the first kept id whose cumulative mass exceeds
-/// u * (kept mass).
-class Sampler {
- public:
-  explicit Sampler(const GenerateOptions& o) : o_(o), rng_(o.seed) { o.validate(); }
-
-  template <class T>
-  int64_t operator()(const T* logits, int64_t V) {
-    TESSERA_CHECK(V >= 1, "BLT generate: empty logits");
-    if (o_.temperature == 0) return std::max_element(logits, logits + V) - logits;
-    const double inv_t = 1.0 / o_.temperature;
-    double mx = -INFINITY;
-    for (int64_t v = 0; v < V; ++v) mx = std::max(mx, static_cast<double>(logits[v]) * inv_t);
-    p_.resize(static_cast<size_t>(V));
-    order_.resize(static_cast<size_t>(V));
-    for (int64_t v = 0; v < V; ++v) p_[v] = std::exp(static_cast<double>(logits[v]) * inv_t - mx);
-    std::iota(order_.begin(), order_.end(), int64_t(0));
-    std::stable_sort(order_.begin(), order_.end(), [&](int64_t a, int64_t b) { return p_[a] > p_[b]; });
-    int64_t kept = V;
-    if (o_.top_k > 0 && o_.top_k < V) {
-      kept = o_.top_k;
-      while (kept < V && p_[order_[kept]] == p_[order_[o_.top_k - 1]]) ++kept;
-    }
-    double total = 0;
-    for (int64_t i = 0; i < kept; ++i) total += p_[order_[i]];
-    if (o_.top_p < 1) {
-      double before = 0;  // mass (normalised over the kept ids) in front of id i
-      int64_t i = 0;
-      while (i < kept && before <= o_.top_p) before += p_[order_[i++]] / total;
-      kept = i;
-      total = 0;
-      for (int64_t j = 0; j < kept; ++j) total += p_[order_[j]];
-    }
-    const double u = rng_.uniform() * total;
-    double acc = 0;
-    for (int64_t i = 0; i < kept; ++i) {
-      acc += p_[order_[i]];
-      if (acc > u) return order_[i];
-    }
-    return order_[kept - 1];
-  }
-
- private:
-  GenerateOptions o_;
-  Rng rng_;
-  std::vector<double> p_;
-  std::vector<int64_t> order_;
-};
+/// The shared sampler (models/sampling.hpp): every row gets its own, seeded with `seed`.
+using Sampler = models::Sampler;
 
 /// Generated ids per row and rough throughput numbers.
 struct GenerateResult {
@@ -128,7 +75,7 @@ class BltGenerator {
     TESSERA_CHECK(!prompts.empty(), "BLT generate: no prompts");
     const size_t R = prompts.size();
     rows_.resize(R);
-    samplers_.assign(R, Sampler(options_));
+    samplers_.assign(R, Sampler(options_, "BLT generate"));
     generated_.assign(R, {});
     finished_.assign(R, options_.max_new_tokens == 0);
     stopped_at_eos_.assign(R, 0);
@@ -252,7 +199,7 @@ GenerateResult generate_uncached(BltForCausalLM<T>& lm, const std::vector<std::v
   std::vector<T> last(static_cast<size_t>(V));
   for (size_t b = 0; b < prompts.size(); ++b) {
     TESSERA_CHECK(!prompts[b].empty(), "BLT generate: prompt ", b, " is empty (it needs at least BOS)");
-    Sampler sample(options);
+    Sampler sample(options, "BLT generate");
     std::vector<int64_t> ids = prompts[b];
     auto forward_last = [&] {
       const int64_t n = static_cast<int64_t>(ids.size());
