@@ -27,20 +27,7 @@
 
 namespace bltapp {
 
-/// Every key of object `j` must be one of `allowed`.
-inline void check_keys(const nlohmann::json& j, std::initializer_list<const char*> allowed,
-                       const std::string& where) {
-  tessera::io::detail::check_object(j, where);
-  for (const auto& [k, v] : j.items()) {
-    bool ok = false;
-    for (const char* a : allowed) ok = ok || k == a;
-    if (!ok) {
-      std::string list;
-      for (const char* a : allowed) list += str(list.empty() ? "" : ", ", a);
-      throw Error(str("config ", where, ": unknown field '", k, "' (allowed: ", list, ")"));
-    }
-  }
-}
+using tessera::io::check_keys;
 
 inline tessera::models::LlamaConfig entropy_model_config(nlohmann::json j, const std::string& where) {
   check_keys(j,

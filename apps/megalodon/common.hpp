@@ -35,20 +35,7 @@ using ModelConfig = tessera::models::MegalodonConfig;
 
 inline constexpr const char* kTokenizerFile = "tokenizer.model";
 
-/// Every key of object `j` must be one of `allowed` (a typo never silently falls back to a default).
-inline void check_keys(const nlohmann::json& j, std::initializer_list<const char*> allowed,
-                       const std::string& where) {
-  tessera::io::detail::check_object(j, where);
-  for (const auto& [k, v] : j.items()) {
-    bool ok = false;
-    for (const char* a : allowed) ok = ok || k == a;
-    if (!ok) {
-      std::string list;
-      for (const char* a : allowed) list += str(list.empty() ? "" : ", ", a);
-      throw Error(str("config ", where, ": unknown field '", k, "' (allowed: ", list, ")"));
-    }
-  }
-}
+using tessera::io::check_keys;
 
 /// The official ModelConf arguments (megalodon/config.py); the "model" section of a training config may hold
 /// only these.

@@ -161,6 +161,18 @@ TEST(JsonConfig, ReadFileErrorsNamePathAndPosition) {
   EXPECT_EQ(require<int64_t>(j["model"], "dim", "model"), 64);
 }
 
+TEST(JsonConfig, CheckKeysRejectsUnknownFieldsByName) {
+  const auto j = nlohmann::json::parse(R"({"dim": 64, "n_layer": 2})");
+  EXPECT_NO_THROW(check_keys(j, {"dim", "n_layer", "n_heads"}, "model"));
+  try {
+    check_keys(j, {"dim", "n_layers"}, "model");
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), "config model: unknown field 'n_layer' (allowed: dim, n_layers)");
+  }
+  EXPECT_THROW(check_keys(nlohmann::json::array(), {"dim"}, "model"), Error);
+}
+
 TEST(JsonConfig, RequireAndGetOrMessages) {
   const json j = json::parse(R"({"dim": 64, "big": 10000000000, "neg": -1, "eps": 1e-5, "name": "tiny",
                                  "flag": true, "ids": [1, 2, 3], "mixed": [1, "x"], "nothing": null})");

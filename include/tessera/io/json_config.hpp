@@ -8,6 +8,8 @@
 #pragma once
 #include <cerrno>
 #include <cstdint>
+#include <algorithm>
+#include <initializer_list>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -142,6 +144,18 @@ inline void check_object(const json& j, std::string_view where) {
 }
 
 }  // namespace detail
+
+/// Strict sections: every key of object `j` must be one of `allowed`, so a typo never falls back to a default
+/// silently. "config <where>: unknown field 'x' (allowed: a, b, c)".
+inline void check_keys(const json& j, std::initializer_list<std::string_view> allowed, std::string_view where) {
+  detail::check_object(j, where);
+  for (const auto& [k, v] : j.items()) {
+    if (std::find(allowed.begin(), allowed.end(), std::string_view(k)) != allowed.end()) continue;
+    std::string list;
+    for (const std::string_view a : allowed) list += str(list.empty() ? "" : ", ", a);
+    throw Error(str("config ", where, ": unknown field '", k, "' (allowed: ", list, ")"));
+  }
+}
 
 /// Read and parse a JSON file. Errors name the path: missing/unreadable file (with the errno text),
 /// parse errors (with line and column), duplicate keys.
