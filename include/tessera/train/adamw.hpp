@@ -79,8 +79,7 @@ void adamw_update(cuda, float* p, const float* g, float* m, float* v, int64_t n,
 /// state whose shape differs from the parameter's is an error naming the parameter.
 template <class T, class B = cpu>
 class AdamW {
-  static_assert(is_cpu_v<B>,
-                "AdamW: only the CPU update exists so far (a CUDA kernel is still to be written)");
+  static_assert(is_cpu_v<B> || std::is_same_v<T, float>, "AdamW: the CUDA update is for fp32 master weights");
 
  public:
   explicit AdamW(AdamWConfig cfg = {}, DecayFilter decay = decay_rank_ge2)
@@ -106,7 +105,7 @@ class AdamW {
                     p.grad.shape(), " but the parameter has shape ", p.value.shape());
       Slot& s = slot(name, p.value.shape());
       const double wd = decay_(name, p.value.shape()) ? cfg_.weight_decay : 0.0;
-      adamw_update(cpu{}, p.value.data(), p.grad.data(), s.m.data(), s.v.data(), p.value.numel(), lr,
+      adamw_update(B{}, p.value.data(), p.grad.data(), s.m.data(), s.v.data(), p.value.numel(), lr,
                    cfg_.beta1, cfg_.beta2, cfg_.eps, wd, t);
     });
     t_ = t;
@@ -124,8 +123,17 @@ class AdamW {
   /// borrows the moments (no copy): call w.write() before the next step() or load_state().
   void save_state(io::SafeTensorsWriter& w) const {
     for (const auto& [name, s] : state_) {
-      w.add_borrowed("m." + name, s.m.view());
-      w.add_borrowed("v." + name, s.v.view());
+      if constexpr (is_cpu_v<B>) {
+        w.add_borrowed("m." + name, s.m.view());
+        w.add_borrowed("v." + name, s.v.view());
+      } else {  // CUDA moments: copied to the host (the writer owns the copies)
+        for (const auto& [key, t] : {std::pair{"m." + name, &s.m}, std::pair{"v." + name, &s.v}}) {
+          Tensor<T> host;
+          host.resize_uninit(t->shape());
+          cuda_mem::to_host(host.data(), t->data(), static_cast<size_t>(host.numel()) * sizeof(T));
+          w.add(key, host);
+        }
+      }
     }
     w.set_metadata("step", std::to_string(t_));
   }
@@ -150,7 +158,7 @@ class AdamW {
       TESSERA_CHECK(hm == hv, "optimizer state: '", hm ? "m." : "v.", name, "' present without '",
                     hm ? "v." : "m.", name, "'");
       if (!hm) return;
-      Slot s{f.template read<T>("m." + name), f.template read<T>("v." + name)};
+      Slot s{to_backend(f.template read<T>("m." + name)), to_backend(f.template read<T>("v." + name))};
       for (const auto* x : {&s.m, &s.v})
         TESSERA_CHECK(x->shape() == p.value.shape(), "optimizer state: '", (x == &s.m ? "m." : "v."), name,
                       "' has shape ", x->shape(), " but the parameter has shape ", p.value.shape());
@@ -164,6 +172,16 @@ class AdamW {
   struct Slot {
     Tensor<T, B> m, v;
   };
+  static Tensor<T, B> to_backend(Tensor<T> host) {
+    if constexpr (is_cpu_v<B>) {
+      return host;
+    } else {
+      Tensor<T, B> d;
+      d.resize_uninit(host.shape());
+      cuda_mem::to_device(d.data(), host.data(), static_cast<size_t>(host.numel()) * sizeof(T));
+      return d;
+    }
+  }
   Slot& slot(const std::string& name, const Shape& shape) {
     auto it = state_.find(name);
     if (it == state_.end()) it = state_.emplace(name, Slot{Tensor<T, B>(shape), Tensor<T, B>(shape)}).first;

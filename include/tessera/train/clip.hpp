@@ -8,27 +8,70 @@
 
 namespace tessera::train {
 
+// CUDA (cuda/adamw.cu), device pointers. Clip without a host round trip: grad_sumsq over every gradient into
+// one zeroed device double, then clip_scale_grads on every gradient (copy *sumsq to the host for the norm).
+/// *sumsq += sum g^2 (accumulated in double, deterministic for a given n).
+void grad_sumsq(cuda, double* sumsq, const float* g, int64_t n);
+/// g *= coef, coef = max_norm / (sqrt(*sumsq) + 1e-6), when coef < 1, the norm is finite and max_norm > 0
+/// (clip_grad_norm's rule).
+void clip_scale_grads(cuda, float* g, int64_t n, const double* sumsq, double max_norm);
+
+namespace clip_detail {
+/// True for a model declaring `using backend = cuda`.
+template <class M>
+constexpr bool model_on_cuda() {
+  if constexpr (requires { typename M::backend; })
+    return !is_cpu_v<typename M::backend>;
+  else
+    return false;
+}
+template <class P>
+inline constexpr bool on_cuda = !is_cpu_v<typename std::remove_reference_t<decltype(std::declval<P&>().grad)>::backend>;
+
+/// Sum of squares of every CUDA gradient in one device double (nullptr result for a CPU model).
+template <class Model>
+bool device_sumsq(Model& model, Tensor<double, cuda>& acc) {
+  bool any = false;
+  for_each_param(model, [&](const std::string&, auto& p) {
+    if constexpr (on_cuda<std::remove_reference_t<decltype(p)>>) {
+      if (!any) acc.resize({1});  // zeroed
+      any = true;
+      if (p.grad.numel()) grad_sumsq(cuda{}, acc.data(), p.grad.data(), p.grad.numel());
+    }
+  });
+  return any;
+}
+}  // namespace clip_detail
+
 /// sqrt(sum over all parameters of sum g^2), accumulated in double. Parameters without an allocated
-/// gradient contribute nothing. CPU parameters only.
+/// gradient contribute nothing. CUDA parameters are reduced on the device (one copy of the total back).
 template <class Model>
 double grad_norm(Model& model) {
   double sumsq = 0.0;
-  for_each_param(model, [&](const std::string&, auto& p) {
-    using P = std::remove_reference_t<decltype(p)>;
-    static_assert(is_cpu_v<typename decltype(P::grad)::backend>, "grad_norm: CPU parameters only");
-    const auto* g = p.grad.data();
-    const int64_t n = p.grad.numel();
-    double s = 0.0;
+  if constexpr (clip_detail::model_on_cuda<Model>()) {
+    Tensor<double, cuda> acc;
+    if (clip_detail::device_sumsq(model, acc)) cuda_mem::to_host(&sumsq, acc.data(), sizeof(double));
+  } else {
+    for_each_param(model, [&](const std::string&, auto& p) {
+      using P = std::remove_reference_t<decltype(p)>;
+      static_assert(is_cpu_v<typename decltype(P::grad)::backend>,
+                    "grad_norm: a CUDA parameter in a model whose `backend` is not cuda");
+      const auto* g = p.grad.data();
+      const int64_t n = p.grad.numel();
+      double s = 0.0;
 #pragma omp parallel for reduction(+ : s) if (n > (1 << 16))
-    for (int64_t i = 0; i < n; ++i) s += static_cast<double>(g[i]) * static_cast<double>(g[i]);
-    sumsq += s;
-  });
+      for (int64_t i = 0; i < n; ++i) s += static_cast<double>(g[i]) * static_cast<double>(g[i]);
+      sumsq += s;
+    });
+  }
   return std::sqrt(sumsq);
 }
 
 /// Scale every gradient by `coef` (in the gradient's own type).
 template <class Model>
 void scale_grads(Model& model, double coef) {
+  static_assert(!clip_detail::model_on_cuda<Model>(),
+                "scale_grads: CPU models only (CUDA models clip on the device in clip_grad_norm)");
   for_each_param(model, [&](const std::string&, auto& p) {
     using T = std::remove_reference_t<decltype(*p.grad.data())>;
     auto* g = p.grad.data();
@@ -45,20 +88,23 @@ void scale_grads(Model& model, double coef) {
 /// as an error (the Trainer stops with a message).
 template <class Model>
 double clip_grad_norm(Model& model, double max_norm) {
-  const double norm = grad_norm(model);
-  if (max_norm > 0 && std::isfinite(norm)) {
-    const double coef = max_norm / (norm + 1e-6);
-    if (coef < 1.0) scale_grads(model, coef);
+  if constexpr (clip_detail::model_on_cuda<Model>()) {
+    Tensor<double, cuda> acc;
+    double sumsq = 0.0;
+    if (!clip_detail::device_sumsq(model, acc)) return 0.0;
+    for_each_param(model, [&](const std::string&, auto& p) {
+      if (p.grad.numel()) clip_scale_grads(cuda{}, p.grad.data(), p.grad.numel(), acc.data(), max_norm);
+    });
+    cuda_mem::to_host(&sumsq, acc.data(), sizeof(double));
+    return std::sqrt(sumsq);
+  } else {
+    const double norm = grad_norm(model);
+    if (max_norm > 0 && std::isfinite(norm)) {
+      const double coef = max_norm / (norm + 1e-6);
+      if (coef < 1.0) scale_grads(model, coef);
+    }
+    return norm;
   }
-  return norm;
 }
-
-// CUDA (cuda/adamw.cu), device pointers. Clip without a host round trip: grad_sumsq over every gradient into
-// one zeroed device double, then clip_scale_grads on every gradient (copy *sumsq to the host for the norm).
-/// *sumsq += sum g^2 (accumulated in double, deterministic for a given n).
-void grad_sumsq(cuda, double* sumsq, const float* g, int64_t n);
-/// g *= coef, coef = max_norm / (sqrt(*sumsq) + 1e-6), when coef < 1, the norm is finite and max_norm > 0
-/// (clip_grad_norm's rule).
-void clip_scale_grads(cuda, float* g, int64_t n, const double* sumsq, double max_norm);
 
 }  // namespace tessera::train
