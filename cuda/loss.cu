@@ -289,8 +289,13 @@ __global__ void layernorm_dwdb_sum_kernel(float* __restrict__ dw, float* __restr
   if (db) db[c] += sb;
 }
 
+// Rows and columns are indexed with int. Column loops step by up to 512 (i += kThreads) and the LayerNorm
+// grids round D up to 256: keep D that far below INT_MAX so neither overflows.
+constexpr int64_t kMaxCols = INT_MAX - 1024;
+
 void check_rows(const char* op, int64_t N, int64_t D) {
-  TESSERA_CHECK(N >= 0 && D > 0 && D <= INT_MAX && N <= INT_MAX, op, "(cuda): bad sizes N=", N, " D=", D);
+  TESSERA_CHECK(N >= 0 && D > 0 && D <= kMaxCols && N <= INT_MAX, op, "(cuda): bad sizes N=", N, " D=", D,
+                " (need 0 <= N <= ", INT_MAX, ", 0 < D <= ", kMaxCols, ")");
 }
 
 }  // namespace
