@@ -1,4 +1,6 @@
-// Flash-style attention on the GPU in fp32 for the position-only masks (Causal, SlidingWindow, ChunkLocal),
+// Flash-style attention on the GPU in fp32 for the position-only masks (Causal, SlidingWindow, ChunkLocal)
+// and the id masks (DocumentCuts, SegmentEqual, BlockCausal, KeyValid, All<Causal, DocumentCuts>; ids in device
+// memory, a declared k_sorted is verified by a device kernel before it is relied on),
 // with the semantics of the CPU op in include/tessera/ops/attention.hpp: strided token rows, GQA (query head
 // h reads kv head h / (Hq/Hkv)), separate value head dim Dv, any scale, q_offset, lse [B, Hq, Tq] with -inf
 // (and a zero output row) for fully masked rows.
@@ -55,28 +57,53 @@ unsigned block_count(int64_t n, const char* op) {
   return static_cast<unsigned>(n);
 }
 
-/// Run f(mask functor, integral_constant<kD>) for the args' mask and the smallest kD >= max(Dh, Dv).
+/// Run f(integral_constant<kD>) for the smallest kD >= max(Dh, Dv).
 template <class F>
-void dispatch(const AttnArgs& a, F&& f) {
-  auto with_mask = [&](auto mask) {
-    const int64_t dmax = a.Dh > a.Dv ? a.Dh : a.Dv;
-    if (dmax <= 64)
-      f(mask, std::integral_constant<int, 64>{});
-    else if (dmax <= 128)
-      f(mask, std::integral_constant<int, 128>{});
-    else
-      f(mask, std::integral_constant<int, 256>{});
-  };
+void dispatch_dim(const AttnArgs& a, F&& f) {
+  const int64_t dmax = a.Dh > a.Dv ? a.Dh : a.Dv;
+  if (dmax <= 64)
+    f(std::integral_constant<int, 64>{});
+  else if (dmax <= 128)
+    f(std::integral_constant<int, 128>{});
+  else
+    f(std::integral_constant<int, 256>{});
+}
+
+/// Run f(mask functor) for the args' position-only mask.
+template <class F>
+void dispatch_position_mask(const AttnArgs& a, F&& f) {
   switch (a.mask) {
     case AttnMask::Causal:
-      with_mask(CausalMask{});
+      f(CausalMask{});
       break;
     case AttnMask::SlidingWindow:
-      with_mask(WindowMask{a.mask_param});
+      f(WindowMask{a.mask_param});
       break;
     case AttnMask::ChunkLocal:
-      with_mask(ChunkMask{a.mask_param});
+      f(ChunkMask{a.mask_param});
       break;
+  }
+}
+
+/// Throw unless the device id array ids [B, Tk] is non-decreasing along each batch row (the promise of
+/// k_sorted). One small kernel and a 8-byte copy back, which waits for the device.
+void check_sorted(const int64_t* ids, int64_t B, int64_t Tk, const char* who, const char* name) {
+  if (B * Tk <= 1 || Tk <= 1) return;
+  TESSERA_CHECK(ids, "mask::", who, ": ", name, " is null");
+  DeviceScratch scratch;
+  scratch.reserve(DeviceScratch::bytes_for<unsigned long long>(1));
+  auto* bad = scratch.carve<unsigned long long>(1);
+  TESSERA_CUDA_CHECK(cudaMemset(bad, 0, sizeof(unsigned long long)));
+  const int64_t n = B * Tk;
+  const unsigned blocks = grid_for(n < int64_t{256} * 4096 ? n : int64_t{256} * 4096, 256, who);
+  ids_sorted_kernel<<<blocks, 256>>>(ids, B, Tk, bad);
+  TESSERA_CUDA_CHECK_LAUNCH("ids_sorted_kernel");
+  unsigned long long host = 0;
+  TESSERA_CUDA_CHECK(cudaMemcpy(&host, bad, sizeof host, cudaMemcpyDeviceToHost));
+  if (host != 0) {
+    const int64_t e = static_cast<int64_t>(host) - 1;
+    TESSERA_CHECK(false, "mask::", who, ": ", name, " is declared sorted (k_sorted) but decreases at batch ",
+                  e / Tk, ", key row ", e % Tk);
   }
 }
 
@@ -86,18 +113,18 @@ void allow_smem(Kernel kernel, size_t bytes) {
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
-}  // namespace
-
-void attention_forward_f32(const AttnArgs& a, const float* q, const float* k, const float* v, float* o,
-                           float* lse) {
+/// The forward / backward launches for one mask functor.
+template <class Mask>
+void forward_impl(const AttnArgs& a, const Mask& mask, const float* q, const float* k, const float* v, float* o,
+                  float* lse) {
   constexpr const char* op = "attention_forward";
   const Dims d = make_dims(a, op);
   if (d.B * d.Tq == 0) return;
   TESSERA_CHECK(q && o && (d.Tk == 0 || (k && v)), op, "(cuda): q, k, v or o is null");
   const unsigned blocks = block_count(d.B * d.Hq * ((d.Tq + kBQ - 1) / kBQ), op);
-  dispatch(a, [&](auto mask, auto dim) {
+  dispatch_dim(a, [&](auto dim) {
     constexpr int kD = decltype(dim)::value;
-    auto kernel = attn_forward_kernel<kD, decltype(mask)>;
+    auto kernel = attn_forward_kernel<kD, Mask>;
     constexpr size_t smem = fwd_smem<kD>();
     allow_smem(kernel, smem);
     kernel<<<blocks, kFwdThreads, smem>>>(d, mask, q, k, v, o, lse);
@@ -105,8 +132,9 @@ void attention_forward_f32(const AttnArgs& a, const float* q, const float* k, co
   TESSERA_CUDA_CHECK_LAUNCH("attn_forward_kernel");
 }
 
-void attention_backward_f32(const AttnArgs& a, const float* q, const float* k, const float* v, const float* o,
-                            const float* lse, const float* dout, float* dq, float* dk, float* dv) {
+template <class Mask>
+void backward_impl(const AttnArgs& a, const Mask& mask, const float* q, const float* k, const float* v,
+                   const float* o, const float* lse, const float* dout, float* dq, float* dk, float* dv) {
   constexpr const char* op = "attention_backward";
   const Dims d = make_dims(a, op);
   const bool has_q = d.B * d.Tq > 0, has_k = d.B * d.Tk > 0;
@@ -121,24 +149,94 @@ void attention_backward_f32(const AttnArgs& a, const float* q, const float* k, c
     attn_rowdot_kernel<<<grid_for(d.B * d.Tq * d.Hq * 32, 128, op), 128>>>(d, o, dout, Dd);
     TESSERA_CUDA_CHECK_LAUNCH("attn_rowdot_kernel");
   }
-  dispatch(a, [&](auto mask, auto dim) {
+  dispatch_dim(a, [&](auto dim) {
     constexpr int kD = decltype(dim)::value;
     constexpr size_t smem = bwd_smem<kD>();
     if (has_k) {
-      auto kernel = attn_backward_dkdv_kernel<kD, decltype(mask)>;
+      auto kernel = attn_backward_dkdv_kernel<kD, Mask>;
       allow_smem(kernel, smem);
       const unsigned blocks = block_count(d.B * d.Hkv * ((d.Tk + kBK - 1) / kBK), op);
       kernel<<<blocks, kBwdThreads, smem>>>(d, mask, q, k, v, lse, Dd, dout, dk, dv);
       TESSERA_CUDA_CHECK_LAUNCH("attn_backward_dkdv_kernel");
     }
     if (has_q) {
-      auto kernel = attn_backward_dq_kernel<kD, decltype(mask)>;
+      auto kernel = attn_backward_dq_kernel<kD, Mask>;
       allow_smem(kernel, smem);
       const unsigned blocks = block_count(d.B * d.Hq * ((d.Tq + kBQ - 1) / kBQ), op);
       kernel<<<blocks, kBwdThreads, smem>>>(d, mask, q, k, v, lse, Dd, dout, dq);
       TESSERA_CUDA_CHECK_LAUNCH("attn_backward_dq_kernel");
     }
   });
+}
+
+/// Device functor of an id mask; checks the ids' presence and, when declared, their sortedness.
+IdRows id_rows(const AttnArgs& a, const int64_t* q_id, const int64_t* k_id, bool k_sorted, const char* who,
+               const char* qname, const char* kname) {
+  TESSERA_CHECK(a.B * a.Tq == 0 || q_id, "mask::", who, ": ", qname, " is null");
+  TESSERA_CHECK(a.B * a.Tk == 0 || k_id, "mask::", who, ": ", kname, " is null");
+  if (k_sorted) check_sorted(k_id, a.B, a.Tk, who, kname);
+  return IdRows{q_id, k_id, a.Tq, a.Tk, a.q_offset, k_sorted};
+}
+
+IdEqualMask id_equal_mask(const AttnArgs& a, const int64_t* q_id, const int64_t* k_id, bool k_sorted,
+                          bool causal, bool segments) {
+  const char* who = segments ? "SegmentEqual" : "DocumentCuts";
+  return IdEqualMask{id_rows(a, q_id, k_id, k_sorted, who, segments ? "q_seg" : "q_doc",
+                             segments ? "k_seg" : "k_doc"),
+                     causal};
+}
+
+KeyValidMask key_valid_mask(const AttnArgs& a, const uint8_t* valid) {
+  TESSERA_CHECK(a.B * a.Tk == 0 || valid, "mask::KeyValid: valid is null");
+  return KeyValidMask{valid, a.Tk};
+}
+
+}  // namespace
+
+void attention_forward_f32(const AttnArgs& a, const float* q, const float* k, const float* v, float* o,
+                           float* lse) {
+  dispatch_position_mask(a, [&](auto mask) { forward_impl(a, mask, q, k, v, o, lse); });
+}
+
+void attention_backward_f32(const AttnArgs& a, const float* q, const float* k, const float* v, const float* o,
+                            const float* lse, const float* dout, float* dq, float* dk, float* dv) {
+  dispatch_position_mask(a, [&](auto mask) { backward_impl(a, mask, q, k, v, o, lse, dout, dq, dk, dv); });
+}
+
+void attention_forward_id_equal_f32(const AttnArgs& a, const int64_t* q_id, const int64_t* k_id, bool k_sorted,
+                                    bool causal, bool segments, const float* q, const float* k, const float* v,
+                                    float* o, float* lse) {
+  forward_impl(a, id_equal_mask(a, q_id, k_id, k_sorted, causal, segments), q, k, v, o, lse);
+}
+void attention_backward_id_equal_f32(const AttnArgs& a, const int64_t* q_id, const int64_t* k_id, bool k_sorted,
+                                     bool causal, bool segments, const float* q, const float* k, const float* v,
+                                     const float* o, const float* lse, const float* dout, float* dq, float* dk,
+                                     float* dv) {
+  backward_impl(a, id_equal_mask(a, q_id, k_id, k_sorted, causal, segments), q, k, v, o, lse, dout, dq, dk, dv);
+}
+
+void attention_forward_block_causal_f32(const AttnArgs& a, const int64_t* q_seg, const int64_t* k_seg,
+                                        bool k_sorted, const float* q, const float* k, const float* v, float* o,
+                                        float* lse) {
+  const BlockCausalMask m{id_rows(a, q_seg, k_seg, k_sorted, "BlockCausal", "q_seg", "k_seg")};
+  forward_impl(a, m, q, k, v, o, lse);
+}
+void attention_backward_block_causal_f32(const AttnArgs& a, const int64_t* q_seg, const int64_t* k_seg,
+                                         bool k_sorted, const float* q, const float* k, const float* v,
+                                         const float* o, const float* lse, const float* dout, float* dq, float* dk,
+                                         float* dv) {
+  const BlockCausalMask m{id_rows(a, q_seg, k_seg, k_sorted, "BlockCausal", "q_seg", "k_seg")};
+  backward_impl(a, m, q, k, v, o, lse, dout, dq, dk, dv);
+}
+
+void attention_forward_key_valid_f32(const AttnArgs& a, const uint8_t* valid, const float* q, const float* k,
+                                     const float* v, float* o, float* lse) {
+  forward_impl(a, key_valid_mask(a, valid), q, k, v, o, lse);
+}
+void attention_backward_key_valid_f32(const AttnArgs& a, const uint8_t* valid, const float* q, const float* k,
+                                      const float* v, const float* o, const float* lse, const float* dout,
+                                      float* dq, float* dk, float* dv) {
+  backward_impl(a, key_valid_mask(a, valid), q, k, v, o, lse, dout, dq, dk, dv);
 }
 
 }  // namespace tessera::cuda_detail

@@ -15,21 +15,28 @@ constexpr unsigned kFull = 0xffffffffu;
 constexpr int kBQ = 32;  // query rows per tile
 constexpr int kBK = 32;  // keys per tile (one per lane)
 
-// ---- masks: device copies of tessera::ops::mask::{Causal, SlidingWindow, ChunkLocal} --------------------
+// ---- masks: device copies of tessera::ops::mask::{Causal, SlidingWindow, ChunkLocal, DocumentCuts,
+// BlockCausal, SegmentEqual, KeyValid, All<Causal, DocumentCuts>} ------------------------------------------
+// allowed(b, qpos, kpos) and range(b, qpos_lo, qpos_hi, Tk) mirror the policies' allowed() / key_range().
+// The id arrays are device memory; allowed() is only called for real (in-range) query rows and keys.
 
 struct Range {
   int64_t lo, hi;
 };
 
 struct CausalMask {
-  __device__ bool allowed(int64_t qpos, int64_t kpos) const { return kpos <= qpos; }
-  __device__ Range range(int64_t, int64_t qpos_hi, int64_t Tk) const { return {0, min(Tk, qpos_hi)}; }
+  __device__ bool allowed(int64_t, int64_t qpos, int64_t kpos) const { return kpos <= qpos; }
+  __device__ Range range(int64_t, int64_t, int64_t qpos_hi, int64_t Tk) const {
+    return {0, min(Tk, qpos_hi)};
+  }
 };
 
 struct WindowMask {
   int64_t W;
-  __device__ bool allowed(int64_t qpos, int64_t kpos) const { return kpos <= qpos && kpos > qpos - W; }
-  __device__ Range range(int64_t qpos_lo, int64_t qpos_hi, int64_t Tk) const {
+  __device__ bool allowed(int64_t, int64_t qpos, int64_t kpos) const {
+    return kpos <= qpos && kpos > qpos - W;
+  }
+  __device__ Range range(int64_t, int64_t qpos_lo, int64_t qpos_hi, int64_t Tk) const {
     return {max(int64_t{0}, qpos_lo - W + 1), min(Tk, qpos_hi)};
   }
 };
@@ -37,16 +44,111 @@ struct WindowMask {
 struct ChunkMask {
   int64_t C;
   // kpos / C == qpos / C with kpos <= qpos, written with one modulo (positions are >= 0).
-  __device__ bool allowed(int64_t qpos, int64_t kpos) const { return kpos <= qpos && kpos >= qpos - qpos % C; }
-  __device__ Range range(int64_t qpos_lo, int64_t qpos_hi, int64_t Tk) const {
+  __device__ bool allowed(int64_t, int64_t qpos, int64_t kpos) const {
+    return kpos <= qpos && kpos >= qpos - qpos % C;
+  }
+  __device__ Range range(int64_t, int64_t qpos_lo, int64_t qpos_hi, int64_t Tk) const {
     return {min(Tk, qpos_lo / C * C), min(Tk, qpos_hi)};
   }
 };
 
-/// Key range of the query positions [qpos_lo, qpos_hi) clamped to [0, Tk) (attn_detail::clamped_range).
+/// Query ids [B, Tq] and key ids [B, Tk] (mask::detail::Ids). k_sorted: key ids non-decreasing per batch row
+/// (verified on the device before any kernel relies on it), which lets range() binary-search.
+struct IdRows {
+  const int64_t* q_id;
+  const int64_t* k_id;
+  int64_t Tq, Tk, q_offset;
+  bool k_sorted;
+
+  __device__ int64_t q(int64_t b, int64_t qpos) const { return q_id[b * Tq + (qpos - q_offset)]; }
+  __device__ int64_t k(int64_t b, int64_t kpos) const { return k_id[b * Tk + kpos]; }
+  /// Min / max query id over [qpos_lo, qpos_hi) clamped to the rows (lo > hi when empty).
+  __device__ void q_minmax(int64_t b, int64_t qpos_lo, int64_t qpos_hi, int64_t& lo, int64_t& hi) const {
+    const int64_t i0 = max(int64_t{0}, qpos_lo - q_offset), i1 = min(Tq, qpos_hi - q_offset);
+    lo = INT64_MAX;
+    hi = INT64_MIN;
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t v = q_id[b * Tq + i];
+      lo = min(lo, v);
+      hi = max(hi, v);
+    }
+  }
+  /// First key row of batch b with id >= v (upper = false) or > v (upper = true); needs k_sorted.
+  __device__ int64_t first_key(int64_t b, int64_t v, bool upper) const {
+    const int64_t* row = k_id + b * Tk;
+    int64_t lo = 0, hi = Tk;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (upper ? row[mid] <= v : row[mid] < v)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    return lo;
+  }
+  __device__ Range equal_range(int64_t b, int64_t qpos_lo, int64_t qpos_hi) const {
+    if (!k_sorted) return {0, Tk};
+    int64_t lo, hi;
+    q_minmax(b, qpos_lo, qpos_hi, lo, hi);
+    if (lo > hi) return {0, 0};
+    return {first_key(b, lo, false), first_key(b, hi, true)};
+  }
+  __device__ Range below_range(int64_t b, int64_t qpos_lo, int64_t qpos_hi) const {
+    if (!k_sorted) return {0, Tk};
+    int64_t lo, hi;
+    q_minmax(b, qpos_lo, qpos_hi, lo, hi);
+    if (lo > hi) return {0, 0};
+    return {0, first_key(b, hi, true)};
+  }
+};
+
+/// DocumentCuts and SegmentEqual: same id. With `causal`, also kpos <= qpos (All<Causal, DocumentCuts>).
+struct IdEqualMask {
+  IdRows ids;
+  bool causal;
+  __device__ bool allowed(int64_t b, int64_t qpos, int64_t kpos) const {
+    return (!causal || kpos <= qpos) && ids.q(b, qpos) == ids.k(b, kpos);
+  }
+  __device__ Range range(int64_t b, int64_t qpos_lo, int64_t qpos_hi, int64_t Tk) const {
+    Range r = ids.equal_range(b, qpos_lo, qpos_hi);
+    if (causal) r.hi = min(r.hi, min(Tk, qpos_hi));
+    return r;
+  }
+};
+
+/// BlockCausal: key segment <= query segment.
+struct BlockCausalMask {
+  IdRows ids;
+  __device__ bool allowed(int64_t b, int64_t qpos, int64_t kpos) const {
+    return ids.k(b, kpos) <= ids.q(b, qpos);
+  }
+  __device__ Range range(int64_t b, int64_t qpos_lo, int64_t qpos_hi, int64_t) const {
+    return ids.below_range(b, qpos_lo, qpos_hi);
+  }
+};
+
+/// KeyValid: valid[b*Tk + kpos] != 0.
+struct KeyValidMask {
+  const uint8_t* valid;
+  int64_t Tk;
+  __device__ bool allowed(int64_t b, int64_t, int64_t kpos) const { return valid[b * Tk + kpos] != 0; }
+  __device__ Range range(int64_t, int64_t, int64_t, int64_t Tk_) const { return {0, Tk_}; }
+};
+
+/// bad = max over violations of (b*Tk + j + 1) where ids[b*Tk + j - 1] > ids[b*Tk + j]; 0 when sorted.
+__global__ void ids_sorted_kernel(const int64_t* __restrict__ ids, int64_t B, int64_t Tk,
+                                  unsigned long long* __restrict__ bad) {
+  const int64_t n = B * Tk;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    if (e % Tk != 0 && ids[e - 1] > ids[e]) atomicMax(bad, static_cast<unsigned long long>(e + 1));
+}
+
+/// Key range of the query positions [qpos_lo, qpos_hi) of batch b clamped to [0, Tk)
+/// (attn_detail::clamped_range).
 template <class Mask>
-__device__ Range clamped_range(const Mask& m, int64_t qpos_lo, int64_t qpos_hi, int64_t Tk) {
-  Range r = m.range(qpos_lo, qpos_hi, Tk);
+__device__ Range clamped_range(const Mask& m, int64_t b, int64_t qpos_lo, int64_t qpos_hi, int64_t Tk) {
+  Range r = m.range(b, qpos_lo, qpos_hi, Tk);
   r.lo = max(r.lo, int64_t{0});
   r.hi = min(r.hi, Tk);
   if (r.hi < r.lo) r.hi = r.lo;
@@ -113,7 +215,7 @@ __global__ void __launch_bounds__(kFwdThreads)
     for (int i = 0; i < kC; ++i) acc[rr][i] = 0.f;
   }
 
-  const Range kr = clamped_range(m, qpos0, qpos0 + nq, d.Tk);
+  const Range kr = clamped_range(m, b, qpos0, qpos0 + nq, d.Tk);
   for (int64_t j0 = kr.lo; j0 < kr.hi; j0 += kBK) {
     const int nk = static_cast<int>(min(static_cast<int64_t>(kBK), kr.hi - j0));
     __syncthreads();  // every warp is done with the previous K, V tiles
@@ -137,7 +239,7 @@ __global__ void __launch_bounds__(kFwdThreads)
 #pragma unroll
     for (int rr = 0; rr < kFwdRows; ++rr) {
       const int r = warp * kFwdRows + rr;
-      const bool ok = lane < nk && r < nq && m.allowed(qpos0 + r, j0 + lane);
+      const bool ok = lane < nk && r < nq && m.allowed(b, qpos0 + r, j0 + lane);
       const float sv = ok ? s[rr] * d.scale : -INFINITY;
       const float new_max = fmaxf(mx[rr], warp_max(sv));  // warp-uniform
       if (new_max == -INFINITY) {                         // nothing allowed in this row so far
@@ -250,7 +352,7 @@ struct BwdTiles {
   /// Ps[r][j] = P, dSs[r][j] = P (dO_r . v_j - D_r); 0 where masked, padded or the row is fully masked.
   /// Lane = key j, rows r = warp + 8 m. Needs both tile sets loaded (and a barrier after this).
   template <class Mask>
-  __device__ void probs(const Dims& d, const Mask& m, int64_t qpos0, int nq, int64_t j0, int nk) {
+  __device__ void probs(const Dims& d, const Mask& m, int64_t b, int64_t qpos0, int nq, int64_t j0, int nk) {
     const int warp = threadIdx.x / 32, j = threadIdx.x % 32;
     float s[kBwdPer], dp[kBwdPer];
 #pragma unroll
@@ -270,7 +372,7 @@ struct BwdTiles {
 #pragma unroll
     for (int mm = 0; mm < kBwdPer; ++mm) {
       const int r = warp + kBwdWarps * mm;
-      const bool ok = j < nk && r < nq && lse[r] != -INFINITY && m.allowed(qpos0 + r, j0 + j);
+      const bool ok = j < nk && r < nq && lse[r] != -INFINITY && m.allowed(b, qpos0 + r, j0 + j);
       const float p = ok ? expf(s[mm] * d.scale - lse[r]) : 0.f;
       Ps[r * (kBK + 1) + j] = p;
       dSs[r * (kBK + 1) + j] = p * (dp[mm] - Dd[r]);
@@ -306,12 +408,12 @@ __global__ void __launch_bounds__(kBwdThreads)
     for (int64_t i0 = 0; i0 < d.Tq; i0 += kBQ) {
       const int nq = static_cast<int>(min(static_cast<int64_t>(kBQ), d.Tq - i0));
       const int64_t qpos0 = d.q_offset + i0;
-      const Range kr = clamped_range(m, qpos0, qpos0 + nq, d.Tk);
+      const Range kr = clamped_range(m, b, qpos0, qpos0 + nq, d.Tk);
       if (max(kr.lo, j0) >= min(kr.hi, j0 + nk)) continue;  // block-uniform: this query tile never sees us
       __syncthreads();  // previous iteration done with the query tiles and Ps, dSs
       t.load_queries(d, q, dout, lse_g, D_g, b, h, i0, nq);
       __syncthreads();
-      t.probs(d, m, qpos0, nq, j0, nk);
+      t.probs(d, m, b, qpos0, nq, j0, nk);
       __syncthreads();
       for (int r = 0; r < nq; ++r) {
 #pragma unroll
@@ -367,13 +469,13 @@ __global__ void __launch_bounds__(kBwdThreads)
     for (int i = 0; i < kC; ++i) dqa[mm][i] = 0.f;
 
   t.load_queries(d, q, dout, lse_g, D_g, b, h, i0, nq);  // made visible by the first barrier below
-  const Range kr = clamped_range(m, qpos0, qpos0 + nq, d.Tk);
+  const Range kr = clamped_range(m, b, qpos0, qpos0 + nq, d.Tk);
   for (int64_t j0 = kr.lo; j0 < kr.hi; j0 += kBK) {
     const int nk = static_cast<int>(min(static_cast<int64_t>(kBK), kr.hi - j0));
     __syncthreads();  // previous iteration done with Ks and dSs
     t.load_keys(d, k, v, b, g, j0, nk);
     __syncthreads();
-    t.probs(d, m, qpos0, nq, j0, nk);
+    t.probs(d, m, b, qpos0, nq, j0, nk);
     __syncthreads();
     for (int j = 0; j < nk; ++j) {
 #pragma unroll

@@ -60,4 +60,26 @@ void attention_forward_f32(const AttnArgs& a, const float* q, const float* k, co
 void attention_backward_f32(const AttnArgs& a, const float* q, const float* k, const float* v, const float* o,
                             const float* lse, const float* dout, float* dq, float* dk, float* dv);
 
+// The id-based masks: q_id/k_id (document or segment ids, equal ids attend; `causal` adds k <= q), block-causal
+// segments, key validity bytes. Device pointers.
+void attention_forward_id_equal_f32(const AttnArgs& a, const int64_t* q_id, const int64_t* k_id, bool k_sorted,
+                                    bool causal, bool segments, const float* q, const float* k, const float* v,
+                                    float* o, float* lse);
+void attention_backward_id_equal_f32(const AttnArgs& a, const int64_t* q_id, const int64_t* k_id, bool k_sorted,
+                                     bool causal, bool segments, const float* q, const float* k, const float* v,
+                                     const float* o, const float* lse, const float* dout, float* dq, float* dk,
+                                     float* dv);
+void attention_forward_block_causal_f32(const AttnArgs& a, const int64_t* q_seg, const int64_t* k_seg,
+                                        bool k_sorted, const float* q, const float* k, const float* v, float* o,
+                                        float* lse);
+void attention_backward_block_causal_f32(const AttnArgs& a, const int64_t* q_seg, const int64_t* k_seg,
+                                         bool k_sorted, const float* q, const float* k, const float* v,
+                                         const float* o, const float* lse, const float* dout, float* dq, float* dk,
+                                         float* dv);
+void attention_forward_key_valid_f32(const AttnArgs& a, const uint8_t* valid, const float* q, const float* k,
+                                     const float* v, float* o, float* lse);
+void attention_backward_key_valid_f32(const AttnArgs& a, const uint8_t* valid, const float* q, const float* k,
+                                      const float* v, const float* o, const float* lse, const float* dout,
+                                      float* dq, float* dk, float* dv);
+
 }  // namespace tessera::cuda_detail

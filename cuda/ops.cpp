@@ -112,7 +112,9 @@ void timestep_norm_backward(cuda, const TsnDims& d, const float* dy, const float
 }
 
 // ---- attention (attention.cu) ------------------------------------------------------------------------
-// The CPU op's dimension checks and mask binding (which validates W and C) run first.
+// The CPU op's dimension checks and mask binding (which validates W and C) run first. The id policies are
+// bound with k_sorted cleared (null checks only: their ids are device memory and are never read here); a
+// declared k_sorted is verified by attention.cu on the device.
 
 namespace {
 
@@ -148,6 +150,29 @@ cuda_detail::AttnArgs attn_args(const AttnDims& d, const Mask& m, const char* wh
     return attn_args(d, who, AttnMask::SlidingWindow, bound.W);
   else
     return attn_args(d, who, AttnMask::ChunkLocal, bound.C);
+}
+
+/// Bound-for-checks copy of an id policy: null checks and layout, no read of the (device) ids.
+template <class Mask>
+Mask checked_ids(const AttnDims& d, Mask m) {
+  m.k_sorted = false;
+  return mask::bind(m, mask::Layout{d.B, d.Tq, d.Tk, d.q_offset});
+}
+
+/// DocumentCuts, alone or under All<Causal, DocumentCuts> (causal = true).
+void id_forward(const AttnDims& d, const mask::DocumentCuts& m, bool causal, const float* q, const float* k,
+                const float* v, float* o, float* lse) {
+  const auto a = attn_args(d, "attention_forward", AttnMask::Causal, 0);
+  checked_ids(d, m);
+  cuda_detail::attention_forward_id_equal_f32(a, m.q_doc, m.k_doc, m.k_sorted, causal, false, q, k, v, o, lse);
+}
+void id_backward(const AttnDims& d, const mask::DocumentCuts& m, bool causal, const float* q, const float* k,
+                 const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk,
+                 float* dv) {
+  const auto a = attn_args(d, "attention_backward", AttnMask::Causal, 0);
+  checked_ids(d, m);
+  cuda_detail::attention_backward_id_equal_f32(a, m.q_doc, m.k_doc, m.k_sorted, causal, false, q, k, v, o, lse,
+                                               dout, dq, dk, dv);
 }
 
 template <class Mask>
@@ -192,6 +217,68 @@ void attention_backward(cuda, const AttnDims& d, const mask::ChunkLocal& m, cons
                         const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk,
                         float* dv) {
   attention_backward_cuda(d, m, q, k, v, o, lse, dout, dq, dk, dv);
+}
+
+// Id masks: every id / validity pointer is device memory.
+void attention_forward(cuda, const AttnDims& d, const mask::DocumentCuts& m, const float* q, const float* k,
+                       const float* v, float* o, float* lse) {
+  id_forward(d, m, false, q, k, v, o, lse);
+}
+void attention_forward(cuda, const AttnDims& d, const mask::All<mask::Causal, mask::DocumentCuts>& m,
+                       const float* q, const float* k, const float* v, float* o, float* lse) {
+  id_forward(d, std::get<1>(m.parts), true, q, k, v, o, lse);
+}
+void attention_forward(cuda, const AttnDims& d, const mask::SegmentEqual& m, const float* q, const float* k,
+                       const float* v, float* o, float* lse) {
+  const auto a = attn_args(d, "attention_forward", AttnMask::Causal, 0);
+  checked_ids(d, m);
+  cuda_detail::attention_forward_id_equal_f32(a, m.q_seg, m.k_seg, m.k_sorted, false, true, q, k, v, o, lse);
+}
+void attention_forward(cuda, const AttnDims& d, const mask::BlockCausal& m, const float* q, const float* k,
+                       const float* v, float* o, float* lse) {
+  const auto a = attn_args(d, "attention_forward", AttnMask::Causal, 0);
+  checked_ids(d, m);
+  cuda_detail::attention_forward_block_causal_f32(a, m.q_seg, m.k_seg, m.k_sorted, q, k, v, o, lse);
+}
+void attention_forward(cuda, const AttnDims& d, const mask::KeyValid& m, const float* q, const float* k,
+                       const float* v, float* o, float* lse) {
+  const auto a = attn_args(d, "attention_forward", AttnMask::Causal, 0);
+  mask::bind(m, mask::Layout{d.B, d.Tq, d.Tk, d.q_offset});
+  cuda_detail::attention_forward_key_valid_f32(a, m.valid, q, k, v, o, lse);
+}
+
+void attention_backward(cuda, const AttnDims& d, const mask::DocumentCuts& m, const float* q, const float* k,
+                        const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk,
+                        float* dv) {
+  id_backward(d, m, false, q, k, v, o, lse, dout, dq, dk, dv);
+}
+void attention_backward(cuda, const AttnDims& d, const mask::All<mask::Causal, mask::DocumentCuts>& m,
+                        const float* q, const float* k, const float* v, const float* o, const float* lse,
+                        const float* dout, float* dq, float* dk, float* dv) {
+  id_backward(d, std::get<1>(m.parts), true, q, k, v, o, lse, dout, dq, dk, dv);
+}
+void attention_backward(cuda, const AttnDims& d, const mask::SegmentEqual& m, const float* q, const float* k,
+                        const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk,
+                        float* dv) {
+  const auto a = attn_args(d, "attention_backward", AttnMask::Causal, 0);
+  checked_ids(d, m);
+  cuda_detail::attention_backward_id_equal_f32(a, m.q_seg, m.k_seg, m.k_sorted, false, true, q, k, v, o, lse,
+                                               dout, dq, dk, dv);
+}
+void attention_backward(cuda, const AttnDims& d, const mask::BlockCausal& m, const float* q, const float* k,
+                        const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk,
+                        float* dv) {
+  const auto a = attn_args(d, "attention_backward", AttnMask::Causal, 0);
+  checked_ids(d, m);
+  cuda_detail::attention_backward_block_causal_f32(a, m.q_seg, m.k_seg, m.k_sorted, q, k, v, o, lse, dout, dq,
+                                                   dk, dv);
+}
+void attention_backward(cuda, const AttnDims& d, const mask::KeyValid& m, const float* q, const float* k,
+                        const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk,
+                        float* dv) {
+  const auto a = attn_args(d, "attention_backward", AttnMask::Causal, 0);
+  mask::bind(m, mask::Layout{d.B, d.Tq, d.Tk, d.q_offset});
+  cuda_detail::attention_backward_key_valid_f32(a, m.valid, q, k, v, o, lse, dout, dq, dk, dv);
 }
 
 }  // namespace tessera::ops

@@ -365,4 +365,34 @@ void attention_backward(cuda, const AttnDims& d, const mask::ChunkLocal& m, cons
                         const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk,
                         float* dv);
 
+// CUDA id masks (same kernels). Every id / validity pointer inside the policy (q_doc, k_doc, q_seg, k_seg,
+// valid) must be DEVICE memory, laid out as on the CPU (rows b*Tq + i, b*Tk + j); the host never reads
+// it. A declared k_sorted is verified on the device (one small kernel plus a synchronising 8-byte copy per
+// call) and throws like the CPU bind when the key ids decrease. All<Causal, DocumentCuts> is BLT's local mask.
+void attention_forward(cuda, const AttnDims& d, const mask::DocumentCuts& m, const float* q, const float* k,
+                       const float* v, float* o, float* lse);
+void attention_forward(cuda, const AttnDims& d, const mask::All<mask::Causal, mask::DocumentCuts>& m,
+                       const float* q, const float* k, const float* v, float* o, float* lse);
+void attention_forward(cuda, const AttnDims& d, const mask::SegmentEqual& m, const float* q, const float* k,
+                       const float* v, float* o, float* lse);
+void attention_forward(cuda, const AttnDims& d, const mask::BlockCausal& m, const float* q, const float* k,
+                       const float* v, float* o, float* lse);
+void attention_forward(cuda, const AttnDims& d, const mask::KeyValid& m, const float* q, const float* k,
+                       const float* v, float* o, float* lse);
+void attention_backward(cuda, const AttnDims& d, const mask::DocumentCuts& m, const float* q, const float* k,
+                        const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk,
+                        float* dv);
+void attention_backward(cuda, const AttnDims& d, const mask::All<mask::Causal, mask::DocumentCuts>& m,
+                        const float* q, const float* k, const float* v, const float* o, const float* lse,
+                        const float* dout, float* dq, float* dk, float* dv);
+void attention_backward(cuda, const AttnDims& d, const mask::SegmentEqual& m, const float* q, const float* k,
+                        const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk,
+                        float* dv);
+void attention_backward(cuda, const AttnDims& d, const mask::BlockCausal& m, const float* q, const float* k,
+                        const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk,
+                        float* dv);
+void attention_backward(cuda, const AttnDims& d, const mask::KeyValid& m, const float* q, const float* k,
+                        const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk,
+                        float* dv);
+
 }  // namespace tessera::ops

@@ -1,0 +1,351 @@
+// CPU vs CUDA parity for the flash-style attention (cuda/attention.cu) with the id mask policies:
+// DocumentCuts, All<Causal, DocumentCuts>, BlockCausal, SegmentEqual and KeyValid. Both backends run on the
+// same random fp32 inputs and the same ids (host copies for the CPU policy, device copies for the CUDA
+// policy); every test skips itself when no CUDA device is visible.
+//
+// Outputs start as NaN on the device (an element the GPU never writes fails); padding columns start as 7 on
+// both sides and must stay untouched. Tolerance as in test_cuda_megalodon.cpp: |gpu - cpu| <= 1e-4 (|cpu| +
+// max|cpu|) elementwise; a masking or key-range mistake gives O(1) errors.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "tessera/core/allocator.hpp"
+#include "tessera/core/error.hpp"
+#include "tessera/core/rng.hpp"
+#include "tessera/ops/attention.hpp"
+
+using namespace tessera;
+namespace mask = tessera::ops::mask;
+
+namespace {
+
+constexpr double kRtol = 1e-4;
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+class CudaAttentionMasks : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (cuda_mem::device_count() == 0)
+      GTEST_SKIP() << "no CUDA device: cudaGetDeviceCount reports none (no GPU or no driver)";
+  }
+};
+
+/// A device copy of a host vector (owning).
+template <class T>
+class Dev {
+ public:
+  explicit Dev(const std::vector<T>& h) : n_(h.size()) {
+    p_ = static_cast<T*>(Allocator<cuda>::allocate(n_ * sizeof(T)));
+    cuda_mem::to_device(p_, h.data(), n_ * sizeof(T));
+  }
+  Dev(const Dev&) = delete;
+  Dev& operator=(const Dev&) = delete;
+  ~Dev() { Allocator<cuda>::deallocate(p_); }
+  T* get() { return p_; }
+  std::vector<T> host() const {
+    std::vector<T> h(n_);
+    cuda_mem::to_host(h.data(), p_, n_ * sizeof(T));
+    return h;
+  }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_;
+};
+
+/// Elementwise comparison; equal infinities compare equal (lse of a fully masked row), NaN fails.
+void expect_close(const std::string& what, const std::vector<float>& gpu, const std::vector<float>& ref) {
+  ASSERT_EQ(gpu.size(), ref.size()) << what;
+  double scale = 0;
+  for (float r : ref)
+    if (std::isfinite(r)) scale = std::max(scale, std::abs(static_cast<double>(r)));
+  int bad = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double g = gpu[i], r = ref[i];
+    if (std::isinf(r) && g == r) continue;
+    const double err = std::abs(g - r);
+    if (!(err <= kRtol * std::abs(r) + kRtol * scale) && ++bad <= 5)
+      ADD_FAILURE() << what << "[" << i << "]: gpu " << g << " vs cpu " << r;
+  }
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << ref.size() << " entries differ";
+}
+
+ops::AttnDims dims(int64_t B, int64_t Tq, int64_t Tk, int64_t Hq, int64_t Hkv, int64_t Dh, int64_t Dv,
+                   int64_t q_offset, double scale, int64_t pad) {
+  ops::AttnDims d;
+  d.B = B;
+  d.Tq = Tq;
+  d.Tk = Tk;
+  d.Hq = Hq;
+  d.Hkv = Hkv;
+  d.Dh = Dh;
+  d.Dv = Dv;
+  d.q_offset = q_offset;
+  d.scale = scale;
+  d.q_stride = Hq * Dh + pad;
+  d.k_stride = Hkv * Dh + pad;
+  d.v_stride = Hkv * d.dv() + pad;
+  d.o_stride = Hq * d.dv() + pad;
+  return d;
+}
+
+/// Per-row ids that are non-decreasing along each of B rows of length T: runs of random length 1..max_run.
+std::vector<int64_t> sorted_ids(int64_t B, int64_t T, int64_t max_run, Rng& rng, int64_t first = 0) {
+  std::vector<int64_t> ids(static_cast<size_t>(B * T));
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t id = first, left = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      if (left == 0) {
+        left = 1 + static_cast<int64_t>(rng.uniform() * static_cast<double>(max_run)) % max_run;
+        if (t > 0) ++id;
+      }
+      ids[b * T + t] = id;
+      --left;
+    }
+  }
+  return ids;
+}
+
+/// Random ids in [0, n).
+std::vector<int64_t> random_ids(int64_t count, int64_t n, Rng& rng) {
+  std::vector<int64_t> ids(static_cast<size_t>(count));
+  for (int64_t& x : ids) x = static_cast<int64_t>(rng.uniform() * static_cast<double>(n)) % n;
+  return ids;
+}
+
+/// The query rows' ids of a self-attention layout: query row i is key position q_offset + i.
+std::vector<int64_t> query_ids_from_keys(const std::vector<int64_t>& k, const ops::AttnDims& d) {
+  std::vector<int64_t> q(static_cast<size_t>(d.B * d.Tq));
+  for (int64_t b = 0; b < d.B; ++b)
+    for (int64_t i = 0; i < d.Tq; ++i) q[b * d.Tq + i] = k[b * d.Tk + std::min(d.Tk - 1, d.q_offset + i)];
+  return q;
+}
+
+/// Forward and backward on both backends for the policy pair (cpu_mask over host ids, gpu_mask over device
+/// ids); o, lse, dq, dk, dv compared. Returns the number of fully masked (lse = -inf) query rows of the CPU.
+template <class M>
+int64_t check(const std::string& name, const ops::AttnDims& d, const M& cpu_mask, const M& gpu_mask,
+              Rng& rng) {
+  SCOPED_TRACE(name);
+  const int64_t nq = d.B * d.Tq, nk = d.B * d.Tk, Dv = d.dv();
+  auto buffer = [&](int64_t rows, int64_t stride, int64_t cols, bool random, float fill) {
+    std::vector<float> v(static_cast<size_t>(rows * stride), 7.0f);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) v[r * stride + c] = random ? static_cast<float>(rng.normal()) : fill;
+    return v;
+  };
+  const std::vector<float> q = buffer(nq, d.q_stride, d.Hq * d.Dh, true, 0),
+                           k = buffer(nk, d.k_stride, d.Hkv * d.Dh, true, 0),
+                           v = buffer(nk, d.v_stride, d.Hkv * Dv, true, 0),
+                           dout = buffer(nq, d.o_stride, d.Hq * Dv, true, 0);
+  std::vector<float> o = buffer(nq, d.o_stride, d.Hq * Dv, false, 0),
+                     lse(static_cast<size_t>(d.B * d.Hq * d.Tq));
+  std::vector<float> dq = buffer(nq, d.q_stride, d.Hq * d.Dh, false, 0),
+                     dk = buffer(nk, d.k_stride, d.Hkv * d.Dh, false, 0),
+                     dv = buffer(nk, d.v_stride, d.Hkv * Dv, false, 0);
+  Dev<float> d_q(q), d_k(k), d_v(v), d_dout(dout);
+  Dev<float> d_o(buffer(nq, d.o_stride, d.Hq * Dv, false, kNaN)), d_lse(std::vector<float>(lse.size(), kNaN));
+  Dev<float> d_dq(buffer(nq, d.q_stride, d.Hq * d.Dh, false, kNaN)),
+      d_dk(buffer(nk, d.k_stride, d.Hkv * d.Dh, false, kNaN)),
+      d_dv(buffer(nk, d.v_stride, d.Hkv * Dv, false, kNaN));
+
+  ops::attention_forward(cpu{}, d, cpu_mask, q.data(), k.data(), v.data(), o.data(), lse.data());
+  ops::attention_backward(cpu{}, d, cpu_mask, q.data(), k.data(), v.data(), o.data(), lse.data(), dout.data(),
+                          dq.data(), dk.data(), dv.data());
+  ops::attention_forward(cuda{}, d, gpu_mask, d_q.get(), d_k.get(), d_v.get(), d_o.get(), d_lse.get());
+  ops::attention_backward(cuda{}, d, gpu_mask, d_q.get(), d_k.get(), d_v.get(), d_o.get(), d_lse.get(),
+                          d_dout.get(), d_dq.get(), d_dk.get(), d_dv.get());
+  expect_close("o", d_o.host(), o);
+  expect_close("lse", d_lse.host(), lse);
+  expect_close("dq", d_dq.host(), dq);
+  expect_close("dk", d_dk.host(), dk);
+  expect_close("dv", d_dv.host(), dv);
+  return std::count(lse.begin(), lse.end(), -std::numeric_limits<float>::infinity());
+}
+
+/// DocumentCuts (causal = false) or All<Causal, DocumentCuts> over the given ids.
+int64_t check_docs(const std::string& name, const ops::AttnDims& d, const std::vector<int64_t>& qd,
+                   const std::vector<int64_t>& kd, bool sorted, bool causal, Rng& rng) {
+  Dev<int64_t> dq(qd), dk(kd);
+  const mask::DocumentCuts host{qd.data(), kd.data(), sorted}, dev{dq.get(), dk.get(), sorted};
+  if (causal) return check(name, d, mask::All{mask::Causal{}, host}, mask::All{mask::Causal{}, dev}, rng);
+  return check(name, d, host, dev, rng);
+}
+
+}  // namespace
+
+// Packed documents, sorted (key blocks skipped by binary search) and unsorted (every key block visited);
+// GQA, lengths off the 32-row tiles, padded strides, Dh != Dv and the larger kernel instantiation.
+TEST_F(CudaAttentionMasks, DocumentCutsMatchesCpu) {
+  Rng rng(41);
+  {
+    const auto d = dims(2, 77, 77, 4, 2, 64, 0, 0, 0.125, 3);
+    const auto k = sorted_ids(2, 77, 30, rng);
+    check_docs("sorted docs GQA 4/2", d, query_ids_from_keys(k, d), k, true, false, rng);
+    check_docs("same docs, not declared sorted", d, query_ids_from_keys(k, d), k, false, false, rng);
+  }
+  {
+    const auto d = dims(1, 100, 100, 2, 2, 128, 40, 0, 0.09, 0);
+    const auto k = random_ids(100, 3, rng);
+    check_docs("unsorted docs Dh=128 Dv=40", d, query_ids_from_keys(k, d), k, false, false, rng);
+  }
+  {
+    // Queries with a document that no key has: fully masked rows (lse -inf, zero output and gradients).
+    const auto d = dims(2, 45, 70, 3, 1, 32, 0, 0, 0.2, 1);
+    const auto k = sorted_ids(2, 70, 25, rng);
+    auto q = sorted_ids(2, 45, 12, rng);
+    for (int64_t i = 5; i < 15; ++i) q[i] = 1000;      // batch 0, rows 5..14
+    for (int64_t i = 40; i < 45; ++i) q[45 + i] = -7;  // batch 1, last rows
+    EXPECT_GE(check_docs("cross docs with absent ids", d, q, k, true, false, rng), 3 * 15);
+    check_docs("cross docs with absent ids, unsorted path", d, q, k, false, false, rng);
+  }
+}
+
+// BLT's local-layer mask: causal within packed documents; also chunked prefill (q_offset) and decode.
+TEST_F(CudaAttentionMasks, CausalDocumentCutsMatchesCpu) {
+  Rng rng(42);
+  {
+    const auto d = dims(2, 90, 90, 4, 1, 64, 0, 0, 0.125, 0);
+    const auto k = sorted_ids(2, 90, 40, rng);
+    check_docs("causal docs GQA 4/1", d, query_ids_from_keys(k, d), k, true, true, rng);
+    check_docs("causal docs unsorted path", d, query_ids_from_keys(k, d), k, false, true, rng);
+  }
+  {
+    const auto d = dims(2, 37, 101, 2, 2, 48, 16, 64, 0.15, 2);
+    const auto k = sorted_ids(2, 101, 33, rng);
+    check_docs("causal docs q_offset 64", d, query_ids_from_keys(k, d), k, true, true, rng);
+  }
+  {
+    const auto d = dims(1, 1, 70, 2, 1, 64, 0, 69, 0.125, 0);
+    const auto k = sorted_ids(1, 70, 20, rng);
+    check_docs("causal docs decode", d, query_ids_from_keys(k, d), k, true, true, rng);
+  }
+  {
+    // Query ids that contradict the keys' (documents absent from the visible keys): fully masked rows.
+    const auto d = dims(1, 40, 40, 2, 2, 32, 0, 0, 0.2, 0);
+    const auto k = sorted_ids(1, 40, 10, rng);
+    auto q = query_ids_from_keys(k, d);
+    for (int64_t i = 0; i < 6; ++i) q[i] = 500;
+    EXPECT_EQ(check_docs("causal docs masked rows", d, q, k, true, true, rng), 2 * 6);
+  }
+}
+
+// Block-causal over patch ids: a byte sees every byte of its own and earlier patches (not causal within a
+// patch); sorted and unsorted paths, GQA, and rows whose id is below every key's (fully masked).
+TEST_F(CudaAttentionMasks, BlockCausalMatchesCpu) {
+  Rng rng(43);
+  auto run = [&](const std::string& name, const ops::AttnDims& d, const std::vector<int64_t>& qs,
+                 const std::vector<int64_t>& ks, bool sorted) {
+    Dev<int64_t> dq(qs), dk(ks);
+    return check(name, d, mask::BlockCausal{qs.data(), ks.data(), sorted},
+                 mask::BlockCausal{dq.get(), dk.get(), sorted}, rng);
+  };
+  {
+    const auto d = dims(2, 83, 83, 4, 2, 64, 0, 0, 0.125, 1);
+    const auto k = sorted_ids(2, 83, 9, rng);
+    run("patches sorted", d, query_ids_from_keys(k, d), k, true);
+    run("patches unsorted path", d, query_ids_from_keys(k, d), k, false);
+  }
+  {
+    const auto d = dims(1, 50, 66, 2, 1, 256, 0, 16, 0.0625, 0);
+    const auto k = random_ids(66, 5, rng);
+    run("random segments Dh=256", d, query_ids_from_keys(k, d), k, false);
+  }
+  {
+    const auto d = dims(1, 40, 70, 1, 1, 32, 64, 0, 0.2, 0);
+    const auto k = sorted_ids(1, 70, 15, rng, 3);
+    auto q = sorted_ids(1, 40, 8, rng, 3);
+    for (int64_t i = 0; i < 4; ++i) q[i] = 0;  // below every key id (>= 3)
+    EXPECT_EQ(run("segments below every key", d, q, k, true), 4);
+  }
+}
+
+// Cross attention bytes -> patches: byte i sees only the patch (key) carrying its own patch id.
+TEST_F(CudaAttentionMasks, SegmentEqualMatchesCpu) {
+  Rng rng(44);
+  auto run = [&](const std::string& name, const ops::AttnDims& d, const std::vector<int64_t>& qs,
+                 const std::vector<int64_t>& ks, bool sorted) {
+    Dev<int64_t> dq(qs), dk(ks);
+    return check(name, d, mask::SegmentEqual{qs.data(), ks.data(), sorted},
+                 mask::SegmentEqual{dq.get(), dk.get(), sorted}, rng);
+  };
+  {
+    // 150 bytes in patches of 1..6 bytes; two key rows per patch id (a single key per query would make the
+    // softmax trivial and dk exactly zero), ids 0..22: bytes of later patches see nothing.
+    const int64_t B = 2, Tq = 150, Tk = 45;
+    const auto d = dims(B, Tq, Tk, 4, 2, 64, 0, 0, 0.125, 2);
+    const auto q = sorted_ids(B, Tq, 6, rng);
+    std::vector<int64_t> k(static_cast<size_t>(B * Tk));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < Tk; ++j) k[b * Tk + j] = j / 2;
+    run("bytes to patches sorted", d, q, k, true);
+    run("bytes to patches unsorted path", d, q, k, false);
+  }
+  {
+    const auto d = dims(1, 64, 40, 2, 2, 16, 32, 0, 1.0, 0);
+    const auto q = random_ids(64, 6, rng), k = random_ids(40, 8, rng);
+    run("random segments Dh=16 Dv=32", d, q, k, false);
+  }
+  {
+    const auto d = dims(1, 33, 20, 1, 1, 64, 0, 0, 0.125, 0);
+    std::vector<int64_t> q(33), k(20);
+    for (int64_t i = 0; i < 33; ++i) q[i] = i / 3;  // patches 0..10; keys hold 0..9 only
+    for (int64_t j = 0; j < 20; ++j) k[j] = j / 2;
+    EXPECT_EQ(run("patch without a key row", d, q, k, true), 3);
+  }
+}
+
+// Key padding: random validity, a batch row with no valid key (fully masked), GQA, Tq != Tk with q_offset.
+TEST_F(CudaAttentionMasks, KeyValidMatchesCpu) {
+  Rng rng(45);
+  const auto d = dims(3, 41, 75, 4, 2, 64, 24, 10, 0.125, 1);
+  std::vector<uint8_t> valid(static_cast<size_t>(d.B * d.Tk));
+  for (int64_t j = 0; j < d.Tk; ++j) {
+    valid[j] = rng.uniform() < 0.6 ? 1 : 0;
+    valid[d.Tk + j] = 0;                    // batch 1: nothing valid
+    valid[2 * d.Tk + j] = j >= 64 ? 1 : 0;  // batch 2: only the last (partial) key tile
+  }
+  Dev<uint8_t> dvalid(valid);
+  const int64_t masked =
+      check("key validity", d, mask::KeyValid{valid.data()}, mask::KeyValid{dvalid.get()}, rng);
+  EXPECT_EQ(masked, d.Hq * d.Tq);  // exactly batch 1
+}
+
+// A declared k_sorted is checked on the device, with the CPU bind's message; null id arrays are rejected.
+TEST_F(CudaAttentionMasks, BadIdsAreTesseraErrors) {
+  const auto d = dims(2, 5, 40, 1, 1, 8, 0, 0, 0.1, 0);
+  Dev<float> buf(std::vector<float>(4096, 0.f)), out(std::vector<float>(4096, 0.f)),
+      lse(std::vector<float>(4096, 0.f));
+  std::vector<int64_t> k(80, 0);
+  k[40 + 17] = 3;  // batch 1 decreases at key row 18
+  Dev<int64_t> dk(k), dq(std::vector<int64_t>(10, 0));
+  try {
+    ops::attention_forward(cuda{}, d, mask::DocumentCuts{dq.get(), dk.get(), true}, buf.get(), buf.get(),
+                           buf.get(), out.get(), lse.get());
+    ADD_FAILURE() << "expected tessera::Error for unsorted k_doc";
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("k_doc"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("batch 1, key row 18"), std::string::npos) << msg;
+  }
+  EXPECT_THROW(
+      ops::attention_backward(cuda{}, d, mask::BlockCausal{dq.get(), dk.get(), true}, buf.get(), buf.get(),
+                              buf.get(), buf.get(), buf.get(), buf.get(), buf.get(), buf.get(), buf.get()),
+      Error);
+  // Declared unsorted: accepted (every key block is visited).
+  EXPECT_NO_THROW(ops::attention_forward(cuda{}, d, mask::SegmentEqual{dq.get(), dk.get(), false}, buf.get(),
+                                         buf.get(), buf.get(), out.get(), lse.get()));
+  EXPECT_THROW(
+      ops::attention_forward(cuda{}, d, mask::All{mask::Causal{}, mask::DocumentCuts{nullptr, dk.get()}},
+                             buf.get(), buf.get(), buf.get(), buf.get(), buf.get()),
+      Error);
+  EXPECT_THROW(ops::attention_forward(cuda{}, d, mask::KeyValid{nullptr}, buf.get(), buf.get(), buf.get(),
+                                      buf.get(), buf.get()),
+               Error);
+}
