@@ -1,0 +1,442 @@
+// CPU emulation of the CUDA built-ins used by tessera's kernels (cuda/*.cu, *.cuh), for checking kernel logic
+// without a GPU. The launch model: one std::thread per CUDA thread of a block (the same threads are reused for
+// every block), __syncthreads = a block-wide std::barrier, warp shuffles through a per-warp exchange array and a
+// warp barrier. Blocks run one after another (EMU_REVERSE=1: in reverse order, so a result that depends on the
+// block order shows up as a difference). Shared memory: `__shared__` becomes `static` (one copy per kernel
+// instantiation, valid because blocks never overlap), dynamic shared memory is emu::smem, filled with NaN.
+//
+// Also here: the CUDA runtime calls the sources use (host malloc, memcpy, streams/events as no-ops),
+// host shims of cub::DeviceScan / DeviceRadixSort / DeviceReduce, strict fakes of cub::BlockReduce and
+// cub::WarpReduce (result only in thread/lane 0, as CUB documents), and a cuBLAS fake whose GEMMs abort.
+// Forwarding headers with the real names (cuda_runtime_api.h, cub/..., cublas_v2.h) include this file.
+#pragma once
+#include <algorithm>
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <numeric>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+// ---------------------------------------------------------------------------------------------------------
+// Launch model: thread / block indices, barriers, shuffles.
+struct uint3_ {
+  unsigned x = 0, y = 0, z = 0;
+};
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {}
+};
+inline thread_local uint3_ threadIdx, blockIdx;
+inline dim3 blockDim, gridDim;
+inline constexpr int warpSize = 32;
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __noinline__
+#define __restrict__ __restrict
+#define __launch_bounds__(...)
+
+namespace emu {
+inline std::unique_ptr<std::barrier<>> block_bar;
+inline std::vector<std::unique_ptr<std::barrier<>>> warp_bar;
+inline std::vector<unsigned long long> xch;  // [warps][32] raw 8-byte shuffle slots
+inline thread_local int my_warp = 0, my_lane = 0;
+inline std::vector<float> smem;  // dynamic shared memory of the running block
+inline long long launches = 0;
+
+inline bool env_on(const char* name) {
+  const char* v = std::getenv(name);
+  return v && v[0] == '1';
+}
+
+[[noreturn]] inline void fail(const char* what) {
+  std::fprintf(stderr, "EMU: %s\n", what);
+  std::abort();
+}
+
+// kernel<<<grid, block, smem_bytes, stream>>>(args) is rewritten to launch(grid, block, smem_bytes, [&]{...}).
+template <class F>
+void launch(dim3 grid, dim3 block, size_t smem_bytes, F&& body) {
+  ++launches;
+  const long long T = (long long)block.x * block.y * block.z;
+  if (T < 1 || T > 1024 || block.z > 64 || grid.x < 1 || grid.y < 1 || grid.z < 1 || grid.x > 2147483647u ||
+      grid.y > 65535 || grid.z > 65535) {
+    std::fprintf(stderr, "EMU: bad launch config grid (%u,%u,%u) block (%u,%u,%u)\n", grid.x, grid.y, grid.z,
+                 block.x, block.y, block.z);
+    std::abort();
+  }
+  const bool rev = env_on("EMU_REVERSE");
+  gridDim = grid;
+  blockDim = block;
+  block_bar = std::make_unique<std::barrier<>>(T);
+  const int warps = int((T + 31) / 32);
+  warp_bar.clear();
+  for (int w = 0; w < warps; ++w)
+    warp_bar.push_back(std::make_unique<std::barrier<>>(std::min<long long>(32, T - 32 * w)));
+  xch.assign(size_t(warps) * 32, 0);
+  smem.assign(smem_bytes / sizeof(float) + 1, std::nanf(""));  // uninitialised shared memory reads as NaN
+  const long long nb = (long long)grid.x * grid.y * grid.z;
+  std::vector<std::thread> th;
+  th.reserve(size_t(T));
+  for (int t = 0; t < T; ++t)
+    th.emplace_back([&, t] {
+      threadIdx.x = t % block.x;
+      threadIdx.y = (t / block.x) % block.y;
+      threadIdx.z = t / (block.x * block.y);
+      my_warp = t / 32;
+      my_lane = t % 32;
+      for (long long k = 0; k < nb; ++k) {
+        const long long b = rev ? nb - 1 - k : k;
+        blockIdx.x = unsigned(b % grid.x);
+        blockIdx.y = unsigned((b / grid.x) % grid.y);
+        blockIdx.z = unsigned(b / ((long long)grid.x * grid.y));
+        body();
+        block_bar->arrive_and_wait();  // the block is complete before the next one starts
+      }
+    });
+  for (auto& x : th) x.join();
+}
+}  // namespace emu
+
+inline void __syncthreads() { emu::block_bar->arrive_and_wait(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_bar[emu::my_warp]->arrive_and_wait(); }
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+
+// Full-warp shuffles only (every lane of the warp must take part, as the kernels' masks say).
+template <class T>
+inline T __shfl_sync(unsigned, T v, int src) {
+  static_assert(sizeof(T) <= 8);
+  unsigned long long* x = emu::xch.data() + emu::my_warp * 32;
+  unsigned long long raw = 0;
+  std::memcpy(&raw, &v, sizeof(T));
+  x[emu::my_lane] = raw;
+  emu::warp_bar[emu::my_warp]->arrive_and_wait();
+  raw = x[src & 31];
+  emu::warp_bar[emu::my_warp]->arrive_and_wait();
+  T r;
+  std::memcpy(&r, &raw, sizeof(T));
+  return r;
+}
+template <class T>
+inline T __shfl_xor_sync(unsigned m, T v, int o) {
+  return __shfl_sync(m, v, emu::my_lane ^ o);
+}
+template <class T>
+inline T __shfl_down_sync(unsigned m, T v, unsigned d) {
+  const int s = emu::my_lane + int(d);
+  const T r = __shfl_sync(m, v, s & 31);
+  return s < 32 ? r : v;
+}
+using std::max;
+using std::min;
+using std::isfinite;
+using std::isnan;
+
+// ---------------------------------------------------------------------------------------------------------
+// Device intrinsics. The _rn forms go through volatile so that no FMA contraction can merge them.
+inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
+inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, 4); return i; }
+inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline double __dmul_rn(double a, double b) { volatile double r = a * b; return r; }
+inline double __dadd_rn(double a, double b) { volatile double r = a + b; return r; }
+inline double __dsub_rn(double a, double b) { volatile double r = a - b; return r; }
+inline double __ddiv_rn(double a, double b) { volatile double r = a / b; return r; }
+inline double __dsqrt_rn(double a) { return std::sqrt(a); }
+inline float __fmul_rn(float a, float b) { volatile float r = a * b; return r; }
+inline float __fadd_rn(float a, float b) { volatile float r = a + b; return r; }
+inline float __expf(float x) { return std::exp(x); }
+inline float __logf(float x) { return std::log(x); }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline double rsqrt(double x) { return 1.0 / std::sqrt(x); }
+
+// Atomics are real atomics: the threads of a block run concurrently.
+inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
+inline unsigned atomicAdd(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_add(v); }
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+  return std::atomic_ref<unsigned long long>(*p).fetch_add(v);
+}
+inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
+inline double atomicAdd(double* p, double v) { return std::atomic_ref<double>(*p).fetch_add(v); }
+template <class T>
+inline T emu_atomic_max(T* p, T v) {
+  std::atomic_ref<T> a(*p);
+  T old = a.load();
+  while (old < v && !a.compare_exchange_weak(old, v)) {}
+  return old;
+}
+template <class T>
+inline T emu_atomic_min(T* p, T v) {
+  std::atomic_ref<T> a(*p);
+  T old = a.load();
+  while (v < old && !a.compare_exchange_weak(old, v)) {}
+  return old;
+}
+inline int atomicMax(int* p, int v) { return emu_atomic_max(p, v); }
+inline unsigned long long atomicMax(unsigned long long* p, unsigned long long v) { return emu_atomic_max(p, v); }
+inline int atomicMin(int* p, int v) { return emu_atomic_min(p, v); }
+inline unsigned long long atomicMin(unsigned long long* p, unsigned long long v) { return emu_atomic_min(p, v); }
+inline int atomicCAS(int* p, int cmp, int v) {
+  std::atomic_ref<int>(*p).compare_exchange_strong(cmp, v);
+  return cmp;
+}
+inline unsigned long long atomicCAS(unsigned long long* p, unsigned long long cmp, unsigned long long v) {
+  std::atomic_ref<unsigned long long>(*p).compare_exchange_strong(cmp, v);
+  return cmp;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// CUDA runtime: host memory. Fresh allocations are filled with 0xFF bytes (NaN floats, -1 integers), so
+// reads of memory nobody wrote show up in the results.
+typedef int cudaError_t;
+typedef struct EmuStream* cudaStream_t;
+typedef struct EmuEvent* cudaEvent_t;
+enum : int { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2 };
+inline const char* cudaGetErrorName(cudaError_t e) {
+  return e == cudaSuccess ? "cudaSuccess" : e == cudaErrorMemoryAllocation ? "cudaErrorMemoryAllocation"
+                                                                            : "cudaErrorInvalidValue";
+}
+inline const char* cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no error" : "emulated error"; }
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+inline cudaError_t cudaPeekAtLastError() { return cudaSuccess; }
+inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
+inline cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidValue; }
+inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+enum cudaDeviceAttr { cudaDevAttrMemoryPoolsSupported };
+namespace emu {
+inline const int pools = env_on("EMU_NOPOOLS") ? 0 : 1;  // EMU_NOPOOLS=1: exercise the cudaMalloc fallbacks
+inline std::atomic<long long> live_async{0}, live_sync{0};
+constexpr size_t kMaxAlloc = size_t(1) << 40;  // larger requests fail like an out-of-memory cudaMalloc
+inline void* alloc(size_t n) {
+  void* p = std::malloc(n ? n : 1);
+  if (!p) fail("host malloc failed");
+  std::memset(p, 0xFF, n);
+  return p;
+}
+// Device allocations still live at exit are reported (a temp buffer that is never freed is a leak on a GPU).
+inline struct AllocCheck {
+  ~AllocCheck() {
+    if (live_async != 0 || live_sync != 0)
+      std::fprintf(stderr, "EMU: device allocations live at exit: async %lld, cudaMalloc %lld\n",
+                   live_async.load(), live_sync.load());
+  }
+} alloc_check;
+}  // namespace emu
+inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr, int) { *v = emu::pools; return cudaSuccess; }
+inline cudaError_t cudaMalloc(void** p, size_t n) {
+  if (n > emu::kMaxAlloc) { *p = nullptr; return cudaErrorMemoryAllocation; }
+  *p = emu::alloc(n);
+  ++emu::live_sync;
+  return cudaSuccess;
+}
+inline cudaError_t cudaFree(void* p) {
+  if (p) { std::free(p); --emu::live_sync; }
+  return cudaSuccess;
+}
+// Only the legacy default stream exists in tessera: another stream is a bug.
+inline cudaError_t cudaMallocAsync(void** p, size_t n, cudaStream_t s) {
+  if (s != nullptr) emu::fail("cudaMallocAsync on a non-default stream");
+  if (!emu::pools) emu::fail("cudaMallocAsync without memory-pool support");
+  if (n > emu::kMaxAlloc) { *p = nullptr; return cudaErrorMemoryAllocation; }
+  *p = emu::alloc(n);
+  ++emu::live_async;
+  return cudaSuccess;
+}
+inline cudaError_t cudaFreeAsync(void* p, cudaStream_t s) {
+  if (s != nullptr) emu::fail("cudaFreeAsync on a non-default stream");
+  if (p) { std::free(p); --emu::live_async; }
+  return cudaSuccess;
+}
+// The typed overloads of cuda_runtime.h's C++ API.
+template <class T>
+cudaError_t cudaMalloc(T** p, size_t n) { return cudaMalloc(reinterpret_cast<void**>(p), n); }
+template <class T>
+cudaError_t cudaMallocAsync(T** p, size_t n, cudaStream_t s) { return cudaMallocAsync(reinterpret_cast<void**>(p), n, s); }
+inline cudaError_t cudaMemset(void* p, int v, size_t n) { if (n) std::memset(p, v, n); return cudaSuccess; }
+inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = nullptr) { return cudaMemset(p, v, n); }
+enum cudaMemcpyKind {
+  cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice, cudaMemcpyDefault
+};
+inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) {
+  if (n) std::memmove(d, s, n);
+  return cudaSuccess;
+}
+inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind k, cudaStream_t = nullptr) {
+  return cudaMemcpy(d, s, n, k);
+}
+// Streams and events: kernels run synchronously, so these are no-ops with valid handles.
+inline cudaError_t cudaStreamCreate(cudaStream_t* s) { *s = reinterpret_cast<cudaStream_t>(std::malloc(1)); return cudaSuccess; }
+inline cudaError_t cudaStreamDestroy(cudaStream_t s) { std::free(s); return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaEventCreate(cudaEvent_t* e) { *e = reinterpret_cast<cudaEvent_t>(std::malloc(1)); return cudaSuccess; }
+inline cudaError_t cudaEventDestroy(cudaEvent_t e) { std::free(e); return cudaSuccess; }
+inline cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t = nullptr) { return cudaSuccess; }
+inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t, cudaEvent_t) { *ms = 0.f; return cudaSuccess; }
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
+// The opt-in limit of an H100 (227 KiB); the emulation itself does not bound shared memory.
+template <class K>
+cudaError_t cudaFuncSetAttribute(K, cudaFuncAttribute, int v) {
+  return v < 0 || v > 232448 ? cudaErrorInvalidValue : cudaSuccess;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// CUB. Block/warp primitives are strict: only thread/lane 0 gets the result (others get garbage), and the
+// block reduction has no barrier after it (reusing TempStorage needs a __syncthreads, as with CUB; TSan
+// reports a missing one). Device-wide algorithms are host shims with CUB's two-phase temp-storage query.
+namespace cub {
+template <class T>
+struct WarpReduce {
+  struct TempStorage {};
+  explicit WarpReduce(TempStorage&) {}
+  template <class Op>
+  T Reduce(T v, Op op) {
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(~0u, v, o));
+    return emu::my_lane == 0 ? v : T(-12345);
+  }
+  T Sum(T v) { return Reduce(v, [](T a, T b) { return a + b; }); }
+};
+
+template <class T, int N>
+struct BlockReduce {
+  struct TempStorage {
+    T arr[N];
+  };
+  TempStorage& s;
+  explicit BlockReduce(TempStorage& st) : s(st) {}
+  static int tid() { return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z); }
+  template <class Op>
+  T Reduce(T v, Op op) {
+    if (int(blockDim.x * blockDim.y * blockDim.z) != N) emu::fail("cub::BlockReduce: block size != BLOCK_DIM_X");
+    s.arr[tid()] = v;
+    __syncthreads();
+    if (tid() != 0) return T(-12345);
+    T r = s.arr[0];
+    for (int i = 1; i < N; ++i) r = op(r, s.arr[i]);
+    return r;
+  }
+  T Sum(T v) { return Reduce(v, [](T a, T b) { return a + b; }); }
+};
+
+namespace emu_detail {
+inline void check_call(void* temp, size_t bytes, size_t need, cudaStream_t stream, long long n, const char* who) {
+  if (stream != nullptr || bytes < need || n < 0) {
+    std::fprintf(stderr, "EMU: %s misuse (bytes %zu need %zu, n %lld, stream %p)\n", who, bytes, need, n,
+                 (void*)stream);
+    std::abort();
+  }
+  std::memset(temp, 0xAB, bytes);  // the real algorithm scribbles over its temp storage
+}
+}  // namespace emu_detail
+
+struct DeviceScan {
+  template <class In, class Out, class NumItemsT>
+  static cudaError_t InclusiveSum(void* temp, size_t& bytes, In in, Out out, NumItemsT n, cudaStream_t stream = 0) {
+    const size_t need = 1024;
+    if (temp == nullptr) { bytes = need; return cudaSuccess; }
+    emu_detail::check_call(temp, bytes, need, stream, (long long)n, "DeviceScan::InclusiveSum");
+    if (n > 0) {
+      auto acc = in[0];
+      out[0] = acc;
+      for (long long i = 1; i < (long long)n; ++i) { acc = acc + in[i]; out[i] = acc; }
+    }
+    return cudaSuccess;
+  }
+  template <class In, class Out, class NumItemsT>
+  static cudaError_t ExclusiveSum(void* temp, size_t& bytes, In in, Out out, NumItemsT n, cudaStream_t stream = 0) {
+    const size_t need = 1024;
+    if (temp == nullptr) { bytes = need; return cudaSuccess; }
+    emu_detail::check_call(temp, bytes, need, stream, (long long)n, "DeviceScan::ExclusiveSum");
+    if (n > 0) {
+      std::vector<std::remove_cvref_t<decltype(in[0])>> v(in, in + n);
+      decltype(v[0] + v[0]) acc{};
+      for (long long i = 0; i < (long long)n; ++i) { out[i] = acc; acc = acc + v[i]; }
+    }
+    return cudaSuccess;
+  }
+};
+
+struct DeviceReduce {
+  template <class In, class Out, class NumItemsT>
+  static cudaError_t Sum(void* temp, size_t& bytes, In in, Out out, NumItemsT n, cudaStream_t stream = 0) {
+    const size_t need = 512;
+    if (temp == nullptr) { bytes = need; return cudaSuccess; }
+    emu_detail::check_call(temp, bytes, need, stream, (long long)n, "DeviceReduce::Sum");
+    std::remove_cvref_t<decltype(out[0])> acc{};
+    for (long long i = 0; i < (long long)n; ++i) acc = acc + in[i];
+    out[0] = acc;
+    return cudaSuccess;
+  }
+  template <class In, class Out, class NumItemsT>
+  static cudaError_t Max(void* temp, size_t& bytes, In in, Out out, NumItemsT n, cudaStream_t stream = 0) {
+    const size_t need = 512;
+    if (temp == nullptr) { bytes = need; return cudaSuccess; }
+    emu_detail::check_call(temp, bytes, need, stream, (long long)n, "DeviceReduce::Max");
+    if (n <= 0) emu::fail("DeviceReduce::Max of no items");
+    auto acc = in[0];
+    for (long long i = 1; i < (long long)n; ++i) acc = acc < in[i] ? in[i] : acc;
+    out[0] = acc;
+    return cudaSuccess;
+  }
+};
+
+// SortPairs: a stable ascending sort by key bits [begin_bit, end_bit). Keys with bits outside that range abort
+// (CUB would silently ignore them: a wrong end_bit is a real bug).
+struct DeviceRadixSort {
+  template <class K, class V, class NumItemsT>
+  static cudaError_t SortPairs(void* temp, size_t& bytes, const K* kin, K* kout, const V* vin, V* vout, NumItemsT n,
+                               int begin_bit = 0, int end_bit = sizeof(K) * 8, cudaStream_t stream = 0) {
+    const size_t need = 4096 + size_t(n) * 8;
+    if (temp == nullptr) { bytes = need; return cudaSuccess; }
+    if (begin_bit < 0 || end_bit > int(sizeof(K) * 8) || begin_bit >= end_bit) emu::fail("SortPairs: bad bit range");
+    emu_detail::check_call(temp, bytes, need, stream, (long long)n, "DeviceRadixSort::SortPairs");
+    using U = unsigned long long;
+    const U mask = (end_bit >= 64 ? ~U(0) : ((U(1) << end_bit) - 1)) & ~((U(1) << begin_bit) - 1);
+    std::vector<long long> idx((size_t)n);
+    std::iota(idx.begin(), idx.end(), 0);
+    for (long long i = 0; i < (long long)n; ++i)
+      if ((U(kin[i]) & ~mask) != 0) {
+        std::fprintf(stderr, "EMU: SortPairs key %llu has bits outside [%d, %d)\n", U(kin[i]), begin_bit, end_bit);
+        std::abort();
+      }
+    std::stable_sort(idx.begin(), idx.end(),
+                     [&](long long a, long long b) { return (U(kin[a]) & mask) < (U(kin[b]) & mask); });
+    std::vector<K> ks((size_t)n);
+    std::vector<V> vs((size_t)n);
+    for (long long i = 0; i < (long long)n; ++i) { ks[i] = kin[idx[i]]; vs[i] = vin[idx[i]]; }
+    std::copy(ks.begin(), ks.end(), kout);
+    std::copy(vs.begin(), vs.end(), vout);
+    return cudaSuccess;
+  }
+};
+}  // namespace cub
+
+// ---------------------------------------------------------------------------------------------------------
+// cuBLAS is NOT emulated: handles work, every GEMM entry point aborts. A test passes only through gemm.cu's
+// host-side validation (which throws before any cuBLAS call); GEMM tests are excluded by the driver.
+typedef int cublasStatus_t;
+enum : int { CUBLAS_STATUS_SUCCESS = 0 };
+inline const char* cublasGetStatusName(cublasStatus_t) { return "CUBLAS_STATUS_EMU"; }
+inline const char* cublasGetStatusString(cublasStatus_t) { return "cuBLAS is not emulated"; }
+typedef struct EmuCublas* cublasHandle_t;
+enum cublasOperation_t { CUBLAS_OP_N, CUBLAS_OP_T };
+enum cublasComputeType_t { CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32 };
+enum cudaDataType_t { CUDA_R_32F, CUDA_R_16BF };
+enum cublasGemmAlgo_t { CUBLAS_GEMM_DEFAULT };
+inline cublasStatus_t cublasCreate(cublasHandle_t* h) { *h = reinterpret_cast<cublasHandle_t>(std::malloc(1)); return 0; }
+inline cublasStatus_t cublasDestroy(cublasHandle_t h) { std::free(h); return 0; }
+template <class... A>
+cublasStatus_t cublasGemmEx_64(A...) { emu::fail("cuBLAS GEMM is not emulated"); }
+template <class... A>
+cublasStatus_t cublasGemmStridedBatchedEx_64(A...) { emu::fail("cuBLAS GEMM is not emulated"); }
