@@ -1,10 +1,8 @@
 // Internal to tessera::cuda (elementwise.cu, loss.cu, segment.cu, hash.cu, adamw.cu): temporary device
 // memory for one op call, launch-size helpers and size checks.
 //
-// OpTemp holds stream-ordered memory on the legacy default stream (cudaMallocAsync / cudaFreeAsync), so it is
-// valid for every kernel queued after the allocation and returned to the driver's pool after every kernel
-// queued before the destructor (the pool caches blocks: a call per op is cheap). Devices without memory pools
-// use cudaMalloc / cudaFree (which waits for the device). Destruction never throws.
+// OpTemp is scratch.cuh's DeviceScratch (stream-ordered memory on the legacy default stream) reserved once at
+// construction.
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -15,58 +13,18 @@
 #include <cstring>
 
 #include "check.hpp"
+#include "scratch.cuh"
 
 namespace tessera::cuda_detail {
 
-class OpTemp {
+/// DeviceScratch (scratch.cuh) sized once at construction: `total` = the sum of bytes<T>(n) over the carves.
+class OpTemp : public DeviceScratch {
  public:
-  /// Bytes one carve of n elements of T takes (256-byte aligned carves).
   template <class T>
   static size_t bytes(int64_t n) {
-    return (static_cast<size_t>(std::max<int64_t>(n, 0)) * sizeof(T) + 255) / 256 * 256;
+    return bytes_for<T>(std::max<int64_t>(n, 0));
   }
-
-  explicit OpTemp(size_t total) {
-    if (total == 0) return;
-    int dev = 0, pools = 0;
-    TESSERA_CUDA_CHECK(cudaGetDevice(&dev));
-    TESSERA_CUDA_CHECK(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, dev));
-    async_ = pools != 0;
-    void* p = nullptr;
-    if (async_)
-      TESSERA_CUDA_CHECK(cudaMallocAsync(&p, total, 0));
-    else
-      TESSERA_CUDA_CHECK(cudaMalloc(&p, total));
-    base_ = static_cast<char*>(p);
-    cap_ = total;
-  }
-  OpTemp(const OpTemp&) = delete;
-  OpTemp& operator=(const OpTemp&) = delete;
-  ~OpTemp() {
-    if (!base_) return;
-    if (async_)
-      (void)cudaFreeAsync(base_, 0);
-    else
-      (void)cudaFree(base_);
-  }
-
-  /// The next n elements of T (nullptr for n == 0). The total passed to the constructor must be the sum of
-  /// bytes<T>(n) over the carves.
-  template <class T>
-  T* carve(int64_t n) {
-    if (n <= 0) return nullptr;
-    const size_t b = bytes<T>(n);
-    TESSERA_CHECK(used_ + b <= cap_, "tessera::cuda internal error: temporary buffer of ", cap_,
-                  " bytes is too small (", used_ + b, " needed)");
-    T* p = reinterpret_cast<T*>(base_ + used_);
-    used_ += b;
-    return p;
-  }
-
- private:
-  char* base_ = nullptr;
-  size_t cap_ = 0, used_ = 0;
-  bool async_ = false;
+  explicit OpTemp(size_t total) { reserve(total); }
 };
 
 /// Grid for a grid-stride loop over n items with `threads` per block (capped; the loop covers the rest).
