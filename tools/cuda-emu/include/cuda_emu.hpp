@@ -423,12 +423,14 @@ struct DeviceRadixSort {
 }  // namespace cub
 
 // ---------------------------------------------------------------------------------------------------------
-// cuBLAS is NOT emulated: handles work, every GEMM entry point aborts. A test passes only through gemm.cu's
-// host-side validation (which throws before any cuBLAS call); GEMM tests are excluded by the driver.
+// cuBLAS: handles and the two GEMM entry points tessera calls (cublasGemmEx_64, cublasGemmStridedBatchedEx_64),
+// column-major as cuBLAS defines them, computed on the host in double and rounded once to C's type (fp32 or
+// bf16). Only the operand types gemm.cu passes are accepted (A, B fp32 or bf16, C fp32 or bf16, alpha/beta
+// float); anything else aborts. beta == 0 overwrites C (NaN in C does not survive), as cuBLAS does.
 typedef int cublasStatus_t;
 enum : int { CUBLAS_STATUS_SUCCESS = 0 };
 inline const char* cublasGetStatusName(cublasStatus_t) { return "CUBLAS_STATUS_EMU"; }
-inline const char* cublasGetStatusString(cublasStatus_t) { return "cuBLAS is not emulated"; }
+inline const char* cublasGetStatusString(cublasStatus_t) { return "emulated cuBLAS"; }
 typedef struct EmuCublas* cublasHandle_t;
 enum cublasOperation_t { CUBLAS_OP_N, CUBLAS_OP_T };
 enum cublasComputeType_t { CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32F_FAST_TF32 };
@@ -436,7 +438,69 @@ enum cudaDataType_t { CUDA_R_32F, CUDA_R_16BF };
 enum cublasGemmAlgo_t { CUBLAS_GEMM_DEFAULT };
 inline cublasStatus_t cublasCreate(cublasHandle_t* h) { *h = reinterpret_cast<cublasHandle_t>(std::malloc(1)); return 0; }
 inline cublasStatus_t cublasDestroy(cublasHandle_t h) { std::free(h); return 0; }
-template <class... A>
-cublasStatus_t cublasGemmEx_64(A...) { emu::fail("cuBLAS GEMM is not emulated"); }
-template <class... A>
-cublasStatus_t cublasGemmStridedBatchedEx_64(A...) { emu::fail("cuBLAS GEMM is not emulated"); }
+namespace emu {
+inline double gemm_load(const void* p, cudaDataType_t t, int64_t i) {
+  if (t == CUDA_R_32F) return static_cast<const float*>(p)[i];
+  const uint32_t bits = uint32_t(static_cast<const uint16_t*>(p)[i]) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+inline void gemm_store(void* p, cudaDataType_t t, int64_t i, double v) {
+  const float f = static_cast<float>(v);
+  if (t == CUDA_R_32F) {
+    static_cast<float*>(p)[i] = f;
+    return;
+  }
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) bits = 0x7fc00000u;           // NaN stays NaN
+  else bits += 0x7fffu + ((bits >> 16) & 1u);                            // round to nearest even
+  static_cast<uint16_t*>(p)[i] = static_cast<uint16_t>(bits >> 16);
+}
+// One column-major GEMM: C[m x n] = alpha op(A) op(B) + beta C.
+inline void gemm_colmajor(cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k, float alpha,
+                          const void* A, cudaDataType_t at, int64_t lda, const void* B, cudaDataType_t bt, int64_t ldb,
+                          float beta, void* C, cudaDataType_t ct, int64_t ldc) {
+  if (m < 0 || n < 0 || k < 0) fail("cublasGemmEx: negative size");
+  if (lda < (ta == CUBLAS_OP_N ? m : k) || ldb < (tb == CUBLAS_OP_N ? k : n) || ldc < m)
+    fail("cublasGemmEx: leading dimension too small");
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t i = 0; i < m; ++i) {
+      double acc = 0;
+      for (int64_t l = 0; l < k; ++l) {
+        const double a = gemm_load(A, at, ta == CUBLAS_OP_N ? i + l * lda : l + i * lda);
+        const double b = gemm_load(B, bt, tb == CUBLAS_OP_N ? l + j * ldb : j + l * ldb);
+        acc += a * b;
+      }
+      double c = double(alpha) * acc;
+      if (beta != 0.f) c += double(beta) * gemm_load(C, ct, i + j * ldc);
+      gemm_store(C, ct, i + j * ldc, c);
+    }
+}
+}  // namespace emu
+inline cublasStatus_t cublasGemmEx_64(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb, int64_t m,
+                                      int64_t n, int64_t k, const void* alpha, const void* A, cudaDataType_t at,
+                                      int64_t lda, const void* B, cudaDataType_t bt, int64_t ldb, const void* beta,
+                                      void* C, cudaDataType_t ct, int64_t ldc, cublasComputeType_t,
+                                      cublasGemmAlgo_t) {
+  emu::gemm_colmajor(ta, tb, m, n, k, *static_cast<const float*>(alpha), A, at, lda, B, bt, ldb,
+                     *static_cast<const float*>(beta), C, ct, ldc);
+  return CUBLAS_STATUS_SUCCESS;
+}
+inline cublasStatus_t cublasGemmStridedBatchedEx_64(cublasHandle_t, cublasOperation_t ta, cublasOperation_t tb,
+                                                    int64_t m, int64_t n, int64_t k, const void* alpha,
+                                                    const void* A, cudaDataType_t at, int64_t lda, int64_t sa,
+                                                    const void* B, cudaDataType_t bt, int64_t ldb, int64_t sb,
+                                                    const void* beta, void* C, cudaDataType_t ct, int64_t ldc,
+                                                    int64_t sc, int64_t batch, cublasComputeType_t,
+                                                    cublasGemmAlgo_t) {
+  auto off = [](const void* p, cudaDataType_t t, int64_t i) {
+    return static_cast<const char*>(p) + i * (t == CUDA_R_32F ? 4 : 2);
+  };
+  for (int64_t b = 0; b < batch; ++b)
+    emu::gemm_colmajor(ta, tb, m, n, k, *static_cast<const float*>(alpha), off(A, at, b * sa), at, lda,
+                       off(B, bt, b * sb), bt, ldb, *static_cast<const float*>(beta),
+                       const_cast<char*>(off(C, ct, b * sc)), ct, ldc);
+  return CUBLAS_STATUS_SUCCESS;
+}
