@@ -3,7 +3,9 @@
 // per batch b, channel d and state n, with p real and q, g complex (coefficients from the raw parameters).
 //
 // Kernels (all on the legacy default stream):
-//   coeffs:   one thread per (d, n) turns alpha, delta, theta, gamma into p, q, g (float, as the CPU op).
+//   coeffs:   one thread per (d, n) turns alpha, delta, theta, gamma into p, q, g (float, as the CPU op);
+//             per call, or once into caller-owned buffers for decoding (cema_coeffs_f32 +
+//             cema_forward_coeffs_f32).
 //   forward:  one thread per (b, d, n) state runs the recurrence over t. A block holds DB channels x N states
 //             of one batch row; every TC steps the threads park Re(g h_t) in shared memory and the block sums
 //             them over n (fixed order, deterministic) to write y for those TC steps.
@@ -75,20 +77,51 @@ dim3 scan_grid(const CemaArgs& a, const ScanShape& s) {
 
 }  // namespace
 
+namespace {
+
+/// The forward scan with coefficients already on the device.
+void forward_scan(const CemaArgs& a, const float* p, const float* q, const float* g, const float* u,
+                  const float* hx, float* y, float* h_out) {
+  const int D = static_cast<int>(a.D), N = static_cast<int>(a.N);
+  const ScanShape s = scan_shape(N, 128, 4096);
+  const size_t smem = static_cast<size_t>(s.TC) * s.T * sizeof(float);  // <= 16 KiB
+  cema_forward_kernel<<<scan_grid(a, s), s.T, smem>>>(a.B, a.L, D, N, s.DB, s.TC, p, q, g, a.omega, u, hx, y,
+                                                      h_out);
+  TESSERA_CUDA_CHECK_LAUNCH("cema_forward_kernel");
+}
+
+}  // namespace
+
 void cema_forward_f32(const CemaArgs& a, const float* u, const float* hx, float* y, float* h_out) {
   constexpr const char* op = "cema_forward";
   check_args(a, op);
   if (a.B == 0) return;
   TESSERA_CHECK(a.L == 0 || (u && y), op, "(cuda): u or y is null");
-  const int D = static_cast<int>(a.D), N = static_cast<int>(a.N);
   DeviceScratch scratch;
   scratch.reserve(coeff_bytes(a));
   const Coeffs c = compute_coeffs(a, scratch);
-  const ScanShape s = scan_shape(N, 128, 4096);
-  const size_t smem = static_cast<size_t>(s.TC) * s.T * sizeof(float);  // <= 16 KiB
-  cema_forward_kernel<<<scan_grid(a, s), s.T, smem>>>(a.B, a.L, D, N, s.DB, s.TC, c.p, c.q, c.g, a.omega, u,
-                                                      hx, y, h_out);
-  TESSERA_CUDA_CHECK_LAUNCH("cema_forward_kernel");
+  forward_scan(a, c.p, c.q, c.g, u, hx, y, h_out);
+}
+
+void cema_coeffs_f32(const CemaArgs& a, float* p, float* q, float* g) {
+  constexpr const char* op = "cema_coeffs";
+  check_args(a, op);
+  TESSERA_CHECK(p && q && g, op, "(cuda): an output pointer (p, q, g) is null");
+  const int64_t DN = a.D * a.N;
+  cema_coeffs_kernel<<<grid_for(DN, 256, op), 256>>>(DN, static_cast<int>(a.N), a.alpha, a.delta, a.theta,
+                                                     a.gamma, p, q, g);
+  TESSERA_CUDA_CHECK_LAUNCH("cema_coeffs_kernel");
+}
+
+void cema_forward_coeffs_f32(const CemaArgs& a, const float* p, const float* q, const float* g,
+                             const float* u, const float* hx, float* y, float* h_out) {
+  constexpr const char* op = "cema_forward";
+  TESSERA_CHECK(a.B >= 0 && a.L >= 0 && a.D >= 1 && a.N >= 1 && a.N <= kMaxN && a.D <= INT_MAX / kMaxN, op,
+                "(cuda): bad CemaDims B=", a.B, " L=", a.L, " D=", a.D, " N=", a.N);
+  TESSERA_CHECK(p && q && g && a.omega, op, "(cuda): a coefficient pointer (p, q, g) or omega is null");
+  if (a.B == 0) return;
+  TESSERA_CHECK(a.L == 0 || (u && y), op, "(cuda): u or y is null");
+  forward_scan(a, p, q, g, u, hx, y, h_out);
 }
 
 void cema_backward_f32(const CemaArgs& a, const float* u, const float* hx, const float* dy, const float* dh_out,

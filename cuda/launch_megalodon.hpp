@@ -1,5 +1,6 @@
-// Internal to tessera::cuda: host entry points of cema.cu, timestep_norm.cu and attention.cu, in plain C++
-// (no CUDA types, no public op headers); ops.cpp binds the public `cuda` overloads to them (see launch.hpp).
+// Internal to tessera::cuda: host entry points of cema.cu, timestep_norm.cu, megalodon_layers.cu and
+// attention.cu, in plain C++ (no CUDA types, no public op headers); ops.cpp binds the public `cuda`
+// overloads to them (see launch.hpp).
 // All pointers are device pointers; complex arrays are interleaved (re, im) floats, which is the layout of
 // std::complex<float>. Work is queued on the legacy default stream.
 #pragma once
@@ -21,6 +22,13 @@ struct CemaArgs {
 /// y [B,L,D] = CEMA(u [B,L,D]); hx, h_out [B,D,N] complex (nullable).
 void cema_forward_f32(const CemaArgs& a, const float* u, const float* hx, float* y, float* h_out);
 
+/// The coefficients of spec §1.2 into device buffers p [D,N], q [D,N,2], g [D,N,2] (for decoding caches).
+void cema_coeffs_f32(const CemaArgs& a, float* p, float* q, float* g);
+
+/// cema_forward_f32 with precomputed coefficients (a's parameter pointers are not read except omega).
+void cema_forward_coeffs_f32(const CemaArgs& a, const float* p, const float* q, const float* g, const float* u,
+                             const float* hx, float* y, float* h_out);
+
 /// du overwritten; dhx overwritten when not null; d* parameter gradients accumulated when not null.
 void cema_backward_f32(const CemaArgs& a, const float* u, const float* hx, const float* dy, const float* dh_out,
                        float* du, float* dhx, float* dalpha, float* ddelta, float* dtheta, float* dgamma,
@@ -38,6 +46,24 @@ void timestep_norm_backward_f32(int64_t B, int64_t L, int64_t D, int64_t G, cons
                                 const float* prev_mean, const float* cummean, const float* cumrstd,
                                 const float* weight, float* dx, float* dprev_mean, float* dprev_var,
                                 float* dweight, float* dbias);
+
+// ---- megalodon_layers.cu (the elementwise pieces of ops/megalodon_elementwise.hpp) -----------------------
+
+void mega_qk_forward_f32(float* q, float* k, const float* zn, const float* gamma, const float* beta, int64_t n,
+                         int64_t Z, int64_t dz);
+void mega_qk_backward_f32(float* dzn, float* dgamma, float* dbeta, const float* dq, const float* dk,
+                          const float* zn, const float* gamma, int64_t n, int64_t Z, int64_t dz);
+void gate_mul_forward_f32(float* y, const float* a, const float* b, int64_t n);
+void gate_mul_backward_f32(float* da, float* db, const float* g, const float* a, const float* b, int64_t n);
+void rescale_residual_forward_f32(float* out, const float* h, const float* alpha, const float* res, int64_t n,
+                                  int64_t D);
+void rescale_residual_backward_f32(float* dh, float* dalpha, const float* g, const float* h, const float* alpha,
+                                   int64_t n, int64_t D);
+void offset_scale_f32(float* y, const float* w, int64_t n);
+void chunk_positions_i64(int64_t* pos, int64_t batch, int64_t L, int64_t first, int64_t C);
+void add_row_bias_f32(float* y, const float* bias, int64_t n, int64_t D);
+void row_bias_backward_f32(float* dbias, const float* dy, int64_t n, int64_t D);
+void fill_value_f32(float* p, float v, int64_t n);
 
 // ---- attention.cu ------------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@
 #include "tessera/ops/attention.hpp"
 #include "tessera/ops/cema.hpp"
 #include "tessera/ops/matmul.hpp"
+#include "tessera/ops/megalodon_elementwise.hpp"
 #include "tessera/ops/norm.hpp"
 #include "tessera/ops/softmax.hpp"
 #include "tessera/ops/timestep_norm.hpp"
@@ -58,7 +59,7 @@ float* floats(std::complex<float>* p) { return reinterpret_cast<float*>(p); }
 }  // namespace
 
 void cema_forward(cuda, const CemaDims& dm, const CemaParams<float>& prm, const float* u,
-                  const std::complex<float>* hx, float* y, std::complex<float>* h_out) {
+                  const std::complex<float>* hx, float* y, std::complex<float>* h_out, CemaMode) {
   constexpr const char* op = "cema_forward";
   cema_detail::check_dims(op, dm);
   cema_detail::check_params(op, prm);
@@ -69,7 +70,7 @@ void cema_forward(cuda, const CemaDims& dm, const CemaParams<float>& prm, const 
 
 void cema_backward(cuda, const CemaDims& dm, const CemaParams<float>& prm, const float* u,
                    const std::complex<float>* hx, const float* dy, const std::complex<float>* dh_out, float* du,
-                   std::complex<float>* dhx, const CemaGrads<float>& grads) {
+                   std::complex<float>* dhx, const CemaGrads<float>& grads, CemaMode) {
   constexpr const char* op = "cema_backward";
   cema_detail::check_dims(op, dm);
   cema_detail::check_params(op, prm);
@@ -78,6 +79,69 @@ void cema_backward(cuda, const CemaDims& dm, const CemaParams<float>& prm, const
   TESSERA_CHECK(du, op, ": du is null");
   cuda_detail::cema_backward_f32(cema_args(dm, prm), u, floats(hx), dy, floats(dh_out), du, floats(dhx),
                                  grads.alpha, grads.delta, grads.theta, grads.gamma, grads.omega);
+}
+
+void cema_coeffs(cuda, const CemaParams<float>& prm, int64_t D, int64_t N, float* p, std::complex<float>* q,
+                 std::complex<float>* g) {
+  constexpr const char* op = "cema_coeffs";
+  cema_detail::check_dims(op, CemaDims{1, 1, D, N});
+  cema_detail::check_params(op, prm);
+  cuda_detail::cema_coeffs_f32(cema_args(CemaDims{0, 0, D, N}, prm), p, floats(q), floats(g));
+}
+
+void cema_forward(cuda, const CemaDims& dm, const float* p, const std::complex<float>* q,
+                  const std::complex<float>* g, const float* omega, const float* u,
+                  const std::complex<float>* hx, float* y, std::complex<float>* h_out) {
+  constexpr const char* op = "cema_forward";
+  cema_detail::check_dims(op, dm);
+  TESSERA_CHECK(p && q && g, op, ": coefficients p, q or g are null (compute them with cema_coeffs)");
+  TESSERA_CHECK(omega, op, ": omega is null");
+  TESSERA_CHECK(u, op, ": u is null");
+  TESSERA_CHECK(y, op, ": y is null");
+  cuda_detail::CemaArgs a{dm.B, dm.L, dm.D, dm.N};
+  a.omega = omega;
+  cuda_detail::cema_forward_coeffs_f32(a, p, floats(q), floats(g), u, floats(hx), y, floats(h_out));
+}
+
+// ---- Megalodon's elementwise pieces (megalodon_layers.cu) ---------------------------------------------
+
+void mega_qk_forward(cuda, float* q, float* k, const float* zn, const float* gamma, const float* beta,
+                     int64_t n, int64_t Z, int64_t dz) {
+  cuda_detail::mega_qk_forward_f32(q, k, zn, gamma, beta, n, Z, dz);
+}
+void mega_qk_backward(cuda, float* dzn, float* dgamma, float* dbeta, const float* dq, const float* dk,
+                      const float* zn, const float* gamma, int64_t n, int64_t Z, int64_t dz) {
+  cuda_detail::mega_qk_backward_f32(dzn, dgamma, dbeta, dq, dk, zn, gamma, n, Z, dz);
+}
+void gate_mul_forward(cuda, float* y, const float* a, const float* b, int64_t n) {
+  cuda_detail::gate_mul_forward_f32(y, a, b, n);
+}
+void gate_mul_backward(cuda, float* da, float* db, const float* g, const float* a, const float* b,
+                       int64_t n) {
+  cuda_detail::gate_mul_backward_f32(da, db, g, a, b, n);
+}
+void rescale_residual_forward(cuda, float* out, const float* h, const float* alpha, const float* res,
+                              int64_t n, int64_t D) {
+  cuda_detail::rescale_residual_forward_f32(out, h, alpha, res, n, D);
+}
+void rescale_residual_backward(cuda, float* dh, float* dalpha, const float* g, const float* h,
+                               const float* alpha, int64_t n, int64_t D) {
+  cuda_detail::rescale_residual_backward_f32(dh, dalpha, g, h, alpha, n, D);
+}
+void offset_scale(cuda, float* y, const float* w, int64_t n) {
+  cuda_detail::offset_scale_f32(y, w, n);
+}
+void chunk_positions(cuda, int64_t* pos, int64_t batch, int64_t L, int64_t first, int64_t C) {
+  cuda_detail::chunk_positions_i64(pos, batch, L, first, C);
+}
+void add_row_bias(cuda, float* y, const float* bias, int64_t n, int64_t D) {
+  cuda_detail::add_row_bias_f32(y, bias, n, D);
+}
+void row_bias_backward(cuda, float* dbias, const float* dy, int64_t n, int64_t D) {
+  cuda_detail::row_bias_backward_f32(dbias, dy, n, D);
+}
+void fill_value(cuda, float* p, float v, int64_t n) {
+  cuda_detail::fill_value_f32(p, v, n);
 }
 
 // ---- TimestepNorm (timestep_norm.cu) -----------------------------------------------------------------

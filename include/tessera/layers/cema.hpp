@@ -10,12 +10,42 @@
 #include <numeric>
 #include <vector>
 
+#include "tessera/core/allocator.hpp"
 #include "tessera/core/param.hpp"
 #include "tessera/core/rng.hpp"
 #include "tessera/layers/context.hpp"
 #include "tessera/ops/cema.hpp"
 
 namespace tessera {
+
+/// Cached CEMA coefficients for decoding (Cema::coeffs): host vectors on the CPU, device buffers on CUDA.
+template <class T, class B = cpu>
+struct CemaCache {
+  ops::CemaCoeffs<T> c;
+  int64_t bytes() const {
+    return static_cast<int64_t>(c.p.size() * sizeof(T) + (c.q.size() + c.g.size()) * 2 * sizeof(T));
+  }
+};
+template <class T>
+struct CemaCache<T, cuda> {
+  Tensor<T, cuda> p, q, g;  // p [D, N]; q, g [D, N, 2] (re, im)
+  int64_t bytes() const { return (p.numel() + q.numel() + g.numel()) * int64_t(sizeof(T)); }
+};
+
+namespace cema_layer_detail {
+/// Runs f on a host tensor of t's shape and stores the result in t: f(t) itself for CPU tensors, f on a
+/// host copy then one upload for device tensors (initialisation draws random numbers on the host).
+template <class T, class B, class F>
+void on_host(Tensor<T, B>& t, F&& f) {
+  if constexpr (is_cpu_v<B>) {
+    f(t);
+  } else {
+    Tensor<T> h(t.shape());
+    f(h);
+    cuda_mem::to_device(t.data(), h.data(), static_cast<size_t>(h.numel()) * sizeof(T));
+  }
+}
+}  // namespace cema_layer_detail
 
 template <class T, class B = cpu>
 struct Cema {
@@ -47,26 +77,35 @@ struct Cema {
   /// permutation of k = 1..D; gamma real part ~ N(0, 1), imaginary part 0; omega ~ N(0, 0.25^2) cut to [-1,
   /// 1].
   void init(Rng& rng) {
+    using cema_layer_detail::on_host;
     for (auto* p : {&params.alpha, &params.delta})
-      for (auto& v : p->value) v = static_cast<T>(0.2 * rng.normal());
+      on_host(p->value, [&](Tensor<T>& t) {
+        for (auto& v : t) v = static_cast<T>(0.2 * rng.normal());
+      });
     std::vector<int64_t> perm(static_cast<size_t>(dim));
     std::iota(perm.begin(), perm.end(), int64_t(1));
     for (int64_t i = dim - 1; i > 0; --i) std::swap(perm[i], perm[rng.below(static_cast<uint64_t>(i + 1))]);
     const double step = std::log(static_cast<double>(dim)) / static_cast<double>(dim);
-    for (int64_t d = 0; d < dim; ++d) {
-      const double f = std::exp(-static_cast<double>(perm[d]) * step);
-      params.theta.value[d] = static_cast<T>(std::log(f / (1.0 - f)));
-    }
-    for (int64_t i = 0; i < dim * ndim; ++i) {
-      params.gamma.value[2 * i] = static_cast<T>(rng.normal());
-      params.gamma.value[2 * i + 1] = T(0);
-    }
-    for (auto& v : params.omega.value) {
-      double z;
-      do z = 0.25 * rng.normal();
-      while (z < -1.0 || z > 1.0);
-      v = static_cast<T>(z);
-    }
+    on_host(params.theta.value, [&](Tensor<T>& t) {
+      for (int64_t d = 0; d < dim; ++d) {
+        const double f = std::exp(-static_cast<double>(perm[d]) * step);
+        t[d] = static_cast<T>(std::log(f / (1.0 - f)));
+      }
+    });
+    on_host(params.gamma.value, [&](Tensor<T>& t) {
+      for (int64_t i = 0; i < dim * ndim; ++i) {
+        t[2 * i] = static_cast<T>(rng.normal());
+        t[2 * i + 1] = T(0);
+      }
+    });
+    on_host(params.omega.value, [&](Tensor<T>& t) {
+      for (auto& v : t) {
+        double z;
+        do z = 0.25 * rng.normal();
+        while (z < -1.0 || z > 1.0);
+        v = static_cast<T>(z);
+      }
+    });
   }
 
   ops::CemaParams<T> raw() const {
@@ -87,14 +126,30 @@ struct Cema {
     s.hx = hx;
   }
   /// Decoding with precomputed coefficients (coeffs()): no exp/sin/cos per token.
-  void forward_cached(const SeqContext& ctx, const ops::CemaCoeffs<T>& c, TensorView<const T> x,
-                      Tensor<T, B>& y, const std::complex<T>* hx, std::complex<T>* h_out) const {
+  void forward_cached(const SeqContext& ctx, const CemaCache<T, B>& c, TensorView<const T> x, Tensor<T, B>& y,
+                      const std::complex<T>* hx, std::complex<T>* h_out) const {
     y.resize_uninit({ctx.rows(), dim});
-    ops::cema_forward(B{}, dims(ctx), c, params.omega.value.data(), x.data(), hx, y.data(), h_out, mode);
+    if constexpr (is_cpu_v<B>) {
+      ops::cema_forward(B{}, dims(ctx), c.c, params.omega.value.data(), x.data(), hx, y.data(), h_out, mode);
+    } else {
+      TESSERA_CHECK(c.p.numel() == dim * ndim, "Cema::forward_cached: the coefficient cache holds ",
+                    c.p.numel(), " values, D*N is ", dim * ndim, " (make it with coeffs())");
+      ops::cema_forward(B{}, dims(ctx), c.p.data(), reinterpret_cast<const std::complex<T>*>(c.q.data()),
+                        reinterpret_cast<const std::complex<T>*>(c.g.data()), params.omega.value.data(),
+                        x.data(), hx, y.data(), h_out);
+    }
   }
-  ops::CemaCoeffs<T> coeffs() const {
-    ops::CemaCoeffs<T> c;
-    ops::cema_coeffs(B{}, raw(), dim, ndim, c);
+  CemaCache<T, B> coeffs() const {
+    CemaCache<T, B> c;
+    if constexpr (is_cpu_v<B>) {
+      ops::cema_coeffs(B{}, raw(), dim, ndim, c.c);
+    } else {
+      c.p.resize_uninit({dim, ndim});
+      c.q.resize_uninit({dim, ndim, 2});
+      c.g.resize_uninit({dim, ndim, 2});
+      ops::cema_coeffs(B{}, raw(), dim, ndim, c.p.data(), reinterpret_cast<std::complex<T>*>(c.q.data()),
+                       reinterpret_cast<std::complex<T>*>(c.g.data()));
+    }
     return c;
   }
 

@@ -7,6 +7,7 @@
 
 #include "tessera/core/param.hpp"
 #include "tessera/layers/context.hpp"
+#include "tessera/ops/megalodon_elementwise.hpp"
 #include "tessera/ops/norm.hpp"
 
 namespace tessera {
@@ -16,10 +17,8 @@ namespace offset_norm_detail {
 template <class T, class B>
 const T* scale_of(const Param<T, B>& w, Tensor<T, B>& scale) {
   scale.resize_uninit(w.value.shape());
-  const T* src = w.value.data();
-  T* dst = scale.data();
-  for (int64_t i = 0; i < w.value.numel(); ++i) dst[i] = T(1) + src[i];
-  return dst;
+  ops::offset_scale(B{}, scale.data(), w.value.data(), w.value.numel());
+  return scale.data();
 }
 }  // namespace offset_norm_detail
 

@@ -5,15 +5,17 @@
 #pragma once
 #include "tessera/core/param.hpp"
 #include "tessera/layers/context.hpp"
+#include "tessera/ops/megalodon_elementwise.hpp"
 #include "tessera/ops/timestep_norm.hpp"
 
 namespace tessera {
 
-/// Carried statistics of a TimestepNorm for `batch` sequences: count [B], mean [B, G], var [B, G].
-/// Empty (batch 0) means the official prior: count 0, mean 0, var 1.
+/// Carried statistics of a TimestepNorm for `batch` sequences: count [B], mean [B, G], var [B, G], all in
+/// the backend's memory (device int64 counts on CUDA). Empty (batch 0) means the official prior: count 0,
+/// mean 0, var 1.
 template <class T, class B = cpu>
 struct TimestepNormState {
-  Tensor<int64_t> count;
+  Tensor<int64_t, B> count;
   Tensor<T, B> mean, var;
   bool empty() const { return count.numel() == 0; }
   void resize(int64_t batch, int64_t groups) {
@@ -24,7 +26,7 @@ struct TimestepNormState {
   /// The official prior for `batch` sequences: count 0, mean 0, var 1 (same as an empty state).
   void reset_prior(int64_t batch, int64_t groups) {
     resize(batch, groups);
-    for (auto& v : var) v = T(1);
+    ops::fill_value(B{}, var.data(), T(1), var.numel());
   }
   TimestepNormState clone() const { return {count.clone(), mean.clone(), var.clone()}; }
 };

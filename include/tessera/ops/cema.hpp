@@ -931,11 +931,21 @@ void cema_backward(cpu, const CemaDims& dm, const CemaParams<T>& prm, const std:
   cema_detail::chain(prm, dm.D, dm.N, rg, grads);
 }
 
-// CUDA (cuda/cema.cu), float only, same semantics, all pointers device memory.
+// CUDA (cuda/cema.cu), float only, same semantics, all pointers device memory. The GPU has one algorithm (the
+// scan); `mode` is accepted for a backend-generic call and ignored.
 void cema_forward(cuda, const CemaDims&, const CemaParams<float>&, const float* u,
-                  const std::complex<float>* hx, float* y, std::complex<float>* h_out);
+                  const std::complex<float>* hx, float* y, std::complex<float>* h_out,
+                  CemaMode mode = CemaMode::Auto);
 void cema_backward(cuda, const CemaDims&, const CemaParams<float>&, const float* u,
                    const std::complex<float>* hx, const float* dy, const std::complex<float>* dh_out,
-                   float* du, std::complex<float>* dhx, const CemaGrads<float>& grads);
+                   float* du, std::complex<float>* dhx, const CemaGrads<float>& grads,
+                   CemaMode mode = CemaMode::Auto);
+/// The coefficients of §1.2 into device buffers: p [D, N], q and g [D, N] complex (the decoding cache).
+void cema_coeffs(cuda, const CemaParams<float>& prm, int64_t D, int64_t N, float* p, std::complex<float>* q,
+                 std::complex<float>* g);
+/// y = CEMA(u) with device coefficients from cema_coeffs (the decode path: no exp/sin/cos per step).
+void cema_forward(cuda, const CemaDims&, const float* p, const std::complex<float>* q,
+                  const std::complex<float>* g, const float* omega, const float* u, const std::complex<float>* hx,
+                  float* y, std::complex<float>* h_out);
 
 }  // namespace tessera::ops

@@ -8,6 +8,7 @@
 #include "tessera/layers/offset_norm.hpp"
 #include "tessera/models/megalodon/gated_attention.hpp"
 #include "tessera/ops/activation.hpp"
+#include "tessera/ops/megalodon_elementwise.hpp"
 
 namespace tessera::models {
 
@@ -39,8 +40,8 @@ struct MegaFeedForward {
     if (swiglu) fc3.setup(dim, hidden_dim);
     if (c.rescale_nffn) {
       params.alpha.resize({dim});
-      for (auto& v : params.alpha.value)
-        v = static_cast<T>(0.1 * std::pow(0.5, static_cast<double>(layer_id)));
+      ops::fill_value(B{}, params.alpha.value.data(),
+                      static_cast<T>(0.1 * std::pow(0.5, static_cast<double>(layer_id))), dim);
     }
   }
   template <class F>
@@ -67,10 +68,7 @@ struct MegaFeedForward {
     fc2.forward(ctx, s.hidden, s.out, s.fc2);
     out.resize_uninit({n, dim});
     const T* alpha = params.alpha.present() ? params.alpha.value.data() : nullptr;
-    const T* res = residual.data();
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t d = 0; d < dim; ++d)
-        out[i * dim + d] = (alpha ? alpha[d] * s.out[i * dim + d] : s.out[i * dim + d]) + res[i * dim + d];
+    ops::rescale_residual_forward(B{}, out.data(), s.out.data(), alpha, residual.data(), n, dim);
   }
 
   /// dout -> dy (gradient of the normalised input, overwritten). The residual's gradient is dout itself.
@@ -79,14 +77,8 @@ struct MegaFeedForward {
     TensorView<const T> dfc2 = dout;
     if (params.alpha.present()) {
       scaled_.resize_uninit({n, dim});
-      const T* a = params.alpha.value.data();
-      const T* g = dout.data();
-      T* ga = params.alpha.grad.data();
-      for (int64_t i = 0; i < n; ++i)
-        for (int64_t d = 0; d < dim; ++d) {
-          scaled_[i * dim + d] = a[d] * g[i * dim + d];
-          ga[d] += g[i * dim + d] * s.out[i * dim + d];
-        }
+      ops::rescale_residual_backward(B{}, scaled_.data(), params.alpha.grad.data(), dout.data(), s.out.data(),
+                                     params.alpha.value.data(), n, dim);
       dfc2 = scaled_;
     }
     fc2.backward(ctx, dfc2, dh_, s.fc2);
@@ -136,7 +128,7 @@ struct MegaBlock {
     mega.forward(ctx, x, s.y, s.mega, state);
     nffn.forward(ctx, s.y, x, out, s.nffn);
   }
-  void forward_stream(const SeqContext& ctx, const ops::CemaCoeffs<T>& coeffs, TensorView<const T> x,
+  void forward_stream(const SeqContext& ctx, const CemaCache<T, B>& coeffs, TensorView<const T> x,
                       Tensor<T, B>& out, State& state, Saved& s) const {
     mega.forward_stream(ctx, coeffs, x, s.y, state, s.mega);
     nffn.forward(ctx, s.y, x, out, s.nffn);

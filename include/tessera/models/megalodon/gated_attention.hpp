@@ -12,6 +12,8 @@
 // Training: forward/backward over B sequences of L tokens (a segment starting at a chunk boundary, optionally
 // with carried TimestepNorm/CEMA state). Inference: forward_stream over any number of new tokens per call
 // with a KV cache of the current partial chunk only, so memory stays constant however long the sequence.
+// Backend-generic: on CUDA every tensor, the carried state and the KV cache live on the device; the
+// elementwise pieces are ops (ops/megalodon_elementwise.hpp).
 #pragma once
 #include <cmath>
 #include <complex>
@@ -23,9 +25,11 @@
 #include "tessera/layers/offset_norm.hpp"
 #include "tessera/layers/timestep_norm.hpp"
 #include "tessera/models/megalodon/config.hpp"
+#include "tessera/models/megalodon/linear_bias.hpp"
 #include "tessera/ops/activation.hpp"
 #include "tessera/ops/attention.hpp"
 #include "tessera/ops/elementwise.hpp"
+#include "tessera/ops/megalodon_elementwise.hpp"
 #include "tessera/ops/rope.hpp"
 
 namespace tessera::models {
@@ -59,7 +63,7 @@ struct MegaGatedAttention {
     typename OffsetRmsNorm<T, B>::Saved rms;
     typename Linear<T, B>::Saved wz, wv, wr, wh1, wh2;
     Tensor<T, B> xt, c, mx, z, zrstd, zn, q, k, v_pre, v, r_pre, r, attn, lse, ar, h, tmp;
-    Tensor<int64_t> positions;
+    Tensor<int64_t, B> positions;
     TimestepNormState<T, B> prev_tsn;  // carried-in state of a training forward (read again by backward)
     Tensor<T, B> prev_hx;
   };
@@ -141,24 +145,14 @@ struct MegaGatedAttention {
   void backward(const SeqContext& ctx, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {
     const int64_t n = ctx.rows();
     // y = x + wh1(mx) + wh2(a * r)
-    wh1.backward(ctx, dy, dmx_, s.wh1);
+    megalodon_detail::linear_backward(wh1, ctx, dy, dmx_, s.wh1);
     wh2.backward(ctx, dy, dar_, s.wh2);
     da_.resize_uninit({n, vdim});
     dr_.resize_uninit({n, vdim});
-    {
-      const T* g = dar_.data();
-      const T* a = s.attn.data();
-      const T* r = s.r.data();
-      T* da = da_.data();
-      T* dr = dr_.data();
-      for (int64_t i = 0; i < n * vdim; ++i) {
-        da[i] = g[i] * r[i];
-        dr[i] = g[i] * a[i];
-      }
-    }
+    ops::gate_mul_backward(B{}, da_.data(), dr_.data(), dar_.data(), s.attn.data(), s.r.data(), n * vdim);
     // r = silu(wr(mx))
     ops::silu_backward(B{}, dr_.data(), dr_.data(), s.r_pre.data(), n * vdim);
-    wr.backward(ctx, dr_, tmp_, s.wr);
+    megalodon_detail::linear_backward(wr, ctx, dr_, tmp_, s.wr);
     ops::add_inplace(B{}, dmx_.data(), tmp_.data(), dmx_.numel());
     // attention
     dq_.resize_uninit({n, zdim});
@@ -172,37 +166,20 @@ struct MegaGatedAttention {
     ops::rope_backward(B{}, dk_.data(), zdim, pos, n, heads, dz, rope_base, ops::RopeStyle::Interleaved);
     // q, k = zn * scale[0|1] + beta[0|1]
     dz_.resize_uninit({n, zdim});
-    {
-      const T inv = T(1) / std::sqrt(static_cast<T>(dz));
-      const T* g = params.gamma.value.data();
-      T* dg = params.gamma.grad.data();
-      T* db = params.beta.grad.data();
-      for (int64_t i = 0; i < n; ++i) {
-        const T* zq = dq_.data() + i * zdim;
-        const T* zk = dk_.data() + i * zdim;
-        const T* zn = s.zn.data() + i * zdim;
-        T* o = dz_.data() + i * zdim;
-        for (int64_t c = 0; c < zdim; ++c) {
-          o[c] = zq[c] * (T(1) + g[c]) * inv + zk[c] * (T(1) + g[zdim + c]) * inv;
-          dg[c] += zq[c] * zn[c] * inv;
-          dg[zdim + c] += zk[c] * zn[c] * inv;
-          db[c] += zq[c];
-          db[zdim + c] += zk[c];
-        }
-      }
-    }
+    ops::mega_qk_backward(B{}, dz_.data(), params.gamma.grad.data(), params.beta.grad.data(), dq_.data(),
+                          dk_.data(), s.zn.data(), params.gamma.value.data(), n, zdim, dz);
     // zn = znorm(z): RMS over each head's dz values, no affine.
     dzz_.resize_uninit({n, zdim});
     ops::rmsnorm_backward(B{}, dzz_.data(), static_cast<T*>(nullptr), dz_.data(), s.z.data(),
                           static_cast<const T*>(nullptr), s.zrstd.data(), n * heads, dz);
-    wz.backward(ctx, dzz_, tmp_, s.wz);
+    megalodon_detail::linear_backward(wz, ctx, dzz_, tmp_, s.wz);
     ops::add_inplace(B{}, dmx_.data(), tmp_.data(), dmx_.numel());
     // mx = rmsnorm(c), c = cema(x̂)
     rmsnorm.backward(ctx, dmx_, dc_, s.rms);
     cema.backward(ctx, dc_, dxt_, s.cema);
     // v = silu(wv(x̂))
     ops::silu_backward(B{}, dv_.data(), dv_.data(), s.v_pre.data(), n * vdim);
-    wv.backward(ctx, dv_, tmp_, s.wv);
+    megalodon_detail::linear_backward(wv, ctx, dv_, tmp_, s.wv);
     ops::add_inplace(B{}, dxt_.data(), tmp_.data(), dxt_.numel());
     // x̂ = timenorm(x); y = x + ...
     timenorm.backward(ctx, dxt_, dx, s.tsn);
@@ -225,7 +202,7 @@ struct MegaGatedAttention {
   /// Inference over ctx.seq new tokens of each of ctx.batch sequences, continuing `state` (make_state) and
   /// advancing it. The new tokens must not cross a chunk boundary unless they start at one and fill whole
   /// chunks (the model splits its input so). Row for row the same as forward() over the whole sequences.
-  void forward_stream(const SeqContext& ctx, const ops::CemaCoeffs<T>& coeffs, TensorView<const T> x,
+  void forward_stream(const SeqContext& ctx, const CemaCache<T, B>& coeffs, TensorView<const T> x,
                       Tensor<T, B>& y, State& state, Saved& s) const {
     const int64_t L = ctx.seq, count = state.count;
     TESSERA_CHECK(state.k.numel() == ctx.batch * chunk * zdim,
@@ -250,15 +227,12 @@ struct MegaGatedAttention {
       for (int64_t b = 0; b < ctx.batch; ++b) {
         T* kc = state.k.data() + b * chunk * zdim;
         T* vc = state.v.data() + b * chunk * vdim;
-        std::copy_n(s.k.data() + b * L * zdim, L * zdim, kc + count * zdim);
-        std::copy_n(s.v.data() + b * L * vdim, L * vdim, vc + count * vdim);
+        Allocator<B>::copy(kc + count * zdim, s.k.data() + b * L * zdim,
+                           static_cast<size_t>(L * zdim) * sizeof(T));
+        Allocator<B>::copy(vc + count * vdim, s.v.data() + b * L * vdim,
+                           static_cast<size_t>(L * vdim) * sizeof(T));
         const ops::AttnDims d = attn_dims(1, L, count + L, count);
-        const T* qb = s.q.data() + b * L * zdim;
-        T* ob = s.attn.data() + b * L * vdim;
-        if (L <= kDecodeAttentionRows)
-          decode_attention(d, ops::mask::Causal{}, qb, kc, vc, ob, s.lse);
-        else
-          ops::attention_forward(B{}, d, ops::mask::Causal{}, qb, kc, vc, ob, static_cast<T*>(nullptr));
+        attend_cached(d, s.q.data() + b * L * zdim, kc, vc, s.attn.data() + b * L * vdim, s.lse);
       }
     }
     state.count = (count + L) % chunk;
@@ -281,11 +255,24 @@ struct MegaGatedAttention {
     return d;
   }
 
+  /// Causal attention of a few new query rows to the cached keys/values of the current chunk. The CPU uses
+  /// decode_attention for a handful of rows (kv_cache.hpp, host only); the CUDA flash kernel takes any Tq
+  /// with q_offset.
+  void attend_cached(const ops::AttnDims& d, const T* q, const T* k, const T* v, T* o,
+                     Tensor<T, B>& scratch) const {
+    if constexpr (is_cpu_v<B>) {
+      if (d.Tq <= kDecodeAttentionRows) {
+        decode_attention(d, ops::mask::Causal{}, q, k, v, o, scratch);
+        return;
+      }
+    }
+    ops::attention_forward(B{}, d, ops::mask::Causal{}, q, k, v, o, static_cast<T*>(nullptr));
+  }
+
   /// RoPE positions restart at every chunk: (first + t) % C for token t of each sequence.
-  const int64_t* chunk_positions(const SeqContext& ctx, int64_t first, Tensor<int64_t>& pos) const {
+  const int64_t* chunk_positions(const SeqContext& ctx, int64_t first, Tensor<int64_t, B>& pos) const {
     pos.resize_uninit({ctx.rows()});
-    for (int64_t b = 0; b < ctx.batch; ++b)
-      for (int64_t t = 0; t < ctx.seq; ++t) pos[b * ctx.seq + t] = (first + t) % chunk;
+    ops::chunk_positions(B{}, pos.data(), ctx.batch, ctx.seq, first, chunk);
     return pos.data();
   }
 
@@ -293,33 +280,21 @@ struct MegaGatedAttention {
   void project(const SeqContext& ctx, Saved& s, const int64_t* positions) const {
     const int64_t n = ctx.rows();
     rmsnorm.forward(ctx, s.c, s.mx, s.rms);
-    wz.forward(ctx, s.mx, s.z, s.wz);
+    megalodon_detail::linear_forward(wz, ctx, s.mx, s.z, s.wz);
     s.zn.resize_uninit({n, zdim});
     s.zrstd.resize_uninit({n * heads});
     ops::rmsnorm_forward(B{}, s.zn.data(), s.zrstd.data(), s.z.data(), static_cast<const T*>(nullptr),
                          n * heads, dz, eps);
     s.q.resize_uninit({n, zdim});
     s.k.resize_uninit({n, zdim});
-    {
-      const T inv = T(1) / std::sqrt(static_cast<T>(dz));
-      const T* g = params.gamma.value.data();
-      const T* be = params.beta.value.data();
-      for (int64_t i = 0; i < n; ++i) {
-        const T* zn = s.zn.data() + i * zdim;
-        T* q = s.q.data() + i * zdim;
-        T* k = s.k.data() + i * zdim;
-        for (int64_t c = 0; c < zdim; ++c) {
-          q[c] = zn[c] * ((T(1) + g[c]) * inv) + be[c];
-          k[c] = zn[c] * ((T(1) + g[zdim + c]) * inv) + be[zdim + c];
-        }
-      }
-    }
+    ops::mega_qk_forward(B{}, s.q.data(), s.k.data(), s.zn.data(), params.gamma.value.data(),
+                         params.beta.value.data(), n, zdim, dz);
     ops::rope_forward(B{}, s.q.data(), zdim, positions, n, heads, dz, rope_base, ops::RopeStyle::Interleaved);
     ops::rope_forward(B{}, s.k.data(), zdim, positions, n, heads, dz, rope_base, ops::RopeStyle::Interleaved);
-    wv.forward(ctx, s.xt, s.v_pre, s.wv);
+    megalodon_detail::linear_forward(wv, ctx, s.xt, s.v_pre, s.wv);
     s.v.resize_uninit({n, vdim});
     ops::silu_forward(B{}, s.v.data(), s.v_pre.data(), n * vdim);
-    wr.forward(ctx, s.mx, s.r_pre, s.wr);
+    megalodon_detail::linear_forward(wr, ctx, s.mx, s.r_pre, s.wr);
     s.r.resize_uninit({n, vdim});
     ops::silu_forward(B{}, s.r.data(), s.r_pre.data(), n * vdim);
   }
@@ -328,8 +303,8 @@ struct MegaGatedAttention {
   void finish(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s) const {
     const int64_t n = ctx.rows();
     s.ar.resize_uninit({n, vdim});
-    for (int64_t i = 0; i < n * vdim; ++i) s.ar[i] = s.attn[i] * s.r[i];
-    wh1.forward(ctx, s.mx, y, s.wh1);
+    ops::gate_mul_forward(B{}, s.ar.data(), s.attn.data(), s.r.data(), n * vdim);
+    megalodon_detail::linear_forward(wh1, ctx, s.mx, y, s.wh1);
     wh2.forward(ctx, s.ar, s.h, s.wh2);
     ops::add_inplace(B{}, y.data(), s.h.data(), y.numel());
     ops::add_inplace(B{}, y.data(), x.data(), y.numel());

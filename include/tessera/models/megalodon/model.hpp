@@ -10,6 +10,12 @@
 //     the previous segment.
 //   * inference: forward_stream(ids, batch, n, state) takes any number of new tokens and keeps only the keys
 //     and values of the current partial chunk: memory is constant in the sequence length.
+//
+// Backends: Megalodon<float, cuda> runs every pass on the device. Token ids and targets are then DEVICE int64
+// pointers (forward, loss, backward, forward_stream), logits are device tensors, and the carried state
+// (TimestepNorm statistics, CEMA states, the KV cache of the partial chunk, the cached CEMA coefficients)
+// lives on the device. Weights move in through the reflected walk (for_each_param + cuda_mem::to_device, or
+// io::load_model).
 #pragma once
 #include <cmath>
 #include <string>
@@ -28,8 +34,8 @@ template <class T, class B = cpu>
 struct MegalodonState {
   std::vector<MegaLayerState<T, B>> layers;
   TimestepNormState<T, B> final_norm, final_norm_next;
-  std::vector<ops::CemaCoeffs<T>> coeffs;  // per layer, for streaming (fixed at make_state: weights frozen)
-  int64_t batch = 0, pos = 0;              // tokens processed per sequence
+  std::vector<CemaCache<T, B>> coeffs;  // per layer, for streaming (fixed at make_state: weights frozen)
+  int64_t batch = 0, pos = 0;           // tokens processed per sequence
 
   /// Bytes held: constant in pos (the KV part is one chunk).
   int64_t bytes() const {
@@ -40,8 +46,7 @@ struct MegalodonState {
     for (const auto& l : layers)
       n += tsn_bytes(l.tsn) + tsn_bytes(l.tsn_next) +
            (l.hx.numel() + l.hx_next.numel() + l.k.numel() + l.v.numel()) * int64_t(sizeof(T));
-    for (const auto& c : coeffs)
-      n += static_cast<int64_t>(c.p.size() * sizeof(T) + (c.q.size() + c.g.size()) * 2 * sizeof(T));
+    for (const auto& c : coeffs) n += c.bytes();
     return n;
   }
 };
@@ -96,14 +101,17 @@ class Megalodon {
   /// The official initialisation (spec §1.7, §5.2): embedding and output ~ truncated N(0, 1/D) cut at 3 std;
   /// projections "he" = N(0, 1/(3 fan_in)); biases and norm offsets 0; CEMA as in Cema::init.
   void init(Rng& rng) {
+    using cema_layer_detail::on_host;
     const double s = 1.0 / std::sqrt(static_cast<double>(config.model_dim));
     auto trunc = [&](Tensor<T, B>& t, double std) {
-      for (auto& v : t) {
-        double z;
-        do z = rng.normal();
-        while (z < -3.0 || z > 3.0);
-        v = static_cast<T>(z * std);
-      }
+      on_host(t, [&](Tensor<T>& h) {
+        for (auto& v : h) {
+          double z;
+          do z = rng.normal();
+          while (z < -3.0 || z > 3.0);
+          v = static_cast<T>(z * std);
+        }
+      });
     };
     trunc(embed.params.weight.value, s);
     for (auto& blk : layers) {
@@ -111,7 +119,9 @@ class Megalodon {
       for_each_param(blk, [&](const std::string& name, auto& p) {
         if (p.value.rank() == 2 && name.ends_with(".weight")) {
           const double std = 1.0 / std::sqrt(3.0 * static_cast<double>(p.value.size(1)));
-          for (auto& v : p.value) v = static_cast<T>(rng.normal() * std);
+          on_host(p.value, [&](Tensor<T>& h) {
+            for (auto& v : h) v = static_cast<T>(rng.normal() * std);
+          });
         }
       });
     }
@@ -200,7 +210,7 @@ class Megalodon {
     typename Embedding<T, B>::Saved embed;
     typename TimestepNorm<T, B>::Saved final_norm;
     Tensor<T, B> x[2], piece_out, hn, logits, out;
-    std::vector<int64_t> ids;
+    Tensor<int64_t, B> ids;
   };
 
   /// `n` new tokens of each of state.batch sequences: ids [batch*n] row-major. Returns logits [batch*n, V]
@@ -216,8 +226,10 @@ class Megalodon {
     for (int64_t done = 0; done < n;) {
       const int64_t in_chunk = state.pos % C, left = n - done;
       const int64_t len = in_chunk == 0 && left >= C ? left / C * C : std::min(left, C - in_chunk);
-      s.ids.resize(static_cast<size_t>(batch * len));
-      for (int64_t b = 0; b < batch; ++b) std::copy_n(ids + b * n + done, len, s.ids.begin() + b * len);
+      s.ids.resize_uninit({batch * len});
+      for (int64_t b = 0; b < batch; ++b)
+        Allocator<B>::copy(s.ids.data() + b * len, ids + b * n + done,
+                           static_cast<size_t>(len) * sizeof(int64_t));
       SeqContext ctx;
       ctx.batch = batch;
       ctx.seq = len;
@@ -233,7 +245,8 @@ class Megalodon {
       std::swap(state.final_norm, state.final_norm_next);
       head(s.hn, s.logits);
       for (int64_t b = 0; b < batch; ++b)
-        std::copy_n(s.logits.data() + b * len * V, len * V, s.out.data() + (b * n + done) * V);
+        Allocator<B>::copy(s.out.data() + (b * n + done) * V, s.logits.data() + b * len * V,
+                           static_cast<size_t>(len * V) * sizeof(T));
       state.pos += len;
       done += len;
     }
