@@ -1,4 +1,5 @@
-// Elementwise and gather/scatter ops on the GPU: embedding, SiLU, GELU, SwiGLU, add/scale, RoPE.
+// Elementwise and gather/scatter ops on the GPU: embedding, SiLU, GELU, SwiGLU, add/scale, fill, strided row
+// copies, RoPE and its position fill.
 //
 // Elementwise kernels are grid-stride loops with int64 indices, one element per thread and iteration;
 // activations use expf/erff/tanhf (not the fast intrinsics) for parity with the CPU.
@@ -133,6 +134,22 @@ __global__ void add_kernel(float* z, const float* x, const float* y, int64_t n) 
 }
 __global__ void scale_inplace_kernel(float* y, float a, int64_t n) {
   TESSERA_GRID_STRIDE(i, n) y[i] *= a;
+}
+__global__ void fill_kernel(float* y, float a, int64_t n) {
+  TESSERA_GRID_STRIDE(i, n) y[i] = a;
+}
+__global__ void copy_rows_kernel(float* __restrict__ dst, int64_t dst_stride, const float* __restrict__ src,
+                                 int64_t src_stride, int64_t rows, int64_t cols) {
+  TESSERA_GRID_STRIDE(i, rows * cols) {
+    const int64_t r = i / cols, c = i - r * cols;
+    dst[r * dst_stride + c] = src[r * src_stride + c];
+  }
+}
+__global__ void fill_positions_kernel(int64_t* pos, int64_t seq, int64_t n, int64_t offset, int64_t modulo) {
+  TESSERA_GRID_STRIDE(i, n) {
+    const int64_t p = offset + i % seq;
+    pos[i] = modulo > 0 ? p % modulo : p;
+  }
 }
 
 // ---- RoPE ---------------------------------------------------------------------------------------------
@@ -278,7 +295,33 @@ void scale_inplace_f32(float* y, float a, int64_t n) {
   TESSERA_CUDA_CHECK_LAUNCH("scale_inplace_kernel");
 }
 
+void fill_f32(float* y, float a, int64_t n) {
+  check_n("fill", n);
+  if (n == 0) return;
+  fill_kernel<<<stride_blocks(n), kThreads>>>(y, a, n);
+  TESSERA_CUDA_CHECK_LAUNCH("fill_kernel");
+}
+
+void copy_rows_f32(float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t rows,
+                   int64_t cols) {
+  TESSERA_CHECK(rows >= 0 && cols >= 0 && dst_stride >= cols && src_stride >= cols,
+                "copy_rows(cuda): bad sizes rows=", rows, " cols=", cols, " dst_stride=", dst_stride,
+                " src_stride=", src_stride);
+  if (rows * cols == 0) return;
+  copy_rows_kernel<<<stride_blocks(rows * cols), kThreads>>>(dst, dst_stride, src, src_stride, rows, cols);
+  TESSERA_CUDA_CHECK_LAUNCH("copy_rows_kernel");
+}
+
 // ---- RoPE ---------------------------------------------------------------------------------------------
+
+void fill_positions_i64(int64_t* positions, int64_t batch, int64_t seq, int64_t offset, int64_t modulo) {
+  TESSERA_CHECK(batch >= 0 && seq >= 0 && modulo >= 0, "fill_positions: bad sizes batch=", batch,
+                " seq=", seq, " modulo=", modulo);
+  const int64_t n = batch * seq;
+  if (n == 0) return;
+  fill_positions_kernel<<<stride_blocks(n), kThreads>>>(positions, seq, n, offset, modulo);
+  TESSERA_CUDA_CHECK_LAUNCH("fill_positions_kernel");
+}
 
 void rope_f32(float* x, int64_t stride, const int64_t* positions, int64_t N, int64_t H, int64_t Dh,
               double theta, bool interleaved, double sign) {

@@ -35,6 +35,13 @@ void swiglu_backward_f32(float* dgate, float* dup, const float* dout, const floa
 void add_inplace_f32(float* y, const float* x, int64_t n);
 void add_f32(float* z, const float* x, const float* y, int64_t n);
 void scale_inplace_f32(float* y, float a, int64_t n);
+void fill_f32(float* y, float a, int64_t n);
+/// dst row r (stride dst_stride) = src row r (stride src_stride), `cols` elements; no overlap.
+void copy_rows_f32(float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t rows,
+                   int64_t cols);
+
+/// positions[b * seq + t] = offset + t, or (offset + t) % modulo when modulo > 0.
+void fill_positions_i64(int64_t* positions, int64_t batch, int64_t seq, int64_t offset, int64_t modulo);
 
 /// In-place rotation of [N, H, Dh] heads with token stride `stride` by sign * pos * theta^(-2i/Dh).
 void rope_f32(float* x, int64_t stride, const int64_t* positions, int64_t N, int64_t H, int64_t Dh,

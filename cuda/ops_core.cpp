@@ -1,8 +1,8 @@
-// The `cuda` overloads of the core and BLT ops (embedding, activations, elementwise, RoPE, cross-entropy,
-// LayerNorm, segment pooling, patch ids, hash n-gram ids, entropies, AdamW, clipping, bf16 GEMM), bound to
-// the launchers of elementwise.cu, loss.cu, segment.cu, hash.cu, adamw.cu and gemm.cu (launch_core.hpp).
-// Compiled by the host compiler, so a signature that drifts from its public declaration fails to compile
-// here.
+// The `cuda` overloads of the core and BLT ops (embedding, activations, elementwise, fills, RoPE,
+// cross-entropy, LayerNorm, segment pooling, patch ids, hash n-gram ids, entropies, AdamW, clipping, bf16
+// GEMM), bound to the launchers of elementwise.cu, loss.cu, segment.cu, hash.cu, adamw.cu and gemm.cu
+// (launch_core.hpp). Compiled by the host compiler, so a signature that drifts from its public declaration
+// fails to compile here.
 #include <cstdint>
 #include <type_traits>
 
@@ -85,6 +85,17 @@ void add(cuda, float* z, const float* x, const float* y, int64_t n) {
 }
 void scale_inplace(cuda, float* y, float a, int64_t n) {
   cuda_detail::scale_inplace_f32(y, a, n);
+}
+void fill(cuda, float* y, float value, int64_t n) {
+  cuda_detail::fill_f32(y, value, n);
+}
+void copy_rows(cuda, float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t rows,
+               int64_t cols) {
+  cuda_detail::copy_rows_f32(dst, dst_stride, src, src_stride, rows, cols);
+}
+
+void fill_positions(cuda, int64_t* positions, int64_t batch, int64_t seq, int64_t offset, int64_t modulo) {
+  cuda_detail::fill_positions_i64(positions, batch, seq, offset, modulo);
 }
 
 void rope_forward(cuda, float* x, int64_t stride, const int64_t* positions, int64_t N, int64_t H, int64_t Dh,

@@ -1,5 +1,7 @@
 // Self-attention with rotary positions and a mask policy; projections are Linear children
 // (q_proj, k_proj, v_proj, o_proj) so checkpoint keys follow the Llama/HF layout. GQA via n_kv_heads.
+// Backend-generic: every index array (ctx.positions, the cache's rows) is in backend B's memory; rotary
+// positions pos_offset + t are filled by an op (on the device on CUDA).
 #pragma once
 #include <cmath>
 
@@ -18,7 +20,7 @@ struct SelfAttention {
   struct Saved {
     typename Linear<T, B>::Saved q_s, k_s, v_s, o_s;
     Tensor<T, B> q, k, v, attn, lse;
-    Tensor<int64_t> positions;
+    Tensor<int64_t, B> positions;  // pos_offset + t when ctx.positions is null
   };
   Linear<T, B> q_proj, k_proj, v_proj, o_proj;
   int64_t dim = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
@@ -126,23 +128,24 @@ struct SelfAttention {
 
   void backward(const SeqContext& ctx, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {
     const int64_t n = ctx.rows();
-    o_proj.backward(ctx, dy, d_attn_, s.o_s);
-    dq_.resize_uninit(s.q.shape());
-    dk_.resize_uninit(s.k.shape());
-    dv_.resize_uninit(s.v.shape());
+    auto& [d_attn, dq, dk, dv, tmp] = shared_scratch<SelfAttention, T, B, 5>();
+    o_proj.backward(ctx, dy, d_attn, s.o_s);
+    dq.resize_uninit(s.q.shape());
+    dk.resize_uninit(s.k.shape());
+    dv.resize_uninit(s.v.shape());
     ops::attention_backward(B{}, dims(ctx), Mask::make(ctx), s.q.data(), s.k.data(), s.v.data(), s.attn.data(),
-                            s.lse.data(), d_attn_.data(), dq_.data(), dk_.data(), dv_.data());
+                            s.lse.data(), d_attn.data(), dq.data(), dk.data(), dv.data());
     if constexpr (Rope::enabled) {
       const int64_t* pos = ctx.positions ? ctx.positions : s.positions.data();
-      ops::rope_backward(B{}, dq_.data(), n_heads * head_dim, pos, n, n_heads, head_dim, rope_theta, Rope::style);
-      ops::rope_backward(B{}, dk_.data(), n_kv_heads * head_dim, pos, n, n_kv_heads, head_dim, rope_theta,
+      ops::rope_backward(B{}, dq.data(), n_heads * head_dim, pos, n, n_heads, head_dim, rope_theta, Rope::style);
+      ops::rope_backward(B{}, dk.data(), n_kv_heads * head_dim, pos, n, n_kv_heads, head_dim, rope_theta,
                          Rope::style);
     }
-    q_proj.backward(ctx, dq_, dx, s.q_s);
-    k_proj.backward(ctx, dk_, tmp_, s.k_s);
-    ops::add_inplace(B{}, dx.data(), tmp_.data(), dx.numel());
-    v_proj.backward(ctx, dv_, tmp_, s.v_s);
-    ops::add_inplace(B{}, dx.data(), tmp_.data(), dx.numel());
+    q_proj.backward(ctx, dq, dx, s.q_s);
+    k_proj.backward(ctx, dk, tmp, s.k_s);
+    ops::add_inplace(B{}, dx.data(), tmp.data(), dx.numel());
+    v_proj.backward(ctx, dv, tmp, s.v_s);
+    ops::add_inplace(B{}, dx.data(), tmp.data(), dx.numel());
   }
 
  private:
@@ -150,11 +153,9 @@ struct SelfAttention {
   static const int64_t* positions(const SeqContext& ctx, Saved& s) {
     if (ctx.positions) return ctx.positions;
     s.positions.resize_uninit({ctx.rows()});
-    for (int64_t b = 0; b < ctx.batch; ++b)
-      for (int64_t t = 0; t < ctx.seq; ++t) s.positions[b * ctx.seq + t] = ctx.pos_offset + t;
+    ops::fill_positions(B{}, s.positions.data(), ctx.batch, ctx.seq, ctx.pos_offset);
     return s.positions.data();
   }
-  Tensor<T, B> d_attn_, dq_, dk_, dv_, tmp_;  // backward scratch, reused across steps
 };
 
 }  // namespace tessera

@@ -1,7 +1,11 @@
 // What every layer's forward/backward sees besides its input: the batch layout and per-token ids
 // from which mask policies, rotary positions and modality routing are computed (DESIGN.md "Masks").
 #pragma once
+#include <array>
+#include <cstddef>
 #include <cstdint>
+
+#include "tessera/core/tensor.hpp"
 
 namespace tessera {
 
@@ -37,5 +41,17 @@ struct LayerConfig {
   int64_t hdim() const { return head_dim ? head_dim : dim / n_heads; }
   int64_t source_dim() const { return kv_dim ? kv_dim : dim; }
 };
+
+/// Backward temporaries of layer type L: N tensors shared by every instance of L on this thread. A layer's
+/// backward temporaries live only inside one backward call, and a model runs its layers' backward passes one
+/// after another (a type never contains an instance of itself), so one set per type and thread suffices:
+/// a stack of 25 blocks keeps one block's worth of backward scratch instead of 25 (GBs at long sequences).
+/// Buffers keep their capacity across calls (no per-step allocations once the largest shape has been seen).
+/// Rule for users: never let a Saved struct or a forward output point into these buffers.
+template <class L, class T, class B, size_t N>
+std::array<Tensor<T, B>, N>& shared_scratch() {
+  thread_local std::array<Tensor<T, B>, N> scratch;
+  return scratch;
+}
 
 }  // namespace tessera

@@ -1,4 +1,6 @@
 // Token embedding: ids -> rows of a [vocab, dim] table; backward scatter-adds into the table's gradient.
+// ids are in backend B's memory (device pointers on CUDA, where they are not range-checked: see
+// ops/embedding.hpp) and must stay valid until backward.
 #pragma once
 #include "tessera/core/param.hpp"
 #include "tessera/layers/context.hpp"
@@ -25,7 +27,7 @@ struct Embedding {
     dim = d;
     params.weight.resize({v, d});
   }
-  /// ids: [n] -> y: [n, dim]. Throws naming the position of an out-of-range id.
+  /// ids: [n] -> y: [n, dim]. Throws naming the position of an out-of-range id (CPU).
   void forward(const int64_t* ids, int64_t n, Tensor<T, B>& y, Saved& s) const {
     y.resize_uninit({n, dim});
     ops::embedding_forward(B{}, y.data(), ids, params.weight.value.data(), n, vocab, dim);

@@ -40,21 +40,19 @@ struct SwiGlu {
     down_proj.forward(ctx, s.hidden, y, s.down_s);
   }
   void backward(const SeqContext& ctx, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {
-    Tensor<T, B>& dh = scratch_[0];
+    auto& scratch = shared_scratch<SwiGlu, T, B, 3>();  // backward temporaries (context.hpp)
+    Tensor<T, B>& dh = scratch[0];
     down_proj.backward(ctx, dy, dh, s.down_s);
-    Tensor<T, B>& dgate = scratch_[1];
-    Tensor<T, B>& dup = scratch_[2];
+    Tensor<T, B>& dgate = scratch[1];
+    Tensor<T, B>& dup = scratch[2];
     dgate.resize_uninit(s.gate.shape());
     dup.resize_uninit(s.up.shape());
     ops::swiglu_backward(B{}, dgate.data(), dup.data(), dh.data(), s.gate.data(), s.up.data(), s.gate.size(0),
                          hidden);
     gate_proj.backward(ctx, dgate, dx, s.gate_s);
-    up_proj.backward(ctx, dup, scratch_[0], s.up_s);
-    ops::add_inplace(B{}, dx.data(), scratch_[0].data(), dx.numel());
+    up_proj.backward(ctx, dup, scratch[0], s.up_s);
+    ops::add_inplace(B{}, dx.data(), scratch[0].data(), dx.numel());
   }
-
- private:
-  Tensor<T, B> scratch_[3];  // backward temporaries, reused across steps
 };
 
 }  // namespace tessera

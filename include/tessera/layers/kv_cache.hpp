@@ -1,21 +1,22 @@
 // Key/value caches for incremental (inference-only) attention.
 //
-//   KvCache<T>       one sequence's keys and values of one attention layer (rows = tokens, RoPE already
-//   applied),
-//                    optionally a segment id per row (cross-attention memories); a sliding window lets it
-//                    drop rows no future query can see.
-//   KvCacheStack<T>  one sequence's caches of a stack of self-attention layers plus the RoPE position of the
-//                    next token.
-//   decode_attention single-query-row attention for decoding steps (the blockwise ops::attention_forward
-//   packs
-//                    64-row tiles, which costs more than the products when a query is one row).
-//   mask::Cached<M>  which self-attention mask policies a cache can reproduce: causal masks with an optional
-//                    sliding window (ctx.window); document cuts are the caller's job — clear the cache where
-//                    a new document starts (RoPE depends only on position differences, so a cleared cache
-//                    equals the document mask).
+//   KvCache<T, B>       one sequence's keys and values of one attention layer (rows = tokens, RoPE
+//                       already applied), optionally a segment id per row (cross-attention memories); a
+//                       sliding window lets it drop rows no future query can see. Buffers live in backend
+//                       B's memory.
+//   KvCacheStack<T, B>  one sequence's caches of a stack of self-attention layers plus the RoPE position of
+//                       the next token.
+//   decode_attention    single-query-row attention for decoding steps (the blockwise ops::attention_forward
+//                       packs 64-row tiles, which costs more than the products when a query is one row). On
+//                       CUDA it is the flash kernel itself (it takes Tq < Tk and q_offset).
+//   mask::Cached<M>     which self-attention mask policies a cache can reproduce: causal masks with an
+//                       optional sliding window (ctx.window); document cuts are the caller's job — clear the
+//                       cache where a new document starts (RoPE depends only on position differences, so a
+//                       cleared cache equals the document mask).
 //
-// Used by SelfAttention::forward_cached, CrossAttention::forward_cached and the models' generators. Host
-// memory only for now (the CPU backend).
+// Used by SelfAttention::forward_cached, CrossAttention::forward_cached and the models' generators. Every
+// pointer a cache takes or returns is in backend B's memory (device pointers on CUDA); the cache's sizes
+// (rows, widths, next position) are host values, so appending never synchronises.
 #pragma once
 #include <algorithm>
 #include <cstdint>
@@ -31,16 +32,26 @@
 #include "tessera/layers/masks.hpp"
 #include "tessera/ops/attention.hpp"
 #include "tessera/ops/eigen.hpp"
+#include "tessera/ops/elementwise.hpp"
+#include "tessera/ops/rope.hpp"
 
 namespace tessera {
 
 template <class T, class B = cpu>
 class KvCache {
-  static_assert(is_cpu_v<B>, "KvCache: only host (CPU backend) caches exist so far");
-
  public:
   KvCache() = default;
   KvCache(int64_t k_width, int64_t v_width, int64_t window = 0) { setup(k_width, v_width, window); }
+  // Copies are deep (a cache is a value: std::vector<KvCache>(n, proto) and friends work on every backend).
+  KvCache(const KvCache& o) { *this = o; }
+  KvCache& operator=(const KvCache& o) {
+    if (this == &o) return *this;
+    kw_ = o.kw_, vw_ = o.vw_, window_ = o.window_, n_ = o.n_, cap_ = o.cap_;
+    k_ = o.k_.clone(), v_ = o.v_.clone(), seg_ = o.seg_.clone();
+    return *this;
+  }
+  KvCache(KvCache&&) noexcept = default;
+  KvCache& operator=(KvCache&&) noexcept = default;
 
   /// k_width / v_width: elements per cached row (kv_heads * head_dim). window > 0: every query sees at most
   /// `window` keys ending at itself, so older rows may be dropped when the buffer is full; 0 keeps every row.
@@ -50,30 +61,33 @@ class KvCache {
     TESSERA_CHECK(window >= 0, "KvCache: window must be >= 0, got ", window);
     kw_ = k_width, vw_ = v_width, window_ = window;
     n_ = cap_ = 0;
-    k_.clear(), v_.clear(), seg_.clear();
+    k_ = {}, v_ = {}, seg_ = {};
   }
   int64_t size() const { return n_; }
   int64_t k_width() const { return kw_; }
   int64_t v_width() const { return vw_; }
   int64_t window() const { return window_; }
-  /// Rows [size(), k_width()] / [size(), v_width()] and their segment ids [size()], oldest first.
+  /// Rows [size(), k_width()] / [size(), v_width()] and their segment ids [size()], oldest first (backend
+  /// memory).
   const T* k() const { return k_.data(); }
   const T* v() const { return v_.data(); }
   const int64_t* segments() const { return seg_.data(); }
 
   void clear() { n_ = 0; }
   /// Append n rows: row i of the keys at k + i * k_stride, of the values at v + i * v_stride; seg (may be
-  /// null: segment 0) gives their segment ids.
+  /// null: segment 0) gives their segment ids. All three in backend memory.
   void append(const T* k, int64_t k_stride, const T* v, int64_t v_stride, int64_t n,
               const int64_t* seg = nullptr) {
     TESSERA_CHECK(kw_ > 0, "KvCache: append before setup");
     TESSERA_CHECK(n >= 0, "KvCache: cannot append ", n, " rows");
+    if (n == 0) return;
     make_room(n);
-    for (int64_t i = 0; i < n; ++i) {
-      std::memcpy(k_.data() + (n_ + i) * kw_, k + i * k_stride, static_cast<size_t>(kw_) * sizeof(T));
-      std::memcpy(v_.data() + (n_ + i) * vw_, v + i * v_stride, static_cast<size_t>(vw_) * sizeof(T));
-      seg_[n_ + i] = seg ? seg[i] : 0;
-    }
+    ops::copy_rows(B{}, k_.data() + n_ * kw_, kw_, k, k_stride, n, kw_);
+    ops::copy_rows(B{}, v_.data() + n_ * vw_, vw_, v, v_stride, n, vw_);
+    if (seg)
+      Allocator<B>::copy(seg_.data() + n_, seg, static_cast<size_t>(n) * sizeof(int64_t));
+    else
+      Allocator<B>::memset_zero(seg_.data() + n_, static_cast<size_t>(n) * sizeof(int64_t));
     n_ += n;
   }
   /// Remove the newest n rows.
@@ -88,12 +102,36 @@ class KvCache {
   }
 
  private:
+  /// Rows [d, d + keep) of a [*, width] buffer move to rows [0, keep). Host: one memmove. Device copies must
+  /// not overlap, so the rows move in chunks of at most d rows, front to back (each chunk's source is the
+  /// next chunk's destination, and copies on the stream run in order).
+  template <class U>
+  static void move_to_front(U* p, int64_t d, int64_t keep, int64_t width) {
+    if constexpr (is_cpu_v<B>) {
+      std::memmove(p, p + d * width, static_cast<size_t>(keep * width) * sizeof(U));
+    } else {
+      for (int64_t r = 0; r < keep; r += d) {
+        const int64_t c = std::min(d, keep - r);
+        Allocator<B>::copy(p + r * width, p + (r + d) * width, static_cast<size_t>(c * width) * sizeof(U));
+      }
+    }
+  }
   void drop_front(int64_t d) {
     const int64_t keep = n_ - d;
-    std::memmove(k_.data(), k_.data() + d * kw_, static_cast<size_t>(keep * kw_) * sizeof(T));
-    std::memmove(v_.data(), v_.data() + d * vw_, static_cast<size_t>(keep * vw_) * sizeof(T));
-    std::memmove(seg_.data(), seg_.data() + d, static_cast<size_t>(keep) * sizeof(int64_t));
+    if (d > 0 && keep > 0) {
+      move_to_front(k_.data(), d, keep, kw_);
+      move_to_front(v_.data(), d, keep, vw_);
+      move_to_front(seg_.data(), d, keep, int64_t{1});
+    }
     n_ = keep;
+  }
+  /// A buffer of `cap` rows holding the first n_ rows of `old`.
+  template <class U>
+  void grow(Tensor<U, B>& buf, int64_t cap, int64_t width) {
+    Tensor<U, B> next;
+    next.resize_uninit({cap, width});
+    if (n_ > 0) Allocator<B>::copy(next.data(), buf.data(), static_cast<size_t>(n_ * width) * sizeof(U));
+    buf = std::move(next);
   }
   /// Room for n more rows. A windowed cache first drops what the next query (the first new row) cannot see:
   /// it needs the window - 1 rows before it. Capacity doubles, up to 2 * window when windowed, so dropping
@@ -104,14 +142,14 @@ class KvCache {
     if (n_ + n <= cap_) return;
     int64_t cap = std::max<int64_t>({n_ + n, 2 * cap_, 16});
     if (window_ > 0) cap = std::min(cap, std::max(n_ + n, 2 * window_));
-    k_.resize(static_cast<size_t>(cap * kw_));
-    v_.resize(static_cast<size_t>(cap * vw_));
-    seg_.resize(static_cast<size_t>(cap));
+    grow(k_, cap, kw_);
+    grow(v_, cap, vw_);
+    grow(seg_, cap, int64_t{1});
     cap_ = cap;
   }
   int64_t kw_ = 0, vw_ = 0, window_ = 0, n_ = 0, cap_ = 0;
-  std::vector<T> k_, v_;
-  std::vector<int64_t> seg_;
+  Tensor<T, B> k_, v_;       // [cap_, kw_], [cap_, vw_]
+  Tensor<int64_t, B> seg_;  // [cap_]
 };
 
 /// One sequence's caches of a stack of self-attention layers and the RoPE position of its next token.
@@ -140,6 +178,14 @@ void cached_positions(Stack* const* caches, int64_t batch, int64_t seq, std::vec
   positions.resize(static_cast<size_t>(batch * seq));
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t t = 0; t < seq; ++t) positions[b * seq + t] = caches[b]->next_pos + t;
+}
+/// The same into a tensor in backend B's memory (filled on the device on CUDA: one small launch per
+/// sequence).
+template <class Stack, class B>
+void cached_positions(Stack* const* caches, int64_t batch, int64_t seq, Tensor<int64_t, B>& positions) {
+  positions.resize_uninit({batch * seq});
+  for (int64_t b = 0; b < batch; ++b)
+    ops::fill_positions(B{}, positions.data() + b * seq, 1, seq, caches[b]->next_pos);
 }
 
 /// Cached forwards with at most this many new query rows per sequence use decode_attention.
@@ -186,6 +232,17 @@ void decode_attention(const ops::AttnDims& d, const Mask& policy, const T* q, co
         out.noalias() = (s * vb) / sum;
       }
     }
+}
+
+/// decode_attention on CUDA: the flash kernel, which already handles a few query rows after a long cache
+/// (Tq < Tk, d.q_offset); q, k, v, o are device pointers, no lse is written and `scores` is unused. Only the
+/// masks with a CUDA ops::attention_forward overload compile (the position masks and the id masks, whose id
+/// pointers must then be device memory).
+template <class Mask>
+void decode_attention(const ops::AttnDims& d, const Mask& policy, const float* q, const float* k,
+                      const float* v, float* o, Tensor<float, cuda>& scores) {
+  (void)scores;
+  ops::attention_forward(cuda{}, d, policy, q, k, v, o, static_cast<float*>(nullptr));
 }
 
 namespace mask {

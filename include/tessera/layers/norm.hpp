@@ -1,7 +1,9 @@
-// Normalisation layers: RmsNorm (Llama) and LayerNorm, each a thin wrapper over ops/norm.hpp.
+// Normalisation layers: RmsNorm (Llama) and LayerNorm, each a thin wrapper over ops/norm.hpp (any backend:
+// gains start at 1 through ops::fill).
 #pragma once
 #include "tessera/core/param.hpp"
 #include "tessera/layers/context.hpp"
+#include "tessera/ops/elementwise.hpp"
 #include "tessera/ops/norm.hpp"
 
 namespace tessera {
@@ -26,7 +28,7 @@ struct RmsNorm {
     dim = d;
     eps = e;
     params.weight.resize({d});
-    std::fill(params.weight.value.begin(), params.weight.value.end(), T(1));
+    ops::fill(B{}, params.weight.value.data(), T(1), d);
   }
   void forward(const SeqContext&, TensorView<const T> x, Tensor<T, B>& y, Saved& s) const {
     TESSERA_CHECK(x.rank() == 2 && x.size(1) == dim, "RmsNorm: input ", x.shape, " does not match dim ", dim);
@@ -64,7 +66,7 @@ struct LayerNorm {
     dim = d;
     eps = e;
     params.weight.resize({d});
-    std::fill(params.weight.value.begin(), params.weight.value.end(), T(1));
+    ops::fill(B{}, params.weight.value.data(), T(1), d);
     if (bias) params.bias.resize({d});
   }
   void forward(const SeqContext&, TensorView<const T> x, Tensor<T, B>& y, Saved& s) const {

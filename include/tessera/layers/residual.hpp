@@ -55,13 +55,11 @@ struct PreNormResidual {
   }
   /// dx = dy + norm'(inner'(dy)).
   void backward(const SeqContext& ctx, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {
-    inner.backward(ctx, dy, scratch_, s.inner_s);
-    norm.backward(ctx, scratch_, dx, s.norm_s);
+    Tensor<T, B>& scratch = shared_scratch<PreNormResidual, T, B, 1>()[0];  // context.hpp
+    inner.backward(ctx, dy, scratch, s.inner_s);
+    norm.backward(ctx, scratch, dx, s.norm_s);
     ops::add_inplace(B{}, dx.data(), dy.data(), dy.numel());
   }
-
- private:
-  Tensor<T, B> scratch_;
 };
 
 template <class Norm, class Inner>
@@ -94,13 +92,11 @@ struct PostNormResidual {
     norm.forward(ctx, s.sum, y, s.norm_s);
   }
   void backward(const SeqContext& ctx, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {
-    norm.backward(ctx, dy, scratch_, s.norm_s);
-    inner.backward(ctx, scratch_, dx, s.inner_s);
-    ops::add_inplace(B{}, dx.data(), scratch_.data(), scratch_.numel());
+    Tensor<T, B>& scratch = shared_scratch<PostNormResidual, T, B, 1>()[0];  // context.hpp
+    norm.backward(ctx, dy, scratch, s.norm_s);
+    inner.backward(ctx, scratch, dx, s.inner_s);
+    ops::add_inplace(B{}, dx.data(), scratch.data(), scratch.numel());
   }
-
- private:
-  Tensor<T, B> scratch_;
 };
 
 }  // namespace tessera

@@ -59,12 +59,11 @@ struct Sequence {
     if constexpr (I == 0) {
       std::get<0>(layers).backward(ctx, dy, dx, std::get<0>(s.child));
     } else {
-      Tensor<T, B>& g = grad_[I % 2];
+      Tensor<T, B>& g = shared_scratch<Sequence, T, B, 2>()[I % 2];  // context.hpp
       std::get<I>(layers).backward(ctx, dy, g, std::get<I>(s.child));
       backward_from<I - 1>(ctx, g, dx, s);
     }
   }
-  Tensor<T, B> grad_[2];  // ping-pong gradient buffers between children
 };
 
 template <class L>

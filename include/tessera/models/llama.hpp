@@ -1,5 +1,11 @@
 // A Llama-style transformer (RMSNorm, interleaved RoPE, GQA, SwiGLU, no biases) composed only from
 // library layers. Used as the byte-level LM of tessera's first app and as BLT's entropy model.
+//
+// Backends: Llama<T, cpu> (any T) and Llama<float, cuda>. Every pointer the model takes (token ids,
+// targets, ctx.positions) and every tensor it returns (logits) is in the backend's memory: device pointers
+// on CUDA. A CUDA training step (forward, loss, backward) queues its kernels without synchronising the host,
+// except loss(), which returns the mean to the host; its buffers are reused across steps (no allocations
+// after the first step of a given shape), and layers share their backward temporaries (layers/context.hpp).
 #pragma once
 #include <nlohmann/json.hpp>
 #include <string>
@@ -104,13 +110,14 @@ template <class T, class Mask = mask::SlidingWindow, class B = cpu>
 struct LlamaStackScratch {
   LlamaBlockScratch<T, Mask, B> block;
   Tensor<T, B> buf[2];
-  std::vector<int64_t> positions;
+  Tensor<int64_t, B> positions;  // backend memory
   std::vector<KvCache<T, B>*> layer_caches;
 };
 
 /// A stack of Llama blocks with KV caches (inference only). ctx.batch sequences with ctx.seq new tokens each;
 /// caches[b] is sequence b's KvCacheStack (one cache per layer). Rotary positions are caches[b]->next_pos + t
-/// unless ctx.positions is set; next_pos advances by ctx.seq. x [rows, dim] -> y [rows, dim].
+/// unless ctx.positions (backend memory) is set; next_pos advances by ctx.seq. x [rows, dim] -> y [rows,
+/// dim].
 template <class T, class Mask, class B>
 void llama_stack_forward_cached(const Stack<LlamaBlock<T, Mask, B>>& stack, const SeqContext& ctx,
                                 std::type_identity_t<TensorView<const T>> x, Tensor<T, B>& y,
@@ -165,7 +172,8 @@ class Llama {
     f("lm_head", lm_head);
   }
 
-  /// ids: [B*T] row-major -> logits [B*T, vocab]. Keeps what backward needs until the next forward.
+  /// ids: [B*T] row-major, in the backend's memory -> logits [B*T, vocab]. Keeps what backward needs (and the
+  /// ids pointer) until the next forward.
   const Tensor<T, B>& forward(const int64_t* ids, int64_t batch, int64_t seq) {
     ctx_ = SeqContext{};
     ctx_.batch = batch;
@@ -196,9 +204,10 @@ class Llama {
     c.setup(config.n_layers, l.kv_heads() * l.hdim(), l.kv_heads() * l.hdim(), config.window);
     return c;
   }
-  /// Incremental forward: ids [batch*seq], `seq` new tokens of each of `batch` sequences; caches[b]
-  /// (make_cache) holds sequence b's earlier tokens and advances by seq positions. Returns logits [batch*seq,
-  /// vocab] (in s, valid until its next use). Equals the rows of forward() over each whole sequence.
+  /// Incremental forward: ids [batch*seq] (backend memory), `seq` new tokens of each of `batch` sequences;
+  /// caches[b] (make_cache) holds sequence b's earlier tokens and advances by seq positions. Returns logits
+  /// [batch*seq, vocab] (in s, valid until its next use). Equals the rows of forward() over each whole
+  /// sequence.
   const Tensor<T, B>& forward_cached(const int64_t* ids, int64_t batch, int64_t seq, Cache* const* caches,
                                      DecodeScratch& s) const {
     SeqContext ctx;
@@ -212,12 +221,15 @@ class Llama {
     return s.logits;
   }
 
-  /// Mean cross-entropy of the last forward's logits against targets [B*T] (ignore_index skipped).
+  /// Mean cross-entropy of the last forward's logits against targets [B*T] (backend memory; ignore_index
+  /// skipped). On CUDA this synchronises (the mean comes back to the host).
   double loss(const int64_t* targets, int64_t ignore_index = -100) const {
     return ops::cross_entropy_forward(B{}, static_cast<T*>(nullptr), logits_.data(), targets, ctx_.rows(),
                                       config.vocab_size, ignore_index);
   }
-  /// Gradient of loss(targets) * scale into every Param::grad (accumulated; call zero_grads first).
+  /// Gradient of loss(targets) * scale into every Param::grad (accumulated; call zero_grads first). targets
+  /// in backend memory; no host synchronisation on CUDA (invalid targets give NaN gradients there, see
+  /// ops/loss.hpp).
   void backward(const int64_t* targets, double scale = 1.0, int64_t ignore_index = -100) {
     dlogits_.resize_uninit(logits_.shape());
     ops::cross_entropy_backward(B{}, dlogits_.data(), logits_.data(), targets, ctx_.rows(), config.vocab_size,

@@ -1,6 +1,10 @@
-// Elementwise helpers used by composite layers (residual sums, gradient accumulation).
+// Elementwise helpers used by composite layers (residual sums, gradient accumulation), fills and strided
+// row copies (constant initialisation of parameters, KV-cache appends) that work on every backend.
 #pragma once
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "tessera/core/backend.hpp"
 #include "tessera/ops/eigen.hpp"
@@ -23,9 +27,30 @@ void scale_inplace(cpu, T* y, T a, int64_t n) {
   eig::MapVec<T>(y, n) *= a;
 }
 
+/// y[i] = value over n elements.
+template <class T>
+void fill(cpu, T* y, std::type_identity_t<T> value, int64_t n) {
+  std::fill_n(y, n, value);
+}
+/// Row r of dst (at dst + r * dst_stride) = row r of src (at src + r * src_stride), `cols` elements per row,
+/// for r in [0, rows). Strides >= cols; dst and src must not overlap.
+template <class T>
+void copy_rows(cpu, T* dst, int64_t dst_stride, const T* src, int64_t src_stride, int64_t rows,
+               int64_t cols) {
+  if (dst_stride == cols && src_stride == cols) {
+    if (rows * cols > 0) std::memcpy(dst, src, static_cast<size_t>(rows * cols) * sizeof(T));
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(dst + r * dst_stride, src + r * src_stride, static_cast<size_t>(cols) * sizeof(T));
+}
+
 // CUDA (cuda/elementwise.cu), fp32, device pointers.
 void add_inplace(cuda, float* y, const float* x, int64_t n);
 void add(cuda, float* z, const float* x, const float* y, int64_t n);
 void scale_inplace(cuda, float* y, float a, int64_t n);
+void fill(cuda, float* y, float value, int64_t n);
+void copy_rows(cuda, float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t rows,
+               int64_t cols);
 
 }  // namespace tessera::ops

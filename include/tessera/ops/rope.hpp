@@ -88,6 +88,21 @@ void rope_backward(cpu, T* dx, int64_t stride, const int64_t* positions, int64_t
   detail::rope_rotate("rope_backward", dx, stride, positions, N, H, Dh, theta, style, -1.0);
 }
 
+/// Rotary positions of `batch` sequences of `seq` tokens: positions[b * seq + t] = offset + t, or
+/// (offset + t) % modulo when modulo > 0 (positions restarting every `modulo` tokens, e.g. chunked
+/// attention).
+inline void fill_positions(cpu, int64_t* positions, int64_t batch, int64_t seq, int64_t offset,
+                           int64_t modulo = 0) {
+  TESSERA_CHECK(batch >= 0 && seq >= 0 && modulo >= 0, "fill_positions: bad sizes batch=", batch,
+                " seq=", seq, " modulo=", modulo);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t t = 0; t < seq; ++t)
+      positions[b * seq + t] = modulo > 0 ? (offset + t) % modulo : offset + t;
+}
+
+// CUDA (cuda/elementwise.cu), device pointers (positions too).
+void fill_positions(cuda, int64_t* positions, int64_t batch, int64_t seq, int64_t offset, int64_t modulo = 0);
+
 // CUDA (cuda/elementwise.cu), fp32, device pointers (positions too). Angles, cos and sin in double as above.
 void rope_forward(cuda, float* x, int64_t stride, const int64_t* positions, int64_t N, int64_t H, int64_t Dh,
                   double theta, RopeStyle style);
