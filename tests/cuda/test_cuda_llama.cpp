@@ -16,6 +16,7 @@
 #include "support/gradcheck.hpp"
 #include "tessera/core/allocator.hpp"
 #include "tessera/core/transfer.hpp"
+#include "tessera/layers/init.hpp"
 #include "tessera/models/llama.hpp"
 #include "tessera/train/adamw.hpp"
 
@@ -148,6 +149,30 @@ TEST(CudaLlamaOps, FillCopyRowsAndPositions) {
 }
 
 // ---- KV caches on the device ------------------------------------------------------------------------------
+
+// init_normal draws on the host in parameter order for every backend: a CUDA model gets the CPU model's
+// weights bit for bit (matrices), and vectors keep their setup values (RMSNorm gains 1).
+TEST(CudaLlamaInit, InitNormalGivesTheCpuWeights) {
+  TESSERA_NEED_GPU();
+  const auto cfg = tiny_config(0);
+  models::Llama<float> cpu_model(cfg);
+  models::Llama<float, cuda> gpu_model(cfg);
+  Rng r1(7), r2(7);
+  init_normal(cpu_model, r1, 0.1);
+  init_normal(gpu_model, r2, 0.1);
+  std::map<std::string, std::vector<float>> want;
+  for_each_param(cpu_model, [&](const std::string& name, auto& p) {
+    want[name].assign(p.value.data(), p.value.data() + p.value.numel());
+  });
+  int64_t checked = 0;
+  for_each_param(gpu_model, [&](const std::string& name, auto& p) {
+    const auto got = download(p.value.data(), p.value.numel());
+    ASSERT_EQ(got, want.at(name)) << name;
+    ++checked;
+  });
+  EXPECT_EQ(checked, static_cast<int64_t>(want.size()));
+  EXPECT_EQ(want.at("norm.weight").front(), 1.f);
+}
 
 TEST(CudaLlamaCache, AppendAndWindowDropMatchTheCpu) {
   TESSERA_NEED_GPU();

@@ -17,6 +17,8 @@ namespace tessera {
 /// A trainable tensor and its gradient (allocated on demand by allocate_grads).
 template <class T, class B = cpu>
 struct Param {
+  using value_type = T;
+  using backend = B;
   Tensor<T, B> value;
   Tensor<T, B> grad;
   /// Allocate the value (zeroed); an unallocated Param is absent from the walk (e.g. no bias).
