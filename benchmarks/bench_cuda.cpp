@@ -10,6 +10,9 @@
 //             masks Causal and ChunkLocal{2048} (Megalodon's chunk size) vs a materialised baseline: cuBLAS
 //             fp32 batched S = scale Q K^T (T x T per head), a masked-softmax kernel, O = P V; backward
 //             dV = P^T dO, dP = dO V^T, dS = P (dP - rowsum(P dP)), dQ = scale dS K, dK = scale dS^T Q.
+//             Also the bf16 tensor-core kernels (ops/attention_bf16.hpp), causal, against the fp32 flash op:
+//             its time (measured above) as the baseline, its outputs on the same bf16-rounded inputs as the
+//             check (a check above the bf16 tolerance makes the group FAILED).
 //   CEMA      ops::cema_forward/backward(cuda) (the scan) at B=1 D=4096 N=16, L 4096 and 16384 vs the FFT
 //             convolution (bench_cuda_kernels.cu: kernel k on the device, cuFFT real transforms of length
 //             2 next_pow2(L)), forward only, with and without computing k; backward vs the memcpy floor.
@@ -46,6 +49,7 @@
 #include "tessera/core/dtype.hpp"
 #include "tessera/core/rng.hpp"
 #include "tessera/ops/attention.hpp"
+#include "tessera/ops/attention_bf16.hpp"
 #include "tessera/ops/cema.hpp"
 #include "tessera/ops/matmul.hpp"
 #include "tessera/ops/timestep_norm.hpp"
@@ -448,6 +452,63 @@ double attn_pairs(int64_t T, int64_t chunk) {
   return p;
 }
 
+/// The bf16 tensor-core attention (causal) at the dims of `d` on bf16 roundings of q, k, v, dout. Check: max
+/// relative difference to the fp32 flash op run on the same rounded values (o; worst of dq, dk, dv); above
+/// kTol (bf16 roundings of P, dS and the outputs: ~1e-2 at most; see tests/cuda/test_cuda_attention_bf16.cpp)
+/// the rows are printed and the group throws. Baseline: the fp32 flash op's time from the causal rows.
+void bench_attention_bf16(Ctx& c, const ops::AttnDims& d, const DevBuf<float>& q, const DevBuf<float>& k,
+                          const DevBuf<float>& v, const DevBuf<float>& dout, double f32_fwd_ms,
+                          double f32_bwd_ms) {
+  constexpr double kTol = 3e-2;
+  using tessera::bf16;
+  const int64_t n = q.size(), nl = d.B * d.Hq * d.Tq;
+  const ops::mask::Causal m;
+  auto bf = [](const DevBuf<uint16_t>& b) { return reinterpret_cast<bf16*>(b.get()); };
+  DevBuf<uint16_t> qb(n), kb(n), vb(n), dob(n), ob(n), dqb(n), dkb(n), dvb(n);
+  DevBuf<float> qr(n), kr(n), vr(n), dor(n), o_ref(n), dq_ref(n), dk_ref(n), dv_ref(n), lse_ref(nl), lse(nl),
+      tmp(n);
+  // bf16 copy b of src, and r: the fp32 values of b (what the bf16 kernel sees).
+  auto round = [&](const DevBuf<float>& src, DevBuf<uint16_t>& b, DevBuf<float>& r) {
+    bench::to_bf16(b.get(), src.get(), n);
+    bench::from_bf16(r.get(), b.get(), n);
+  };
+  round(q, qb, qr);
+  round(k, kb, kr);
+  round(v, vb, vr);
+  round(dout, dob, dor);
+  ops::attention_forward(cuda{}, d, m, qr.get(), kr.get(), vr.get(), o_ref.get(), lse_ref.get());
+  ops::attention_backward(cuda{}, d, m, qr.get(), kr.get(), vr.get(), o_ref.get(), lse_ref.get(), dor.get(),
+                          dq_ref.get(), dk_ref.get(), dv_ref.get());
+
+  const double ms_f = c.timer.median_ms(
+      [&] { ops::attention_forward(cuda{}, d, m, bf(qb), bf(kb), bf(vb), bf(ob), lse.get()); }, c.heavy);
+  const double ms_b = c.timer.median_ms(
+      [&] {
+        ops::attention_backward(cuda{}, d, m, bf(qb), bf(kb), bf(vb), bf(ob), lse.get(), bf(dob), bf(dqb),
+                                bf(dkb), bf(dvb));
+      },
+      c.heavy);
+  auto rel = [&](const DevBuf<uint16_t>& ours, const DevBuf<float>& ref) {
+    bench::from_bf16(tmp.get(), ours.get(), n);
+    return bench::diff(tmp.get(), ref.get(), n).rel();
+  };
+  const double err_f = rel(ob, o_ref);
+  const double err_b = std::max({rel(dqb, dq_ref), rel(dkb, dk_ref), rel(dvb, dv_ref)});
+
+  const double fwd_flops = 4.0 * double(d.Dh) * attn_pairs(d.Tq, 0) * double(d.B * d.Hq),
+               bwd_flops = 2.5 * fwd_flops;
+  const std::string shape = "B=" + std::to_string(d.B) + " T=" + std::to_string(d.Tq) +
+                            " H=" + std::to_string(d.Hq) + " Dh=" + std::to_string(d.Dh) + " causal";
+  const std::string base = "tessera fp32 flash, same rounded inputs";
+  print_row({"attention fwd bf16", shape, ms_f, tflops(fwd_flops, ms_f), base, f32_fwd_ms,
+             f32_fwd_ms > 0 ? tflops(fwd_flops, f32_fwd_ms) : "-", strf("%.2e", err_f)});
+  print_row({"attention bwd bf16", shape, ms_b, tflops(bwd_flops, ms_b), base + " (bwd)", f32_bwd_ms,
+             f32_bwd_ms > 0 ? tflops(bwd_flops, f32_bwd_ms) : "-", strf("%.2e", err_b)});
+  if (!(err_f <= kTol && err_b <= kTol))  // NaN fails too
+    throw std::runtime_error(strf("bf16 attention differs from fp32: fwd %.2e", err_f) +
+                             strf(", bwd %.2e", err_b) + strf(" (tolerance %.0e)", kTol));
+}
+
 void bench_attention(Ctx& c) {
   const int64_t B = 4, T = 4096, H = 16, kChunk = 2048;
   for (const int64_t Dh : {int64_t(64), int64_t(128)})
@@ -497,6 +558,7 @@ void bench_attention(Ctx& c) {
         }
       };
 
+      double f32_fwd_ms = 0, f32_bwd_ms = 0;  // the fp32 flash op, causal: baseline of the bf16 rows
       for (const int64_t chunk : {int64_t(0), kChunk})
         guarded(c, "attention Dh=" + std::to_string(Dh) + (chunk ? " chunk" : " causal"), [&] {
           const std::string shape =
@@ -527,12 +589,18 @@ void bench_attention(Ctx& c) {
           const double worst_b =
               std::max({bench::diff(dq.get(), dqb.get(), n).rel(), bench::diff(dk.get(), dkb.get(), n).rel(),
                         bench::diff(dv.get(), dvb.get(), n).rel()});
+          if (!chunk) {
+            f32_fwd_ms = ms_f;
+            f32_bwd_ms = ms_b;
+          }
           const std::string base = "cuBLAS fp32 QK^T (TxT) + softmax + PV";
           print_row({"attention fwd fp32", shape, ms_f, tflops(fwd_flops, ms_f), base, base_f,
                      tflops(fwd_flops, base_f), check_f});
           print_row({"attention bwd fp32", shape, ms_b, tflops(bwd_flops, ms_b), base + " (bwd)", base_b,
                      tflops(bwd_flops, base_b), strf("%.2e", worst_b)});
         });
+      guarded(c, "attention bf16 Dh=" + std::to_string(Dh),
+              [&] { bench_attention_bf16(c, d, q, k, v, dout, f32_fwd_ms, f32_bwd_ms); });
     });
 }
 
@@ -644,6 +712,9 @@ void print_notes(const Ctx& c) {
   std::printf(
       "  attention: useful FLOPs on both sides (forward 4 Dh per allowed (query, key) pair, backward\n");
   std::printf("    2.5x); the baseline computes all T x T scores (cuBLAS fp32, no TF32) and keeps P.\n");
+  std::printf(
+      "  attention bf16: tensor cores (WMMA), bf16 in/out, fp32 accumulation; baseline and check: the\n");
+  std::printf("    fp32 flash op on the same bf16-rounded inputs (its causal time from the rows above).\n");
   std::printf(
       "  CEMA, TimestepNorm: GB/s of the bytes the op must move (forward x in + y out, backward x, dy\n");
   std::printf("    in + dx out) and %% of the memcpy rate (%.0f GB/s); us/tok per token of D channels.\n",

@@ -117,6 +117,10 @@ __global__ void to_bf16_kernel(uint16_t* dst, const float* src, int64_t n) {
   for (int64_t i = gtid(); i < n; i += gstride()) dst[i] = bf16_round(src[i]);
 }
 
+__global__ void from_bf16_kernel(float* dst, const uint16_t* src, int64_t n) {
+  for (int64_t i = gtid(); i < n; i += gstride()) dst[i] = bf16_float(src[i]);
+}
+
 // out[0] = max |a - b|, out[1] = max |b| as float bits: for non-negative floats (and +NaN, which sorts above
 // +inf) the unsigned order is the float order, so atomicMax on the bits is a float max.
 template <class T>
@@ -278,6 +282,12 @@ void to_bf16(uint16_t* dst, const float* src, int64_t n) {
   if (n <= 0) return;
   to_bf16_kernel<<<blocks_for(n), kThreads>>>(dst, src, n);
   BENCH_LAUNCH("to_bf16_kernel");
+}
+
+void from_bf16(float* dst, const uint16_t* src, int64_t n) {
+  if (n <= 0) return;
+  from_bf16_kernel<<<blocks_for(n), kThreads>>>(dst, src, n);
+  BENCH_LAUNCH("from_bf16_kernel");
 }
 
 DiffStat diff(const float* a, const float* b, int64_t n) {

@@ -13,6 +13,8 @@ namespace bench {
 void fill_uniform(float* p, int64_t n, uint64_t seed, float lo, float hi);
 /// dst[i] = bf16(src[i]), round to nearest even (bit patterns, as tessera::bf16).
 void to_bf16(uint16_t* dst, const float* src, int64_t n);
+/// dst[i] = float(src[i]) for bf16 bit patterns (exact).
+void from_bf16(float* dst, const uint16_t* src, int64_t n);
 
 /// max |a - b| and max |b| over n elements (b is the reference); NaN anywhere shows up as NaN.
 struct DiffStat {

@@ -1,0 +1,3 @@
+// Forwarder: the WMMA emulation (wmma_emu.hpp).
+#pragma once
+#include "wmma_emu.hpp"
