@@ -37,6 +37,18 @@ struct EntropyPatcher {
     TESSERA_CHECK(N >= 1, "EntropyPatcher: empty row (need at least the BOS id)");
     TESSERA_CHECK(static_cast<int64_t>(h.size()) == N, "EntropyPatcher: ", h.size(), " entropies for ", N,
                   " ids (need one per id)");
+    return patch_starts(h);
+  }
+  std::vector<int64_t> patch_lengths(std::span<const int64_t> ids, std::span<const float> h) const {
+    const auto flags = patch_starts(ids, h);
+    return lengths_from_starts(flags, static_cast<int64_t>(ids.size()), next);
+  }
+
+  /// The same from the entropies alone (one per id; the rule never reads the ids themselves), e.g. when the
+  /// ids live in device memory.
+  std::vector<uint8_t> patch_starts(std::span<const float> h) const {
+    const int64_t N = static_cast<int64_t>(h.size());
+    TESSERA_CHECK(N >= 1, "EntropyPatcher: empty row (need at least the BOS id)");
     std::vector<uint8_t> flags(static_cast<size_t>(N + 1), 0);
     flags[0] = flags[1] = 1;
     const float th = static_cast<float>(threshold), th_add = static_cast<float>(threshold_add);
@@ -57,9 +69,8 @@ struct EntropyPatcher {
     finish_starts(flags, N, next, max_patch_length);
     return flags;
   }
-  std::vector<int64_t> patch_lengths(std::span<const int64_t> ids, std::span<const float> h) const {
-    const auto flags = patch_starts(ids, h);
-    return lengths_from_starts(flags, static_cast<int64_t>(ids.size()), next);
+  std::vector<int64_t> patch_lengths(std::span<const float> h) const {
+    return lengths_from_starts(patch_starts(h), static_cast<int64_t>(h.size()), next);
   }
 
   /// The patcher of an HF BltConfig (config.json): patching_mode must be "entropy"; patching_threshold;

@@ -1,5 +1,9 @@
 // BLT umbrella: tokenizer, hash n-gram embeddings, entropy model, configuration, model and checkpoints.
 #pragma once
+// clang-format off (must stay first: it declares CUDA overloads before any layer header, see there)
+#include "tessera/ops/blt_cuda.hpp"
+// clang-format on
+
 #include "tessera/models/blt/checkpoint.hpp"
 #include "tessera/models/blt/config.hpp"
 #include "tessera/models/blt/entropy.hpp"

@@ -13,6 +13,10 @@
 // lm_head.weight <-> local_decoder.output.weight, and the stacked hash table
 // encoder_hash_tok_embedding.weight [n*M, d] <-> encoder_hash_tok_embedding.{0..n-1}.weight [M, d].
 #pragma once
+// clang-format off (must stay first: it declares CUDA overloads before any layer header, see there)
+#include "tessera/ops/blt_cuda.hpp"
+// clang-format on
+
 #include <map>
 #include <memory>
 #include <set>

@@ -11,6 +11,10 @@
 // 512-byte window with EOS document cuts and cuts the global model's block-causal mask at EOS patches, the HF
 // port is plain causal everywhere (§8.3). `local_window` and `eos_document_cuts` carry that choice.
 #pragma once
+// clang-format off (must stay first: it declares CUDA overloads before any layer header, see there)
+#include "tessera/ops/blt_cuda.hpp"
+// clang-format on
+
 #include <cstdint>
 #include <string>
 #include <vector>

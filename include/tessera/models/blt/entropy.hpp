@@ -20,6 +20,10 @@
 // A document piece is run with positions starting at 0; RoPE makes attention depend only on position
 // differences, so this equals the reference's mask-based cut (up to fp rounding of the rotation angles).
 #pragma once
+// clang-format off (must stay first: it declares CUDA overloads before any layer header, see there)
+#include "tessera/ops/blt_cuda.hpp"
+// clang-format on
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -152,7 +156,8 @@ struct EntropySegment {
 };
 
 /// The independent pieces the entropy model sees: every row, cut into chunks of opt.chunk tokens, each cut
-/// after every EOS when opt.eos_cuts. Pieces never cross a row boundary.
+/// after every EOS when opt.eos_cuts. Pieces never cross a row boundary. ids (host memory) are read only when
+/// opt.eos_cuts (may be null otherwise).
 inline std::vector<EntropySegment> entropy_segments(const int64_t* ids, int64_t batch, int64_t seq,
                                                     const EntropyOptions& opt) {
   TESSERA_CHECK(opt.chunk >= 0, "blt::EntropyOptions: chunk must be >= 0, got ", opt.chunk);
@@ -178,40 +183,75 @@ inline std::vector<EntropySegment> entropy_segments(const int64_t* ids, int64_t 
 /// Entropies [batch*seq] (nats, fp32 like the HF port's) of the entropy model's next-byte predictions for
 /// ids [batch*seq] row-major. Rows never influence each other. Uses model.config.window as the attention
 /// window.
+///
+/// ids are in the model's backend memory (device memory for Llama<float, cuda>). On CUDA the entropies are
+/// computed on the device and only they come back (one synchronising copy per forward of the entropy model);
+/// the ids themselves are read on the host only when the context rule needs them (EOS cuts, or chunks shorter
+/// than a row) — pass their host copy as host_ids when the caller has one, or they are downloaded. Without
+/// host ids, ids outside the vocabulary are not detected on CUDA (their entropies are NaN).
 template <class T, class B>
 std::vector<float> entropies(models::Llama<T, B>& model, const int64_t* ids, int64_t batch, int64_t seq,
-                             const EntropyOptions& opt = {}) {
+                             const EntropyOptions& opt = {}, const int64_t* host_ids = nullptr) {
   TESSERA_CHECK(batch >= 0 && seq >= 0, "blt::entropies: bad batch/seq ", batch, "x", seq);
   TESSERA_CHECK(opt.max_tokens >= 1, "blt::EntropyOptions: max_tokens must be >= 1, got ", opt.max_tokens);
+  TESSERA_CHECK(opt.chunk >= 0, "blt::EntropyOptions: chunk must be >= 0, got ", opt.chunk);
   const int64_t N = batch * seq, V = model.config.vocab_size;
-  for (int64_t i = 0; i < N; ++i)
-    TESSERA_CHECK(ids[i] >= 0 && ids[i] < V, "blt::entropies: id ", ids[i], " at row ",
-                  i / std::max<int64_t>(seq, 1), ", position ", i % std::max<int64_t>(seq, 1),
-                  " is outside the vocabulary [0, ", V, ")");
+  if constexpr (is_cpu_v<B>) host_ids = ids;
+  // Every row one piece: the pieces are the rows themselves and no id has to be read on the host.
+  const bool whole_rows = !opt.eos_cuts && (opt.chunk == 0 || opt.chunk >= seq);
+  std::vector<int64_t> downloaded;
+  if constexpr (!is_cpu_v<B>) {
+    if (host_ids == nullptr && !whole_rows && N > 0) {
+      downloaded.resize(static_cast<size_t>(N));
+      cuda_mem::to_host(downloaded.data(), ids, static_cast<size_t>(N) * sizeof(int64_t));
+      host_ids = downloaded.data();
+    }
+  }
+  if (host_ids)
+    for (int64_t i = 0; i < N; ++i)
+      TESSERA_CHECK(host_ids[i] >= 0 && host_ids[i] < V, "blt::entropies: id ", host_ids[i], " at row ",
+                    i / std::max<int64_t>(seq, 1), ", position ", i % std::max<int64_t>(seq, 1),
+                    " is outside the vocabulary [0, ", V, ")");
   std::vector<float> out(static_cast<size_t>(N));
-  std::vector<EntropySegment> segs = entropy_segments(ids, batch, seq, opt);
+  std::vector<EntropySegment> segs =
+      entropy_segments(host_ids, batch, seq, opt);  // reads ids only for EOS cuts
   // Batch pieces of equal length into one forward (most inputs: all rows, one piece each).
   std::stable_sort(segs.begin(), segs.end(), [](const auto& a, const auto& b) { return a.len > b.len; });
   std::vector<int64_t> buf;
   std::vector<float> ent;
-  Tensor<T> host;
+  Tensor<int64_t, B> dev_ids;
+  Tensor<float, B> dev_ent;
   for (size_t i = 0; i < segs.size();) {
     const int64_t len = segs[i].len;
     const int64_t cap = std::max<int64_t>(1, opt.max_tokens / std::max<int64_t>(len, 1));
     size_t j = i;
     while (j < segs.size() && segs[j].len == len && static_cast<int64_t>(j - i) < cap) ++j;
     const int64_t nb = static_cast<int64_t>(j - i);
-    buf.resize(static_cast<size_t>(nb * len));
-    for (int64_t k = 0; k < nb; ++k) std::copy_n(ids + segs[i + k].begin, len, buf.data() + k * len);
-    const auto& logits = model.forward(buf.data(), nb, len);
-    const T* lp = logits.data();
-    if constexpr (!is_cpu_v<B>) {
-      host.resize_uninit(logits.shape());
-      cuda_mem::to_host(host.data(), logits.data(), static_cast<size_t>(host.numel()) * sizeof(T));
-      lp = host.data();
+    // The pieces' ids in backend memory: consecutive pieces are read in place, others gathered on the host.
+    bool consecutive = true;
+    for (int64_t k = 1; k < nb; ++k)
+      consecutive = consecutive && segs[i + k].begin == segs[i].begin + k * len;
+    const int64_t* piece_ids = ids + segs[i].begin;
+    if constexpr (is_cpu_v<B>) consecutive = false;  // the CPU path keeps its gathered copy
+    if (!consecutive) {
+      buf.resize(static_cast<size_t>(nb * len));
+      for (int64_t k = 0; k < nb; ++k) std::copy_n(host_ids + segs[i + k].begin, len, buf.data() + k * len);
+      piece_ids = buf.data();
+      if constexpr (!is_cpu_v<B>) {
+        dev_ids.resize_uninit({nb * len});
+        cuda_mem::to_device(dev_ids.data(), buf.data(), buf.size() * sizeof(int64_t));
+        piece_ids = dev_ids.data();
+      }
     }
+    const auto& logits = model.forward(piece_ids, nb, len);
     ent.resize(static_cast<size_t>(nb * len));
-    entropies_from_logits(lp, nb * len, V, ent.data());
+    if constexpr (is_cpu_v<B>) {
+      entropies_from_logits(logits.data(), nb * len, V, ent.data());
+    } else {
+      dev_ent.resize_uninit({nb * len});
+      entropies_from_logits(B{}, logits.data(), nb * len, V, dev_ent.data());
+      cuda_mem::to_host(ent.data(), dev_ent.data(), ent.size() * sizeof(float));
+    }
     for (int64_t k = 0; k < nb; ++k) std::copy_n(ent.data() + k * len, len, out.data() + segs[i + k].begin);
     i = j;
   }

@@ -18,6 +18,10 @@
 // (Sample the same prompt several times by calling with different seeds.) Rows finish on their own (EOS or
 // max_new_tokens).
 #pragma once
+// clang-format off (must stay first: it declares CUDA overloads before any layer header, see there)
+#include "tessera/ops/blt_cuda.hpp"
+// clang-format on
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -60,11 +64,12 @@ struct GenerateResult {
   double generate_bytes_per_s() const { return generate_seconds > 0 ? new_bytes / generate_seconds : 0; }
 };
 
-/// Cached generation over a batch of rows (see the file comment). CPU.
-template <class T>
+/// Cached generation over a batch of rows (see the file comment). CPU and CUDA (BltIncremental<float, cuda>:
+/// caches on the device, prompts, ids and logits on the host).
+template <class T, class B = cpu>
 class BltGenerator {
  public:
-  BltGenerator(const BltForCausalLM<T>& lm, const GenerateOptions& options)
+  BltGenerator(const BltForCausalLM<T, B>& lm, const GenerateOptions& options)
       : inc_(lm), options_(options), eos_(lm.config().eos_id) {
     options.validate();
   }
@@ -146,15 +151,15 @@ class BltGenerator {
   std::vector<int64_t> patch_lengths(int64_t row) const { return inc_.patch_lengths(rows_.at(row)); }
 
  private:
-  BltIncremental<T> inc_;
+  BltIncremental<T, B> inc_;
   GenerateOptions options_;
   int64_t eos_;
-  std::vector<BltRowCache<T>> rows_;
+  std::vector<BltRowCache<T, B>> rows_;
   std::vector<Sampler> samplers_;
   std::vector<std::vector<int64_t>> generated_;
   std::vector<bool> finished_;
   std::vector<uint8_t> stopped_at_eos_;
-  std::vector<BltRowCache<T>*> feed_rows_;
+  std::vector<BltRowCache<T, B>*> feed_rows_;
   std::vector<int64_t> feed_ids_;
 };
 
@@ -165,11 +170,12 @@ inline double seconds_since(std::chrono::steady_clock::time_point t) {
 }  // namespace detail
 
 /// Cached generation for a batch of prompts (see the file comment).
-template <class T>
-GenerateResult generate_cached(const BltForCausalLM<T>& lm, const std::vector<std::vector<int64_t>>& prompts,
+template <class T, class B>
+GenerateResult generate_cached(const BltForCausalLM<T, B>& lm,
+                               const std::vector<std::vector<int64_t>>& prompts,
                                const GenerateOptions& options) {
   GenerateResult r;
-  BltGenerator<T> g(lm, options);
+  BltGenerator<T, B> g(lm, options);
   auto t0 = std::chrono::steady_clock::now();
   g.prefill(prompts);
   r.prefill_seconds = detail::seconds_since(t0);
@@ -187,8 +193,8 @@ GenerateResult generate_cached(const BltForCausalLM<T>& lm, const std::vector<st
 
 /// The reference path (generate_nocache): for every new byte of every row, entropy-model patches of the whole
 /// row and a full forward; the same Sampler and stopping rules as generate_cached. Rows run one at a time.
-template <class T>
-GenerateResult generate_uncached(BltForCausalLM<T>& lm, const std::vector<std::vector<int64_t>>& prompts,
+template <class T, class B>
+GenerateResult generate_uncached(BltForCausalLM<T, B>& lm, const std::vector<std::vector<int64_t>>& prompts,
                                  const GenerateOptions& options) {
   options.validate();
   TESSERA_CHECK(!prompts.empty(), "BLT generate: no prompts");
@@ -201,10 +207,10 @@ GenerateResult generate_uncached(BltForCausalLM<T>& lm, const std::vector<std::v
     TESSERA_CHECK(!prompts[b].empty(), "BLT generate: prompt ", b, " is empty (it needs at least BOS)");
     Sampler sample(options, "BLT generate");
     std::vector<int64_t> ids = prompts[b];
-    auto forward_last = [&] {
+    auto forward_last = [&] {  // CUDA: the ids go up, the last row of logits comes back
       const int64_t n = static_cast<int64_t>(ids.size());
-      const Tensor<T>& lg = lm.forward(ids.data(), 1, n);
-      std::copy_n(lg.data() + (n - 1) * V, V, last.data());
+      const Tensor<T, B>& lg = lm.forward(lm.to_backend_ids(ids), 1, n);
+      copy_bytes<cpu, B>(last.data(), lg.data() + (n - 1) * V, static_cast<size_t>(V) * sizeof(T));
     };
     auto t0 = std::chrono::steady_clock::now();
     if (options.max_new_tokens > 0) forward_last();

@@ -3,6 +3,10 @@
 // is the raw residual stream. When k·d_enc != d_global (7B) the input is first projected by
 // `token_embedding_projection` (HF: nn.Identity otherwise, so the key is absent).
 #pragma once
+// clang-format off (must stay first: it declares CUDA overloads before any layer header, see there)
+#include "tessera/ops/blt_cuda.hpp"
+// clang-format on
+
 #include "tessera/models/blt/local_encoder.hpp"
 
 namespace tessera::blt {

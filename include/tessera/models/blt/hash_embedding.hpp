@@ -15,6 +15,10 @@
 // public members `embed_tokens` and `hash_tables` (both tessera::Embedding) under any names instead (and must
 // then not visit the HashNgramEmbedding itself, or the tables would appear twice).
 #pragma once
+// clang-format off (must stay first: it declares CUDA overloads before any layer header, see there)
+#include "tessera/ops/blt_cuda.hpp"
+// clang-format on
+
 #include <algorithm>
 #include <array>
 #include <cstdint>
@@ -118,6 +122,11 @@ inline void stacked_hash_ids(const HashConfig& c, const int64_t* ids, int64_t B,
     for (int64_t r = 0; r < N; ++r) o[r] += off;
   }
 }
+/// The same with the backend tag first (the model's generic code calls stacked_hash_ids(B{}, ...)).
+inline void stacked_hash_ids(cpu, const HashConfig& c, const int64_t* ids, int64_t B, int64_t T,
+                             int64_t* out) {
+  stacked_hash_ids(c, ids, B, T, out);
+}
 
 /// y[r] = byte_table[ids[r]] + sum_t hash_table[hash_ids[t*N + r]]  (summed in the reference's order:
 /// byte embedding, then table 0, 1, ...). y is [N, D]; hash_ids are stacked row indices (stacked_hash_ids).
@@ -148,15 +157,28 @@ void hash_embedding_backward(cpu, T* dbyte_table, T* dhash_table, const T* dy, c
     ops::embedding_backward(cpu{}, dhash_table, dy, hash_ids + t * N, N, hash_rows, D);
 }
 
+// CUDA (cuda/hash.cu, cuda/elementwise.cu), device pointers, same results (the hash is exact integer
+// arithmetic). hash_embedding_forward gives a NaN row for a byte id outside [0, vocab) (hash ids are produced
+// in range by stacked_hash_ids and are not checked); the backward is embedding_backward(cuda) per table.
+void hash_ngram_ids_batch(cuda, const int64_t* ids, int64_t B, int64_t T, int n, int64_t table_size,
+                          int64_t* out, int64_t prime = kHashPrimes[0]);
+void stacked_hash_ids(cuda, const HashConfig& c, const int64_t* ids, int64_t B, int64_t T, int64_t* out);
+void hash_embedding_forward(cuda, float* y, const int64_t* ids, const int64_t* hash_ids,
+                            const float* byte_table, const float* hash_table, int64_t N, int64_t n_tables,
+                            int64_t vocab, int64_t D);
+void hash_embedding_backward(cuda, float* dbyte_table, float* dhash_table, const float* dy,
+                             const int64_t* ids, const int64_t* hash_ids, int64_t N, int64_t n_tables,
+                             int64_t vocab, int64_t hash_rows, int64_t D);
+
 /// Byte embedding + stacked hash n-gram tables (see the file comment for parameter placement).
 template <class T, class B = cpu>
 struct HashNgramEmbedding {
   using value_type = T;
   using backend = B;
   struct Saved {
-    const int64_t* ids = nullptr;
+    const int64_t* ids = nullptr;  // backend memory (the caller's, see forward)
     int64_t n = 0;
-    std::vector<int64_t> hash_ids;  // [n_tables, n] stacked row indices (kept for backward)
+    Tensor<int64_t, B> hash_ids;  // [n_tables, n] stacked row indices (kept for backward)
   };
   HashConfig config;
   Embedding<T, B> embed_tokens;  // [vocab_size, dim]
@@ -177,14 +199,15 @@ struct HashNgramEmbedding {
     f("encoder_hash_tok_embedding", hash_tables);
   }
 
-  /// ids [batch*seq] row-major -> y [batch*seq, dim]. ids must stay valid until backward.
+  /// ids [batch*seq] row-major, in backend memory (device on CUDA) -> y [batch*seq, dim]. ids must stay valid
+  /// until backward. The hash ids are computed on the backend (cuda/hash.cu on CUDA).
   void forward(const int64_t* ids, int64_t batch, int64_t seq, Tensor<T, B>& y, Saved& s) const {
     TESSERA_CHECK(batch >= 0 && seq >= 0, "blt::HashNgramEmbedding: bad batch/seq ", batch, "x", seq);
     const int64_t N = batch * seq, nt = config.n_tables();
     s.ids = ids;
     s.n = N;
-    s.hash_ids.resize(static_cast<size_t>(nt * N));
-    stacked_hash_ids(config, ids, batch, seq, s.hash_ids.data());
+    s.hash_ids.resize_uninit({nt, N});
+    stacked_hash_ids(B{}, config, ids, batch, seq, s.hash_ids.data());
     y.resize_uninit({N, config.dim});
     hash_embedding_forward(B{}, y.data(), ids, s.hash_ids.data(), embed_tokens.params.weight.value.data(),
                            hash_tables.params.weight.value.data(), N, nt, config.vocab_size, config.dim);
@@ -203,17 +226,5 @@ struct HashNgramEmbedding {
                             config.dim);
   }
 };
-
-// CUDA (cuda/hash.cu, cuda/elementwise.cu), device pointers, same results (the hash is exact integer
-// arithmetic). hash_embedding_forward gives a NaN row for a byte id outside [0, vocab) (hash ids are produced
-// in range by stacked_hash_ids and are not checked); the backward is embedding_backward(cuda) per table.
-void hash_ngram_ids_batch(cuda, const int64_t* ids, int64_t B, int64_t T, int n, int64_t table_size,
-                          int64_t* out, int64_t prime = kHashPrimes[0]);
-void stacked_hash_ids(cuda, const HashConfig& c, const int64_t* ids, int64_t B, int64_t T, int64_t* out);
-void hash_embedding_forward(cuda, float* y, const int64_t* ids, const int64_t* hash_ids, const float* byte_table,
-                            const float* hash_table, int64_t N, int64_t n_tables, int64_t vocab, int64_t D);
-void hash_embedding_backward(cuda, float* dbyte_table, float* dhash_table, const float* dy, const int64_t* ids,
-                             const int64_t* hash_ids, int64_t N, int64_t n_tables, int64_t vocab,
-                             int64_t hash_rows, int64_t D);
 
 }  // namespace tessera::blt

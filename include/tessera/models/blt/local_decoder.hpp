@@ -4,6 +4,10 @@
 // the k slots of the patch preceding the one it predicts (PatchLayout::dec_patch) with the doubled residual
 // h <- 2h + o, then runs its transformer layer. A final RMSNorm; the 260-way head is the model's lm_head.
 #pragma once
+// clang-format off (must stay first: it declares CUDA overloads before any layer header, see there)
+#include "tessera/ops/blt_cuda.hpp"
+// clang-format on
+
 #include <vector>
 
 #include "tessera/models/blt/local_encoder.hpp"
@@ -52,17 +56,17 @@ struct LocalDecoder {
   bool has_cross(size_t i) const { return i == 0 || all_layers; }
 
   /// h_enc: [B*T, d] encoder byte states; g: [B*P, d_global] global output; out: [B*T, d] normed states.
-  void forward(const SeqContext& bytes, TensorView<const T> h_enc, TensorView<const T> g, const PatchLayout& pl,
-               Tensor<T, B>& out, Saved& s) {
+  void forward(const SeqContext& bytes, TensorView<const T> h_enc, TensorView<const T> g,
+               const PatchIndex<B>& pl, Tensor<T, B>& out, Saved& s) {
     const size_t n = layers.size();
     patch_embedding_projection.forward(bytes, g, s.memory, s.proj_s);
     const TensorView<const T> mem = s.memory.view().reshape({pl.B * pl.P * k, dim});
     s.bytes_q = bytes;
-    s.bytes_q.segment_ids = pl.dec_patch.data();
+    s.bytes_q.segment_ids = pl.dec_patch;
     s.slots_k = SeqContext{};
     s.slots_k.batch = pl.B;
     s.slots_k.seq = pl.P * k;
-    s.slots_k.segment_ids = pl.slot_patch.data();
+    s.slots_k.segment_ids = pl.slot_patch;
     s.cross_s.resize(cross_attn_layers.size());
     s.layer_s.resize(n);
     s.after_cross.resize(n);
@@ -80,8 +84,8 @@ struct LocalDecoder {
   }
 
   /// dout: [B*T, d] -> dh_enc [B*T, d] and dg [B*P, d_global] (both overwritten).
-  void backward(const SeqContext& bytes, TensorView<const T> dout, const PatchLayout& pl, Tensor<T, B>& dh_enc,
-                Tensor<T, B>& dg, Saved& s) {
+  void backward(const SeqContext& bytes, TensorView<const T> dout, const PatchIndex<B>& pl,
+                Tensor<T, B>& dh_enc, Tensor<T, B>& dg, Saved& s) {
     const size_t n = layers.size();
     dmem_.resize({pl.B * pl.P * k, dim});  // zeroed: accumulates over the cross-attention layers
     norm.backward(bytes, dout, g_[0], s.norm_s);

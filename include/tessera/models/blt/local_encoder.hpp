@@ -5,12 +5,17 @@
 //   LocalEncoder         transformer layer(s) over bytes -> max-pool per patch -> k query slots -> cross-attention
 // Parameter names follow the Hugging Face port (`model.local_encoder.*`).
 #pragma once
+// clang-format off (must stay first: it declares CUDA overloads before any layer header, see there)
+#include "tessera/ops/blt_cuda.hpp"
+// clang-format on
+
 #include <algorithm>
 #include <cstdint>
 #include <vector>
 
 #include "tessera/layers/layers.hpp"
 #include "tessera/models/blt/config.hpp"
+#include "tessera/models/blt/patch_index.hpp"
 #include "tessera/models/llama.hpp"
 #include "tessera/ops/elementwise.hpp"
 #include "tessera/ops/segment.hpp"
@@ -18,22 +23,35 @@
 
 namespace tessera::blt {
 
-/// Causal self-attention mask of every BLT transformer: sliding window (SeqContext::window, 0 = unlimited) and
-/// document cuts (SeqContext::doc_ids; all zero when cuts are off). One type for the encoder, decoder and
-/// global stacks keeps a single instantiation of the block.
+/// Causal self-attention mask of every BLT transformer: sliding window (SeqContext::window, 0 = unlimited)
+/// and document cuts (SeqContext::doc_ids; all zero when cuts are off). One type for the encoder, decoder and
+/// global stacks keeps a single instantiation of the block. CUDA: ops/blt_cuda.hpp (cuda/blt.cu).
 using BltMask = mask::All<mask::SlidingWindow, mask::Document>;
 template <class T, class B = cpu>
 using LocalBlock = models::LlamaBlock<T, BltMask, B>;
 
+/// Cross-attention mask of BLT (mask::SegmentMatch: a query row sees the key rows of its own segment), built
+/// as ops::mask::PatchSegments so that CUDA uses the binding that never synchronises (ops/blt_cuda.hpp).
+struct PatchSegmentMatch {
+  static ops::mask::PatchSegments make_cross(const SeqContext& q, const SeqContext& k) {
+    TESSERA_CHECK(q.segment_ids && k.segment_ids,
+                  "blt::PatchSegmentMatch needs segment_ids on both contexts");
+    return ops::mask::PatchSegments(ops::mask::SegmentEqual{q.segment_ids, k.segment_ids, true});
+  }
+};
+
 // ---- patch bookkeeping --------------------------------------------------------------------------------
 
 /// Everything the masks and pooling need about one batch of B rows x T bytes cut into P patches per row.
-/// Rebuilt by every forward pass; the model keeps it alive until backward.
+/// Rebuilt by every forward pass on the host; the model keeps it alive until backward and hands its arrays to
+/// the layers as a PatchIndex (patch_index.hpp: the same vectors on the CPU, one upload on CUDA).
 ///
 /// Patch lengths come in either convention and are normalised to the original one:
-///   HF        a row sums to T; HF emits at most one trailing zero-length patch (when byte T would start a new
+///   HF        a row sums to T; HF emits at most one trailing zero-length patch (when byte T would start a
+///   new
 ///             patch); any further zeros are padding.
-///   original  a row sums to T + 1 (include_next_token): the last patch holds the not-yet-seen byte T; trailing
+///   original  a row sums to T + 1 (include_next_token): the last patch holds the not-yet-seen byte T;
+///   trailing
 ///             zeros are padding.
 /// An HF row becomes an original one by adding the next byte to its last real patch (the empty trailing patch
 /// if there is one). Patch ids of the T real bytes, the decoder mapping and the logits are unchanged (§8.3),
@@ -119,7 +137,7 @@ template <class T, class B = cpu>
 struct PatchCrossAttention {
   using value_type = T;
   using backend = B;
-  using Attn = CrossAttention<T, mask::SegmentMatch, B>;
+  using Attn = CrossAttention<T, PatchSegmentMatch, B>;
   struct Saved {
     typename RmsNorm<T, B>::Saved qn_s, kn_s;
     typename Attn::Saved attn_s;
@@ -176,7 +194,7 @@ struct LocalEncoder {
     typename Linear<T, B>::Saved proj_s;
     typename PatchCrossAttention<T, B>::Saved cross_s;
     Tensor<T, B> pooled;            // [B*P, d] max-pool init (zeros for empty patches)
-    Tensor<int64_t> argmax;         // [B*P, d]
+    Tensor<int64_t, B> argmax;      // [B*P, d]
     Tensor<T, B> q0;                // [B*P, k*d] = [B*P*k, d] query slots
     SeqContext slots, bytes_keys;   // cross-attention query / key contexts
   };
@@ -201,23 +219,23 @@ struct LocalEncoder {
 
   /// e: [B*T, d] byte embeddings. h: [B*T, d] byte states after the layers (the decoder's input, no norm);
   /// patches: [B*P, k*d] patch representations 2·q0 + o (§4 steps 3-6).
-  void forward(const SeqContext& bytes, TensorView<const T> e, const PatchLayout& pl, Tensor<T, B>& h,
+  void forward(const SeqContext& bytes, TensorView<const T> e, const PatchIndex<B>& pl, Tensor<T, B>& h,
                Tensor<T, B>& patches, Saved& s) {
     layers.forward(bytes, e, h, s.layers_s);
     const int64_t rows = pl.B * pl.P;
     s.pooled.resize_uninit({rows, dim});
     s.argmax.resize_uninit({rows, dim});
-    ops::segment_max_forward(B{}, s.pooled.data(), s.argmax.data(), h.data(), pl.pool_seg.data(), pl.B * pl.T,
-                             rows, dim);
+    ops::segment_max_forward(B{}, s.pooled.data(), s.argmax.data(), h.data(), pl.pool_seg, pl.B * pl.T, rows,
+                             dim);
     patch_embedding_projection.forward(bytes, s.pooled, s.q0, s.proj_s);
     s.slots = SeqContext{};
     s.slots.batch = pl.B;
     s.slots.seq = pl.P * k;
-    s.slots.segment_ids = pl.slot_patch.data();
+    s.slots.segment_ids = pl.slot_patch;
     s.bytes_keys = SeqContext{};
     s.bytes_keys.batch = pl.B;
     s.bytes_keys.seq = pl.T;
-    s.bytes_keys.segment_ids = pl.patch_id.data();
+    s.bytes_keys.segment_ids = pl.patch_id;
     const TensorView<const T> q0 = s.q0.view().reshape({rows * k, dim});
     cross_attn_layers.layers[0].forward(s.slots, q0, s.bytes_keys, h, patches, s.cross_s);
     patches.reshape({rows, k * dim});
@@ -226,7 +244,7 @@ struct LocalEncoder {
   /// dh_ext: gradient reaching the byte states from outside (the decoder), [B*T, d], may be empty;
   /// dpatches: [B*P, k*d]. de: [B*T, d] gradient of the input embeddings (overwritten).
   void backward(const SeqContext& bytes, TensorView<const T> dh_ext, TensorView<const T> dpatches,
-                const PatchLayout& pl, Tensor<T, B>& de, Saved& s) {
+                const PatchIndex<B>& pl, Tensor<T, B>& de, Saved& s) {
     const int64_t rows = pl.B * pl.P;
     const TensorView<const T> dp = dpatches.reshape({rows * k, dim});
     cross_attn_layers.layers[0].backward(s.slots, dp, dq0_, dh_, s.cross_s);  // dh_ = key/value path

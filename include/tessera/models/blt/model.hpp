@@ -12,10 +12,26 @@
 // or computes them with the entropy model (`model.patcher`) and patchers::EntropyPatcher: BOS alone, a new patch
 // after every byte whose next-byte entropy exceeds the threshold (HF: possibly an empty trailing patch).
 //
+// Backends: BltForCausalLM<T, cpu> (any T) and BltForCausalLM<float, cuda>. On CUDA every pointer the model
+// takes (byte ids, targets) and every tensor it returns (logits, states) is DEVICE memory, like
+// models::Llama; patch lengths, when given, are host memory ([B, P] is small and P sizes every buffer). Per
+// forward the host builds the patch layout (PatchLayout: patch / document / segment ids) and uploads it in
+// one copy; it reads the ids on the host (one download) only with EOS document cuts, and entropy patching
+// brings the entropies back (one download per entropy-model forward) for the threshold rule. Everything else
+// — hash ids, embeddings, all transformers, pooling, cross-attention, loss and backward — runs on the device
+// without host round trips (loss() returns the mean, which synchronises, as for Llama). Byte ids are not
+// range-checked on the device (that would cost a synchronisation): an id outside [0, vocab) gives NaN rows, as
+// the CUDA embedding ops document (they are checked where they reach the host anyway: entropy patching
+// with EOS cuts).
+//
 // Training note: the entropy model is frozen in BLT and never receives a gradient. It is part of the parameter
 // walk so that checkpoints round-trip; set `model.walk_patcher = false` after loading to hide it from optimizers
 // (AdamW would otherwise weight-decay it), clipping and zero_grads — and back to true before saving.
 #pragma once
+// clang-format off (must stay first: it declares CUDA overloads before any layer header, see there)
+#include "tessera/ops/blt_cuda.hpp"
+// clang-format on
+
 #include <algorithm>
 #include <cstdint>
 #include <limits>
@@ -23,12 +39,14 @@
 #include <string>
 #include <vector>
 
+#include "tessera/core/transfer.hpp"
 #include "tessera/models/blt/config.hpp"
 #include "tessera/models/blt/entropy.hpp"
 #include "tessera/models/blt/global_transformer.hpp"
 #include "tessera/models/blt/hash_embedding.hpp"
 #include "tessera/models/blt/local_decoder.hpp"
 #include "tessera/models/blt/local_encoder.hpp"
+#include "tessera/models/blt/patch_index.hpp"
 #include "tessera/ops/loss.hpp"
 #include "tessera/patchers/entropy_patcher.hpp"
 
@@ -94,22 +112,23 @@ class BltModel {
   }
 
   /// Patch lengths [batch, P] of ids [batch*seq] from the entropy model, each row on its own (no batch leak,
-  /// §13.12). One row: the rule's own form (HF config: sum T, as transformers returns them); several rows: sum
-  /// T + 1 per row, zero-padded.
-  PatchLengths compute_patch_lengths(const int64_t* ids, int64_t batch, int64_t seq) {
+  /// §13.12). One row: the rule's own form (HF config: sum T, as transformers returns them); several rows:
+  /// sum T + 1 per row, zero-padded. ids in backend memory (device on CUDA; host_ids: their host copy if the
+  /// caller has one, see blt::entropies). The threshold rule runs on the host.
+  PatchLengths compute_patch_lengths(const int64_t* ids, int64_t batch, int64_t seq,
+                                     const int64_t* host_ids = nullptr) {
     TESSERA_CHECK(config.patch_in_forward, "BLT: no patch lengths given and the model has no entropy model "
                                            "(patch_in_forward is false)");
     TESSERA_CHECK(config.patching_mode == "entropy", "BLT: patching_mode '", config.patching_mode,
                   "' is not supported; pass patch lengths explicitly");
     const EntropyOptions opt = config.eos_document_cuts ? EntropyOptions::original() : EntropyOptions::hf();
-    const std::vector<float> H = entropies(patcher, ids, batch, seq, opt);
+    const std::vector<float> H = entropies(patcher, ids, batch, seq, opt, host_ids);
     const patchers::EntropyPatcher rule = entropy_patcher();
     std::vector<std::vector<int64_t>> rows(batch);
     PatchLengths out;
     out.B = batch;
     for (int64_t b = 0; b < batch; ++b) {
-      rows[b] = rule.patch_lengths(std::span<const int64_t>(ids + b * seq, seq),
-                                   std::span<const float>(H.data() + b * seq, seq));
+      rows[b] = rule.patch_lengths(std::span<const float>(H.data() + b * seq, seq));  // the rule reads no ids
       out.P = std::max<int64_t>(out.P, static_cast<int64_t>(rows[b].size()));
     }
     // Rows right-padded with empty patches. Padding is only unambiguous in the include-next-byte form (sum T + 1,
@@ -122,47 +141,61 @@ class BltModel {
     return out;
   }
 
-  /// ids: [batch*seq] row-major. patch_lengths: [batch, n_patches] or nullptr (computed by the entropy model).
-  /// Returns the decoder's normed byte states [batch*seq, d] (input of lm_head). ids and patch lengths are
-  /// copied; buffers stay valid until the next forward.
+  /// ids: [batch*seq] row-major, backend memory (device on CUDA). patch_lengths: [batch, n_patches] host
+  /// memory, or nullptr (computed by the entropy model). Returns the decoder's normed byte states [batch*seq,
+  /// d] (input of lm_head). ids and patch lengths are copied; buffers stay valid until the next forward.
   const Tensor<T, B>& forward(const int64_t* ids, int64_t batch, int64_t seq, const int64_t* patch_lengths = nullptr,
                               int64_t n_patches = 0) {
     TESSERA_CHECK(ids != nullptr && batch > 0 && seq > 0, "BLT forward: empty input (", batch, " x ", seq, ")");
-    ids_.assign(ids, ids + batch * seq);
-    if (patch_lengths == nullptr) {
-      PatchLengths pl = compute_patch_lengths(ids_.data(), batch, seq);
-      layout_.build(ids_.data(), pl.lengths.data(), batch, seq, pl.P, config.cross_attn_k, config.eos_document_cuts,
-                    config.eos_id);
-    } else {
-      layout_.build(ids_.data(), patch_lengths, batch, seq, n_patches, config.cross_attn_k, config.eos_document_cuts,
-                    config.eos_id);
+    const int64_t N = batch * seq;
+    ids_.resize_uninit({N});
+    Allocator<B>::copy(ids_.data(), ids, static_cast<size_t>(N) * sizeof(int64_t));
+    // Host ids: the CPU's own; on CUDA downloaded only when the layout reads them (EOS document cuts).
+    const int64_t* host_ids = nullptr;
+    if constexpr (is_cpu_v<B>) {
+      host_ids = ids_.data();
+    } else if (config.eos_document_cuts) {
+      host_ids_.resize(static_cast<size_t>(N));
+      copy_bytes<cpu, B>(host_ids_.data(), ids_.data(), static_cast<size_t>(N) * sizeof(int64_t));
+      host_ids = host_ids_.data();
     }
+    if (patch_lengths == nullptr) {
+      PatchLengths pl = compute_patch_lengths(ids_.data(), batch, seq, host_ids);
+      layout_.build(host_ids, pl.lengths.data(), batch, seq, pl.P, config.cross_attn_k,
+                    config.eos_document_cuts, config.eos_id);
+    } else {
+      layout_.build(host_ids, patch_lengths, batch, seq, n_patches, config.cross_attn_k,
+                    config.eos_document_cuts, config.eos_id);
+    }
+    index_.assign(layout_);  // CUDA: the one upload of the forward
     bytes_ = SeqContext{};
     bytes_.batch = batch;
     bytes_.seq = seq;
-    bytes_.doc_ids = layout_.byte_doc.data();
+    bytes_.doc_ids = index_.byte_doc;
     bytes_.window = config.local_window;
     patches_ = SeqContext{};
     patches_.batch = batch;
     patches_.seq = layout_.P;
-    patches_.doc_ids = layout_.patch_doc.data();
+    patches_.doc_ids = index_.patch_doc;
 
     embeddings.forward(ids_.data(), batch, seq, e_, s_.emb);
-    local_encoder.forward(bytes_, e_, layout_, h_enc_, patch_repr_, s_.enc);
+    local_encoder.forward(bytes_, e_, index_, h_enc_, patch_repr_, s_.enc);
     global_transformer.forward(patches_, patch_repr_, g_, s_.glob);
-    local_decoder.forward(bytes_, h_enc_, g_, layout_, out_, s_.dec);
+    local_decoder.forward(bytes_, h_enc_, g_, index_, out_, s_.dec);
     return out_;
   }
+  /// The last forward's patch layout (host memory) and its index arrays in backend memory.
   const PatchLayout& layout() const { return layout_; }
+  const PatchIndex<B>& patch_index() const { return index_; }
   const Tensor<T, B>& encoder_states() const { return h_enc_; }
   const Tensor<T, B>& global_states() const { return g_; }
   const SeqContext& byte_context() const { return bytes_; }
 
   /// dout: gradient of forward()'s output. Accumulates into every parameter's grad except the entropy model's.
   void backward(TensorView<const T> dout) {
-    local_decoder.backward(bytes_, dout, layout_, dh_enc_, dg_, s_.dec);
+    local_decoder.backward(bytes_, dout, index_, dh_enc_, dg_, s_.dec);
     global_transformer.backward(patches_, dg_, dpatch_, s_.glob);
-    local_encoder.backward(bytes_, dh_enc_, dpatch_, layout_, de_, s_.enc);
+    local_encoder.backward(bytes_, dh_enc_, dpatch_, index_, de_, s_.enc);
     embeddings.backward(de_, s_.emb);
   }
 
@@ -173,8 +206,10 @@ class BltModel {
     typename Global<T, B>::Saved glob;
     typename LocalDecoder<T, B>::Saved dec;
   };
-  std::vector<int64_t> ids_;
+  Tensor<int64_t, B> ids_;         // the forward's ids (backend memory)
+  std::vector<int64_t> host_ids_;  // CUDA: their host copy when the layout needs it
   PatchLayout layout_;
+  PatchIndex<B> index_;
   SeqContext bytes_, patches_;
   Saved s_;
   Tensor<T, B> e_, h_enc_, patch_repr_, g_, out_;
@@ -203,7 +238,8 @@ class BltForCausalLM {
     f("lm_head", lm_head);
   }
 
-  /// ids [batch*seq] -> logits [batch*seq, vocab]. patch_lengths [batch, n_patches] or nullptr (entropy model).
+  /// ids [batch*seq] (backend memory) -> logits [batch*seq, vocab]. patch_lengths [batch, n_patches] (host)
+  /// or nullptr (entropy model).
   const Tensor<T, B>& forward(const int64_t* ids, int64_t batch, int64_t seq, const int64_t* patch_lengths = nullptr,
                               int64_t n_patches = 0) {
     const Tensor<T, B>& h = model.forward(ids, batch, seq, patch_lengths, n_patches);
@@ -212,12 +248,14 @@ class BltForCausalLM {
   }
   const Tensor<T, B>& logits() const { return logits_; }
 
-  /// Mean next-byte cross-entropy of the last forward's logits against targets [batch*seq].
+  /// Mean next-byte cross-entropy of the last forward's logits against targets [batch*seq] (backend memory;
+  /// on CUDA this synchronises: the mean comes back to the host).
   double loss(const int64_t* targets, int64_t ignore_index = -100) const {
     return ops::cross_entropy_forward(B{}, static_cast<T*>(nullptr), logits_.data(), targets, logits_.size(0),
                                       logits_.size(1), ignore_index);
   }
   /// Gradient of loss(targets) * scale into every trainable Param::grad (accumulated; zero_grads first).
+  /// targets in backend memory; no host synchronisation on CUDA.
   void backward(const int64_t* targets, double scale = 1.0, int64_t ignore_index = -100) {
     dlogits_.resize_uninit(logits_.shape());
     ops::cross_entropy_backward(B{}, dlogits_.data(), logits_.data(), targets, logits_.size(0), logits_.size(1),
@@ -227,27 +265,45 @@ class BltForCausalLM {
   }
 
   /// Greedy continuation without a cache (HF generate(do_sample=False, use_cache=False), the reference's
-  /// generate_nocache): every step recomputes the patches of the whole sequence with the entropy model and runs
-  /// a full forward; the argmax of the last position is appended. Returns the n_new generated ids.
+  /// generate_nocache): every step recomputes the patches of the whole sequence with the entropy model and
+  /// runs a full forward; the argmax of the last position is appended. Returns the n_new generated ids. ids
+  /// are host memory on every backend (CUDA: uploaded per step; the last row of logits comes back for the
+  /// argmax).
   std::vector<int64_t> generate_greedy(std::vector<int64_t> ids, int64_t n_new) {
-    static_assert(is_cpu_v<B>, "generate_greedy reads logits on the host");
     TESSERA_CHECK(!ids.empty(), "BLT generate: empty prompt (it needs at least BOS)");
     std::vector<int64_t> out;
     out.reserve(n_new);
+    std::vector<T> last;
     for (int64_t step = 0; step < n_new; ++step) {
       const int64_t seq = static_cast<int64_t>(ids.size());
-      const Tensor<T, B>& lg = forward(ids.data(), 1, seq);
-      const T* last = lg.data() + (seq - 1) * lg.size(1);
-      const int64_t next = std::max_element(last, last + lg.size(1)) - last;  // first maximum, like torch.argmax
+      const Tensor<T, B>& lg = forward(to_backend_ids(ids), 1, seq);
+      const int64_t V = lg.size(1);
+      last.resize(static_cast<size_t>(V));
+      copy_bytes<cpu, B>(last.data(), lg.data() + (seq - 1) * V, static_cast<size_t>(V) * sizeof(T));
+      const int64_t next =
+          std::max_element(last.begin(), last.end()) - last.begin();  // first maximum (argmax)
       ids.push_back(next);
       out.push_back(next);
     }
     return out;
   }
 
+  /// Host ids in backend memory: the vector's own data on the CPU, a device copy (valid until the next call)
+  /// on CUDA.
+  const int64_t* to_backend_ids(const std::vector<int64_t>& ids) {
+    if constexpr (is_cpu_v<B>) {
+      return ids.data();
+    } else {
+      ids_up_.resize_uninit({std::max<int64_t>(static_cast<int64_t>(ids.size()), 1)});
+      copy_bytes<B, cpu>(ids_up_.data(), ids.data(), ids.size() * sizeof(int64_t));
+      return ids_up_.data();
+    }
+  }
+
  private:
   typename Linear<T, B>::Saved head_s_;
   Tensor<T, B> logits_, dlogits_, dh_;
+  Tensor<int64_t, B> ids_up_;
 };
 
 }  // namespace tessera::blt

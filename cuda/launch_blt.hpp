@@ -1,0 +1,27 @@
+// Internal to tessera::cuda: host entry points of blt.cu, in plain C++ (no CUDA types, no public op headers);
+// ops_blt.cpp binds the public `cuda` overloads of include/tessera/ops/blt_cuda.hpp to them (see launch.hpp).
+// Pointers are device pointers; work is queued on the legacy default stream.
+#pragma once
+#include <cstdint>
+
+#include "launch_megalodon.hpp"  // AttnArgs
+
+namespace tessera::cuda_detail {
+
+/// Attention under an id-equality mask whose key ids are verified sorted WITHOUT a host synchronisation:
+///   window > 0: BLT's self-attention mask All<SlidingWindow{window}, DocumentCuts> (q_id, k_id = documents):
+///               key j visible to query i iff pos(i) - window < j <= pos(i) and the documents are equal;
+///   window = 0: BLT's cross-attention mask SegmentEqual (q_id, k_id = patch / slot segments): equal ids.
+/// q_id [B, Tq] and k_id [B, Tk] are device memory (never null when the rows exist). k_sorted (key ids
+/// non-decreasing per row) is checked by a device kernel into a device flag: when it holds, key tiles outside
+/// the query tile's ids are skipped; when it does not, the kernels scan the window's (or every) key (same
+/// result). a.mask is ignored.
+void attention_forward_ids_nosync_f32(const AttnArgs& a, int64_t window, const int64_t* q_id,
+                                      const int64_t* k_id, bool k_sorted, const float* q, const float* k,
+                                      const float* v, float* o, float* lse);
+void attention_backward_ids_nosync_f32(const AttnArgs& a, int64_t window, const int64_t* q_id,
+                                       const int64_t* k_id, bool k_sorted, const float* q, const float* k,
+                                       const float* v, const float* o, const float* lse, const float* dout,
+                                       float* dq, float* dk, float* dv);
+
+}  // namespace tessera::cuda_detail
