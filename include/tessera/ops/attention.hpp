@@ -396,3 +396,7 @@ void attention_backward(cuda, const AttnDims& d, const mask::KeyValid& m, const 
                         float* dv);
 
 }  // namespace tessera::ops
+
+// BLT's mask policies and their CUDA overloads, declared here so that every layer template sees them whatever
+// the include order (the layers call ops::attention_forward by its qualified name).
+#include "tessera/ops/blt_cuda.hpp"

@@ -13,12 +13,8 @@
 // result, slower). BLT builds its ids sorted, and its training step and generation never wait on an attention
 // call.
 //
-// Include order: the layers call ops::attention_forward by its qualified name, which only finds overloads
-// declared BEFORE the layer templates (no argument-dependent lookup for qualified calls). Every BLT header
-// therefore includes this one first; a translation unit that includes layer headers (layers/*,
-// models/llama.hpp) before any BLT header gets "no matching function for call to attention_forward(cuda, ...,
-// All<SlidingWindow, DocumentCuts>, ...)" when it instantiates a BLT model on CUDA — include a BLT header (or
-// this one) first.
+// Included at the end of ops/attention.hpp, so the layer templates (which call ops::attention_forward by its
+// qualified name) see these overloads whatever the include order.
 #pragma once
 #include "tessera/core/backend.hpp"
 #include "tessera/ops/attention.hpp"
