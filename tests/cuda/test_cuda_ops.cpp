@@ -162,22 +162,29 @@ TEST_F(Cuda, LinearForwardBackwardMatchCpu) {
   Rng rng(4);
   const int64_t N = 19, in = 33, out = 21;
   const Host x = randn(N * in, rng), w = randn(out * in, rng, 0.2), dy = randn(N * out, rng);
-  Host y(static_cast<size_t>(N * out)), dx(static_cast<size_t>(N * in)), dw = randn(out * in, rng);
-  auto d_x = upload(x), d_w = upload(w), d_dy = upload(dy), d_y = upload(y), d_dx = upload(dx),
-       d_dw = upload(dw);
-  const float* no_bias = nullptr;
-  float* no_bias_grad = nullptr;
+  for (bool with_bias : {false, true}) {
+    SCOPED_TRACE(with_bias ? "with bias" : "no bias");
+    const Host b = randn(out, rng);
+    Host y(static_cast<size_t>(N * out)), dx(static_cast<size_t>(N * in)), dw = randn(out * in, rng),
+        db = randn(out, rng);
+    auto d_x = upload(x), d_w = upload(w), d_dy = upload(dy), d_y = upload(y), d_dx = upload(dx),
+         d_dw = upload(dw), d_b = upload(b), d_db = upload(db);
+    const float* bias = with_bias ? b.data() : nullptr;
+    const float* d_bias = with_bias ? d_b.data() : nullptr;
 
-  ops::linear_forward(cpu{}, y.data(), x.data(), w.data(), no_bias, N, in, out);
-  ops::linear_forward(cuda{}, d_y.data(), d_x.data(), d_w.data(), no_bias, N, in, out);
-  expect_close("linear y", download(d_y), y);
+    ops::linear_forward(cpu{}, y.data(), x.data(), w.data(), bias, N, in, out);
+    ops::linear_forward(cuda{}, d_y.data(), d_x.data(), d_w.data(), d_bias, N, in, out);
+    expect_close("linear y", download(d_y), y);
 
-  // dw starts non-zero: backward accumulates into it.
-  ops::linear_backward(cpu{}, dx.data(), dw.data(), no_bias_grad, dy.data(), x.data(), w.data(), N, in, out);
-  ops::linear_backward(cuda{}, d_dx.data(), d_dw.data(), no_bias_grad, d_dy.data(), d_x.data(), d_w.data(), N, in,
-                      out);
-  expect_close("linear dx", download(d_dx), dx);
-  expect_close("linear dw", download(d_dw), dw);
+    // dw and db start non-zero: backward accumulates into them.
+    ops::linear_backward(cpu{}, dx.data(), dw.data(), with_bias ? db.data() : nullptr, dy.data(), x.data(), w.data(),
+                         N, in, out);
+    ops::linear_backward(cuda{}, d_dx.data(), d_dw.data(), with_bias ? d_db.data() : nullptr, d_dy.data(),
+                         d_x.data(), d_w.data(), N, in, out);
+    expect_close("linear dx", download(d_dx), dx);
+    expect_close("linear dw", download(d_dw), dw);
+    expect_close("linear db", download(d_db), db);
+  }
 }
 
 // ---- rmsnorm -----------------------------------------------------------------------------------------

@@ -62,15 +62,25 @@ void gemm(cuda, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, 
   detail::gemm_bf16(cuda{}, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+/// y[i, :] += bias for n rows of width D (a linear layer's bias).
+template <class T>
+void add_row_bias(cpu, T* y, const T* bias, int64_t n, int64_t D) {
+  eig::mat(y, n, D).rowwise() += eig::CMapVec<T>(bias, D).transpose();
+}
+/// dbias[d] += sum_i dy[i, d].
+template <class T>
+void row_bias_backward(cpu, T* dbias, const T* dy, int64_t n, int64_t D) {
+  eig::MapVec<T>(dbias, D) += eig::mat(dy, n, D).colwise().sum().transpose();
+}
+// CUDA (cuda/megalodon_layers.cu): fp32, device pointers; the column sums are deterministic (no atomics).
+void add_row_bias(cuda, float* y, const float* bias, int64_t n, int64_t D);
+void row_bias_backward(cuda, float* dbias, const float* dy, int64_t n, int64_t D);
+
 /// y[N,out] = x[N,in] * W[out,in]^T (+ b[out]). PyTorch weight layout.
 template <class B, class T>
 void linear_forward(B be, T* y, const T* x, const T* w, const T* b, int64_t N, int64_t in, int64_t out) {
   gemm(be, false, true, N, out, in, T(1), x, in, w, in, T(0), y, out);
-  if constexpr (is_cpu_v<B>) {
-    if (b) eig::mat(y, N, out).rowwise() += eig::CMapVec<T>(b, out).transpose();
-  } else {
-    TESSERA_CHECK(!b, "linear_forward(", B::name, "): bias is not supported on this backend yet");
-  }
+  if (b) add_row_bias(be, y, b, N, out);
 }
 
 /// dx = dy W (overwritten, skipped when dx is null); dW += dy^T x; db += sum_rows dy (when db).
@@ -79,11 +89,7 @@ void linear_backward(B be, T* dx, T* dw, T* db, const T* dy, const T* x, const T
                      int64_t out) {
   if (dx) gemm(be, false, false, N, in, out, T(1), dy, out, w, in, T(0), dx, in);
   if (dw) gemm(be, true, false, out, in, N, T(1), dy, out, x, in, T(1), dw, in);
-  if constexpr (is_cpu_v<B>) {
-    if (db) eig::MapVec<T>(db, out) += eig::mat(dy, N, out).colwise().sum().transpose();
-  } else {
-    TESSERA_CHECK(!db, "linear_backward(", B::name, "): bias is not supported on this backend yet");
-  }
+  if (db) row_bias_backward(be, db, dy, N, out);
 }
 
 }  // namespace tessera::ops

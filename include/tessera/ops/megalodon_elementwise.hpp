@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "tessera/core/backend.hpp"
+#include "tessera/ops/matmul.hpp"  // add_row_bias / row_bias_backward live there (the linear bias)
 
 namespace tessera::ops {
 
@@ -95,19 +96,6 @@ inline void chunk_positions(cpu, int64_t* pos, int64_t batch, int64_t L, int64_t
     for (int64_t t = 0; t < L; ++t) pos[b * L + t] = (first + t) % C;
 }
 
-/// y[i, :] += bias for n rows of width D.
-template <class T>
-void add_row_bias(cpu, T* y, const T* bias, int64_t n, int64_t D) {
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t d = 0; d < D; ++d) y[i * D + d] += bias[d];
-}
-/// dbias[d] += sum_i dy[i, d].
-template <class T>
-void row_bias_backward(cpu, T* dbias, const T* dy, int64_t n, int64_t D) {
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t d = 0; d < D; ++d) dbias[d] += dy[i * D + d];
-}
-
 /// p[0..n) = v.
 template <class T>
 void fill_value(cpu, T* p, T v, int64_t n) {
@@ -127,8 +115,6 @@ void rescale_residual_backward(cuda, float* dh, float* dalpha, const float* g, c
                                const float* alpha, int64_t n, int64_t D);
 void offset_scale(cuda, float* y, const float* w, int64_t n);
 void chunk_positions(cuda, int64_t* pos, int64_t batch, int64_t L, int64_t first, int64_t C);
-void add_row_bias(cuda, float* y, const float* bias, int64_t n, int64_t D);
-void row_bias_backward(cuda, float* dbias, const float* dy, int64_t n, int64_t D);
 void fill_value(cuda, float* p, float v, int64_t n);
 
 }  // namespace tessera::ops

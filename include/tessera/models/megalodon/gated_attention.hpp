@@ -25,7 +25,6 @@
 #include "tessera/layers/offset_norm.hpp"
 #include "tessera/layers/timestep_norm.hpp"
 #include "tessera/models/megalodon/config.hpp"
-#include "tessera/models/megalodon/linear_bias.hpp"
 #include "tessera/ops/activation.hpp"
 #include "tessera/ops/attention.hpp"
 #include "tessera/ops/elementwise.hpp"
@@ -145,14 +144,14 @@ struct MegaGatedAttention {
   void backward(const SeqContext& ctx, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {
     const int64_t n = ctx.rows();
     // y = x + wh1(mx) + wh2(a * r)
-    megalodon_detail::linear_backward(wh1, ctx, dy, dmx_, s.wh1);
+    wh1.backward(ctx, dy, dmx_, s.wh1);
     wh2.backward(ctx, dy, dar_, s.wh2);
     da_.resize_uninit({n, vdim});
     dr_.resize_uninit({n, vdim});
     ops::gate_mul_backward(B{}, da_.data(), dr_.data(), dar_.data(), s.attn.data(), s.r.data(), n * vdim);
     // r = silu(wr(mx))
     ops::silu_backward(B{}, dr_.data(), dr_.data(), s.r_pre.data(), n * vdim);
-    megalodon_detail::linear_backward(wr, ctx, dr_, tmp_, s.wr);
+    wr.backward(ctx, dr_, tmp_, s.wr);
     ops::add_inplace(B{}, dmx_.data(), tmp_.data(), dmx_.numel());
     // attention
     dq_.resize_uninit({n, zdim});
@@ -172,14 +171,14 @@ struct MegaGatedAttention {
     dzz_.resize_uninit({n, zdim});
     ops::rmsnorm_backward(B{}, dzz_.data(), static_cast<T*>(nullptr), dz_.data(), s.z.data(),
                           static_cast<const T*>(nullptr), s.zrstd.data(), n * heads, dz);
-    megalodon_detail::linear_backward(wz, ctx, dzz_, tmp_, s.wz);
+    wz.backward(ctx, dzz_, tmp_, s.wz);
     ops::add_inplace(B{}, dmx_.data(), tmp_.data(), dmx_.numel());
     // mx = rmsnorm(c), c = cema(x̂)
     rmsnorm.backward(ctx, dmx_, dc_, s.rms);
     cema.backward(ctx, dc_, dxt_, s.cema);
     // v = silu(wv(x̂))
     ops::silu_backward(B{}, dv_.data(), dv_.data(), s.v_pre.data(), n * vdim);
-    megalodon_detail::linear_backward(wv, ctx, dv_, tmp_, s.wv);
+    wv.backward(ctx, dv_, tmp_, s.wv);
     ops::add_inplace(B{}, dxt_.data(), tmp_.data(), dxt_.numel());
     // x̂ = timenorm(x); y = x + ...
     timenorm.backward(ctx, dxt_, dx, s.tsn);
@@ -280,7 +279,7 @@ struct MegaGatedAttention {
   void project(const SeqContext& ctx, Saved& s, const int64_t* positions) const {
     const int64_t n = ctx.rows();
     rmsnorm.forward(ctx, s.c, s.mx, s.rms);
-    megalodon_detail::linear_forward(wz, ctx, s.mx, s.z, s.wz);
+    wz.forward(ctx, s.mx, s.z, s.wz);
     s.zn.resize_uninit({n, zdim});
     s.zrstd.resize_uninit({n * heads});
     ops::rmsnorm_forward(B{}, s.zn.data(), s.zrstd.data(), s.z.data(), static_cast<const T*>(nullptr),
@@ -291,10 +290,10 @@ struct MegaGatedAttention {
                          params.beta.value.data(), n, zdim, dz);
     ops::rope_forward(B{}, s.q.data(), zdim, positions, n, heads, dz, rope_base, ops::RopeStyle::Interleaved);
     ops::rope_forward(B{}, s.k.data(), zdim, positions, n, heads, dz, rope_base, ops::RopeStyle::Interleaved);
-    megalodon_detail::linear_forward(wv, ctx, s.xt, s.v_pre, s.wv);
+    wv.forward(ctx, s.xt, s.v_pre, s.wv);
     s.v.resize_uninit({n, vdim});
     ops::silu_forward(B{}, s.v.data(), s.v_pre.data(), n * vdim);
-    megalodon_detail::linear_forward(wr, ctx, s.mx, s.r_pre, s.wr);
+    wr.forward(ctx, s.mx, s.r_pre, s.wr);
     s.r.resize_uninit({n, vdim});
     ops::silu_forward(B{}, s.r.data(), s.r_pre.data(), n * vdim);
   }
@@ -304,7 +303,7 @@ struct MegaGatedAttention {
     const int64_t n = ctx.rows();
     s.ar.resize_uninit({n, vdim});
     ops::gate_mul_forward(B{}, s.ar.data(), s.attn.data(), s.r.data(), n * vdim);
-    megalodon_detail::linear_forward(wh1, ctx, s.mx, y, s.wh1);
+    wh1.forward(ctx, s.mx, y, s.wh1);
     wh2.forward(ctx, s.ar, s.h, s.wh2);
     ops::add_inplace(B{}, y.data(), s.h.data(), y.numel());
     ops::add_inplace(B{}, y.data(), x.data(), y.numel());
