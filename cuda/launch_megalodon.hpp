@@ -60,10 +60,8 @@ void rescale_residual_forward_f32(float* out, const float* h, const float* alpha
 void rescale_residual_backward_f32(float* dh, float* dalpha, const float* g, const float* h, const float* alpha,
                                    int64_t n, int64_t D);
 void offset_scale_f32(float* y, const float* w, int64_t n);
-void chunk_positions_i64(int64_t* pos, int64_t batch, int64_t L, int64_t first, int64_t C);
 void add_row_bias_f32(float* y, const float* bias, int64_t n, int64_t D);
 void row_bias_backward_f32(float* dbias, const float* dy, int64_t n, int64_t D);
-void fill_value_f32(float* p, float v, int64_t n);
 
 // ---- attention.cu ------------------------------------------------------------------------------------
 

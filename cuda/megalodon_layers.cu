@@ -78,21 +78,9 @@ __global__ void offset_scale_kernel(float* y, const float* w, int64_t n) {
   }
 }
 
-__global__ void chunk_positions_kernel(int64_t* pos, int64_t rows, int64_t L, int64_t first, int64_t C) {
-  TESSERA_GRID_STRIDE(i, rows) {
-    pos[i] = (first + i % L) % C;
-  }
-}
-
 __global__ void add_row_bias_kernel(float* y, const float* bias, int64_t n, int64_t D) {
   TESSERA_GRID_STRIDE(i, n * D) {
     y[i] += bias[i % D];
-  }
-}
-
-__global__ void fill_kernel(float* p, float v, int64_t n) {
-  TESSERA_GRID_STRIDE(i, n) {
-    p[i] = v;
   }
 }
 
@@ -222,16 +210,6 @@ void offset_scale_f32(float* y, const float* w, int64_t n) {
   TESSERA_CUDA_CHECK_LAUNCH("offset_scale_kernel");
 }
 
-void chunk_positions_i64(int64_t* pos, int64_t batch, int64_t L, int64_t first, int64_t C) {
-  constexpr const char* op = "chunk_positions";
-  check_sizes(op, batch, L);
-  TESSERA_CHECK(C > 0 && first >= 0, op, "(cuda): chunk size ", C, " and first position ", first,
-                " must be positive / non-negative");
-  if (batch * L == 0) return;
-  chunk_positions_kernel<<<stride_blocks(batch * L), kThreads>>>(pos, batch * L, L, first, C);
-  TESSERA_CUDA_CHECK_LAUNCH("chunk_positions_kernel");
-}
-
 void add_row_bias_f32(float* y, const float* bias, int64_t n, int64_t D) {
   check_sizes("add_row_bias", n, D);
   if (n * D == 0) return;
@@ -242,13 +220,6 @@ void add_row_bias_f32(float* y, const float* bias, int64_t n, int64_t D) {
 void row_bias_backward_f32(float* dbias, const float* dy, int64_t n, int64_t D) {
   check_sizes("row_bias_backward", n, D);
   column_sum(dbias, dy, nullptr, n, D, 1.0, "row_bias_backward");
-}
-
-void fill_value_f32(float* p, float v, int64_t n) {
-  check_sizes("fill_value", n, 1);
-  if (n == 0) return;
-  fill_kernel<<<stride_blocks(n), kThreads>>>(p, v, n);
-  TESSERA_CUDA_CHECK_LAUNCH("fill_kernel");
 }
 
 }  // namespace tessera::cuda_detail

@@ -131,17 +131,11 @@ void rescale_residual_backward(cuda, float* dh, float* dalpha, const float* g, c
 void offset_scale(cuda, float* y, const float* w, int64_t n) {
   cuda_detail::offset_scale_f32(y, w, n);
 }
-void chunk_positions(cuda, int64_t* pos, int64_t batch, int64_t L, int64_t first, int64_t C) {
-  cuda_detail::chunk_positions_i64(pos, batch, L, first, C);
-}
 void add_row_bias(cuda, float* y, const float* bias, int64_t n, int64_t D) {
   cuda_detail::add_row_bias_f32(y, bias, n, D);
 }
 void row_bias_backward(cuda, float* dbias, const float* dy, int64_t n, int64_t D) {
   cuda_detail::row_bias_backward_f32(dbias, dy, n, D);
-}
-void fill_value(cuda, float* p, float v, int64_t n) {
-  cuda_detail::fill_value_f32(p, v, n);
 }
 
 // ---- TimestepNorm (timestep_norm.cu) -----------------------------------------------------------------

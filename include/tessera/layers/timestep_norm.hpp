@@ -5,6 +5,7 @@
 #pragma once
 #include "tessera/core/param.hpp"
 #include "tessera/layers/context.hpp"
+#include "tessera/ops/elementwise.hpp"
 #include "tessera/ops/megalodon_elementwise.hpp"
 #include "tessera/ops/timestep_norm.hpp"
 
@@ -26,7 +27,7 @@ struct TimestepNormState {
   /// The official prior for `batch` sequences: count 0, mean 0, var 1 (same as an empty state).
   void reset_prior(int64_t batch, int64_t groups) {
     resize(batch, groups);
-    ops::fill_value(B{}, var.data(), T(1), var.numel());
+    ops::fill(B{}, var.data(), T(1), var.numel());
   }
   TimestepNormState clone() const { return {count.clone(), mean.clone(), var.clone()}; }
 };

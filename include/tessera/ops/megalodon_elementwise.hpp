@@ -90,17 +90,6 @@ void offset_scale(cpu, T* y, const T* w, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] = T(1) + w[i];
 }
 
-/// RoPE positions restarting at every chunk: pos[b L + t] = (first + t) % C.
-inline void chunk_positions(cpu, int64_t* pos, int64_t batch, int64_t L, int64_t first, int64_t C) {
-  for (int64_t b = 0; b < batch; ++b)
-    for (int64_t t = 0; t < L; ++t) pos[b * L + t] = (first + t) % C;
-}
-
-/// p[0..n) = v.
-template <class T>
-void fill_value(cpu, T* p, T v, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) p[i] = v;
-}
 
 // CUDA (cuda/megalodon_layers.cu), fp32, device pointers, same semantics.
 void mega_qk_forward(cuda, float* q, float* k, const float* zn, const float* gamma, const float* beta,
@@ -114,7 +103,5 @@ void rescale_residual_forward(cuda, float* out, const float* h, const float* alp
 void rescale_residual_backward(cuda, float* dh, float* dalpha, const float* g, const float* h,
                                const float* alpha, int64_t n, int64_t D);
 void offset_scale(cuda, float* y, const float* w, int64_t n);
-void chunk_positions(cuda, int64_t* pos, int64_t batch, int64_t L, int64_t first, int64_t C);
-void fill_value(cuda, float* p, float v, int64_t n);
 
 }  // namespace tessera::ops

@@ -8,6 +8,7 @@
 #include "tessera/layers/offset_norm.hpp"
 #include "tessera/models/megalodon/gated_attention.hpp"
 #include "tessera/ops/activation.hpp"
+#include "tessera/ops/elementwise.hpp"
 #include "tessera/ops/megalodon_elementwise.hpp"
 
 namespace tessera::models {
@@ -40,7 +41,7 @@ struct MegaFeedForward {
     if (swiglu) fc3.setup(dim, hidden_dim);
     if (c.rescale_nffn) {
       params.alpha.resize({dim});
-      ops::fill_value(B{}, params.alpha.value.data(),
+      ops::fill(B{}, params.alpha.value.data(),
                       static_cast<T>(0.1 * std::pow(0.5, static_cast<double>(layer_id))), dim);
     }
   }

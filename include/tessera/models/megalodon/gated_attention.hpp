@@ -271,7 +271,7 @@ struct MegaGatedAttention {
   /// RoPE positions restart at every chunk: (first + t) % C for token t of each sequence.
   const int64_t* chunk_positions(const SeqContext& ctx, int64_t first, Tensor<int64_t, B>& pos) const {
     pos.resize_uninit({ctx.rows()});
-    ops::chunk_positions(B{}, pos.data(), ctx.batch, ctx.seq, first, chunk);
+    ops::fill_positions(B{}, pos.data(), ctx.batch, ctx.seq, first, chunk);  // (first + t) % chunk
     return pos.data();
   }
 
