@@ -1,5 +1,6 @@
 // The `cuda` overloads declared in the public op headers, bound to the launchers of the .cu files
 // (see launch.hpp for why this file exists). Compiled by the host compiler.
+#include "attn_args.hpp"
 #include "launch.hpp"
 #include "launch_megalodon.hpp"
 #include "tessera/ops/attention.hpp"
@@ -179,24 +180,7 @@ namespace {
 using cuda_detail::AttnMask;
 
 cuda_detail::AttnArgs attn_args(const AttnDims& d, const char* who, AttnMask kind, int64_t param) {
-  attn_detail::check_dims(d, who);
-  cuda_detail::AttnArgs a;
-  a.B = d.B;
-  a.Tq = d.Tq;
-  a.Tk = d.Tk;
-  a.Hq = d.Hq;
-  a.Hkv = d.Hkv;
-  a.Dh = d.Dh;
-  a.Dv = d.dv();
-  a.q_stride = d.q_stride;
-  a.k_stride = d.k_stride;
-  a.v_stride = d.v_stride;
-  a.o_stride = d.o_stride;
-  a.q_offset = d.q_offset;
-  a.scale = d.scale;
-  a.mask = kind;
-  a.mask_param = param;
-  return a;
+  return attn_detail::to_attn_args(d, who, kind, param);
 }
 
 template <class Mask>

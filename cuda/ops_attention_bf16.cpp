@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "attn_args.hpp"
 #include "launch_megalodon.hpp"
 #include "tessera/ops/attention_bf16.hpp"
 
@@ -24,22 +25,8 @@ static_assert(sizeof(bf16) == sizeof(uint16_t) && std::is_standard_layout_v<bf16
 /// The CPU op's dimension checks and mask binding (which validates W and C), then the launch arguments.
 template <class Mask>
 cuda_detail::AttnArgs args(const AttnDims& d, const Mask& m, const char* who) {
-  attn_detail::check_dims(d, who);
+  cuda_detail::AttnArgs a = attn_detail::to_attn_args(d, who);
   const Mask bound = mask::bind(m, mask::Layout{d.B, d.Tq, d.Tk, d.q_offset});
-  cuda_detail::AttnArgs a;
-  a.B = d.B;
-  a.Tq = d.Tq;
-  a.Tk = d.Tk;
-  a.Hq = d.Hq;
-  a.Hkv = d.Hkv;
-  a.Dh = d.Dh;
-  a.Dv = d.dv();
-  a.q_stride = d.q_stride;
-  a.k_stride = d.k_stride;
-  a.v_stride = d.v_stride;
-  a.o_stride = d.o_stride;
-  a.q_offset = d.q_offset;
-  a.scale = d.scale;
   if constexpr (std::is_same_v<Mask, mask::Causal>) {
     a.mask = cuda_detail::AttnMask::Causal;
   } else if constexpr (std::is_same_v<Mask, mask::SlidingWindow>) {

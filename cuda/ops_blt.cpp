@@ -3,6 +3,7 @@
 // window's validation and the ids' null checks run first; the ids are device memory and are never read here.
 #include <tuple>
 
+#include "attn_args.hpp"
 #include "launch_blt.hpp"
 #include "tessera/ops/blt_cuda.hpp"
 
@@ -10,24 +11,7 @@ namespace tessera::ops {
 
 namespace {
 
-cuda_detail::AttnArgs attn_args(const AttnDims& d, const char* who) {
-  attn_detail::check_dims(d, who);
-  cuda_detail::AttnArgs a;
-  a.B = d.B;
-  a.Tq = d.Tq;
-  a.Tk = d.Tk;
-  a.Hq = d.Hq;
-  a.Hkv = d.Hkv;
-  a.Dh = d.Dh;
-  a.Dv = d.dv();
-  a.q_stride = d.q_stride;
-  a.k_stride = d.k_stride;
-  a.v_stride = d.v_stride;
-  a.o_stride = d.o_stride;
-  a.q_offset = d.q_offset;
-  a.scale = d.scale;
-  return a;
-}
+cuda_detail::AttnArgs attn_args(const AttnDims& d, const char* who) { return attn_detail::to_attn_args(d, who); }
 
 /// Null checks and layout of an id policy without reading its (device) ids: bound with k_sorted cleared.
 template <class Mask>

@@ -105,6 +105,8 @@ def main():
         s = open(os.path.join(src, f)).read()
         if f.endswith(('.cu', '.cuh')):
             s = rewrite_shared(s)
+        if f.endswith('.cuh') and '<<<' in s:  # launch code shared between .cu files
+            s = rewrite_launches(s, f)
         if f.endswith('.cu'):
             s = '#include "cuda_emu.hpp"\n#line 1 "%s"\n' % os.path.join(src, f) + rewrite_launches(s, f)
             f = f[:-3] + '.cpp'
