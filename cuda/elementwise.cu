@@ -138,6 +138,12 @@ __global__ void scale_inplace_kernel(float* y, float a, int64_t n) {
 __global__ void fill_kernel(float* y, float a, int64_t n) {
   TESSERA_GRID_STRIDE(i, n) y[i] = a;
 }
+__global__ void cast_f32_to_bf16_kernel(uint16_t* __restrict__ dst, const float* __restrict__ src, int64_t n) {
+  TESSERA_GRID_STRIDE(i, n) dst[i] = bf16_bits(src[i]);
+}
+__global__ void cast_bf16_to_f32_kernel(float* __restrict__ dst, const uint16_t* __restrict__ src, int64_t n) {
+  TESSERA_GRID_STRIDE(i, n) dst[i] = bf16_to_float(src[i]);
+}
 __global__ void copy_rows_kernel(float* __restrict__ dst, int64_t dst_stride, const float* __restrict__ src,
                                  int64_t src_stride, int64_t rows, int64_t cols) {
   TESSERA_GRID_STRIDE(i, rows * cols) {
@@ -300,6 +306,19 @@ void fill_f32(float* y, float a, int64_t n) {
   if (n == 0) return;
   fill_kernel<<<stride_blocks(n), kThreads>>>(y, a, n);
   TESSERA_CUDA_CHECK_LAUNCH("fill_kernel");
+}
+
+void cast_f32_to_bf16(uint16_t* dst, const float* src, int64_t n) {
+  check_n("cast", n);
+  if (n == 0) return;
+  cast_f32_to_bf16_kernel<<<stride_blocks(n), kThreads>>>(dst, src, n);
+  TESSERA_CUDA_CHECK_LAUNCH("cast_f32_to_bf16_kernel");
+}
+void cast_bf16_to_f32(float* dst, const uint16_t* src, int64_t n) {
+  check_n("cast", n);
+  if (n == 0) return;
+  cast_bf16_to_f32_kernel<<<stride_blocks(n), kThreads>>>(dst, src, n);
+  TESSERA_CUDA_CHECK_LAUNCH("cast_bf16_to_f32_kernel");
 }
 
 void copy_rows_f32(float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t rows,

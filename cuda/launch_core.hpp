@@ -36,6 +36,9 @@ void add_inplace_f32(float* y, const float* x, int64_t n);
 void add_f32(float* z, const float* x, const float* y, int64_t n);
 void scale_inplace_f32(float* y, float a, int64_t n);
 void fill_f32(float* y, float a, int64_t n);
+/// dst = bf16 bits of src (round to nearest even) / dst = float(src bits); n elements.
+void cast_f32_to_bf16(uint16_t* dst, const float* src, int64_t n);
+void cast_bf16_to_f32(float* dst, const uint16_t* src, int64_t n);
 /// dst row r (stride dst_stride) = src row r (stride src_stride), `cols` elements; no overlap.
 void copy_rows_f32(float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t rows,
                    int64_t cols);

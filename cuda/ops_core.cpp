@@ -89,6 +89,12 @@ void scale_inplace(cuda, float* y, float a, int64_t n) {
 void fill(cuda, float* y, float value, int64_t n) {
   cuda_detail::fill_f32(y, value, n);
 }
+void cast(cuda, bf16* dst, const float* src, int64_t n) {
+  cuda_detail::cast_f32_to_bf16(reinterpret_cast<uint16_t*>(dst), src, n);
+}
+void cast(cuda, float* dst, const bf16* src, int64_t n) {
+  cuda_detail::cast_bf16_to_f32(dst, reinterpret_cast<const uint16_t*>(src), n);
+}
 void copy_rows(cuda, float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t rows,
                int64_t cols) {
   cuda_detail::copy_rows_f32(dst, dst_stride, src, src_stride, rows, cols);

@@ -8,7 +8,9 @@
 #include "tessera/layers/kv_cache.hpp"
 #include "tessera/layers/linear.hpp"
 #include "tessera/layers/masks.hpp"
+#include "tessera/layers/precision.hpp"
 #include "tessera/ops/attention.hpp"
+#include "tessera/ops/attention_bf16.hpp"
 #include "tessera/ops/elementwise.hpp"
 
 namespace tessera {
@@ -25,6 +27,15 @@ struct SelfAttention {
   Linear<T, B> q_proj, k_proj, v_proj, o_proj;
   int64_t dim = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
   double rope_theta = 10000.0;
+  /// bf16: the projections' GEMMs and the attention kernel take bf16 operands (layers/precision.hpp); masks
+  /// without a bf16 kernel keep the fp32 attention (the projections still run in bf16).
+  Precision compute_precision = Precision::fp32;
+  /// Whether this instantiation has the bf16 attention kernel (float on CUDA, a mask type it supports).
+  static constexpr bool has_bf16_attention =
+      std::is_same_v<T, float> && std::is_same_v<B, cuda> &&
+      requires(const ops::AttnDims& d, const bf16* p, bf16* o, float* l) {
+        ops::attention_forward(cuda{}, d, Mask::make(SeqContext{}), p, p, p, o, l);
+      };
 
   void setup(const LayerConfig& c) {
     dim = c.dim;
@@ -76,8 +87,12 @@ struct SelfAttention {
     const auto d = dims(ctx);
     s.attn.resize_uninit({n, n_heads * head_dim});
     s.lse.resize_uninit({ctx.batch, n_heads, ctx.seq});
-    ops::attention_forward(B{}, d, Mask::make(ctx), s.q.data(), s.k.data(), s.v.data(), s.attn.data(),
-                           s.lse.data());
+    if (use_bf16_attention()) {
+      if constexpr (kBf16Mask) attention_forward_bf16(ctx, s);
+    } else {
+      ops::attention_forward(B{}, d, Mask::make(ctx), s.q.data(), s.k.data(), s.v.data(), s.attn.data(),
+                             s.lse.data());
+    }
     o_proj.forward(ctx, s.attn, y, s.o_s);
   }
 
@@ -133,8 +148,12 @@ struct SelfAttention {
     dq.resize_uninit(s.q.shape());
     dk.resize_uninit(s.k.shape());
     dv.resize_uninit(s.v.shape());
-    ops::attention_backward(B{}, dims(ctx), Mask::make(ctx), s.q.data(), s.k.data(), s.v.data(), s.attn.data(),
-                            s.lse.data(), d_attn.data(), dq.data(), dk.data(), dv.data());
+    if (use_bf16_attention()) {
+      if constexpr (kBf16Mask) attention_backward_bf16(ctx, s, d_attn, dq, dk, dv);
+    } else {
+      ops::attention_backward(B{}, dims(ctx), Mask::make(ctx), s.q.data(), s.k.data(), s.v.data(),
+                              s.attn.data(), s.lse.data(), d_attn.data(), dq.data(), dk.data(), dv.data());
+    }
     if constexpr (Rope::enabled) {
       const int64_t* pos = ctx.positions ? ctx.positions : s.positions.data();
       ops::rope_backward(B{}, dq.data(), n_heads * head_dim, pos, n, n_heads, head_dim, rope_theta, Rope::style);
@@ -149,6 +168,45 @@ struct SelfAttention {
   }
 
  private:
+  // bf16 attention (ops/attention_bf16.hpp) exists for float models on CUDA with these mask types. Saved
+  // keeps q, k, v (after RoPE) and the output in fp32; the bf16 operands are cast into per-thread scratch in
+  // forward and again in backward (the output was rounded to bf16 by the kernel, so its cast back is exact).
+  static constexpr bool kBf16Mask = has_bf16_attention;
+  bool use_bf16_attention() const { return kBf16Mask && compute_precision == Precision::bf16; }
+  static std::array<Tensor<bf16, B>, 8>& scratch16() { return shared_scratch<SelfAttention, bf16, B, 8>(); }
+
+  void attention_forward_bf16(const SeqContext& ctx, Saved& s) const {
+    auto& [q16, k16, v16, o16, do16, dq16, dk16, dv16] = scratch16();
+    cast_to(q16, s.q);
+    cast_to(k16, s.k);
+    cast_to(v16, s.v);
+    o16.resize_uninit(s.attn.shape());
+    ops::attention_forward(B{}, dims(ctx), Mask::make(ctx), q16.data(), k16.data(), v16.data(), o16.data(),
+                           s.lse.data());
+    ops::cast(B{}, s.attn.data(), o16.data(), o16.numel());
+  }
+  void attention_backward_bf16(const SeqContext& ctx, Saved& s, const Tensor<T, B>& d_attn, Tensor<T, B>& dq,
+                               Tensor<T, B>& dk, Tensor<T, B>& dv) {
+    auto& [q16, k16, v16, o16, do16, dq16, dk16, dv16] = scratch16();
+    cast_to(q16, s.q);
+    cast_to(k16, s.k);
+    cast_to(v16, s.v);
+    cast_to(o16, s.attn);
+    cast_to(do16, d_attn);
+    dq16.resize_uninit(s.q.shape());
+    dk16.resize_uninit(s.k.shape());
+    dv16.resize_uninit(s.v.shape());
+    ops::attention_backward(B{}, dims(ctx), Mask::make(ctx), q16.data(), k16.data(), v16.data(), o16.data(),
+                            s.lse.data(), do16.data(), dq16.data(), dk16.data(), dv16.data());
+    ops::cast(B{}, dq.data(), dq16.data(), dq.numel());
+    ops::cast(B{}, dk.data(), dk16.data(), dk.numel());
+    ops::cast(B{}, dv.data(), dv16.data(), dv.numel());
+  }
+  static void cast_to(Tensor<bf16, B>& dst, const Tensor<T, B>& src) {
+    dst.resize_uninit(src.shape());
+    ops::cast(B{}, dst.data(), src.data(), src.numel());
+  }
+
   /// Rotary positions: the context's, or pos_offset + t within each sequence.
   static const int64_t* positions(const SeqContext& ctx, Saved& s) {
     if (ctx.positions) return ctx.positions;

@@ -7,6 +7,7 @@
 #include <type_traits>
 
 #include "tessera/core/backend.hpp"
+#include "tessera/core/dtype.hpp"
 #include "tessera/ops/eigen.hpp"
 
 namespace tessera::ops {
@@ -45,7 +46,18 @@ void copy_rows(cpu, T* dst, int64_t dst_stride, const T* src, int64_t src_stride
     std::memcpy(dst + r * dst_stride, src + r * src_stride, static_cast<size_t>(cols) * sizeof(T));
 }
 
+/// dst = bf16(src) (round to nearest even) / dst = float(src) (exact), n elements: the operand casts of
+/// mixed-precision compute (layers/precision.hpp).
+inline void cast(cpu, bf16* dst, const float* src, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = bf16(src[i]);
+}
+inline void cast(cpu, float* dst, const bf16* src, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
 // CUDA (cuda/elementwise.cu), fp32, device pointers.
+void cast(cuda, bf16* dst, const float* src, int64_t n);
+void cast(cuda, float* dst, const bf16* src, int64_t n);
 void add_inplace(cuda, float* y, const float* x, int64_t n);
 void add(cuda, float* z, const float* x, const float* y, int64_t n);
 void scale_inplace(cuda, float* y, float a, int64_t n);

@@ -1,0 +1,49 @@
+// Compute precision of a model's layers (DESIGN.md "Numerics"): fp32 everywhere, or bf16 mixed precision on
+// the GPU — the autocast recipe: parameters, optimizer state, activations between layers, norms, softmax
+// statistics and every reduction stay fp32 (master copies); the matrix products (Linear layers, attention)
+// read bf16 copies of their operands and accumulate in fp32 on the tensor cores.
+//
+//   set_compute_precision(model, Precision::bf16);   // any model or layer, after construction
+//
+// Layers opt in with a member `Precision compute_precision`; the walk visits every layer that holds a
+// parameter (the same recursion as for_each_param), so a new model needs no code for this.
+#pragma once
+#include <string_view>
+#include <type_traits>
+
+#include "tessera/core/backend.hpp"
+#include "tessera/core/error.hpp"
+#include "tessera/core/param.hpp"
+
+namespace tessera {
+
+enum class Precision { fp32, bf16 };
+
+inline const char* precision_name(Precision p) { return p == Precision::bf16 ? "bf16" : "fp32"; }
+inline Precision parse_precision(std::string_view s) {
+  if (s == "fp32") return Precision::fp32;
+  if (s == "bf16") return Precision::bf16;
+  throw Error(str("unknown precision '", s, "' (expected fp32 or bf16)"));
+}
+
+template <class L>
+concept HasComputePrecision = requires(L& l) { l.compute_precision; };
+
+/// Set `compute_precision` on every layer of `layer` (itself included) that has one. bf16 needs float
+/// parameters on the CUDA backend; anything else is rejected with an error naming the layer type's backend.
+template <class L>
+void set_compute_precision(L& layer, Precision p) {
+  if constexpr (HasComputePrecision<L>) {
+    using T = typename L::value_type;
+    using B = typename L::backend;
+    TESSERA_CHECK(p == Precision::fp32 || (std::is_same_v<B, cuda> && std::is_same_v<T, float>),
+                  "bf16 compute precision needs a float model on the CUDA backend (this one is ",
+                  std::is_same_v<B, cuda> ? "CUDA" : "CPU", ")");
+    layer.compute_precision = p;
+  }
+  if constexpr (HasChildren<L>) {
+    layer.for_each_child([&](std::string_view, auto& child) { set_compute_precision(child, p); });
+  }
+}
+
+}  // namespace tessera

@@ -1,0 +1,240 @@
+// bf16 mixed-precision compute on CUDA (layers/precision.hpp): the cast ops, a Linear layer against an exact
+// product of the same bf16-rounded operands, and a whole Llama-style model in bf16 against the fp32 CPU model
+// (logits, loss, every gradient, AdamW steps). Skips without a device.
+//
+// Tolerances, and why:
+//  - Linear vs the exact product of the bf16-rounded x and W (double on the host): only the fp32 accumulation
+//    differs, K <= 96 terms -> 1e-5 relative (max |d| / max |ref|). Against the fp32 product the error is the
+//    operand rounding, 2^-9 relative per operand: at most ~2^-8 relative and, with random signs, clearly
+//    above 1e-5 — checked both ways, so a Linear that silently stayed fp32 fails.
+//  - Whole model vs fp32: every GEMM and attention product rounds its operands (2^-9 each), the attention
+//    kernel rounds P and its outputs; errors compound over 2 blocks and the backward's chain rule.
+//    Measured (emulated tensor cores): logits 4.5e-3, loss 1e-5 relative, gradients <= 1.0e-2 of their
+//    largest entry at the first step. Bounds: logits 1e-2, loss 5e-3, gradients 3e-2 — room for other
+//    summation orders, yet any real error (a wrong transpose, a stale weight copy, a missing gradient term)
+//    is O(1). After AdamW steps the two models' weights differ (Adam turns tiny gradient differences into
+//    lr-sized steps), so later steps check the training trajectory: loss within 5e-3, logits within 2e-2.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "support/gradcheck.hpp"
+#include "tessera/core/allocator.hpp"
+#include "tessera/core/transfer.hpp"
+#include "tessera/layers/linear.hpp"
+#include "tessera/layers/precision.hpp"
+#include "tessera/models/llama.hpp"
+#include "tessera/train/adamw.hpp"
+
+using namespace tessera;
+
+namespace {
+
+#define TESSERA_NEED_GPU() \
+  if (cuda_mem::device_count() == 0) GTEST_SKIP() << "no CUDA device: cudaGetDeviceCount reports none"
+
+template <class T>
+std::vector<T> download(const T* d, int64_t n) {
+  std::vector<T> h(static_cast<size_t>(n));
+  cuda_mem::to_host(h.data(), d, h.size() * sizeof(T));
+  return h;
+}
+template <class T>
+Tensor<T, cuda> upload(const std::vector<T>& h) {
+  Tensor<T, cuda> d({static_cast<int64_t>(h.size())});
+  cuda_mem::to_device(d.data(), h.data(), h.size() * sizeof(T));
+  return d;
+}
+double rel_err(const std::vector<float>& a, const std::vector<double>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num = std::max(num, std::abs(double(a[i]) - b[i]));
+    den = std::max(den, std::abs(b[i]));
+  }
+  return den > 0 ? num / den : num;
+}
+double rel_err(const std::vector<float>& a, const float* b, int64_t n) {
+  return rel_err(a, std::vector<double>(b, b + n));
+}
+double round_bf16(float f) { return static_cast<float>(bf16(f)); }
+std::vector<float> normals(int64_t n, uint64_t seed, double sd = 1.0) {
+  Rng rng(seed);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& x : v) x = static_cast<float>(rng.normal() * sd);
+  return v;
+}
+
+}  // namespace
+
+TEST(CudaMixedPrecision, RejectsCpuModels) {
+  Linear<float> l;
+  l.setup(4, 4);
+  EXPECT_THROW(set_compute_precision(l, Precision::bf16), Error);
+  EXPECT_NO_THROW(set_compute_precision(l, Precision::fp32));
+  EXPECT_EQ(parse_precision("bf16"), Precision::bf16);
+  EXPECT_THROW(parse_precision("fp16"), Error);
+}
+
+TEST(CudaMixedPrecision, CastRoundsToNearestEvenAndBackExactly) {
+  TESSERA_NEED_GPU();
+  std::vector<float> x = normals(1001, 1);
+  x[0] = 1.0f + 1.0f / 256;            // exactly half-way between two bf16 values: ties to even (1.0)
+  x[1] = 1.0f + 3.0f / 256;            // half-way, rounds up to the even 1 + 4/256
+  x[2] = -0.0f;
+  x[3] = std::numeric_limits<float>::infinity();
+  x[4] = 3.0e38f;                      // large but finite in bf16 (max ~3.39e38)
+  auto xd = upload(x);
+  Tensor<bf16, cuda> h({1001});
+  ops::cast(cuda{}, h.data(), xd.data(), 1001);
+  const auto hb = download(h.data(), 1001);
+  for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(hb[i].bits, bf16(x[i]).bits) << "element " << i;
+  EXPECT_EQ(static_cast<float>(hb[0]), 1.0f);
+  EXPECT_EQ(static_cast<float>(hb[1]), 1.0f + 4.0f / 256);
+  Tensor<float, cuda> back({1001});
+  ops::cast(cuda{}, back.data(), h.data(), 1001);
+  const auto fb = download(back.data(), 1001);
+  for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(fb[i], static_cast<float>(hb[i])) << "element " << i;
+}
+
+TEST(CudaMixedPrecision, LinearMultipliesBf16OperandsWithFp32Accumulation) {
+  TESSERA_NEED_GPU();
+  const int64_t n = 37, in = 96, out = 40;
+  Linear<float, cuda> l;
+  l.setup(in, out, /*bias=*/true);
+  const auto w = normals(out * in, 2, 0.5), b = normals(out, 3), x = normals(n * in, 4), dy = normals(n * out, 5);
+  cuda_mem::to_device(l.params.weight.value.data(), w.data(), w.size() * 4);
+  cuda_mem::to_device(l.params.bias.value.data(), b.data(), b.size() * 4);
+  allocate_grads(l);
+  set_compute_precision(l, Precision::bf16);
+  auto xd = upload(x), dyd = upload(dy);
+  Tensor<float, cuda> y, dx;
+  Linear<float, cuda>::Saved s;
+  SeqContext ctx;
+  l.forward(ctx, TensorView<const float>(xd.data(), {n, in}), y, s);
+  l.backward(ctx, TensorView<const float>(dyd.data(), {n, out}), dx, s);
+
+  // References in double: on the bf16-rounded operands (what the layer must compute) and on the fp32 ones.
+  std::vector<double> y16(n * out), y32(n * out), dx16(n * in), dx32(n * in), dw16(out * in), dw32(out * in);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t o = 0; o < out; ++o) {
+      double a = b[o], c = b[o];
+      for (int64_t k = 0; k < in; ++k) {
+        a += round_bf16(x[i * in + k]) * round_bf16(w[o * in + k]);
+        c += double(x[i * in + k]) * w[o * in + k];
+      }
+      y16[i * out + o] = a, y32[i * out + o] = c;
+    }
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t k = 0; k < in; ++k) {
+      double a = 0, c = 0;
+      for (int64_t o = 0; o < out; ++o) {
+        a += round_bf16(dy[i * out + o]) * round_bf16(w[o * in + k]);
+        c += double(dy[i * out + o]) * w[o * in + k];
+      }
+      dx16[i * in + k] = a, dx32[i * in + k] = c;
+    }
+  for (int64_t o = 0; o < out; ++o)
+    for (int64_t k = 0; k < in; ++k) {
+      double a = 0, c = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        a += round_bf16(dy[i * out + o]) * round_bf16(x[i * in + k]);
+        c += double(dy[i * out + o]) * x[i * in + k];
+      }
+      dw16[o * in + k] = a, dw32[o * in + k] = c;
+    }
+  const auto yg = download(y.data(), y.numel()), dxg = download(dx.data(), dx.numel()),
+             dwg = download(l.params.weight.grad.data(), out * in), dbg = download(l.params.bias.grad.data(), out);
+  EXPECT_LE(rel_err(yg, y16), 1e-5);
+  EXPECT_LE(rel_err(dxg, dx16), 1e-5);
+  EXPECT_LE(rel_err(dwg, dw16), 1e-5);
+  // The operands really were rounded: visibly off the fp32 products, within the bf16 bound.
+  for (auto [got, ref] : {std::pair{&yg, &y32}, {&dxg, &dx32}, {&dwg, &dw32}}) {
+    const double e = rel_err(*got, *ref);
+    EXPECT_GT(e, 1e-5);
+    EXPECT_LT(e, 1.0 / 128);
+  }
+  std::vector<double> db(out, 0.0);  // bias gradient: fp32 column sums of the unrounded dy
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t o = 0; o < out; ++o) db[o] += dy[i * out + o];
+  EXPECT_LE(rel_err(dbg, db), 1e-6);
+}
+
+namespace {
+
+models::LlamaConfig tiny_config(int64_t window) {
+  models::LlamaConfig c;
+  c.vocab_size = 64;
+  c.dim = 64;
+  c.n_layers = 2;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.ffn_hidden = 96;
+  c.window = window;
+  return c;
+}
+std::vector<int64_t> random_ids(int64_t n, int64_t vocab, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<int64_t> ids(static_cast<size_t>(n));
+  for (auto& i : ids) i = static_cast<int64_t>(rng.below(static_cast<uint64_t>(vocab)));
+  return ids;
+}
+
+}  // namespace
+
+// The Llama attention masks have the bf16 kernel (so the test below covers it), BLT's id masks do not.
+static_assert(SelfAttention<float, rope::Interleaved, mask::SlidingWindow, cuda>::has_bf16_attention);
+static_assert(!SelfAttention<float, rope::Interleaved, mask::Document, cuda>::has_bf16_attention);
+static_assert(!SelfAttention<float, rope::Interleaved, mask::SlidingWindow, cpu>::has_bf16_attention);
+
+class CudaMixedPrecisionLlama : public ::testing::TestWithParam<int64_t> {};
+
+TEST_P(CudaMixedPrecisionLlama, Bf16TrainingTracksTheFp32Model) {
+  TESSERA_NEED_GPU();
+  const auto cfg = tiny_config(GetParam());
+  models::Llama<float> h(cfg);
+  models::Llama<float, cuda> d(cfg);
+  Rng rng(11);
+  for_each_param(h, [&](const std::string&, auto& p) { tessera::testing::fill_normal(p.value, rng, 0.1); });
+  copy_params(d, h);
+  set_compute_precision(d, Precision::bf16);
+  allocate_grads(h);
+  allocate_grads(d);
+  train::AdamW<float> opt_h({1e-2, 0.9, 0.95, 1e-8, 0.1});
+  train::AdamW<float, cuda> opt_d({1e-2, 0.9, 0.95, 1e-8, 0.1});
+  const int64_t batch = 2, seq = 24, rows = batch * seq;
+  const auto ids = random_ids(rows, cfg.vocab_size, 12), targets = random_ids(rows, cfg.vocab_size, 13);
+  auto ids_d = upload(ids), targets_d = upload(targets);
+  for (int step = 0; step < 3; ++step) {
+    SCOPED_TRACE("step " + std::to_string(step));
+    zero_grads(h);
+    zero_grads(d);
+    const Tensor<float>& lh = h.forward(ids.data(), batch, seq);
+    const Tensor<float, cuda>& ld = d.forward(ids_d.data(), batch, seq);
+    const double logit_err = rel_err(download(ld.data(), ld.numel()), lh.data(), lh.numel());
+    EXPECT_LE(logit_err, step == 0 ? 1e-2 : 2e-2);
+    const double loss_h = h.loss(targets.data()), loss_d = d.loss(targets_d.data());
+    EXPECT_NEAR(loss_d, loss_h, 5e-3 * loss_h);
+    h.backward(targets.data());
+    d.backward(targets_d.data());
+    std::map<std::string, std::vector<float>> grads;
+    for_each_param(d, [&](const std::string& name, auto& p) { grads[name] = download(p.grad.data(), p.grad.numel()); });
+    double worst = 0;
+    std::string worst_name;
+    for_each_param(h, [&](const std::string& name, auto& p) {
+      const double e = rel_err(grads.at(name), p.grad.data(), p.grad.numel());
+      if (step == 0) EXPECT_LE(e, 3e-2) << name;  // later steps compare models whose weights differ
+      if (e > worst) worst = e, worst_name = name;
+    });
+    std::printf("step %d: logits %.2e, loss %.6f vs %.6f, worst gradient %.2e (%s)\n", step, logit_err, loss_d,
+                loss_h, worst, worst_name.c_str());
+    opt_h.step(h);
+    opt_d.step(d);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Masks, CudaMixedPrecisionLlama, ::testing::Values(int64_t{0}, int64_t{8}),
+                         [](const auto& i) { return i.param ? "SlidingWindow" : "Causal"; });
