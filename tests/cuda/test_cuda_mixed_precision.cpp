@@ -163,6 +163,39 @@ TEST(CudaMixedPrecision, LinearMultipliesBf16OperandsWithFp32Accumulation) {
   EXPECT_LE(rel_err(dbg, db), 1e-6);
 }
 
+TEST(CudaMixedPrecision, FrozenBf16WeightsAreCastOnceForInference) {
+  TESSERA_NEED_GPU();
+  const int64_t n = 5, in = 32, out = 24;
+  Linear<float, cuda> l;
+  l.setup(in, out);
+  auto w1 = normals(out * in, 6), w2 = normals(out * in, 7), x = normals(n * in, 8);
+  cuda_mem::to_device(l.params.weight.value.data(), w1.data(), w1.size() * 4);
+  allocate_grads(l);
+  set_compute_precision(l, Precision::bf16);
+  auto xd = upload(x);
+  const TensorView<const float> xv(xd.data(), {n, in});
+  SeqContext ctx;
+  Linear<float, cuda>::Saved s;
+  Tensor<float, cuda> y;
+  auto run = [&] {
+    l.forward(ctx, xv, y, s);
+    return download(y.data(), y.numel());
+  };
+  const auto y1 = run();
+  freeze_bf16_weights(l);
+  EXPECT_EQ(run(), y1);  // the frozen copy is the same cast
+  cuda_mem::to_device(l.params.weight.value.data(), w2.data(), w2.size() * 4);
+  EXPECT_EQ(run(), y1) << "frozen: the new fp32 weights are not read until the next freeze";
+  Tensor<float, cuda> dx;
+  EXPECT_THROW(l.backward(ctx, TensorView<const float>(y.data(), {n, out}), dx, s), Error);
+  freeze_bf16_weights(l);
+  const auto y2 = run();
+  EXPECT_NE(y2, y1);
+  set_compute_precision(l, Precision::bf16);  // unfrozen: every forward casts again
+  cuda_mem::to_device(l.params.weight.value.data(), w1.data(), w1.size() * 4);
+  EXPECT_EQ(run(), y1);
+}
+
 namespace {
 
 models::LlamaConfig tiny_config(int64_t window) {

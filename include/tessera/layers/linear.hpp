@@ -36,6 +36,18 @@ struct Linear {
   const T* bias() const { return params.bias.present() ? params.bias.value.data() : nullptr; }
   T* bias_grad() { return params.bias.present() ? params.bias.grad.data() : nullptr; }
 
+  /// bf16 inference (freeze_bf16_weights in layers/precision.hpp): keep = true casts the weight to bf16 now and
+  /// reuses that copy in every forward until called with keep = false (no-op unless compute is bf16).
+  void cache_bf16_weight(bool keep) {
+    weight_frozen_ = false;
+    if constexpr (kMixed) {
+      if (keep && compute_precision == Precision::bf16) {
+        cast_weight();
+        weight_frozen_ = true;
+      }
+    }
+  }
+
   /// x: [N, in] -> y: [N, out].
   void forward(const SeqContext&, TensorView<const T> x, Tensor<T, B>& y, Saved& s) const {
     TESSERA_CHECK(x.rank() == 2 && x.size(1) == in && x.is_contiguous(), "Linear: input ", x.shape,
@@ -75,22 +87,28 @@ struct Linear {
   // bias add / reduction stay fp32.
   static constexpr bool kMixed = std::is_same_v<T, float> && std::is_same_v<B, cuda>;
   mutable Tensor<bf16, B> weight_bf16_;
+  bool weight_frozen_ = false;  // weight_bf16_ is kept (inference), not re-cast per forward
 
   static std::array<Tensor<bf16, B>, 2>& scratch() { return shared_scratch<Linear, bf16, B, 2>(); }
 
+  void cast_weight() const {
+    weight_bf16_.resize_uninit({out, in});
+    ops::cast(B{}, weight_bf16_.data(), params.weight.value.data(), out * in);
+  }
   void forward_bf16(TensorView<const T> x, Tensor<T, B>& y) const {
     const int64_t n = x.size(0);
     auto& x16 = scratch()[0];
     x16.resize_uninit({n, in});
     ops::cast(B{}, x16.data(), x.data(), n * in);
-    weight_bf16_.resize_uninit({out, in});
-    ops::cast(B{}, weight_bf16_.data(), params.weight.value.data(), out * in);
+    if (!weight_frozen_) cast_weight();
     ops::gemm(B{}, false, true, n, out, in, 1.0f, x16.data(), in, weight_bf16_.data(), in, 0.0f, y.data(), out);
     if (bias()) ops::add_row_bias(B{}, y.data(), bias(), n, out);
   }
   void backward_bf16(TensorView<const T> dy, T* dx, Saved& s) {
     const int64_t n = s.x.size(0);
     TESSERA_CHECK(weight_bf16_.numel() == out * in, "Linear: bf16 backward without a bf16 forward");
+    TESSERA_CHECK(!weight_frozen_, "Linear: backward with frozen bf16 weights (freeze_bf16_weights is for ",
+                  "inference; set_compute_precision unfreezes them for training)");
     auto& [dy16, x16] = scratch();
     dy16.resize_uninit({n, out});
     ops::cast(B{}, dy16.data(), dy.data(), n * out);

@@ -4,6 +4,7 @@
 // read bf16 copies of their operands and accumulate in fp32 on the tensor cores.
 //
 //   set_compute_precision(model, Precision::bf16);   // any model or layer, after construction
+//   freeze_bf16_weights(model);                       // inference: cast the weights once, not per forward
 //
 // Layers opt in with a member `Precision compute_precision`; the walk visits every layer that holds a
 // parameter (the same recursion as for_each_param), so a new model needs no code for this.
@@ -28,6 +29,8 @@ inline Precision parse_precision(std::string_view s) {
 
 template <class L>
 concept HasComputePrecision = requires(L& l) { l.compute_precision; };
+template <class L>
+concept HasBf16WeightCache = requires(L& l) { l.cache_bf16_weight(true); };
 
 /// Set `compute_precision` on every layer of `layer` (itself included) that has one. bf16 needs float
 /// parameters on the CUDA backend; anything else is rejected with an error naming the layer type's backend.
@@ -41,8 +44,21 @@ void set_compute_precision(L& layer, Precision p) {
                   std::is_same_v<B, cuda> ? "CUDA" : "CPU", ")");
     layer.compute_precision = p;
   }
+  if constexpr (HasBf16WeightCache<L>) layer.cache_bf16_weight(false);
   if constexpr (HasChildren<L>) {
     layer.for_each_child([&](std::string_view, auto& child) { set_compute_precision(child, p); });
+  }
+}
+
+/// bf16 inference: every bf16 layer casts its weights once now and reuses the copies, instead of re-casting
+/// them from the fp32 masters at every forward (right for training, where they change every step; when
+/// decoding one token at a time the re-cast would move 3x the bytes of the bf16 product itself). Call again
+/// after the weights change; set_compute_precision undoes it; a backward through frozen weights is an error.
+template <class L>
+void freeze_bf16_weights(L& layer) {
+  if constexpr (HasBf16WeightCache<L>) layer.cache_bf16_weight(true);
+  if constexpr (HasChildren<L>) {
+    layer.for_each_child([&](std::string_view, auto& child) { freeze_bf16_weights(child); });
   }
 }
 
