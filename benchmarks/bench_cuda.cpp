@@ -12,7 +12,8 @@
 //             dV = P^T dO, dP = dO V^T, dS = P (dP - rowsum(P dP)), dQ = scale dS K, dK = scale dS^T Q.
 //             Also the bf16 tensor-core kernels (ops/attention_bf16.hpp), causal, against the fp32 flash op:
 //             its time (measured above) as the baseline, its outputs on the same bf16-rounded inputs as the
-//             check (a check above the bf16 tolerance makes the group FAILED).
+//             check (a check above the bf16 tolerance makes the group FAILED). Both bf16 kernel families are
+//             timed, forward and backward (WMMA, and mma.sync with the WMMA one as its baseline).
 //   CEMA      ops::cema_forward/backward(cuda) (the scan) at B=1 D=4096 N=16, L 4096 and 16384 vs the FFT
 //             convolution (bench_cuda_kernels.cu: kernel k on the device, cuFFT real transforms of length
 //             2 next_pow2(L)), forward only, with and without computing k; backward vs the memcpy floor.
@@ -45,6 +46,7 @@
 #include <string>
 #include <vector>
 
+#include "../cuda/launch_mma.hpp"  // internal: the bf16 attention forward kernel choice
 #include "bench_cuda_kernels.cuh"
 #include "tessera/core/dtype.hpp"
 #include "tessera/core/rng.hpp"
@@ -480,33 +482,67 @@ void bench_attention_bf16(Ctx& c, const ops::AttnDims& d, const DevBuf<float>& q
   ops::attention_backward(cuda{}, d, m, qr.get(), kr.get(), vr.get(), o_ref.get(), lse_ref.get(), dor.get(),
                           dq_ref.get(), dk_ref.get(), dv_ref.get());
 
-  const double ms_f = c.timer.median_ms(
-      [&] { ops::attention_forward(cuda{}, d, m, bf(qb), bf(kb), bf(vb), bf(ob), lse.get()); }, c.heavy);
-  const double ms_b = c.timer.median_ms(
-      [&] {
-        ops::attention_backward(cuda{}, d, m, bf(qb), bf(kb), bf(vb), bf(ob), lse.get(), bf(dob), bf(dqb),
-                                bf(dkb), bf(dvb));
-      },
-      c.heavy);
+  // Both forward kernels (the WMMA one, then the mma.sync one), each checked; then the default choice once
+  // more, whose o and lse the backward reads.
+  using tessera::cuda_detail::AttnBf16Kernel;
+  auto forward = [&] { ops::attention_forward(cuda{}, d, m, bf(qb), bf(kb), bf(vb), bf(ob), lse.get()); };
   auto rel = [&](const DevBuf<uint16_t>& ours, const DevBuf<float>& ref) {
     bench::from_bf16(tmp.get(), ours.get(), n);
     return bench::diff(tmp.get(), ref.get(), n).rel();
   };
-  const double err_f = rel(ob, o_ref);
-  const double err_b = std::max({rel(dqb, dq_ref), rel(dkb, dk_ref), rel(dvb, dv_ref)});
+  double ms_fk[2] = {0, 0}, err_fk[2] = {0, 0};
+  const AttnBf16Kernel kernels[2] = {AttnBf16Kernel::Wmma, AttnBf16Kernel::Mma};
+  try {
+    for (int i = 0; i < 2; ++i) {
+      tessera::cuda_detail::set_attention_bf16_kernel(kernels[i]);
+      ms_fk[i] = c.timer.median_ms(forward, c.heavy);
+      err_fk[i] = rel(ob, o_ref);
+    }
+  } catch (...) {
+    tessera::cuda_detail::set_attention_bf16_kernel(AttnBf16Kernel::Auto);
+    throw;
+  }
+  tessera::cuda_detail::set_attention_bf16_kernel(AttnBf16Kernel::Auto);
+  forward();  // the default forward's o and lse, read by both backward kernels
+  auto backward = [&] {
+    ops::attention_backward(cuda{}, d, m, bf(qb), bf(kb), bf(vb), bf(ob), lse.get(), bf(dob), bf(dqb), bf(dkb),
+                            bf(dvb));
+  };
+  double ms_bk[2] = {0, 0}, err_bk[2] = {0, 0};
+  try {
+    for (int i = 0; i < 2; ++i) {
+      tessera::cuda_detail::set_attention_bf16_kernel(kernels[i]);
+      ms_bk[i] = c.timer.median_ms(backward, c.heavy);
+      err_bk[i] = std::max({rel(dqb, dq_ref), rel(dkb, dk_ref), rel(dvb, dv_ref)});
+    }
+  } catch (...) {
+    tessera::cuda_detail::set_attention_bf16_kernel(AttnBf16Kernel::Auto);
+    throw;
+  }
+  tessera::cuda_detail::set_attention_bf16_kernel(AttnBf16Kernel::Auto);
+  const double err_f = std::max(err_fk[0], err_fk[1]);
+  const double err_b = std::max(err_bk[0], err_bk[1]);
 
   const double fwd_flops = 4.0 * double(d.Dh) * attn_pairs(d.Tq, 0) * double(d.B * d.Hq),
                bwd_flops = 2.5 * fwd_flops;
   const std::string shape = "B=" + std::to_string(d.B) + " T=" + std::to_string(d.Tq) +
                             " H=" + std::to_string(d.Hq) + " Dh=" + std::to_string(d.Dh) + " causal";
   const std::string base = "tessera fp32 flash, same rounded inputs";
-  print_row({"attention fwd bf16", shape, ms_f, tflops(fwd_flops, ms_f), base, f32_fwd_ms,
-             f32_fwd_ms > 0 ? tflops(fwd_flops, f32_fwd_ms) : "-", strf("%.2e", err_f)});
-  print_row({"attention bwd bf16", shape, ms_b, tflops(bwd_flops, ms_b), base + " (bwd)", f32_bwd_ms,
-             f32_bwd_ms > 0 ? tflops(bwd_flops, f32_bwd_ms) : "-", strf("%.2e", err_b)});
+  print_row({"attention fwd bf16 (WMMA)", shape, ms_fk[0], tflops(fwd_flops, ms_fk[0]), base, f32_fwd_ms,
+             f32_fwd_ms > 0 ? tflops(fwd_flops, f32_fwd_ms) : "-", strf("%.2e", err_fk[0])});
+  print_row({"attention fwd bf16 (mma.sync)", shape, ms_fk[1], tflops(fwd_flops, ms_fk[1]),
+             "tessera bf16 WMMA forward (row above)", ms_fk[0], tflops(fwd_flops, ms_fk[0]),
+             strf("%.2e", err_fk[1])});
+  print_row({"attention bwd bf16 (WMMA)", shape, ms_bk[0], tflops(bwd_flops, ms_bk[0]), base + " (bwd)",
+             f32_bwd_ms, f32_bwd_ms > 0 ? tflops(bwd_flops, f32_bwd_ms) : "-", strf("%.2e", err_bk[0])});
+  print_row({"attention bwd bf16 (mma.sync)", shape, ms_bk[1], tflops(bwd_flops, ms_bk[1]),
+             "tessera bf16 WMMA backward (row above)", ms_bk[0], tflops(bwd_flops, ms_bk[0]),
+             strf("%.2e", err_bk[1])});
   if (!(err_f <= kTol && err_b <= kTol))  // NaN fails too
-    throw std::runtime_error(strf("bf16 attention differs from fp32: fwd %.2e", err_f) +
-                             strf(", bwd %.2e", err_b) + strf(" (tolerance %.0e)", kTol));
+    throw std::runtime_error(strf("bf16 attention differs from fp32: fwd WMMA %.2e", err_fk[0]) +
+                             strf(", fwd mma.sync %.2e", err_fk[1]) + strf(", bwd WMMA %.2e", err_bk[0]) +
+                             strf(", bwd mma.sync %.2e", err_bk[1]) +
+                             strf(" (tolerance %.0e)", kTol));
 }
 
 void bench_attention(Ctx& c) {
@@ -713,8 +749,10 @@ void print_notes(const Ctx& c) {
       "  attention: useful FLOPs on both sides (forward 4 Dh per allowed (query, key) pair, backward\n");
   std::printf("    2.5x); the baseline computes all T x T scores (cuBLAS fp32, no TF32) and keeps P.\n");
   std::printf(
-      "  attention bf16: tensor cores (WMMA), bf16 in/out, fp32 accumulation; baseline and check: the\n");
-  std::printf("    fp32 flash op on the same bf16-rounded inputs (its causal time from the rows above).\n");
+      "  attention bf16: tensor cores, bf16 in/out, fp32 accumulation; baseline and check: the fp32 flash\n");
+  std::printf("    op on the same bf16-rounded inputs (its causal time from the rows above). Two forward\n");
+  std::printf("    kernels: WMMA and mma.sync (FA2 layout, the default; its baseline: the WMMA row).\n");
+  std::printf("    The backward (WMMA) is timed after the default forward.\n");
   std::printf(
       "  CEMA, TimestepNorm: GB/s of the bytes the op must move (forward x in + y out, backward x, dy\n");
   std::printf("    in + dx out) and %% of the memcpy rate (%.0f GB/s); us/tok per token of D channels.\n",

@@ -4,7 +4,12 @@
 // fp32 with -inf and a zero output row for fully masked rows). Head dims up to 128 (kernels for 64 and 128;
 // smaller or odd dims run zero-padded). The precision contract is in include/tessera/ops/attention_bf16.hpp.
 //
-// Kernels (attention_bf16_kernels.cuh): WMMA 16x16x16 bf16 fragments, fp32 accumulators; 128 threads = 4
+// Two kernel families, same contract, either backward reading either forward's o and lse: mma.sync (the
+// default; FlashAttention-2's layout with scores, softmax, P, dP and dS in registers, mma m16n8k16 + ldmatrix
+// from mma_sm80.cuh: forward attention_bf16_mma.cuh, backward attention_bf16_mma_bwd.cuh) and WMMA (below).
+// TESSERA_ATTN_BF16_KERNEL=wmma (read once) or set_attention_bf16_kernel (launch_mma.hpp) picks WMMA.
+//
+// WMMA kernels (attention_bf16_kernels.cuh): WMMA 16x16x16 bf16 fragments, fp32 accumulators; 128 threads = 4
 // warps per block; tiles of 64 query rows x 64 keys in shared memory (row stride Dh + 8: 16-byte rows whose
 // banks are staggered for the fragment loads), filled by cp.async (16-byte copies, all in flight at once);
 // every warp owns 16 rows of the block tile. Score tiles go through shared memory in fp32 (WMMA hides the
@@ -23,24 +28,30 @@
 //             dP^T = V dO^T, dS^T = P^T (dP^T - D) scale (bf16), dK += dS^T Q.
 //             dQ kernel: block per (b, h, 64 query rows): S, P, dP, dS as above, dQ += dS K.
 //             That is 7 tile products per (query tile, key tile) instead of 5 with atomics into an fp32 dQ.
-// Measured on an H100 (benchmarks/bench_cuda, B=4 T=4096 H=16 causal): forward 69 (Dh 64) / 83 (Dh 128)
+// WMMA measured on an H100 (benchmarks/bench_cuda, B=4 T=4096 H=16 causal): forward 69 (Dh 64) / 83 (Dh 128)
 // TFLOP/s, backward 61 / 64 TFLOP/s: 9-12x (forward) and ~5.4x (backward) the fp32 flash kernels, ~4-6x
-// below PyTorch 2.11 SDPA on the same card (341 / 528 and 282 / 374 TFLOP/s). The limits seen in Nsight
-// Compute and the SASS: nvcc lowers bf16 WMMA fragment loads to generic 32-bit loads (LD.E, plus MOVM
-// transposes) instead of ldmatrix, the S/P round trips through shared memory, and 8-12 resident warps per SM
-// issuing ~0.5 instructions per cycle per scheduler. The next step is mma.sync + ldmatrix with the softmax in
-// registers (FA2's layout), or wgmma on sm_90a; both leave the WMMA emulation behind.
+// below PyTorch SDPA on the same card. The limits seen in Nsight Compute and the SASS: nvcc lowers bf16 WMMA
+// fragment loads to generic 32-bit loads (LD.E, plus MOVM transposes) instead of ldmatrix, the S/P round
+// trips through shared memory, and 8-12 resident warps per SM issuing ~0.5 instructions per cycle per
+// scheduler — hence the mma.sync kernels; benchmarks/bench_cuda times both families side by side.
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <initializer_list>
+#include <string>
 #include <type_traits>
 
 #include "attention_bf16_kernels.cuh"
+#include "attention_bf16_mma.cuh"
+#include "attention_bf16_mma_bwd.cuh"
 #include "check.hpp"
 #include "launch_megalodon.hpp"
+#include "launch_mma.hpp"
+#include "mma_sm80.cuh"
 #include "scratch.cuh"
 
 namespace tessera::cuda_detail {
@@ -49,6 +60,8 @@ namespace tessera::cuda_detail {
 inline constexpr int64_t kAttnBf16MaxHeadDim = 128;
 
 namespace {
+
+std::atomic<int> g_forward_kernel{static_cast<int>(AttnBf16Kernel::Auto)};
 
 BDims make_bdims(const AttnArgs& a, const char* op, std::initializer_list<const void*> ptrs) {
   TESSERA_CHECK(a.B >= 0 && a.Tq >= 0 && a.Tk >= 0, op, "(cuda, bf16): AttnDims B, Tq, Tk must be >= 0");
@@ -120,14 +133,23 @@ void forward_impl(const AttnArgs& a, const Mask& mask, const uint16_t* q, const 
   if (d.B * d.Tq == 0) return;
   TESSERA_CHECK(q && o && (d.Tk == 0 || (k && v)), op, "(cuda, bf16): q, k, v or o is null");
   const unsigned blocks = block_count(d.B * d.Hq * ((d.Tq + kTile - 1) / kTile), op);
+  const bool use_mma = attention_bf16_kernel() == AttnBf16Kernel::Mma;
   dispatch_dim(a, [&](auto dim) {
     constexpr int kD = decltype(dim)::value;
-    auto kernel = attn_bf16_fwd_kernel<kD, Mask>;
-    constexpr size_t smem = FwdSmem<kD>::bytes;
-    allow_smem(kernel, smem);
-    kernel<<<blocks, kThreads, smem>>>(d, mask, q, k, v, o, lse);
+    if (use_mma) {
+      auto kernel = attn_bf16_fwd_mma_kernel<kD, Mask>;
+      constexpr size_t smem = MmaFwdSmem<kD>::bytes;
+      allow_smem(kernel, smem);
+      kernel<<<blocks, kThreads, smem>>>(d, mask, q, k, v, o, lse);
+      TESSERA_CUDA_CHECK_LAUNCH("attn_bf16_fwd_mma_kernel");
+    } else {
+      auto kernel = attn_bf16_fwd_kernel<kD, Mask>;
+      constexpr size_t smem = FwdSmem<kD>::bytes;
+      allow_smem(kernel, smem);
+      kernel<<<blocks, kThreads, smem>>>(d, mask, q, k, v, o, lse);
+      TESSERA_CUDA_CHECK_LAUNCH("attn_bf16_fwd_kernel");
+    }
   });
-  TESSERA_CUDA_CHECK_LAUNCH("attn_bf16_fwd_kernel");
 }
 
 template <class Mask>
@@ -148,27 +170,117 @@ void backward_impl(const AttnArgs& a, const Mask& mask, const uint16_t* q, const
     attn_bf16_rowdot_kernel<<<grid_for(d.B * d.Tq * d.Hq * 32, 128, op), 128>>>(d, o, dout, Dd);
     TESSERA_CUDA_CHECK_LAUNCH("attn_bf16_rowdot_kernel");
   }
+  const bool use_mma = attention_bf16_kernel() == AttnBf16Kernel::Mma;
   dispatch_dim(a, [&](auto dim) {
     constexpr int kD = decltype(dim)::value;
+    const unsigned kblocks = has_k ? block_count(d.B * d.Hkv * ((d.Tk + kTile - 1) / kTile), op) : 0;
+    const unsigned qblocks = has_q ? block_count(d.B * d.Hq * ((d.Tq + kTile - 1) / kTile), op) : 0;
+    if (use_mma) {
+      constexpr size_t smem = MmaBwdSmem<kD>::bytes;
+      if (has_k) {
+        auto kernel = attn_bf16_bwd_dkdv_mma_kernel<kD, Mask>;
+        allow_smem(kernel, smem);
+        kernel<<<kblocks, kThreads, smem>>>(d, mask, q, k, v, lse, Dd, dout, dk, dv);
+        TESSERA_CUDA_CHECK_LAUNCH("attn_bf16_bwd_dkdv_mma_kernel");
+      }
+      if (has_q) {
+        auto kernel = attn_bf16_bwd_dq_mma_kernel<kD, Mask>;
+        allow_smem(kernel, smem);
+        kernel<<<qblocks, kThreads, smem>>>(d, mask, q, k, v, lse, Dd, dout, dq);
+        TESSERA_CUDA_CHECK_LAUNCH("attn_bf16_bwd_dq_mma_kernel");
+      }
+      return;
+    }
     constexpr size_t smem = BwdSmem<kD>::bytes;
     if (has_k) {
       auto kernel = attn_bf16_bwd_dkdv_kernel<kD, Mask>;
       allow_smem(kernel, smem);
-      const unsigned blocks = block_count(d.B * d.Hkv * ((d.Tk + kTile - 1) / kTile), op);
-      kernel<<<blocks, kThreads, smem>>>(d, mask, q, k, v, lse, Dd, dout, dk, dv);
+      kernel<<<kblocks, kThreads, smem>>>(d, mask, q, k, v, lse, Dd, dout, dk, dv);
       TESSERA_CUDA_CHECK_LAUNCH("attn_bf16_bwd_dkdv_kernel");
     }
     if (has_q) {
       auto kernel = attn_bf16_bwd_dq_kernel<kD, Mask>;
       allow_smem(kernel, smem);
-      const unsigned blocks = block_count(d.B * d.Hq * ((d.Tq + kTile - 1) / kTile), op);
-      kernel<<<blocks, kThreads, smem>>>(d, mask, q, k, v, lse, Dd, dout, dq);
+      kernel<<<qblocks, kThreads, smem>>>(d, mask, q, k, v, lse, Dd, dout, dq);
       TESSERA_CUDA_CHECK_LAUNCH("attn_bf16_bwd_dq_kernel");
     }
   });
 }
 
+// One warp: the primitives of mma_sm80.cuh on 16 x 16 operands staged in shared memory with a padded row
+// stride (see mma_selftest in launch_mma.hpp). Accumulators are read and written through the documented C
+// layout, so a wrong layout assumption anywhere shows up as misplaced results.
+__global__ void mma_selftest_kernel(const uint16_t* a, const uint16_t* bt, const uint16_t* b, const float* c,
+                                    const float* x, float* d_nk, float* d_kn, float* d_chain,
+                                    uint32_t* packed) {
+  constexpr int kLd = 24;  // elements per staged row: 48 bytes, 16-byte aligned rows
+  extern __shared__ __align__(128) float smem_f[];
+  uint16_t* As = reinterpret_cast<uint16_t*>(smem_f);
+  uint16_t* Bts = As + 16 * kLd;
+  uint16_t* Bs = Bts + 16 * kLd;
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  for (int e = lane; e < 256; e += 32) {
+    As[e / 16 * kLd + e % 16] = a[e];
+    Bts[e / 16 * kLd + e % 16] = bt[e];
+    Bs[e / 16 * kLd + e % 16] = b[e];
+  }
+  __syncthreads();
+  uint32_t fa[4], fbt[4], fb[4];
+  mma::load_a(fa, As, kLd);
+  mma::load_b_nk(fbt, Bts, kLd);
+  mma::load_b_kn(fb, Bs, kLd);
+  float acc_nk[2][4], acc_kn[2][4], chain[2][4];
+  auto at = [&](int nt, int e) { return (g + 8 * (e / 2)) * 16 + 8 * nt + 2 * t + e % 2; };  // C layout
+  for (int nt = 0; nt < 2; ++nt)
+    for (int e = 0; e < 4; ++e) {
+      acc_nk[nt][e] = acc_kn[nt][e] = c[at(nt, e)];
+      chain[nt][e] = 0.f;
+    }
+  for (int nt = 0; nt < 2; ++nt) {
+    mma::mma_nt(acc_nk[nt], fa, fbt, nt);
+    mma::mma_nt(acc_kn[nt], fa, fb, nt);
+  }
+  uint32_t pa[4];
+  mma::acc_to_a(pa, acc_nk[0], acc_nk[1]);
+  for (int nt = 0; nt < 2; ++nt) mma::mma_nt(chain[nt], pa, fb, nt);
+  for (int nt = 0; nt < 2; ++nt)
+    for (int e = 0; e < 4; ++e) {
+      d_nk[at(nt, e)] = acc_nk[nt][e];
+      d_kn[at(nt, e)] = acc_kn[nt][e];
+      d_chain[at(nt, e)] = chain[nt][e];
+    }
+  packed[lane] = mma::pack_bf16x2(x[2 * lane], x[2 * lane + 1]);
+}
+
 }  // namespace
+
+AttnBf16Kernel parse_attention_bf16_kernel(const char* value) {
+  if (value == nullptr || *value == '\0') return AttnBf16Kernel::Mma;
+  const std::string s(value);
+  if (s == "mma") return AttnBf16Kernel::Mma;
+  if (s == "wmma") return AttnBf16Kernel::Wmma;
+  throw Error(str("TESSERA_ATTN_BF16_KERNEL must be \"wmma\" or \"mma\" (or unset), got \"", s, "\""));
+}
+
+void set_attention_bf16_kernel(AttnBf16Kernel k) {
+  g_forward_kernel.store(static_cast<int>(k));
+}
+
+AttnBf16Kernel attention_bf16_kernel() {
+  const auto k = static_cast<AttnBf16Kernel>(g_forward_kernel.load());
+  if (k != AttnBf16Kernel::Auto) return k;
+  static const AttnBf16Kernel from_env = parse_attention_bf16_kernel(std::getenv("TESSERA_ATTN_BF16_KERNEL"));
+  return from_env;
+}
+
+void mma_selftest(const uint16_t* a, const uint16_t* bt, const uint16_t* b, const float* c, const float* x,
+                  float* d_nk, float* d_kn, float* d_chain, uint32_t* packed) {
+  TESSERA_CHECK(a && bt && b && c && x && d_nk && d_kn && d_chain && packed, "mma_selftest: null pointer");
+  constexpr size_t smem = 3 * 16 * 24 * sizeof(uint16_t);
+  mma_selftest_kernel<<<1, 32, smem>>>(a, bt, b, c, x, d_nk, d_kn, d_chain, packed);
+  TESSERA_CUDA_CHECK_LAUNCH("mma_selftest_kernel");
+  TESSERA_CUDA_CHECK(cudaDeviceSynchronize());
+}
 
 // Host entry points, declared in ops_attention_bf16.cpp (bf16 as uint16_t bit patterns; device pointers).
 void attention_forward_bf16(const AttnArgs& a, const uint16_t* q, const uint16_t* k, const uint16_t* v,

@@ -25,6 +25,12 @@
 // Measured (H100 and the CPU emulation agree): o <= 2.7e-3, lse <= 1.4e-3, dq/dk/dv <= 5.6e-3, i.e. margins
 // of 3-4x; each case prints its errors. A masking, key-range, tiling or indexing mistake gives O(1) relative
 // errors, far above these.
+//
+// Two forward kernels exist (cuda/attention_bf16.cu): mma.sync (the default, which every check() runs)
+// and WMMA; MmaAndWmmaForwardsAgree runs both on the same inputs. MmaPrimitivesMatchHostMatmul tests the
+// warp-level primitives of cuda/mma_sm80.cuh (mma m16n8k16, ldmatrix, bf16x2 packing) on their own, with
+// integer-valued operands whose products and sums are exact, so any fragment layout error is an exact
+// mismatch.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -34,6 +40,7 @@
 #include <string>
 #include <vector>
 
+#include "../../cuda/launch_mma.hpp"  // internal: forward kernel choice, mma primitive self-test
 #include "tessera/core/allocator.hpp"
 #include "tessera/core/dtype.hpp"
 #include "tessera/core/error.hpp"
@@ -42,6 +49,7 @@
 #include "tessera/ops/attention_bf16.hpp"
 
 using namespace tessera;
+using cuda_detail::AttnBf16Kernel;
 namespace mask = tessera::ops::mask;
 
 namespace {
@@ -236,7 +244,186 @@ Result check(const std::string& name, const ops::AttnDims& d, const Mask& m, Rng
   return res;
 }
 
+/// Chooses the kernel family (forward and backward) for its lifetime (then back to the default choice).
+class KernelChoice {
+ public:
+  explicit KernelChoice(AttnBf16Kernel k) { cuda_detail::set_attention_bf16_kernel(k); }
+  KernelChoice(const KernelChoice&) = delete;
+  KernelChoice& operator=(const KernelChoice&) = delete;
+  ~KernelChoice() { cuda_detail::set_attention_bf16_kernel(AttnBf16Kernel::Auto); }
+};
+
+struct Forward {
+  std::vector<bf16> o;
+  std::vector<float> lse;
+};
+
+/// The GPU forward with kernel `kern` on device inputs (o starts as NaN / sentinel, lse as NaN).
+template <class Mask>
+Forward gpu_forward(AttnBf16Kernel kern, const ops::AttnDims& d, const Mask& m, Dev<bf16>& q, Dev<bf16>& k,
+                    Dev<bf16>& v) {
+  const KernelChoice choice(kern);
+  EXPECT_EQ(cuda_detail::attention_bf16_kernel(), kern);
+  const Strided so{d.B * d.Tq, d.o_stride, d.Hq * d.dv()};
+  Dev<bf16> o(unwritten_bf16(so));
+  Dev<float> lse(
+      std::vector<float>(static_cast<size_t>(d.B * d.Hq * d.Tq), std::numeric_limits<float>::quiet_NaN()));
+  ops::attention_forward(cuda{}, d, m, q.get(), k.get(), v.get(), o.get(), lse.get());
+  return {o.host(), lse.host()};
+}
+
+/// Both forward kernels on the same inputs: each within the tolerances of the fp32 CPU op, and within them
+/// of each other (o relative to max |o|, lse absolute; -inf rows identical).
+template <class Mask>
+void compare_kernels(const std::string& name, const ops::AttnDims& d, const Mask& m, Rng& rng) {
+  SCOPED_TRACE(name);
+  const int64_t Dv = d.dv();
+  const Strided sq{d.B * d.Tq, d.q_stride, d.Hq * d.Dh}, sk{d.B * d.Tk, d.k_stride, d.Hkv * d.Dh},
+      sv{d.B * d.Tk, d.v_stride, d.Hkv * Dv}, so{d.B * d.Tq, d.o_stride, d.Hq * Dv};
+  const std::vector<bf16> q = random_bf16(sq, rng, 1.0), k = random_bf16(sk, rng, 1.0),
+                          v = random_bf16(sv, rng, 1.0);
+  const std::vector<float> qf = to_float(q), kf = to_float(k), vf = to_float(v);
+  std::vector<float> o_ref(so.size()), lse_ref(static_cast<size_t>(d.B * d.Hq * d.Tq));
+  ops::attention_forward(cpu{}, d, m, qf.data(), kf.data(), vf.data(), o_ref.data(), lse_ref.data());
+
+  Dev<bf16> d_q(q), d_k(k), d_v(v);
+  const Forward fm = gpu_forward(AttnBf16Kernel::Mma, d, m, d_q, d_k, d_v);
+  const Forward fw = gpu_forward(AttnBf16Kernel::Wmma, d, m, d_q, d_k, d_v);
+  const double em = rel_err("o mma", so, fm.o, o_ref), ew = rel_err("o wmma", so, fw.o, o_ref);
+  const double emw = rel_err("o mma vs wmma", so, fm.o, to_float(fw.o));
+  double lm = 0, lw = 0, lmw = 0;
+  for (size_t i = 0; i < lse_ref.size(); ++i) {
+    if (lse_ref[i] == -kInf) {
+      EXPECT_EQ(fm.lse[i], -kInf) << "mma lse[" << i << "] of a fully masked row";
+      EXPECT_EQ(fw.lse[i], -kInf) << "wmma lse[" << i << "] of a fully masked row";
+      continue;
+    }
+    auto err = [](float a, float b) {
+      return std::isnan(a) || std::isnan(b) ? double(kInf) : std::abs(double(a) - double(b));
+    };
+    lm = std::max(lm, err(fm.lse[i], lse_ref[i]));
+    lw = std::max(lw, err(fw.lse[i], lse_ref[i]));
+    lmw = std::max(lmw, err(fm.lse[i], fw.lse[i]));
+  }
+  EXPECT_LE(em, kTolO) << "o mma vs cpu";
+  EXPECT_LE(ew, kTolO) << "o wmma vs cpu";
+  EXPECT_LE(emw, kTolO) << "o mma vs wmma";
+  EXPECT_LE(lm, kTolLse) << "lse mma vs cpu";
+  EXPECT_LE(lw, kTolLse) << "lse wmma vs cpu";
+  EXPECT_LE(lmw, kTolLse) << "lse mma vs wmma";
+  std::printf("  %-40s o: mma %.2e wmma %.2e mma-wmma %.2e  lse: mma %.2e wmma %.2e mma-wmma %.2e\n",
+              name.c_str(), em, ew, emw, lm, lw, lmw);
+}
+
 }  // namespace
+
+TEST_F(CudaAttentionBf16, MmaPrimitivesMatchHostMatmul) {
+  // Integer operands (|a|, |b| <= 8, |c| <= 64): every product and partial sum is an integer below 2^24, so
+  // the device results are exact whatever the summation order, and the references are computed exactly.
+  Rng rng(70);
+  auto small_int = [&](int bound) {
+    return static_cast<float>(std::lround(rng.uniform() * 2 * bound - bound));
+  };
+  std::vector<bf16> a(256), bt(256), b(256);
+  std::vector<float> c(256), A(256), B(256);
+  for (int i = 0; i < 256; ++i) {
+    A[i] = small_int(8);
+    B[i] = small_int(8);
+    c[i] = small_int(64);
+    a[i] = bf16(A[i]);
+    b[i] = bf16(B[i]);                        // b[k][n] = B[k][n]
+    bt[(i % 16) * 16 + i / 16] = bf16(B[i]);  // bt[n][k] = B[k][n]
+  }
+  // Values for the bf16x2 packing: round-to-nearest-even ties, signs, overflow to infinity, infinities, NaN.
+  std::vector<float> x = {1.f,          1.00390625f,   1.01171875f,
+                          -1.00390625f, 257.f,         259.f,
+                          3.14159265f,  -2.71828183f,  65535.f,
+                          1e30f,        -1e-30f,       0.f,
+                          -0.f,         3.4028235e38f, -3.4028235e38f,
+                          kInf,         -kInf,         std::numeric_limits<float>::quiet_NaN()};
+  while (x.size() < 64) x.push_back(static_cast<float>(rng.normal() * 100));
+
+  Dev<bf16> d_a(a), d_bt(bt), d_b(b);
+  Dev<float> d_c(c), d_x(x), d_nk(std::vector<float>(256, 0.f)), d_kn(std::vector<float>(256, 0.f)),
+      d_chain(std::vector<float>(256, 0.f));
+  Dev<uint32_t> d_packed(std::vector<uint32_t>(32, 0u));
+  cuda_detail::mma_selftest(reinterpret_cast<const uint16_t*>(d_a.get()),
+                            reinterpret_cast<const uint16_t*>(d_bt.get()),
+                            reinterpret_cast<const uint16_t*>(d_b.get()), d_c.get(), d_x.get(), d_nk.get(),
+                            d_kn.get(), d_chain.get(), d_packed.get());
+  const std::vector<float> nk = d_nk.host(), kn = d_kn.host(), chain = d_chain.host();
+  const std::vector<uint32_t> packed = d_packed.host();
+
+  int bad_nk = 0, bad_kn = 0, bad_chain = 0, nonzero = 0;
+  for (int r = 0; r < 16; ++r)
+    for (int n = 0; n < 16; ++n) {
+      double ref = c[r * 16 + n], ref_chain = 0;
+      for (int kk = 0; kk < 16; ++kk) ref += double(A[r * 16 + kk]) * B[kk * 16 + n];
+      for (int kk = 0; kk < 16; ++kk) {
+        double p = c[r * 16 + kk];  // row r of A B + C, rounded to bf16, times B
+        for (int j = 0; j < 16; ++j) p += double(A[r * 16 + j]) * B[j * 16 + kk];
+        ref_chain += double(static_cast<float>(bf16(static_cast<float>(p)))) * B[kk * 16 + n];
+      }
+      bad_nk += nk[r * 16 + n] != ref;
+      bad_kn += kn[r * 16 + n] != ref;
+      bad_chain += chain[r * 16 + n] != ref_chain;
+      nonzero += ref != 0.0;
+    }
+  EXPECT_GT(nonzero, 200) << "degenerate operands: the comparison proves little";
+  EXPECT_EQ(bad_nk, 0) << "A B + C with B from ldmatrix ([n][k] storage): wrong elements";
+  EXPECT_EQ(bad_kn, 0) << "A B + C with B from ldmatrix.trans ([k][n] storage): wrong elements";
+  EXPECT_EQ(bad_chain, 0) << "accumulators reused as an A fragment: wrong elements";
+  for (int i = 0; i < 32; ++i) {
+    for (int half = 0; half < 2; ++half) {
+      const float f = x[2 * i + half];
+      const uint16_t got = static_cast<uint16_t>(packed[i] >> (16 * half));
+      if (std::isnan(f)) {
+        EXPECT_TRUE((got & 0x7f80u) == 0x7f80u && (got & 0x7fu) != 0) << "packing NaN gave " << got;
+      } else {
+        EXPECT_EQ(got, bf16(f).bits) << "bf16x2 packing of " << f << " (half " << half << ")";
+      }
+    }
+  }
+}
+
+TEST_F(CudaAttentionBf16, MmaAndWmmaForwardsAgree) {
+  Rng rng(71);
+  compare_kernels("causal Dh=64 T=200 pad 8", dims(2, 200, 200, 2, 2, 64, 0, 0, 8), mask::Causal{}, rng);
+  compare_kernels("window 40 Dh=128 GQA 4/1 Tq=70 Tk=150 q_off 80", dims(1, 70, 150, 4, 1, 128, 0, 80, 0),
+                  mask::SlidingWindow{40}, rng);
+  compare_kernels("chunk 16 Dh=96 Dv=48 rows past keys", dims(1, 30, 40, 2, 1, 96, 48, 30, 0),
+                  mask::ChunkLocal{16}, rng);
+  compare_kernels("causal Dh=40 Dv=24 pad 3", dims(1, 50, 50, 3, 3, 40, 24, 0, 3), mask::Causal{}, rng);
+}
+
+TEST_F(CudaAttentionBf16, WmmaKernelsMatchCpu) {
+  // The default (mma.sync) family runs in every other test; the WMMA forward and backward here.
+  const KernelChoice w(AttnBf16Kernel::Wmma);
+  Rng rng(72);
+  check("wmma causal Dh=64 T=80 pad 8", dims(1, 80, 80, 2, 2, 64, 0, 0, 8), mask::Causal{}, rng, true);
+  check("wmma window 24 Dh=128 GQA 4/2 Tq=40 Tk=100 q_off 60", dims(1, 40, 100, 4, 2, 128, 0, 60, 0),
+        mask::SlidingWindow{24}, rng);
+  check("wmma chunk 16 Dh=40 Dv=24", dims(1, 50, 50, 2, 1, 40, 24, 0, 0), mask::ChunkLocal{16}, rng);
+}
+
+TEST_F(CudaAttentionBf16, KernelChoiceParsingAndOverride) {
+  EXPECT_EQ(cuda_detail::parse_attention_bf16_kernel(nullptr), AttnBf16Kernel::Mma);
+  EXPECT_EQ(cuda_detail::parse_attention_bf16_kernel(""), AttnBf16Kernel::Mma);
+  EXPECT_EQ(cuda_detail::parse_attention_bf16_kernel("mma"), AttnBf16Kernel::Mma);
+  EXPECT_EQ(cuda_detail::parse_attention_bf16_kernel("wmma"), AttnBf16Kernel::Wmma);
+  EXPECT_THROW(cuda_detail::parse_attention_bf16_kernel("WMMA "), Error);
+  try {
+    cuda_detail::parse_attention_bf16_kernel("cutlass");
+    ADD_FAILURE() << "no error for an unknown kernel name";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("TESSERA_ATTN_BF16_KERNEL"), std::string::npos) << e.what();
+  }
+  {
+    const KernelChoice w(AttnBf16Kernel::Wmma);
+    EXPECT_EQ(cuda_detail::attention_bf16_kernel(), AttnBf16Kernel::Wmma);
+  }
+  EXPECT_NE(cuda_detail::attention_bf16_kernel(), AttnBf16Kernel::Auto);
+}
 
 TEST_F(CudaAttentionBf16, CausalDh64MatchesCpu) {
   Rng rng(61);
@@ -285,6 +472,14 @@ TEST_F(CudaAttentionBf16, OddHeadDimsUseThePaddedKernels) {
   check("causal Dh=40 Dv=24 pad 3 GQA 3/1", dims(1, 50, 50, 3, 1, 40, 24, 0, 3), mask::Causal{}, rng);
   // Dh=Dv=80: the kD=128 kernels with zero-padded columns, 16-byte path.
   check("causal Dh=80 T=33", dims(2, 33, 33, 2, 2, 80, 0, 0, 0), mask::Causal{}, rng);
+}
+
+TEST_F(CudaAttentionBf16, DvDiffersFromDhWithGqaAndOffset) {
+  Rng rng(67);
+  // kD=128 from Dh with a narrower Dv, and the other way round; q_offset, GQA, several key tiles.
+  check("causal Dh=128 Dv=64 GQA 4/2 Tq=70 Tk=150 q_off 80", dims(1, 70, 150, 4, 2, 128, 64, 80, 8),
+        mask::Causal{}, rng);
+  check("window 50 Dh=64 Dv=128 T=140", dims(1, 140, 140, 2, 1, 64, 128, 0, 0), mask::SlidingWindow{50}, rng);
 }
 
 TEST_F(CudaAttentionBf16, RejectsBadArguments) {

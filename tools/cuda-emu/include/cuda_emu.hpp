@@ -10,6 +10,9 @@
 // cub::WarpReduce (result only in thread/lane 0, as CUB documents), and a cuBLAS fake whose GEMMs abort.
 // Forwarding headers with the real names (cuda_runtime_api.h, cub/..., cublas_v2.h) include this file.
 #pragma once
+// Sources that need their own emulated variant of device-only code (cuda/mma_sm80.cuh) test this macro.
+#define TESSERA_CUDA_EMU 1
+
 #include <algorithm>
 #include <atomic>
 #include <barrier>
@@ -213,6 +216,11 @@ inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
 inline cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidValue; }
 inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return cudaSuccess; }
 inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+// No memory accounting: an empty 80 GiB device (benchmark programs print the memory in use).
+inline cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total_b) {
+  *free_b = *total_b = size_t(80) << 30;
+  return cudaSuccess;
+}
 enum cudaDeviceAttr { cudaDevAttrMemoryPoolsSupported };
 namespace emu {
 inline const int pools = env_on("EMU_NOPOOLS") ? 0 : 1;  // EMU_NOPOOLS=1: exercise the cudaMalloc fallbacks

@@ -1,0 +1,354 @@
+// Internal to tessera::cuda: the bf16 attention BACKWARD of attention_bf16.cu on mma.sync m16n8k16 + ldmatrix
+// (mma_sm80.cuh), with the scores, P, dP and dS in registers. Included by attention_bf16.cu after
+// attention_bf16_kernels.cuh (masks, BDims, tile loader, constants, the D = rowsum(dO * O) kernel) and
+// attention_bf16_mma.cuh. Same two-kernel structure, semantics and precision contract as the WMMA backward
+// there: every gradient element has one owner (no atomics, bitwise deterministic), P = exp2(S scale log2e -
+// lse log2e) rounded to bf16 before its products, dS = P (dP - D) scale computed from that rounded P and
+// rounded to bf16, dQ / dK / dV accumulated in fp32 and rounded once when stored.
+//
+// Fragment bookkeeping (see mma_sm80.cuh): lane 4 g + t holds accumulator rows g and g + 8 and, in 8-column
+// n-tile j, columns 8 j + 2 t, +1; two n-tiles of accumulators are, element for element, one A fragment
+// (acc_to_a), which is how P and dS feed the next product without leaving registers. Work is done in 16-wide
+// chunks of the loop dimension, which are exactly the k-steps of those products.
+//
+// dK/dV kernel: block per (b, kv head, 64 keys), warp w owns keys 16 w ..; K and V stay in shared memory,
+// over every query head of the group and every query tile whose key range meets the block, Q and dO tiles
+// stream through shared memory; per 16-query chunk the warp's keys can see:
+//   S^T = K_w Q_c^T (A: K rows, B: Q rows via ldmatrix), P^T (needs lse per query column),
+//   dV += P^T dO_c (B: dO rows via ldmatrix.trans), dP^T = V_w dO_c^T, dS^T = P^T (dP^T - D) scale,
+//   dK += dS^T Q_c (B: Q rows via ldmatrix.trans).
+// dQ kernel: block per (b, h, 64 query rows; heaviest first), warp w owns query rows 16 w .. (their Q and dO
+// A fragments in registers); K and V tiles stream; per 16-key chunk the warp's rows can see:
+//   S = Q_w K_c^T, P (lse per row), dP = dO_w V_c^T, dS = P (dP - D) scale, dQ += dS K_c.
+#pragma once
+#include "attention_bf16_kernels.cuh"
+#include "mma_sm80.cuh"
+
+namespace tessera::cuda_detail {
+namespace {
+
+/// Shared memory of the mma backward kernels: Q, dO, K, V tiles (bf16 [kTile][kD + 8]) and, for the dK/dV
+/// kernel, the query tile's lse * log2(e) and D (fp32 [kTile] each).
+template <int kD>
+struct MmaBwdSmem {
+  static constexpr int kLd = TileLd<kD>::value;
+  static constexpr size_t tile = sizeof(bf16_t) * kTile * kLd;
+  static constexpr size_t q = 0, dout = tile, k = 2 * tile, v = 3 * tile;
+  static constexpr size_t rowq = 4 * tile;
+  static constexpr size_t rowd = rowq + sizeof(float) * kTile;
+  static constexpr size_t bytes = rowd + sizeof(float) * kTile;
+};
+
+/// The bf16 values (as floats) of an A fragment in accumulator order: p[j][e] is element e of n-tile j.
+__device__ __forceinline__ void a_to_acc(float (&p)[2][4], const uint32_t (&a)[4]) {
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    p[j][0] = mma::bf16x2_lo(a[2 * j]);
+    p[j][1] = mma::bf16x2_hi(a[2 * j]);
+    p[j][2] = mma::bf16x2_lo(a[2 * j + 1]);
+    p[j][3] = mma::bf16x2_hi(a[2 * j + 1]);
+  }
+}
+
+/// Store this lane's part of a [16][kD] fp32 accumulator block as bf16 to global rows (row r at dst + r *
+/// stride): rows < nrows, columns < cols. 4-byte stores of column pairs when `vec` (cols and strides
+/// multiples of 8, 16-byte aligned base).
+template <int kOt>
+__device__ __forceinline__ void store_rows_bf16(const float (&acc)[kOt][4], uint16_t* dst, int64_t stride,
+                                                int nrows, int64_t cols, bool vec) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    const int r = g + 8 * hr;
+    if (r >= nrows) continue;
+    uint16_t* row = dst + r * stride;
+#pragma unroll
+    for (int n = 0; n < kOt; ++n) {
+      const int c = 8 * n + 2 * t;
+      if (c >= cols) continue;
+      const uint32_t u = mma::pack_bf16x2(acc[n][2 * hr], acc[n][2 * hr + 1]);
+      if (vec) {
+        *reinterpret_cast<uint32_t*>(row + c) = u;
+      } else {
+        row[c] = static_cast<uint16_t>(u & 0xffffu);
+        if (c + 1 < cols) row[c + 1] = static_cast<uint16_t>(u >> 16);
+      }
+    }
+  }
+}
+
+template <int kD, class Mask>
+__global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
+    attn_bf16_bwd_dkdv_mma_kernel(BDims d, Mask m, const uint16_t* __restrict__ q, const uint16_t* __restrict__ k,
+                                  const uint16_t* __restrict__ v, const float* __restrict__ lse_g,
+                                  const float* __restrict__ D_g, const uint16_t* __restrict__ dout,
+                                  uint16_t* __restrict__ dk, uint16_t* __restrict__ dv) {
+  using L = MmaBwdSmem<kD>;
+  constexpr int kLd = L::kLd, kKs = kD / 16, kOt = kD / 8, kQc = kTile / 16;
+  static_assert(kWarps * 16 == kTile, "one 16-key m-tile per warp");
+  extern __shared__ __align__(128) float smem_f[];
+  char* sm = reinterpret_cast<char*>(smem_f);
+  bf16_t* Qs = reinterpret_cast<bf16_t*>(sm + L::q);
+  bf16_t* dOs = reinterpret_cast<bf16_t*>(sm + L::dout);
+  bf16_t* Ks = reinterpret_cast<bf16_t*>(sm + L::k);
+  bf16_t* Vs = reinterpret_cast<bf16_t*>(sm + L::v);
+  float* lse2 = reinterpret_cast<float*>(sm + L::rowq);
+  float* Ds = reinterpret_cast<float*>(sm + L::rowd);
+
+  const int64_t nkb = (d.Tk + kTile - 1) / kTile, blk = blockIdx.x;
+  const int64_t b = blk / (nkb * d.Hkv), gk = blk / nkb % d.Hkv, j0 = blk % nkb * kTile;
+  const int nk = static_cast<int>(min(int64_t{kTile}, d.Tk - j0));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int w0 = warp * 16;                                      // the warp's first key in the tile
+  const int64_t wk_lo = j0 + w0, wk_hi = j0 + min(nk, w0 + 16);  // the warp's keys (maybe none)
+  // This lane's keys (rows g, g + 8): position, validity and the end of the queries that see them.
+  int64_t kpos[2], qhi[2];
+  bool key_ok[2];
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    kpos[hr] = j0 + w0 + g + 8 * hr;
+    key_ok[hr] = w0 + g + 8 * hr < nk;
+    qhi[hr] = m.query_hi(kpos[hr]);
+  }
+
+  load_tiles<kD, 2>({TileSrc{Ks, k + (b * d.Tk + j0) * d.k_stride + gk * d.Dh, d.k_stride, nk, d.Dh},
+                     TileSrc{Vs, v + (b * d.Tk + j0) * d.v_stride + gk * d.Dv, d.v_stride, nk, d.Dv}},
+                    d.vec);
+
+  float dka[kOt][4], dva[kOt][4];
+#pragma unroll
+  for (int n = 0; n < kOt; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dka[n][e] = dva[n][e] = 0.f;
+
+  const int64_t rep = d.rep();
+  for (int64_t h = gk * rep; h < (gk + 1) * rep; ++h) {
+    for (int64_t i0 = 0; i0 < d.Tq; i0 += kTile) {
+      const int nq = static_cast<int>(min(int64_t{kTile}, d.Tq - i0));
+      const int64_t qpos0 = d.q_offset + i0;
+      const Range kr = key_range(m, b, qpos0, qpos0 + nq, d.Tk);
+      if (max(kr.lo, j0) >= min(kr.hi, j0 + nk)) continue;  // block-uniform: this query tile never sees us
+      __syncthreads();  // every warp is done with the previous query tiles (and K, V are loaded)
+      load_tiles<kD, 2>({TileSrc{Qs, q + (b * d.Tq + i0) * d.q_stride + h * d.Dh, d.q_stride, nq, d.Dh},
+                         TileSrc{dOs, dout + (b * d.Tq + i0) * d.o_stride + h * d.Dv, d.o_stride, nq, d.Dv}},
+                        d.vec);
+      for (int i = threadIdx.x; i < kTile; i += blockDim.x) {
+        const int64_t idx = (b * d.Hq + h) * d.Tq + i0 + i;
+        lse2[i] = i < nq ? lse_g[idx] * kLog2e : -INFINITY;
+        Ds[i] = i < nq ? D_g[idx] : 0.f;
+      }
+      async_wait_all();  // Q, dO (and the first time K, V)
+      __syncthreads();
+
+#pragma unroll 1
+      for (int qc = 0; qc < kQc; ++qc) {
+        const int c0 = 16 * qc;
+        if (c0 >= nq) break;
+        const int64_t lo = qpos0 + c0, hi = qpos0 + min(nq, c0 + 16);
+        const Range rn = key_range(m, b, lo, hi, d.Tk);
+        if (max(rn.lo, wk_lo) >= min(rn.hi, wk_hi)) continue;  // warp-uniform: no key of ours is seen
+        const bool full = hi - lo == 16 && wk_hi - wk_lo == 16 && m.full(b, lo, hi, wk_lo, wk_hi);
+
+        // S^T = K_w Q_c^T: rows = the warp's keys, columns = the chunk's 16 queries.
+        float s[2][4] = {};
+#pragma unroll
+        for (int kk = 0; kk < kKs; ++kk) {
+          uint32_t ka[4], qb[4];
+          mma::load_a(ka, Ks + w0 * kLd + kk * 16, kLd);
+          mma::load_b_nk(qb, Qs + c0 * kLd + kk * 16, kLd);
+          mma::mma_nt(s[0], ka, qb, 0);
+          mma::mma_nt(s[1], ka, qb, 1);
+        }
+        // P^T (0 where masked), rounded to bf16 into an A fragment.
+        float p[2][4];
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int hr = e / 2, col = c0 + 8 * j + 2 * t + e % 2;
+            const int64_t qp = qpos0 + col;
+            const float l2 = lse2[col];
+            const bool ok = key_ok[hr] && col < nq && l2 != -INFINITY &&
+                            (full || (qp >= kpos[hr] && qp < qhi[hr]));
+            p[j][e] = ok ? exp2f(s[j][e] * d.scale_log2 - l2) : 0.f;
+          }
+        uint32_t pa[4];
+        mma::acc_to_a(pa, p[0], p[1]);
+        // dV += P^T dO_c.
+#pragma unroll
+        for (int dn = 0; dn < kD / 16; ++dn) {
+          uint32_t ob[4];
+          mma::load_b_kn(ob, dOs + c0 * kLd + dn * 16, kLd);
+          mma::mma_nt(dva[2 * dn], pa, ob, 0);
+          mma::mma_nt(dva[2 * dn + 1], pa, ob, 1);
+        }
+        // dP^T = V_w dO_c^T.
+        float dp[2][4] = {};
+#pragma unroll
+        for (int kk = 0; kk < kKs; ++kk) {
+          uint32_t va[4], ob[4];
+          mma::load_a(va, Vs + w0 * kLd + kk * 16, kLd);
+          mma::load_b_nk(ob, dOs + c0 * kLd + kk * 16, kLd);
+          mma::mma_nt(dp[0], va, ob, 0);
+          mma::mma_nt(dp[1], va, ob, 1);
+        }
+        // dS^T = P^T (dP^T - D) scale from the rounded P^T, rounded to bf16 into an A fragment.
+        float pr[2][4];
+        a_to_acc(pr, pa);
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int col = c0 + 8 * j + 2 * t + e % 2;
+            pr[j][e] = pr[j][e] * (dp[j][e] - Ds[col]) * d.scale;
+          }
+        uint32_t dsa[4];
+        mma::acc_to_a(dsa, pr[0], pr[1]);
+        // dK += dS^T Q_c.
+#pragma unroll
+        for (int dn = 0; dn < kD / 16; ++dn) {
+          uint32_t qb[4];
+          mma::load_b_kn(qb, Qs + c0 * kLd + dn * 16, kLd);
+          mma::mma_nt(dka[2 * dn], dsa, qb, 0);
+          mma::mma_nt(dka[2 * dn + 1], dsa, qb, 1);
+        }
+      }
+    }
+  }
+
+  const int nrows = max(0, min(16, nk - w0));
+  store_rows_bf16(dka, dk + (b * d.Tk + j0 + w0) * d.k_stride + gk * d.Dh, d.k_stride, nrows, d.Dh, d.vec);
+  store_rows_bf16(dva, dv + (b * d.Tk + j0 + w0) * d.v_stride + gk * d.Dv, d.v_stride, nrows, d.Dv, d.vec);
+}
+
+template <int kD, class Mask>
+__global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
+    attn_bf16_bwd_dq_mma_kernel(BDims d, Mask m, const uint16_t* __restrict__ q, const uint16_t* __restrict__ k,
+                                const uint16_t* __restrict__ v, const float* __restrict__ lse_g,
+                                const float* __restrict__ D_g, const uint16_t* __restrict__ dout,
+                                uint16_t* __restrict__ dq) {
+  using L = MmaBwdSmem<kD>;
+  constexpr int kLd = L::kLd, kKs = kD / 16, kOt = kD / 8, kKc = kTile / 16;
+  extern __shared__ __align__(128) float smem_f[];
+  char* sm = reinterpret_cast<char*>(smem_f);
+  bf16_t* Qs = reinterpret_cast<bf16_t*>(sm + L::q);
+  bf16_t* dOs = reinterpret_cast<bf16_t*>(sm + L::dout);
+  bf16_t* Ks = reinterpret_cast<bf16_t*>(sm + L::k);
+  bf16_t* Vs = reinterpret_cast<bf16_t*>(sm + L::v);
+
+  const int64_t nqb = (d.Tq + kTile - 1) / kTile, blk = blockIdx.x;
+  const int64_t b = blk / (nqb * d.Hq), h = blk / nqb % d.Hq, i0 = (nqb - 1 - blk % nqb) * kTile;
+  const int nq = static_cast<int>(min(int64_t{kTile}, d.Tq - i0));
+  const int64_t gk = h / d.rep(), qpos0 = d.q_offset + i0;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int w0 = warp * 16;
+
+  load_tiles<kD, 2>({TileSrc{Qs, q + (b * d.Tq + i0) * d.q_stride + h * d.Dh, d.q_stride, nq, d.Dh},
+                     TileSrc{dOs, dout + (b * d.Tq + i0) * d.o_stride + h * d.Dv, d.o_stride, nq, d.Dv}},
+                    d.vec);
+  // This lane's rows g, g + 8: position, validity, first visible key, lse (log2 units) and D.
+  int64_t qpos[2], klo[2];
+  bool row_ok[2];
+  float l2[2], Di[2];
+#pragma unroll
+  for (int hr = 0; hr < 2; ++hr) {
+    const int r = w0 + g + 8 * hr;
+    row_ok[hr] = r < nq;
+    qpos[hr] = qpos0 + r;
+    klo[hr] = m.key_lo(qpos[hr]);
+    const int64_t idx = (b * d.Hq + h) * d.Tq + i0 + r;
+    l2[hr] = row_ok[hr] ? lse_g[idx] * kLog2e : -INFINITY;
+    Di[hr] = row_ok[hr] ? D_g[idx] : 0.f;
+  }
+  async_wait_all();
+  __syncthreads();
+  uint32_t qa[kKs][4], oa[kKs][4];  // the warp's Q and dO rows as A fragments
+#pragma unroll
+  for (int kk = 0; kk < kKs; ++kk) {
+    mma::load_a(qa[kk], Qs + w0 * kLd + kk * 16, kLd);
+    mma::load_a(oa[kk], dOs + w0 * kLd + kk * 16, kLd);
+  }
+
+  float dqa[kOt][4];
+#pragma unroll
+  for (int n = 0; n < kOt; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dqa[n][e] = 0.f;
+  const Range wr = key_range(m, b, qpos0 + w0, qpos0 + min(nq, w0 + 16), d.Tk);
+  const Range kr = key_range(m, b, qpos0, qpos0 + nq, d.Tk);
+  const int64_t wq_lo = qpos0 + w0, wq_hi = qpos0 + min(nq, w0 + 16);
+
+  for (int64_t j0 = kr.lo; j0 < kr.hi; j0 += kTile) {
+    const int nk = static_cast<int>(min(int64_t{kTile}, kr.hi - j0));
+    __syncthreads();  // every warp is done with the previous K, V tiles
+    load_tiles<kD, 2>({TileSrc{Ks, k + (b * d.Tk + j0) * d.k_stride + gk * d.Dh, d.k_stride, nk, d.Dh},
+                       TileSrc{Vs, v + (b * d.Tk + j0) * d.v_stride + gk * d.Dv, d.v_stride, nk, d.Dv}},
+                      d.vec);
+    async_wait_all();
+    __syncthreads();
+
+#pragma unroll 1
+    for (int kc = 0; kc < kKc; ++kc) {
+      const int c0 = 16 * kc;
+      if (c0 >= nk) break;
+      const int64_t klo_c = j0 + c0, khi_c = j0 + min(nk, c0 + 16);
+      if (max(wr.lo, klo_c) >= min(wr.hi, khi_c)) continue;  // warp-uniform: none of these keys is seen
+      const bool full = khi_c - klo_c == 16 && wq_hi - wq_lo == 16 && m.full(b, wq_lo, wq_hi, klo_c, khi_c);
+
+      // S = Q_w K_c^T.
+      float s[2][4] = {};
+#pragma unroll
+      for (int kk = 0; kk < kKs; ++kk) {
+        uint32_t kb[4];
+        mma::load_b_nk(kb, Ks + c0 * kLd + kk * 16, kLd);
+        mma::mma_nt(s[0], qa[kk], kb, 0);
+        mma::mma_nt(s[1], qa[kk], kb, 1);
+      }
+      float p[2][4];
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int hr = e / 2, col = c0 + 8 * j + 2 * t + e % 2;
+          const int64_t kp = j0 + col;
+          const bool ok = row_ok[hr] && col < nk && l2[hr] != -INFINITY &&
+                          (full || (kp <= qpos[hr] && kp >= klo[hr]));
+          p[j][e] = ok ? exp2f(s[j][e] * d.scale_log2 - l2[hr]) : 0.f;
+        }
+      uint32_t pa[4];
+      mma::acc_to_a(pa, p[0], p[1]);
+      // dP = dO_w V_c^T.
+      float dp[2][4] = {};
+#pragma unroll
+      for (int kk = 0; kk < kKs; ++kk) {
+        uint32_t vb[4];
+        mma::load_b_nk(vb, Vs + c0 * kLd + kk * 16, kLd);
+        mma::mma_nt(dp[0], oa[kk], vb, 0);
+        mma::mma_nt(dp[1], oa[kk], vb, 1);
+      }
+      // dS = P (dP - D) scale from the rounded P.
+      float pr[2][4];
+      a_to_acc(pr, pa);
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) pr[j][e] = pr[j][e] * (dp[j][e] - Di[e / 2]) * d.scale;
+      uint32_t dsa[4];
+      mma::acc_to_a(dsa, pr[0], pr[1]);
+      // dQ += dS K_c.
+#pragma unroll
+      for (int dn = 0; dn < kD / 16; ++dn) {
+        uint32_t kb[4];
+        mma::load_b_kn(kb, Ks + c0 * kLd + dn * 16, kLd);
+        mma::mma_nt(dqa[2 * dn], dsa, kb, 0);
+        mma::mma_nt(dqa[2 * dn + 1], dsa, kb, 1);
+      }
+    }
+  }
+
+  const int nrows = max(0, min(16, nq - w0));
+  store_rows_bf16(dqa, dq + (b * d.Tq + i0 + w0) * d.q_stride + h * d.Dh, d.q_stride, nrows, d.Dh, d.vec);
+}
+
+}  // namespace
+}  // namespace tessera::cuda_detail
