@@ -1,5 +1,7 @@
-// The subcommands of `blt` (main.cpp parses the flags; train.cpp and inference.cpp implement them). Each
-// throws tessera::Error on bad input and writes its output files only once everything succeeded.
+// The subcommands of `blt` (main.cpp parses the flags; train.cpp and inference.cpp implement them, the
+// training, eval and generation generic over the backend: train_impl.hpp, eval_impl.hpp). Each throws
+// tessera::Error on bad input (a refused --device / --precision before reading or writing anything) and
+// writes its output files only once everything succeeded.
 #pragma once
 #include <cstdint>
 #include <optional>
@@ -13,6 +15,8 @@ struct TrainArgs {
   std::string out;     // output folder
   int64_t steps = 0;   // overrides train.steps when > 0
   bool resume = false;
+  std::string device = "cpu";      // cpu | cuda (device.hpp)
+  std::string precision = "fp32";  // fp32 | bf16 (bf16: cuda only)
 };
 int cmd_train_entropy(const TrainArgs& a);
 int cmd_train(const TrainArgs& a);
@@ -20,6 +24,7 @@ int cmd_train(const TrainArgs& a);
 struct EvalArgs {
   std::string model, data;
   int64_t seq_len = 256, batch = 8, max_windows = 0;
+  std::string device = "cpu", precision = "fp32";
 };
 int cmd_eval(const EvalArgs& a);
 
@@ -33,6 +38,7 @@ struct GenerateArgs {
   bool ignore_eos = false;
   bool no_cache = false;
   std::string ids_out;
+  std::string device = "cpu";
 };
 int cmd_generate(const GenerateArgs& a);
 

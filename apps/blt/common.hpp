@@ -29,8 +29,13 @@ namespace bltapp {
 namespace fs = std::filesystem;
 using tessera::Error;
 using tessera::str;
-using Lm = tessera::blt::BltForCausalLM<float>;
-using EntropyLm = tessera::models::Llama<float>;
+/// The models on backend B (tessera::cpu or tessera::cuda); Lm / EntropyLm are the CPU ones.
+template <class B>
+using BltLm = tessera::blt::BltForCausalLM<float, B>;
+template <class B>
+using EntropyModel = tessera::models::Llama<float, B>;
+using Lm = BltLm<tessera::cpu>;
+using EntropyLm = EntropyModel<tessera::cpu>;
 
 /// config.json and the weights of a model folder or a training output folder (see the file comment).
 struct ModelFiles {
@@ -95,8 +100,10 @@ inline bool is_entropy_config(const nlohmann::json& j) {
   return j.is_object() && j.contains("model_type") && j["model_type"] == "blt_patcher";
 }
 
-/// Build and load a BLT model (transformers layout) from a model or training output folder.
-inline std::unique_ptr<Lm> load_blt(const std::string& dir) {
+/// Build and load a BLT model (transformers layout) from a model or training output folder; on CUDA the
+/// weights are read on the host and uploaded (io::load_model).
+template <class B = tessera::cpu>
+std::unique_ptr<BltLm<B>> load_blt(const std::string& dir) {
   const ModelFiles f = resolve_model_dir(dir);
   const nlohmann::json j = tessera::io::read_json_file(f.config.string());
   TESSERA_CHECK(!is_entropy_config(j), f.config.string(),
@@ -104,19 +111,20 @@ inline std::unique_ptr<Lm> load_blt(const std::string& dir) {
   tessera::blt::BltConfig cfg = tessera::blt::BltConfig::from_hf_json(j, f.config.string());
   if (cfg.patch_in_forward && j.contains("patcher_config"))
     cfg.patcher.window = sliding_window_of(j["patcher_config"], f.config.string() + " patcher_config");
-  auto lm = std::make_unique<Lm>(cfg);
+  auto lm = std::make_unique<BltLm<B>>(cfg);
   tessera::io::load_model(*lm, f.weights.string());
   return lm;
 }
 
 /// Build and load an entropy model from its folder (config.json of a BltPatcher).
-inline std::unique_ptr<EntropyLm> load_entropy(const std::string& dir) {
+template <class B = tessera::cpu>
+std::unique_ptr<EntropyModel<B>> load_entropy(const std::string& dir) {
   const ModelFiles f = resolve_model_dir(dir);
   const nlohmann::json j = tessera::io::read_json_file(f.config.string());
   TESSERA_CHECK(is_entropy_config(j), f.config.string(),
                 ": not an entropy model folder (expected model_type \"blt_patcher\", as `blt train-entropy` "
                 "writes)");
-  auto m = std::make_unique<EntropyLm>(tessera::with_context(f.config.string(), [&] {
+  auto m = std::make_unique<EntropyModel<B>>(tessera::with_context(f.config.string(), [&] {
     return tessera::blt::entropy_config_from_hf(j, sliding_window_of(j, f.config.string()));
   }));
   tessera::io::load_model(*m, f.weights.string());
@@ -124,13 +132,17 @@ inline std::unique_ptr<EntropyLm> load_entropy(const std::string& dir) {
 }
 
 /// Write a BLT model folder: model.safetensors (HF names, entropy model as model.patcher.*) and config.json.
-inline void save_blt(Lm& lm, const fs::path& dir) {
+/// A CUDA model's weights are downloaded tensor by tensor (io::save_model); the files do not depend on the
+/// backend.
+template <class B>
+void save_blt(BltLm<B>& lm, const fs::path& dir) {
   tessera::io::save_model(lm, (dir / "model.safetensors").string());
   tessera::io::write_text_atomic((dir / "config.json").string(), blt_hf_json(lm.config()).dump(2) + "\n");
 }
 
 /// Write an entropy model folder (BltPatcher layout).
-inline void save_entropy(EntropyLm& m, const fs::path& dir) {
+template <class B>
+void save_entropy(EntropyModel<B>& m, const fs::path& dir) {
   tessera::io::save_model(m, (dir / "model.safetensors").string());
   tessera::io::write_text_atomic((dir / "config.json").string(), entropy_hf_json(m.config).dump(2) + "\n");
 }

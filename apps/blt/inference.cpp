@@ -1,6 +1,6 @@
 // `blt eval`, `blt generate`, `blt patch` and `blt logits`: a trained (or published, transformers layout) BLT
-// in a folder; ids are [BOS] + (byte + 4), the tool prepends the BOS.
-#include <chrono>
+// in a folder; ids are [BOS] + (byte + 4), the tool prepends the BOS. eval and generate run on --device
+// (eval_impl.hpp; the CUDA instantiation is in cuda_commands.cpp); patch and logits run on the CPU.
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -8,6 +8,8 @@
 
 #include "commands.hpp"
 #include "common.hpp"
+#include "device.hpp"
+#include "eval_impl.hpp"
 #include "plot.hpp"
 #include "tessera/models/blt/generate.hpp"
 
@@ -17,11 +19,6 @@ namespace blt = tessera::blt;
 using nlohmann::json;
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 
 /// The entropy-model context rule the model's own forward uses (see BltModel::compute_patch_lengths).
 blt::EntropyOptions entropy_options(const blt::BltConfig& c) {
@@ -60,40 +57,21 @@ int cmd_eval(const EvalArgs& a) {
   TESSERA_CHECK(a.seq_len > 1, "--seq-len must be > 1, got ", a.seq_len);
   TESSERA_CHECK(a.batch > 0, "--batch must be > 0, got ", a.batch);
   TESSERA_CHECK(a.max_windows >= 0, "--max-windows must be >= 0, got ", a.max_windows);
-  const ModelFiles f = resolve_model_dir(a.model);
-  const bool entropy_only = is_entropy_config(tessera::io::read_json_file(f.config.string()));
-  const std::vector<uint8_t> bytes = load_bytes({a.data});
-  const auto t0 = Clock::now();
-  int64_t patches = 0, windows = 0;
-  double bpb = 0;
-  if (entropy_only) {
-    auto m = load_entropy(a.model);
-    bpb = heldout_bpb(bytes, a.batch, a.seq_len, a.max_windows,
-                      [&](const int64_t* x, const int64_t* y, int64_t rows, int64_t T) {
-                        windows += rows;
-                        m->forward(x, rows, T);
-                        return m->loss(y);
-                      });
-  } else {
-    auto lm = load_blt(a.model);
-    bpb = heldout_bpb(bytes, a.batch, a.seq_len, a.max_windows,
-                      [&](const int64_t* x, const int64_t* y, int64_t rows, int64_t T) {
-                        windows += rows;
-                        const blt::PatchLengths pl = lm->model.compute_patch_lengths(x, rows, T);
-                        for (int64_t len : pl.lengths) patches += len > 0;
-                        lm->forward(x, rows, T, pl.lengths.data(), pl.P);
-                        return lm->loss(y);
-                      });
-  }
-  const double sec = seconds_since(t0);
-  const int64_t n = windows * a.seq_len;
-  std::printf("bpb: %.4f\n", bpb);
+  const Target t = select_target(a.device, a.precision);
+#if TESSERA_BLT_CUDA
+  const EvalResult r =
+      t.device == Device::cuda ? evaluate<tessera::cuda>(a, t) : evaluate<tessera::cpu>(a, t);
+#else
+  const EvalResult r = evaluate<tessera::cpu>(a, t);
+#endif
+  const int64_t n = r.windows * a.seq_len;
+  std::printf("bpb: %.4f\n", r.bpb);
   std::printf("%lld bytes in %lld windows of %lld (BOS-prefixed) | %.0f bytes/s", static_cast<long long>(n),
-              static_cast<long long>(windows), static_cast<long long>(a.seq_len),
-              static_cast<double>(n) / sec);
-  if (patches > 0)
-    std::printf(" | mean patch length %.3f", static_cast<double>(n) / static_cast<double>(patches));
-  std::printf("\n");
+              static_cast<long long>(r.windows), static_cast<long long>(a.seq_len),
+              static_cast<double>(n) / r.seconds);
+  if (r.patches > 0)
+    std::printf(" | mean patch length %.3f", static_cast<double>(n) / static_cast<double>(r.patches));
+  std::printf(" | loss %.6f nats/byte\n", r.loss());
   return 0;
 }
 
@@ -105,20 +83,14 @@ int cmd_generate(const GenerateArgs& a) {
   TESSERA_CHECK(a.top_k >= 0, "--top-k must be >= 0, got ", a.top_k);
   TESSERA_CHECK(a.top_p >= 0 && a.top_p <= 1, "--top-p must be in [0, 1], got ", a.top_p);
   const std::string prompt = a.prompt ? *a.prompt : parse_hex(*a.prompt_hex, "--prompt-hex");
-  auto lm = load_blt(a.model);
-  const std::vector<int64_t> ids = blt::encode(prompt);  // BOS + bytes, no EOS
-
-  blt::GenerateOptions o;
-  o.max_new_tokens = a.n;
-  o.temperature = a.temp;
-  o.top_k = a.top_k;
-  o.top_p = a.top_p > 0 ? a.top_p : 1.0;  // 0 and 1 both mean "off" here
-  o.seed = a.seed;
-  o.stop_at_eos = !a.ignore_eos;
-  // Cached (entropy model, encoder, global and decoder caches) unless --no-cache asks for the reference's
-  // generate_nocache (a full re-patching forward per byte).
+  [[maybe_unused]] const Target t = select_target(a.device);  // throws for an unusable device
+  const std::vector<int64_t> ids = blt::encode(prompt);       // BOS + bytes, no EOS
+#if TESSERA_BLT_CUDA
   const blt::GenerateResult r =
-      a.no_cache ? blt::generate_uncached(*lm, {ids}, o) : blt::generate_cached(*lm, {ids}, o);
+      t.device == Device::cuda ? generate<tessera::cuda>(a, ids) : generate<tessera::cpu>(a, ids);
+#else
+  const blt::GenerateResult r = generate<tessera::cpu>(a, ids);
+#endif
   const std::vector<int64_t>& out = r.tokens.at(0);
 
   if (!a.ids_out.empty()) {

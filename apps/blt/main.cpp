@@ -6,6 +6,8 @@
 //   blt train-entropy -c apps/blt/entropy.json -o runs/entropy
 //   blt train -c apps/blt/blt.json -o runs/blt                  (blt.json names runs/entropy)
 //   blt eval -m runs/blt --data text.txt
+//   blt train -c apps/blt/blt.json -o runs/blt --device cuda [--precision bf16]   (also train-entropy, eval;
+//                                                                                  generate takes --device)
 //   blt generate -m runs/blt -p "The " -n 200 --temp 0.8 --top-p 0.95
 //   blt patch -m runs/blt --text "Daenerys Targaryen is in Game of Thrones" --png patches.png
 //   blt logits -m runs/blt --ids-hex 48656c6c6f --out logits.safetensors
@@ -20,6 +22,20 @@ int main(int argc, char** argv) {
   CLI::App app{"blt: train, evaluate, sample and inspect Byte Latent Transformers (tessera)"};
   app.require_subcommand(1);
 
+  // --device on train, train-entropy, eval, generate; --precision on the first three.
+  auto add_device = [](CLI::App* c, std::string& device) {
+    c->add_option("--device", device, "where to run: cpu, or cuda (an NVIDIA GPU; needs a CUDA build)")
+        ->check(CLI::IsMember({"cpu", "cuda"}))
+        ->capture_default_str();
+  };
+  auto add_precision = [](CLI::App* c, std::string& precision) {
+    c->add_option(
+         "--precision", precision,
+         "compute precision: fp32, or bf16 (mixed precision with fp32 master weights; --device cuda)")
+        ->check(CLI::IsMember({"fp32", "bf16"}))
+        ->capture_default_str();
+  };
+
   TrainArgs te, tr;
   te.out = "runs/entropy";
   tr.out = "runs/blt";
@@ -30,7 +46,10 @@ int main(int argc, char** argv) {
     c->add_option("-o,--out", a.out, "output folder: config.json, metrics.jsonl, step_N checkpoints, model")
         ->capture_default_str();
     c->add_option("--steps", a.steps, "override train.steps");
-    c->add_flag("--resume", a.resume, "continue exactly from the latest checkpoint in --out");
+    c->add_flag("--resume", a.resume,
+                "continue exactly from the latest checkpoint in --out (on either device)");
+    add_device(c, a.device);
+    add_precision(c, a.precision);
     return c;
   };
   auto* c_te = add_train("train-entropy", "train the entropy model (a byte LM with a 512-byte window)", te);
@@ -45,6 +64,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   c_ev->add_option("--batch", ev.batch, "windows per forward")->capture_default_str();
   c_ev->add_option("--max-windows", ev.max_windows, "evaluate at most this many windows (0 = all)");
+  add_device(c_ev, ev.device);
+  add_precision(c_ev, ev.precision);
 
   GenerateArgs ge;
   std::string prompt, prompt_hex;
@@ -62,6 +83,7 @@ int main(int argc, char** argv) {
   c_ge->add_flag("--no-cache", ge.no_cache,
                  "re-patch and run a full forward per byte (the reference's path)");
   c_ge->add_option("--ids-out", ge.ids_out, "write the generated token ids (not the prompt's) to this file");
+  add_device(c_ge, ge.device);
 
   PatchArgs pa;
   std::string text, file;
