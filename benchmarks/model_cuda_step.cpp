@@ -12,9 +12,12 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 #include "cuda_bench_util.hpp"
 #include "tessera/layers/precision.hpp"
@@ -50,6 +53,58 @@ int report(const char* what, const char* precision, const std::string& shape, in
   return 0;
 }
 
+/// Milliseconds of f() on the device (median of 3 after one warm-up).
+template <class F>
+double device_ms(F&& f) {
+  f();
+  cudaDeviceSynchronize();
+  std::vector<double> ms;
+  for (int i = 0; i < 3; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    cudaDeviceSynchronize();
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[1];
+}
+
+/// Where a Llama step's time goes: the step's phases on the whole model, then one block's attention and MLP
+/// sublayers (norm + residual included) forward and backward, times the number of layers.
+template <class Model, class Data>
+void llama_breakdown(Model& m, Data& data, int64_t batch, int64_t seq, const std::string& precision) {
+  train::AdamW<float, cuda> opt({1e-4, 0.9, 0.95, 1e-8, 0.1});
+  const double fwd = device_ms([&] { m.forward(data.ids.data(), batch, seq); });
+  const double bwd = device_ms([&] {
+    m.loss(data.targets.data());
+    m.backward(data.targets.data());
+  });
+  const double zero = device_ms([&] { zero_grads(m); });
+  const double clip = device_ms([&] { train::clip_grad_norm(m, 1.0); });
+  const double adamw = device_ms([&] { opt.step(m); });
+  std::printf("| tessera Llama step %s phases (CUDA) | forward / loss+backward / zero / clip / AdamW | %.1f / %.1f / "
+              "%.1f / %.1f / %.1f ms | - |\n",
+              precision.c_str(), fwd, bwd, zero, clip, adamw);
+  auto& blk = m.layers.layers[0];
+  const int64_t L = static_cast<int64_t>(m.layers.layers.size()), rows = batch * seq, dim = m.config.dim;
+  SeqContext ctx;
+  ctx.batch = batch, ctx.seq = seq, ctx.window = m.config.window;
+  Tensor<float, cuda> x({rows, dim}), y, dy({rows, dim}), dx;
+  ops::fill(cuda{}, x.data(), 0.5f, x.numel());
+  ops::fill(cuda{}, dy.data(), 1e-3f, dy.numel());
+  auto part = [&](const char* name, auto& sub) {
+    typename std::remove_reference_t<decltype(sub)>::Saved s;
+    const double f = device_ms([&] { sub.forward(ctx, x, y, s); });
+    const double b = device_ms([&] { sub.backward(ctx, dy, dx, s); });
+    std::printf("| tessera Llama %s sublayer %s (CUDA) | one block, fwd / bwd; x %lld layers | %.2f / %.2f ms | "
+                "%.1f ms per step |\n",
+                precision.c_str(), name, static_cast<long long>(L), f, b, (f + b) * double(L));
+  };
+  part("attention", std::get<0>(blk.layers));
+  part("mlp", std::get<1>(blk.layers));
+  std::fflush(stdout);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -58,6 +113,7 @@ int main(int argc, char** argv) {
   int64_t layers = 25, dim = 2048, heads = 16, ffn = 5632, batch = 4, seq = 4096, steps = 5, warmup = 2;
   double peak = 989.0;
   std::string precision = "fp32";
+  bool breakdown = false;
   app.add_option("model", which, "llama | megalodon")->check(CLI::IsMember({"llama", "megalodon"}));
   app.add_option("--layers", layers);
   app.add_option("--dim", dim);
@@ -69,6 +125,7 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", warmup);
   app.add_option("--precision", precision, "fp32, or bf16 mixed precision (layers/precision.hpp)")
       ->check(CLI::IsMember({"fp32", "bf16"}));
+  app.add_flag("--breakdown", breakdown, "llama: also time the step's phases and one block's sublayers");
   app.add_option("--peak-tflops", peak, "dense bf16 peak of the card, for the utilisation column");
   CLI11_PARSE(app, argc, argv);
   if (cuda_mem::device_count() == 0) {
@@ -97,6 +154,7 @@ int main(int argc, char** argv) {
         return loss;
       };
       const Timing t = time_steps(step, warmup, steps);
+      if (breakdown) llama_breakdown(m, data, batch, seq, precision);
       const double flops = 6.0 * double(params) * double(rows) +
                            3.0 * double(layers) * 4.0 * double(dim) * double(batch) * double(seq) * double(seq + 1) / 2;
       const std::string shape = "d" + std::to_string(dim) + " L" + std::to_string(layers) + " H" +

@@ -1,15 +1,18 @@
 // BLT in bf16 mixed precision on CUDA (layers/precision.hpp) against the fp32 CPU model on the transformers
-// fixture weights: one training step (logits, loss, every gradient) with the fixture's patches. BLT's
-// attention masks (sliding window + document cuts, patch cross-attention) have no bf16 kernel, so here bf16
-// covers every Linear (entropy model, local encoder/decoder, cross-attention projections, global transformer,
-// lm_head); the attention itself stays fp32. Skips without a device.
+// fixture weights: one training step (logits, loss, every gradient) with the fixture's patches. bf16 covers
+// every Linear (entropy model, local encoder/decoder, cross-attention projections, global transformer,
+// lm_head) and, since this config has no document cuts (SeqContext::single_document), the self-attention of
+// the local and global transformers (mask::PositionOnly); the patch cross-attention stays fp32. Skips without
+// a device.
 //
-// Tolerances: as in test_cuda_mixed_precision.cpp, each GEMM operand is rounded to bf16 (2^-9 relative);
-// errors compound through the local decoder, the global stack, the cross-attentions and the local encoder,
-// so they grow towards the input. Measured with emulated tensor cores (fp32 accumulation): logits 8.9e-3
-// of their largest entry, gradients median 1.1e-2 and at most 6.4e-2 (the encoder's first FFN, deepest in
-// the chain). Bounds: logits 2e-2, loss 5e-3, every gradient 1.5e-1 and their median 3e-2 — any real error
-// (a stale weight copy, a missing gradient term, a transposed operand) is O(1).
+// Tolerances: as in test_cuda_mixed_precision.cpp, every GEMM operand is rounded to bf16 (2^-9 relative) and
+// the attention kernel rounds P and dS; errors compound through the local decoder, the global stack, the
+// cross-attentions and the local encoder, so they grow towards the input, and a gradient that is a small
+// difference of large terms shows them most. Measured with emulated tensor cores (fp32 accumulation): logits
+// 9.5e-3 of their largest entry, loss 1.1e-4 relative, gradients median 1.35e-2 and at most 1.33e-1 (the
+// encoder's first FFN, deepest in the chain). Bounds: logits 2e-2, loss 5e-3, median gradient 3e-2, every
+// gradient 2.5e-1 — any real error (a stale weight copy, a missing gradient term, a transposed operand)
+// is O(1) and moves the median.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -106,14 +109,15 @@ TEST(CudaBltBf16, TrainStepTracksTheFp32Model) {
   double worst = 0;
   size_t n = 0;
   std::vector<double> errs;
+  std::string worst_name;
   for_each_param(h, [&](const std::string& name, auto& p) {
     double amax = 0;
     for (int64_t i = 0; i < p.grad.numel(); ++i) amax = std::max(amax, std::abs(double(p.grad[i])));
     if (amax == 0) return;  // the entropy model (frozen)
     const double e = rel_err(grads.at(name), p.grad.data(), p.grad.numel());
-    EXPECT_LE(e, 1.5e-1) << name;
+    EXPECT_LE(e, 2.5e-1) << name;
     errs.push_back(e);
-    worst = std::max(worst, e);
+    if (e > worst) worst = e, worst_name = name;
     ++n;
   });
   EXPECT_GE(n, 40u);
@@ -121,5 +125,5 @@ TEST(CudaBltBf16, TrainStepTracksTheFp32Model) {
   const double median = errs[errs.size() / 2];
   EXPECT_LE(median, 3e-2) << "median gradient error";
   std::cout << "[cuda-blt-bf16] logits rel err " << le << ", loss " << loss_d << " vs " << loss_h << ", " << n
-            << " gradients, median " << median << ", worst " << worst << "\n";
+            << " gradients, median " << median << ", worst " << worst << " (" << worst_name << ")\n";
 }

@@ -218,8 +218,11 @@ std::vector<int64_t> random_ids(int64_t n, int64_t vocab, uint64_t seed) {
 
 }  // namespace
 
-// The Llama attention masks have the bf16 kernel (so the test below covers it), BLT's id masks do not.
+// The Llama attention masks have the bf16 kernel (so the test below covers it); BLT's window + document mask
+// has it where the context is one document (mask::PositionOnly); document cuts alone do not.
 static_assert(SelfAttention<float, rope::Interleaved, mask::SlidingWindow, cuda>::has_bf16_attention);
+static_assert(
+    SelfAttention<float, rope::Interleaved, mask::All<mask::SlidingWindow, mask::Document>, cuda>::has_bf16_attention);
 static_assert(!SelfAttention<float, rope::Interleaved, mask::Document, cuda>::has_bf16_attention);
 static_assert(!SelfAttention<float, rope::Interleaved, mask::SlidingWindow, cpu>::has_bf16_attention);
 

@@ -30,12 +30,17 @@ struct SelfAttention {
   /// bf16: the projections' GEMMs and the attention kernel take bf16 operands (layers/precision.hpp); masks
   /// without a bf16 kernel keep the fp32 attention (the projections still run in bf16).
   Precision compute_precision = Precision::fp32;
-  /// Whether this instantiation has the bf16 attention kernel (float on CUDA, a mask type it supports).
-  static constexpr bool has_bf16_attention =
-      std::is_same_v<T, float> && std::is_same_v<B, cuda> &&
-      requires(const ops::AttnDims& d, const bf16* p, bf16* o, float* l) {
-        ops::attention_forward(cuda{}, d, Mask::make(SeqContext{}), p, p, p, o, l);
+  /// Whether this instantiation can run the bf16 attention kernel: float on CUDA, and a mask that is (or, in
+  /// some contexts, reduces to: mask::PositionOnly) a position mask the kernel supports.
+  static constexpr bool has_bf16_attention = [] {
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda> && mask::PositionOnly<Mask>::possible) {
+      return requires(const ops::AttnDims& d, const bf16* p, bf16* o, float* l) {
+        ops::attention_forward(cuda{}, d, *mask::PositionOnly<Mask>::make(SeqContext{}), p, p, p, o, l);
       };
+    } else {
+      return false;
+    }
+  }();
 
   void setup(const LayerConfig& c) {
     dim = c.dim;
@@ -74,9 +79,10 @@ struct SelfAttention {
   void forward(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s) const {
     TESSERA_CHECK(x.size(0) == ctx.rows(), "SelfAttention: ", x.size(0), " rows but the context has ",
                   ctx.batch, " x ", ctx.seq);
-    q_proj.forward(ctx, x, s.q, s.q_s);
-    k_proj.forward(ctx, x, s.k, s.k_s);
-    v_proj.forward(ctx, x, s.v, s.v_s);
+    const bf16* x16 = shared_input_bf16(x);  // bf16 compute: one cast of x for the three projections
+    q_proj.forward(ctx, x, s.q, s.q_s, x16);
+    k_proj.forward(ctx, x, s.k, s.k_s, x16);
+    v_proj.forward(ctx, x, s.v, s.v_s, x16);
     const int64_t n = ctx.rows();
     if constexpr (Rope::enabled) {
       const int64_t* pos = positions(ctx, s);
@@ -87,8 +93,8 @@ struct SelfAttention {
     const auto d = dims(ctx);
     s.attn.resize_uninit({n, n_heads * head_dim});
     s.lse.resize_uninit({ctx.batch, n_heads, ctx.seq});
-    if (use_bf16_attention()) {
-      if constexpr (kBf16Mask) attention_forward_bf16(ctx, s);
+    if (use_bf16_attention(ctx)) {
+      if constexpr (has_bf16_attention) attention_forward_bf16(ctx, s);
     } else {
       ops::attention_forward(B{}, d, Mask::make(ctx), s.q.data(), s.k.data(), s.v.data(), s.attn.data(),
                              s.lse.data());
@@ -143,13 +149,13 @@ struct SelfAttention {
 
   void backward(const SeqContext& ctx, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {
     const int64_t n = ctx.rows();
-    auto& [d_attn, dq, dk, dv, tmp] = shared_scratch<SelfAttention, T, B, 5>();
+    auto& [d_attn, dq, dk, dv] = shared_scratch<SelfAttention, T, B, 4>();
     o_proj.backward(ctx, dy, d_attn, s.o_s);
     dq.resize_uninit(s.q.shape());
     dk.resize_uninit(s.k.shape());
     dv.resize_uninit(s.v.shape());
-    if (use_bf16_attention()) {
-      if constexpr (kBf16Mask) attention_backward_bf16(ctx, s, d_attn, dq, dk, dv);
+    if (use_bf16_attention(ctx)) {
+      if constexpr (has_bf16_attention) attention_backward_bf16(ctx, s, d_attn, dq, dk, dv);
     } else {
       ops::attention_backward(B{}, dims(ctx), Mask::make(ctx), s.q.data(), s.k.data(), s.v.data(),
                               s.attn.data(), s.lse.data(), d_attn.data(), dq.data(), dk.data(), dv.data());
@@ -160,34 +166,55 @@ struct SelfAttention {
       ops::rope_backward(B{}, dk.data(), n_kv_heads * head_dim, pos, n, n_kv_heads, head_dim, rope_theta,
                          Rope::style);
     }
-    q_proj.backward(ctx, dq, dx, s.q_s);
-    k_proj.backward(ctx, dk, tmp, s.k_s);
-    ops::add_inplace(B{}, dx.data(), tmp.data(), dx.numel());
-    v_proj.backward(ctx, dv, tmp, s.v_s);
-    ops::add_inplace(B{}, dx.data(), tmp.data(), dx.numel());
+    // dx = dq Wq + dk Wk + dv Wv, the last two accumulated by their GEMMs.
+    const bf16* x16 = shared_input_bf16(s.q_s.x);
+    q_proj.backward(ctx, dq, dx, s.q_s, false, x16);
+    k_proj.backward(ctx, dk, dx, s.k_s, true, x16);
+    v_proj.backward(ctx, dv, dx, s.v_s, true, x16);
   }
 
  private:
-  // bf16 attention (ops/attention_bf16.hpp) exists for float models on CUDA with these mask types. Saved
-  // keeps q, k, v (after RoPE) and the output in fp32; the bf16 operands are cast into per-thread scratch in
-  // forward and again in backward (the output was rounded to bf16 by the kernel, so its cast back is exact).
-  static constexpr bool kBf16Mask = has_bf16_attention;
-  bool use_bf16_attention() const { return kBf16Mask && compute_precision == Precision::bf16; }
-  static std::array<Tensor<bf16, B>, 8>& scratch16() { return shared_scratch<SelfAttention, bf16, B, 8>(); }
+  // bf16 attention (ops/attention_bf16.hpp) runs for float models on CUDA whose mask is a position mask in
+  // this context (has_bf16_attention, mask::PositionOnly); forward and backward decide alike from the same
+  // context. Saved keeps q, k, v (after RoPE) and the output in fp32; the bf16 operands are cast into
+  // per-thread scratch in forward and again in backward (the output was rounded to bf16 by the kernel, so its
+  // cast back is exact).
+  bool use_bf16_attention(const SeqContext& ctx) const {
+    if constexpr (has_bf16_attention) {
+      return compute_precision == Precision::bf16 && mask::PositionOnly<Mask>::make(ctx).has_value();
+    } else {
+      return false;
+    }
+  }
+  static std::array<Tensor<bf16, B>, 9>& scratch16() { return shared_scratch<SelfAttention, bf16, B, 9>(); }
+
+  /// bf16(x) in scratch when the projections compute in bf16 (nullptr otherwise: each casts for itself).
+  const bf16* shared_input_bf16(TensorView<const T> x) const {
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
+      if (q_proj.computes_in_bf16() && k_proj.computes_in_bf16() && v_proj.computes_in_bf16()) {
+        Tensor<bf16, B>& x16 = scratch16()[8];
+        x16.resize_uninit(x.shape);
+        ops::cast(B{}, x16.data(), x.data(), x.numel());
+        return x16.data();
+      }
+    }
+    return nullptr;
+  }
 
   void attention_forward_bf16(const SeqContext& ctx, Saved& s) const {
-    auto& [q16, k16, v16, o16, do16, dq16, dk16, dv16] = scratch16();
+    auto& [q16, k16, v16, o16, do16, dq16, dk16, dv16, x16] = scratch16();
     cast_to(q16, s.q);
     cast_to(k16, s.k);
     cast_to(v16, s.v);
     o16.resize_uninit(s.attn.shape());
-    ops::attention_forward(B{}, dims(ctx), Mask::make(ctx), q16.data(), k16.data(), v16.data(), o16.data(),
+    ops::attention_forward(B{}, dims(ctx), *mask::PositionOnly<Mask>::make(ctx), q16.data(), k16.data(),
+                           v16.data(), o16.data(),
                            s.lse.data());
     ops::cast(B{}, s.attn.data(), o16.data(), o16.numel());
   }
   void attention_backward_bf16(const SeqContext& ctx, Saved& s, const Tensor<T, B>& d_attn, Tensor<T, B>& dq,
                                Tensor<T, B>& dk, Tensor<T, B>& dv) {
-    auto& [q16, k16, v16, o16, do16, dq16, dk16, dv16] = scratch16();
+    auto& [q16, k16, v16, o16, do16, dq16, dk16, dv16, x16] = scratch16();
     cast_to(q16, s.q);
     cast_to(k16, s.k);
     cast_to(v16, s.v);
@@ -196,7 +223,8 @@ struct SelfAttention {
     dq16.resize_uninit(s.q.shape());
     dk16.resize_uninit(s.k.shape());
     dv16.resize_uninit(s.v.shape());
-    ops::attention_backward(B{}, dims(ctx), Mask::make(ctx), q16.data(), k16.data(), v16.data(), o16.data(),
+    ops::attention_backward(B{}, dims(ctx), *mask::PositionOnly<Mask>::make(ctx), q16.data(), k16.data(),
+                            v16.data(), o16.data(),
                             s.lse.data(), do16.data(), dq16.data(), dk16.data(), dv16.data());
     ops::cast(B{}, dq.data(), dq16.data(), dq.numel());
     ops::cast(B{}, dk.data(), dk16.data(), dk.numel());

@@ -21,6 +21,8 @@ struct SeqContext {
   const int64_t* modality = nullptr;     // [batch*seq] modality id (ModalityUntied routing)
   const uint8_t* key_valid = nullptr;    // [batch*seq] 1 = key may be attended (padding masks)
   int64_t window = 0;                    // sliding-window size for windowed masks (0 = unlimited)
+  bool single_document = false;          // every row is one document (doc_ids, if set, all equal): document
+                                         // cuts may be dropped (mask::PositionOnly)
 
   int64_t rows() const { return batch * seq; }
 };

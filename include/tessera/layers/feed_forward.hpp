@@ -33,8 +33,9 @@ struct SwiGlu {
   }
 
   void forward(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s) const {
-    gate_proj.forward(ctx, x, s.gate, s.gate_s);
-    up_proj.forward(ctx, x, s.up, s.up_s);
+    const bf16* x16 = shared_input_bf16(x);  // bf16 compute: one cast of x for gate and up
+    gate_proj.forward(ctx, x, s.gate, s.gate_s, x16);
+    up_proj.forward(ctx, x, s.up, s.up_s, x16);
     s.hidden.resize_uninit(s.gate.shape());
     ops::swiglu_forward(B{}, s.hidden.data(), s.gate.data(), s.up.data(), s.gate.size(0), hidden);
     down_proj.forward(ctx, s.hidden, y, s.down_s);
@@ -49,9 +50,23 @@ struct SwiGlu {
     dup.resize_uninit(s.up.shape());
     ops::swiglu_backward(B{}, dgate.data(), dup.data(), dh.data(), s.gate.data(), s.up.data(), s.gate.size(0),
                          hidden);
-    gate_proj.backward(ctx, dgate, dx, s.gate_s);
-    up_proj.backward(ctx, dup, scratch[0], s.up_s);
-    ops::add_inplace(B{}, dx.data(), scratch[0].data(), dx.numel());
+    const bf16* x16 = shared_input_bf16(s.gate_s.x);
+    gate_proj.backward(ctx, dgate, dx, s.gate_s, false, x16);
+    up_proj.backward(ctx, dup, dx, s.up_s, true, x16);  // dx += dup W_up
+  }
+
+ private:
+  /// bf16(x) in scratch when gate and up compute in bf16 (nullptr otherwise: each casts for itself).
+  const bf16* shared_input_bf16(TensorView<const T> x) const {
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
+      if (gate_proj.computes_in_bf16() && up_proj.computes_in_bf16()) {
+        Tensor<bf16, B>& x16 = shared_scratch<SwiGlu, bf16, B, 1>()[0];
+        x16.resize_uninit(x.shape);
+        ops::cast(B{}, x16.data(), x.data(), x.numel());
+        return x16.data();
+      }
+    }
+    return nullptr;
   }
 };
 

@@ -34,6 +34,8 @@ struct Linear {
     if (bias) params.bias.resize({out});
   }
   const T* bias() const { return params.bias.present() ? params.bias.value.data() : nullptr; }
+  /// Whether forward/backward run the bf16 GEMMs (then a caller may pass x16, see forward).
+  bool computes_in_bf16() const { return kMixed && compute_precision == Precision::bf16; }
   T* bias_grad() { return params.bias.present() ? params.bias.grad.data() : nullptr; }
 
   /// bf16 inference (freeze_bf16_weights in layers/precision.hpp): keep = true casts the weight to bf16 now and
@@ -48,32 +50,41 @@ struct Linear {
     }
   }
 
-  /// x: [N, in] -> y: [N, out].
-  void forward(const SeqContext&, TensorView<const T> x, Tensor<T, B>& y, Saved& s) const {
+  /// x: [N, in] -> y: [N, out]. x16 (optional, bf16 compute only): bf16(x) already cast by the caller, so that
+  /// projections of one input (q/k/v, gate/up) share one cast; it must stay valid until this call returns.
+  void forward(const SeqContext&, TensorView<const T> x, Tensor<T, B>& y, Saved& s,
+               const bf16* x16 = nullptr) const {
     TESSERA_CHECK(x.rank() == 2 && x.size(1) == in && x.is_contiguous(), "Linear: input ", x.shape,
                   " does not match in_features ", in);
     const int64_t n = x.size(0);
     y.resize_uninit({n, out});
     s.x = x;
     if constexpr (kMixed) {
-      if (compute_precision == Precision::bf16) return forward_bf16(x, y);
+      if (compute_precision == Precision::bf16) return forward_bf16(x, x16, y);
     }
     ops::linear_forward(B{}, y.data(), x.data(), params.weight.value.data(), bias(), n, in, out);
   }
-  /// dy: [N, out] -> dx: [N, in] (overwritten); dW, db accumulated.
-  void backward(const SeqContext&, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {
+  /// dy: [N, out] -> dx: [N, in] (overwritten, or += when accumulate_dx: then dx already holds [N, in]); dW,
+  /// db accumulated. x16: as in forward (bf16(x) of the forward's input, cast by the caller).
+  void backward(const SeqContext&, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s, bool accumulate_dx = false,
+                const bf16* x16 = nullptr) {
     const int64_t n = s.x.size(0);
-    dx.resize_uninit({n, in});
+    if (accumulate_dx) {
+      TESSERA_CHECK(dx.numel() == n * in, "Linear: accumulating into dx of ", dx.shape(), ", expected [", n, ", ",
+                    in, "]");
+    } else {
+      dx.resize_uninit({n, in});
+    }
     if constexpr (kMixed) {
-      if (compute_precision == Precision::bf16) return backward_bf16(dy, dx.data(), s);
+      if (compute_precision == Precision::bf16) return backward_bf16(dy, dx.data(), accumulate_dx, x16, s);
     }
     ops::linear_backward(B{}, dx.data(), params.weight.grad.data(), bias_grad(), dy.data(), s.x.data(),
-                         params.weight.value.data(), n, in, out);
+                         params.weight.value.data(), n, in, out, accumulate_dx);
   }
   /// Backward without an input gradient (first layer, or dx computed elsewhere).
   void backward_params(TensorView<const T> dy, Saved& s) {
     if constexpr (kMixed) {
-      if (compute_precision == Precision::bf16) return backward_bf16(dy, nullptr, s);
+      if (compute_precision == Precision::bf16) return backward_bf16(dy, nullptr, false, nullptr, s);
     }
     ops::linear_backward(B{}, static_cast<T*>(nullptr), params.weight.grad.data(), bias_grad(), dy.data(),
                          s.x.data(), params.weight.value.data(), s.x.size(0), in, out);
@@ -95,28 +106,32 @@ struct Linear {
     weight_bf16_.resize_uninit({out, in});
     ops::cast(B{}, weight_bf16_.data(), params.weight.value.data(), out * in);
   }
-  void forward_bf16(TensorView<const T> x, Tensor<T, B>& y) const {
-    const int64_t n = x.size(0);
+  const bf16* cast_input(TensorView<const T> x) const {
     auto& x16 = scratch()[0];
-    x16.resize_uninit({n, in});
-    ops::cast(B{}, x16.data(), x.data(), n * in);
+    x16.resize_uninit({x.size(0), in});
+    ops::cast(B{}, x16.data(), x.data(), x.size(0) * in);
+    return x16.data();
+  }
+  void forward_bf16(TensorView<const T> x, const bf16* x16, Tensor<T, B>& y) const {
+    const int64_t n = x.size(0);
+    if (!x16) x16 = cast_input(x);
     if (!weight_frozen_) cast_weight();
-    ops::gemm(B{}, false, true, n, out, in, 1.0f, x16.data(), in, weight_bf16_.data(), in, 0.0f, y.data(), out);
+    ops::gemm(B{}, false, true, n, out, in, 1.0f, x16, in, weight_bf16_.data(), in, 0.0f, y.data(), out);
     if (bias()) ops::add_row_bias(B{}, y.data(), bias(), n, out);
   }
-  void backward_bf16(TensorView<const T> dy, T* dx, Saved& s) {
+  void backward_bf16(TensorView<const T> dy, T* dx, bool accumulate_dx, const bf16* x16, Saved& s) {
     const int64_t n = s.x.size(0);
     TESSERA_CHECK(weight_bf16_.numel() == out * in, "Linear: bf16 backward without a bf16 forward");
     TESSERA_CHECK(!weight_frozen_, "Linear: backward with frozen bf16 weights (freeze_bf16_weights is for ",
                   "inference; set_compute_precision unfreezes them for training)");
-    auto& [dy16, x16] = scratch();
+    auto& dy16 = scratch()[1];
     dy16.resize_uninit({n, out});
     ops::cast(B{}, dy16.data(), dy.data(), n * out);
-    if (dx) ops::gemm(B{}, false, false, n, in, out, 1.0f, dy16.data(), out, weight_bf16_.data(), in, 0.0f, dx, in);
-    x16.resize_uninit({n, in});
-    ops::cast(B{}, x16.data(), s.x.data(), n * in);
-    ops::gemm(B{}, true, false, out, in, n, 1.0f, dy16.data(), out, x16.data(), in, 1.0f,
-              params.weight.grad.data(), in);
+    if (dx)
+      ops::gemm(B{}, false, false, n, in, out, 1.0f, dy16.data(), out, weight_bf16_.data(), in,
+                accumulate_dx ? 1.0f : 0.0f, dx, in);
+    if (!x16) x16 = cast_input(s.x);
+    ops::gemm(B{}, true, false, out, in, n, 1.0f, dy16.data(), out, x16, in, 1.0f, params.weight.grad.data(), in);
     if (bias_grad()) ops::row_bias_backward(B{}, bias_grad(), dy.data(), n, out);
   }
 };

@@ -2,6 +2,9 @@
 // A layer names its mask as a template argument (SelfAttention<T, rope::Interleaved, mask::Causal>);
 // the ids it needs (documents, segments, validity) travel in the context, never as a T×T matrix.
 #pragma once
+#include <optional>
+#include <type_traits>
+
 #include "tessera/layers/context.hpp"
 #include "tessera/ops/mask.hpp"
 #include "tessera/ops/rope.hpp"
@@ -54,6 +57,33 @@ struct SegmentMatch {
 template <class... Ms>
 struct All {
   static auto make(const SeqContext& c) { return ops::mask::All{Ms::make(c)...}; }
+};
+
+/// M as a position-only ops mask in this context, where there is one: `possible` says whether M can ever be
+/// one, make(ctx) returns it or std::nullopt. Document cuts drop out when ctx.single_document. Kernels that
+/// know only position masks (the bf16 attention) serve M through it.
+template <class M>
+struct PositionOnly {
+  static constexpr bool possible = false;
+};
+template <>
+struct PositionOnly<Causal> {
+  static constexpr bool possible = true;
+  static std::optional<ops::mask::Causal> make(const SeqContext& c) { return Causal::make(c); }
+};
+template <>
+struct PositionOnly<SlidingWindow> {
+  static constexpr bool possible = true;
+  static std::optional<ops::mask::SlidingWindow> make(const SeqContext& c) { return SlidingWindow::make(c); }
+};
+template <class P>
+  requires std::is_same_v<P, Causal> || std::is_same_v<P, SlidingWindow>
+struct PositionOnly<All<P, Document>> {
+  static constexpr bool possible = true;
+  static std::optional<decltype(P::make(SeqContext{}))> make(const SeqContext& c) {
+    if (!c.single_document) return std::nullopt;
+    return P::make(c);
+  }
 };
 
 }  // namespace tessera::mask

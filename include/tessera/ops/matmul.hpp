@@ -83,11 +83,12 @@ void linear_forward(B be, T* y, const T* x, const T* w, const T* b, int64_t N, i
   if (b) add_row_bias(be, y, b, N, out);
 }
 
-/// dx = dy W (overwritten, skipped when dx is null); dW += dy^T x; db += sum_rows dy (when db).
+/// dx = dy W (overwritten, or added to dx when accumulate_dx; skipped when dx is null); dW += dy^T x;
+/// db += sum_rows dy (when db).
 template <class B, class T>
 void linear_backward(B be, T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, int64_t N, int64_t in,
-                     int64_t out) {
-  if (dx) gemm(be, false, false, N, in, out, T(1), dy, out, w, in, T(0), dx, in);
+                     int64_t out, bool accumulate_dx = false) {
+  if (dx) gemm(be, false, false, N, in, out, T(1), dy, out, w, in, T(accumulate_dx ? 1 : 0), dx, in);
   if (dw) gemm(be, true, false, out, in, N, T(1), dy, out, x, in, T(1), dw, in);
   if (db) row_bias_backward(be, db, dy, N, out);
 }

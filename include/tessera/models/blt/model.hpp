@@ -172,11 +172,13 @@ class BltModel {
     bytes_.batch = batch;
     bytes_.seq = seq;
     bytes_.doc_ids = index_.byte_doc;
+    bytes_.single_document = !config.eos_document_cuts;  // then every doc id is 0: cuts may be dropped
     bytes_.window = config.local_window;
     patches_ = SeqContext{};
     patches_.batch = batch;
     patches_.seq = layout_.P;
     patches_.doc_ids = index_.patch_doc;
+    patches_.single_document = !config.eos_document_cuts;
 
     embeddings.forward(ids_.data(), batch, seq, e_, s_.emb);
     local_encoder.forward(bytes_, e_, index_, h_enc_, patch_repr_, s_.enc);

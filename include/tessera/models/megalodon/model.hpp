@@ -152,8 +152,12 @@ class Megalodon {
     prev_final_ = state ? state->final_norm.clone() : TimestepNormState<T, B>{};
     output.final_norm.forward(ctx_, h, hn_, s_final_, prev_final_.empty() ? nullptr : &prev_final_,
                               state ? &state->final_norm : nullptr);
-    head(hn_, logits_);
-    s_head_.x = hn_;
+    if (output.tied) {
+      head(hn_, logits_);  // the embedding matrix, fp32 (its backward is ops::linear_backward below)
+      s_head_.x = hn_;
+    } else {
+      output.output.forward(ctx_, hn_, logits_, s_head_);  // a Linear: bf16 compute when set
+    }
     if (state) state->pos += seq;
     return logits_;
   }
