@@ -56,6 +56,10 @@ inline std::vector<unsigned long long> xch;  // [warps][32] raw 8-byte shuffle s
 inline thread_local int my_warp = 0, my_lane = 0;
 inline std::vector<float> smem;  // dynamic shared memory of the running block
 inline long long launches = 0;
+// Host-visible CUDA traffic, for spotting per-step overheads (allocations, copies, synchronisations) in
+// decoding loops; EMU_STATS=1 prints the totals at exit. Counted on the host thread(s) calling the runtime.
+inline std::atomic<long long> n_malloc{0}, n_memcpy_h2d{0}, n_memcpy_d2h{0}, n_memcpy_d2d{0}, n_gemm{0},
+    n_func_attr{0};
 
 inline bool env_on(const char* name) {
   const char* v = std::getenv(name);
@@ -235,6 +239,12 @@ inline void* alloc(size_t n) {
 // Device allocations still live at exit are reported (a temp buffer that is never freed is a leak on a GPU).
 inline struct AllocCheck {
   ~AllocCheck() {
+    if (env_on("EMU_STATS"))
+      std::fprintf(stderr,
+                   "EMU stats: %lld kernel launches, %lld cuBLAS GEMMs, %lld device allocations, memcpy H2D %lld / "
+                   "D2H %lld / D2D %lld, %lld cudaFuncSetAttribute\n",
+                   launches, n_gemm.load(), n_malloc.load(), n_memcpy_h2d.load(), n_memcpy_d2h.load(),
+                   n_memcpy_d2d.load(), n_func_attr.load());
     if (live_async != 0 || live_sync != 0)
       std::fprintf(stderr, "EMU: device allocations live at exit: async %lld, cudaMalloc %lld\n",
                    live_async.load(), live_sync.load());
@@ -246,6 +256,7 @@ inline cudaError_t cudaMalloc(void** p, size_t n) {
   if (n > emu::kMaxAlloc) { *p = nullptr; return cudaErrorMemoryAllocation; }
   *p = emu::alloc(n);
   ++emu::live_sync;
+  ++emu::n_malloc;
   return cudaSuccess;
 }
 inline cudaError_t cudaFree(void* p) {
@@ -259,6 +270,7 @@ inline cudaError_t cudaMallocAsync(void** p, size_t n, cudaStream_t s) {
   if (n > emu::kMaxAlloc) { *p = nullptr; return cudaErrorMemoryAllocation; }
   *p = emu::alloc(n);
   ++emu::live_async;
+  ++emu::n_malloc;
   return cudaSuccess;
 }
 inline cudaError_t cudaFreeAsync(void* p, cudaStream_t s) {
@@ -276,7 +288,10 @@ inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = null
 enum cudaMemcpyKind {
   cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice, cudaMemcpyDefault
 };
-inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) {
+inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind k) {
+  if (k == cudaMemcpyHostToDevice) ++emu::n_memcpy_h2d;
+  if (k == cudaMemcpyDeviceToHost) ++emu::n_memcpy_d2h;
+  if (k == cudaMemcpyDeviceToDevice) ++emu::n_memcpy_d2d;
   if (n) std::memmove(d, s, n);
   return cudaSuccess;
 }
@@ -296,6 +311,7 @@ enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
 // The opt-in limit of an H100 (227 KiB); the emulation itself does not bound shared memory.
 template <class K>
 cudaError_t cudaFuncSetAttribute(K, cudaFuncAttribute, int v) {
+  ++emu::n_func_attr;
   return v < 0 || v > 232448 ? cudaErrorInvalidValue : cudaSuccess;
 }
 
@@ -470,6 +486,7 @@ inline void gemm_store(void* p, cudaDataType_t t, int64_t i, double v) {
 inline void gemm_colmajor(cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k, float alpha,
                           const void* A, cudaDataType_t at, int64_t lda, const void* B, cudaDataType_t bt, int64_t ldb,
                           float beta, void* C, cudaDataType_t ct, int64_t ldc) {
+  ++n_gemm;
   if (m < 0 || n < 0 || k < 0) fail("cublasGemmEx: negative size");
   if (lda < (ta == CUBLAS_OP_N ? m : k) || ldb < (tb == CUBLAS_OP_N ? k : n) || ldc < m)
     fail("cublasGemmEx: leading dimension too small");
