@@ -26,6 +26,7 @@
 #include "tessera/models/blt/generate.hpp"
 // clang-format on
 
+#include "support/cuda_testing.hpp"
 #include "support/gradcheck.hpp"
 #include "tessera/core/allocator.hpp"
 #include "tessera/core/transfer.hpp"
@@ -33,42 +34,16 @@
 #include "tessera/io/safetensors.hpp"
 
 using namespace tessera;
+using tessera::testing::download;
+using tessera::testing::rel_err;
+using tessera::testing::upload;
 using tessera::blt::BltConfig;
 using tessera::blt::BltForCausalLM;
 namespace om = tessera::ops::mask;
 
 namespace {
 
-#define TESSERA_NEED_GPU() \
-  if (cuda_mem::device_count() == 0) GTEST_SKIP() << "no CUDA device: cudaGetDeviceCount reports none"
-
 constexpr double kTol = 1e-4;
-
-template <class T>
-std::vector<T> download(const T* d, int64_t n) {
-  std::vector<T> h(static_cast<size_t>(n));
-  cuda_mem::to_host(h.data(), d, h.size() * sizeof(T));
-  return h;
-}
-template <class T>
-Tensor<T, cuda> upload(const std::vector<T>& h) {
-  Tensor<T, cuda> d({static_cast<int64_t>(h.size())});
-  cuda_mem::to_device(d.data(), h.data(), h.size() * sizeof(T));
-  return d;
-}
-/// max |a - b| / max |b| over n elements (b the reference).
-double rel_err(const float* a, const float* b, int64_t n) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    num = std::max(num, std::abs(double(a[i]) - double(b[i])));
-    den = std::max(den, std::abs(double(b[i])));
-  }
-  return den > 0 ? num / den : num;
-}
-double rel_err(const Tensor<float, cuda>& d, const Tensor<float>& h) {
-  EXPECT_EQ(d.shape(), h.shape());
-  return rel_err(download(d.data(), d.numel()).data(), h.data(), h.numel());
-}
 
 // ---- fixture -------------------------------------------------------------------------------------------
 

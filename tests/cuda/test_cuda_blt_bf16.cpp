@@ -27,6 +27,7 @@
 #include "tessera/models/blt/blt.hpp"
 // clang-format on
 
+#include "support/cuda_testing.hpp"
 #include "tessera/core/allocator.hpp"
 #include "tessera/core/transfer.hpp"
 #include "tessera/io/model_io.hpp"
@@ -34,13 +35,13 @@
 #include "tessera/layers/precision.hpp"
 
 using namespace tessera;
+using tessera::testing::download;
+using tessera::testing::rel_err;
+using tessera::testing::upload;
 using tessera::blt::BltConfig;
 using tessera::blt::BltForCausalLM;
 
 namespace {
-
-#define TESSERA_NEED_GPU() \
-  if (cuda_mem::device_count() == 0) GTEST_SKIP() << "no CUDA device: cudaGetDeviceCount reports none"
 
 #ifdef TESSERA_TEST_FIXTURES
 const std::string kDir = std::string(TESSERA_TEST_FIXTURES) + "/blt-hf-tiny";
@@ -49,26 +50,6 @@ const std::string kDir =
     (std::filesystem::path(__FILE__).parent_path().parent_path() / "fixtures" / "blt-hf-tiny").string();
 #endif
 
-template <class T>
-std::vector<T> download(const T* d, int64_t n) {
-  std::vector<T> h(static_cast<size_t>(n));
-  cuda_mem::to_host(h.data(), d, h.size() * sizeof(T));
-  return h;
-}
-template <class T>
-Tensor<T, cuda> upload(const std::vector<T>& h) {
-  Tensor<T, cuda> d({static_cast<int64_t>(h.size())});
-  cuda_mem::to_device(d.data(), h.data(), h.size() * sizeof(T));
-  return d;
-}
-double rel_err(const std::vector<float>& a, const float* b, int64_t n) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    num = std::max(num, std::abs(double(a[i]) - double(b[i])));
-    den = std::max(den, std::abs(double(b[i])));
-  }
-  return den > 0 ? num / den : num;
-}
 std::vector<int64_t> case_vec(int i, const std::string& name) {
   static const io::SafeTensorsFile f(kDir + "/cases.safetensors");
   Tensor<int64_t> t = f.read<int64_t>("case" + std::to_string(i) + "." + name);

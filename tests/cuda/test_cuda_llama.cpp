@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "support/cuda_testing.hpp"
 #include "support/gradcheck.hpp"
 #include "tessera/core/allocator.hpp"
 #include "tessera/core/transfer.hpp"
@@ -21,39 +22,13 @@
 #include "tessera/train/adamw.hpp"
 
 using namespace tessera;
+using tessera::testing::download;
+using tessera::testing::rel_err;
+using tessera::testing::upload;
 
 namespace {
 
-#define TESSERA_NEED_GPU() \
-  if (cuda_mem::device_count() == 0) GTEST_SKIP() << "no CUDA device: cudaGetDeviceCount reports none"
-
 constexpr double kTol = 1e-4;
-
-template <class T>
-std::vector<T> download(const T* d, int64_t n) {
-  std::vector<T> h(static_cast<size_t>(n));
-  cuda_mem::to_host(h.data(), d, h.size() * sizeof(T));
-  return h;
-}
-template <class T>
-Tensor<T, cuda> upload(const std::vector<T>& h) {
-  Tensor<T, cuda> d({static_cast<int64_t>(h.size())});
-  cuda_mem::to_device(d.data(), h.data(), h.size() * sizeof(T));
-  return d;
-}
-/// max |a - b| / max |b| over n elements (a from the device, b the CPU reference).
-double rel_err(const std::vector<float>& a, const float* b, int64_t n) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    num = std::max(num, std::abs(double(a[i]) - double(b[i])));
-    den = std::max(den, std::abs(double(b[i])));
-  }
-  return den > 0 ? num / den : num;
-}
-double rel_err(const Tensor<float, cuda>& d, const Tensor<float>& h) {
-  EXPECT_EQ(d.shape(), h.shape());
-  return rel_err(download(d.data(), d.numel()), h.data(), h.numel());
-}
 
 models::LlamaConfig tiny_config(int64_t window) {
   models::LlamaConfig c;

@@ -24,11 +24,15 @@
 #include <string>
 #include <vector>
 
+#include "support/cuda_testing.hpp"
 #include "tessera/core/allocator.hpp"
 #include "tessera/core/rng.hpp"
 #include "tessera/models/megalodon/megalodon.hpp"
 
 using namespace tessera;
+using tessera::testing::download;
+using tessera::testing::rel_err;
+using tessera::testing::upload;
 using namespace tessera::models;
 
 namespace {
@@ -59,36 +63,6 @@ class CudaMegalodonModel : public ::testing::Test {
       GTEST_SKIP() << "no CUDA device: cudaGetDeviceCount reports none (no GPU or no driver)";
   }
 };
-
-template <class T>
-Tensor<T, cuda> upload(const T* h, int64_t n) {
-  Tensor<T, cuda> d;
-  d.resize_uninit({n});
-  cuda_mem::to_device(d.data(), h, static_cast<size_t>(n) * sizeof(T));
-  return d;
-}
-template <class T>
-std::vector<T> download(const Tensor<T, cuda>& d) {
-  std::vector<T> h(static_cast<size_t>(d.numel()));
-  if (!h.empty()) cuda_mem::to_host(h.data(), d.data(), h.size() * sizeof(T));
-  return h;
-}
-
-/// max |a - ref| / max |ref| (NaN in a fails: it makes the result NaN, and NaN <= tol is false).
-double rel_err(const std::vector<float>& a, const float* ref, int64_t n) {
-  if (static_cast<int64_t>(a.size()) != n) return INFINITY;
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const double d = std::abs(double(a[i]) - double(ref[i]));
-    num = std::isnan(d) ? NAN : std::max(num, d);
-    if (std::isnan(num)) break;
-    den = std::max(den, std::abs(double(ref[i])));
-  }
-  return den > 0 ? num / den : num;
-}
-double rel_err(const std::vector<float>& a, const Tensor<float>& ref) {
-  return rel_err(a, ref.data(), ref.numel());
-}
 
 /// The CPU model's weights into the CUDA model, matched by reflected name (both walks must agree).
 void copy_params(Megalodon<float>& h, Megalodon<float, cuda>& d) {

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "support/cuda_testing.hpp"
 #include "support/gradcheck.hpp"
 #include "tessera/core/allocator.hpp"
 #include "tessera/core/transfer.hpp"
@@ -32,35 +33,12 @@
 #include "tessera/train/adamw.hpp"
 
 using namespace tessera;
+using tessera::testing::download;
+using tessera::testing::rel_err;
+using tessera::testing::upload;
 
 namespace {
 
-#define TESSERA_NEED_GPU() \
-  if (cuda_mem::device_count() == 0) GTEST_SKIP() << "no CUDA device: cudaGetDeviceCount reports none"
-
-template <class T>
-std::vector<T> download(const T* d, int64_t n) {
-  std::vector<T> h(static_cast<size_t>(n));
-  cuda_mem::to_host(h.data(), d, h.size() * sizeof(T));
-  return h;
-}
-template <class T>
-Tensor<T, cuda> upload(const std::vector<T>& h) {
-  Tensor<T, cuda> d({static_cast<int64_t>(h.size())});
-  cuda_mem::to_device(d.data(), h.data(), h.size() * sizeof(T));
-  return d;
-}
-double rel_err(const std::vector<float>& a, const std::vector<double>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num = std::max(num, std::abs(double(a[i]) - b[i]));
-    den = std::max(den, std::abs(b[i]));
-  }
-  return den > 0 ? num / den : num;
-}
-double rel_err(const std::vector<float>& a, const float* b, int64_t n) {
-  return rel_err(a, std::vector<double>(b, b + n));
-}
 double round_bf16(float f) { return static_cast<float>(bf16(f)); }
 std::vector<float> normals(int64_t n, uint64_t seed, double sd = 1.0) {
   Rng rng(seed);

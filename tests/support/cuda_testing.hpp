@@ -1,0 +1,79 @@
+// Helpers shared by the GPU tests (tests/cuda): the skip when no device is visible, host <-> device copies of
+// test data, and the error measure they report: max |got - ref| / max |ref| over all elements.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "tessera/core/allocator.hpp"
+#include "tessera/core/tensor.hpp"
+
+/// First statement of a GPU test: skips it (with the reason) when no CUDA device is visible.
+#define TESSERA_NEED_GPU()                                        \
+  if (::tessera::cuda_mem::device_count() == 0) GTEST_SKIP() << \
+      "no CUDA device: cudaGetDeviceCount reports none (no GPU or no driver)"
+
+namespace tessera::testing {
+
+template <class T>
+std::vector<T> download(const T* d, int64_t n) {
+  std::vector<T> h(static_cast<size_t>(n));
+  if (n > 0) cuda_mem::to_host(h.data(), d, h.size() * sizeof(T));
+  return h;
+}
+template <class T>
+std::vector<T> download(const Tensor<T, cuda>& d) {
+  return download(d.data(), d.numel());
+}
+template <class T>
+Tensor<T, cuda> upload(const T* h, int64_t n) {
+  Tensor<T, cuda> d;
+  d.resize_uninit({n});
+  if (n > 0) cuda_mem::to_device(d.data(), h, static_cast<size_t>(n) * sizeof(T));
+  return d;
+}
+template <class T>
+Tensor<T, cuda> upload(const std::vector<T>& h) {
+  return upload(h.data(), static_cast<int64_t>(h.size()));
+}
+
+/// max |got - ref| / max |ref| over n elements (max |got - ref| when ref is all zero). A NaN anywhere gives
+/// NaN, which fails every `<= bound` check.
+template <class A, class R>
+double rel_err(const A* got, const R* ref, int64_t n) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = std::abs(double(got[i]) - double(ref[i]));
+    if (std::isnan(d)) return std::numeric_limits<double>::quiet_NaN();
+    num = std::max(num, d);
+    den = std::max(den, std::abs(double(ref[i])));
+  }
+  return den > 0 ? num / den : num;
+}
+/// The same for a downloaded vector; a size mismatch gives infinity.
+template <class A, class R>
+double rel_err(const std::vector<A>& got, const R* ref, int64_t n) {
+  if (static_cast<int64_t>(got.size()) != n) return std::numeric_limits<double>::infinity();
+  return rel_err(got.data(), ref, n);
+}
+template <class A, class R>
+double rel_err(const std::vector<A>& got, const std::vector<R>& ref) {
+  return rel_err(got, ref.data(), static_cast<int64_t>(ref.size()));
+}
+/// A downloaded vector against a CPU tensor (element counts must match).
+template <class A, class R>
+double rel_err(const std::vector<A>& got, const Tensor<R>& ref) {
+  return rel_err(got, ref.data(), ref.numel());
+}
+/// A device tensor against its CPU reference (shapes must match).
+template <class T>
+double rel_err(const Tensor<T, cuda>& got, const Tensor<T>& ref) {
+  EXPECT_EQ(got.shape(), ref.shape());
+  return rel_err(download(got), ref.data(), ref.numel());
+}
+
+}  // namespace tessera::testing
