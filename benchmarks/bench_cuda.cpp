@@ -46,7 +46,7 @@
 #include <string>
 #include <vector>
 
-#include "../cuda/launch_mma.hpp"  // internal: the bf16 attention forward kernel choice
+#include "../cuda/launch_attention_bf16.hpp"  // internal: the bf16 attention kernel choice
 #include "bench_cuda_kernels.cuh"
 #include "tessera/core/dtype.hpp"
 #include "tessera/core/rng.hpp"

@@ -7,7 +7,7 @@
 // Two kernel families, same contract, either backward reading either forward's o and lse: mma.sync (the
 // default; FlashAttention-2's layout with scores, softmax, P, dP and dS in registers, mma m16n8k16 + ldmatrix
 // from mma_sm80.cuh: forward attention_bf16_mma.cuh, backward attention_bf16_mma_bwd.cuh) and WMMA (below).
-// TESSERA_ATTN_BF16_KERNEL=wmma (read once) or set_attention_bf16_kernel (launch_mma.hpp) picks WMMA.
+// TESSERA_ATTN_BF16_KERNEL=wmma (read once) or set_attention_bf16_kernel (launch_attention_bf16.hpp) picks WMMA.
 //
 // WMMA kernels (attention_bf16_kernels.cuh): WMMA 16x16x16 bf16 fragments, fp32 accumulators; 128 threads = 4
 // warps per block; tiles of 64 query rows x 64 keys in shared memory (row stride Dh + 8: 16-byte rows whose
@@ -50,7 +50,7 @@
 #include "attention_bf16_mma_bwd.cuh"
 #include "check.hpp"
 #include "launch_megalodon.hpp"
-#include "launch_mma.hpp"
+#include "launch_attention_bf16.hpp"
 #include "mma_sm80.cuh"
 #include "scratch.cuh"
 
@@ -121,8 +121,7 @@ void dispatch_mask(const AttnArgs& a, F&& f) {
 
 template <class Kernel>
 void allow_smem(Kernel kernel, size_t bytes) {
-  TESSERA_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), bytes);
 }
 
 template <class Mask>
@@ -208,7 +207,7 @@ void backward_impl(const AttnArgs& a, const Mask& mask, const uint16_t* q, const
 }
 
 // One warp: the primitives of mma_sm80.cuh on 16 x 16 operands staged in shared memory with a padded row
-// stride (see mma_selftest in launch_mma.hpp). Accumulators are read and written through the documented C
+// stride (see mma_selftest in launch_attention_bf16.hpp). Accumulators are read and written through the documented C
 // layout, so a wrong layout assumption anywhere shows up as misplaced results.
 __global__ void mma_selftest_kernel(const uint16_t* a, const uint16_t* bt, const uint16_t* b, const float* c,
                                     const float* x, float* d_nk, float* d_kn, float* d_chain,
@@ -282,7 +281,7 @@ void mma_selftest(const uint16_t* a, const uint16_t* bt, const uint16_t* b, cons
   TESSERA_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
-// Host entry points, declared in ops_attention_bf16.cpp (bf16 as uint16_t bit patterns; device pointers).
+// Host entry points, declared in launch_attention_bf16.hpp (bf16 as uint16_t bit patterns; device pointers).
 void attention_forward_bf16(const AttnArgs& a, const uint16_t* q, const uint16_t* k, const uint16_t* v,
                             uint16_t* o, float* lse) {
   dispatch_mask(a, [&](auto mask) { forward_impl(a, mask, q, k, v, o, lse); });

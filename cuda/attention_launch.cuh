@@ -56,8 +56,7 @@ void dispatch_dim(const AttnArgs& a, F&& f) {
 
 template <class Kernel>
 void allow_smem(Kernel kernel, size_t bytes) {
-  TESSERA_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  allow_dynamic_smem(reinterpret_cast<const void*>(kernel), bytes);
 }
 
 /// The forward / backward launches for one mask functor.

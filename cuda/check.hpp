@@ -39,3 +39,27 @@ namespace tessera::cuda_detail {
     if (tessera_err_ != cudaSuccess)                                                                  \
       ::tessera::cuda_detail::throw_cuda(tessera_err_, "launch of " kernel_name, __FILE__, __LINE__); \
   } while (0)
+
+#include <cstddef>
+#include <map>
+#include <mutex>
+#include <utility>
+
+namespace tessera::cuda_detail {
+
+/// Raise a kernel's dynamic shared-memory limit to `bytes`, once per (kernel, device): the driver call costs
+/// microseconds, which adds up when decoding launches attention kernels thousands of times per second.
+inline void allow_dynamic_smem(const void* kernel, size_t bytes) {
+  static std::mutex mu;
+  static std::map<std::pair<const void*, int>, size_t> raised;
+  int dev = 0;
+  TESSERA_CUDA_CHECK(cudaGetDevice(&dev));
+  const std::lock_guard<std::mutex> lock(mu);
+  size_t& have = raised[{kernel, dev}];
+  if (have >= bytes) return;
+  TESSERA_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+  have = bytes;
+}
+
+}  // namespace tessera::cuda_detail

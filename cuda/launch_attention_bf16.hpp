@@ -1,11 +1,22 @@
-// Internal to tessera::cuda, plain C++ (no CUDA types): the host-side controls of the mma.sync kernels in
-// attention_bf16.cu: which bf16 attention kernels run, and the self-test of the warp-level
-// primitives of mma_sm80.cuh. Used by tests/cuda/test_cuda_attention_bf16.cpp and benchmarks/bench_cuda.cpp
-// (included by relative path: cuda/ is not a public include directory).
+// Internal to tessera::cuda, plain C++ (no CUDA types): the host entry points of the bf16 attention kernels
+// in attention_bf16.cu (bound to the public `cuda` overloads of include/tessera/ops/attention_bf16.hpp by
+// ops_attention_bf16.cpp), the choice between the kernel families, and the self-test of the warp-level
+// primitives of mma_sm80.cuh. Tests and the benchmark include it by relative path (cuda/ is not a public
+// include directory).
 #pragma once
 #include <cstdint>
 
+#include "launch_megalodon.hpp"  // AttnArgs
+
 namespace tessera::cuda_detail {
+
+/// ops::attention_forward / attention_backward(cuda, ..., bf16 ...) on validated arguments (bf16 as uint16_t
+/// bit patterns, device pointers); the contract is in include/tessera/ops/attention_bf16.hpp.
+void attention_forward_bf16(const AttnArgs& a, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                            uint16_t* o, float* lse);
+void attention_backward_bf16(const AttnArgs& a, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                             const uint16_t* o, const float* lse, const uint16_t* dout, uint16_t* dq,
+                             uint16_t* dk, uint16_t* dv);
 
 /// The kernels of ops::attention_forward / attention_backward(cuda, ..., bf16 ...): WMMA (score tiles through
 /// shared memory) or mma.sync (FlashAttention-2 layout, scores / softmax / dS in registers), forward and
@@ -16,8 +27,9 @@ enum class AttnBf16Kernel { Auto, Wmma, Mma };
 /// default). Anything else throws tessera::Error naming the variable.
 AttnBf16Kernel parse_attention_bf16_kernel(const char* value);
 
-/// Process-wide choice for the following forward and backward calls; Auto (the initial state) means the environment
-/// variable TESSERA_ATTN_BF16_KERNEL, read once, else Mma. For tests and benchmarks that compare the kernels.
+/// Process-wide choice for the following forward and backward calls; Auto (the initial state) means the
+/// environment variable TESSERA_ATTN_BF16_KERNEL, read once, else Mma. For tests and benchmarks that compare
+/// the kernels.
 void set_attention_bf16_kernel(AttnBf16Kernel k);
 
 /// The kernels the next call runs (Wmma or Mma, never Auto).

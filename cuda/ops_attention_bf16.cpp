@@ -4,17 +4,8 @@
 #include <type_traits>
 
 #include "attn_args.hpp"
-#include "launch_megalodon.hpp"
+#include "launch_attention_bf16.hpp"
 #include "tessera/ops/attention_bf16.hpp"
-
-namespace tessera::cuda_detail {
-// Defined in attention_bf16.cu (bf16 as uint16_t bit patterns, device pointers).
-void attention_forward_bf16(const AttnArgs& a, const uint16_t* q, const uint16_t* k, const uint16_t* v,
-                            uint16_t* o, float* lse);
-void attention_backward_bf16(const AttnArgs& a, const uint16_t* q, const uint16_t* k, const uint16_t* v,
-                             const uint16_t* o, const float* lse, const uint16_t* dout, uint16_t* dq,
-                             uint16_t* dk, uint16_t* dv);
-}  // namespace tessera::cuda_detail
 
 namespace tessera::ops {
 namespace {

@@ -40,7 +40,7 @@
 #include <string>
 #include <vector>
 
-#include "../../cuda/launch_mma.hpp"  // internal: forward kernel choice, mma primitive self-test
+#include "../../cuda/launch_attention_bf16.hpp"  // internal: kernel choice, mma primitive self-test
 #include "tessera/core/allocator.hpp"
 #include "tessera/core/dtype.hpp"
 #include "tessera/core/error.hpp"
