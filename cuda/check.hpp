@@ -1,7 +1,18 @@
-// Internal to tessera::cuda: turn CUDA runtime / cuBLAS status codes into tessera::Error naming the call.
+// Internal to tessera::cuda: turn CUDA runtime / cuBLAS status codes into tessera::Error naming the call; the
+// per-kernel profiler (TESSERA_CUDA_PROFILE=1) those checks feed; the shared-memory attribute helper.
 #pragma once
 #include <cublas_api.h>
 #include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "tessera/core/error.hpp"
 
@@ -14,6 +25,105 @@ namespace tessera::cuda_detail {
 [[noreturn]] inline void throw_cublas(cublasStatus_t s, const char* call, const char* file, int line) {
   throw Error(str(call, " failed: ", cublasGetStatusName(s), " (", cublasGetStatusString(s), ") at ", file,
                   ":", line));
+}
+
+// ---- TESSERA_CUDA_PROFILE=1: where the GPU time goes, per kernel ------------------------------------------
+// Every checked kernel launch (TESSERA_CUDA_CHECK_LAUNCH) and cuBLAS call (TESSERA_CUBLAS_CHECK) then records a
+// CUDA event on the default stream; the time between consecutive events is charged to the operation that
+// ends the interval, so gaps (launch latency, host synchronisation, copies) count towards the next operation —
+// exactly the per-operation cost of a launch-bound decoding loop. Events are folded every 4096 operations (one
+// synchronisation) and a table sorted by total time goes to stderr at exit. Off (one branch per launch) unless
+// the variable is set.
+class Profiler {
+ public:
+  static Profiler& get() {
+    static Profiler p;
+    return p;
+  }
+  bool on() const { return on_; }
+  void mark(const char* name) {
+    const std::lock_guard<std::mutex> lock(mu_);
+    if (!started_) {
+      started_ = true;
+      prev_ = make_event();
+      (void)cudaEventRecord(prev_, nullptr);
+    }
+    cudaEvent_t e = make_event();
+    (void)cudaEventRecord(e, nullptr);
+    pending_.push_back({name, e});
+    if (pending_.size() >= 4096) fold();
+  }
+  ~Profiler() {
+    if (!on_ || !started_) return;
+    const std::lock_guard<std::mutex> lock(mu_);
+    fold();
+    struct Row {
+      std::string name;
+      Stat s;
+    };
+    std::vector<Row> rows;
+    double total = 0;
+    for (const auto& [n, st] : stats_) rows.push_back({n, st}), total += st.ms;
+    std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) { return a.s.ms > b.s.ms; });
+    std::fprintf(stderr, "TESSERA_CUDA_PROFILE: %.3f ms over %lld operations (gaps charged to the next one)\n",
+                 total, static_cast<long long>(count_));
+    std::fprintf(stderr, "%-48s %10s %12s %7s %10s\n", "operation", "calls", "total ms", "%", "mean us");
+    for (const Row& r : rows)
+      std::fprintf(stderr, "%-48.48s %10lld %12.3f %6.1f%% %10.2f\n", r.name.c_str(),
+                   static_cast<long long>(r.s.calls), r.s.ms, total > 0 ? 100.0 * r.s.ms / total : 0.0,
+                   r.s.calls ? 1e3 * r.s.ms / double(r.s.calls) : 0.0);
+    for (cudaEvent_t e : free_) (void)cudaEventDestroy(e);
+    (void)cudaEventDestroy(prev_);
+  }
+
+ private:
+  struct Stat {
+    int64_t calls = 0;
+    double ms = 0;
+  };
+  Profiler() {
+    const char* v = std::getenv("TESSERA_CUDA_PROFILE");
+    on_ = v && v[0] == '1';
+  }
+  cudaEvent_t make_event() {
+    if (!free_.empty()) {
+      cudaEvent_t e = free_.back();
+      free_.pop_back();
+      return e;
+    }
+    cudaEvent_t e = nullptr;
+    (void)cudaEventCreate(&e);
+    return e;
+  }
+  void fold() {
+    if (pending_.empty()) return;
+    if (cudaEventSynchronize(pending_.back().second) != cudaSuccess) return;
+    for (auto& [name, e] : pending_) {
+      float ms = 0;
+      (void)cudaEventElapsedTime(&ms, prev_, e);
+      std::string key(name);
+      if (const size_t paren = key.find('('); paren != std::string::npos) key.resize(paren);  // cuBLAS calls
+      Stat& st = stats_[key];
+      ++st.calls;
+      st.ms += ms;
+      ++count_;
+      free_.push_back(prev_);
+      prev_ = e;
+    }
+    pending_.clear();
+  }
+  bool on_ = false, started_ = false;
+  std::mutex mu_;
+  cudaEvent_t prev_ = nullptr;
+  std::vector<std::pair<const char*, cudaEvent_t>> pending_;
+  std::vector<cudaEvent_t> free_;
+  std::map<std::string, Stat> stats_;
+  int64_t count_ = 0;
+};
+
+inline void profile_mark(const char* name) {
+  Profiler& p = Profiler::get();
+  if (p.on()) p.mark(name);
 }
 
 }  // namespace tessera::cuda_detail
@@ -30,6 +140,7 @@ namespace tessera::cuda_detail {
     const cublasStatus_t tessera_st_ = (call);                                      \
     if (tessera_st_ != CUBLAS_STATUS_SUCCESS)                                       \
       ::tessera::cuda_detail::throw_cublas(tessera_st_, #call, __FILE__, __LINE__); \
+    ::tessera::cuda_detail::profile_mark(#call);                                    \
   } while (0)
 
 /// After a kernel launch: report launch-configuration errors with the kernel's name.
@@ -38,6 +149,7 @@ namespace tessera::cuda_detail {
     const cudaError_t tessera_err_ = cudaGetLastError();                                              \
     if (tessera_err_ != cudaSuccess)                                                                  \
       ::tessera::cuda_detail::throw_cuda(tessera_err_, "launch of " kernel_name, __FILE__, __LINE__); \
+    ::tessera::cuda_detail::profile_mark(kernel_name);                                                \
   } while (0)
 
 #include <cstddef>
