@@ -50,6 +50,33 @@ __device__ __forceinline__ void a_to_acc(float (&p)[2][4], const uint32_t (&a)[4
   }
 }
 
+/// dS = P (dP - D) scale from the bf16-rounded P of the A fragment `pa` (D of element e of n-tile j: d_of(j,
+/// e)), rounded to bf16 as the A fragment of the next product.
+template <class DOf>
+__device__ __forceinline__ void ds_fragment(uint32_t (&dsa)[4], const uint32_t (&pa)[4], const float (&dp)[2][4],
+                                            DOf d_of, float scale) {
+  float pr[2][4];
+  a_to_acc(pr, pa);
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) pr[j][e] = pr[j][e] * (dp[j][e] - d_of(j, e)) * scale;
+  mma::acc_to_a(dsa, pr[0], pr[1]);
+}
+
+/// acc [16][kD] += A (16 x 16) B, B the 16 rows of a row-major [k][n] tile at `tile` (ldmatrix.trans).
+template <int kD>
+__device__ __forceinline__ void mma_add_rows(float (&acc)[kD / 8][4], const uint32_t (&a)[4], const bf16_t* tile,
+                                             int ld) {
+#pragma unroll
+  for (int dn = 0; dn < kD / 16; ++dn) {
+    uint32_t b[4];
+    mma::load_b_kn(b, tile + dn * 16, ld);
+    mma::mma_nt(acc[2 * dn], a, b, 0);
+    mma::mma_nt(acc[2 * dn + 1], a, b, 1);
+  }
+}
+
 /// Store this lane's part of a [16][kD] fp32 accumulator block as bf16 to global rows (row r at dst + r *
 /// stride): rows < nrows, columns < cols. 4-byte stores of column pairs when `vec` (cols and strides
 /// multiples of 8, 16-byte aligned base).
@@ -174,14 +201,7 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
           }
         uint32_t pa[4];
         mma::acc_to_a(pa, p[0], p[1]);
-        // dV += P^T dO_c.
-#pragma unroll
-        for (int dn = 0; dn < kD / 16; ++dn) {
-          uint32_t ob[4];
-          mma::load_b_kn(ob, dOs + c0 * kLd + dn * 16, kLd);
-          mma::mma_nt(dva[2 * dn], pa, ob, 0);
-          mma::mma_nt(dva[2 * dn + 1], pa, ob, 1);
-        }
+        mma_add_rows<kD>(dva, pa, dOs + c0 * kLd, kLd);  // dV += P^T dO_c
         // dP^T = V_w dO_c^T.
         float dp[2][4] = {};
 #pragma unroll
@@ -192,26 +212,10 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
           mma::mma_nt(dp[0], va, ob, 0);
           mma::mma_nt(dp[1], va, ob, 1);
         }
-        // dS^T = P^T (dP^T - D) scale from the rounded P^T, rounded to bf16 into an A fragment.
-        float pr[2][4];
-        a_to_acc(pr, pa);
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int col = c0 + 8 * j + 2 * t + e % 2;
-            pr[j][e] = pr[j][e] * (dp[j][e] - Ds[col]) * d.scale;
-          }
+        // dS^T = P^T (dP^T - D) scale (D per query column), then dK += dS^T Q_c.
         uint32_t dsa[4];
-        mma::acc_to_a(dsa, pr[0], pr[1]);
-        // dK += dS^T Q_c.
-#pragma unroll
-        for (int dn = 0; dn < kD / 16; ++dn) {
-          uint32_t qb[4];
-          mma::load_b_kn(qb, Qs + c0 * kLd + dn * 16, kLd);
-          mma::mma_nt(dka[2 * dn], dsa, qb, 0);
-          mma::mma_nt(dka[2 * dn + 1], dsa, qb, 1);
-        }
+        ds_fragment(dsa, pa, dp, [&](int j, int e) { return Ds[c0 + 8 * j + 2 * t + e % 2]; }, d.scale);
+        mma_add_rows<kD>(dka, dsa, Qs + c0 * kLd, kLd);
       }
     }
   }
@@ -326,23 +330,10 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
         mma::mma_nt(dp[0], oa[kk], vb, 0);
         mma::mma_nt(dp[1], oa[kk], vb, 1);
       }
-      // dS = P (dP - D) scale from the rounded P.
-      float pr[2][4];
-      a_to_acc(pr, pa);
-#pragma unroll
-      for (int j = 0; j < 2; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) pr[j][e] = pr[j][e] * (dp[j][e] - Di[e / 2]) * d.scale;
+      // dS = P (dP - D) scale (D per query row), then dQ += dS K_c.
       uint32_t dsa[4];
-      mma::acc_to_a(dsa, pr[0], pr[1]);
-      // dQ += dS K_c.
-#pragma unroll
-      for (int dn = 0; dn < kD / 16; ++dn) {
-        uint32_t kb[4];
-        mma::load_b_kn(kb, Ks + c0 * kLd + dn * 16, kLd);
-        mma::mma_nt(dqa[2 * dn], dsa, kb, 0);
-        mma::mma_nt(dqa[2 * dn + 1], dsa, kb, 1);
-      }
+      ds_fragment(dsa, pa, dp, [&](int, int e) { return Di[e / 2]; }, d.scale);
+      mma_add_rows<kD>(dqa, dsa, Ks + c0 * kLd, kLd);
     }
   }
 

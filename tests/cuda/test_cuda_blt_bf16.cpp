@@ -85,22 +85,17 @@ TEST(CudaBltBf16, TrainStepTracksTheFp32Model) {
   EXPECT_NEAR(loss_d, loss_h, 5e-3 * loss_h);
   h.backward(targets.data());
   d.backward(targets_d.data());
-  std::map<std::string, std::vector<float>> grads;
-  for_each_param(d, [&](const std::string& name, auto& p) { grads[name] = download(p.grad.data(), p.grad.numel()); });
   double worst = 0;
   size_t n = 0;
   std::vector<double> errs;
   std::string worst_name;
-  for_each_param(h, [&](const std::string& name, auto& p) {
-    double amax = 0;
-    for (int64_t i = 0; i < p.grad.numel(); ++i) amax = std::max(amax, std::abs(double(p.grad[i])));
-    if (amax == 0) return;  // the entropy model (frozen)
-    const double e = rel_err(grads.at(name), p.grad.data(), p.grad.numel());
-    EXPECT_LE(e, 2.5e-1) << name;
-    errs.push_back(e);
-    if (e > worst) worst = e, worst_name = name;
+  for (const auto& g : tessera::testing::gradient_errors(h, d)) {
+    if (g.ref_amax == 0) continue;  // the entropy model (frozen)
+    EXPECT_LE(g.err, 2.5e-1) << g.name;
+    errs.push_back(g.err);
+    if (g.err > worst) worst = g.err, worst_name = g.name;
     ++n;
-  });
+  }
   EXPECT_GE(n, 40u);
   std::nth_element(errs.begin(), errs.begin() + errs.size() / 2, errs.end());
   const double median = errs[errs.size() / 2];

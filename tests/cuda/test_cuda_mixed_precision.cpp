@@ -235,15 +235,12 @@ TEST_P(CudaMixedPrecisionLlama, Bf16TrainingTracksTheFp32Model) {
     EXPECT_NEAR(loss_d, loss_h, 5e-3 * loss_h);
     h.backward(targets.data());
     d.backward(targets_d.data());
-    std::map<std::string, std::vector<float>> grads;
-    for_each_param(d, [&](const std::string& name, auto& p) { grads[name] = download(p.grad.data(), p.grad.numel()); });
     double worst = 0;
     std::string worst_name;
-    for_each_param(h, [&](const std::string& name, auto& p) {
-      const double e = rel_err(grads.at(name), p.grad.data(), p.grad.numel());
-      if (step == 0) EXPECT_LE(e, 3e-2) << name;  // later steps compare models whose weights differ
-      if (e > worst) worst = e, worst_name = name;
-    });
+    for (const auto& g : tessera::testing::gradient_errors(h, d)) {
+      if (step == 0) EXPECT_LE(g.err, 3e-2) << g.name;  // later steps compare models whose weights differ
+      if (g.err > worst) worst = g.err, worst_name = g.name;
+    }
     std::printf("step %d: logits %.2e, loss %.6f vs %.6f, worst gradient %.2e (%s)\n", step, logit_err, loss_d,
                 loss_h, worst, worst_name.c_str());
     opt_h.step(h);
@@ -286,15 +283,12 @@ TEST(CudaMixedPrecision, MegalodonBf16TrainingStepTracksTheFp32Model) {
   EXPECT_NEAR(loss_d, loss_h, 5e-3 * loss_h);
   h.backward(targets.data());
   d.backward(targets_d.data());
-  std::map<std::string, std::vector<float>> grads;
-  for_each_param(d, [&](const std::string& name, auto& p) { grads[name] = download(p.grad.data(), p.grad.numel()); });
   double worst = 0;
   std::string worst_name;
-  for_each_param(h, [&](const std::string& name, auto& p) {
-    const double e = rel_err(grads.at(name), p.grad.data(), p.grad.numel());
-    EXPECT_LE(e, 5e-2) << name;
-    if (e > worst) worst = e, worst_name = name;
-  });
+  for (const auto& g : tessera::testing::gradient_errors(h, d)) {
+    EXPECT_LE(g.err, 5e-2) << g.name;
+    if (g.err > worst) worst = g.err, worst_name = g.name;
+  }
   std::printf("megalodon bf16: logits %.2e, loss %.6f vs %.6f, worst gradient %.2e (%s)\n", le, loss_d, loss_h,
               worst, worst_name.c_str());
 }

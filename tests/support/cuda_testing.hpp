@@ -7,9 +7,12 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <map>
+#include <string>
 #include <vector>
 
 #include "tessera/core/allocator.hpp"
+#include "tessera/core/param.hpp"
 #include "tessera/core/tensor.hpp"
 
 /// First statement of a GPU test: skips it (with the reason) when no CUDA device is visible.
@@ -74,6 +77,33 @@ template <class T>
 double rel_err(const Tensor<T, cuda>& got, const Tensor<T>& ref) {
   EXPECT_EQ(got.shape(), ref.shape());
   return rel_err(download(got), ref.data(), ref.numel());
+}
+
+/// One parameter's gradient on the device against the CPU model's (same reflected name).
+struct GradErr {
+  std::string name;
+  double err;       // rel_err(device grad, CPU grad)
+  double ref_amax;  // max |CPU grad| (0: the parameter got no gradient, e.g. a frozen part)
+};
+/// Every gradient of `device` against `host` by reflected name, in `host`'s walk order; a name missing on the
+/// device is a test failure.
+template <class HostModel, class DeviceModel>
+std::vector<GradErr> gradient_errors(HostModel& host, DeviceModel& device) {
+  std::map<std::string, std::vector<float>> dev;
+  for_each_param(device, [&](const std::string& name, auto& p) { dev[name] = download(p.grad); });
+  std::vector<GradErr> out;
+  for_each_param(host, [&](const std::string& name, auto& p) {
+    const auto it = dev.find(name);
+    if (it == dev.end()) {
+      ADD_FAILURE() << "no device parameter " << name;
+      return;
+    }
+    double amax = 0;
+    for (int64_t i = 0; i < p.grad.numel(); ++i) amax = std::max(amax, std::abs(double(p.grad[i])));
+    out.push_back({name, rel_err(it->second, p.grad.data(), p.grad.numel()), amax});
+  });
+  EXPECT_EQ(out.size(), dev.size()) << "parameter sets differ";
+  return out;
 }
 
 }  // namespace tessera::testing
