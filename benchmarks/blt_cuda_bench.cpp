@@ -289,6 +289,14 @@ struct Bench {
 
   void forward() {
     Lm& lm = *model;
+    // Inference, as transformers' forward on bf16 weights: the bf16 weight copies are made once (a no-op in
+    // fp32), not re-cast from the fp32 masters at every call; undone at the end (training re-casts per step).
+    freeze_bf16_weights(lm);
+    struct Unfreeze {
+      Lm& lm;
+      Precision p;
+      ~Unfreeze() { set_compute_precision(lm, p); }
+    } unfreeze{lm, parse_precision(prec)};
     const Timing t = bench::time_steps(
         [&] {
           lm.forward(ids.data(), 1, T);

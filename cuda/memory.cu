@@ -3,27 +3,78 @@
 // of tessera::cuda; copies to the host synchronise.
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
+
 #include "check.hpp"
 #include "tessera/core/allocator.hpp"
 
 namespace tessera {
 
+namespace {
+
+// Tensors come from the device's default memory pool, stream-ordered on the legacy default stream
+// (cudaMallocAsync / cudaFreeAsync): a freed block is reused by the next allocation without waiting for the
+// device, whereas cudaFree waits for every queued kernel — once per temporary tensor, which made decoding
+// (hundreds of small tensors per token) wait on the GPU at every op. The pool keeps freed memory (release
+// threshold: unlimited, as PyTorch's caching allocator does); when an allocation fails, the unused part of
+// the pool is returned to the driver and the allocation is tried once more. Devices without memory pools
+// fall back to cudaMalloc / cudaFree.
+struct DevicePool {
+  bool async = false;
+  cudaMemPool_t pool{};
+  DevicePool() {
+    int dev = 0, pools = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, dev) != cudaSuccess || pools == 0 ||
+        cudaDeviceGetDefaultMemPool(&pool, dev) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return;
+    }
+    uint64_t keep = UINT64_MAX;
+    async = cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep) == cudaSuccess;
+    (void)cudaGetLastError();
+  }
+};
+
+DevicePool& device_pool() {
+  static DevicePool p;  // the device current at the first allocation (tessera uses one device per process)
+  return p;
+}
+
+cudaError_t try_allocate(void** p, size_t bytes, bool async) {
+  return async ? cudaMallocAsync(p, bytes, 0) : cudaMalloc(p, bytes);
+}
+
+}  // namespace
+
 void* Allocator<cuda>::allocate(size_t bytes) {
   if (bytes == 0) return nullptr;
+  DevicePool& dp = device_pool();
   void* p = nullptr;
-  const cudaError_t e = cudaMalloc(&p, bytes);
+  cudaError_t e = try_allocate(&p, bytes, dp.async);
+  if (e == cudaErrorMemoryAllocation && dp.async) {
+    (void)cudaGetLastError();
+    // Out of memory with blocks cached in the pool: wait for the frees queued on the stream, hand the unused
+    // memory back, and try again (the pool may hold free blocks of the wrong sizes).
+    if (cudaDeviceSynchronize() == cudaSuccess && cudaMemPoolTrimTo(dp.pool, 0) == cudaSuccess)
+      e = try_allocate(&p, bytes, true);
+  }
   if (e != cudaSuccess) {
     (void)cudaGetLastError();  // an out-of-memory error is not sticky; clear it for the caller
-    throw Error(
-        str("cudaMalloc(", bytes, " bytes) failed: ", cudaGetErrorName(e), " (", cudaGetErrorString(e), ")"));
+    throw Error(str(dp.async ? "cudaMallocAsync(" : "cudaMalloc(", bytes, " bytes) failed: ", cudaGetErrorName(e),
+                    " (", cudaGetErrorString(e), ")"));
   }
   return p;
 }
 
-// Called from destructors, so it must not throw. cudaFree fails only for invalid pointers or when the
-// runtime is already shutting down at process exit; neither can be acted on here.
+// Called from destructors, so it must not throw. A free fails only for invalid pointers or when the runtime
+// is already shutting down at process exit; neither can be acted on here.
 void Allocator<cuda>::deallocate(void* p) {
-  if (p) (void)cudaFree(p);
+  if (!p) return;
+  if (device_pool().async)
+    (void)cudaFreeAsync(p, 0);
+  else
+    (void)cudaFree(p);
 }
 
 void Allocator<cuda>::memset_zero(void* p, size_t bytes) {

@@ -58,25 +58,31 @@ TEST(CudaMixedPrecision, RejectsCpuModels) {
   EXPECT_THROW(parse_precision("fp16"), Error);
 }
 
+// n = 1001: the per-element kernels; n = 1000 (a multiple of 8, allocations 16-byte aligned): the 8-wide ones.
 TEST(CudaMixedPrecision, CastRoundsToNearestEvenAndBackExactly) {
   TESSERA_NEED_GPU();
-  std::vector<float> x = normals(1001, 1);
-  x[0] = 1.0f + 1.0f / 256;            // exactly half-way between two bf16 values: ties to even (1.0)
-  x[1] = 1.0f + 3.0f / 256;            // half-way, rounds up to the even 1 + 4/256
-  x[2] = -0.0f;
-  x[3] = std::numeric_limits<float>::infinity();
-  x[4] = 3.0e38f;                      // large but finite in bf16 (max ~3.39e38)
-  auto xd = upload(x);
-  Tensor<bf16, cuda> h({1001});
-  ops::cast(cuda{}, h.data(), xd.data(), 1001);
-  const auto hb = download(h.data(), 1001);
-  for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(hb[i].bits, bf16(x[i]).bits) << "element " << i;
-  EXPECT_EQ(static_cast<float>(hb[0]), 1.0f);
-  EXPECT_EQ(static_cast<float>(hb[1]), 1.0f + 4.0f / 256);
-  Tensor<float, cuda> back({1001});
-  ops::cast(cuda{}, back.data(), h.data(), 1001);
-  const auto fb = download(back.data(), 1001);
-  for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(fb[i], static_cast<float>(hb[i])) << "element " << i;
+  for (const int64_t n : {int64_t{1001}, int64_t{1000}}) {
+    SCOPED_TRACE(n);
+    std::vector<float> x = normals(n, 1);
+    x[0] = 1.0f + 1.0f / 256;            // exactly half-way between two bf16 values: ties to even (1.0)
+    x[1] = 1.0f + 3.0f / 256;            // half-way, rounds up to the even 1 + 4/256
+    x[2] = -0.0f;
+    x[3] = std::numeric_limits<float>::infinity();
+    x[4] = 3.0e38f;                      // large but finite in bf16 (max ~3.39e38)
+    x[n - 1] = -1.0f - 1.0f / 256;       // the last element (a vector kernel's last lane)
+    auto xd = upload(x);
+    Tensor<bf16, cuda> h({n});
+    ops::cast(cuda{}, h.data(), xd.data(), n);
+    const auto hb = download(h.data(), n);
+    for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(hb[i].bits, bf16(x[i]).bits) << "element " << i;
+    EXPECT_EQ(static_cast<float>(hb[0]), 1.0f);
+    EXPECT_EQ(static_cast<float>(hb[1]), 1.0f + 4.0f / 256);
+    EXPECT_EQ(static_cast<float>(hb[n - 1]), -1.0f);
+    Tensor<float, cuda> back({n});
+    ops::cast(cuda{}, back.data(), h.data(), n);
+    const auto fb = download(back.data(), n);
+    for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(fb[i], static_cast<float>(hb[i])) << "element " << i;
+  }
 }
 
 TEST(CudaMixedPrecision, LinearMultipliesBf16OperandsWithFp32Accumulation) {

@@ -7,6 +7,7 @@
 // differs by a few ulp of the partial sums; the second term keeps entries that cancel to near zero from
 // being judged by their own tiny magnitude. kRtol = 1e-5 is ~80 ulp of fp32: loose enough for sums of a
 // few thousand terms, tight enough that any indexing or transpose mistake fails by orders of magnitude.
+#include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -98,6 +99,25 @@ TEST_F(Cuda, AllocationFailureIsATesseraError) {
   }
   // The failure is not sticky: the device stays usable.
   Tensor<float, cuda> t({4});
+  EXPECT_EQ(download(t), Host(4, 0.0f));
+}
+
+// Freed tensors stay cached in the device's memory pool (cuda/memory.cu); an allocation that only fits once
+// that cache is handed back must still succeed: 60 % of the free memory is allocated and freed (cached), then
+// 70 % is asked for.
+TEST_F(Cuda, CachedPoolMemoryIsHandedBackWhenAnAllocationNeedsIt) {
+#ifdef TESSERA_CUDA_EMU
+  GTEST_SKIP() << "the CPU emulation of the runtime has no device memory limit";
+#endif
+  size_t free_b = 0, total_b = 0;
+  ASSERT_EQ(cudaMemGetInfo(&free_b, &total_b), cudaSuccess);
+  const size_t first = free_b / 10 * 6, second = free_b / 10 * 7;
+  Allocator<cuda>::deallocate(Allocator<cuda>::allocate(first));
+  void* p = nullptr;
+  EXPECT_NO_THROW(p = Allocator<cuda>::allocate(second));
+  EXPECT_NE(p, nullptr);
+  Allocator<cuda>::deallocate(p);
+  Tensor<float, cuda> t({4});  // and the device stays usable
   EXPECT_EQ(download(t), Host(4, 0.0f));
 }
 

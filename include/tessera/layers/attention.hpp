@@ -23,6 +23,9 @@ struct SelfAttention {
     typename Linear<T, B>::Saved q_s, k_s, v_s, o_s;
     Tensor<T, B> q, k, v, attn, lse;
     Tensor<int64_t, B> positions;  // pos_offset + t when ctx.positions is null
+    // bf16 attention with bf16 projections (forward_bf16): the layer input and the kernel's operands and
+    // output, kept in bf16 for the backward instead of q, k, v, attn in fp32.
+    Tensor<bf16, B> x16, q16, k16, v16, o16;
   };
   Linear<T, B> q_proj, k_proj, v_proj, o_proj;
   int64_t dim = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
@@ -79,6 +82,9 @@ struct SelfAttention {
   void forward(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s) const {
     TESSERA_CHECK(x.size(0) == ctx.rows(), "SelfAttention: ", x.size(0), " rows but the context has ",
                   ctx.batch, " x ", ctx.seq);
+    if constexpr (has_bf16_attention) {
+      if (all_bf16(ctx)) return forward_bf16(ctx, x, y, s);
+    }
     const bf16* x16 = shared_input_bf16(x);  // bf16 compute: one cast of x for the three projections
     q_proj.forward(ctx, x, s.q, s.q_s, x16);
     k_proj.forward(ctx, x, s.k, s.k_s, x16);
@@ -148,6 +154,9 @@ struct SelfAttention {
   }
 
   void backward(const SeqContext& ctx, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {
+    if constexpr (has_bf16_attention) {
+      if (all_bf16(ctx)) return backward_bf16(ctx, dy, dx, s);
+    }
     const int64_t n = ctx.rows();
     auto& [d_attn, dq, dk, dv] = shared_scratch<SelfAttention, T, B, 4>();
     o_proj.backward(ctx, dy, d_attn, s.o_s);
@@ -187,6 +196,73 @@ struct SelfAttention {
     }
   }
   static std::array<Tensor<bf16, B>, 9>& scratch16() { return shared_scratch<SelfAttention, bf16, B, 9>(); }
+
+  /// The all-bf16 path: bf16 attention and all four projections in bf16 (set_compute_precision sets them
+  /// together). Then the layer keeps bf16 copies only (Saved::x16 .. o16): the input is cast once for the
+  /// three projections and their backward; q, k, v exist in fp32 only between their GEMMs and the cast after
+  /// RoPE (per-thread scratch); the kernel's bf16 output feeds o_proj directly. The numbers are those of the
+  /// mixed path above (every operand is the same bf16 value), with 8 fewer casts per layer and step and half
+  /// the saved bytes.
+  bool all_bf16(const SeqContext& ctx) const {
+    return use_bf16_attention(ctx) && q_proj.computes_in_bf16() && k_proj.computes_in_bf16() &&
+           v_proj.computes_in_bf16() && o_proj.computes_in_bf16();
+  }
+  void forward_bf16(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s) const {
+    if constexpr (has_bf16_attention) {
+      const int64_t n = ctx.rows(), qw = n_heads * head_dim, kw = n_kv_heads * head_dim;
+      auto& [unused, q, k, v] = shared_scratch<SelfAttention, T, B, 4>();  // the backward's dq, dk, dv
+      (void)unused;
+      s.x16.resize_uninit(x.shape);
+      ops::cast(B{}, s.x16.data(), x.data(), x.numel());
+      q_proj.forward(ctx, x, q, s.q_s, s.x16.data());
+      k_proj.forward(ctx, x, k, s.k_s, s.x16.data());
+      v_proj.forward(ctx, x, v, s.v_s, s.x16.data());
+      if constexpr (Rope::enabled) {
+        const int64_t* pos = positions(ctx, s);
+        ops::rope_forward(B{}, q.data(), qw, pos, n, n_heads, head_dim, rope_theta, Rope::style);
+        ops::rope_forward(B{}, k.data(), kw, pos, n, n_kv_heads, head_dim, rope_theta, Rope::style);
+      }
+      cast_to(s.q16, q);
+      cast_to(s.k16, k);
+      cast_to(s.v16, v);
+      s.o16.resize_uninit({n, qw});
+      s.lse.resize_uninit({ctx.batch, n_heads, ctx.seq});
+      ops::attention_forward(B{}, dims(ctx), *mask::PositionOnly<Mask>::make(ctx), s.q16.data(), s.k16.data(),
+                             s.v16.data(), s.o16.data(), s.lse.data());
+      o_proj.forward_bf16_input(ctx, s.o16.data(), n, y, s.o_s);
+    }
+  }
+  void backward_bf16(const SeqContext& ctx, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {
+    if constexpr (has_bf16_attention) {
+      const int64_t n = ctx.rows();
+      auto& [d_attn, dq, dk, dv] = shared_scratch<SelfAttention, T, B, 4>();
+      auto& [q16, k16, v16, o16, do16, dq16, dk16, dv16, x16] = scratch16();
+      o_proj.backward(ctx, dy, d_attn, s.o_s, false, s.o16.data());
+      cast_to(do16, d_attn);
+      dq16.resize_uninit(s.q16.shape());
+      dk16.resize_uninit(s.k16.shape());
+      dv16.resize_uninit(s.v16.shape());
+      ops::attention_backward(B{}, dims(ctx), *mask::PositionOnly<Mask>::make(ctx), s.q16.data(), s.k16.data(),
+                              s.v16.data(), s.o16.data(), s.lse.data(), do16.data(), dq16.data(), dk16.data(),
+                              dv16.data());
+      dq.resize_uninit(s.q16.shape());
+      dk.resize_uninit(s.k16.shape());
+      dv.resize_uninit(s.v16.shape());
+      ops::cast(B{}, dq.data(), dq16.data(), dq.numel());
+      ops::cast(B{}, dk.data(), dk16.data(), dk.numel());
+      ops::cast(B{}, dv.data(), dv16.data(), dv.numel());
+      if constexpr (Rope::enabled) {
+        const int64_t* pos = ctx.positions ? ctx.positions : s.positions.data();
+        ops::rope_backward(B{}, dq.data(), n_heads * head_dim, pos, n, n_heads, head_dim, rope_theta,
+                           Rope::style);
+        ops::rope_backward(B{}, dk.data(), n_kv_heads * head_dim, pos, n, n_kv_heads, head_dim, rope_theta,
+                           Rope::style);
+      }
+      q_proj.backward(ctx, dq, dx, s.q_s, false, s.x16.data());
+      k_proj.backward(ctx, dk, dx, s.k_s, true, s.x16.data());
+      v_proj.backward(ctx, dv, dx, s.v_s, true, s.x16.data());
+    }
+  }
 
   /// bf16(x) in scratch when the projections compute in bf16 (nullptr otherwise: each casts for itself).
   const bf16* shared_input_bf16(TensorView<const T> x) const {

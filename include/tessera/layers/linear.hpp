@@ -64,6 +64,14 @@ struct Linear {
     }
     ops::linear_forward(B{}, y.data(), x.data(), params.weight.value.data(), bias(), n, in, out);
   }
+  /// bf16 compute only: forward from an input that exists only in bf16 (x16 [n, in], e.g. the bf16 attention
+  /// kernel's output); the backward must then be given the same x16, which must stay valid until then.
+  void forward_bf16_input(const SeqContext&, const bf16* x16, int64_t n, Tensor<T, B>& y, Saved& s) const {
+    TESSERA_CHECK(computes_in_bf16() && x16, "Linear::forward_bf16_input: needs bf16 compute and an input");
+    y.resize_uninit({n, out});
+    s.x = TensorView<const T>(nullptr, Shape{n, in});  // the shape only: the data is x16
+    if constexpr (kMixed) forward_bf16(s.x, x16, y);
+  }
   /// dy: [N, out] -> dx: [N, in] (overwritten, or += when accumulate_dx: then dx already holds [N, in]); dW,
   /// db accumulated. x16: as in forward (bf16(x) of the forward's input, cast by the caller).
   void backward(const SeqContext&, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s, bool accumulate_dx = false,
@@ -130,7 +138,10 @@ struct Linear {
     if (dx)
       ops::gemm(B{}, false, false, n, in, out, 1.0f, dy16.data(), out, weight_bf16_.data(), in,
                 accumulate_dx ? 1.0f : 0.0f, dx, in);
-    if (!x16) x16 = cast_input(s.x);
+    if (!x16) {
+      TESSERA_CHECK(s.x.data(), "Linear: the backward of forward_bf16_input needs its x16");
+      x16 = cast_input(s.x);
+    }
     ops::gemm(B{}, true, false, out, in, n, 1.0f, dy16.data(), out, x16, in, 1.0f, params.weight.grad.data(), in);
     if (bias_grad()) ops::row_bias_backward(B{}, bias_grad(), dy.data(), n, out);
   }

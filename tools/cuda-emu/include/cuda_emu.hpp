@@ -207,6 +207,10 @@ inline unsigned long long atomicCAS(unsigned long long* p, unsigned long long cm
 // reads of memory nobody wrote show up in the results.
 typedef int cudaError_t;
 typedef struct EmuStream* cudaStream_t;
+// The 16-byte vector types of vector_types.h that the kernels use.
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 typedef struct EmuEvent* cudaEvent_t;
 enum : int { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2 };
 inline const char* cudaGetErrorName(cudaError_t e) {
@@ -225,7 +229,7 @@ inline cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total_b) {
   *free_b = *total_b = size_t(80) << 30;
   return cudaSuccess;
 }
-enum cudaDeviceAttr { cudaDevAttrMemoryPoolsSupported };
+enum cudaDeviceAttr { cudaDevAttrMemoryPoolsSupported, cudaDevAttrMultiProcessorCount };
 namespace emu {
 inline const int pools = env_on("EMU_NOPOOLS") ? 0 : 1;  // EMU_NOPOOLS=1: exercise the cudaMalloc fallbacks
 inline std::atomic<long long> live_async{0}, live_sync{0};
@@ -251,7 +255,11 @@ inline struct AllocCheck {
   }
 } alloc_check;
 }  // namespace emu
-inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr, int) { *v = emu::pools; return cudaSuccess; }
+// The SM count of an H100 SXM (132), so that launch heuristics take the same paths as there.
+inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {
+  *v = a == cudaDevAttrMultiProcessorCount ? 132 : emu::pools;
+  return cudaSuccess;
+}
 inline cudaError_t cudaMalloc(void** p, size_t n) {
   if (n > emu::kMaxAlloc) { *p = nullptr; return cudaErrorMemoryAllocation; }
   *p = emu::alloc(n);
@@ -278,6 +286,18 @@ inline cudaError_t cudaFreeAsync(void* p, cudaStream_t s) {
   if (p) { std::free(p); --emu::live_async; }
   return cudaSuccess;
 }
+// The device's default memory pool (Allocator<cuda> raises its release threshold and trims it on OOM).
+typedef struct EmuMemPool* cudaMemPool_t;
+enum cudaMemPoolAttr { cudaMemPoolAttrReleaseThreshold = 4 };
+inline cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int) {
+  static int the_pool = 0;
+  *pool = reinterpret_cast<cudaMemPool_t>(&the_pool);
+  return emu::pools ? cudaSuccess : cudaErrorInvalidValue;
+}
+inline cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t pool, cudaMemPoolAttr, void* value) {
+  return pool && value ? cudaSuccess : cudaErrorInvalidValue;
+}
+inline cudaError_t cudaMemPoolTrimTo(cudaMemPool_t pool, size_t) { return pool ? cudaSuccess : cudaErrorInvalidValue; }
 // The typed overloads of cuda_runtime.h's C++ API.
 template <class T>
 cudaError_t cudaMalloc(T** p, size_t n) { return cudaMalloc(reinterpret_cast<void**>(p), n); }
