@@ -121,9 +121,10 @@ struct SelfAttention {
         "SelfAttention::forward_cached needs a causal mask (optionally windowed / with document cuts)");
     TESSERA_CHECK(x.size(0) == ctx.rows(), "SelfAttention::forward_cached: ", x.size(0),
                   " rows but the context has ", ctx.batch, " x ", ctx.seq);
-    q_proj.forward(ctx, x, s.q, s.q_s);
-    k_proj.forward(ctx, x, s.k, s.k_s);
-    v_proj.forward(ctx, x, s.v, s.v_s);
+    const bf16* x16 = shared_input_bf16(x);  // bf16 compute: one cast of x for the three projections
+    q_proj.forward(ctx, x, s.q, s.q_s, x16);
+    k_proj.forward(ctx, x, s.k, s.k_s, x16);
+    v_proj.forward(ctx, x, s.v, s.v_s, x16);
     const int64_t n = ctx.rows(), qw = n_heads * head_dim, kw = n_kv_heads * head_dim;
     if constexpr (Rope::enabled) {
       const int64_t* pos = positions(ctx, s);
