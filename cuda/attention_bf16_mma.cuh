@@ -40,7 +40,8 @@ struct MmaFwdSmem {
 /// warp the loads, not the tensor cores, set the pace). The warp's key range is the union of its m-tiles';
 /// an m-tile masks per element the keys outside its own. Q stays in registers while kM * kD / 16 <= 8
 /// fragments, else (kD = 128, kM = 2) its fragments are reloaded from shared memory per 16-dim step, as
-/// FA2 does, to stay within 255 registers. Per row the arithmetic is the same as kM = 1's on the same key
+/// FA2 does, and S is computed for one m-tile after the other (K fragments loaded per m-tile; the V fragments
+/// of P V still feed both), to stay within 255 registers. Per row the arithmetic is the same as kM = 1's on the same key
 /// tiles (equal for causal masks, whose tiles start at key 0 for every block).
 template <int kD, int kM, class Mask>
 __global__ void __launch_bounds__(kThreads, kD <= 64 && kM == 1 ? 3 : 2)
@@ -55,6 +56,7 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 && kM == 1 ? 3 : 2)
   constexpr int kOt = kD / 8;      // 8-column n-tiles of O
   constexpr int kRows = kM * kTile;                // query rows per block
   constexpr bool kQInRegs = kM * kKs <= 8;         // Q fragments held in registers
+  constexpr bool kJointS = kM == 1 || kD <= 64;    // S of both m-tiles at once (else one after the other)
   static_assert(kWarps * 16 == kTile, "one 16-row m-tile per warp and tile");
   static_assert(kM == 1 || kM == 2, "one or two m-tiles per warp");
   extern __shared__ __align__(128) float smem_f[];
@@ -130,39 +132,45 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 && kM == 1 ? 3 : 2)
 
     if (active) {
       float s[kM][kNt][4];
+      // S = Q K^T for the m-tiles [mt_lo, mt_hi): one K fragment feeds every m-tile of the range.
+      auto compute_s = [&](int mt_lo, int mt_hi) {
 #pragma unroll
-      for (int mt = 0; mt < kM; ++mt)
+        for (int mt = mt_lo; mt < mt_hi; ++mt)
 #pragma unroll
-        for (int n = 0; n < kNt; ++n)
+          for (int n = 0; n < kNt; ++n)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) s[mt][n][e] = 0.f;
+            for (int e = 0; e < 4; ++e) s[mt][n][e] = 0.f;
 #pragma unroll
-      for (int kk = 0; kk < kKs; ++kk) {
-        uint32_t qs[kQInRegs ? 1 : kM][4];  // this k-step's Q fragments (when not held in registers)
-        if constexpr (!kQInRegs) {
+        for (int kk = 0; kk < kKs; ++kk) {
+          uint32_t qs[kQInRegs ? 1 : kM][4];  // this k-step's Q fragments (when not held in registers)
+          if constexpr (!kQInRegs) {
 #pragma unroll
-          for (int mt = 0; mt < kM; ++mt) mma::load_a(qs[mt], Qs + (mt * kTile + w0) * kLd + kk * 16, kLd);
-        }
+            for (int mt = mt_lo; mt < mt_hi; ++mt)
+              mma::load_a(qs[mt], Qs + (mt * kTile + w0) * kLd + kk * 16, kLd);
+          }
 #pragma unroll
-        for (int kc = 0; kc < kKc; ++kc) {
-          if (kc < kc_lo || kc >= kc_hi) continue;
-          uint32_t kb[4];
-          mma::load_b_nk(kb, Ks + kc * 16 * kLd + kk * 16, kLd);
+          for (int kc = 0; kc < kKc; ++kc) {
+            if (kc < kc_lo || kc >= kc_hi) continue;
+            uint32_t kb[4];
+            mma::load_b_nk(kb, Ks + kc * 16 * kLd + kk * 16, kLd);
 #pragma unroll
-          for (int mt = 0; mt < kM; ++mt) {
-            if constexpr (kQInRegs) {
-              mma::mma_nt(s[mt][2 * kc], qa[mt][kk], kb, 0);
-              mma::mma_nt(s[mt][2 * kc + 1], qa[mt][kk], kb, 1);
-            } else {
-              mma::mma_nt(s[mt][2 * kc], qs[mt], kb, 0);
-              mma::mma_nt(s[mt][2 * kc + 1], qs[mt], kb, 1);
+            for (int mt = mt_lo; mt < mt_hi; ++mt) {
+              if constexpr (kQInRegs) {
+                mma::mma_nt(s[mt][2 * kc], qa[mt][kk], kb, 0);
+                mma::mma_nt(s[mt][2 * kc + 1], qa[mt][kk], kb, 1);
+              } else {
+                mma::mma_nt(s[mt][2 * kc], qs[mt], kb, 0);
+                mma::mma_nt(s[mt][2 * kc + 1], qs[mt], kb, 1);
+              }
             }
           }
         }
-      }
+      };
+      if constexpr (kJointS) compute_s(0, kM);
 
 #pragma unroll
       for (int mt = 0; mt < kM; ++mt) {
+        if constexpr (!kJointS) compute_s(mt, mt + 1);  // S of one m-tile at a time (registers)
         const int r0 = mt * kTile + w0;
         // Scale to log2 units and mask: per element only where the mask cuts this m-tile's part of the tile
         // (or the tile is partial, or the m-tile has no rows).

@@ -285,6 +285,176 @@ __global__ void __launch_bounds__(kFwdThreads)
   }
 }
 
+// ---- forward, split-KV ("flash decoding") for a few query rows ----------------------------------------
+// With few query rows the tile grid above has B*Hq*ceil(Tq/32) blocks (16 for one-token decoding of a
+// 16-head model on a 132-SM GPU), each walking every key tile alone. Here a block takes one query row and
+// one of `ns` contiguous chunks ("splits") of that row's visible key range; its warps take groups of
+// kSplitKeys keys in turn (a warp reads a whole key row, lane c owning columns c + 32 i: coalesced) and keep
+// an online softmax each: running max m, sum l = sum_j exp(s_j - m), acc = sum_j exp(s_j - m) v_j. Parts
+// (the warps of a block, then the splits of a row) merge exactly with M = max_s m_s:
+//   l = sum_s exp(m_s - M) l_s,   o = sum_s exp(m_s - M) acc_s / l,   lse = M + log(l)
+// (a part that saw no allowed key has m_s = -inf, l_s = 0, acc_s = 0 and weight 0; no part at all: o = 0,
+// lse = -inf, as in the tile kernel). With ns == 1 the block writes o, lse itself; otherwise it writes its
+// part (m, l) and acc to scratch and attn_split_combine_kernel merges the ns parts of each row.
+
+constexpr int kSplitThreads = 128;
+constexpr int kSplitWarps = kSplitThreads / 32;
+constexpr int kSplitKeys = 4;         // keys per warp step: their loads are in flight together
+constexpr int kSplitMaxParts = 128;   // bound on ns (the combine kernel's shared weights)
+
+/// Block blockIdx.x = row * ns + split, row = (b*Hq + h)*Tq + i (the lse layout). part_ml [rows*ns][2] and
+/// part_acc [rows*ns][Dv] are only used when ns > 1.
+template <int kD, class Mask>
+__global__ void __launch_bounds__(kSplitThreads)
+    attn_forward_split_kernel(Dims d, Mask m, int ns, const float* __restrict__ q,
+                              const float* __restrict__ k, const float* __restrict__ v, float* __restrict__ o,
+                              float* __restrict__ lse, float* __restrict__ part_ml,
+                              float* __restrict__ part_acc) {
+  constexpr int kC = kD / 32;  // columns per lane
+  __shared__ float wm[kSplitWarps], wl[kSplitWarps], wacc[kSplitWarps][kD];
+  const int64_t blk = blockIdx.x, row = blk / ns;
+  const int64_t split = blk % ns;
+  const int64_t i = row % d.Tq, h = row / d.Tq % d.Hq, b = row / (d.Tq * d.Hq);
+  const int64_t g = h / d.rep(), qpos = d.q_offset + i;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+
+  // This split's keys [c0, c1): the row's range cut into ns near-equal chunks.
+  const Range kr = clamped_range(m, b, qpos, qpos + 1, d.Tk);
+  const int64_t per = (kr.hi - kr.lo + ns - 1) / ns;
+  const int64_t c0 = min(kr.hi, kr.lo + split * per), c1 = min(kr.hi, c0 + per);
+
+  const float* qrow = q + (b * d.Tq + i) * d.q_stride + h * d.Dh;
+  const float* kb = k + b * d.Tk * d.k_stride + g * d.Dh;  // key j at kb + j * k_stride
+  const float* vb = v + b * d.Tk * d.v_stride + g * d.Dv;
+  float qr[kC], acc[kC];
+#pragma unroll
+  for (int c = 0; c < kC; ++c) {
+    const int col = lane + 32 * c;
+    qr[c] = col < d.Dh ? qrow[col] : 0.f;
+    acc[c] = 0.f;
+  }
+  float mx = -INFINITY, l = 0.f;  // warp-uniform (the xor-butterfly sums are identical on every lane)
+
+  for (int64_t j0 = c0 + warp * kSplitKeys; j0 < c1; j0 += kSplitWarps * kSplitKeys) {
+    float kv[kSplitKeys][kC], vv[kSplitKeys][kC];
+#pragma unroll
+    for (int t = 0; t < kSplitKeys; ++t) {
+      const bool in = j0 + t < c1;
+#pragma unroll
+      for (int c = 0; c < kC; ++c) {
+        const int col = lane + 32 * c;
+        kv[t][c] = in && col < d.Dh ? kb[(j0 + t) * d.k_stride + col] : 0.f;
+        vv[t][c] = in && col < d.Dv ? vb[(j0 + t) * d.v_stride + col] : 0.f;
+      }
+    }
+    float s[kSplitKeys], smax = -INFINITY;
+#pragma unroll
+    for (int t = 0; t < kSplitKeys; ++t) {
+      float dot = 0.f;
+#pragma unroll
+      for (int c = 0; c < kC; ++c) dot += qr[c] * kv[t][c];
+      dot = warp_sum(dot);
+      const bool ok = j0 + t < c1 && m.allowed(b, qpos, j0 + t);
+      s[t] = ok ? dot * d.scale : -INFINITY;
+      smax = fmaxf(smax, s[t]);
+    }
+    const float new_max = fmaxf(mx, smax);
+    if (new_max == -INFINITY) continue;  // nothing allowed so far (warp-uniform)
+    const float alpha = expf(mx - new_max);  // 0 while mx was -inf
+    l *= alpha;
+#pragma unroll
+    for (int c = 0; c < kC; ++c) acc[c] *= alpha;
+#pragma unroll
+    for (int t = 0; t < kSplitKeys; ++t) {
+      const float p = expf(s[t] - new_max);  // 0 for masked keys
+      l += p;
+#pragma unroll
+      for (int c = 0; c < kC; ++c) acc[c] += p * vv[t][c];
+    }
+    mx = new_max;
+  }
+
+  // Merge the warps (formula above); thread c then owns output columns c, c + 128, ...
+  if (lane == 0) {
+    wm[warp] = mx;
+    wl[warp] = l;
+  }
+#pragma unroll
+  for (int c = 0; c < kC; ++c) wacc[warp][lane + 32 * c] = acc[c];
+  __syncthreads();
+  float M = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < kSplitWarps; ++w) M = fmaxf(M, wm[w]);
+  float wt[kSplitWarps], L = 0.f;
+#pragma unroll
+  for (int w = 0; w < kSplitWarps; ++w) {
+    wt[w] = M == -INFINITY ? 0.f : expf(wm[w] - M);
+    L += wt[w] * wl[w];
+  }
+  if (ns == 1) {
+    float* orow = o + (b * d.Tq + i) * d.o_stride + h * d.Dv;
+    const float inv = L > 0.f ? 1.f / L : 0.f;
+    for (int c = threadIdx.x; c < d.Dv; c += kSplitThreads) {
+      float a = 0.f;
+#pragma unroll
+      for (int w = 0; w < kSplitWarps; ++w) a += wt[w] * wacc[w][c];
+      orow[c] = L > 0.f ? a * inv : 0.f;
+    }
+    if (lse && threadIdx.x == 0) lse[row] = L > 0.f ? M + logf(L) : -INFINITY;
+  } else {
+    float* pacc = part_acc + blk * d.Dv;
+    for (int c = threadIdx.x; c < d.Dv; c += kSplitThreads) {
+      float a = 0.f;
+#pragma unroll
+      for (int w = 0; w < kSplitWarps; ++w) a += wt[w] * wacc[w][c];
+      pacc[c] = a;
+    }
+    if (threadIdx.x == 0) {
+      part_ml[2 * blk] = M;
+      part_ml[2 * blk + 1] = L;
+    }
+  }
+}
+
+/// o, lse (lse may be null) of row blockIdx.x from its ns parts (formula above). kSplitThreads threads.
+__global__ void __launch_bounds__(kSplitThreads)
+    attn_split_combine_kernel(Dims d, int ns, const float* __restrict__ part_ml,
+                              const float* __restrict__ part_acc, float* __restrict__ o,
+                              float* __restrict__ lse) {
+  __shared__ float wt[kSplitMaxParts], ML[2];
+  const int64_t row = blockIdx.x;
+  const float* ml = part_ml + row * ns * 2;
+  if (threadIdx.x < 32) {  // warp 0: M = max_s m_s, weights exp(m_s - M), l = sum_s weight_s l_s
+    const int lane = threadIdx.x;
+    float M = -INFINITY;
+    for (int s = lane; s < ns; s += 32) M = fmaxf(M, ml[2 * s]);
+    M = warp_max(M);
+    float L = 0.f;
+    for (int s = lane; s < ns; s += 32) {
+      const float w = M == -INFINITY ? 0.f : expf(ml[2 * s] - M);
+      wt[s] = w;
+      L += w * ml[2 * s + 1];
+    }
+    L = warp_sum(L);
+    if (lane == 0) {
+      ML[0] = M;
+      ML[1] = L;
+    }
+  }
+  __syncthreads();
+  const float M = ML[0], L = ML[1];
+  const int64_t i = row % d.Tq, h = row / d.Tq % d.Hq, b = row / (d.Tq * d.Hq);
+  float* orow = o + (b * d.Tq + i) * d.o_stride + h * d.Dv;
+  const float* pacc = part_acc + row * ns * d.Dv;
+  const float inv = L > 0.f ? 1.f / L : 0.f;
+  for (int c = threadIdx.x; c < d.Dv; c += kSplitThreads) {
+    float a = 0.f;
+    for (int s = 0; s < ns; ++s) a += wt[s] * pacc[s * d.Dv + c];
+    orow[c] = L > 0.f ? a * inv : 0.f;
+  }
+  if (lse && threadIdx.x == 0) lse[row] = L > 0.f ? M + logf(L) : -INFINITY;
+}
+
 // ---- backward ----------------------------------------------------------------------------------------
 
 // Dd[(b*Hq + h)*Tq + i] = dO_i . O_i over the Dv columns of head h; one warp per (token row, head).

@@ -5,6 +5,7 @@
 #pragma once
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <climits>
 #include <type_traits>
 
@@ -59,6 +60,82 @@ void allow_smem(Kernel kernel, size_t bytes) {
   allow_dynamic_smem(reinterpret_cast<const void*>(kernel), bytes);
 }
 
+// ---- split-KV forward selection (attn_forward_split_kernel) ---------------------------------------------
+
+constexpr int64_t kSplitMaxTq = 8;      // query rows at most (the split path reads K, V once per row)
+constexpr int64_t kSplitMinKeys = 64;   // keys per split at least
+constexpr int64_t kSplitBlocksPerSm = 4;
+
+/// Multiprocessor count of the current device, queried once (tessera drives one device per process).
+int device_sm_count() {
+  static const int sms = [] {
+    int dev = 0, n = 0;
+    TESSERA_CUDA_CHECK(cudaGetDevice(&dev));
+    TESSERA_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    return n;
+  }();
+  return sms;
+}
+
+/// Upper bound of the keys one query row sees (the split count's estimate; results do not depend on it).
+/// Masks with a causal window W (WindowMask; blt.cu's id mask, where W = 0 means no window) see <= W keys.
+template <class Mask>
+int64_t key_span(const Mask& m, const Dims& d) {
+  const int64_t causal = std::min(d.Tk, d.q_offset + d.Tq);  // keys up to the last query position
+  if constexpr (std::is_same_v<Mask, CausalMask>)
+    return causal;
+  else if constexpr (std::is_same_v<Mask, ChunkMask>)
+    return std::min(causal, m.C);
+  else if constexpr (std::is_same_v<Mask, IdEqualMask>)
+    return m.causal ? causal : d.Tk;
+  else if constexpr (requires { m.W; })
+    return m.W > 0 ? std::min(causal, m.W) : d.Tk;
+  else
+    return d.Tk;
+}
+
+/// Splits per query row for attn_forward_split_kernel, or 0 for the tile kernel. The split path needs few
+/// query rows (<= 8) and a key span worth splitting (>= 2 x 64 keys). For Tq = 1 it is taken whatever the
+/// grid: it reads each K, V row once like the tile kernel, but without the tile kernel's 31 padded query
+/// rows and 3 idle warps. For 1 < Tq <= 8 it reads K, V once per query row (from L2), so only while the
+/// tile grid fills at most half the SMs. Splits: enough blocks for ~4 per SM, >= 64 keys each, <= 128.
+int split_kv_parts(const Dims& d, int64_t span, int sms) {
+  if (d.Tq > kSplitMaxTq || span < 2 * kSplitMinKeys) return 0;
+  const int64_t tile_blocks = d.B * d.Hq * ((d.Tq + kBQ - 1) / kBQ);
+  if (d.Tq > 1 && 2 * tile_blocks > sms) return 0;
+  const int64_t rows = d.B * d.Hq * d.Tq;
+  const int64_t want = (kSplitBlocksPerSm * sms + rows - 1) / rows;
+  const int64_t most = std::min(span / kSplitMinKeys, int64_t{kSplitMaxParts});
+  return static_cast<int>(std::max<int64_t>(1, std::min(want, most)));
+}
+
+/// The split-KV forward with ns splits per query row: one launch when ns == 1, else partials + combine.
+template <class Mask>
+void forward_split(const AttnArgs& a, const Dims& d, const Mask& mask, int ns, const float* q, const float* k,
+                   const float* v, float* o, float* lse) {
+  constexpr const char* op = "attention_forward";
+  const int64_t rows = d.B * d.Hq * d.Tq;
+  const unsigned blocks = block_count(rows * ns, op);
+  DeviceScratch scratch;
+  float *part_ml = nullptr, *part_acc = nullptr;
+  if (ns > 1) {
+    scratch.reserve(DeviceScratch::bytes_for<float>(rows * ns * 2) +
+                    DeviceScratch::bytes_for<float>(rows * ns * d.Dv));
+    part_ml = scratch.carve<float>(rows * ns * 2);
+    part_acc = scratch.carve<float>(rows * ns * d.Dv);
+  }
+  dispatch_dim(a, [&](auto dim) {
+    constexpr int kD = decltype(dim)::value;
+    auto kernel = attn_forward_split_kernel<kD, Mask>;
+    kernel<<<blocks, kSplitThreads>>>(d, mask, ns, q, k, v, o, lse, part_ml, part_acc);
+  });
+  TESSERA_CUDA_CHECK_LAUNCH("attn_forward_split_kernel");
+  if (ns > 1) {
+    attn_split_combine_kernel<<<block_count(rows, op), kSplitThreads>>>(d, ns, part_ml, part_acc, o, lse);
+    TESSERA_CUDA_CHECK_LAUNCH("attn_split_combine_kernel");
+  }
+}
+
 /// The forward / backward launches for one mask functor.
 template <class Mask>
 void forward_impl(const AttnArgs& a, const Mask& mask, const float* q, const float* k, const float* v, float* o,
@@ -67,6 +144,10 @@ void forward_impl(const AttnArgs& a, const Mask& mask, const float* q, const flo
   const Dims d = make_dims(a, op);
   if (d.B * d.Tq == 0) return;
   TESSERA_CHECK(q && o && (d.Tk == 0 || (k && v)), op, "(cuda): q, k, v or o is null");
+  if (const int ns = split_kv_parts(d, key_span(mask, d), device_sm_count()); ns > 0) {
+    forward_split(a, d, mask, ns, q, k, v, o, lse);
+    return;
+  }
   const unsigned blocks = block_count(d.B * d.Hq * ((d.Tq + kBQ - 1) / kBQ), op);
   dispatch_dim(a, [&](auto dim) {
     constexpr int kD = decltype(dim)::value;

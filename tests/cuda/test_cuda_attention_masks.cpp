@@ -112,6 +112,13 @@ std::vector<int64_t> sorted_ids(int64_t B, int64_t T, int64_t max_run, Rng& rng,
   return ids;
 }
 
+/// n standard normal values.
+std::vector<float> randn(int64_t n, Rng& rng) {
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = static_cast<float>(rng.normal());
+  return v;
+}
+
 /// Random ids in [0, n).
 std::vector<int64_t> random_ids(int64_t count, int64_t n, Rng& rng) {
   std::vector<int64_t> ids(static_cast<size_t>(count));
@@ -348,4 +355,99 @@ TEST_F(CudaAttentionMasks, BadIdsAreTesseraErrors) {
   EXPECT_THROW(ops::attention_forward(cuda{}, d, mask::KeyValid{nullptr}, buf.get(), buf.get(), buf.get(),
                                       buf.get(), buf.get()),
                Error);
+}
+
+// The split-KV ("flash decoding") forward of cuda/attention_launch.cuh, taken for few query rows: decoding
+// (Tq = 1) and a short chunk (Tq = 3), the queries being the last rows of a longer key sequence (q_offset =
+// Tk - Tq), for every mask the CUDA attention binds. The backward (unchanged) reads the forward's o and lse,
+// so it checks them once more. The sizes are in the split regime of split_kv_parts on a 132-SM H100 (the
+// emulator reports 132 SMs): Tq <= 8 and a key span >= 128, with B*Hq = 8 query heads (tile grid 8 blocks,
+// 2 * 8 <= 132 for Tq = 3); splits per row = min(ceil(4*132 / (B*Hq*Tq)), span / 64), i.e. min(66, span/64)
+// for Tq = 1 and min(22, span/64) for Tq = 3: e.g. causal Tk = 600 -> 9 splits, window W = 300 -> 4, chunk
+// C = 256 -> 4, the non-causal id masks over Tk = 500 -> 7 (span = Tk). The last case has B*Hq = 528 rows:
+// one split, written without the combine kernel.
+TEST_F(CudaAttentionMasks, SplitKvDecodeMatchesCpu) {
+  Rng rng(46);
+  for (const int64_t Tq : {int64_t{1}, int64_t{3}}) {
+    const std::string tq = " Tq=" + std::to_string(Tq);
+    {
+      const auto d = dims(2, Tq, 600, 4, 2, 64, 0, 600 - Tq, 0.125, 1);
+      check("causal Tk=600 Dh=64" + tq, d, mask::Causal{}, mask::Causal{}, rng);
+    }
+    {
+      const auto d = dims(1, Tq, 300, 2, 1, 256, 64, 300 - Tq, 0.0625, 0);
+      check("causal Tk=300 Dh=256 Dv=64" + tq, d, mask::Causal{}, mask::Causal{}, rng);
+    }
+    {
+      const auto d = dims(2, Tq, 700, 4, 2, 128, 0, 700 - Tq, 1.0 / std::sqrt(128.0), 3);
+      check("window W=300 Tk=700 Dh=128" + tq, d, mask::SlidingWindow{300}, mask::SlidingWindow{300}, rng);
+    }
+    {
+      // Rows 511..513: row 511 sees a full chunk (256 keys), rows 512, 513 one or two keys of the next.
+      const auto d = dims(2, Tq, 514, 4, 2, 64, 40, 514 - Tq, 0.125, 1);
+      check("chunk C=256 Tk=514 Dh=64 Dv=40" + tq, d, mask::ChunkLocal{256}, mask::ChunkLocal{256}, rng);
+    }
+    {
+      // Documents of up to 300 keys; the last query row of batch 1 has an id no key has (fully masked).
+      const auto d = dims(2, Tq, 500, 4, 2, 128, 96, 500 - Tq, 0.09, 2);
+      const auto k = sorted_ids(2, 500, 300, rng);
+      auto q = query_ids_from_keys(k, d);
+      q[2 * Tq - 1] = 1000;
+      EXPECT_EQ(check_docs("docs sorted Dh=128 Dv=96" + tq, d, q, k, true, false, rng), d.Hq);
+      EXPECT_EQ(check_docs("docs unsorted path" + tq, d, q, k, false, false, rng), d.Hq);
+      EXPECT_EQ(check_docs("causal docs" + tq, d, q, k, true, true, rng), d.Hq);
+      EXPECT_EQ(check_docs("causal docs unsorted path" + tq, d, q, k, false, true, rng), d.Hq);
+    }
+    {
+      // Patch ids from 3 on; the first query row of batch 0 has id 0, below every key (fully masked).
+      const auto d = dims(2, Tq, 450, 4, 2, 64, 0, 450 - Tq, 0.125, 0);
+      const auto k = sorted_ids(2, 450, 40, rng, 3);
+      auto q = query_ids_from_keys(k, d);
+      q[0] = 0;
+      for (const bool sorted : {true, false}) {
+        Dev<int64_t> dq(q), dk(k);
+        EXPECT_EQ(check(std::string("block causal") + (sorted ? " sorted" : " unsorted") + tq, d,
+                        mask::BlockCausal{q.data(), k.data(), sorted},
+                        mask::BlockCausal{dq.get(), dk.get(), sorted}, rng),
+                  d.Hq);
+      }
+    }
+    {
+      // Cross attention to 500 keys in runs of 150 ids (ids 0..3); query ids 0..3 and 9 (no key: masked).
+      const auto d = dims(2, Tq, 500, 4, 2, 64, 0, 0, 0.125, 1);
+      std::vector<int64_t> k(2 * 500), q(static_cast<size_t>(2 * Tq));
+      for (int64_t j = 0; j < 1000; ++j) k[j] = j % 500 / 150;
+      for (int64_t i = 0; i < 2 * Tq; ++i) q[i] = i % 4;
+      q[Tq] = 9;  // batch 1, row 0
+      for (const bool sorted : {true, false}) {
+        Dev<int64_t> dq(q), dk(k);
+        EXPECT_EQ(check(std::string("segment equal") + (sorted ? " sorted" : " unsorted") + tq, d,
+                        mask::SegmentEqual{q.data(), k.data(), sorted},
+                        mask::SegmentEqual{dq.get(), dk.get(), sorted}, rng),
+                  d.Hq);
+      }
+    }
+    {
+      // Random validity in batch 0, none in batch 1 (every row of batch 1 fully masked).
+      const auto d = dims(2, Tq, 520, 4, 2, 128, 0, 520 - Tq, 0.09, 1);
+      std::vector<uint8_t> valid(static_cast<size_t>(2 * 520), 0);
+      for (int64_t j = 0; j < 520; ++j) valid[j] = rng.uniform() < 0.6 ? 1 : 0;
+      Dev<uint8_t> dvalid(valid);
+      EXPECT_EQ(
+          check("key valid Dh=128" + tq, d, mask::KeyValid{valid.data()}, mask::KeyValid{dvalid.get()}, rng),
+          d.Hq * Tq);
+    }
+  }
+  // One split per row (B*Hq*Tq = 528 rows >= 4*132 blocks): o and lse come straight from the split kernel.
+  // Forward only (the backward of this many heads is slow in the emulator and covered above).
+  const auto d = dims(2, 1, 130, 264, 132, 16, 32, 129, 0.25, 0);
+  const std::vector<float> q = randn(d.B * d.Tq * d.q_stride, rng), k = randn(d.B * d.Tk * d.k_stride, rng),
+                           v = randn(d.B * d.Tk * d.v_stride, rng);
+  std::vector<float> o(static_cast<size_t>(d.B * d.Tq * d.o_stride)), lse(static_cast<size_t>(d.B * d.Hq));
+  Dev<float> d_q(q), d_k(k), d_v(v), d_o(std::vector<float>(o.size(), kNaN)),
+      d_lse(std::vector<float>(lse.size(), kNaN));
+  ops::attention_forward(cpu{}, d, mask::Causal{}, q.data(), k.data(), v.data(), o.data(), lse.data());
+  ops::attention_forward(cuda{}, d, mask::Causal{}, d_q.get(), d_k.get(), d_v.get(), d_o.get(), d_lse.get());
+  expect_close("one split o", d_o.host(), o);
+  expect_close("one split lse", d_lse.host(), lse);
 }

@@ -368,14 +368,20 @@ TEST_P(CudaBltGenerate, CachedGreedyMatchesTheCpu) {
   TESSERA_NEED_GPU();
   // 0: the fixture (HF layout); 1: HF layout with max_patch_length 2 (the last byte's "view" memory and a
   // second decoder pass); 2: the original layout with 8-byte windows and EOS bytes in a prompt (cache
-  // clears).
+  // clears); 3: the fixture with prompts of 150 and 137 bytes, so that decoding attends over more than 128
+  // cached keys in the local and entropy models (the split-KV decode kernels of cuda/attention_kernels.cuh).
   const int variant = GetParam();
   BltConfig c = config(variant == 2);
   if (variant == 1) c.max_patch_length = 2;
   Pair m(c);
   std::vector<int64_t> p0 = case_vec(1, "ids"), p1 = case_vec(3, "ids");
-  p0.resize(20);
-  p1.resize(variant == 2 ? 30 : 13);
+  if (variant == 3) {
+    const std::vector<int64_t> a = p0, b = p1;
+    for (size_t i = 0; p0.size() < 150; ++i) p0.push_back(b[i % b.size()]);
+    for (size_t i = 0; p1.size() < 137; ++i) p1.push_back(a[i % a.size()]);
+  }
+  p0.resize(variant == 3 ? 150 : 20);
+  p1.resize(variant == 2 ? 30 : variant == 3 ? 137 : 13);
   if (variant == 2) p1[9] = p1[20] = blt::EOS;
   blt::GenerateOptions o;  // greedy
   o.max_new_tokens = 12;
@@ -405,6 +411,8 @@ TEST_P(CudaBltGenerate, CachedGreedyMatchesTheCpu) {
   std::cout << "[cuda-blt] generation variant " << variant << ": max logits rel err " << worst << "\n";
 }
 
-INSTANTIATE_TEST_SUITE_P(Layouts, CudaBltGenerate, ::testing::Values(0, 1, 2), [](const auto& info) {
-  return std::string(info.param == 0 ? "Fixture" : info.param == 1 ? "MaxPatchLength" : "OriginalWithEos");
-});
+std::string generate_variant_name(int v) {
+  return v == 0 ? "Fixture" : v == 1 ? "MaxPatchLength" : v == 2 ? "OriginalWithEos" : "LongPrompts";
+}
+INSTANTIATE_TEST_SUITE_P(Layouts, CudaBltGenerate, ::testing::Values(0, 1, 2, 3),
+                         [](const auto& info) { return generate_variant_name(info.param); });
