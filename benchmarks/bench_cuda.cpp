@@ -482,18 +482,18 @@ void bench_attention_bf16(Ctx& c, const ops::AttnDims& d, const DevBuf<float>& q
   ops::attention_backward(cuda{}, d, m, qr.get(), kr.get(), vr.get(), o_ref.get(), lse_ref.get(), dor.get(),
                           dq_ref.get(), dk_ref.get(), dv_ref.get());
 
-  // The forward kernels (WMMA, mma.sync, mma.sync with 32 rows per warp), each checked; then the default
-  // choice once more, whose o and lse the backward reads.
+  // Both forward kernels (the WMMA one, then the mma.sync one), each checked; then the default choice once
+  // more, whose o and lse the backward reads.
   using tessera::cuda_detail::AttnBf16Kernel;
   auto forward = [&] { ops::attention_forward(cuda{}, d, m, bf(qb), bf(kb), bf(vb), bf(ob), lse.get()); };
   auto rel = [&](const DevBuf<uint16_t>& ours, const DevBuf<float>& ref) {
     bench::from_bf16(tmp.get(), ours.get(), n);
     return bench::diff(tmp.get(), ref.get(), n).rel();
   };
-  double ms_fk[3] = {0, 0, 0}, err_fk[3] = {0, 0, 0};
-  const AttnBf16Kernel kernels[3] = {AttnBf16Kernel::Wmma, AttnBf16Kernel::Mma, AttnBf16Kernel::Mma32};
+  double ms_fk[2] = {0, 0}, err_fk[2] = {0, 0};
+  const AttnBf16Kernel kernels[2] = {AttnBf16Kernel::Wmma, AttnBf16Kernel::Mma};
   try {
-    for (int i = 0; i < 3; ++i) {
+    for (int i = 0; i < 2; ++i) {
       tessera::cuda_detail::set_attention_bf16_kernel(kernels[i]);
       ms_fk[i] = c.timer.median_ms(forward, c.heavy);
       err_fk[i] = rel(ob, o_ref);
@@ -520,7 +520,7 @@ void bench_attention_bf16(Ctx& c, const ops::AttnDims& d, const DevBuf<float>& q
     throw;
   }
   tessera::cuda_detail::set_attention_bf16_kernel(AttnBf16Kernel::Auto);
-  const double err_f = std::max({err_fk[0], err_fk[1], err_fk[2]});
+  const double err_f = std::max(err_fk[0], err_fk[1]);
   const double err_b = std::max(err_bk[0], err_bk[1]);
 
   const double fwd_flops = 4.0 * double(d.Dh) * attn_pairs(d.Tq, 0) * double(d.B * d.Hq),
@@ -533,9 +533,6 @@ void bench_attention_bf16(Ctx& c, const ops::AttnDims& d, const DevBuf<float>& q
   print_row({"attention fwd bf16 (mma.sync)", shape, ms_fk[1], tflops(fwd_flops, ms_fk[1]),
              "tessera bf16 WMMA forward (row above)", ms_fk[0], tflops(fwd_flops, ms_fk[0]),
              strf("%.2e", err_fk[1])});
-  print_row({"attention fwd bf16 (mma.sync, 32 rows/warp)", shape, ms_fk[2], tflops(fwd_flops, ms_fk[2]),
-             "tessera bf16 mma.sync forward (row above)", ms_fk[1], tflops(fwd_flops, ms_fk[1]),
-             strf("%.2e", err_fk[2])});
   print_row({"attention bwd bf16 (WMMA)", shape, ms_bk[0], tflops(bwd_flops, ms_bk[0]), base + " (bwd)",
              f32_bwd_ms, f32_bwd_ms > 0 ? tflops(bwd_flops, f32_bwd_ms) : "-", strf("%.2e", err_bk[0])});
   print_row({"attention bwd bf16 (mma.sync)", shape, ms_bk[1], tflops(bwd_flops, ms_bk[1]),
@@ -543,8 +540,7 @@ void bench_attention_bf16(Ctx& c, const ops::AttnDims& d, const DevBuf<float>& q
              strf("%.2e", err_bk[1])});
   if (!(err_f <= kTol && err_b <= kTol))  // NaN fails too
     throw std::runtime_error(strf("bf16 attention differs from fp32: fwd WMMA %.2e", err_fk[0]) +
-                             strf(", fwd mma.sync %.2e", err_fk[1]) + strf(", fwd mma32 %.2e", err_fk[2]) +
-                             strf(", bwd WMMA %.2e", err_bk[0]) +
+                             strf(", fwd mma.sync %.2e", err_fk[1]) + strf(", bwd WMMA %.2e", err_bk[0]) +
                              strf(", bwd mma.sync %.2e", err_bk[1]) +
                              strf(" (tolerance %.0e)", kTol));
 }

@@ -131,19 +131,12 @@ void forward_impl(const AttnArgs& a, const Mask& mask, const uint16_t* q, const 
   const BDims d = make_bdims(a, op, {q, k, v, o});
   if (d.B * d.Tq == 0) return;
   TESSERA_CHECK(q && o && (d.Tk == 0 || (k && v)), op, "(cuda, bf16): q, k, v or o is null");
-  const AttnBf16Kernel kind = attention_bf16_kernel();
-  const int64_t rows = kind == AttnBf16Kernel::Mma32 ? 2 * kTile : kTile;  // query rows per block
-  const unsigned blocks = block_count(d.B * d.Hq * ((d.Tq + rows - 1) / rows), op);
+  const unsigned blocks = block_count(d.B * d.Hq * ((d.Tq + kTile - 1) / kTile), op);
+  const bool use_mma = attention_bf16_kernel() == AttnBf16Kernel::Mma;
   dispatch_dim(a, [&](auto dim) {
     constexpr int kD = decltype(dim)::value;
-    if (kind == AttnBf16Kernel::Mma32) {
-      auto kernel = attn_bf16_fwd_mma_kernel<kD, 2, Mask>;
-      constexpr size_t smem = MmaFwdSmem<kD, 2>::bytes;
-      allow_smem(kernel, smem);
-      kernel<<<blocks, kThreads, smem>>>(d, mask, q, k, v, o, lse);
-      TESSERA_CUDA_CHECK_LAUNCH("attn_bf16_fwd_mma32_kernel");
-    } else if (kind == AttnBf16Kernel::Mma) {
-      auto kernel = attn_bf16_fwd_mma_kernel<kD, 1, Mask>;
+    if (use_mma) {
+      auto kernel = attn_bf16_fwd_mma_kernel<kD, Mask>;
       constexpr size_t smem = MmaFwdSmem<kD>::bytes;
       allow_smem(kernel, smem);
       kernel<<<blocks, kThreads, smem>>>(d, mask, q, k, v, o, lse);
@@ -176,7 +169,7 @@ void backward_impl(const AttnArgs& a, const Mask& mask, const uint16_t* q, const
     attn_bf16_rowdot_kernel<<<grid_for(d.B * d.Tq * d.Hq * 32, 128, op), 128>>>(d, o, dout, Dd);
     TESSERA_CUDA_CHECK_LAUNCH("attn_bf16_rowdot_kernel");
   }
-  const bool use_mma = attention_bf16_kernel() != AttnBf16Kernel::Wmma;  // Mma32's backward is Mma's
+  const bool use_mma = attention_bf16_kernel() == AttnBf16Kernel::Mma;
   dispatch_dim(a, [&](auto dim) {
     constexpr int kD = decltype(dim)::value;
     const unsigned kblocks = has_k ? block_count(d.B * d.Hkv * ((d.Tk + kTile - 1) / kTile), op) : 0;
@@ -265,9 +258,7 @@ AttnBf16Kernel parse_attention_bf16_kernel(const char* value) {
   const std::string s(value);
   if (s == "mma") return AttnBf16Kernel::Mma;
   if (s == "wmma") return AttnBf16Kernel::Wmma;
-  if (s == "mma32") return AttnBf16Kernel::Mma32;
-  throw Error(str("TESSERA_ATTN_BF16_KERNEL must be \"wmma\", \"mma\" or \"mma32\" (or unset), got \"", s,
-                  "\""));
+  throw Error(str("TESSERA_ATTN_BF16_KERNEL must be \"wmma\" or \"mma\" (or unset), got \"", s, "\""));
 }
 
 void set_attention_bf16_kernel(AttnBf16Kernel k) {

@@ -25,99 +25,71 @@
 namespace tessera::cuda_detail {
 namespace {
 
-/// Shared memory of the mma forward: kM Q tiles, then the K and V tiles, bf16 [kTile][kD + 8] each (16-byte
-/// rows whose banks are staggered, so that the 8 row addresses of every ldmatrix phase hit distinct banks).
-template <int kD, int kM = 1>
+/// Shared memory of the mma forward: Q, K and V tiles, bf16 [kTile][kD + 8] each (16-byte rows whose banks
+/// are staggered, so that the 8 row addresses of every ldmatrix phase hit distinct banks).
+template <int kD>
 struct MmaFwdSmem {
   static constexpr int kLd = TileLd<kD>::value;
   static constexpr size_t tile = sizeof(bf16_t) * kTile * kLd;
-  static constexpr size_t q = 0, k = kM * tile, v = (kM + 1) * tile, bytes = (kM + 2) * tile;
+  static constexpr size_t q = 0, k = tile, v = 2 * tile, bytes = 3 * tile;
 };
 
-/// kM = 1: the layout above (64 query rows per block, 16 per warp). kM = 2: 128 query rows per block and two
-/// 16-row m-tiles per warp (rows 16 w .. and 64 + 16 w ..), FA2's split: every K / V fragment loaded by
-/// ldmatrix feeds twice the mma of kM = 1, which halves the shared-memory traffic per mma (with 16 rows per
-/// warp the loads, not the tensor cores, set the pace). The warp's key range is the union of its m-tiles';
-/// an m-tile masks per element the keys outside its own. Q stays in registers while kM * kD / 16 <= 8
-/// fragments, else (kD = 128, kM = 2) its fragments are reloaded from shared memory per 16-dim step, as
-/// FA2 does, and S is computed for one m-tile after the other (K fragments loaded per m-tile; the V fragments
-/// of P V still feed both), to stay within 255 registers. Per row the arithmetic is the same as kM = 1's on the same key
-/// tiles (equal for causal masks, whose tiles start at key 0 for every block).
-template <int kD, int kM, class Mask>
-__global__ void __launch_bounds__(kThreads, kD <= 64 && kM == 1 ? 3 : 2)
+template <int kD, class Mask>
+__global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
     attn_bf16_fwd_mma_kernel(BDims d, Mask m, const uint16_t* __restrict__ q, const uint16_t* __restrict__ k,
                              const uint16_t* __restrict__ v, uint16_t* __restrict__ o,
                              float* __restrict__ lse) {
-  using L = MmaFwdSmem<kD, kM>;
+  using L = MmaFwdSmem<kD>;
   constexpr int kLd = L::kLd;
   constexpr int kKs = kD / 16;     // 16-wide k-steps of S = Q K^T (head dim)
   constexpr int kNt = kTile / 8;   // 8-key n-tiles of S
   constexpr int kKc = kTile / 16;  // 16-key chunks of a key tile (the k-steps of P V)
   constexpr int kOt = kD / 8;      // 8-column n-tiles of O
-  constexpr int kRows = kM * kTile;                // query rows per block
-  constexpr bool kQInRegs = kM * kKs <= 8;         // Q fragments held in registers
-  constexpr bool kJointS = kM == 1 || kD <= 64;    // S of both m-tiles at once (else one after the other)
-  static_assert(kWarps * 16 == kTile, "one 16-row m-tile per warp and tile");
-  static_assert(kM == 1 || kM == 2, "one or two m-tiles per warp");
+  static_assert(kWarps * 16 == kTile, "one 16-row m-tile per warp");
   extern __shared__ __align__(128) float smem_f[];
   char* sm = reinterpret_cast<char*>(smem_f);
   bf16_t* Qs = reinterpret_cast<bf16_t*>(sm + L::q);
   bf16_t* Ks = reinterpret_cast<bf16_t*>(sm + L::k);
   bf16_t* Vs = reinterpret_cast<bf16_t*>(sm + L::v);
 
-  const int64_t nqb = (d.Tq + kRows - 1) / kRows, blk = blockIdx.x;
-  const int64_t b = blk / (nqb * d.Hq), h = blk / nqb % d.Hq, i0 = (nqb - 1 - blk % nqb) * kRows;
-  const int nq = static_cast<int>(min(int64_t{kRows}, d.Tq - i0));
+  const int64_t nqb = (d.Tq + kTile - 1) / kTile, blk = blockIdx.x;
+  const int64_t b = blk / (nqb * d.Hq), h = blk / nqb % d.Hq, i0 = (nqb - 1 - blk % nqb) * kTile;
+  const int nq = static_cast<int>(min(int64_t{kTile}, d.Tq - i0));
   const int64_t g_kv = h / d.rep(), qpos0 = d.q_offset + i0;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const int w0 = warp * 16;  // the warp's first row in each 64-row tile
+  const int w0 = warp * 16;  // the warp's first row in the block tile
 
-  // The warp's keys: the union of its m-tiles' ranges (m-tiles without rows have none).
-  Range wr{0, 0};
+  const Range wr = key_range(m, b, qpos0 + w0, qpos0 + min(nq, w0 + 16), d.Tk);  // the warp's keys
+  const Range kr = key_range(m, b, qpos0, qpos0 + nq, d.Tk);                     // the block's keys
+  // This lane's rows g, g + 8: visible keys [key_lo, key_hi) (empty for rows past the tile).
+  int64_t key_lo[2], key_hi[2];
 #pragma unroll
-  for (int mt = 0; mt < kM; ++mt) {
-    const int r0 = mt * kTile + w0;
-    const Range r = key_range(m, b, qpos0 + r0, qpos0 + min(nq, r0 + 16), d.Tk);
-    if (r.lo < r.hi) wr = wr.lo < wr.hi ? Range{min(wr.lo, r.lo), max(wr.hi, r.hi)} : r;
+  for (int hr = 0; hr < 2; ++hr) {
+    const int r = w0 + g + 8 * hr;
+    const int64_t qpos = qpos0 + r;
+    key_lo[hr] = r < nq ? max(int64_t{0}, m.key_lo(qpos)) : 0;
+    key_hi[hr] = r < nq ? min(d.Tk, qpos + 1) : 0;
   }
-  const Range kr = key_range(m, b, qpos0, qpos0 + nq, d.Tk);  // the block's keys
   auto k_tile = [&](int64_t j0) {
     return TileSrc{Ks, k + (b * d.Tk + j0) * d.k_stride + g_kv * d.Dh, d.k_stride,
                    static_cast<int>(min(int64_t{kTile}, kr.hi - j0)), d.Dh};
   };
-  auto q_tile = [&](int mt) {
-    return TileSrc{Qs + mt * kTile * kLd, q + (b * d.Tq + i0 + mt * kTile) * d.q_stride + h * d.Dh,
-                   d.q_stride, max(0, min(kTile, nq - mt * kTile)), d.Dh};
-  };
 
-  if constexpr (kM == 1) {
-    load_tiles<kD, 1>({q_tile(0)}, d.vec);
-  } else {
-    load_tiles<kD, 2>({q_tile(0), q_tile(1)}, d.vec);
-  }
+  load_tiles<kD, 1>({TileSrc{Qs, q + (b * d.Tq + i0) * d.q_stride + h * d.Dh, d.q_stride, nq, d.Dh}}, d.vec);
   if (kr.lo < kr.hi) load_tiles<kD, 1>({k_tile(kr.lo)}, d.vec);
   async_wait_all();
   __syncthreads();
-  uint32_t qa[kQInRegs ? kM : 1][kQInRegs ? kKs : 1][4];  // the warp's Q rows as A fragments (if in registers)
-  if constexpr (kQInRegs) {
+  uint32_t qa[kKs][4];  // the warp's Q rows as A fragments
 #pragma unroll
-    for (int mt = 0; mt < kM; ++mt)
-#pragma unroll
-      for (int kk = 0; kk < kKs; ++kk) mma::load_a(qa[mt][kk], Qs + (mt * kTile + w0) * kLd + kk * 16, kLd);
-  }
+  for (int kk = 0; kk < kKs; ++kk) mma::load_a(qa[kk], Qs + w0 * kLd + kk * 16, kLd);
 
-  float oacc[kM][kOt][4];
+  float oacc[kOt][4];
 #pragma unroll
-  for (int mt = 0; mt < kM; ++mt)
+  for (int n = 0; n < kOt; ++n)
 #pragma unroll
-    for (int n = 0; n < kOt; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) oacc[mt][n][e] = 0.f;
-  float m_run[kM][2], l_run[kM][2];  // per row: running max in log2 units (quad-uniform), this lane's sum
-#pragma unroll
-  for (int mt = 0; mt < kM; ++mt)
-#pragma unroll
-    for (int hr = 0; hr < 2; ++hr) m_run[mt][hr] = -INFINITY, l_run[mt][hr] = 0.f;
+    for (int e = 0; e < 4; ++e) oacc[n][e] = 0.f;
+  float m_run[2] = {-INFINITY, -INFINITY};  // rows g, g + 8: running max in log2 units (quad-uniform)
+  float l_run[2] = {0.f, 0.f};              // and this lane's part of the running sum of rounded P
 
   for (int64_t j0 = kr.lo; j0 < kr.hi; j0 += kTile) {
     const int nk = static_cast<int>(min(int64_t{kTile}, kr.hi - j0));
@@ -128,110 +100,79 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 && kM == 1 ? 3 : 2)
     const int c_hi = static_cast<int>(max(min(wr.hi, j0 + nk) - j0, int64_t{0}));
     const bool active = c_lo < c_hi;
     const int kc_lo = active ? c_lo / 16 : 0, kc_hi = active ? (c_hi + 15) / 16 : 0;
-    uint32_t pa[kM][kKc][4];  // P (bf16) as the A fragments of P V, per m-tile and key chunk
+    uint32_t pa[kKc][4];  // P (bf16) as the A fragments of P V, per key chunk
 
     if (active) {
-      float s[kM][kNt][4];
-      // S = Q K^T for the m-tiles [mt_lo, mt_hi): one K fragment feeds every m-tile of the range.
-      auto compute_s = [&](int mt_lo, int mt_hi) {
+      float s[kNt][4];
 #pragma unroll
-        for (int mt = mt_lo; mt < mt_hi; ++mt)
+      for (int n = 0; n < kNt; ++n)
 #pragma unroll
-          for (int n = 0; n < kNt; ++n)
+        for (int e = 0; e < 4; ++e) s[n][e] = 0.f;
 #pragma unroll
-            for (int e = 0; e < 4; ++e) s[mt][n][e] = 0.f;
+      for (int kc = 0; kc < kKc; ++kc) {
+        if (kc < kc_lo || kc >= kc_hi) continue;
 #pragma unroll
         for (int kk = 0; kk < kKs; ++kk) {
-          uint32_t qs[kQInRegs ? 1 : kM][4];  // this k-step's Q fragments (when not held in registers)
-          if constexpr (!kQInRegs) {
-#pragma unroll
-            for (int mt = mt_lo; mt < mt_hi; ++mt)
-              mma::load_a(qs[mt], Qs + (mt * kTile + w0) * kLd + kk * 16, kLd);
-          }
-#pragma unroll
-          for (int kc = 0; kc < kKc; ++kc) {
-            if (kc < kc_lo || kc >= kc_hi) continue;
-            uint32_t kb[4];
-            mma::load_b_nk(kb, Ks + kc * 16 * kLd + kk * 16, kLd);
-#pragma unroll
-            for (int mt = mt_lo; mt < mt_hi; ++mt) {
-              if constexpr (kQInRegs) {
-                mma::mma_nt(s[mt][2 * kc], qa[mt][kk], kb, 0);
-                mma::mma_nt(s[mt][2 * kc + 1], qa[mt][kk], kb, 1);
-              } else {
-                mma::mma_nt(s[mt][2 * kc], qs[mt], kb, 0);
-                mma::mma_nt(s[mt][2 * kc + 1], qs[mt], kb, 1);
-              }
-            }
-          }
+          uint32_t kb[4];
+          mma::load_b_nk(kb, Ks + kc * 16 * kLd + kk * 16, kLd);
+          mma::mma_nt(s[2 * kc], qa[kk], kb, 0);
+          mma::mma_nt(s[2 * kc + 1], qa[kk], kb, 1);
         }
-      };
-      if constexpr (kJointS) compute_s(0, kM);
-
-#pragma unroll
-      for (int mt = 0; mt < kM; ++mt) {
-        if constexpr (!kJointS) compute_s(mt, mt + 1);  // S of one m-tile at a time (registers)
-        const int r0 = mt * kTile + w0;
-        // Scale to log2 units and mask: per element only where the mask cuts this m-tile's part of the tile
-        // (or the tile is partial, or the m-tile has no rows).
-        const bool need_mask =
-            nk < kTile || r0 >= nq || !m.full(b, qpos0 + r0, qpos0 + min(nq, r0 + 16), j0, j0 + nk);
-        int lo_rel[2], hi_rel[2];  // visible columns [key_lo, q] of rows g, g + 8 (none for rows past the tile)
-#pragma unroll
-        for (int hr = 0; hr < 2; ++hr) {
-          const int r = r0 + g + 8 * hr;
-          const int64_t qpos = qpos0 + r;
-          const int64_t key_lo = r < nq ? max(int64_t{0}, m.key_lo(qpos)) : 0;
-          const int64_t key_hi = r < nq ? min(d.Tk, qpos + 1) : 0;
-          lo_rel[hr] = static_cast<int>(min(max(key_lo - j0, int64_t{0}), int64_t{kTile}));
-          hi_rel[hr] = static_cast<int>(min(max(key_hi - j0, int64_t{0}), int64_t{nk}));
-        }
-        float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-        for (int n = 0; n < kNt; ++n) {
-          const bool in_range = n / 2 >= kc_lo && n / 2 < kc_hi;
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int hr = e / 2, col = 8 * n + 2 * t + e % 2;
-            float x = s[mt][n][e] * d.scale_log2;
-            if (!in_range || (need_mask && (col < lo_rel[hr] || col >= hi_rel[hr]))) x = -INFINITY;
-            s[mt][n][e] = x;
-            mx[hr] = fmaxf(mx[hr], x);
-          }
-        }
-        float alpha[2], m_sub[2];
-#pragma unroll
-        for (int hr = 0; hr < 2; ++hr) {
-          mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(kFullMask, mx[hr], 1));
-          mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(kFullMask, mx[hr], 2));
-          const float m_new = fmaxf(m_run[mt][hr], mx[hr]);
-          alpha[hr] = m_new == -INFINITY ? 1.f : mma::exp2_approx(m_run[mt][hr] - m_new);  // 0 while m_run = -inf
-          m_sub[hr] = m_new == -INFINITY ? 0.f : m_new;  // exp2(-inf - m_sub) = 0
-          m_run[mt][hr] = m_new;
-        }
-
-        // P = exp2(s - m) rounded to bf16 into the A fragments; the sums take the same rounded values.
-        float sum[2] = {0.f, 0.f};
-#pragma unroll
-        for (int kc = 0; kc < kKc; ++kc) {
-          if (kc < kc_lo || kc >= kc_hi) continue;
-          float p[2][4];
-#pragma unroll
-          for (int j = 0; j < 2; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) p[j][e] = mma::exp2_approx(s[mt][2 * kc + j][e] - m_sub[e / 2]);
-          mma::acc_to_a(pa[mt][kc], p[0], p[1]);
-#pragma unroll
-          for (int i = 0; i < 4; ++i)  // pa[mt][kc][i]: row g (i even) or g + 8 (i odd)
-            sum[i % 2] += mma::bf16x2_lo(pa[mt][kc][i]) + mma::bf16x2_hi(pa[mt][kc][i]);
-        }
-#pragma unroll
-        for (int hr = 0; hr < 2; ++hr) l_run[mt][hr] = l_run[mt][hr] * alpha[hr] + sum[hr];
-#pragma unroll
-        for (int n = 0; n < kOt; ++n)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) oacc[mt][n][e] *= alpha[e / 2];
       }
+
+      // Scale to log2 units and mask: per element only where the mask cuts the tile or the tile is partial.
+      const bool need_mask = nk < kTile || !m.full(b, qpos0 + w0, qpos0 + min(nq, w0 + 16), j0, j0 + nk);
+      int lo_rel[2], hi_rel[2];  // visible columns of rows g, g + 8 in this tile
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        lo_rel[hr] = static_cast<int>(min(max(key_lo[hr] - j0, int64_t{0}), int64_t{kTile}));
+        hi_rel[hr] = static_cast<int>(min(max(key_hi[hr] - j0, int64_t{0}), int64_t{nk}));
+      }
+      float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+      for (int n = 0; n < kNt; ++n) {
+        const bool in_range = n / 2 >= kc_lo && n / 2 < kc_hi;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int hr = e / 2, col = 8 * n + 2 * t + e % 2;
+          float x = s[n][e] * d.scale_log2;
+          if (!in_range || (need_mask && (col < lo_rel[hr] || col >= hi_rel[hr]))) x = -INFINITY;
+          s[n][e] = x;
+          mx[hr] = fmaxf(mx[hr], x);
+        }
+      }
+      float alpha[2], m_sub[2];
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(kFullMask, mx[hr], 1));
+        mx[hr] = fmaxf(mx[hr], __shfl_xor_sync(kFullMask, mx[hr], 2));
+        const float m_new = fmaxf(m_run[hr], mx[hr]);
+        alpha[hr] = m_new == -INFINITY ? 1.f : mma::exp2_approx(m_run[hr] - m_new);  // 0 while m_run is -inf
+        m_sub[hr] = m_new == -INFINITY ? 0.f : m_new;                                // exp2(-inf - m_sub) = 0
+        m_run[hr] = m_new;
+      }
+
+      // P = exp2(s - m) rounded to bf16 into the A fragments; the sums take the same rounded values.
+      float sum[2] = {0.f, 0.f};
+#pragma unroll
+      for (int kc = 0; kc < kKc; ++kc) {
+        if (kc < kc_lo || kc >= kc_hi) continue;
+        float p[2][4];
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) p[j][e] = mma::exp2_approx(s[2 * kc + j][e] - m_sub[e / 2]);
+        mma::acc_to_a(pa[kc], p[0], p[1]);
+#pragma unroll
+        for (int i = 0; i < 4; ++i)  // pa[kc][i]: row g (i even) or g + 8 (i odd)
+          sum[i % 2] += mma::bf16x2_lo(pa[kc][i]) + mma::bf16x2_hi(pa[kc][i]);
+      }
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) l_run[hr] = l_run[hr] * alpha[hr] + sum[hr];
+#pragma unroll
+      for (int n = 0; n < kOt; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) oacc[n][e] *= alpha[e / 2];
     }
 
     async_wait_all();  // V_j
@@ -246,11 +187,8 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 && kM == 1 ? 3 : 2)
         for (int dn = 0; dn < kD / 16; ++dn) {
           uint32_t vb[4];
           mma::load_b_kn(vb, Vs + kc * 16 * kLd + dn * 16, kLd);
-#pragma unroll
-          for (int mt = 0; mt < kM; ++mt) {
-            mma::mma_nt(oacc[mt][2 * dn], pa[mt][kc], vb, 0);
-            mma::mma_nt(oacc[mt][2 * dn + 1], pa[mt][kc], vb, 1);
-          }
+          mma::mma_nt(oacc[2 * dn], pa[kc], vb, 0);
+          mma::mma_nt(oacc[2 * dn + 1], pa[kc], vb, 1);
         }
       }
     }
@@ -260,31 +198,29 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 && kM == 1 ? 3 : 2)
 
   // O = acc / l (the row sum over the quad); a row without visible keys (l = 0) gets O = 0, lse = -inf.
 #pragma unroll
-  for (int mt = 0; mt < kM; ++mt)
+  for (int hr = 0; hr < 2; ++hr) {
+    float l = l_run[hr];
+    l += __shfl_xor_sync(kFullMask, l, 1);
+    l += __shfl_xor_sync(kFullMask, l, 2);
+    const int r = w0 + g + 8 * hr;
+    if (r >= nq) continue;
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    if (lse && t == 0)
+      lse[(b * d.Hq + h) * d.Tq + i0 + r] = l > 0.f ? (m_run[hr] + log2f(l)) * kLn2 : -INFINITY;
+    uint16_t* orow = o + (b * d.Tq + i0 + r) * d.o_stride + h * d.Dv;
 #pragma unroll
-    for (int hr = 0; hr < 2; ++hr) {
-      float l = l_run[mt][hr];
-      l += __shfl_xor_sync(kFullMask, l, 1);
-      l += __shfl_xor_sync(kFullMask, l, 2);
-      const int r = mt * kTile + w0 + g + 8 * hr;
-      if (r >= nq) continue;
-      const float inv = l > 0.f ? 1.f / l : 0.f;
-      if (lse && t == 0)
-        lse[(b * d.Hq + h) * d.Tq + i0 + r] = l > 0.f ? (m_run[mt][hr] + log2f(l)) * kLn2 : -INFINITY;
-      uint16_t* orow = o + (b * d.Tq + i0 + r) * d.o_stride + h * d.Dv;
-#pragma unroll
-      for (int n = 0; n < kOt; ++n) {
-        const int c = 8 * n + 2 * t;
-        if (c >= d.Dv) continue;
-        const uint32_t u = mma::pack_bf16x2(oacc[mt][n][2 * hr] * inv, oacc[mt][n][2 * hr + 1] * inv);
-        if (d.vec) {  // Dv, o_stride multiples of 8 and o 16-byte aligned: c + 1 < Dv, 4-byte aligned
-          *reinterpret_cast<uint32_t*>(orow + c) = u;
-        } else {
-          orow[c] = static_cast<uint16_t>(u & 0xffffu);
-          if (c + 1 < d.Dv) orow[c + 1] = static_cast<uint16_t>(u >> 16);
-        }
+    for (int n = 0; n < kOt; ++n) {
+      const int c = 8 * n + 2 * t;
+      if (c >= d.Dv) continue;
+      const uint32_t u = mma::pack_bf16x2(oacc[n][2 * hr] * inv, oacc[n][2 * hr + 1] * inv);
+      if (d.vec) {  // Dv, o_stride multiples of 8 and o 16-byte aligned: c + 1 < Dv, 4-byte aligned
+        *reinterpret_cast<uint32_t*>(orow + c) = u;
+      } else {
+        orow[c] = static_cast<uint16_t>(u & 0xffffu);
+        if (c + 1 < d.Dv) orow[c + 1] = static_cast<uint16_t>(u >> 16);
       }
     }
+  }
 }
 
 }  // namespace

@@ -169,12 +169,19 @@ void backward_impl(const AttnArgs& a, const Mask& mask, const float* q, const fl
   TESSERA_CHECK(!has_k || (k && v && dk && dv), op, "(cuda): k, v, dk or dv is null");
   if (!has_q && !has_k) return;
 
+  const int64_t tiles = d.B * ((d.Tq + kBQ - 1) / kBQ);  // query tiles (their key ranges, for dK/dV)
   DeviceScratch scratch;
-  scratch.reserve(DeviceScratch::bytes_for<float>(d.B * d.Hq * d.Tq));
+  scratch.reserve(DeviceScratch::bytes_for<float>(d.B * d.Hq * d.Tq) +
+                  (has_k ? DeviceScratch::bytes_for<Range>(tiles) : 0));
   float* Dd = scratch.carve<float>(d.B * d.Hq * d.Tq);
+  Range* tile_ranges = has_k ? scratch.carve<Range>(tiles) : nullptr;
   if (has_q) {
     attn_rowdot_kernel<<<grid_for(d.B * d.Tq * d.Hq * 32, 128, op), 128>>>(d, o, dout, Dd);
     TESSERA_CUDA_CHECK_LAUNCH("attn_rowdot_kernel");
+  }
+  if (has_k && tiles > 0) {
+    attn_tile_ranges_kernel<<<grid_for(tiles, 128, op), 128>>>(d, mask, tile_ranges);
+    TESSERA_CUDA_CHECK_LAUNCH("attn_tile_ranges_kernel");
   }
   dispatch_dim(a, [&](auto dim) {
     constexpr int kD = decltype(dim)::value;
@@ -183,7 +190,7 @@ void backward_impl(const AttnArgs& a, const Mask& mask, const float* q, const fl
       auto kernel = attn_backward_dkdv_kernel<kD, Mask>;
       allow_smem(kernel, smem);
       const unsigned blocks = block_count(d.B * d.Hkv * ((d.Tk + kBK - 1) / kBK), op);
-      kernel<<<blocks, kBwdThreads, smem>>>(d, mask, q, k, v, lse, Dd, dout, dk, dv);
+      kernel<<<blocks, kBwdThreads, smem>>>(d, mask, q, k, v, lse, Dd, dout, dk, dv, tile_ranges);
       TESSERA_CUDA_CHECK_LAUNCH("attn_backward_dkdv_kernel");
     }
     if (has_q) {

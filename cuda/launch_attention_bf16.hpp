@@ -21,12 +21,10 @@ void attention_backward_bf16(const AttnArgs& a, const uint16_t* q, const uint16_
 /// The kernels of ops::attention_forward / attention_backward(cuda, ..., bf16 ...): WMMA (score tiles through
 /// shared memory) or mma.sync (FlashAttention-2 layout, scores / softmax / dS in registers), forward and
 /// backward alike. Either backward reads either forward's o and lse (same contract).
-/// Mma32: the mma.sync forward with 32 query rows per warp (128-row blocks, two m-tiles per warp; see
-/// attention_bf16_mma.cuh), the mma.sync backward.
-enum class AttnBf16Kernel { Auto, Wmma, Mma, Mma32 };
+enum class AttnBf16Kernel { Auto, Wmma, Mma };
 
-/// The kernel named by a value of TESSERA_ATTN_BF16_KERNEL: "wmma", "mma" or "mma32"; null or empty: Mma
-/// (the default). Anything else throws tessera::Error naming the variable.
+/// The kernel named by a value of TESSERA_ATTN_BF16_KERNEL: "wmma" or "mma"; null or empty: Mma (the
+/// default). Anything else throws tessera::Error naming the variable.
 AttnBf16Kernel parse_attention_bf16_kernel(const char* value);
 
 /// Process-wide choice for the following forward and backward calls; Auto (the initial state) means the
@@ -34,7 +32,7 @@ AttnBf16Kernel parse_attention_bf16_kernel(const char* value);
 /// the kernels.
 void set_attention_bf16_kernel(AttnBf16Kernel k);
 
-/// The kernels the next call runs (never Auto).
+/// The kernels the next call runs (Wmma or Mma, never Auto).
 AttnBf16Kernel attention_bf16_kernel();
 
 /// One warp runs the primitives of mma_sm80.cuh on 16 x 16 operands (all pointers are device memory;

@@ -274,9 +274,6 @@ Forward gpu_forward(AttnBf16Kernel kern, const ops::AttnDims& d, const Mask& m, 
 
 /// Both forward kernels on the same inputs: each within the tolerances of the fp32 CPU op, and within them
 /// of each other (o relative to max |o|, lse absolute; -inf rows identical).
-/// Also the Mma32 forward (32 query rows per warp): within the same tolerances of the CPU op, and, for
-/// causal masks (whose key tiles start at key 0 in every block, so each row meets the same tiles in the
-/// same order), bit for bit the Mma forward.
 template <class Mask>
 void compare_kernels(const std::string& name, const ops::AttnDims& d, const Mask& m, Rng& rng) {
   SCOPED_TRACE(name);
@@ -292,24 +289,6 @@ void compare_kernels(const std::string& name, const ops::AttnDims& d, const Mask
   Dev<bf16> d_q(q), d_k(k), d_v(v);
   const Forward fm = gpu_forward(AttnBf16Kernel::Mma, d, m, d_q, d_k, d_v);
   const Forward fw = gpu_forward(AttnBf16Kernel::Wmma, d, m, d_q, d_k, d_v);
-  const Forward f32 = gpu_forward(AttnBf16Kernel::Mma32, d, m, d_q, d_k, d_v);
-  const double e32 = rel_err("o mma32", so, f32.o, o_ref);
-  EXPECT_LE(e32, kTolO) << "o mma32 vs cpu";
-  if constexpr (std::is_same_v<Mask, mask::Causal>) {
-    for (size_t i = 0; i < fm.o.size(); ++i) ASSERT_EQ(f32.o[i].bits, fm.o[i].bits) << "o mma32 vs mma, " << i;
-    for (size_t i = 0; i < fm.lse.size(); ++i)
-      ASSERT_TRUE(f32.lse[i] == fm.lse[i] || (std::isnan(f32.lse[i]) && std::isnan(fm.lse[i])))
-          << "lse mma32 vs mma, " << i;
-  }
-  double l32 = 0;
-  for (size_t i = 0; i < lse_ref.size(); ++i) {
-    if (lse_ref[i] == -kInf) {
-      EXPECT_EQ(f32.lse[i], -kInf) << "mma32 lse[" << i << "] of a fully masked row";
-    } else {
-      l32 = std::max(l32, std::isnan(f32.lse[i]) ? double(kInf) : std::abs(double(f32.lse[i]) - lse_ref[i]));
-    }
-  }
-  EXPECT_LE(l32, kTolLse) << "lse mma32 vs cpu";
   const double em = rel_err("o mma", so, fm.o, o_ref), ew = rel_err("o wmma", so, fw.o, o_ref);
   const double emw = rel_err("o mma vs wmma", so, fm.o, to_float(fw.o));
   double lm = 0, lw = 0, lmw = 0;
@@ -415,9 +394,6 @@ TEST_F(CudaAttentionBf16, MmaAndWmmaForwardsAgree) {
   compare_kernels("chunk 16 Dh=96 Dv=48 rows past keys", dims(1, 30, 40, 2, 1, 96, 48, 30, 0),
                   mask::ChunkLocal{16}, rng);
   compare_kernels("causal Dh=40 Dv=24 pad 3", dims(1, 50, 50, 3, 3, 40, 24, 0, 3), mask::Causal{}, rng);
-  // Dh = 128: Mma32 reloads Q from shared memory (kM * kD / 16 > 8); three 128-row blocks, the last partial.
-  compare_kernels("causal Dh=128 GQA 4/2 Tq=300 Tk=320 q_off 20", dims(1, 300, 320, 4, 2, 128, 0, 20, 0),
-                  mask::Causal{}, rng);
 }
 
 TEST_F(CudaAttentionBf16, WmmaKernelsMatchCpu) {
@@ -435,7 +411,6 @@ TEST_F(CudaAttentionBf16, KernelChoiceParsingAndOverride) {
   EXPECT_EQ(cuda_detail::parse_attention_bf16_kernel(""), AttnBf16Kernel::Mma);
   EXPECT_EQ(cuda_detail::parse_attention_bf16_kernel("mma"), AttnBf16Kernel::Mma);
   EXPECT_EQ(cuda_detail::parse_attention_bf16_kernel("wmma"), AttnBf16Kernel::Wmma);
-  EXPECT_EQ(cuda_detail::parse_attention_bf16_kernel("mma32"), AttnBf16Kernel::Mma32);
   EXPECT_THROW(cuda_detail::parse_attention_bf16_kernel("WMMA "), Error);
   try {
     cuda_detail::parse_attention_bf16_kernel("cutlass");
