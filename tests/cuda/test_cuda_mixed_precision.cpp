@@ -181,6 +181,44 @@ TEST(CudaMixedPrecision, FrozenBf16WeightsAreCastOnceForInference) {
   EXPECT_EQ(run(), y1);
 }
 
+// forward_bf16_input (the all-bf16 attention / SwiGLU paths feed o_proj and down_proj this way): the same y as a
+// forward from fp32 x whose cast is that input, the same gradients when its backward gets the input again, an error
+// without it, and an error on an fp32 layer.
+TEST(CudaMixedPrecision, Bf16InputForwardMatchesTheCastPathAndNeedsItsInput) {
+  TESSERA_NEED_GPU();
+  const int64_t n = 7, in = 40, out = 24;
+  Linear<float, cuda> l;
+  l.setup(in, out);
+  const auto w = normals(out * in, 9), x = normals(n * in, 10), dy = normals(n * out, 11);
+  cuda_mem::to_device(l.params.weight.value.data(), w.data(), w.size() * 4);
+  allocate_grads(l);
+  SeqContext ctx;
+  auto xd = upload(x), dyd = upload(dy);
+  const TensorView<const float> xv(xd.data(), {n, in}), dyv(dyd.data(), {n, out});
+  Tensor<bf16, cuda> x16({n, in});
+  ops::cast(cuda{}, x16.data(), xd.data(), n * in);
+  Linear<float, cuda>::Saved s;
+  Tensor<float, cuda> y, dx;
+  EXPECT_THROW(l.forward_bf16_input(ctx, x16.data(), n, y, s), Error);  // fp32 compute
+  set_compute_precision(l, Precision::bf16);
+
+  l.forward(ctx, xv, y, s);
+  const auto y_cast = download(y.data(), y.numel());
+  zero_grads(l);
+  l.backward(ctx, dyv, dx, s);
+  const auto dx_cast = download(dx.data(), dx.numel());
+  const auto dw_cast = download(l.params.weight.grad.data(), out * in);
+
+  Linear<float, cuda>::Saved s16;
+  l.forward_bf16_input(ctx, x16.data(), n, y, s16);
+  EXPECT_EQ(download(y.data(), y.numel()), y_cast);
+  zero_grads(l);
+  l.backward(ctx, dyv, dx, s16, false, x16.data());
+  EXPECT_EQ(download(dx.data(), dx.numel()), dx_cast);
+  EXPECT_EQ(download(l.params.weight.grad.data(), out * in), dw_cast);
+  EXPECT_THROW(l.backward(ctx, dyv, dx, s16), Error);  // the input exists only as x16
+}
+
 namespace {
 
 models::LlamaConfig tiny_config(int64_t window) {

@@ -132,16 +132,14 @@ struct Linear {
     TESSERA_CHECK(weight_bf16_.numel() == out * in, "Linear: bf16 backward without a bf16 forward");
     TESSERA_CHECK(!weight_frozen_, "Linear: backward with frozen bf16 weights (freeze_bf16_weights is for ",
                   "inference; set_compute_precision unfreezes them for training)");
+    TESSERA_CHECK(x16 || s.x.data(), "Linear: the backward of forward_bf16_input needs its x16");
     auto& dy16 = scratch()[1];
     dy16.resize_uninit({n, out});
     ops::cast(B{}, dy16.data(), dy.data(), n * out);
     if (dx)
       ops::gemm(B{}, false, false, n, in, out, 1.0f, dy16.data(), out, weight_bf16_.data(), in,
                 accumulate_dx ? 1.0f : 0.0f, dx, in);
-    if (!x16) {
-      TESSERA_CHECK(s.x.data(), "Linear: the backward of forward_bf16_input needs its x16");
-      x16 = cast_input(s.x);
-    }
+    if (!x16) x16 = cast_input(s.x);
     ops::gemm(B{}, true, false, out, in, n, 1.0f, dy16.data(), out, x16, in, 1.0f, params.weight.grad.data(), in);
     if (bias_grad()) ops::row_bias_backward(B{}, bias_grad(), dy.data(), n, out);
   }
