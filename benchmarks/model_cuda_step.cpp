@@ -166,7 +166,8 @@ int main(int argc, char** argv) {
         try {
           llama_breakdown(m, data, opt, batch, seq, precision);
         } catch (const std::exception& e) {
-          std::printf("| tessera Llama step %s phases (CUDA) | FAILED: %s | - | - |\n", precision.c_str(), e.what());
+          std::printf("| tessera Llama step %s phases (CUDA) | FAILED: %s | - | - |\n", precision.c_str(),
+                      e.what());
           return 1;
         }
       }

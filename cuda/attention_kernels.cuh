@@ -299,8 +299,8 @@ __global__ void __launch_bounds__(kFwdThreads)
 
 constexpr int kSplitThreads = 128;
 constexpr int kSplitWarps = kSplitThreads / 32;
-constexpr int kSplitKeys = 4;         // keys per warp step: their loads are in flight together
-constexpr int kSplitMaxParts = 128;   // bound on ns (the combine kernel's shared weights)
+constexpr int kSplitKeys = 4;        // keys per warp step: their loads are in flight together
+constexpr int kSplitMaxParts = 128;  // bound on ns (the combine kernel's shared weights)
 
 /// Block blockIdx.x = row * ns + split, row = (b*Hq + h)*Tq + i (the lse layout). part_ml [rows*ns][2] and
 /// part_acc [rows*ns][Dv] are only used when ns > 1.
@@ -359,7 +359,7 @@ __global__ void __launch_bounds__(kSplitThreads)
       smax = fmaxf(smax, s[t]);
     }
     const float new_max = fmaxf(mx, smax);
-    if (new_max == -INFINITY) continue;  // nothing allowed so far (warp-uniform)
+    if (new_max == -INFINITY) continue;      // nothing allowed so far (warp-uniform)
     const float alpha = expf(mx - new_max);  // 0 while mx was -inf
     l *= alpha;
 #pragma unroll
@@ -550,10 +550,9 @@ struct BwdTiles {
   }
 };
 
-// dK, dV for (b, kv head g, keys j0 .. j0+nk). Thread owns keys j = warp + 8 m and columns lane + 32 i.
-/// The key range of every query tile (kBQ rows) of every batch row, out[b * nqt + tile]: the dK/dV kernel reads
-/// these instead of computing them in each of its blocks. For an id mask a range is a min / max over the
-/// tile's query ids and two binary searches, some 60 dependent global loads; per key block and query tile
+/// The key range of every query tile (kBQ rows) of every batch row, out[b * nqt + tile]: the dK/dV kernel
+/// reads these instead of computing them in each of its blocks. For an id mask a range is a min / max over
+/// the tile's query ids and two binary searches, some 60 dependent global loads; per key block and query tile
 /// that dominated the backward of BLT's cross-attention (7 ms per call at 4096 x 4096 on an H100).
 template <class Mask>
 __global__ void attn_tile_ranges_kernel(Dims d, Mask m, Range* __restrict__ out) {
@@ -566,7 +565,8 @@ __global__ void attn_tile_ranges_kernel(Dims d, Mask m, Range* __restrict__ out)
   }
 }
 
-/// tile_ranges: attn_tile_ranges_kernel's output for these dims and mask.
+// dK, dV for (b, kv head g, keys j0 .. j0+nk). Thread owns keys j = warp + 8 m and columns lane + 32 i.
+// tile_ranges: attn_tile_ranges_kernel's output for these dims and mask.
 template <int kD, class Mask>
 __global__ void __launch_bounds__(kBwdThreads)
     attn_backward_dkdv_kernel(Dims d, Mask m, const float* __restrict__ q, const float* __restrict__ k,

@@ -62,8 +62,8 @@ void allow_smem(Kernel kernel, size_t bytes) {
 
 // ---- split-KV forward selection (attn_forward_split_kernel) ---------------------------------------------
 
-constexpr int64_t kSplitMaxTq = 8;      // query rows at most (the split path reads K, V once per row)
-constexpr int64_t kSplitMinKeys = 64;   // keys per split at least
+constexpr int64_t kSplitMaxTq = 8;     // query rows at most (the split path reads K, V once per row)
+constexpr int64_t kSplitMinKeys = 64;  // keys per split at least
 constexpr int64_t kSplitBlocksPerSm = 4;
 
 /// Multiprocessor count of the current device, queried once (tessera drives one device per process).

@@ -148,7 +148,8 @@ __global__ void cast_bf16_to_f32_kernel(float* __restrict__ dst, const uint16_t*
 // The same casts 8 elements per thread (two 16-byte loads, one 16-byte store, or the reverse) when both
 // pointers are 16-byte aligned and n is a multiple of 8: the casts are memory-bound, and 2-byte stores per
 // thread reach about half the bandwidth.
-__global__ void cast_f32_to_bf16_x8_kernel(uint4* __restrict__ dst, const float4* __restrict__ src, int64_t n8) {
+__global__ void cast_f32_to_bf16_x8_kernel(uint4* __restrict__ dst, const float4* __restrict__ src,
+                                           int64_t n8) {
   TESSERA_GRID_STRIDE(i, n8) {
     const float4 a = src[2 * i], b = src[2 * i + 1];
     uint4 o;
@@ -159,7 +160,8 @@ __global__ void cast_f32_to_bf16_x8_kernel(uint4* __restrict__ dst, const float4
     dst[i] = o;
   }
 }
-__global__ void cast_bf16_to_f32_x8_kernel(float4* __restrict__ dst, const uint4* __restrict__ src, int64_t n8) {
+__global__ void cast_bf16_to_f32_x8_kernel(float4* __restrict__ dst, const uint4* __restrict__ src,
+                                           int64_t n8) {
   TESSERA_GRID_STRIDE(i, n8) {
     const uint4 u = src[i];
     auto lo = [](uint32_t w) { return bf16_to_float(static_cast<uint16_t>(w & 0xffffu)); };
@@ -339,8 +341,8 @@ void cast_f32_to_bf16(uint16_t* dst, const float* src, int64_t n) {
   check_n("cast", n);
   if (n == 0) return;
   if (vec8_ok(dst, src, n)) {
-    cast_f32_to_bf16_x8_kernel<<<stride_blocks(n / 8), kThreads>>>(reinterpret_cast<uint4*>(dst),
-                                                                    reinterpret_cast<const float4*>(src), n / 8);
+    cast_f32_to_bf16_x8_kernel<<<stride_blocks(n / 8), kThreads>>>(
+        reinterpret_cast<uint4*>(dst), reinterpret_cast<const float4*>(src), n / 8);
     TESSERA_CUDA_CHECK_LAUNCH("cast_f32_to_bf16_x8_kernel");
     return;
   }
@@ -351,8 +353,8 @@ void cast_bf16_to_f32(float* dst, const uint16_t* src, int64_t n) {
   check_n("cast", n);
   if (n == 0) return;
   if (vec8_ok(dst, src, n)) {
-    cast_bf16_to_f32_x8_kernel<<<stride_blocks(n / 8), kThreads>>>(reinterpret_cast<float4*>(dst),
-                                                                    reinterpret_cast<const uint4*>(src), n / 8);
+    cast_bf16_to_f32_x8_kernel<<<stride_blocks(n / 8), kThreads>>>(
+        reinterpret_cast<float4*>(dst), reinterpret_cast<const uint4*>(src), n / 8);
     TESSERA_CUDA_CHECK_LAUNCH("cast_bf16_to_f32_x8_kernel");
     return;
   }

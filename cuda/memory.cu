@@ -61,8 +61,8 @@ void* Allocator<cuda>::allocate(size_t bytes) {
   }
   if (e != cudaSuccess) {
     (void)cudaGetLastError();  // an out-of-memory error is not sticky; clear it for the caller
-    throw Error(str(dp.async ? "cudaMallocAsync(" : "cudaMalloc(", bytes, " bytes) failed: ", cudaGetErrorName(e),
-                    " (", cudaGetErrorString(e), ")"));
+    throw Error(str(dp.async ? "cudaMallocAsync(" : "cudaMalloc(", bytes,
+                    " bytes) failed: ", cudaGetErrorName(e), " (", cudaGetErrorString(e), ")"));
   }
   return p;
 }

@@ -58,18 +58,19 @@ TEST(CudaMixedPrecision, RejectsCpuModels) {
   EXPECT_THROW(parse_precision("fp16"), Error);
 }
 
-// n = 1001: the per-element kernels; n = 1000 (a multiple of 8, allocations 16-byte aligned): the 8-wide ones.
+// n = 1001: the per-element cast kernels; n = 1000 (a multiple of 8, allocations 16-byte aligned): the
+// 8-wide ones.
 TEST(CudaMixedPrecision, CastRoundsToNearestEvenAndBackExactly) {
   TESSERA_NEED_GPU();
   for (const int64_t n : {int64_t{1001}, int64_t{1000}}) {
     SCOPED_TRACE(n);
     std::vector<float> x = normals(n, 1);
-    x[0] = 1.0f + 1.0f / 256;            // exactly half-way between two bf16 values: ties to even (1.0)
-    x[1] = 1.0f + 3.0f / 256;            // half-way, rounds up to the even 1 + 4/256
+    x[0] = 1.0f + 1.0f / 256;  // exactly half-way between two bf16 values: ties to even (1.0)
+    x[1] = 1.0f + 3.0f / 256;  // half-way, rounds up to the even 1 + 4/256
     x[2] = -0.0f;
     x[3] = std::numeric_limits<float>::infinity();
-    x[4] = 3.0e38f;                      // large but finite in bf16 (max ~3.39e38)
-    x[n - 1] = -1.0f - 1.0f / 256;       // the last element (a vector kernel's last lane)
+    x[4] = 3.0e38f;                 // large but finite in bf16 (max ~3.39e38)
+    x[n - 1] = -1.0f - 1.0f / 256;  // the last element (a vector kernel's last lane)
     auto xd = upload(x);
     Tensor<bf16, cuda> h({n});
     ops::cast(cuda{}, h.data(), xd.data(), n);
@@ -181,9 +182,9 @@ TEST(CudaMixedPrecision, FrozenBf16WeightsAreCastOnceForInference) {
   EXPECT_EQ(run(), y1);
 }
 
-// forward_bf16_input (the all-bf16 attention / SwiGLU paths feed o_proj and down_proj this way): the same y as a
-// forward from fp32 x whose cast is that input, the same gradients when its backward gets the input again, an error
-// without it, and an error on an fp32 layer.
+// forward_bf16_input (the all-bf16 attention / SwiGLU paths feed o_proj and down_proj this way): the same y
+// as a forward from fp32 x whose cast is that input, the same gradients when its backward gets the input
+// again, an error without it, and an error on an fp32 layer.
 TEST(CudaMixedPrecision, Bf16InputForwardMatchesTheCastPathAndNeedsItsInput) {
   TESSERA_NEED_GPU();
   const int64_t n = 7, in = 40, out = 24;

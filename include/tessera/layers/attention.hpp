@@ -243,9 +243,9 @@ struct SelfAttention {
       dq16.resize_uninit(s.q16.shape());
       dk16.resize_uninit(s.k16.shape());
       dv16.resize_uninit(s.v16.shape());
-      ops::attention_backward(B{}, dims(ctx), *mask::PositionOnly<Mask>::make(ctx), s.q16.data(), s.k16.data(),
-                              s.v16.data(), s.o16.data(), s.lse.data(), do16.data(), dq16.data(), dk16.data(),
-                              dv16.data());
+      ops::attention_backward(B{}, dims(ctx), *mask::PositionOnly<Mask>::make(ctx), s.q16.data(),
+                              s.k16.data(), s.v16.data(), s.o16.data(), s.lse.data(), do16.data(),
+                              dq16.data(), dk16.data(), dv16.data());
       dq.resize_uninit(s.q16.shape());
       dk.resize_uninit(s.k16.shape());
       dv.resize_uninit(s.v16.shape());

@@ -62,9 +62,9 @@ struct SwiGlu {
 
  private:
   /// All three projections in bf16 (set_compute_precision sets them together): the input is cast once for
-  /// gate/up and their backward, and the hidden activation exists in fp32 only between the SwiGLU and its cast
-  /// (per-thread scratch: the backward's dh); Saved keeps bf16(x) and bf16(h) instead of h in fp32. Same
-  /// numbers as the per-projection casts, with 2 fewer casts per step and fewer saved bytes.
+  /// gate/up and their backward, and the hidden activation exists in fp32 only between the SwiGLU and its
+  /// cast (per-thread scratch: the backward's dh); Saved keeps bf16(x) and bf16(h) instead of h in fp32. Same
+  /// numbers as the per-projection casts, with 2 fewer casts per layer and step and fewer saved bytes.
   bool all_bf16() const {
     return gate_proj.computes_in_bf16() && up_proj.computes_in_bf16() && down_proj.computes_in_bf16();
   }
