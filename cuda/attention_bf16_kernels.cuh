@@ -179,6 +179,23 @@ __device__ void load_tiles(const TileSrc (&t)[kN], bool vec) {
     }
 }
 
+/// The dK/dV kernels' query tile: rows i0 .. i0 + nq of head h, Q and dO into Qs, dOs (load_tiles), and per
+/// row lse in log2 units and D into lse2, Ds (-inf and 0 past the tile). Complete after async_wait_all() and a
+/// __syncthreads().
+template <int kD>
+__device__ void load_query_tile(const BDims& d, int64_t b, int64_t h, int64_t i0, int nq, const uint16_t* q,
+                                const uint16_t* dout, const float* lse_g, const float* D_g, bf16_t* Qs,
+                                bf16_t* dOs, float* lse2, float* Ds) {
+  load_tiles<kD, 2>({TileSrc{Qs, q + (b * d.Tq + i0) * d.q_stride + h * d.Dh, d.q_stride, nq, d.Dh},
+                     TileSrc{dOs, dout + (b * d.Tq + i0) * d.o_stride + h * d.Dv, d.o_stride, nq, d.Dv}},
+                    d.vec);
+  for (int i = threadIdx.x; i < kTile; i += blockDim.x) {
+    const int64_t idx = (b * d.Hq + h) * d.Tq + i0 + i;
+    lse2[i] = i < nq ? lse_g[idx] * kLog2e : -INFINITY;
+    Ds[i] = i < nq ? D_g[idx] : 0.f;
+  }
+}
+
 /// Write one 16 x 16 fp32 accumulator as bf16 to global rows (row r at dst + r * stride, columns c0 + ...):
 /// rows < nrows and columns < cols only. Staged through `stage` (this warp's, >= 16 x kSLd floats); every
 /// lane of the warp must call it.
@@ -534,14 +551,7 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
       const Range kr = key_range(m, b, qpos0, qpos0 + nq, d.Tk);
       if (max(kr.lo, j0) >= min(kr.hi, j0 + nk)) continue;  // block-uniform: this query tile never sees us
       __syncthreads();  // every warp is done with the previous query tiles (and K, V are loaded)
-      load_tiles<kD, 2>({TileSrc{Qs, q + (b * d.Tq + i0) * d.q_stride + h * d.Dh, d.q_stride, nq, d.Dh},
-                         TileSrc{dOs, dout + (b * d.Tq + i0) * d.o_stride + h * d.Dv, d.o_stride, nq, d.Dv}},
-                        d.vec);
-      for (int i = threadIdx.x; i < kTile; i += blockDim.x) {
-        const int64_t idx = (b * d.Hq + h) * d.Tq + i0 + i;
-        lse2[i] = i < nq ? lse_g[idx] * kLog2e : -INFINITY;
-        Ds[i] = i < nq ? D_g[idx] : 0.f;
-      }
+      load_query_tile<kD>(d, b, h, i0, nq, q, dout, lse_g, D_g, Qs, dOs, lse2, Ds);
       async_wait_all();  // Q, dO (and the first time K, V)
       __syncthreads();
 

@@ -156,14 +156,7 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
       const Range kr = key_range(m, b, qpos0, qpos0 + nq, d.Tk);
       if (max(kr.lo, j0) >= min(kr.hi, j0 + nk)) continue;  // block-uniform: this query tile never sees us
       __syncthreads();  // every warp is done with the previous query tiles (and K, V are loaded)
-      load_tiles<kD, 2>({TileSrc{Qs, q + (b * d.Tq + i0) * d.q_stride + h * d.Dh, d.q_stride, nq, d.Dh},
-                         TileSrc{dOs, dout + (b * d.Tq + i0) * d.o_stride + h * d.Dv, d.o_stride, nq, d.Dv}},
-                        d.vec);
-      for (int i = threadIdx.x; i < kTile; i += blockDim.x) {
-        const int64_t idx = (b * d.Hq + h) * d.Tq + i0 + i;
-        lse2[i] = i < nq ? lse_g[idx] * kLog2e : -INFINITY;
-        Ds[i] = i < nq ? D_g[idx] : 0.f;
-      }
+      load_query_tile<kD>(d, b, h, i0, nq, q, dout, lse_g, D_g, Qs, dOs, lse2, Ds);
       async_wait_all();  // Q, dO (and the first time K, V)
       __syncthreads();
 

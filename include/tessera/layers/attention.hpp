@@ -90,12 +90,7 @@ struct SelfAttention {
     k_proj.forward(ctx, x, s.k, s.k_s, x16);
     v_proj.forward(ctx, x, s.v, s.v_s, x16);
     const int64_t n = ctx.rows();
-    if constexpr (Rope::enabled) {
-      const int64_t* pos = positions(ctx, s);
-      ops::rope_forward(B{}, s.q.data(), n_heads * head_dim, pos, n, n_heads, head_dim, rope_theta, Rope::style);
-      ops::rope_forward(B{}, s.k.data(), n_kv_heads * head_dim, pos, n, n_kv_heads, head_dim, rope_theta,
-                        Rope::style);
-    }
+    rope_forward_qk(ctx, s, s.q, s.k);
     const auto d = dims(ctx);
     s.attn.resize_uninit({n, n_heads * head_dim});
     s.lse.resize_uninit({ctx.batch, n_heads, ctx.seq});
@@ -126,11 +121,7 @@ struct SelfAttention {
     k_proj.forward(ctx, x, s.k, s.k_s, x16);
     v_proj.forward(ctx, x, s.v, s.v_s, x16);
     const int64_t n = ctx.rows(), qw = n_heads * head_dim, kw = n_kv_heads * head_dim;
-    if constexpr (Rope::enabled) {
-      const int64_t* pos = positions(ctx, s);
-      ops::rope_forward(B{}, s.q.data(), qw, pos, n, n_heads, head_dim, rope_theta, Rope::style);
-      ops::rope_forward(B{}, s.k.data(), kw, pos, n, n_kv_heads, head_dim, rope_theta, Rope::style);
-    }
+    rope_forward_qk(ctx, s, s.q, s.k);
     const int64_t W = mask::Cached<Mask>::window(ctx);
     const ops::mask::SlidingWindow m{W > 0 ? W : INT64_MAX / 4};
     s.attn.resize_uninit({n, qw});
@@ -158,7 +149,6 @@ struct SelfAttention {
     if constexpr (has_bf16_attention) {
       if (all_bf16(ctx)) return backward_bf16(ctx, dy, dx, s);
     }
-    const int64_t n = ctx.rows();
     auto& [d_attn, dq, dk, dv] = shared_scratch<SelfAttention, T, B, 4>();
     o_proj.backward(ctx, dy, d_attn, s.o_s);
     dq.resize_uninit(s.q.shape());
@@ -170,12 +160,7 @@ struct SelfAttention {
       ops::attention_backward(B{}, dims(ctx), Mask::make(ctx), s.q.data(), s.k.data(), s.v.data(),
                               s.attn.data(), s.lse.data(), d_attn.data(), dq.data(), dk.data(), dv.data());
     }
-    if constexpr (Rope::enabled) {
-      const int64_t* pos = ctx.positions ? ctx.positions : s.positions.data();
-      ops::rope_backward(B{}, dq.data(), n_heads * head_dim, pos, n, n_heads, head_dim, rope_theta, Rope::style);
-      ops::rope_backward(B{}, dk.data(), n_kv_heads * head_dim, pos, n, n_kv_heads, head_dim, rope_theta,
-                         Rope::style);
-    }
+    rope_backward_qk(ctx, s, dq, dk);
     // dx = dq Wq + dk Wk + dv Wv, the last two accumulated by their GEMMs.
     const bf16* x16 = shared_input_bf16(s.q_s.x);
     q_proj.backward(ctx, dq, dx, s.q_s, false, x16);
@@ -210,7 +195,7 @@ struct SelfAttention {
   }
   void forward_bf16(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s) const {
     if constexpr (has_bf16_attention) {
-      const int64_t n = ctx.rows(), qw = n_heads * head_dim, kw = n_kv_heads * head_dim;
+      const int64_t n = ctx.rows();
       auto& [unused, q, k, v] = shared_scratch<SelfAttention, T, B, 4>();  // the backward's dq, dk, dv
       (void)unused;
       s.x16.resize_uninit(x.shape);
@@ -218,15 +203,11 @@ struct SelfAttention {
       q_proj.forward(ctx, x, q, s.q_s, s.x16.data());
       k_proj.forward(ctx, x, k, s.k_s, s.x16.data());
       v_proj.forward(ctx, x, v, s.v_s, s.x16.data());
-      if constexpr (Rope::enabled) {
-        const int64_t* pos = positions(ctx, s);
-        ops::rope_forward(B{}, q.data(), qw, pos, n, n_heads, head_dim, rope_theta, Rope::style);
-        ops::rope_forward(B{}, k.data(), kw, pos, n, n_kv_heads, head_dim, rope_theta, Rope::style);
-      }
+      rope_forward_qk(ctx, s, q, k);
       cast_to(s.q16, q);
       cast_to(s.k16, k);
       cast_to(s.v16, v);
-      s.o16.resize_uninit({n, qw});
+      s.o16.resize_uninit({n, n_heads * head_dim});
       s.lse.resize_uninit({ctx.batch, n_heads, ctx.seq});
       ops::attention_forward(B{}, dims(ctx), *mask::PositionOnly<Mask>::make(ctx), s.q16.data(), s.k16.data(),
                              s.v16.data(), s.o16.data(), s.lse.data());
@@ -235,7 +216,6 @@ struct SelfAttention {
   }
   void backward_bf16(const SeqContext& ctx, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {
     if constexpr (has_bf16_attention) {
-      const int64_t n = ctx.rows();
       auto& [d_attn, dq, dk, dv] = shared_scratch<SelfAttention, T, B, 4>();
       auto& [q16, k16, v16, o16, do16, dq16, dk16, dv16, x16] = scratch16();
       o_proj.backward(ctx, dy, d_attn, s.o_s, false, s.o16.data());
@@ -252,13 +232,7 @@ struct SelfAttention {
       ops::cast(B{}, dq.data(), dq16.data(), dq.numel());
       ops::cast(B{}, dk.data(), dk16.data(), dk.numel());
       ops::cast(B{}, dv.data(), dv16.data(), dv.numel());
-      if constexpr (Rope::enabled) {
-        const int64_t* pos = ctx.positions ? ctx.positions : s.positions.data();
-        ops::rope_backward(B{}, dq.data(), n_heads * head_dim, pos, n, n_heads, head_dim, rope_theta,
-                           Rope::style);
-        ops::rope_backward(B{}, dk.data(), n_kv_heads * head_dim, pos, n, n_kv_heads, head_dim, rope_theta,
-                           Rope::style);
-      }
+      rope_backward_qk(ctx, s, dq, dk);
       q_proj.backward(ctx, dq, dx, s.q_s, false, s.x16.data());
       k_proj.backward(ctx, dk, dx, s.k_s, true, s.x16.data());
       v_proj.backward(ctx, dv, dx, s.v_s, true, s.x16.data());
@@ -310,6 +284,27 @@ struct SelfAttention {
   static void cast_to(Tensor<bf16, B>& dst, const Tensor<T, B>& src) {
     dst.resize_uninit(src.shape());
     ops::cast(B{}, dst.data(), src.data(), src.numel());
+  }
+
+  /// RoPE on q [rows, n_heads * head_dim] and k [rows, n_kv_heads * head_dim] in place, and its backward on dq,
+  /// dk (the positions the forward used).
+  void rope_forward_qk(const SeqContext& ctx, Saved& s, Tensor<T, B>& q, Tensor<T, B>& k) const {
+    if constexpr (Rope::enabled) {
+      const int64_t* pos = positions(ctx, s);
+      const int64_t n = ctx.rows();
+      ops::rope_forward(B{}, q.data(), n_heads * head_dim, pos, n, n_heads, head_dim, rope_theta, Rope::style);
+      ops::rope_forward(B{}, k.data(), n_kv_heads * head_dim, pos, n, n_kv_heads, head_dim, rope_theta,
+                        Rope::style);
+    }
+  }
+  void rope_backward_qk(const SeqContext& ctx, Saved& s, Tensor<T, B>& dq, Tensor<T, B>& dk) const {
+    if constexpr (Rope::enabled) {
+      const int64_t* pos = ctx.positions ? ctx.positions : s.positions.data();
+      const int64_t n = ctx.rows();
+      ops::rope_backward(B{}, dq.data(), n_heads * head_dim, pos, n, n_heads, head_dim, rope_theta, Rope::style);
+      ops::rope_backward(B{}, dk.data(), n_kv_heads * head_dim, pos, n, n_kv_heads, head_dim, rope_theta,
+                         Rope::style);
+    }
   }
 
   /// Rotary positions: the context's, or pos_offset + t within each sequence.
