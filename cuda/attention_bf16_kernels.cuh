@@ -180,8 +180,8 @@ __device__ void load_tiles(const TileSrc (&t)[kN], bool vec) {
 }
 
 /// The dK/dV kernels' query tile: rows i0 .. i0 + nq of head h, Q and dO into Qs, dOs (load_tiles), and per
-/// row lse in log2 units and D into lse2, Ds (-inf and 0 past the tile). Complete after async_wait_all() and a
-/// __syncthreads().
+/// row lse in log2 units and D into lse2, Ds (-inf and 0 past the tile). Complete after async_wait_all() and
+/// a __syncthreads().
 template <int kD>
 __device__ void load_query_tile(const BDims& d, int64_t b, int64_t h, int64_t i0, int nq, const uint16_t* q,
                                 const uint16_t* dout, const float* lse_g, const float* D_g, bf16_t* Qs,

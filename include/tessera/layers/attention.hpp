@@ -286,8 +286,8 @@ struct SelfAttention {
     ops::cast(B{}, dst.data(), src.data(), src.numel());
   }
 
-  /// RoPE on q [rows, n_heads * head_dim] and k [rows, n_kv_heads * head_dim] in place, and its backward on dq,
-  /// dk (the positions the forward used).
+  /// RoPE on q [rows, n_heads * head_dim] and k [rows, n_kv_heads * head_dim] in place, and its backward on
+  /// dq, dk (the positions the forward used).
   void rope_forward_qk(const SeqContext& ctx, Saved& s, Tensor<T, B>& q, Tensor<T, B>& k) const {
     if constexpr (Rope::enabled) {
       const int64_t* pos = positions(ctx, s);
