@@ -11,6 +11,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -33,7 +34,8 @@ namespace tessera::cuda_detail {
 // ends the interval, so gaps (launch latency, host synchronisation, copies) count towards the next operation —
 // exactly the per-operation cost of a launch-bound decoding loop. Events are folded every 4096 operations (one
 // synchronisation) and a table sorted by total time goes to stderr at exit. Off (one branch per launch) unless
-// the variable is set.
+// the variable is set. TESSERA_CUDA_PROFILE=trace also prints each operation's name as it is issued (the
+// sequence of launches of, say, one decoding step).
 class Profiler {
  public:
   static Profiler& get() {
@@ -43,6 +45,7 @@ class Profiler {
   bool on() const { return on_; }
   void mark(const char* name) {
     const std::lock_guard<std::mutex> lock(mu_);
+    if (trace_) std::fprintf(stderr, "TESSERA_CUDA_TRACE %s\n", name);
     if (!started_) {
       started_ = true;
       prev_ = make_event();
@@ -83,7 +86,8 @@ class Profiler {
   };
   Profiler() {
     const char* v = std::getenv("TESSERA_CUDA_PROFILE");
-    on_ = v && v[0] == '1';
+    on_ = v && (v[0] == '1' || std::string_view(v) == "trace");
+    trace_ = on_ && v[0] == 't';
   }
   cudaEvent_t make_event() {
     if (!free_.empty()) {
@@ -112,7 +116,7 @@ class Profiler {
     }
     pending_.clear();
   }
-  bool on_ = false, started_ = false;
+  bool on_ = false, trace_ = false, started_ = false;
   std::mutex mu_;
   cudaEvent_t prev_ = nullptr;
   std::vector<std::pair<const char*, cudaEvent_t>> pending_;

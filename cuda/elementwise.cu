@@ -212,6 +212,67 @@ __global__ void rope_kernel(float* x, int64_t stride, const int64_t* __restrict_
   }
 }
 
+// Queries and keys of one attention call in one launch: both head sets share the positions, so one thread
+// computes a pair's cos/sin once and rotates it in every head of both. In/Out: float, or uint16_t (bf16 bits:
+// loads widen exactly, stores round to nearest even once, after the rotation).
+__device__ inline float load_value(const float* p) { return *p; }
+__device__ inline float load_value(const uint16_t* p) { return bf16_to_float(*p); }
+__device__ inline void store_value(float* p, float v) { *p = v; }
+__device__ inline void store_value(uint16_t* p, float v) { *p = bf16_bits(v); }
+
+template <class In, class Out>
+__global__ void rope_qk_kernel(const In* q, const In* k, Out* q_out, Out* k_out,
+                               const int64_t* __restrict__ positions, int64_t N, int Hq, int Hk, int Dh,
+                               double theta, bool interleaved, double sign) {
+  const int half = Dh / 2;
+  TESSERA_GRID_STRIDE(t, N * half) {
+    const int64_t n = t / half;
+    const int i = static_cast<int>(t - n * half);
+    const double inv_freq = pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(Dh));
+    double sd, cd;
+    sincos(static_cast<double>(positions[n]) * inv_freq, &sd, &cd);
+    const float c = static_cast<float>(cd), s = static_cast<float>(sign * sd);
+    const int ia = interleaved ? 2 * i : i, ib = interleaved ? 2 * i + 1 : half + i;
+    for (int h = 0; h < Hq + Hk; ++h) {
+      const bool is_q = h < Hq;
+      const int64_t off = n * int64_t{is_q ? Hq : Hk} * Dh + int64_t{is_q ? h : h - Hq} * Dh;
+      const In* src = (is_q ? q : k) + off;
+      Out* dst = (is_q ? q_out : k_out) + off;
+      const float a = load_value(src + ia), b = load_value(src + ib);
+      store_value(dst + ia, a * c - b * s);
+      store_value(dst + ib, a * s + b * c);
+    }
+  }
+}
+
+template <class In, class Out>
+void launch_rope_qk(const void* q, const void* k, void* q_out, void* k_out, const int64_t* positions, int64_t N,
+                    int Hq, int Hk, int Dh, double theta, bool interleaved, double sign) {
+  rope_qk_kernel<In, Out><<<stride_blocks(N * (Dh / 2)), kThreads>>>(
+      static_cast<const In*>(q), static_cast<const In*>(k), static_cast<Out*>(q_out), static_cast<Out*>(k_out),
+      positions, N, Hq, Hk, Dh, theta, interleaved, sign);
+  TESSERA_CUDA_CHECK_LAUNCH("rope_qk_kernel");
+}
+
+__global__ void append_kv_kernel(float* __restrict__ kdst, const float* __restrict__ k, int64_t k_stride,
+                                 int64_t kw, float* __restrict__ vdst, const float* __restrict__ v,
+                                 int64_t v_stride, int64_t vw, int64_t* __restrict__ seg_dst,
+                                 const int64_t* __restrict__ seg, int64_t rows) {
+  const int64_t nk = rows * kw, nv = rows * vw;
+  TESSERA_GRID_STRIDE(i, nk + nv + rows) {
+    if (i < nk) {
+      const int64_t r = i / kw, c = i - r * kw;
+      kdst[r * kw + c] = k[r * k_stride + c];
+    } else if (i < nk + nv) {
+      const int64_t j = i - nk, r = j / vw, c = j - r * vw;
+      vdst[r * vw + c] = v[r * v_stride + c];
+    } else {
+      const int64_t r = i - nk - nv;
+      seg_dst[r] = seg ? seg[r] : 0;
+    }
+  }
+}
+
 void check_n(const char* op, int64_t n) {
   TESSERA_CHECK(n >= 0, op, "(cuda): negative element count ", n);
 }
@@ -398,6 +459,41 @@ void rope_f32(float* x, int64_t stride, const int64_t* positions, int64_t N, int
   rope_kernel<<<stride_blocks(N * (Dh / 2)), kThreads>>>(x, stride, positions, N, static_cast<int>(H),
                                                          static_cast<int>(Dh), theta, interleaved, sign);
   TESSERA_CUDA_CHECK_LAUNCH("rope_kernel");
+}
+
+void rope_qk(const void* q, const void* k, void* q_out, void* k_out, bool src_bf16, bool dst_bf16,
+             const int64_t* positions, int64_t N, int64_t Hq, int64_t Hk, int64_t Dh, double theta,
+             bool interleaved, double sign) {
+  const char* op = sign > 0 ? "rope_forward" : "rope_backward";
+  TESSERA_CHECK(Dh > 0 && Dh % 2 == 0, op, ": head dimension must be positive and even, got ", Dh);
+  TESSERA_CHECK(Hq > 0 && Hk > 0, op, ": numbers of heads must be positive, got ", Hq, " and ", Hk);
+  TESSERA_CHECK(theta > 0, op, ": theta must be positive, got ", theta);
+  TESSERA_CHECK(N >= 0, op, "(cuda): negative token count ", N);
+  TESSERA_CHECK(src_bf16 != dst_bf16 || (q == q_out && k == k_out) || (q != q_out && k != k_out), op,
+                "(cuda): q and k must both be in place or both not");
+  check_int_range(op, "heads", Hq + Hk);
+  check_int_range(op, "Dh", Dh);
+  if (N == 0) return;
+  const int hq = static_cast<int>(Hq), hk = static_cast<int>(Hk), dh = static_cast<int>(Dh);
+  if (!src_bf16 && !dst_bf16)
+    launch_rope_qk<float, float>(q, k, q_out, k_out, positions, N, hq, hk, dh, theta, interleaved, sign);
+  else if (!src_bf16)
+    launch_rope_qk<float, uint16_t>(q, k, q_out, k_out, positions, N, hq, hk, dh, theta, interleaved, sign);
+  else if (!dst_bf16)
+    launch_rope_qk<uint16_t, float>(q, k, q_out, k_out, positions, N, hq, hk, dh, theta, interleaved, sign);
+  else
+    launch_rope_qk<uint16_t, uint16_t>(q, k, q_out, k_out, positions, N, hq, hk, dh, theta, interleaved, sign);
+}
+
+void append_kv_f32(float* kdst, const float* k, int64_t k_stride, int64_t kw, float* vdst, const float* v,
+                   int64_t v_stride, int64_t vw, int64_t* seg_dst, const int64_t* seg, int64_t rows) {
+  TESSERA_CHECK(rows >= 0 && kw > 0 && vw > 0 && k_stride >= kw && v_stride >= vw,
+                "append_kv(cuda): bad sizes rows=", rows, " widths ", kw, "/", vw, " strides ", k_stride, "/",
+                v_stride);
+  if (rows == 0) return;
+  append_kv_kernel<<<stride_blocks(rows * (kw + vw + 1)), kThreads>>>(kdst, k, k_stride, kw, vdst, v, v_stride,
+                                                                      vw, seg_dst, seg, rows);
+  TESSERA_CUDA_CHECK_LAUNCH("append_kv_kernel");
 }
 
 }  // namespace tessera::cuda_detail

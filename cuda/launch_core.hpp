@@ -50,6 +50,18 @@ void fill_positions_i64(int64_t* positions, int64_t batch, int64_t seq, int64_t 
 void rope_f32(float* x, int64_t stride, const int64_t* positions, int64_t N, int64_t H, int64_t Dh,
               double theta, bool interleaved, double sign);
 
+/// RoPE of one attention call's queries [N, Hq * Dh] and keys [N, Hk * Dh] (same positions) in one launch:
+/// q -> q_out, k -> k_out, each fp32 or bf16 bits (src_bf16 / dst_bf16); in place when the pointers are equal
+/// (same type). bf16 stores round once, after the rotation.
+void rope_qk(const void* q, const void* k, void* q_out, void* k_out, bool src_bf16, bool dst_bf16,
+             const int64_t* positions, int64_t N, int64_t Hq, int64_t Hk, int64_t Dh, double theta,
+             bool interleaved, double sign);
+
+/// A KV cache's append in one launch: kdst [rows, kw] = k rows (stride k_stride), vdst [rows, vw] = v rows,
+/// seg_dst[r] = seg ? seg[r] : 0.
+void append_kv_f32(float* kdst, const float* k, int64_t k_stride, int64_t kw, float* vdst, const float* v,
+                   int64_t v_stride, int64_t vw, int64_t* seg_dst, const int64_t* seg, int64_t rows);
+
 // ---- loss.cu -----------------------------------------------------------------------------------------
 
 /// Mean cross-entropy over the non-ignored rows (0 if none); losses [N] nullable. Synchronises; throws
@@ -109,5 +121,23 @@ void clip_scale_grads_f32(float* g, int64_t n, const double* sumsq, double max_n
 void gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A, int64_t lda,
                int64_t sa, const uint16_t* B, int64_t ldb, int64_t sb, float beta, void* C, bool c_bf16,
                int64_t ldc, int64_t sc, int64_t batch);
+
+// ---- linear_small.cu ---------------------------------------------------------------------------------
+
+inline constexpr int kSmallLinearMaxRows = 8, kSmallLinearMaxGroups = 3;
+/// One weight of linear_small_bf16: w [n, K] bf16 (16-byte aligned), bias [n] fp32 or null, y [M, n] fp32.
+struct SmallLinearGroup {
+  const uint16_t* w;
+  const float* bias;
+  float* y;
+  int64_t n;
+};
+/// Whether x [M, K] suits the small products: K a positive multiple of 8, x 16-byte aligned.
+bool small_linear_supported(const float* x, int64_t K);
+/// y_g = bf16(x) W_gᵀ (+ b_g) for 1 <= M <= 8 rows and 1..3 weights sharing x, one launch.
+void linear_small_bf16(const float* x, int64_t M, int64_t K, const SmallLinearGroup* groups, int n_groups);
+/// y [M, N] = silu(bf16(x) W_gateᵀ) * (bf16(x) W_upᵀ), one launch.
+void swiglu_small_bf16(const float* x, int64_t M, int64_t K, const uint16_t* w_gate, const uint16_t* w_up,
+                       int64_t N, float* y);
 
 }  // namespace tessera::cuda_detail

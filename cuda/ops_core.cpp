@@ -114,6 +114,29 @@ void rope_backward(cuda, float* dx, int64_t stride, const int64_t* positions, in
   cuda_detail::rope_f32(dx, stride, positions, N, H, Dh, theta, style == RopeStyle::Interleaved, -1.0);
 }
 
+void rope_qk(cuda, const float* q, const float* k, float* q_out, float* k_out, const int64_t* positions,
+             int64_t N, int64_t Hq, int64_t Hk, int64_t Dh, double theta, RopeStyle style, bool inverse) {
+  cuda_detail::rope_qk(q, k, q_out, k_out, false, false, positions, N, Hq, Hk, Dh, theta,
+                       style == RopeStyle::Interleaved, inverse ? -1.0 : 1.0);
+}
+
+void rope_qk(cuda, const float* q, const float* k, bf16* q_out, bf16* k_out, const int64_t* positions,
+             int64_t N, int64_t Hq, int64_t Hk, int64_t Dh, double theta, RopeStyle style, bool inverse) {
+  cuda_detail::rope_qk(q, k, q_out, k_out, false, true, positions, N, Hq, Hk, Dh, theta,
+                       style == RopeStyle::Interleaved, inverse ? -1.0 : 1.0);
+}
+
+void rope_qk(cuda, const bf16* q, const bf16* k, float* q_out, float* k_out, const int64_t* positions,
+             int64_t N, int64_t Hq, int64_t Hk, int64_t Dh, double theta, RopeStyle style, bool inverse) {
+  cuda_detail::rope_qk(q, k, q_out, k_out, true, false, positions, N, Hq, Hk, Dh, theta,
+                       style == RopeStyle::Interleaved, inverse ? -1.0 : 1.0);
+}
+
+void append_kv(cuda, float* kdst, const float* k, int64_t k_stride, int64_t kw, float* vdst, const float* v,
+               int64_t v_stride, int64_t vw, int64_t* seg_dst, const int64_t* seg, int64_t rows) {
+  cuda_detail::append_kv_f32(kdst, k, k_stride, kw, vdst, v, v_stride, vw, seg_dst, seg, rows);
+}
+
 // ---- cross-entropy, LayerNorm (loss.cu) ------------------------------------------------------------------
 
 double cross_entropy_forward(cuda, float* losses, const float* logits, const int64_t* targets, int64_t N,
@@ -168,6 +191,27 @@ void detail::gemm_bf16(cuda, bool ta, bool tb, int64_t M, int64_t N, int64_t K, 
                        int64_t lda, const bf16* B, int64_t ldb, float beta, bf16* C, int64_t ldc) {
   cuda_detail::gemm_bf16(ta, tb, M, N, K, alpha, bits(A), lda, 0, bits(B), ldb, 0, beta, bits(C), true, ldc,
                          0, 1);
+}
+
+// ---- decoding-size bf16 products (linear_small.cu) ----------------------------------------------------------
+
+static_assert(kSmallLinearRows == cuda_detail::kSmallLinearMaxRows);
+
+bool small_linear_supported(cuda, const float* x, int64_t M, int64_t K) {
+  return M >= 1 && M <= kSmallLinearRows && cuda_detail::small_linear_supported(x, K);
+}
+
+void linear_small_bf16(cuda, const float* x, int64_t M, int64_t K, const SmallLinearOut* outs, int n_outs) {
+  TESSERA_CHECK(n_outs >= 1 && n_outs <= cuda_detail::kSmallLinearMaxGroups, "linear_small_bf16(cuda): ",
+                n_outs, " weights (1..", cuda_detail::kSmallLinearMaxGroups, ")");
+  cuda_detail::SmallLinearGroup g[cuda_detail::kSmallLinearMaxGroups];
+  for (int i = 0; i < n_outs; ++i) g[i] = {bits(outs[i].w), outs[i].bias, outs[i].y, outs[i].n};
+  cuda_detail::linear_small_bf16(x, M, K, g, n_outs);
+}
+
+void swiglu_small_bf16(cuda, const float* x, int64_t M, int64_t K, const bf16* w_gate, const bf16* w_up,
+                       int64_t N, float* y) {
+  cuda_detail::swiglu_small_bf16(x, M, K, bits(w_gate), bits(w_up), N, y);
 }
 
 }  // namespace ops

@@ -25,6 +25,7 @@
 
 // clang-format off (BLT first: it declares the CUDA mask overloads before any layer header, see blt_cuda.hpp)
 #include "tessera/models/blt/blt.hpp"
+#include "tessera/models/blt/generate.hpp"
 // clang-format on
 
 #include "support/cuda_testing.hpp"
@@ -102,4 +103,46 @@ TEST(CudaBltBf16, TrainStepTracksTheFp32Model) {
   EXPECT_LE(median, 3e-2) << "median gradient error";
   std::cout << "[cuda-blt-bf16] logits rel err " << le << ", loss " << loss_d << " vs " << loss_h << ", " << n
             << " gradients, median " << median << ", worst " << worst << " (" << worst_name << ")\n";
+}
+
+// Cached generation with frozen bf16 weights (freeze_bf16_weights: the serving setup, and the GPU benchmark's)
+// decodes through the small products (ops::linear_small_bf16 / swiglu_small_bf16: q/k/v, SwiGLU, every
+// Linear at <= 8 rows) while the prompt's prefill runs the cast + cuBLAS route. The same model unfrozen
+// decodes through cast + cuBLAS at every step: the same bf16 operands, so the logits agree up to fp32
+// summation order (and an occasional operand that rounds the other way at the next layer's cast) and the
+// greedy bytes and patches are the same. Two prompts (20 and 13 bytes): decoding steps of 1 and 2 rows.
+TEST(CudaBltBf16, FrozenWeightsDecodeLikeTheCastRoute) {
+  TESSERA_NEED_GPU();
+  const BltConfig c = BltConfig::read(kDir + "/config.json");
+  BltForCausalLM<float> h(c);
+  io::load_model(h, kDir + "/model.safetensors");
+  BltForCausalLM<float, cuda> frozen(c), cast(c);
+  copy_params(frozen, h);
+  copy_params(cast, h);
+  set_compute_precision(frozen, Precision::bf16);
+  set_compute_precision(cast, Precision::bf16);
+  freeze_bf16_weights(frozen);
+  std::vector<int64_t> p0 = case_vec(1, "ids"), p1 = case_vec(3, "ids");
+  p0.resize(20);
+  p1.resize(13);
+  blt::GenerateOptions o;  // greedy
+  o.max_new_tokens = 12;
+  o.stop_at_eos = false;
+  blt::BltGenerator<float, cuda> gf(frozen, o), gc(cast, o);
+  gf.prefill({p0, p1});
+  gc.prefill({p0, p1});
+  double worst = 0;
+  while (!gc.done()) {
+    for (int64_t b = 0; b < 2; ++b) {
+      const auto lf = gf.logits(b), lc = gc.logits(b);
+      ASSERT_EQ(lf.size(), lc.size());
+      const double e = rel_err(lf.data(), lc.data(), static_cast<int64_t>(lc.size()));
+      worst = std::max(worst, e);
+      EXPECT_LE(e, 5e-3) << "logits of row " << b << " after " << gc.generated(b).size() << " bytes";
+      EXPECT_EQ(gf.patch_lengths(b), gc.patch_lengths(b)) << "row " << b;
+    }
+    ASSERT_EQ(gf.step(), gc.step()) << "greedy bytes after " << gc.generated(0).size() << " steps";
+  }
+  for (int64_t b = 0; b < 2; ++b) EXPECT_EQ(static_cast<int64_t>(gf.generated(b).size()), o.max_new_tokens);
+  std::cout << "[cuda-blt-bf16] frozen vs cast-route decoding: max logits rel err " << worst << "\n";
 }

@@ -26,6 +26,7 @@
 #include "support/gradcheck.hpp"
 #include "tessera/core/allocator.hpp"
 #include "tessera/core/transfer.hpp"
+#include "tessera/layers/feed_forward.hpp"
 #include "tessera/layers/linear.hpp"
 #include "tessera/layers/precision.hpp"
 #include "tessera/models/llama.hpp"
@@ -149,9 +150,11 @@ TEST(CudaMixedPrecision, LinearMultipliesBf16OperandsWithFp32Accumulation) {
   EXPECT_LE(rel_err(dbg, db), 1e-6);
 }
 
+// n = 12 rows: more than ops::kSmallLinearRows, so frozen and unfrozen forwards take the same cuBLAS route
+// and agree bit for bit (the decoding-size route is tested below).
 TEST(CudaMixedPrecision, FrozenBf16WeightsAreCastOnceForInference) {
   TESSERA_NEED_GPU();
-  const int64_t n = 5, in = 32, out = 24;
+  const int64_t n = 12, in = 32, out = 24;
   Linear<float, cuda> l;
   l.setup(in, out);
   auto w1 = normals(out * in, 6), w2 = normals(out * in, 7), x = normals(n * in, 8);
@@ -180,6 +183,152 @@ TEST(CudaMixedPrecision, FrozenBf16WeightsAreCastOnceForInference) {
   set_compute_precision(l, Precision::bf16);  // unfrozen: every forward casts again
   cuda_mem::to_device(l.params.weight.value.data(), w1.data(), w1.size() * 4);
   EXPECT_EQ(run(), y1);
+}
+
+// ops::linear_small_bf16 / swiglu_small_bf16 (the decoding-size products) against the exact products of the
+// bf16-rounded operands: every row count 1..8 and each columns-per-warp variant (1, 2, 4 output columns per
+// warp, chosen by the total column count and M), K not a multiple of a warp's 256-element stride, groups of
+// different widths, a bias on one of them. Tolerance 1e-5 (fp32 sums of <= 264 terms); against the
+// unrounded fp32 operands the error must be visibly larger, so an x that was not rounded fails.
+TEST(CudaMixedPrecision, SmallProductsMultiplyBf16OperandsWithFp32Accumulation) {
+  TESSERA_NEED_GPU();
+  struct Case {
+    int64_t M, K;
+    std::vector<int64_t> n;
+    bool gated;
+  };
+  const std::vector<Case> cases = {
+      {1, 72, {40, 8, 17}, false},  {3, 264, {33}, false},       {8, 72, {40, 8, 17}, false},
+      {2, 16, {16400}, false},      {6, 16, {5000}, false},      {4, 24, {2000, 2000, 500}, false},
+      {5, 8, {1}, false},           {7, 40, {3, 9}, false},      {1, 264, {24}, true},
+      {5, 72, {24}, true},          {2, 16, {4100}, true},       {8, 16, {4100}, true}};
+  uint64_t seed = 100;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(::testing::Message() << "M=" << c.M << " K=" << c.K << " groups=" << c.n.size()
+                                      << " first n=" << c.n[0] << (c.gated ? " gated" : ""));
+    const auto x = normals(c.M * c.K, ++seed);
+    const auto xd = upload(x);
+    ASSERT_TRUE(ops::small_linear_supported(cuda{}, xd.data(), c.M, c.K));
+    const size_t G = c.gated ? 2 : c.n.size();  // gated: gate and up weights of one width
+    std::vector<std::vector<float>> w(G), bias(G);
+    std::vector<Tensor<bf16, cuda>> w16(G);
+    std::vector<Tensor<float, cuda>> bd(G), y(c.gated ? 1 : G);
+    std::vector<ops::SmallLinearOut> outs;
+    for (size_t g = 0; g < G; ++g) {
+      const int64_t n = c.gated ? c.n[0] : c.n[g];
+      w[g] = normals(n * c.K, ++seed, 0.5);
+      auto wd = upload(w[g]);
+      w16[g] = Tensor<bf16, cuda>({n, c.K});
+      ops::cast(cuda{}, w16[g].data(), wd.data(), n * c.K);
+      if (!c.gated && g == 0) {
+        bias[g] = normals(n, ++seed);
+        bd[g] = upload(bias[g]);
+      }
+      if (!c.gated) {
+        y[g] = Tensor<float, cuda>({c.M, n});
+        outs.push_back({w16[g].data(), g == 0 ? bd[g].data() : nullptr, y[g].data(), n});
+      }
+    }
+    if (c.gated) {
+      y[0] = Tensor<float, cuda>({c.M, c.n[0]});
+      ops::swiglu_small_bf16(cuda{}, xd.data(), c.M, c.K, w16[0].data(), w16[1].data(), c.n[0], y[0].data());
+    } else {
+      ops::linear_small_bf16(cuda{}, xd.data(), c.M, c.K, outs.data(), static_cast<int>(outs.size()));
+    }
+    // References in double: products of the rounded operands, and of the fp32 ones.
+    auto product = [&](size_t g, int64_t r, int64_t j, bool rounded) {
+      double a = 0;
+      for (int64_t k = 0; k < c.K; ++k) {
+        const float xv = x[r * c.K + k], wv = w[g][j * c.K + k];
+        a += rounded ? round_bf16(xv) * round_bf16(wv) : double(xv) * wv;
+      }
+      return a;
+    };
+    auto silu_times = [](double g, double u) { return g / (1 + std::exp(-g)) * u; };
+    for (size_t o = 0; o < y.size(); ++o) {
+      const int64_t n = y[o].size(1);
+      std::vector<double> ref16(c.M * n), ref32(c.M * n);
+      for (int64_t r = 0; r < c.M; ++r)
+        for (int64_t j = 0; j < n; ++j) {
+          const double b = bias[o].empty() ? 0.0 : bias[o][j];
+          ref16[r * n + j] = c.gated ? silu_times(product(0, r, j, true), product(1, r, j, true))
+                                     : product(o, r, j, true) + b;
+          ref32[r * n + j] = c.gated ? silu_times(product(0, r, j, false), product(1, r, j, false))
+                                     : product(o, r, j, false) + b;
+        }
+      const auto got = download(y[o].data(), y[o].numel());
+      EXPECT_LE(rel_err(got, ref16), 1e-5) << "output " << o;
+      if (c.K >= 16 && c.M * n >= 16) EXPECT_GT(rel_err(got, ref32), 1e-5) << "output " << o << ": x not rounded?";
+    }
+  }
+}
+
+TEST(CudaMixedPrecision, SmallProductsRejectWhatTheyDoNotCover) {
+  TESSERA_NEED_GPU();
+  Tensor<float, cuda> x({9, 16}), y({9, 8});
+  Tensor<bf16, cuda> w({8, 16});
+  EXPECT_TRUE(ops::small_linear_supported(cuda{}, x.data(), 8, 16));
+  EXPECT_FALSE(ops::small_linear_supported(cuda{}, x.data(), 9, 16)) << "more rows than a small product takes";
+  EXPECT_FALSE(ops::small_linear_supported(cuda{}, x.data(), 0, 16));
+  EXPECT_FALSE(ops::small_linear_supported(cuda{}, x.data(), 1, 12)) << "K not a multiple of 8";
+  EXPECT_FALSE(ops::small_linear_supported(cuda{}, x.data() + 1, 1, 16)) << "x not 16-byte aligned";
+  const ops::SmallLinearOut o{w.data(), nullptr, y.data(), 8};
+  EXPECT_THROW(ops::linear_small_bf16(cuda{}, x.data(), 9, 16, &o, 1), Error);
+  EXPECT_THROW(ops::linear_small_bf16(cuda{}, x.data(), 1, 12, &o, 1), Error);
+  EXPECT_THROW(ops::linear_small_bf16(cuda{}, x.data(), 1, 16, &o, 0), Error);
+  const ops::SmallLinearOut four[] = {o, o, o, o};
+  EXPECT_THROW(ops::linear_small_bf16(cuda{}, x.data(), 1, 16, four, 4), Error);
+}
+
+// Frozen bf16 layers route decoding-size inputs (<= 8 rows) to the small products by themselves: Linear
+// (with a bias), SwiGLU (gate, up and the product in one launch) and the cached self-attention's q/k/v (in
+// the BLT generation test of test_cuda_blt_bf16.cpp). Same operands as the cast + cuBLAS route of the
+// unfrozen layer, so the outputs agree to fp32 summation order; 9 rows stay on cuBLAS (bit-equal).
+TEST(CudaMixedPrecision, FrozenLayersUseTheSmallProductsForDecodingSizes) {
+  TESSERA_NEED_GPU();
+  const int64_t in = 48, out = 40, hidden = 56;
+  Linear<float, cuda> l;
+  l.setup(in, out, /*bias=*/true);
+  SwiGlu<float, cuda> f;
+  f.setup(in, hidden);
+  uint64_t seed = 40;
+  auto fill = [&](auto& layer) {
+    for_each_param(layer, [&](const std::string&, auto& p) {
+      const auto v = normals(p.value.numel(), ++seed, 0.3);
+      cuda_mem::to_device(p.value.data(), v.data(), v.size() * 4);
+    });
+  };
+  fill(l);
+  fill(f);
+  set_compute_precision(l, Precision::bf16);
+  set_compute_precision(f, Precision::bf16);
+  SeqContext ctx;
+  for (const int64_t n : {int64_t{1}, int64_t{8}, int64_t{9}}) {
+    SCOPED_TRACE(n);
+    const auto xd = upload(normals(n * in, ++seed));
+    const TensorView<const float> xv(xd.data(), {n, in});
+    auto run = [&] {
+      Tensor<float, cuda> y, z;
+      Linear<float, cuda>::Saved ls;
+      SwiGlu<float, cuda>::Saved fs;
+      l.forward(ctx, xv, y, ls);
+      f.forward(ctx, xv, z, fs);
+      return std::pair{download(y.data(), y.numel()), download(z.data(), z.numel())};
+    };
+    set_compute_precision(l, Precision::bf16);
+    set_compute_precision(f, Precision::bf16);
+    const auto [y_cast, z_cast] = run();
+    freeze_bf16_weights(l);
+    freeze_bf16_weights(f);
+    const auto [y_small, z_small] = run();
+    if (n <= ops::kSmallLinearRows) {
+      EXPECT_LE(rel_err(y_small, y_cast), 1e-5);
+      EXPECT_LE(rel_err(z_small, z_cast), 1e-5);
+    } else {
+      EXPECT_EQ(y_small, y_cast);
+      EXPECT_EQ(z_small, z_cast);
+    }
+  }
 }
 
 // forward_bf16_input (the all-bf16 attention / SwiGLU paths feed o_proj and down_proj this way): the same y

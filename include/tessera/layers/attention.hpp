@@ -116,10 +116,12 @@ struct SelfAttention {
         "SelfAttention::forward_cached needs a causal mask (optionally windowed / with document cuts)");
     TESSERA_CHECK(x.size(0) == ctx.rows(), "SelfAttention::forward_cached: ", x.size(0),
                   " rows but the context has ", ctx.batch, " x ", ctx.seq);
-    const bf16* x16 = shared_input_bf16(x);  // bf16 compute: one cast of x for the three projections
-    q_proj.forward(ctx, x, s.q, s.q_s, x16);
-    k_proj.forward(ctx, x, s.k, s.k_s, x16);
-    v_proj.forward(ctx, x, s.v, s.v_s, x16);
+    if (!project_qkv_small(x, s)) {
+      const bf16* x16 = shared_input_bf16(x);  // bf16 compute: one cast of x for the three projections
+      q_proj.forward(ctx, x, s.q, s.q_s, x16);
+      k_proj.forward(ctx, x, s.k, s.k_s, x16);
+      v_proj.forward(ctx, x, s.v, s.v_s, x16);
+    }
     const int64_t n = ctx.rows(), qw = n_heads * head_dim, kw = n_kv_heads * head_dim;
     rope_forward_qk(ctx, s, s.q, s.k);
     const int64_t W = mask::Cached<Mask>::window(ctx);
@@ -239,6 +241,21 @@ struct SelfAttention {
     }
   }
 
+  /// Decoding-size inference with frozen bf16 weights (Linear::small_forward_ok): q, k and v of the same x in
+  /// one launch (ops::linear_small_bf16) into s.q, s.k, s.v. False (nothing done) when it does not apply.
+  bool project_qkv_small(TensorView<const T> x, Saved& s) const {
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
+      if (!q_proj.small_forward_ok(x) || !k_proj.small_forward_ok(x) || !v_proj.small_forward_ok(x)) return false;
+      const int64_t n = x.size(0);
+      const ops::SmallLinearOut outs[] = {q_proj.small_output(s.q, n), k_proj.small_output(s.k, n),
+                                          v_proj.small_output(s.v, n)};
+      ops::linear_small_bf16(B{}, x.data(), n, dim, outs, 3);
+      return true;
+    } else {
+      return false;
+    }
+  }
+
   /// bf16(x) in scratch when the projections compute in bf16 (nullptr otherwise: each casts for itself).
   const bf16* shared_input_bf16(TensorView<const T> x) const {
     if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
@@ -290,20 +307,15 @@ struct SelfAttention {
   /// dq, dk (the positions the forward used).
   void rope_forward_qk(const SeqContext& ctx, Saved& s, Tensor<T, B>& q, Tensor<T, B>& k) const {
     if constexpr (Rope::enabled) {
-      const int64_t* pos = positions(ctx, s);
-      const int64_t n = ctx.rows();
-      ops::rope_forward(B{}, q.data(), n_heads * head_dim, pos, n, n_heads, head_dim, rope_theta, Rope::style);
-      ops::rope_forward(B{}, k.data(), n_kv_heads * head_dim, pos, n, n_kv_heads, head_dim, rope_theta,
-                        Rope::style);
+      ops::rope_qk(B{}, q.data(), k.data(), q.data(), k.data(), positions(ctx, s), ctx.rows(), n_heads, n_kv_heads,
+                   head_dim, rope_theta, Rope::style, false);
     }
   }
   void rope_backward_qk(const SeqContext& ctx, Saved& s, Tensor<T, B>& dq, Tensor<T, B>& dk) const {
     if constexpr (Rope::enabled) {
       const int64_t* pos = ctx.positions ? ctx.positions : s.positions.data();
-      const int64_t n = ctx.rows();
-      ops::rope_backward(B{}, dq.data(), n_heads * head_dim, pos, n, n_heads, head_dim, rope_theta, Rope::style);
-      ops::rope_backward(B{}, dk.data(), n_kv_heads * head_dim, pos, n, n_kv_heads, head_dim, rope_theta,
-                         Rope::style);
+      ops::rope_qk(B{}, dq.data(), dk.data(), dq.data(), dk.data(), pos, ctx.rows(), n_heads, n_kv_heads,
+                   head_dim, rope_theta, Rope::style, true);
     }
   }
 

@@ -36,6 +36,7 @@ struct SwiGlu {
   }
 
   void forward(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s) const {
+    if (forward_small(ctx, x, y, s)) return;
     if (all_bf16()) return forward_bf16(ctx, x, y, s);
     const bf16* x16 = shared_input_bf16(x);  // bf16 compute: one cast of x for gate and up
     gate_proj.forward(ctx, x, s.gate, s.gate_s, x16);
@@ -81,6 +82,26 @@ struct SwiGlu {
       s.h16.resize_uninit(h.shape());
       ops::cast(B{}, s.h16.data(), h.data(), h.numel());
       down_proj.forward_bf16_input(ctx, s.h16.data(), n, y, s.down_s);
+    }
+  }
+
+  /// Decoding-size inference with frozen bf16 weights (Linear::small_forward_ok): gate, up and the SwiGLU in
+  /// one launch (ops::swiglu_small_bf16), then down_proj's small product — 2 launches instead of 6. No
+  /// backward (frozen weights refuse it).
+  bool forward_small(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s) const {
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
+      if (!gate_proj.small_forward_ok(x) || !up_proj.small_forward_ok(x) || !down_proj.frozen_weight_bf16() ||
+          hidden % 8 != 0)
+        return false;
+      const int64_t n = x.size(0);
+      Tensor<T, B>& h = shared_scratch<SwiGlu, T, B, 3>()[0];
+      h.resize_uninit({n, hidden});
+      ops::swiglu_small_bf16(B{}, x.data(), n, dim, gate_proj.frozen_weight_bf16(), up_proj.frozen_weight_bf16(),
+                             hidden, h.data());
+      down_proj.forward(ctx, h, y, s.down_s);
+      return true;
+    } else {
+      return false;
     }
   }
 

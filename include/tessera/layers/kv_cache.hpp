@@ -82,12 +82,8 @@ class KvCache {
     TESSERA_CHECK(n >= 0, "KvCache: cannot append ", n, " rows");
     if (n == 0) return;
     make_room(n);
-    ops::copy_rows(B{}, k_.data() + n_ * kw_, kw_, k, k_stride, n, kw_);
-    ops::copy_rows(B{}, v_.data() + n_ * vw_, vw_, v, v_stride, n, vw_);
-    if (seg)
-      Allocator<B>::copy(seg_.data() + n_, seg, static_cast<size_t>(n) * sizeof(int64_t));
-    else
-      Allocator<B>::memset_zero(seg_.data() + n_, static_cast<size_t>(n) * sizeof(int64_t));
+    ops::append_kv(B{}, k_.data() + n_ * kw_, k, k_stride, kw_, v_.data() + n_ * vw_, v, v_stride, vw_,
+                   seg_.data() + n_, seg, n);
     n_ += n;
   }
   /// Remove the newest n rows.

@@ -50,6 +50,31 @@ struct Linear {
     }
   }
 
+  /// Decoding-size products (ops::linear_small_bf16): with frozen bf16 weights, an x of at most
+  /// ops::kSmallLinearRows rows goes to one small-product launch instead of a cast and a cuBLAS GEMM —
+  /// forward() takes that route by itself, and layers whose projections share an input (q/k/v, gate/up)
+  /// batch them into one launch through frozen_weight_bf16() / small_output().
+  bool small_forward_ok(TensorView<const T> x) const {
+    if constexpr (kMixed) {
+      return weight_frozen_ && x.rank() == 2 && x.size(1) == in && x.is_contiguous() &&
+             ops::small_linear_supported(B{}, x.data(), x.size(0), in);
+    } else {
+      return false;
+    }
+  }
+  /// The frozen bf16 weight [out, in] (null unless cache_bf16_weight(true) is in effect).
+  const bf16* frozen_weight_bf16() const { return weight_frozen_ ? weight_bf16_.data() : nullptr; }
+  /// y resized to [n, out], described for ops::linear_small_bf16 (only when small_forward_ok).
+  ops::SmallLinearOut small_output(Tensor<T, B>& y, int64_t n) const {
+    TESSERA_CHECK(weight_frozen_, "Linear::small_output: needs frozen bf16 weights");
+    y.resize_uninit({n, out});
+    if constexpr (kMixed) {
+      return {weight_bf16_.data(), bias(), y.data(), out};
+    } else {
+      return {};
+    }
+  }
+
   /// x: [N, in] -> y: [N, out]. x16 (optional, bf16 compute only): bf16(x) already cast by the caller, so that
   /// projections of one input (q/k/v, gate/up) share one cast; it must stay valid until this call returns.
   void forward(const SeqContext&, TensorView<const T> x, Tensor<T, B>& y, Saved& s,
@@ -122,6 +147,10 @@ struct Linear {
   }
   void forward_bf16(TensorView<const T> x, const bf16* x16, Tensor<T, B>& y) const {
     const int64_t n = x.size(0);
+    if (!x16 && x.data() && small_forward_ok(x)) {
+      const ops::SmallLinearOut o = small_output(y, n);
+      return ops::linear_small_bf16(B{}, x.data(), n, in, &o, 1);
+    }
     if (!x16) x16 = cast_input(x);
     if (!weight_frozen_) cast_weight();
     ops::gemm(B{}, false, true, n, out, in, 1.0f, x16, in, weight_bf16_.data(), in, 0.0f, y.data(), out);

@@ -46,6 +46,16 @@ void copy_rows(cpu, T* dst, int64_t dst_stride, const T* src, int64_t src_stride
     std::memcpy(dst + r * dst_stride, src + r * src_stride, static_cast<size_t>(cols) * sizeof(T));
 }
 
+/// A key/value cache's append (layers/kv_cache.hpp): kdst [rows, kw] = the rows of k (stride k_stride), vdst
+/// [rows, vw] those of v, seg_dst[r] = seg ? seg[r] : 0 (segment ids). One launch on CUDA.
+template <class T>
+void append_kv(cpu, T* kdst, const T* k, int64_t k_stride, int64_t kw, T* vdst, const T* v, int64_t v_stride,
+               int64_t vw, int64_t* seg_dst, const int64_t* seg, int64_t rows) {
+  copy_rows(cpu{}, kdst, kw, k, k_stride, rows, kw);
+  copy_rows(cpu{}, vdst, vw, v, v_stride, rows, vw);
+  for (int64_t r = 0; r < rows; ++r) seg_dst[r] = seg ? seg[r] : 0;
+}
+
 /// dst = bf16(src) (round to nearest even) / dst = float(src) (exact), n elements: the operand casts of
 /// mixed-precision compute (layers/precision.hpp).
 inline void cast(cpu, bf16* dst, const float* src, int64_t n) {
@@ -64,5 +74,7 @@ void scale_inplace(cuda, float* y, float a, int64_t n);
 void fill(cuda, float* y, float value, int64_t n);
 void copy_rows(cuda, float* dst, int64_t dst_stride, const float* src, int64_t src_stride, int64_t rows,
                int64_t cols);
+void append_kv(cuda, float* kdst, const float* k, int64_t k_stride, int64_t kw, float* vdst, const float* v,
+               int64_t v_stride, int64_t vw, int64_t* seg_dst, const int64_t* seg, int64_t rows);
 
 }  // namespace tessera::ops

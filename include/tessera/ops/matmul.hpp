@@ -62,6 +62,26 @@ void gemm(cuda, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, 
   detail::gemm_bf16(cuda{}, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+/// Decoding-size products with bf16 weights (cuda/linear_small.cu): for 1 <= M <= kSmallLinearRows rows of
+/// fp32 x [M, K], y_g = bf16(x) W_gᵀ (+ b_g) for 1..3 weights W_g [n_g, K] (bf16, 16-byte aligned) sharing x
+/// — e.g. q/k/v of one input — in one launch: x is rounded to bf16 in registers (the operands of the cuBLAS
+/// route, which casts x first), products and sums in fp32, y_g [M, n_g] fp32. For one decoded token the
+/// product is a matrix-vector product bound by the weight bytes; this replaces a cast and one GEMM per weight.
+/// small_linear_supported: whether x qualifies (M in range, K % 8 == 0, x 16-byte aligned).
+inline constexpr int64_t kSmallLinearRows = 8;
+struct SmallLinearOut {
+  const bf16* w;
+  const float* bias;  // [n] or null
+  float* y;
+  int64_t n;
+};
+bool small_linear_supported(cuda, const float* x, int64_t M, int64_t K);
+void linear_small_bf16(cuda, const float* x, int64_t M, int64_t K, const SmallLinearOut* outs, int n_outs);
+/// SwiGLU's hidden activation for decoding-size inputs: y [M, N] = silu(bf16(x) W_gateᵀ) * (bf16(x) W_upᵀ),
+/// the two products and the gate in one launch (same operands as above).
+void swiglu_small_bf16(cuda, const float* x, int64_t M, int64_t K, const bf16* w_gate, const bf16* w_up,
+                       int64_t N, float* y);
+
 /// y[i, :] += bias for n rows of width D (a linear layer's bias).
 template <class T>
 void add_row_bias(cpu, T* y, const T* bias, int64_t n, int64_t D) {

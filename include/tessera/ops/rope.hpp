@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "tessera/core/backend.hpp"
+#include "tessera/core/dtype.hpp"
 #include "tessera/core/error.hpp"
 
 namespace tessera::ops {
@@ -88,6 +89,19 @@ void rope_backward(cpu, T* dx, int64_t stride, const int64_t* positions, int64_t
   detail::rope_rotate("rope_backward", dx, stride, positions, N, H, Dh, theta, style, -1.0);
 }
 
+/// RoPE on the queries q [N, Hq * Dh] and keys k [N, Hk * Dh] (contiguous rows) of one attention call, which
+/// share their positions: rope_forward of both, or rope_backward when `inverse`. On the CPU in place (q_out ==
+/// q, k_out == k).
+template <class T>
+void rope_qk(cpu, const T* q, const T* k, T* q_out, T* k_out, const int64_t* positions, int64_t N, int64_t Hq,
+             int64_t Hk, int64_t Dh, double theta, RopeStyle style, bool inverse) {
+  TESSERA_CHECK(q_out == q && k_out == k, "rope_qk(cpu): works in place");
+  const char* what = inverse ? "rope_backward" : "rope_forward";
+  const double sign = inverse ? -1.0 : 1.0;
+  detail::rope_rotate(what, q_out, Hq * Dh, positions, N, Hq, Dh, theta, style, sign);
+  detail::rope_rotate(what, k_out, Hk * Dh, positions, N, Hk, Dh, theta, style, sign);
+}
+
 /// Rotary positions of `batch` sequences of `seq` tokens: positions[b * seq + t] = offset + t, or
 /// (offset + t) % modulo when modulo > 0 (positions restarting every `modulo` tokens, e.g. chunked
 /// attention).
@@ -108,5 +122,13 @@ void rope_forward(cuda, float* x, int64_t stride, const int64_t* positions, int6
                   double theta, RopeStyle style);
 void rope_backward(cuda, float* dx, int64_t stride, const int64_t* positions, int64_t N, int64_t H, int64_t Dh,
                    double theta, RopeStyle style);
+/// rope_qk on CUDA, one launch for both head sets: fp32 in place (q_out == q, k_out == k), fp32 -> bf16 (the
+/// bf16 attention's operands: rotated in fp32, rounded once) and bf16 -> fp32 (its gradients, rotated exactly).
+void rope_qk(cuda, const float* q, const float* k, float* q_out, float* k_out, const int64_t* positions,
+             int64_t N, int64_t Hq, int64_t Hk, int64_t Dh, double theta, RopeStyle style, bool inverse);
+void rope_qk(cuda, const float* q, const float* k, bf16* q_out, bf16* k_out, const int64_t* positions,
+             int64_t N, int64_t Hq, int64_t Hk, int64_t Dh, double theta, RopeStyle style, bool inverse);
+void rope_qk(cuda, const bf16* q, const bf16* k, float* q_out, float* k_out, const int64_t* positions,
+             int64_t N, int64_t Hq, int64_t Hk, int64_t Dh, double theta, RopeStyle style, bool inverse);
 
 }  // namespace tessera::ops

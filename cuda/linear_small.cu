@@ -1,0 +1,208 @@
+// Decoding-size products with bf16 weights: y_g = bf16(x) W_gᵀ (+ b_g) for M <= 8 rows of fp32 x and up to
+// three bf16 weights sharing x (q/k/v), and SwiGLU's silu(bf16(x) W_gateᵀ) * (bf16(x) W_upᵀ) in the same
+// launch as its two products.
+//
+// Why by hand: when one token is decoded, a Linear is a matrix-vector product bound by the weight bytes, and
+// the cuBLAS route costs two launches per weight (a cast of x to bf16, then the GEMM) plus the elementwise
+// kernels around it (SwiGLU, and one GEMM per projection of the same input) — at a few microseconds each,
+// the launches, not the bytes, set the speed of a decoding step. Here one warp computes C output columns for
+// all M rows: each lane walks the reduction dimension 8 elements at a time with one 16-byte load per weight
+// row (the rows are read exactly once, coalesced), rounds its 8 x values per row to bf16 in registers (the
+// same operands as the cuBLAS route: x rounded once, fp32 products and sums), and a warp shuffle sums the
+// lanes. Only the summation order differs from cuBLAS.
+#include <algorithm>
+#include <cstdint>
+
+#include "core_util.cuh"
+#include "launch_core.hpp"
+
+namespace tessera::cuda_detail {
+namespace {
+
+constexpr int kWarps = 8;  // warps per block (256 threads)
+
+struct SmallGroup {
+  const uint16_t* w;     // [n, K] bf16
+  const uint16_t* w_up;  // gated: SwiGLU's up weight [n, K] (w is the gate's)
+  const float* bias;     // [n] or null (not gated)
+  float* y;              // [M, n]
+  int64_t n;
+  int64_t tiles_end;  // cumulative warp tiles up to and including this group
+};
+struct SmallArgs {
+  SmallGroup g[kSmallLinearMaxGroups];
+  int groups;
+  const float* x;  // [M, K] fp32
+  int64_t K;
+};
+
+__device__ inline float lo_bf16(uint32_t w) { return __uint_as_float(w << 16); }
+__device__ inline float hi_bf16(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
+__device__ inline float round_bf16(float f) { return bf16_to_float(bf16_bits(f)); }
+
+/// acc += dot(xs[0..8), the 8 bf16 of wv).
+__device__ inline float dot8(const float* xs, uint4 wv, float acc) {
+  acc = fmaf(xs[0], lo_bf16(wv.x), acc);
+  acc = fmaf(xs[1], hi_bf16(wv.x), acc);
+  acc = fmaf(xs[2], lo_bf16(wv.y), acc);
+  acc = fmaf(xs[3], hi_bf16(wv.y), acc);
+  acc = fmaf(xs[4], lo_bf16(wv.z), acc);
+  acc = fmaf(xs[5], hi_bf16(wv.z), acc);
+  acc = fmaf(xs[6], lo_bf16(wv.w), acc);
+  acc = fmaf(xs[7], hi_bf16(wv.w), acc);
+  return acc;
+}
+
+__device__ inline float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+/// One warp: columns [c0, c0 + C) of one group, all M rows. Gated: acc = gate products, acc_up = up products.
+template <int M, int C, bool Gated>
+__global__ void __launch_bounds__(kWarps * 32) linear_small_kernel(SmallArgs a) {
+  const int lane = threadIdx.x & 31;
+  const int64_t tile = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  int g = 0;
+  while (g + 1 < a.groups && tile >= a.g[g].tiles_end) ++g;
+  if (tile >= a.g[g].tiles_end) return;  // the whole warp: the tile is per warp
+  const SmallGroup grp = a.g[g];
+  const int64_t c0 = (tile - (g > 0 ? a.g[g - 1].tiles_end : 0)) * C, K = a.K;
+
+  float acc[M][C], acc_up[M][C];
+#pragma unroll
+  for (int r = 0; r < M; ++r)
+#pragma unroll
+    for (int c = 0; c < C; ++c) acc[r][c] = acc_up[r][c] = 0.f;
+
+  for (int64_t k = lane * 8; k < K; k += 32 * 8) {
+    uint4 wv[C], uv[C];
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      const bool in = c0 + c < grp.n;
+      wv[c] = in ? *reinterpret_cast<const uint4*>(grp.w + (c0 + c) * K + k) : make_uint4(0, 0, 0, 0);
+      if constexpr (Gated)
+        uv[c] = in ? *reinterpret_cast<const uint4*>(grp.w_up + (c0 + c) * K + k) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int r = 0; r < M; ++r) {
+      const float4 p = *reinterpret_cast<const float4*>(a.x + r * K + k);
+      const float4 q = *reinterpret_cast<const float4*>(a.x + r * K + k + 4);
+      const float xs[8] = {round_bf16(p.x), round_bf16(p.y), round_bf16(p.z), round_bf16(p.w),
+                           round_bf16(q.x), round_bf16(q.y), round_bf16(q.z), round_bf16(q.w)};
+#pragma unroll
+      for (int c = 0; c < C; ++c) {
+        acc[r][c] = dot8(xs, wv[c], acc[r][c]);
+        if constexpr (Gated) acc_up[r][c] = dot8(xs, uv[c], acc_up[r][c]);
+      }
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < M; ++r)
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      float v = warp_sum(acc[r][c]);
+      if constexpr (Gated) {
+        const float u = warp_sum(acc_up[r][c]);
+        v = v / (1.f + expf(-v)) * u;  // as swiglu_forward_kernel
+      }
+      if (lane == (r * C + c) % 32 && c0 + c < grp.n) {
+        if constexpr (!Gated) {
+          if (grp.bias) v += grp.bias[c0 + c];
+        }
+        grp.y[r * grp.n + c0 + c] = v;
+      }
+    }
+}
+
+template <int M, int C, bool Gated>
+void launch(const SmallArgs& a) {
+  const int64_t tiles = a.g[a.groups - 1].tiles_end;
+  const unsigned blocks = static_cast<unsigned>((tiles + kWarps - 1) / kWarps);
+  linear_small_kernel<M, C, Gated><<<blocks, kWarps * 32>>>(a);
+  if constexpr (Gated)
+    TESSERA_CUDA_CHECK_LAUNCH("swiglu_small_kernel");
+  else
+    TESSERA_CUDA_CHECK_LAUNCH("linear_small_kernel");
+}
+
+/// Columns per warp: enough warps to cover the SMs several times, and at most 2 * M * C accumulators.
+int columns_per_warp(int64_t total_cols, int M, bool gated) {
+  int c = total_cols >= 16384 ? 4 : total_cols >= 4096 ? 2 : 1;
+  if (M > 4 || gated) c = std::min(c, 2);
+  if (M > 4 && gated) c = 1;
+  return c;
+}
+
+template <int C, bool Gated>
+void dispatch_rows(int M, const SmallArgs& a) {
+  switch (M) {
+    case 1: return launch<1, C, Gated>(a);
+    case 2: return launch<2, C, Gated>(a);
+    case 3: return launch<3, C, Gated>(a);
+    case 4: return launch<4, C, Gated>(a);
+    case 5: return launch<5, C, Gated>(a);
+    case 6: return launch<6, C, Gated>(a);
+    case 7: return launch<7, C, Gated>(a);
+    default: return launch<8, C, Gated>(a);
+  }
+}
+
+void run(SmallArgs& a, int64_t rows, bool gated, const char* op) {
+  TESSERA_CHECK(rows >= 1 && rows <= kSmallLinearMaxRows, op, "(cuda): ", rows, " rows (1..",
+                kSmallLinearMaxRows, " supported)");
+  const int M = static_cast<int>(rows);
+  TESSERA_CHECK(small_linear_supported(a.x, a.K), op, "(cuda): K=", a.K,
+                " must be a positive multiple of 8 and x 16-byte aligned");
+  int64_t total = 0;
+  for (int g = 0; g < a.groups; ++g) total += a.g[g].n;
+  const int C = columns_per_warp(total, M, gated);
+  int64_t tiles = 0;
+  for (int g = 0; g < a.groups; ++g) {
+    const SmallGroup& s = a.g[g];
+    TESSERA_CHECK(s.n > 0 && s.w && s.y && (!gated || s.w_up), op, "(cuda): group ", g, " is empty");
+    TESSERA_CHECK(reinterpret_cast<uintptr_t>(s.w) % 16 == 0 &&
+                      (!gated || reinterpret_cast<uintptr_t>(s.w_up) % 16 == 0),
+                  op, "(cuda): weights must be 16-byte aligned");
+    tiles += (s.n + C - 1) / C;
+    a.g[g].tiles_end = tiles;
+  }
+  TESSERA_CHECK(tiles <= int64_t{INT32_MAX} * kWarps, op, "(cuda): too many output columns");
+  if (gated) {
+    if (C == 1) return dispatch_rows<1, true>(M, a);
+    return dispatch_rows<2, true>(M, a);
+  }
+  if (C == 1) return dispatch_rows<1, false>(M, a);
+  if (C == 2) return dispatch_rows<2, false>(M, a);
+  return dispatch_rows<4, false>(M, a);
+}
+
+}  // namespace
+
+bool small_linear_supported(const float* x, int64_t K) {
+  return K > 0 && K % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+}
+
+void linear_small_bf16(const float* x, int64_t M, int64_t K, const SmallLinearGroup* groups, int n_groups) {
+  TESSERA_CHECK(n_groups >= 1 && n_groups <= kSmallLinearMaxGroups, "linear_small_bf16(cuda): ", n_groups,
+                " weights (1..", kSmallLinearMaxGroups, ")");
+  SmallArgs a{};
+  a.groups = n_groups;
+  a.x = x;
+  a.K = K;
+  for (int g = 0; g < n_groups; ++g) a.g[g] = {groups[g].w, nullptr, groups[g].bias, groups[g].y, groups[g].n, 0};
+  run(a, M, false, "linear_small_bf16");
+}
+
+void swiglu_small_bf16(const float* x, int64_t M, int64_t K, const uint16_t* w_gate, const uint16_t* w_up,
+                       int64_t N, float* y) {
+  SmallArgs a{};
+  a.groups = 1;
+  a.x = x;
+  a.K = K;
+  a.g[0] = {w_gate, w_up, nullptr, y, N, 0};
+  run(a, M, true, "swiglu_small_bf16");
+}
+
+}  // namespace tessera::cuda_detail
