@@ -108,22 +108,33 @@ __global__ void gelu_backward_kernel(float* dx, const float* dy, const float* x,
   }
 }
 
-__global__ void swiglu_forward_kernel(float* out, const float* gate, const float* up, int64_t N, int64_t H,
+// fp32 values stored as fp32, or as bf16 bits (uint16_t: rounded to nearest even once); bf16 loads widen
+// exactly.
+__device__ inline float load_value(const float* p) { return *p; }
+__device__ inline float load_value(const uint16_t* p) { return bf16_to_float(*p); }
+__device__ inline void store_value(float* p, float v) { *p = v; }
+__device__ inline void store_value(uint16_t* p, float v) { *p = bf16_bits(v); }
+
+// Out = float, or uint16_t when the result feeds a bf16 GEMM (the hidden activation, the gate/up gradients):
+// the same fp32 value rounded once, without an fp32 round trip through memory and a cast.
+template <class Out>
+__global__ void swiglu_forward_kernel(Out* out, const float* gate, const float* up, int64_t N, int64_t H,
                                       int64_t ld) {
   TESSERA_GRID_STRIDE(i, N * H) {
     const int64_t n = i / H, j = n * ld + (i - n * H);
     const float g = gate[j];
-    out[i] = g / (1.f + expf(-g)) * up[j];
+    store_value(out + i, g / (1.f + expf(-g)) * up[j]);
   }
 }
 
-__global__ void swiglu_backward_kernel(float* dgate, float* dup, const float* dout, const float* gate,
+template <class Out>
+__global__ void swiglu_backward_kernel(Out* dgate, Out* dup, const float* dout, const float* gate,
                                        const float* up, int64_t N, int64_t H, int64_t ld) {
   TESSERA_GRID_STRIDE(i, N * H) {
     const int64_t n = i / H, j = n * ld + (i - n * H);
     const float g = gate[j], u = up[j], d = dout[i], s = sigmoid(g);
-    dup[j] = d * g * s;
-    dgate[j] = d * u * s * (1.f + g * (1.f - s));
+    store_value(dup + j, d * g * s);
+    store_value(dgate + j, d * u * s * (1.f + g * (1.f - s)));
   }
 }
 
@@ -215,10 +226,6 @@ __global__ void rope_kernel(float* x, int64_t stride, const int64_t* __restrict_
 // Queries and keys of one attention call in one launch: both head sets share the positions, so one thread
 // computes a pair's cos/sin once and rotates it in every head of both. In/Out: float, or uint16_t (bf16 bits:
 // loads widen exactly, stores round to nearest even once, after the rotation).
-__device__ inline float load_value(const float* p) { return *p; }
-__device__ inline float load_value(const uint16_t* p) { return bf16_to_float(*p); }
-__device__ inline void store_value(float* p, float v) { *p = v; }
-__device__ inline void store_value(uint16_t* p, float v) { *p = bf16_bits(v); }
 
 template <class In, class Out>
 __global__ void rope_qk_kernel(const In* q, const In* k, Out* q_out, Out* k_out,
@@ -353,21 +360,37 @@ void gelu_backward_f32(float* dx, const float* dy, const float* x, int64_t n, bo
   TESSERA_CUDA_CHECK_LAUNCH("gelu_backward_kernel");
 }
 
-void swiglu_forward_f32(float* out, const float* gate, const float* up, int64_t N, int64_t H, int64_t ld) {
+template <class Out>
+void swiglu_forward_any(Out* out, const float* gate, const float* up, int64_t N, int64_t H, int64_t ld) {
   TESSERA_CHECK(N >= 0 && H > 0, "swiglu_forward(cuda): bad sizes N=", N, " H=", H);
   TESSERA_CHECK(ld >= H, "swiglu_forward(cuda): gate/up row stride ", ld, " is smaller than the width ", H);
   if (N == 0) return;
-  swiglu_forward_kernel<<<stride_blocks(N * H), kThreads>>>(out, gate, up, N, H, ld);
+  swiglu_forward_kernel<Out><<<stride_blocks(N * H), kThreads>>>(out, gate, up, N, H, ld);
   TESSERA_CUDA_CHECK_LAUNCH("swiglu_forward_kernel");
 }
+void swiglu_forward_f32(float* out, const float* gate, const float* up, int64_t N, int64_t H, int64_t ld) {
+  swiglu_forward_any(out, gate, up, N, H, ld);
+}
+void swiglu_forward_bf16out(uint16_t* out, const float* gate, const float* up, int64_t N, int64_t H, int64_t ld) {
+  swiglu_forward_any(out, gate, up, N, H, ld);
+}
 
-void swiglu_backward_f32(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
-                         int64_t N, int64_t H, int64_t ld) {
+template <class Out>
+void swiglu_backward_any(Out* dgate, Out* dup, const float* dout, const float* gate, const float* up, int64_t N,
+                         int64_t H, int64_t ld) {
   TESSERA_CHECK(N >= 0 && H > 0, "swiglu_backward(cuda): bad sizes N=", N, " H=", H);
   TESSERA_CHECK(ld >= H, "swiglu_backward(cuda): gate/up row stride ", ld, " is smaller than the width ", H);
   if (N == 0) return;
-  swiglu_backward_kernel<<<stride_blocks(N * H), kThreads>>>(dgate, dup, dout, gate, up, N, H, ld);
+  swiglu_backward_kernel<Out><<<stride_blocks(N * H), kThreads>>>(dgate, dup, dout, gate, up, N, H, ld);
   TESSERA_CUDA_CHECK_LAUNCH("swiglu_backward_kernel");
+}
+void swiglu_backward_f32(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
+                         int64_t N, int64_t H, int64_t ld) {
+  swiglu_backward_any(dgate, dup, dout, gate, up, N, H, ld);
+}
+void swiglu_backward_bf16out(uint16_t* dgate, uint16_t* dup, const float* dout, const float* gate,
+                             const float* up, int64_t N, int64_t H, int64_t ld) {
+  swiglu_backward_any(dgate, dup, dout, gate, up, N, H, ld);
 }
 
 void add_inplace_f32(float* y, const float* x, int64_t n) {

@@ -31,6 +31,10 @@ void gelu_backward_f32(float* dx, const float* dy, const float* x, int64_t n, bo
 void swiglu_forward_f32(float* out, const float* gate, const float* up, int64_t N, int64_t H, int64_t ld);
 void swiglu_backward_f32(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
                          int64_t N, int64_t H, int64_t ld);
+/// The same with bf16 outputs (bit patterns, rounded once): the inputs of the following bf16 GEMMs.
+void swiglu_forward_bf16out(uint16_t* out, const float* gate, const float* up, int64_t N, int64_t H, int64_t ld);
+void swiglu_backward_bf16out(uint16_t* dgate, uint16_t* dup, const float* dout, const float* gate,
+                             const float* up, int64_t N, int64_t H, int64_t ld);
 
 void add_inplace_f32(float* y, const float* x, int64_t n);
 void add_f32(float* z, const float* x, const float* y, int64_t n);
@@ -125,19 +129,23 @@ void gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, c
 // ---- linear_small.cu ---------------------------------------------------------------------------------
 
 inline constexpr int kSmallLinearMaxRows = 8, kSmallLinearMaxGroups = 3;
-/// One weight of linear_small_bf16: w [n, K] bf16 (16-byte aligned), bias [n] fp32 or null, y [M, n] fp32.
+/// One weight of linear_small_bf16: w [n, K] bf16 (16-byte aligned), bias [n] fp32 or null, y [M, n] fp32 =
+/// residual (null: none; may alias y) + product + bias.
 struct SmallLinearGroup {
   const uint16_t* w;
   const float* bias;
   float* y;
   int64_t n;
+  const float* residual;
 };
 /// Whether x [M, K] suits the small products: K a positive multiple of 8, x 16-byte aligned.
 bool small_linear_supported(const float* x, int64_t K);
-/// y_g = bf16(x) W_gᵀ (+ b_g) for 1 <= M <= 8 rows and 1..3 weights sharing x, one launch.
-void linear_small_bf16(const float* x, int64_t M, int64_t K, const SmallLinearGroup* groups, int n_groups);
-/// y [M, N] = silu(bf16(x) W_gateᵀ) * (bf16(x) W_upᵀ), one launch.
+/// y_g = bf16(x') W_gᵀ (+ b_g) for 1 <= M <= 8 rows and 1..3 weights sharing x, one launch; x' = x, or
+/// RMSNorm(x) with gain norm_w [K] (16-byte aligned) and norm_eps when norm_w is set.
+void linear_small_bf16(const float* x, int64_t M, int64_t K, const SmallLinearGroup* groups, int n_groups,
+                       const float* norm_w, double norm_eps);
+/// y [M, N] = silu(bf16(x') W_gateᵀ) * (bf16(x') W_upᵀ), one launch (x' as above).
 void swiglu_small_bf16(const float* x, int64_t M, int64_t K, const uint16_t* w_gate, const uint16_t* w_up,
-                       int64_t N, float* y);
+                       int64_t N, float* y, const float* norm_w, double norm_eps);
 
 }  // namespace tessera::cuda_detail

@@ -1,6 +1,7 @@
 // Decoding-size products with bf16 weights: y_g = bf16(x) W_gᵀ (+ b_g) for M <= 8 rows of fp32 x and up to
 // three bf16 weights sharing x (q/k/v), and SwiGLU's silu(bf16(x) W_gateᵀ) * (bf16(x) W_upᵀ) in the same
-// launch as its two products.
+// launch as its two products. Optionally fused around them: the RMSNorm in front (x normalised row by row
+// before its rounding, as rmsnorm_forward_kernel computes it) and a residual added to the output.
 //
 // Why by hand: when one token is decoded, a Linear is a matrix-vector product bound by the weight bytes, and
 // the cuBLAS route costs two launches per weight (a cast of x to bf16, then the GEMM) plus the elementwise
@@ -25,6 +26,7 @@ struct SmallGroup {
   const uint16_t* w;     // [n, K] bf16
   const uint16_t* w_up;  // gated: SwiGLU's up weight [n, K] (w is the gate's)
   const float* bias;     // [n] or null (not gated)
+  const float* residual;  // [M, n] or null: y = residual + product (may alias y)
   float* y;              // [M, n]
   int64_t n;
   int64_t tiles_end;  // cumulative warp tiles up to and including this group
@@ -34,6 +36,8 @@ struct SmallArgs {
   int groups;
   const float* x;  // [M, K] fp32
   int64_t K;
+  const float* norm_w;  // RMSNorm gain [K], or null: no normalisation
+  double norm_eps;
 };
 
 __device__ inline float lo_bf16(uint32_t w) { return __uint_as_float(w << 16); }
@@ -69,6 +73,20 @@ __global__ void __launch_bounds__(kWarps * 32) linear_small_kernel(SmallArgs a) 
   const SmallGroup grp = a.g[g];
   const int64_t c0 = (tile - (g > 0 ? a.g[g - 1].tiles_end : 0)) * C, K = a.K;
 
+  // RMSNorm in front: each warp computes the M rows' 1/rms itself (M * K reads, next to the weights' C * K).
+  float rstd[M];
+#pragma unroll
+  for (int r = 0; r < M; ++r) rstd[r] = 1.f;
+  if (a.norm_w) {
+#pragma unroll
+    for (int r = 0; r < M; ++r) {
+      float ss = 0.f;
+      for (int64_t k = lane; k < K; k += 32) ss += a.x[r * K + k] * a.x[r * K + k];
+      ss = warp_sum(ss);
+      rstd[r] = static_cast<float>(1.0 / sqrt(static_cast<double>(ss) / static_cast<double>(K) + a.norm_eps));
+    }
+  }
+
   float acc[M][C], acc_up[M][C];
 #pragma unroll
   for (int r = 0; r < M; ++r)
@@ -84,12 +102,20 @@ __global__ void __launch_bounds__(kWarps * 32) linear_small_kernel(SmallArgs a) 
       if constexpr (Gated)
         uv[c] = in ? *reinterpret_cast<const uint4*>(grp.w_up + (c0 + c) * K + k) : make_uint4(0, 0, 0, 0);
     }
+    float g[8] = {1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f};
+    if (a.norm_w) {
+      const float4 g0 = *reinterpret_cast<const float4*>(a.norm_w + k);
+      const float4 g1 = *reinterpret_cast<const float4*>(a.norm_w + k + 4);
+      g[0] = g0.x, g[1] = g0.y, g[2] = g0.z, g[3] = g0.w, g[4] = g1.x, g[5] = g1.y, g[6] = g1.z, g[7] = g1.w;
+    }
 #pragma unroll
     for (int r = 0; r < M; ++r) {
       const float4 p = *reinterpret_cast<const float4*>(a.x + r * K + k);
       const float4 q = *reinterpret_cast<const float4*>(a.x + r * K + k + 4);
-      const float xs[8] = {round_bf16(p.x), round_bf16(p.y), round_bf16(p.z), round_bf16(p.w),
-                           round_bf16(q.x), round_bf16(q.y), round_bf16(q.z), round_bf16(q.w)};
+      const float v[8] = {p.x, p.y, p.z, p.w, q.x, q.y, q.z, q.w};
+      float xs[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) xs[e] = round_bf16(a.norm_w ? v[e] * rstd[r] * g[e] : v[e]);
 #pragma unroll
       for (int c = 0; c < C; ++c) {
         acc[r][c] = dot8(xs, wv[c], acc[r][c]);
@@ -111,6 +137,7 @@ __global__ void __launch_bounds__(kWarps * 32) linear_small_kernel(SmallArgs a) 
         if constexpr (!Gated) {
           if (grp.bias) v += grp.bias[c0 + c];
         }
+        if (grp.residual) v = grp.residual[r * grp.n + c0 + c] + v;
         grp.y[r * grp.n + c0 + c] = v;
       }
     }
@@ -155,6 +182,8 @@ void run(SmallArgs& a, int64_t rows, bool gated, const char* op) {
   const int M = static_cast<int>(rows);
   TESSERA_CHECK(small_linear_supported(a.x, a.K), op, "(cuda): K=", a.K,
                 " must be a positive multiple of 8 and x 16-byte aligned");
+  TESSERA_CHECK(!a.norm_w || reinterpret_cast<uintptr_t>(a.norm_w) % 16 == 0, op,
+                "(cuda): the norm weight must be 16-byte aligned");
   int64_t total = 0;
   for (int g = 0; g < a.groups; ++g) total += a.g[g].n;
   const int C = columns_per_warp(total, M, gated);
@@ -184,24 +213,30 @@ bool small_linear_supported(const float* x, int64_t K) {
   return K > 0 && K % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
 }
 
-void linear_small_bf16(const float* x, int64_t M, int64_t K, const SmallLinearGroup* groups, int n_groups) {
+void linear_small_bf16(const float* x, int64_t M, int64_t K, const SmallLinearGroup* groups, int n_groups,
+                       const float* norm_w, double norm_eps) {
   TESSERA_CHECK(n_groups >= 1 && n_groups <= kSmallLinearMaxGroups, "linear_small_bf16(cuda): ", n_groups,
                 " weights (1..", kSmallLinearMaxGroups, ")");
   SmallArgs a{};
   a.groups = n_groups;
   a.x = x;
   a.K = K;
-  for (int g = 0; g < n_groups; ++g) a.g[g] = {groups[g].w, nullptr, groups[g].bias, groups[g].y, groups[g].n, 0};
+  a.norm_w = norm_w;
+  a.norm_eps = norm_eps;
+  for (int g = 0; g < n_groups; ++g)
+    a.g[g] = {groups[g].w, nullptr, groups[g].bias, groups[g].residual, groups[g].y, groups[g].n, 0};
   run(a, M, false, "linear_small_bf16");
 }
 
 void swiglu_small_bf16(const float* x, int64_t M, int64_t K, const uint16_t* w_gate, const uint16_t* w_up,
-                       int64_t N, float* y) {
+                       int64_t N, float* y, const float* norm_w, double norm_eps) {
   SmallArgs a{};
   a.groups = 1;
   a.x = x;
   a.K = K;
-  a.g[0] = {w_gate, w_up, nullptr, y, N, 0};
+  a.norm_w = norm_w;
+  a.norm_eps = norm_eps;
+  a.g[0] = {w_gate, w_up, nullptr, nullptr, y, N, 0};
   run(a, M, true, "swiglu_small_bf16");
 }
 

@@ -77,6 +77,15 @@ void swiglu_backward(cuda, float* dgate, float* dup, const float* dout, const fl
   cuda_detail::swiglu_backward_f32(dgate, dup, dout, gate, up, N, H, gu_stride ? gu_stride : H);
 }
 
+void swiglu_forward(cuda, bf16* out, const float* gate, const float* up, int64_t N, int64_t H, int64_t gu_stride) {
+  cuda_detail::swiglu_forward_bf16out(bits(out), gate, up, N, H, gu_stride ? gu_stride : H);
+}
+
+void swiglu_backward(cuda, bf16* dgate, bf16* dup, const float* dout, const float* gate, const float* up,
+                     int64_t N, int64_t H, int64_t gu_stride) {
+  cuda_detail::swiglu_backward_bf16out(bits(dgate), bits(dup), dout, gate, up, N, H, gu_stride ? gu_stride : H);
+}
+
 void add_inplace(cuda, float* y, const float* x, int64_t n) {
   cuda_detail::add_inplace_f32(y, x, n);
 }
@@ -129,6 +138,12 @@ void rope_qk(cuda, const float* q, const float* k, bf16* q_out, bf16* k_out, con
 void rope_qk(cuda, const bf16* q, const bf16* k, float* q_out, float* k_out, const int64_t* positions,
              int64_t N, int64_t Hq, int64_t Hk, int64_t Dh, double theta, RopeStyle style, bool inverse) {
   cuda_detail::rope_qk(q, k, q_out, k_out, true, false, positions, N, Hq, Hk, Dh, theta,
+                       style == RopeStyle::Interleaved, inverse ? -1.0 : 1.0);
+}
+
+void rope_qk(cuda, const bf16* q, const bf16* k, bf16* q_out, bf16* k_out, const int64_t* positions,
+             int64_t N, int64_t Hq, int64_t Hk, int64_t Dh, double theta, RopeStyle style, bool inverse) {
+  cuda_detail::rope_qk(q, k, q_out, k_out, true, true, positions, N, Hq, Hk, Dh, theta,
                        style == RopeStyle::Interleaved, inverse ? -1.0 : 1.0);
 }
 
@@ -201,17 +216,18 @@ bool small_linear_supported(cuda, const float* x, int64_t M, int64_t K) {
   return M >= 1 && M <= kSmallLinearRows && cuda_detail::small_linear_supported(x, K);
 }
 
-void linear_small_bf16(cuda, const float* x, int64_t M, int64_t K, const SmallLinearOut* outs, int n_outs) {
+void linear_small_bf16(cuda, const float* x, int64_t M, int64_t K, const SmallLinearOut* outs, int n_outs,
+                       SmallLinearNorm norm) {
   TESSERA_CHECK(n_outs >= 1 && n_outs <= cuda_detail::kSmallLinearMaxGroups, "linear_small_bf16(cuda): ",
                 n_outs, " weights (1..", cuda_detail::kSmallLinearMaxGroups, ")");
   cuda_detail::SmallLinearGroup g[cuda_detail::kSmallLinearMaxGroups];
-  for (int i = 0; i < n_outs; ++i) g[i] = {bits(outs[i].w), outs[i].bias, outs[i].y, outs[i].n};
-  cuda_detail::linear_small_bf16(x, M, K, g, n_outs);
+  for (int i = 0; i < n_outs; ++i) g[i] = {bits(outs[i].w), outs[i].bias, outs[i].y, outs[i].n, outs[i].residual};
+  cuda_detail::linear_small_bf16(x, M, K, g, n_outs, norm.weight, norm.eps);
 }
 
 void swiglu_small_bf16(cuda, const float* x, int64_t M, int64_t K, const bf16* w_gate, const bf16* w_up,
-                       int64_t N, float* y) {
-  cuda_detail::swiglu_small_bf16(x, M, K, bits(w_gate), bits(w_up), N, y);
+                       int64_t N, float* y, SmallLinearNorm norm) {
+  cuda_detail::swiglu_small_bf16(x, M, K, bits(w_gate), bits(w_up), N, y, norm.weight, norm.eps);
 }
 
 }  // namespace ops

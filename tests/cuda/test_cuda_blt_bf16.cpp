@@ -111,6 +111,8 @@ TEST(CudaBltBf16, TrainStepTracksTheFp32Model) {
 // decodes through cast + cuBLAS at every step: the same bf16 operands, so the logits agree up to fp32
 // summation order (and an occasional operand that rounds the other way at the next layer's cast) and the
 // greedy bytes and patches are the same. Two prompts (20 and 13 bytes): decoding steps of 1 and 2 rows.
+// Measured (emulated, where cuBLAS sums in double): logits within 3.5e-3 of their largest entry — bf16
+// operands flipping at a later cast; bound 1e-2, while a wrong product is O(1).
 TEST(CudaBltBf16, FrozenWeightsDecodeLikeTheCastRoute) {
   TESSERA_NEED_GPU();
   const BltConfig c = BltConfig::read(kDir + "/config.json");
@@ -138,7 +140,7 @@ TEST(CudaBltBf16, FrozenWeightsDecodeLikeTheCastRoute) {
       ASSERT_EQ(lf.size(), lc.size());
       const double e = rel_err(lf.data(), lc.data(), static_cast<int64_t>(lc.size()));
       worst = std::max(worst, e);
-      EXPECT_LE(e, 5e-3) << "logits of row " << b << " after " << gc.generated(b).size() << " bytes";
+      EXPECT_LE(e, 1e-2) << "logits of row " << b << " after " << gc.generated(b).size() << " bytes";
       EXPECT_EQ(gf.patch_lengths(b), gc.patch_lengths(b)) << "row " << b;
     }
     ASSERT_EQ(gf.step(), gc.step()) << "greedy bytes after " << gc.generated(0).size() << " steps";

@@ -254,6 +254,26 @@ TEST_F(CudaCore, SwigluForwardBackwardMatchCpu) {
     ops::swiglu_backward(cuda{}, d_dgu.data(), d_dup, d_dout.data(), d_gu.data(), d_up, N, H, stride);
     expect_close("swiglu dgate (and dup when fused)" + tag, d_dgu.get(), dgu);
     if (!fused) expect_close("swiglu dup" + tag, d_dup_sep.get(), dup_sep);
+
+    // bf16 outputs: exactly the bf16 rounding of the fp32 outputs (the same fp32 value, rounded once).
+    auto rounded = [](const Host& v) {
+      std::vector<uint16_t> r(v.size());
+      for (size_t i = 0; i < v.size(); ++i) r[i] = bf16(v[i]).bits;
+      return r;
+    };
+    auto bits = [](const std::vector<bf16>& v) {
+      std::vector<uint16_t> r(v.size());
+      for (size_t i = 0; i < v.size(); ++i) r[i] = v[i].bits;
+      return r;
+    };
+    Dev<bf16> h16(std::vector<bf16>(sz(N * H))), dgu16(std::vector<bf16>(gu.size())),
+        dup16_sep(std::vector<bf16>(sz(N * H)));
+    ops::swiglu_forward(cuda{}, h16.data(), d_gu.data(), d_up, N, H, stride);
+    EXPECT_EQ(bits(h16.get()), rounded(d_out.get())) << "swiglu bf16 out" << tag;
+    bf16* dup16 = fused ? dgu16.data() + H : dup16_sep.data();
+    ops::swiglu_backward(cuda{}, dgu16.data(), dup16, d_dout.data(), d_gu.data(), d_up, N, H, stride);
+    EXPECT_EQ(bits(dgu16.get()), rounded(d_dgu.get())) << "swiglu bf16 dgate (and dup when fused)" << tag;
+    if (!fused) EXPECT_EQ(bits(dup16_sep.get()), rounded(d_dup_sep.get())) << "swiglu bf16 dup" << tag;
   }
 }
 
@@ -309,6 +329,116 @@ TEST_F(CudaCore, RopeForwardBackwardMatchCpu) {
   EXPECT_THROW(
       ops::rope_forward(cuda{}, d_x.data(), stride, d_pos.data(), N, H, 33, 1e4, ops::RopeStyle::Half),
       Error);
+}
+
+// rope_qk: the queries' and keys' head sets (Hq != Hk) in one launch, against the CPU's rope_forward /
+// rope_backward of each. fp32 in place within kRtol; fp32 -> bf16 equal to bf16(the CPU's fp32 rotation)
+// bit for bit except where the two fp32 values straddle a bf16 rounding boundary (then one bf16 step); bf16 ->
+// fp32 and bf16 -> bf16 start from bf16 inputs (the CPU rotates their fp32 values).
+TEST_F(CudaCore, RopeQkRotatesQueriesAndKeysInOneLaunch) {
+  Rng rng(37);
+  const int64_t N = 29, Hq = 4, Hk = 2, Dh = 16;
+  Ids pos = randint(N, rng, 0, 3000);
+  Dev<int64_t> d_pos(pos);
+  const Host q = randn(N * Hq * Dh, rng), k = randn(N * Hk * Dh, rng);
+  auto round16 = [](const Host& v) {
+    Host r(v.size());
+    for (size_t i = 0; i < v.size(); ++i) r[i] = static_cast<float>(bf16(v[i]));
+    return r;
+  };
+  auto to16 = [](const Host& v) {
+    std::vector<bf16> r(v.size());
+    for (size_t i = 0; i < v.size(); ++i) r[i] = bf16(v[i]);
+    return r;
+  };
+  auto from16 = [](const std::vector<bf16>& v) {
+    Host r(v.size());
+    for (size_t i = 0; i < v.size(); ++i) r[i] = static_cast<float>(v[i]);
+    return r;
+  };
+  // Within one bf16 step of the rounded reference (a tie-breaking difference of the fp32 rotations).
+  auto expect_bf16_of = [](const std::string& what, const Host& got, const Host& ref32) {
+    int off = 0;
+    for (size_t i = 0; i < ref32.size(); ++i) {
+      const float want = static_cast<float>(bf16(ref32[i]));
+      if (got[i] == want) continue;
+      ++off;
+      EXPECT_LE(std::abs(got[i] - want), std::abs(want) / 128 + 1e-30) << what << "[" << i << "]";
+    }
+    EXPECT_LE(off, static_cast<int>(ref32.size() / 100) + 1) << what << ": too many values off the rounding";
+  };
+  for (const auto style : {ops::RopeStyle::Interleaved, ops::RopeStyle::Half}) {
+    for (const bool inverse : {false, true}) {
+      const std::string tag = std::string(style == ops::RopeStyle::Interleaved ? " interleaved" : " half") +
+                              (inverse ? " inverse" : "");
+      auto cpu_rotate = [&](Host a, Host b) {
+        ops::rope_qk(cpu{}, a.data(), b.data(), a.data(), b.data(), pos.data(), N, Hq, Hk, Dh, 1e4, style, inverse);
+        return std::pair{a, b};
+      };
+      const auto [rq, rk] = cpu_rotate(q, k);
+      {  // fp32 in place
+        Dev<float> dq(q), dk(k);
+        ops::rope_qk(cuda{}, dq.data(), dk.data(), dq.data(), dk.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4, style,
+                     inverse);
+        expect_close("rope_qk fp32 q" + tag, dq.get(), rq);
+        expect_close("rope_qk fp32 k" + tag, dk.get(), rk);
+      }
+      {  // fp32 -> bf16
+        Dev<float> dq(q), dk(k);
+        Dev<bf16> oq(std::vector<bf16>(q.size())), ok(std::vector<bf16>(k.size()));
+        ops::rope_qk(cuda{}, dq.data(), dk.data(), oq.data(), ok.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4, style,
+                     inverse);
+        expect_bf16_of("rope_qk fp32->bf16 q" + tag, from16(oq.get()), rq);
+        expect_bf16_of("rope_qk fp32->bf16 k" + tag, from16(ok.get()), rk);
+        EXPECT_EQ(dq.get(), q) << "the fp32 input is left alone";
+      }
+      const auto [rq16, rk16] = cpu_rotate(round16(q), round16(k));
+      {  // bf16 -> fp32
+        Dev<bf16> dq(to16(q)), dk(to16(k));
+        Dev<float> oq(Host(q.size())), ok(Host(k.size()));
+        ops::rope_qk(cuda{}, dq.data(), dk.data(), oq.data(), ok.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4, style,
+                     inverse);
+        expect_close("rope_qk bf16->fp32 q" + tag, oq.get(), rq16);
+        expect_close("rope_qk bf16->fp32 k" + tag, ok.get(), rk16);
+      }
+      {  // bf16 -> bf16 in place
+        Dev<bf16> dq(to16(q)), dk(to16(k));
+        ops::rope_qk(cuda{}, dq.data(), dk.data(), dq.data(), dk.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4, style,
+                     inverse);
+        expect_bf16_of("rope_qk bf16 in place q" + tag, from16(dq.get()), rq16);
+        expect_bf16_of("rope_qk bf16 in place k" + tag, from16(dk.get()), rk16);
+      }
+    }
+  }
+  Dev<float> dq(q), dk(k);
+  EXPECT_THROW(ops::rope_qk(cuda{}, dq.data(), dk.data(), dq.data(), dk.data(), d_pos.data(), N, Hq, Hk, 15, 1e4,
+                            ops::RopeStyle::Half, false),
+               Error);
+}
+
+// append_kv: strided k/v rows into a cache's next rows and their segment ids (given, or 0), one launch;
+// rows before and after the appended ones untouched.
+TEST_F(CudaCore, AppendKvCopiesRowsAndSegmentIds) {
+  Rng rng(41);
+  const int64_t rows = 5, kw = 12, vw = 8, ks = 20, vs = 9, cap = 9, at = 2;
+  const Host k = randn(rows * ks, rng), v = randn(rows * vs, rng);
+  const Ids seg = randint(rows, rng, 1, 100);
+  for (const bool with_seg : {true, false}) {
+    Dev<float> dk(k), dv(v), ck(Host(cap * kw, -1.f)), cv(Host(cap * vw, -2.f));
+    Dev<int64_t> ds(seg), cs(Ids(cap, -3));
+    ops::append_kv(cuda{}, ck.data() + at * kw, dk.data(), ks, kw, cv.data() + at * vw, dv.data(), vs, vw,
+                   cs.data() + at, with_seg ? ds.data() : nullptr, rows);
+    const Host gk = ck.get(), gv = cv.get();
+    const Ids gs = cs.get();
+    for (int64_t r = 0; r < cap; ++r) {
+      const bool in = r >= at && r < at + rows;
+      for (int64_t c = 0; c < kw; ++c)
+        ASSERT_EQ(gk[sz(r * kw + c)], in ? k[sz((r - at) * ks + c)] : -1.f) << "k row " << r << " col " << c;
+      for (int64_t c = 0; c < vw; ++c)
+        ASSERT_EQ(gv[sz(r * vw + c)], in ? v[sz((r - at) * vs + c)] : -2.f) << "v row " << r << " col " << c;
+      EXPECT_EQ(gs[sz(r)], in ? (with_seg ? seg[sz(r - at)] : 0) : -3) << "segment of row " << r;
+    }
+  }
 }
 
 // ---- cross-entropy

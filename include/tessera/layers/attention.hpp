@@ -111,12 +111,34 @@ struct SelfAttention {
   /// whole sequence.
   void forward_cached(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y,
                       KvCache<T, B>* const* caches, Saved& s) const {
+    forward_cached_impl(ctx, x, y, caches, s, nullptr, nullptr);
+  }
+  /// Decoding with frozen bf16 weights: forward_cached with the RMSNorm in front of the layer (gain and eps
+  /// in `norm`; x is the norm's input) and the residual add after it fused into the small products:
+  /// y = residual + attention(rmsnorm(x)) in the launches of forward_cached alone. Only where
+  /// fuses_decode(x) holds.
+  void forward_cached_fused(const SeqContext& ctx, TensorView<const T> x, ops::SmallLinearNorm norm,
+                            const T* residual, Tensor<T, B>& y, KvCache<T, B>* const* caches, Saved& s) const {
+    TESSERA_CHECK(fuses_decode(x) && norm.weight && residual,
+                  "SelfAttention::forward_cached_fused: needs frozen bf16 weights, a decoding-size input, a norm ",
+                  "and a residual");
+    forward_cached_impl(ctx, x, y, caches, s, &norm, residual);
+  }
+  bool fuses_decode(TensorView<const T> x) const {
+    return q_proj.small_forward_ok(x) && k_proj.small_forward_ok(x) && v_proj.small_forward_ok(x) &&
+           o_proj.frozen_weight_bf16() && (n_heads * head_dim) % 8 == 0;
+  }
+
+ private:
+  void forward_cached_impl(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y,
+                           KvCache<T, B>* const* caches, Saved& s, const ops::SmallLinearNorm* norm,
+                           const T* residual) const {
     static_assert(
         mask::Cached<Mask>::supported && mask::Cached<Mask>::causal,
         "SelfAttention::forward_cached needs a causal mask (optionally windowed / with document cuts)");
     TESSERA_CHECK(x.size(0) == ctx.rows(), "SelfAttention::forward_cached: ", x.size(0),
                   " rows but the context has ", ctx.batch, " x ", ctx.seq);
-    if (!project_qkv_small(x, s)) {
+    if (!project_qkv_small(x, s, norm ? *norm : ops::SmallLinearNorm{})) {
       const bf16* x16 = shared_input_bf16(x);  // bf16 compute: one cast of x for the three projections
       q_proj.forward(ctx, x, s.q, s.q_s, x16);
       k_proj.forward(ctx, x, s.k, s.k_s, x16);
@@ -144,8 +166,17 @@ struct SelfAttention {
       else
         ops::attention_forward(B{}, d, m, qb, c.k(), c.v(), ob, static_cast<T*>(nullptr));
     }
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
+      if (residual) {
+        ops::SmallLinearOut o = o_proj.small_output(y, n);
+        o.residual = residual;
+        return ops::linear_small_bf16(B{}, s.attn.data(), n, qw, &o, 1);
+      }
+    }
     o_proj.forward(ctx, s.attn, y, s.o_s);
   }
+
+ public:
 
   void backward(const SeqContext& ctx, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {
     if constexpr (has_bf16_attention) {
@@ -187,10 +218,12 @@ struct SelfAttention {
 
   /// The all-bf16 path: bf16 attention and all four projections in bf16 (set_compute_precision sets them
   /// together). Then the layer keeps bf16 copies only (Saved::x16 .. o16): the input is cast once for the
-  /// three projections and their backward; q, k, v exist in fp32 only between their GEMMs and the cast after
-  /// RoPE (per-thread scratch); the kernel's bf16 output feeds o_proj directly. The numbers are those of the
-  /// mixed path above (every operand is the same bf16 value), with 8 fewer casts per layer and step and half
-  /// the saved bytes.
+  /// three projections and their backward; q and k exist in fp32 only between their GEMMs and the RoPE that
+  /// writes their bf16 copies (per-thread scratch), v's GEMM writes bf16, and the kernel's bf16 output feeds
+  /// o_proj directly. Backward: o_proj writes dO in bf16, the kernel's bf16 dq/dk are rotated back in place,
+  /// and the projections' backward reads the bf16 gradients. The numbers are those of the mixed path above
+  /// (every operand is the same bf16 value, every rounding happens once at the same place) with one cast and
+  /// one RoPE launch per direction instead of 13 casts and 4 RoPE launches, and half the saved bytes.
   bool all_bf16(const SeqContext& ctx) const {
     return use_bf16_attention(ctx) && q_proj.computes_in_bf16() && k_proj.computes_in_bf16() &&
            v_proj.computes_in_bf16() && o_proj.computes_in_bf16();
@@ -198,17 +231,22 @@ struct SelfAttention {
   void forward_bf16(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s) const {
     if constexpr (has_bf16_attention) {
       const int64_t n = ctx.rows();
-      auto& [unused, q, k, v] = shared_scratch<SelfAttention, T, B, 4>();  // the backward's dq, dk, dv
-      (void)unused;
+      auto& [unused, q, k, unused_v] = shared_scratch<SelfAttention, T, B, 4>();  // the mixed backward's dq, dk
+      (void)unused, (void)unused_v;
       s.x16.resize_uninit(x.shape);
       ops::cast(B{}, s.x16.data(), x.data(), x.numel());
       q_proj.forward(ctx, x, q, s.q_s, s.x16.data());
       k_proj.forward(ctx, x, k, s.k_s, s.x16.data());
-      v_proj.forward(ctx, x, v, s.v_s, s.x16.data());
-      rope_forward_qk(ctx, s, q, k);
-      cast_to(s.q16, q);
-      cast_to(s.k16, k);
-      cast_to(s.v16, v);
+      v_proj.forward_to_bf16(ctx, x, s.v16, s.v_s, s.x16.data());
+      s.q16.resize_uninit(q.shape());
+      s.k16.resize_uninit(k.shape());
+      if constexpr (Rope::enabled) {
+        ops::rope_qk(B{}, q.data(), k.data(), s.q16.data(), s.k16.data(), positions(ctx, s), n, n_heads,
+                     n_kv_heads, head_dim, rope_theta, Rope::style, false);
+      } else {
+        ops::cast(B{}, s.q16.data(), q.data(), q.numel());
+        ops::cast(B{}, s.k16.data(), k.data(), k.numel());
+      }
       s.o16.resize_uninit({n, n_heads * head_dim});
       s.lse.resize_uninit({ctx.batch, n_heads, ctx.seq});
       ops::attention_forward(B{}, dims(ctx), *mask::PositionOnly<Mask>::make(ctx), s.q16.data(), s.k16.data(),
@@ -218,38 +256,34 @@ struct SelfAttention {
   }
   void backward_bf16(const SeqContext& ctx, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {
     if constexpr (has_bf16_attention) {
-      auto& [d_attn, dq, dk, dv] = shared_scratch<SelfAttention, T, B, 4>();
       auto& [q16, k16, v16, o16, do16, dq16, dk16, dv16, x16] = scratch16();
-      o_proj.backward(ctx, dy, d_attn, s.o_s, false, s.o16.data());
-      cast_to(do16, d_attn);
+      o_proj.backward_to_bf16(ctx, dy, do16, s.o_s, s.o16.data());
       dq16.resize_uninit(s.q16.shape());
       dk16.resize_uninit(s.k16.shape());
       dv16.resize_uninit(s.v16.shape());
       ops::attention_backward(B{}, dims(ctx), *mask::PositionOnly<Mask>::make(ctx), s.q16.data(),
                               s.k16.data(), s.v16.data(), s.o16.data(), s.lse.data(), do16.data(),
                               dq16.data(), dk16.data(), dv16.data());
-      dq.resize_uninit(s.q16.shape());
-      dk.resize_uninit(s.k16.shape());
-      dv.resize_uninit(s.v16.shape());
-      ops::cast(B{}, dq.data(), dq16.data(), dq.numel());
-      ops::cast(B{}, dk.data(), dk16.data(), dk.numel());
-      ops::cast(B{}, dv.data(), dv16.data(), dv.numel());
-      rope_backward_qk(ctx, s, dq, dk);
-      q_proj.backward(ctx, dq, dx, s.q_s, false, s.x16.data());
-      k_proj.backward(ctx, dk, dx, s.k_s, true, s.x16.data());
-      v_proj.backward(ctx, dv, dx, s.v_s, true, s.x16.data());
+      if constexpr (Rope::enabled) {
+        const int64_t* pos = ctx.positions ? ctx.positions : s.positions.data();
+        ops::rope_qk(B{}, dq16.data(), dk16.data(), dq16.data(), dk16.data(), pos, ctx.rows(), n_heads,
+                     n_kv_heads, head_dim, rope_theta, Rope::style, true);
+      }
+      q_proj.backward_from_bf16(ctx, dq16.data(), dx, s.q_s, false, s.x16.data());
+      k_proj.backward_from_bf16(ctx, dk16.data(), dx, s.k_s, true, s.x16.data());
+      v_proj.backward_from_bf16(ctx, dv16.data(), dx, s.v_s, true, s.x16.data());
     }
   }
 
   /// Decoding-size inference with frozen bf16 weights (Linear::small_forward_ok): q, k and v of the same x in
   /// one launch (ops::linear_small_bf16) into s.q, s.k, s.v. False (nothing done) when it does not apply.
-  bool project_qkv_small(TensorView<const T> x, Saved& s) const {
+  bool project_qkv_small(TensorView<const T> x, Saved& s, ops::SmallLinearNorm norm = {}) const {
     if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
       if (!q_proj.small_forward_ok(x) || !k_proj.small_forward_ok(x) || !v_proj.small_forward_ok(x)) return false;
       const int64_t n = x.size(0);
       const ops::SmallLinearOut outs[] = {q_proj.small_output(s.q, n), k_proj.small_output(s.k, n),
                                           v_proj.small_output(s.v, n)};
-      ops::linear_small_bf16(B{}, x.data(), n, dim, outs, 3);
+      ops::linear_small_bf16(B{}, x.data(), n, dim, outs, 3, norm);
       return true;
     } else {
       return false;

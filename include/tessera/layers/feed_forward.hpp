@@ -50,6 +50,9 @@ struct SwiGlu {
     auto& scratch = shared_scratch<SwiGlu, T, B, 3>();  // backward temporaries (context.hpp)
     Tensor<T, B>& dh = scratch[0];
     down_proj.backward(ctx, dy, dh, s.down_s, false, bf16_path ? s.h16.data() : nullptr);
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
+      if (bf16_path) return backward_gate_up_bf16(ctx, dh, dx, s);
+    }
     Tensor<T, B>& dgate = scratch[1];
     Tensor<T, B>& dup = scratch[2];
     dgate.resize_uninit(s.gate.shape());
@@ -63,9 +66,10 @@ struct SwiGlu {
 
  private:
   /// All three projections in bf16 (set_compute_precision sets them together): the input is cast once for
-  /// gate/up and their backward, and the hidden activation exists in fp32 only between the SwiGLU and its
-  /// cast (per-thread scratch: the backward's dh); Saved keeps bf16(x) and bf16(h) instead of h in fp32. Same
-  /// numbers as the per-projection casts, with 2 fewer casts per layer and step and fewer saved bytes.
+  /// gate/up and their backward, the SwiGLU writes h in bf16 for down_proj (Saved keeps bf16(x) and bf16(h)
+  /// instead of h in fp32), and its backward writes the gate/up gradients in bf16 for their GEMMs. Same
+  /// numbers as the per-projection casts (each value rounded once, at the same place), with 2 casts per
+  /// layer and step instead of 6, and fewer bytes moved and saved.
   bool all_bf16() const {
     return gate_proj.computes_in_bf16() && up_proj.computes_in_bf16() && down_proj.computes_in_bf16();
   }
@@ -76,34 +80,63 @@ struct SwiGlu {
       ops::cast(B{}, s.x16.data(), x.data(), x.numel());
       gate_proj.forward(ctx, x, s.gate, s.gate_s, s.x16.data());
       up_proj.forward(ctx, x, s.up, s.up_s, s.x16.data());
-      Tensor<T, B>& h = shared_scratch<SwiGlu, T, B, 3>()[0];
-      h.resize_uninit(s.gate.shape());
-      ops::swiglu_forward(B{}, h.data(), s.gate.data(), s.up.data(), n, hidden);
-      s.h16.resize_uninit(h.shape());
-      ops::cast(B{}, s.h16.data(), h.data(), h.numel());
+      s.h16.resize_uninit(s.gate.shape());
+      ops::swiglu_forward(B{}, s.h16.data(), s.gate.data(), s.up.data(), n, hidden);
       down_proj.forward_bf16_input(ctx, s.h16.data(), n, y, s.down_s);
+    }
+  }
+  void backward_gate_up_bf16(const SeqContext& ctx, const Tensor<T, B>& dh, Tensor<T, B>& dx, Saved& s) {
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
+      auto& [dgate16, dup16] = shared_scratch<SwiGlu, bf16, B, 2>();
+      dgate16.resize_uninit(s.gate.shape());
+      dup16.resize_uninit(s.up.shape());
+      ops::swiglu_backward(B{}, dgate16.data(), dup16.data(), dh.data(), s.gate.data(), s.up.data(),
+                           s.gate.size(0), hidden);
+      gate_proj.backward_from_bf16(ctx, dgate16.data(), dx, s.gate_s, false, s.x16.data());
+      up_proj.backward_from_bf16(ctx, dup16.data(), dx, s.up_s, true, s.x16.data());  // dx += dup W_up
     }
   }
 
   /// Decoding-size inference with frozen bf16 weights (Linear::small_forward_ok): gate, up and the SwiGLU in
   /// one launch (ops::swiglu_small_bf16), then down_proj's small product — 2 launches instead of 6. No
   /// backward (frozen weights refuse it).
-  bool forward_small(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s) const {
+  bool forward_small(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s,
+                     ops::SmallLinearNorm norm = {}, const T* residual = nullptr) const {
     if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
-      if (!gate_proj.small_forward_ok(x) || !up_proj.small_forward_ok(x) || !down_proj.frozen_weight_bf16() ||
-          hidden % 8 != 0)
-        return false;
+      if (!fuses_decode(x)) return false;
       const int64_t n = x.size(0);
       Tensor<T, B>& h = shared_scratch<SwiGlu, T, B, 3>()[0];
       h.resize_uninit({n, hidden});
       ops::swiglu_small_bf16(B{}, x.data(), n, dim, gate_proj.frozen_weight_bf16(), up_proj.frozen_weight_bf16(),
-                             hidden, h.data());
-      down_proj.forward(ctx, h, y, s.down_s);
+                             hidden, h.data(), norm);
+      if (!residual) {
+        down_proj.forward(ctx, h, y, s.down_s);
+      } else {
+        ops::SmallLinearOut o = down_proj.small_output(y, n);
+        o.residual = residual;
+        ops::linear_small_bf16(B{}, h.data(), n, hidden, &o, 1);
+      }
       return true;
     } else {
       return false;
     }
   }
+
+ public:
+  /// Decoding with frozen bf16 weights: the RMSNorm in front of the layer (gain and eps in `norm`; x is the
+  /// norm's input) and the residual add after it fused into the small products: y = residual +
+  /// swiglu(rmsnorm(x)) in 2 launches. Only where fuses_decode(x) holds.
+  void forward_fused(const SeqContext& ctx, TensorView<const T> x, ops::SmallLinearNorm norm, const T* residual,
+                     Tensor<T, B>& y, Saved& s) const {
+    TESSERA_CHECK(norm.weight && residual && forward_small(ctx, x, y, s, norm, residual),
+                  "SwiGlu::forward_fused: needs frozen bf16 weights, a decoding-size input, a norm and a residual");
+  }
+  bool fuses_decode(TensorView<const T> x) const {
+    return gate_proj.small_forward_ok(x) && up_proj.small_forward_ok(x) && down_proj.frozen_weight_bf16() &&
+           hidden % 8 == 0;
+  }
+
+ private:
 
   /// bf16(x) in scratch when gate and up compute in bf16 (nullptr otherwise: each casts for itself).
   const bf16* shared_input_bf16(TensorView<const T> x) const {

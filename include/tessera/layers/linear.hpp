@@ -97,17 +97,68 @@ struct Linear {
     s.x = TensorView<const T>(nullptr, Shape{n, in});  // the shape only: the data is x16
     if constexpr (kMixed) forward_bf16(s.x, x16, y);
   }
+  /// bf16 compute only: y16 [n, out] = bf16(x Wᵀ (+ b)), the product rounded once (what a cast of forward()'s
+  /// y gives) for a consumer that reads bf16 only (the attention kernel's v); x16 as in forward.
+  void forward_to_bf16(const SeqContext& ctx, TensorView<const T> x, Tensor<bf16, B>& y16, Saved& s,
+                       const bf16* x16 = nullptr) const {
+    TESSERA_CHECK(computes_in_bf16(), "Linear::forward_to_bf16: needs bf16 compute");
+    TESSERA_CHECK(x.rank() == 2 && x.size(1) == in, "Linear: input ", x.shape, " does not match in_features ", in);
+    const int64_t n = x.size(0);
+    y16.resize_uninit({n, out});
+    s.x = x;
+    if constexpr (kMixed) {
+      if (bias()) {  // the bias is added in fp32, then rounded
+        Tensor<T, B>& y = scratch_f32()[0];
+        forward(ctx, x, y, s, x16);
+        return ops::cast(B{}, y16.data(), y.data(), n * out);
+      }
+      if (!x16) x16 = cast_input(x);
+      if (!weight_frozen_) cast_weight();
+      ops::gemm(B{}, false, true, n, out, in, 1.0f, x16, in, weight_bf16_.data(), in, 0.0f, y16.data(), out);
+    }
+  }
+  /// bf16 compute only: the backward from a gradient that exists only in bf16 (dy16 [n, out], e.g. the bf16
+  /// attention kernel's dq/dk/dv). The bf16 backward rounds dy to bf16 anyway, so the numbers are those of
+  /// backward() given float(dy16), without the fp32 copy and its cast. dx, accumulate_dx, x16 as in backward.
+  void backward_from_bf16(const SeqContext& ctx, const bf16* dy16, Tensor<T, B>& dx, Saved& s,
+                          bool accumulate_dx = false, const bf16* x16 = nullptr) {
+    TESSERA_CHECK(computes_in_bf16() && dy16, "Linear::backward_from_bf16: needs bf16 compute and a gradient");
+    const int64_t n = s.x.size(0);
+    if constexpr (kMixed) {
+      if (bias_grad()) {  // the bias gradient sums dy in fp32
+        Tensor<T, B>& dy = scratch_f32()[0];
+        dy.resize_uninit({n, out});
+        ops::cast(B{}, dy.data(), dy16, n * out);
+        return backward(ctx, dy, dx, s, accumulate_dx, x16);
+      }
+      prepare_dx(dx, n, accumulate_dx);
+      backward_gemms(dy16, dx.data(), nullptr, accumulate_dx, x16, s);
+    }
+  }
+  /// bf16 compute only: backward() whose input gradient is wanted in bf16 (dx16 [n, in], overwritten),
+  /// rounded once from the fp32 accumulator (a cast of backward()'s dx) — for a consumer that reads bf16
+  /// only (the attention kernel's dO).
+  void backward_to_bf16(const SeqContext&, TensorView<const T> dy, Tensor<bf16, B>& dx16, Saved& s,
+                        const bf16* x16 = nullptr) {
+    TESSERA_CHECK(computes_in_bf16(), "Linear::backward_to_bf16: needs bf16 compute");
+    const int64_t n = s.x.size(0);
+    dx16.resize_uninit({n, in});
+    if constexpr (kMixed) {
+      check_bf16_backward(x16, s);
+      auto& dy16 = scratch()[1];
+      dy16.resize_uninit({n, out});
+      ops::cast(B{}, dy16.data(), dy.data(), n * out);
+      backward_gemms(dy16.data(), nullptr, dx16.data(), false, x16, s);
+      if (bias_grad()) ops::row_bias_backward(B{}, bias_grad(), dy.data(), n, out);
+    }
+  }
+
   /// dy: [N, out] -> dx: [N, in] (overwritten, or += when accumulate_dx: then dx already holds [N, in]); dW,
   /// db accumulated. x16: as in forward (bf16(x) of the forward's input, cast by the caller).
   void backward(const SeqContext&, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s, bool accumulate_dx = false,
                 const bf16* x16 = nullptr) {
     const int64_t n = s.x.size(0);
-    if (accumulate_dx) {
-      TESSERA_CHECK(dx.numel() == n * in, "Linear: accumulating into dx of ", dx.shape(), ", expected [", n, ", ",
-                    in, "]");
-    } else {
-      dx.resize_uninit({n, in});
-    }
+    prepare_dx(dx, n, accumulate_dx);
     if constexpr (kMixed) {
       if (compute_precision == Precision::bf16) return backward_bf16(dy, dx.data(), accumulate_dx, x16, s);
     }
@@ -134,6 +185,16 @@ struct Linear {
   bool weight_frozen_ = false;  // weight_bf16_ is kept (inference), not re-cast per forward
 
   static std::array<Tensor<bf16, B>, 2>& scratch() { return shared_scratch<Linear, bf16, B, 2>(); }
+  static std::array<Tensor<T, B>, 1>& scratch_f32() { return shared_scratch<Linear, T, B, 1>(); }
+
+  void prepare_dx(Tensor<T, B>& dx, int64_t n, bool accumulate_dx) const {
+    if (accumulate_dx) {
+      TESSERA_CHECK(dx.numel() == n * in, "Linear: accumulating into dx of ", dx.shape(), ", expected [", n, ", ",
+                    in, "]");
+    } else {
+      dx.resize_uninit({n, in});
+    }
+  }
 
   void cast_weight() const {
     weight_bf16_.resize_uninit({out, in});
@@ -156,21 +217,32 @@ struct Linear {
     ops::gemm(B{}, false, true, n, out, in, 1.0f, x16, in, weight_bf16_.data(), in, 0.0f, y.data(), out);
     if (bias()) ops::add_row_bias(B{}, y.data(), bias(), n, out);
   }
-  void backward_bf16(TensorView<const T> dy, T* dx, bool accumulate_dx, const bf16* x16, Saved& s) {
-    const int64_t n = s.x.size(0);
+  void check_bf16_backward(const bf16* x16, const Saved& s) const {
     TESSERA_CHECK(weight_bf16_.numel() == out * in, "Linear: bf16 backward without a bf16 forward");
     TESSERA_CHECK(!weight_frozen_, "Linear: backward with frozen bf16 weights (freeze_bf16_weights is for ",
                   "inference; set_compute_precision unfreezes them for training)");
     TESSERA_CHECK(x16 || s.x.data(), "Linear: the backward of forward_bf16_input needs its x16");
+  }
+  void backward_bf16(TensorView<const T> dy, T* dx, bool accumulate_dx, const bf16* x16, Saved& s) {
+    const int64_t n = s.x.size(0);
+    check_bf16_backward(x16, s);
     auto& dy16 = scratch()[1];
     dy16.resize_uninit({n, out});
     ops::cast(B{}, dy16.data(), dy.data(), n * out);
-    if (dx)
-      ops::gemm(B{}, false, false, n, in, out, 1.0f, dy16.data(), out, weight_bf16_.data(), in,
-                accumulate_dx ? 1.0f : 0.0f, dx, in);
-    if (!x16) x16 = cast_input(s.x);
-    ops::gemm(B{}, true, false, out, in, n, 1.0f, dy16.data(), out, x16, in, 1.0f, params.weight.grad.data(), in);
+    backward_gemms(dy16.data(), dx, nullptr, accumulate_dx, x16, s);
     if (bias_grad()) ops::row_bias_backward(B{}, bias_grad(), dy.data(), n, out);
+  }
+  /// dx (fp32, overwritten or accumulated) or dx16 (bf16, overwritten) = dy16 W; dW += dy16ᵀ bf16(x).
+  void backward_gemms(const bf16* dy16, T* dx, bf16* dx16, bool accumulate_dx, const bf16* x16, Saved& s) {
+    check_bf16_backward(x16, s);
+    const int64_t n = s.x.size(0);
+    if (dx)
+      ops::gemm(B{}, false, false, n, in, out, 1.0f, dy16, out, weight_bf16_.data(), in,
+                accumulate_dx ? 1.0f : 0.0f, dx, in);
+    else if (dx16)
+      ops::gemm(B{}, false, false, n, in, out, 1.0f, dy16, out, weight_bf16_.data(), in, 0.0f, dx16, in);
+    if (!x16) x16 = cast_input(s.x);
+    ops::gemm(B{}, true, false, out, in, n, 1.0f, dy16, out, x16, in, 1.0f, params.weight.grad.data(), in);
   }
 };
 

@@ -97,6 +97,19 @@ void llama_block_forward_cached(const LlamaBlock<T, Mask, B>& blk, const SeqCont
                                 KvCache<T, B>* const* caches, LlamaBlockScratch<T, Mask, B>& s) {
   const auto& attn_part = std::get<0>(blk.layers);
   const auto& mlp_part = std::get<1>(blk.layers);
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
+    // Frozen bf16 weights at decoding sizes: both norms and both residual adds ride in the layers' small
+    // products (8 launches per block, as many as the layers' own).
+    const auto& attn = attn_part.inner.inner;
+    const auto& mlp = mlp_part.inner.inner;
+    if (attn.fuses_decode(x) && mlp.fuses_decode(x)) {
+      const auto& n1 = attn_part.norm.inner;
+      const auto& n2 = mlp_part.norm.inner;
+      attn.forward_cached_fused(ctx, x, {n1.params.weight.value.data(), n1.eps}, x.data(), s.h, caches, s.attn);
+      mlp.forward_fused(ctx, s.h, {n2.params.weight.value.data(), n2.eps}, s.h.data(), y, s.mlp);
+      return;
+    }
+  }
   attn_part.norm.inner.forward(ctx, x, s.normed, s.n1);
   attn_part.inner.inner.forward_cached(ctx, s.normed, s.h, caches, s.attn);
   ops::add_inplace(B{}, s.h.data(), x.data(), x.numel());

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "tessera/core/backend.hpp"
+#include "tessera/core/dtype.hpp"
 #include "tessera/core/error.hpp"
 
 namespace tessera::ops {
@@ -165,6 +166,12 @@ void gelu_backward(cuda, float* dx, const float* dy, const float* x, int64_t n,
 void swiglu_forward(cuda, float* out, const float* gate, const float* up, int64_t N, int64_t H,
                     int64_t gu_stride = 0);
 void swiglu_backward(cuda, float* dgate, float* dup, const float* dout, const float* gate, const float* up,
+                     int64_t N, int64_t H, int64_t gu_stride = 0);
+/// bf16 outputs (rounded once from the fp32 results; out / dgate / dup laid out as above): the all-bf16 SwiGLU
+/// (layers/feed_forward.hpp) feeds them straight to its bf16 GEMMs.
+void swiglu_forward(cuda, bf16* out, const float* gate, const float* up, int64_t N, int64_t H,
+                    int64_t gu_stride = 0);
+void swiglu_backward(cuda, bf16* dgate, bf16* dup, const float* dout, const float* gate, const float* up,
                      int64_t N, int64_t H, int64_t gu_stride = 0);
 
 }  // namespace tessera::ops

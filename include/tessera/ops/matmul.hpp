@@ -68,19 +68,28 @@ void gemm(cuda, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, 
 /// route, which casts x first), products and sums in fp32, y_g [M, n_g] fp32. For one decoded token the
 /// product is a matrix-vector product bound by the weight bytes; this replaces a cast and one GEMM per weight.
 /// small_linear_supported: whether x qualifies (M in range, K % 8 == 0, x 16-byte aligned).
+/// A decoding step's neighbours fuse in: with `norm` set, x is first RMS-normalised row by row with that gain
+/// [K] (16-byte aligned) and eps (rmsnorm_forward's formula, then the bf16 rounding); an output's `residual`
+/// [M, n] (may alias y) is added: y = residual + product + bias.
 inline constexpr int64_t kSmallLinearRows = 8;
 struct SmallLinearOut {
   const bf16* w;
   const float* bias;  // [n] or null
   float* y;
   int64_t n;
+  const float* residual = nullptr;
+};
+struct SmallLinearNorm {
+  const float* weight = nullptr;  // null: no normalisation
+  double eps = 0;
 };
 bool small_linear_supported(cuda, const float* x, int64_t M, int64_t K);
-void linear_small_bf16(cuda, const float* x, int64_t M, int64_t K, const SmallLinearOut* outs, int n_outs);
+void linear_small_bf16(cuda, const float* x, int64_t M, int64_t K, const SmallLinearOut* outs, int n_outs,
+                       SmallLinearNorm norm = {});
 /// SwiGLU's hidden activation for decoding-size inputs: y [M, N] = silu(bf16(x) W_gateᵀ) * (bf16(x) W_upᵀ),
-/// the two products and the gate in one launch (same operands as above).
+/// the two products and the gate in one launch (same operands and norm as above).
 void swiglu_small_bf16(cuda, const float* x, int64_t M, int64_t K, const bf16* w_gate, const bf16* w_up,
-                       int64_t N, float* y);
+                       int64_t N, float* y, SmallLinearNorm norm = {});
 
 /// y[i, :] += bias for n rows of width D (a linear layer's bias).
 template <class T>

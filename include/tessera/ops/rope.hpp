@@ -123,12 +123,15 @@ void rope_forward(cuda, float* x, int64_t stride, const int64_t* positions, int6
 void rope_backward(cuda, float* dx, int64_t stride, const int64_t* positions, int64_t N, int64_t H, int64_t Dh,
                    double theta, RopeStyle style);
 /// rope_qk on CUDA, one launch for both head sets: fp32 in place (q_out == q, k_out == k), fp32 -> bf16 (the
-/// bf16 attention's operands: rotated in fp32, rounded once) and bf16 -> fp32 (its gradients, rotated exactly).
+/// bf16 attention's operands: rotated in fp32, rounded once), bf16 -> fp32 (rotated exactly) and bf16 -> bf16
+/// (the bf16 attention's gradients for bf16 GEMMs: rotated in fp32, rounded once; may be in place).
 void rope_qk(cuda, const float* q, const float* k, float* q_out, float* k_out, const int64_t* positions,
              int64_t N, int64_t Hq, int64_t Hk, int64_t Dh, double theta, RopeStyle style, bool inverse);
 void rope_qk(cuda, const float* q, const float* k, bf16* q_out, bf16* k_out, const int64_t* positions,
              int64_t N, int64_t Hq, int64_t Hk, int64_t Dh, double theta, RopeStyle style, bool inverse);
 void rope_qk(cuda, const bf16* q, const bf16* k, float* q_out, float* k_out, const int64_t* positions,
+             int64_t N, int64_t Hq, int64_t Hk, int64_t Dh, double theta, RopeStyle style, bool inverse);
+void rope_qk(cuda, const bf16* q, const bf16* k, bf16* q_out, bf16* k_out, const int64_t* positions,
              int64_t N, int64_t Hq, int64_t Hk, int64_t Dh, double theta, RopeStyle style, bool inverse);
 
 }  // namespace tessera::ops
