@@ -562,3 +562,65 @@ TEST(CudaMixedPrecision, FrozenLlamaDecodesLikeTheCastRoute) {
   }
   std::cout << "[cuda-mixed] frozen Llama decoding vs the cast route: max logits rel err " << worst << "\n";
 }
+
+// The bf16-in / bf16-out entry points of Linear (the all-bf16 attention and SwiGLU paths use them) give the
+// numbers of the fp32-interface calls bit for bit: forward_to_bf16 = bf16(forward), backward_from_bf16(dy16)
+// = backward(float(dy16)) (dx, dW, db), backward_to_bf16 = bf16(backward's dx) with the same dW, db — with a
+// bias (whose fp32 add / sum takes the fallback route) and without.
+TEST(CudaMixedPrecision, Bf16EntryPointsOfLinearMatchTheFp32Interface) {
+  TESSERA_NEED_GPU();
+  const int64_t n = 11, in = 40, out = 24;
+  for (const bool bias : {false, true}) {
+    SCOPED_TRACE(bias ? "bias" : "no bias");
+    Linear<float, cuda> a, b;
+    a.setup(in, out, bias);
+    b.setup(in, out, bias);
+    const auto w = normals(out * in, 90), bv = normals(out, 91), x = normals(n * in, 92), dy = normals(n * out, 93);
+    for (auto* l : {&a, &b}) {
+      cuda_mem::to_device(l->params.weight.value.data(), w.data(), w.size() * 4);
+      if (bias) cuda_mem::to_device(l->params.bias.value.data(), bv.data(), bv.size() * 4);
+      allocate_grads(*l);
+      set_compute_precision(*l, Precision::bf16);
+    }
+    // dy exactly representable in bf16, so that backward(float(dy16)) sees the same dy.
+    std::vector<float> dy_r(dy.size());
+    for (size_t i = 0; i < dy.size(); ++i) dy_r[i] = static_cast<float>(round_bf16(dy[i]));
+    const auto xd = upload(x), dyd = upload(dy_r);
+    Tensor<bf16, cuda> dy16({n, out});
+    ops::cast(cuda{}, dy16.data(), dyd.data(), n * out);
+    const TensorView<const float> xv(xd.data(), {n, in}), dyv(dyd.data(), {n, out});
+    SeqContext ctx;
+    auto bits16 = [](const Tensor<bf16, cuda>& t) {
+      std::vector<uint16_t> r;
+      for (const bf16 v : download(t.data(), t.numel())) r.push_back(v.bits);
+      return r;
+    };
+    auto cast16 = [&](const Tensor<float, cuda>& t) {
+      Tensor<bf16, cuda> c(t.shape());
+      ops::cast(cuda{}, c.data(), t.data(), t.numel());
+      return bits16(c);
+    };
+    auto grads = [&](Linear<float, cuda>& l) {
+      auto g = download(l.params.weight.grad.data(), out * in);
+      if (bias) {
+        const auto gb = download(l.params.bias.grad.data(), out);
+        g.insert(g.end(), gb.begin(), gb.end());
+      }
+      return g;
+    };
+    Linear<float, cuda>::Saved sa, sb;
+    Tensor<float, cuda> y, dx_a, dx_b;
+    Tensor<bf16, cuda> y16, dx16;
+    a.forward(ctx, xv, y, sa);
+    b.forward_to_bf16(ctx, xv, y16, sb);
+    EXPECT_EQ(bits16(y16), cast16(y)) << "forward_to_bf16";
+    a.backward(ctx, dyv, dx_a, sa);
+    b.backward_from_bf16(ctx, dy16.data(), dx_b, sb);
+    EXPECT_EQ(download(dx_b.data(), dx_b.numel()), download(dx_a.data(), dx_a.numel())) << "backward_from_bf16 dx";
+    EXPECT_EQ(grads(b), grads(a)) << "backward_from_bf16 dW, db";
+    a.backward(ctx, dyv, dx_a, sa);
+    b.backward_to_bf16(ctx, dyv, dx16, sb);
+    EXPECT_EQ(bits16(dx16), cast16(dx_a)) << "backward_to_bf16 dx";
+    EXPECT_EQ(grads(b), grads(a)) << "backward_to_bf16 dW, db (accumulated twice)";
+  }
+}
