@@ -130,13 +130,14 @@ void gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, c
 
 inline constexpr int kSmallLinearMaxRows = 8, kSmallLinearMaxGroups = 3;
 /// One weight of linear_small_bf16: w [n, K] bf16 (16-byte aligned), bias [n] fp32 or null, y [M, n] fp32 =
-/// residual (null: none; may alias y) + product + bias.
+/// residual (null: none; may alias y; added residual_adds times) + product + bias.
 struct SmallLinearGroup {
   const uint16_t* w;
   const float* bias;
   float* y;
   int64_t n;
   const float* residual;
+  int residual_adds;
 };
 /// Whether x [M, K] suits the small products: K a positive multiple of 8, x 16-byte aligned.
 bool small_linear_supported(const float* x, int64_t K);

@@ -26,7 +26,8 @@ struct SmallGroup {
   const uint16_t* w;     // [n, K] bf16
   const uint16_t* w_up;  // gated: SwiGLU's up weight [n, K] (w is the gate's)
   const float* bias;     // [n] or null (not gated)
-  const float* residual;  // [M, n] or null: y = residual + product (may alias y)
+  const float* residual;  // [M, n] or null: y = residual + product (may alias y), added residual_adds times
+  int residual_adds;
   float* y;              // [M, n]
   int64_t n;
   int64_t tiles_end;  // cumulative warp tiles up to and including this group
@@ -137,7 +138,10 @@ __global__ void __launch_bounds__(kWarps * 32) linear_small_kernel(SmallArgs a) 
         if constexpr (!Gated) {
           if (grp.bias) v += grp.bias[c0 + c];
         }
-        if (grp.residual) v = grp.residual[r * grp.n + c0 + c] + v;
+        if (grp.residual) {
+          const float res = grp.residual[r * grp.n + c0 + c];
+          for (int t = 0; t < grp.residual_adds; ++t) v = res + v;
+        }
         grp.y[r * grp.n + c0 + c] = v;
       }
     }
@@ -224,7 +228,8 @@ void linear_small_bf16(const float* x, int64_t M, int64_t K, const SmallLinearGr
   a.norm_w = norm_w;
   a.norm_eps = norm_eps;
   for (int g = 0; g < n_groups; ++g)
-    a.g[g] = {groups[g].w, nullptr, groups[g].bias, groups[g].residual, groups[g].y, groups[g].n, 0};
+    a.g[g] = {groups[g].w,         nullptr, groups[g].bias, groups[g].residual, groups[g].residual_adds,
+              groups[g].y,         groups[g].n, 0};
   run(a, M, false, "linear_small_bf16");
 }
 
@@ -236,7 +241,7 @@ void swiglu_small_bf16(const float* x, int64_t M, int64_t K, const uint16_t* w_g
   a.K = K;
   a.norm_w = norm_w;
   a.norm_eps = norm_eps;
-  a.g[0] = {w_gate, w_up, nullptr, nullptr, y, N, 0};
+  a.g[0] = {w_gate, w_up, nullptr, nullptr, 0, y, N, 0};
   run(a, M, true, "swiglu_small_bf16");
 }
 

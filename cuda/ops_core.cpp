@@ -221,7 +221,11 @@ void linear_small_bf16(cuda, const float* x, int64_t M, int64_t K, const SmallLi
   TESSERA_CHECK(n_outs >= 1 && n_outs <= cuda_detail::kSmallLinearMaxGroups, "linear_small_bf16(cuda): ",
                 n_outs, " weights (1..", cuda_detail::kSmallLinearMaxGroups, ")");
   cuda_detail::SmallLinearGroup g[cuda_detail::kSmallLinearMaxGroups];
-  for (int i = 0; i < n_outs; ++i) g[i] = {bits(outs[i].w), outs[i].bias, outs[i].y, outs[i].n, outs[i].residual};
+  for (int i = 0; i < n_outs; ++i) {
+    TESSERA_CHECK(!outs[i].residual || (outs[i].residual_adds >= 1 && outs[i].residual_adds <= 4),
+                  "linear_small_bf16(cuda): residual_adds must be in 1..4, got ", outs[i].residual_adds);
+    g[i] = {bits(outs[i].w), outs[i].bias, outs[i].y, outs[i].n, outs[i].residual, outs[i].residual_adds};
+  }
   cuda_detail::linear_small_bf16(x, M, K, g, n_outs, norm.weight, norm.eps);
 }
 

@@ -192,7 +192,7 @@ TEST(CudaMixedPrecision, FrozenBf16WeightsAreCastOnceForInference) {
 // different widths, a bias on one of them. Tolerance 1e-5 (fp32 sums of <= 264 terms); against the
 // unrounded fp32 operands the error must be visibly larger, so an x that was not rounded fails. The fused
 // neighbours: an RMSNorm in front (the reference normalises in fp32 as rmsnorm_forward does, then rounds),
-// and a residual added to one output, once into a separate y and once in place (y aliasing the residual).
+// and a residual added to one output: into a separate y, in place (y aliasing the residual), and twice.
 TEST(CudaMixedPrecision, SmallProductsMultiplyBf16OperandsWithFp32Accumulation) {
   TESSERA_NEED_GPU();
   struct Case {
@@ -200,7 +200,8 @@ TEST(CudaMixedPrecision, SmallProductsMultiplyBf16OperandsWithFp32Accumulation) 
     std::vector<int64_t> n;
     bool gated;
     bool norm = false;
-    int residual = 0;  // 0: none; 1: on the last output, separate y; 2: on the last output, in place
+    int residual = 0;  // 0: none; 1: on the last output, separate y; 2: on the last output, in place; 3: as 1,
+                       // added twice (BLT's 2·x + o)
   };
   const std::vector<Case> cases = {
       {1, 72, {40, 8, 17}, false},  {3, 264, {33}, false},       {8, 72, {40, 8, 17}, false},
@@ -208,7 +209,7 @@ TEST(CudaMixedPrecision, SmallProductsMultiplyBf16OperandsWithFp32Accumulation) 
       {5, 8, {1}, false},           {7, 40, {3, 9}, false},      {1, 264, {24}, true},
       {5, 72, {24}, true},          {2, 16, {4100}, true},       {8, 16, {4100}, true},
       {3, 264, {33, 16}, false, true, 1}, {1, 72, {40}, false, true, 2}, {2, 72, {24}, true, true},
-      {8, 16, {4100}, false, false, 2}};
+      {8, 16, {4100}, false, false, 2}, {2, 72, {40, 24}, false, true, 3}};
   uint64_t seed = 100;
   for (const Case& c : cases) {
     SCOPED_TRACE(::testing::Message() << "M=" << c.M << " K=" << c.K << " groups=" << c.n.size()
@@ -253,7 +254,8 @@ TEST(CudaMixedPrecision, SmallProductsMultiplyBf16OperandsWithFp32Accumulation) 
           res[g] = normals(c.M * n, ++seed);
           cuda_mem::to_device(y[g].data(), res[g].data(), res[g].size() * 4);
           outs.back().residual = y[g].data();  // in place
-          if (c.residual == 1) {
+          if (c.residual == 3) outs.back().residual_adds = 2;
+          if (c.residual == 1 || c.residual == 3) {
             rd = upload(res[g]);
             outs.back().residual = rd.data();
             ops::fill(cuda{}, y[g].data(), 1e30f, y[g].numel());  // a separate y is overwritten, not read
@@ -283,7 +285,8 @@ TEST(CudaMixedPrecision, SmallProductsMultiplyBf16OperandsWithFp32Accumulation) 
       std::vector<double> ref16(c.M * n), ref32(c.M * n);
       for (int64_t r = 0; r < c.M; ++r)
         for (int64_t j = 0; j < n; ++j) {
-          const double b = (bias[o].empty() ? 0.0 : bias[o][j]) + (res[o].empty() ? 0.0 : res[o][r * n + j]);
+          const double b = (bias[o].empty() ? 0.0 : bias[o][j]) +
+                           (res[o].empty() ? 0.0 : (c.residual == 3 ? 2.0 : 1.0) * res[o][r * n + j]);
           ref16[r * n + j] = c.gated ? silu_times(product(0, r, j, true), product(1, r, j, true))
                                      : product(o, r, j, true) + b;
           ref32[r * n + j] = c.gated ? silu_times(product(0, r, j, false), product(1, r, j, false))

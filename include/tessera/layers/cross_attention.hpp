@@ -75,9 +75,39 @@ struct CrossAttention {
   /// (segment_ids = its segments).
   void forward_cached(const SeqContext& q, TensorView<const T> x, const KvCache<T, B>* const* caches,
                       Tensor<T, B>& y, Saved& s) const {
+    forward_cached_impl(q, x, caches, y, s, {}, nullptr, 0);
+  }
+  /// Decoding with frozen bf16 weights: forward_cached with an RMSNorm of the queries' input (gain and eps in
+  /// `norm`; x is the norm's input) and a residual added `residual_adds` times to the output, fused into the
+  /// small products of q_proj and o_proj. Only where fuses_decode(x) holds.
+  void forward_cached_fused(const SeqContext& q, TensorView<const T> x, ops::SmallLinearNorm norm,
+                            const T* residual, int residual_adds, const KvCache<T, B>* const* caches,
+                            Tensor<T, B>& y, Saved& s) const {
+    TESSERA_CHECK(fuses_decode(x) && norm.weight && residual,
+                  "CrossAttention::forward_cached_fused: needs frozen bf16 weights, a decoding-size input, a norm ",
+                  "and a residual");
+    forward_cached_impl(q, x, caches, y, s, norm, residual, residual_adds);
+  }
+  bool fuses_decode(TensorView<const T> x) const {
+    return q_proj.small_forward_ok(x) && o_proj.frozen_weight_bf16() && (n_heads * head_dim) % 8 == 0;
+  }
+
+ private:
+  void forward_cached_impl(const SeqContext& q, TensorView<const T> x, const KvCache<T, B>* const* caches,
+                           Tensor<T, B>& y, Saved& s, ops::SmallLinearNorm norm, const T* residual,
+                           int residual_adds) const {
     TESSERA_CHECK(x.size(0) == q.rows(), "CrossAttention::forward_cached: ", x.size(0),
                   " rows but the context has ", q.batch, " x ", q.seq);
-    q_proj.forward(q, x, s.q, s.q_s);
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
+      if (norm.weight) {
+        const ops::SmallLinearOut o = q_proj.small_output(s.q, x.size(0));
+        ops::linear_small_bf16(B{}, x.data(), x.size(0), x.size(1), &o, 1, norm);
+      } else {
+        q_proj.forward(q, x, s.q, s.q_s);
+      }
+    } else {
+      q_proj.forward(q, x, s.q, s.q_s);
+    }
     const int64_t w = n_heads * head_dim, kvw = n_kv_heads * head_dim;
     s.attn.resize_uninit({q.rows(), w});
     for (int64_t b = 0; b < q.batch; ++b) {
@@ -99,8 +129,18 @@ struct CrossAttention {
         ops::attention_forward(B{}, dims(qb, kb), Mask::make_cross(qb, kb), qp, c.k(), c.v(), op,
                                static_cast<T*>(nullptr));
     }
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
+      if (residual) {
+        ops::SmallLinearOut o = o_proj.small_output(y, q.rows());
+        o.residual = residual;
+        o.residual_adds = residual_adds;
+        return ops::linear_small_bf16(B{}, s.attn.data(), q.rows(), w, &o, 1);
+      }
+    }
     o_proj.forward(q, s.attn, y, s.o_s);
   }
+
+ public:
 
   /// dx (overwritten) and dsrc (overwritten) from dy; parameter gradients accumulated.
   void backward(const SeqContext& q, TensorView<const T> dy, Tensor<T, B>& dx, Tensor<T, B>& dsrc, Saved& s) {

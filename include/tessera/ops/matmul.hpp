@@ -70,7 +70,8 @@ void gemm(cuda, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, 
 /// small_linear_supported: whether x qualifies (M in range, K % 8 == 0, x 16-byte aligned).
 /// A decoding step's neighbours fuse in: with `norm` set, x is first RMS-normalised row by row with that gain
 /// [K] (16-byte aligned) and eps (rmsnorm_forward's formula, then the bf16 rounding); an output's `residual`
-/// [M, n] (may alias y) is added: y = residual + product + bias.
+/// [M, n] (may alias y) is added `residual_adds` times, each add rounded as a separate add kernel's would be
+/// (y = residual + product + bias; 2: BLT's patch cross-attention, 2·x + o).
 inline constexpr int64_t kSmallLinearRows = 8;
 struct SmallLinearOut {
   const bf16* w;
@@ -78,6 +79,7 @@ struct SmallLinearOut {
   float* y;
   int64_t n;
   const float* residual = nullptr;
+  int residual_adds = 1;
 };
 struct SmallLinearNorm {
   const float* weight = nullptr;  // null: no normalisation

@@ -44,6 +44,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 
@@ -485,10 +486,20 @@ class BltIncremental {
       if (dec.has_cross(i)) {
         const auto& cross = dec.cross_attn_layers.layers[i];
         for (int64_t b = 0; b < R; ++b) cross_ptrs_[b] = &rows[b]->cross[i];
-        cross.q_norm.forward(q, cur, qn_, rms_s_);
-        cross.attn.forward_cached(q, qn_, cross_ptrs_.data(), cbuf_, dec_cross_s_);
-        ops::add_inplace(B{}, cbuf_.data(), cur.data(), cur.numel());  // 2·x + o, as PatchCrossAttention
-        ops::add_inplace(B{}, cbuf_.data(), cur.data(), cur.numel());
+        bool fused = false;
+        if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
+          // Frozen bf16 weights at decoding sizes: q_norm and the double residual ride in the small products.
+          fused = cross.attn.fuses_decode(cur);
+          if (fused)
+            cross.attn.forward_cached_fused(q, cur, {cross.q_norm.params.weight.value.data(), cross.q_norm.eps},
+                                            cur.data(), 2, cross_ptrs_.data(), cbuf_, dec_cross_s_);
+        }
+        if (!fused) {
+          cross.q_norm.forward(q, cur, qn_, rms_s_);
+          cross.attn.forward_cached(q, qn_, cross_ptrs_.data(), cbuf_, dec_cross_s_);
+          ops::add_inplace(B{}, cbuf_.data(), cur.data(), cur.numel());  // 2·x + o, as PatchCrossAttention
+          ops::add_inplace(B{}, cbuf_.data(), cur.data(), cur.numel());
+        }
         cur = cbuf_;
       }
       for (int64_t b = 0; b < R; ++b) layer_ptrs_[b] = &rows[b]->decoder.layers[i];
