@@ -29,13 +29,13 @@ namespace tessera::cuda_detail {
 }
 
 // ---- TESSERA_CUDA_PROFILE=1: where the GPU time goes, per kernel ------------------------------------------
-// Every checked kernel launch (TESSERA_CUDA_CHECK_LAUNCH) and cuBLAS call (TESSERA_CUBLAS_CHECK) then records a
-// CUDA event on the default stream; the time between consecutive events is charged to the operation that
-// ends the interval, so gaps (launch latency, host synchronisation, copies) count towards the next operation —
-// exactly the per-operation cost of a launch-bound decoding loop. Events are folded every 4096 operations (one
-// synchronisation) and a table sorted by total time goes to stderr at exit. Off (one branch per launch) unless
-// the variable is set. TESSERA_CUDA_PROFILE=trace also prints each operation's name as it is issued (the
-// sequence of launches of, say, one decoding step).
+// Every checked kernel launch (TESSERA_CUDA_CHECK_LAUNCH) and cuBLAS call (TESSERA_CUBLAS_CHECK) then records
+// a CUDA event on the default stream; the time between consecutive events is charged to the operation that
+// ends the interval, so gaps (launch latency, host synchronisation, copies) count towards the next operation
+// — exactly the per-operation cost of a launch-bound decoding loop. Events are folded every 4096 operations
+// (one synchronisation) and a table sorted by total time goes to stderr at exit. Off (one branch per launch)
+// unless the variable is set. TESSERA_CUDA_PROFILE=trace also prints each operation's name as it is issued
+// (the sequence of launches of, say, one decoding step).
 class Profiler {
  public:
   static Profiler& get() {

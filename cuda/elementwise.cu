@@ -110,10 +110,18 @@ __global__ void gelu_backward_kernel(float* dx, const float* dy, const float* x,
 
 // fp32 values stored as fp32, or as bf16 bits (uint16_t: rounded to nearest even once); bf16 loads widen
 // exactly.
-__device__ inline float load_value(const float* p) { return *p; }
-__device__ inline float load_value(const uint16_t* p) { return bf16_to_float(*p); }
-__device__ inline void store_value(float* p, float v) { *p = v; }
-__device__ inline void store_value(uint16_t* p, float v) { *p = bf16_bits(v); }
+__device__ inline float load_value(const float* p) {
+  return *p;
+}
+__device__ inline float load_value(const uint16_t* p) {
+  return bf16_to_float(*p);
+}
+__device__ inline void store_value(float* p, float v) {
+  *p = v;
+}
+__device__ inline void store_value(uint16_t* p, float v) {
+  *p = bf16_bits(v);
+}
 
 // Out = float, or uint16_t when the result feeds a bf16 GEMM (the hidden activation, the gate/up gradients):
 // the same fp32 value rounded once, without an fp32 round trip through memory and a cast.
@@ -253,11 +261,11 @@ __global__ void rope_qk_kernel(const In* q, const In* k, Out* q_out, Out* k_out,
 }
 
 template <class In, class Out>
-void launch_rope_qk(const void* q, const void* k, void* q_out, void* k_out, const int64_t* positions, int64_t N,
-                    int Hq, int Hk, int Dh, double theta, bool interleaved, double sign) {
+void launch_rope_qk(const void* q, const void* k, void* q_out, void* k_out, const int64_t* positions,
+                    int64_t N, int Hq, int Hk, int Dh, double theta, bool interleaved, double sign) {
   rope_qk_kernel<In, Out><<<stride_blocks(N * (Dh / 2)), kThreads>>>(
-      static_cast<const In*>(q), static_cast<const In*>(k), static_cast<Out*>(q_out), static_cast<Out*>(k_out),
-      positions, N, Hq, Hk, Dh, theta, interleaved, sign);
+      static_cast<const In*>(q), static_cast<const In*>(k), static_cast<Out*>(q_out),
+      static_cast<Out*>(k_out), positions, N, Hq, Hk, Dh, theta, interleaved, sign);
   TESSERA_CUDA_CHECK_LAUNCH("rope_qk_kernel");
 }
 
@@ -371,13 +379,14 @@ void swiglu_forward_any(Out* out, const float* gate, const float* up, int64_t N,
 void swiglu_forward_f32(float* out, const float* gate, const float* up, int64_t N, int64_t H, int64_t ld) {
   swiglu_forward_any(out, gate, up, N, H, ld);
 }
-void swiglu_forward_bf16out(uint16_t* out, const float* gate, const float* up, int64_t N, int64_t H, int64_t ld) {
+void swiglu_forward_bf16out(uint16_t* out, const float* gate, const float* up, int64_t N, int64_t H,
+                            int64_t ld) {
   swiglu_forward_any(out, gate, up, N, H, ld);
 }
 
 template <class Out>
-void swiglu_backward_any(Out* dgate, Out* dup, const float* dout, const float* gate, const float* up, int64_t N,
-                         int64_t H, int64_t ld) {
+void swiglu_backward_any(Out* dgate, Out* dup, const float* dout, const float* gate, const float* up,
+                         int64_t N, int64_t H, int64_t ld) {
   TESSERA_CHECK(N >= 0 && H > 0, "swiglu_backward(cuda): bad sizes N=", N, " H=", H);
   TESSERA_CHECK(ld >= H, "swiglu_backward(cuda): gate/up row stride ", ld, " is smaller than the width ", H);
   if (N == 0) return;
@@ -505,7 +514,8 @@ void rope_qk(const void* q, const void* k, void* q_out, void* k_out, bool src_bf
   else if (!dst_bf16)
     launch_rope_qk<uint16_t, float>(q, k, q_out, k_out, positions, N, hq, hk, dh, theta, interleaved, sign);
   else
-    launch_rope_qk<uint16_t, uint16_t>(q, k, q_out, k_out, positions, N, hq, hk, dh, theta, interleaved, sign);
+    launch_rope_qk<uint16_t, uint16_t>(q, k, q_out, k_out, positions, N, hq, hk, dh, theta, interleaved,
+                                       sign);
 }
 
 void append_kv_f32(float* kdst, const float* k, int64_t k_stride, int64_t kw, float* vdst, const float* v,
@@ -514,8 +524,8 @@ void append_kv_f32(float* kdst, const float* k, int64_t k_stride, int64_t kw, fl
                 "append_kv(cuda): bad sizes rows=", rows, " widths ", kw, "/", vw, " strides ", k_stride, "/",
                 v_stride);
   if (rows == 0) return;
-  append_kv_kernel<<<stride_blocks(rows * (kw + vw + 1)), kThreads>>>(kdst, k, k_stride, kw, vdst, v, v_stride,
-                                                                      vw, seg_dst, seg, rows);
+  append_kv_kernel<<<stride_blocks(rows * (kw + vw + 1)), kThreads>>>(kdst, k, k_stride, kw, vdst, v,
+                                                                      v_stride, vw, seg_dst, seg, rows);
   TESSERA_CUDA_CHECK_LAUNCH("append_kv_kernel");
 }
 

@@ -32,7 +32,8 @@ void swiglu_forward_f32(float* out, const float* gate, const float* up, int64_t 
 void swiglu_backward_f32(float* dgate, float* dup, const float* dout, const float* gate, const float* up,
                          int64_t N, int64_t H, int64_t ld);
 /// The same with bf16 outputs (bit patterns, rounded once): the inputs of the following bf16 GEMMs.
-void swiglu_forward_bf16out(uint16_t* out, const float* gate, const float* up, int64_t N, int64_t H, int64_t ld);
+void swiglu_forward_bf16out(uint16_t* out, const float* gate, const float* up, int64_t N, int64_t H,
+                            int64_t ld);
 void swiglu_backward_bf16out(uint16_t* dgate, uint16_t* dup, const float* dout, const float* gate,
                              const float* up, int64_t N, int64_t H, int64_t ld);
 

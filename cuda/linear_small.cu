@@ -23,12 +23,12 @@ namespace {
 constexpr int kWarps = 8;  // warps per block (256 threads)
 
 struct SmallGroup {
-  const uint16_t* w;     // [n, K] bf16
-  const uint16_t* w_up;  // gated: SwiGLU's up weight [n, K] (w is the gate's)
-  const float* bias;     // [n] or null (not gated)
+  const uint16_t* w;      // [n, K] bf16
+  const uint16_t* w_up;   // gated: SwiGLU's up weight [n, K] (w is the gate's)
+  const float* bias;      // [n] or null (not gated)
   const float* residual;  // [M, n] or null: y = residual + product (may alias y), added residual_adds times
   int residual_adds;
-  float* y;              // [M, n]
+  float* y;  // [M, n]
   int64_t n;
   int64_t tiles_end;  // cumulative warp tiles up to and including this group
 };
@@ -41,9 +41,15 @@ struct SmallArgs {
   double norm_eps;
 };
 
-__device__ inline float lo_bf16(uint32_t w) { return __uint_as_float(w << 16); }
-__device__ inline float hi_bf16(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
-__device__ inline float round_bf16(float f) { return bf16_to_float(bf16_bits(f)); }
+__device__ inline float lo_bf16(uint32_t w) {
+  return __uint_as_float(w << 16);
+}
+__device__ inline float hi_bf16(uint32_t w) {
+  return __uint_as_float(w & 0xffff0000u);
+}
+__device__ inline float round_bf16(float f) {
+  return bf16_to_float(bf16_bits(f));
+}
 
 /// acc += dot(xs[0..8), the 8 bf16 of wv).
 __device__ inline float dot8(const float* xs, uint4 wv, float acc) {
@@ -169,14 +175,22 @@ int columns_per_warp(int64_t total_cols, int M, bool gated) {
 template <int C, bool Gated>
 void dispatch_rows(int M, const SmallArgs& a) {
   switch (M) {
-    case 1: return launch<1, C, Gated>(a);
-    case 2: return launch<2, C, Gated>(a);
-    case 3: return launch<3, C, Gated>(a);
-    case 4: return launch<4, C, Gated>(a);
-    case 5: return launch<5, C, Gated>(a);
-    case 6: return launch<6, C, Gated>(a);
-    case 7: return launch<7, C, Gated>(a);
-    default: return launch<8, C, Gated>(a);
+    case 1:
+      return launch<1, C, Gated>(a);
+    case 2:
+      return launch<2, C, Gated>(a);
+    case 3:
+      return launch<3, C, Gated>(a);
+    case 4:
+      return launch<4, C, Gated>(a);
+    case 5:
+      return launch<5, C, Gated>(a);
+    case 6:
+      return launch<6, C, Gated>(a);
+    case 7:
+      return launch<7, C, Gated>(a);
+    default:
+      return launch<8, C, Gated>(a);
   }
 }
 
@@ -228,8 +242,8 @@ void linear_small_bf16(const float* x, int64_t M, int64_t K, const SmallLinearGr
   a.norm_w = norm_w;
   a.norm_eps = norm_eps;
   for (int g = 0; g < n_groups; ++g)
-    a.g[g] = {groups[g].w,         nullptr, groups[g].bias, groups[g].residual, groups[g].residual_adds,
-              groups[g].y,         groups[g].n, 0};
+    a.g[g] = {groups[g].w, nullptr, groups[g].bias, groups[g].residual, groups[g].residual_adds, groups[g].y,
+              groups[g].n, 0};
   run(a, M, false, "linear_small_bf16");
 }
 

@@ -77,13 +77,15 @@ void swiglu_backward(cuda, float* dgate, float* dup, const float* dout, const fl
   cuda_detail::swiglu_backward_f32(dgate, dup, dout, gate, up, N, H, gu_stride ? gu_stride : H);
 }
 
-void swiglu_forward(cuda, bf16* out, const float* gate, const float* up, int64_t N, int64_t H, int64_t gu_stride) {
+void swiglu_forward(cuda, bf16* out, const float* gate, const float* up, int64_t N, int64_t H,
+                    int64_t gu_stride) {
   cuda_detail::swiglu_forward_bf16out(bits(out), gate, up, N, H, gu_stride ? gu_stride : H);
 }
 
 void swiglu_backward(cuda, bf16* dgate, bf16* dup, const float* dout, const float* gate, const float* up,
                      int64_t N, int64_t H, int64_t gu_stride) {
-  cuda_detail::swiglu_backward_bf16out(bits(dgate), bits(dup), dout, gate, up, N, H, gu_stride ? gu_stride : H);
+  cuda_detail::swiglu_backward_bf16out(bits(dgate), bits(dup), dout, gate, up, N, H,
+                                       gu_stride ? gu_stride : H);
 }
 
 void add_inplace(cuda, float* y, const float* x, int64_t n) {
@@ -208,7 +210,8 @@ void detail::gemm_bf16(cuda, bool ta, bool tb, int64_t M, int64_t N, int64_t K, 
                          0, 1);
 }
 
-// ---- decoding-size bf16 products (linear_small.cu) ----------------------------------------------------------
+// ---- decoding-size bf16 products (linear_small.cu)
+// ----------------------------------------------------------
 
 static_assert(kSmallLinearRows == cuda_detail::kSmallLinearMaxRows);
 
@@ -218,8 +221,9 @@ bool small_linear_supported(cuda, const float* x, int64_t M, int64_t K) {
 
 void linear_small_bf16(cuda, const float* x, int64_t M, int64_t K, const SmallLinearOut* outs, int n_outs,
                        SmallLinearNorm norm) {
-  TESSERA_CHECK(n_outs >= 1 && n_outs <= cuda_detail::kSmallLinearMaxGroups, "linear_small_bf16(cuda): ",
-                n_outs, " weights (1..", cuda_detail::kSmallLinearMaxGroups, ")");
+  TESSERA_CHECK(n_outs >= 1 && n_outs <= cuda_detail::kSmallLinearMaxGroups,
+                "linear_small_bf16(cuda): ", n_outs, " weights (1..", cuda_detail::kSmallLinearMaxGroups,
+                ")");
   cuda_detail::SmallLinearGroup g[cuda_detail::kSmallLinearMaxGroups];
   for (int i = 0; i < n_outs; ++i) {
     TESSERA_CHECK(!outs[i].residual || (outs[i].residual_adds >= 1 && outs[i].residual_adds <= 4),

@@ -105,9 +105,9 @@ TEST(CudaBltBf16, TrainStepTracksTheFp32Model) {
             << " gradients, median " << median << ", worst " << worst << " (" << worst_name << ")\n";
 }
 
-// Cached generation with frozen bf16 weights (freeze_bf16_weights: the serving setup, and the GPU benchmark's)
-// decodes through the small products (ops::linear_small_bf16 / swiglu_small_bf16: q/k/v, SwiGLU, every
-// Linear at <= 8 rows) while the prompt's prefill runs the cast + cuBLAS route. The same model unfrozen
+// Cached generation with frozen bf16 weights (freeze_bf16_weights: the serving setup, and the GPU
+// benchmark's) decodes through the small products (ops::linear_small_bf16 / swiglu_small_bf16: q/k/v, SwiGLU,
+// every Linear at <= 8 rows) while the prompt's prefill runs the cast + cuBLAS route. The same model unfrozen
 // decodes through cast + cuBLAS at every step: the same bf16 operands, so the logits agree up to fp32
 // summation order (and an occasional operand that rounds the other way at the next layer's cast) and the
 // greedy bytes and patches are the same. Two prompts (20 and 13 bytes): decoding steps of 1 and 2 rows.

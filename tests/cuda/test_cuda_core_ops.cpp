@@ -333,8 +333,8 @@ TEST_F(CudaCore, RopeForwardBackwardMatchCpu) {
 
 // rope_qk: the queries' and keys' head sets (Hq != Hk) in one launch, against the CPU's rope_forward /
 // rope_backward of each. fp32 in place within kRtol; fp32 -> bf16 equal to bf16(the CPU's fp32 rotation)
-// bit for bit except where the two fp32 values straddle a bf16 rounding boundary (then one bf16 step); bf16 ->
-// fp32 and bf16 -> bf16 start from bf16 inputs (the CPU rotates their fp32 values).
+// bit for bit except where the two fp32 values straddle a bf16 rounding boundary (then one bf16 step); bf16
+// -> fp32 and bf16 -> bf16 start from bf16 inputs (the CPU rotates their fp32 values).
 TEST_F(CudaCore, RopeQkRotatesQueriesAndKeysInOneLaunch) {
   Rng rng(37);
   const int64_t N = 29, Hq = 4, Hk = 2, Dh = 16;
@@ -372,22 +372,23 @@ TEST_F(CudaCore, RopeQkRotatesQueriesAndKeysInOneLaunch) {
       const std::string tag = std::string(style == ops::RopeStyle::Interleaved ? " interleaved" : " half") +
                               (inverse ? " inverse" : "");
       auto cpu_rotate = [&](Host a, Host b) {
-        ops::rope_qk(cpu{}, a.data(), b.data(), a.data(), b.data(), pos.data(), N, Hq, Hk, Dh, 1e4, style, inverse);
+        ops::rope_qk(cpu{}, a.data(), b.data(), a.data(), b.data(), pos.data(), N, Hq, Hk, Dh, 1e4, style,
+                     inverse);
         return std::pair{a, b};
       };
       const auto [rq, rk] = cpu_rotate(q, k);
       {  // fp32 in place
         Dev<float> dq(q), dk(k);
-        ops::rope_qk(cuda{}, dq.data(), dk.data(), dq.data(), dk.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4, style,
-                     inverse);
+        ops::rope_qk(cuda{}, dq.data(), dk.data(), dq.data(), dk.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4,
+                     style, inverse);
         expect_close("rope_qk fp32 q" + tag, dq.get(), rq);
         expect_close("rope_qk fp32 k" + tag, dk.get(), rk);
       }
       {  // fp32 -> bf16
         Dev<float> dq(q), dk(k);
         Dev<bf16> oq(std::vector<bf16>(q.size())), ok(std::vector<bf16>(k.size()));
-        ops::rope_qk(cuda{}, dq.data(), dk.data(), oq.data(), ok.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4, style,
-                     inverse);
+        ops::rope_qk(cuda{}, dq.data(), dk.data(), oq.data(), ok.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4,
+                     style, inverse);
         expect_bf16_of("rope_qk fp32->bf16 q" + tag, from16(oq.get()), rq);
         expect_bf16_of("rope_qk fp32->bf16 k" + tag, from16(ok.get()), rk);
         EXPECT_EQ(dq.get(), q) << "the fp32 input is left alone";
@@ -396,23 +397,23 @@ TEST_F(CudaCore, RopeQkRotatesQueriesAndKeysInOneLaunch) {
       {  // bf16 -> fp32
         Dev<bf16> dq(to16(q)), dk(to16(k));
         Dev<float> oq(Host(q.size())), ok(Host(k.size()));
-        ops::rope_qk(cuda{}, dq.data(), dk.data(), oq.data(), ok.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4, style,
-                     inverse);
+        ops::rope_qk(cuda{}, dq.data(), dk.data(), oq.data(), ok.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4,
+                     style, inverse);
         expect_close("rope_qk bf16->fp32 q" + tag, oq.get(), rq16);
         expect_close("rope_qk bf16->fp32 k" + tag, ok.get(), rk16);
       }
       {  // bf16 -> bf16 in place
         Dev<bf16> dq(to16(q)), dk(to16(k));
-        ops::rope_qk(cuda{}, dq.data(), dk.data(), dq.data(), dk.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4, style,
-                     inverse);
+        ops::rope_qk(cuda{}, dq.data(), dk.data(), dq.data(), dk.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4,
+                     style, inverse);
         expect_bf16_of("rope_qk bf16 in place q" + tag, from16(dq.get()), rq16);
         expect_bf16_of("rope_qk bf16 in place k" + tag, from16(dk.get()), rk16);
       }
     }
   }
   Dev<float> dq(q), dk(k);
-  EXPECT_THROW(ops::rope_qk(cuda{}, dq.data(), dk.data(), dq.data(), dk.data(), d_pos.data(), N, Hq, Hk, 15, 1e4,
-                            ops::RopeStyle::Half, false),
+  EXPECT_THROW(ops::rope_qk(cuda{}, dq.data(), dk.data(), dq.data(), dk.data(), d_pos.data(), N, Hq, Hk, 15,
+                            1e4, ops::RopeStyle::Half, false),
                Error);
 }
 

@@ -200,21 +200,31 @@ TEST(CudaMixedPrecision, SmallProductsMultiplyBf16OperandsWithFp32Accumulation) 
     std::vector<int64_t> n;
     bool gated;
     bool norm = false;
-    int residual = 0;  // 0: none; 1: on the last output, separate y; 2: on the last output, in place; 3: as 1,
-                       // added twice (BLT's 2·x + o)
+    int residual = 0;  // 0: none; 1: on the last output, separate y; 2: on the last output, in place; 3: as
+                       // 1, added twice (BLT's 2·x + o)
   };
-  const std::vector<Case> cases = {
-      {1, 72, {40, 8, 17}, false},  {3, 264, {33}, false},       {8, 72, {40, 8, 17}, false},
-      {2, 16, {16400}, false},      {6, 16, {5000}, false},      {4, 24, {2000, 2000, 500}, false},
-      {5, 8, {1}, false},           {7, 40, {3, 9}, false},      {1, 264, {24}, true},
-      {5, 72, {24}, true},          {2, 16, {4100}, true},       {8, 16, {4100}, true},
-      {3, 264, {33, 16}, false, true, 1}, {1, 72, {40}, false, true, 2}, {2, 72, {24}, true, true},
-      {8, 16, {4100}, false, false, 2}, {2, 72, {40, 24}, false, true, 3}};
+  const std::vector<Case> cases = {{1, 72, {40, 8, 17}, false},
+                                   {3, 264, {33}, false},
+                                   {8, 72, {40, 8, 17}, false},
+                                   {2, 16, {16400}, false},
+                                   {6, 16, {5000}, false},
+                                   {4, 24, {2000, 2000, 500}, false},
+                                   {5, 8, {1}, false},
+                                   {7, 40, {3, 9}, false},
+                                   {1, 264, {24}, true},
+                                   {5, 72, {24}, true},
+                                   {2, 16, {4100}, true},
+                                   {8, 16, {4100}, true},
+                                   {3, 264, {33, 16}, false, true, 1},
+                                   {1, 72, {40}, false, true, 2},
+                                   {2, 72, {24}, true, true},
+                                   {8, 16, {4100}, false, false, 2},
+                                   {2, 72, {40, 24}, false, true, 3}};
   uint64_t seed = 100;
   for (const Case& c : cases) {
-    SCOPED_TRACE(::testing::Message() << "M=" << c.M << " K=" << c.K << " groups=" << c.n.size()
-                                      << " first n=" << c.n[0] << (c.gated ? " gated" : "")
-                                      << (c.norm ? " norm" : "") << " residual " << c.residual);
+    SCOPED_TRACE(::testing::Message()
+                 << "M=" << c.M << " K=" << c.K << " groups=" << c.n.size() << " first n=" << c.n[0]
+                 << (c.gated ? " gated" : "") << (c.norm ? " norm" : "") << " residual " << c.residual);
     const auto x_in = normals(c.M * c.K, ++seed, 3.0);
     const auto xd = upload(x_in);
     const auto gain = normals(c.K, ++seed);
@@ -294,7 +304,8 @@ TEST(CudaMixedPrecision, SmallProductsMultiplyBf16OperandsWithFp32Accumulation) 
         }
       const auto got = download(y[o].data(), y[o].numel());
       EXPECT_LE(rel_err(got, ref16), 1e-5) << "output " << o;
-      if (c.K >= 16 && c.M * n >= 16) EXPECT_GT(rel_err(got, ref32), 1e-5) << "output " << o << ": x not rounded?";
+      if (c.K >= 16 && c.M * n >= 16)
+        EXPECT_GT(rel_err(got, ref32), 1e-5) << "output " << o << ": x not rounded?";
     }
   }
 }
@@ -304,7 +315,8 @@ TEST(CudaMixedPrecision, SmallProductsRejectWhatTheyDoNotCover) {
   Tensor<float, cuda> x({9, 16}), y({9, 8});
   Tensor<bf16, cuda> w({8, 16});
   EXPECT_TRUE(ops::small_linear_supported(cuda{}, x.data(), 8, 16));
-  EXPECT_FALSE(ops::small_linear_supported(cuda{}, x.data(), 9, 16)) << "more rows than a small product takes";
+  EXPECT_FALSE(ops::small_linear_supported(cuda{}, x.data(), 9, 16))
+      << "more rows than a small product takes";
   EXPECT_FALSE(ops::small_linear_supported(cuda{}, x.data(), 0, 16));
   EXPECT_FALSE(ops::small_linear_supported(cuda{}, x.data(), 1, 12)) << "K not a multiple of 8";
   EXPECT_FALSE(ops::small_linear_supported(cuda{}, x.data() + 1, 1, 16)) << "x not 16-byte aligned";
@@ -525,11 +537,11 @@ TEST(CudaMixedPrecision, MegalodonBf16TrainingStepTracksTheFp32Model) {
 
 // Cached decoding of a Llama model with frozen bf16 weights: each block's norms, projections, SwiGLU and
 // residual adds ride in the small products (llama_block_forward_cached), against the same model unfrozen,
-// whose decode takes the separate norm / cast + cuBLAS / add route with the same bf16 operands. Teacher-forced
-// tokens (2 sequences, a 6-token prompt through cuBLAS, then 10 single-token steps of 2 rows). Agreement up to
-// fp32 summation order and an occasional bf16 operand rounding the other way (measured with emulated tensor
-// cores: 1.1e-7 of the largest logit); bound 1e-2, while a wrong gain, a missing norm or residual is O(1)
-// (checked: the attention fed the MLP norm's gain fails).
+// whose decode takes the separate norm / cast + cuBLAS / add route with the same bf16 operands.
+// Teacher-forced tokens (2 sequences, a 6-token prompt through cuBLAS, then 10 single-token steps of 2 rows).
+// Agreement up to fp32 summation order and an occasional bf16 operand rounding the other way (measured with
+// emulated tensor cores: 1.1e-7 of the largest logit); bound 1e-2, while a wrong gain, a missing norm or
+// residual is O(1) (checked: the attention fed the MLP norm's gain fails).
 TEST(CudaMixedPrecision, FrozenLlamaDecodesLikeTheCastRoute) {
   TESSERA_NEED_GPU();
   const auto cfg = tiny_config(0);
@@ -544,7 +556,8 @@ TEST(CudaMixedPrecision, FrozenLlamaDecodesLikeTheCastRoute) {
   freeze_bf16_weights(frozen);
   using DL = models::Llama<float, cuda>;
   const int64_t batch = 2, prompt = 6, steps = 10, V = cfg.vocab_size;
-  std::vector<DL::Cache> fc = {frozen.make_cache(), frozen.make_cache()}, cc = {cast.make_cache(), cast.make_cache()};
+  std::vector<DL::Cache> fc = {frozen.make_cache(), frozen.make_cache()},
+                         cc = {cast.make_cache(), cast.make_cache()};
   std::vector<DL::Cache*> fp = {&fc[0], &fc[1]}, cp = {&cc[0], &cc[1]};
   DL::DecodeScratch fs, cs;
   const std::vector<int64_t> tokens = random_ids(batch * (prompt + steps), V, 78);
@@ -557,7 +570,8 @@ TEST(CudaMixedPrecision, FrozenLlamaDecodesLikeTheCastRoute) {
       in.insert(in.end(), tokens.begin() + at, tokens.begin() + at + n);
     }
     const auto in_d = upload(in);
-    const auto lf = download(frozen.forward_cached(in_d.data(), batch, n, fp.data(), fs).data(), batch * n * V);
+    const auto lf =
+        download(frozen.forward_cached(in_d.data(), batch, n, fp.data(), fs).data(), batch * n * V);
     const auto lc = download(cast.forward_cached(in_d.data(), batch, n, cp.data(), cs).data(), batch * n * V);
     const double e = rel_err(lf, lc.data(), static_cast<int64_t>(lc.size()));
     worst = std::max(worst, e);
@@ -578,7 +592,8 @@ TEST(CudaMixedPrecision, Bf16EntryPointsOfLinearMatchTheFp32Interface) {
     Linear<float, cuda> a, b;
     a.setup(in, out, bias);
     b.setup(in, out, bias);
-    const auto w = normals(out * in, 90), bv = normals(out, 91), x = normals(n * in, 92), dy = normals(n * out, 93);
+    const auto w = normals(out * in, 90), bv = normals(out, 91), x = normals(n * in, 92),
+               dy = normals(n * out, 93);
     for (auto* l : {&a, &b}) {
       cuda_mem::to_device(l->params.weight.value.data(), w.data(), w.size() * 4);
       if (bias) cuda_mem::to_device(l->params.bias.value.data(), bv.data(), bv.size() * 4);
@@ -619,7 +634,8 @@ TEST(CudaMixedPrecision, Bf16EntryPointsOfLinearMatchTheFp32Interface) {
     EXPECT_EQ(bits16(y16), cast16(y)) << "forward_to_bf16";
     a.backward(ctx, dyv, dx_a, sa);
     b.backward_from_bf16(ctx, dy16.data(), dx_b, sb);
-    EXPECT_EQ(download(dx_b.data(), dx_b.numel()), download(dx_a.data(), dx_a.numel())) << "backward_from_bf16 dx";
+    EXPECT_EQ(download(dx_b.data(), dx_b.numel()), download(dx_a.data(), dx_a.numel()))
+        << "backward_from_bf16 dx";
     EXPECT_EQ(grads(b), grads(a)) << "backward_from_bf16 dW, db";
     a.backward(ctx, dyv, dx_a, sa);
     b.backward_to_bf16(ctx, dyv, dx16, sb);

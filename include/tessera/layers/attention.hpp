@@ -118,10 +118,12 @@ struct SelfAttention {
   /// y = residual + attention(rmsnorm(x)) in the launches of forward_cached alone. Only where
   /// fuses_decode(x) holds.
   void forward_cached_fused(const SeqContext& ctx, TensorView<const T> x, ops::SmallLinearNorm norm,
-                            const T* residual, Tensor<T, B>& y, KvCache<T, B>* const* caches, Saved& s) const {
-    TESSERA_CHECK(fuses_decode(x) && norm.weight && residual,
-                  "SelfAttention::forward_cached_fused: needs frozen bf16 weights, a decoding-size input, a norm ",
-                  "and a residual");
+                            const T* residual, Tensor<T, B>& y, KvCache<T, B>* const* caches,
+                            Saved& s) const {
+    TESSERA_CHECK(
+        fuses_decode(x) && norm.weight && residual,
+        "SelfAttention::forward_cached_fused: needs frozen bf16 weights, a decoding-size input, a norm ",
+        "and a residual");
     forward_cached_impl(ctx, x, y, caches, s, &norm, residual);
   }
   bool fuses_decode(TensorView<const T> x) const {
@@ -177,7 +179,6 @@ struct SelfAttention {
   }
 
  public:
-
   void backward(const SeqContext& ctx, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {
     if constexpr (has_bf16_attention) {
       if (all_bf16(ctx)) return backward_bf16(ctx, dy, dx, s);
@@ -231,7 +232,8 @@ struct SelfAttention {
   void forward_bf16(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s) const {
     if constexpr (has_bf16_attention) {
       const int64_t n = ctx.rows();
-      auto& [unused, q, k, unused_v] = shared_scratch<SelfAttention, T, B, 4>();  // the mixed backward's dq, dk
+      auto& [unused, q, k, unused_v] =
+          shared_scratch<SelfAttention, T, B, 4>();  // the mixed backward's dq, dk
       (void)unused, (void)unused_v;
       s.x16.resize_uninit(x.shape);
       ops::cast(B{}, s.x16.data(), x.data(), x.numel());
@@ -279,7 +281,8 @@ struct SelfAttention {
   /// one launch (ops::linear_small_bf16) into s.q, s.k, s.v. False (nothing done) when it does not apply.
   bool project_qkv_small(TensorView<const T> x, Saved& s, ops::SmallLinearNorm norm = {}) const {
     if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
-      if (!q_proj.small_forward_ok(x) || !k_proj.small_forward_ok(x) || !v_proj.small_forward_ok(x)) return false;
+      if (!q_proj.small_forward_ok(x) || !k_proj.small_forward_ok(x) || !v_proj.small_forward_ok(x))
+        return false;
       const int64_t n = x.size(0);
       const ops::SmallLinearOut outs[] = {q_proj.small_output(s.q, n), k_proj.small_output(s.k, n),
                                           v_proj.small_output(s.v, n)};
@@ -341,8 +344,8 @@ struct SelfAttention {
   /// dq, dk (the positions the forward used).
   void rope_forward_qk(const SeqContext& ctx, Saved& s, Tensor<T, B>& q, Tensor<T, B>& k) const {
     if constexpr (Rope::enabled) {
-      ops::rope_qk(B{}, q.data(), k.data(), q.data(), k.data(), positions(ctx, s), ctx.rows(), n_heads, n_kv_heads,
-                   head_dim, rope_theta, Rope::style, false);
+      ops::rope_qk(B{}, q.data(), k.data(), q.data(), k.data(), positions(ctx, s), ctx.rows(), n_heads,
+                   n_kv_heads, head_dim, rope_theta, Rope::style, false);
     }
   }
   void rope_backward_qk(const SeqContext& ctx, Saved& s, Tensor<T, B>& dq, Tensor<T, B>& dk) const {

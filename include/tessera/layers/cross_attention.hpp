@@ -83,9 +83,10 @@ struct CrossAttention {
   void forward_cached_fused(const SeqContext& q, TensorView<const T> x, ops::SmallLinearNorm norm,
                             const T* residual, int residual_adds, const KvCache<T, B>* const* caches,
                             Tensor<T, B>& y, Saved& s) const {
-    TESSERA_CHECK(fuses_decode(x) && norm.weight && residual,
-                  "CrossAttention::forward_cached_fused: needs frozen bf16 weights, a decoding-size input, a norm ",
-                  "and a residual");
+    TESSERA_CHECK(
+        fuses_decode(x) && norm.weight && residual,
+        "CrossAttention::forward_cached_fused: needs frozen bf16 weights, a decoding-size input, a norm ",
+        "and a residual");
     forward_cached_impl(q, x, caches, y, s, norm, residual, residual_adds);
   }
   bool fuses_decode(TensorView<const T> x) const {
@@ -141,7 +142,6 @@ struct CrossAttention {
   }
 
  public:
-
   /// dx (overwritten) and dsrc (overwritten) from dy; parameter gradients accumulated.
   void backward(const SeqContext& q, TensorView<const T> dy, Tensor<T, B>& dx, Tensor<T, B>& dsrc, Saved& s) {
     const SeqContext& k = s.kctx;

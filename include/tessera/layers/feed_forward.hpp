@@ -107,8 +107,8 @@ struct SwiGlu {
       const int64_t n = x.size(0);
       Tensor<T, B>& h = shared_scratch<SwiGlu, T, B, 3>()[0];
       h.resize_uninit({n, hidden});
-      ops::swiglu_small_bf16(B{}, x.data(), n, dim, gate_proj.frozen_weight_bf16(), up_proj.frozen_weight_bf16(),
-                             hidden, h.data(), norm);
+      ops::swiglu_small_bf16(B{}, x.data(), n, dim, gate_proj.frozen_weight_bf16(),
+                             up_proj.frozen_weight_bf16(), hidden, h.data(), norm);
       if (!residual) {
         down_proj.forward(ctx, h, y, s.down_s);
       } else {
@@ -126,10 +126,11 @@ struct SwiGlu {
   /// Decoding with frozen bf16 weights: the RMSNorm in front of the layer (gain and eps in `norm`; x is the
   /// norm's input) and the residual add after it fused into the small products: y = residual +
   /// swiglu(rmsnorm(x)) in 2 launches. Only where fuses_decode(x) holds.
-  void forward_fused(const SeqContext& ctx, TensorView<const T> x, ops::SmallLinearNorm norm, const T* residual,
-                     Tensor<T, B>& y, Saved& s) const {
-    TESSERA_CHECK(norm.weight && residual && forward_small(ctx, x, y, s, norm, residual),
-                  "SwiGlu::forward_fused: needs frozen bf16 weights, a decoding-size input, a norm and a residual");
+  void forward_fused(const SeqContext& ctx, TensorView<const T> x, ops::SmallLinearNorm norm,
+                     const T* residual, Tensor<T, B>& y, Saved& s) const {
+    TESSERA_CHECK(
+        norm.weight && residual && forward_small(ctx, x, y, s, norm, residual),
+        "SwiGlu::forward_fused: needs frozen bf16 weights, a decoding-size input, a norm and a residual");
   }
   bool fuses_decode(TensorView<const T> x) const {
     return gate_proj.small_forward_ok(x) && up_proj.small_forward_ok(x) && down_proj.frozen_weight_bf16() &&
@@ -137,7 +138,6 @@ struct SwiGlu {
   }
 
  private:
-
   /// bf16(x) in scratch when gate and up compute in bf16 (nullptr otherwise: each casts for itself).
   const bf16* shared_input_bf16(TensorView<const T> x) const {
     if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {

@@ -102,7 +102,8 @@ struct Linear {
   void forward_to_bf16(const SeqContext& ctx, TensorView<const T> x, Tensor<bf16, B>& y16, Saved& s,
                        const bf16* x16 = nullptr) const {
     TESSERA_CHECK(computes_in_bf16(), "Linear::forward_to_bf16: needs bf16 compute");
-    TESSERA_CHECK(x.rank() == 2 && x.size(1) == in, "Linear: input ", x.shape, " does not match in_features ", in);
+    TESSERA_CHECK(x.rank() == 2 && x.size(1) == in, "Linear: input ", x.shape, " does not match in_features ",
+                  in);
     const int64_t n = x.size(0);
     y16.resize_uninit({n, out});
     s.x = x;
@@ -122,7 +123,8 @@ struct Linear {
   /// backward() given float(dy16), without the fp32 copy and its cast. dx, accumulate_dx, x16 as in backward.
   void backward_from_bf16(const SeqContext& ctx, const bf16* dy16, Tensor<T, B>& dx, Saved& s,
                           bool accumulate_dx = false, const bf16* x16 = nullptr) {
-    TESSERA_CHECK(computes_in_bf16() && dy16, "Linear::backward_from_bf16: needs bf16 compute and a gradient");
+    TESSERA_CHECK(computes_in_bf16() && dy16,
+                  "Linear::backward_from_bf16: needs bf16 compute and a gradient");
     const int64_t n = s.x.size(0);
     if constexpr (kMixed) {
       if (bias_grad()) {  // the bias gradient sums dy in fp32
@@ -189,8 +191,8 @@ struct Linear {
 
   void prepare_dx(Tensor<T, B>& dx, int64_t n, bool accumulate_dx) const {
     if (accumulate_dx) {
-      TESSERA_CHECK(dx.numel() == n * in, "Linear: accumulating into dx of ", dx.shape(), ", expected [", n, ", ",
-                    in, "]");
+      TESSERA_CHECK(dx.numel() == n * in, "Linear: accumulating into dx of ", dx.shape(), ", expected [", n,
+                    ", ", in, "]");
     } else {
       dx.resize_uninit({n, in});
     }

@@ -105,7 +105,8 @@ void llama_block_forward_cached(const LlamaBlock<T, Mask, B>& blk, const SeqCont
     if (attn.fuses_decode(x) && mlp.fuses_decode(x)) {
       const auto& n1 = attn_part.norm.inner;
       const auto& n2 = mlp_part.norm.inner;
-      attn.forward_cached_fused(ctx, x, {n1.params.weight.value.data(), n1.eps}, x.data(), s.h, caches, s.attn);
+      attn.forward_cached_fused(ctx, x, {n1.params.weight.value.data(), n1.eps}, x.data(), s.h, caches,
+                                s.attn);
       mlp.forward_fused(ctx, s.h, {n2.params.weight.value.data(), n2.eps}, s.h.data(), y, s.mlp);
       return;
     }

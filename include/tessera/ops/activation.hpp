@@ -3,9 +3,9 @@
 // CPU: Eigen array expressions (vectorised exp/tanh/erf), chunked and parallel over chunks for large n.
 #pragma once
 #include <Eigen/Core>
-#include <unsupported/Eigen/SpecialFunctions>
 #include <algorithm>
 #include <cstdint>
+#include <unsupported/Eigen/SpecialFunctions>
 
 #include "tessera/core/backend.hpp"
 #include "tessera/core/dtype.hpp"
@@ -167,8 +167,8 @@ void swiglu_forward(cuda, float* out, const float* gate, const float* up, int64_
                     int64_t gu_stride = 0);
 void swiglu_backward(cuda, float* dgate, float* dup, const float* dout, const float* gate, const float* up,
                      int64_t N, int64_t H, int64_t gu_stride = 0);
-/// bf16 outputs (rounded once from the fp32 results; out / dgate / dup laid out as above): the all-bf16 SwiGLU
-/// (layers/feed_forward.hpp) feeds them straight to its bf16 GEMMs.
+/// bf16 outputs (rounded once from the fp32 results; out / dgate / dup laid out as above): the all-bf16
+/// SwiGLU (layers/feed_forward.hpp) feeds them straight to its bf16 GEMMs.
 void swiglu_forward(cuda, bf16* out, const float* gate, const float* up, int64_t N, int64_t H,
                     int64_t gu_stride = 0);
 void swiglu_backward(cuda, bf16* dgate, bf16* dup, const float* dout, const float* gate, const float* up,

@@ -66,9 +66,9 @@ void gemm(cuda, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, 
 /// fp32 x [M, K], y_g = bf16(x) W_gᵀ (+ b_g) for 1..3 weights W_g [n_g, K] (bf16, 16-byte aligned) sharing x
 /// — e.g. q/k/v of one input — in one launch: x is rounded to bf16 in registers (the operands of the cuBLAS
 /// route, which casts x first), products and sums in fp32, y_g [M, n_g] fp32. For one decoded token the
-/// product is a matrix-vector product bound by the weight bytes; this replaces a cast and one GEMM per weight.
-/// small_linear_supported: whether x qualifies (M in range, K % 8 == 0, x 16-byte aligned).
-/// A decoding step's neighbours fuse in: with `norm` set, x is first RMS-normalised row by row with that gain
+/// product is a matrix-vector product bound by the weight bytes; this replaces a cast and one GEMM per
+/// weight. small_linear_supported: whether x qualifies (M in range, K % 8 == 0, x 16-byte aligned). A
+/// decoding step's neighbours fuse in: with `norm` set, x is first RMS-normalised row by row with that gain
 /// [K] (16-byte aligned) and eps (rmsnorm_forward's formula, then the bf16 rounding); an output's `residual`
 /// [M, n] (may alias y) is added `residual_adds` times, each add rounded as a separate add kernel's would be
 /// (y = residual + product + bias; 2: BLT's patch cross-attention, 2·x + o).

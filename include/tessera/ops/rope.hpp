@@ -90,8 +90,8 @@ void rope_backward(cpu, T* dx, int64_t stride, const int64_t* positions, int64_t
 }
 
 /// RoPE on the queries q [N, Hq * Dh] and keys k [N, Hk * Dh] (contiguous rows) of one attention call, which
-/// share their positions: rope_forward of both, or rope_backward when `inverse`. On the CPU in place (q_out ==
-/// q, k_out == k).
+/// share their positions: rope_forward of both, or rope_backward when `inverse`. On the CPU in place (q_out
+/// == q, k_out == k).
 template <class T>
 void rope_qk(cpu, const T* q, const T* k, T* q_out, T* k_out, const int64_t* positions, int64_t N, int64_t Hq,
              int64_t Hk, int64_t Dh, double theta, RopeStyle style, bool inverse) {

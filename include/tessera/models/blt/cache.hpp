@@ -47,7 +47,6 @@
 #include <type_traits>
 #include <vector>
 
-
 #include "tessera/core/transfer.hpp"
 #include "tessera/layers/kv_cache.hpp"
 #include "tessera/models/blt/entropy.hpp"
@@ -491,7 +490,8 @@ class BltIncremental {
           // Frozen bf16 weights at decoding sizes: q_norm and the double residual ride in the small products.
           fused = cross.attn.fuses_decode(cur);
           if (fused)
-            cross.attn.forward_cached_fused(q, cur, {cross.q_norm.params.weight.value.data(), cross.q_norm.eps},
+            cross.attn.forward_cached_fused(q, cur,
+                                            {cross.q_norm.params.weight.value.data(), cross.q_norm.eps},
                                             cur.data(), 2, cross_ptrs_.data(), cbuf_, dec_cross_s_);
         }
         if (!fused) {
