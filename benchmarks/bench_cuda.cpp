@@ -52,7 +52,9 @@
 #include "tessera/core/rng.hpp"
 #include "tessera/ops/attention.hpp"
 #include "tessera/ops/attention_bf16.hpp"
+#include "tessera/ops/activation.hpp"
 #include "tessera/ops/cema.hpp"
+#include "tessera/ops/elementwise.hpp"
 #include "tessera/ops/matmul.hpp"
 #include "tessera/ops/timestep_norm.hpp"
 
@@ -430,6 +432,74 @@ void bench_gemm(Ctx& c) {
   }
 }
 
+// ---- decoding-size products ---------------------------------------------------------------------------------
+
+/// One decoded token (M = 1) through frozen bf16 weights of the Llama-1B shape: the small products
+/// (ops::linear_small_bf16 / swiglu_small_bf16, one launch each) against the route they replace, a cast of x
+/// and one cuBLAS GEMM per weight (+ the SwiGLU kernel). Rate: weight bytes per second (the product is bound
+/// by them); check: max difference of the two routes' outputs relative to their largest entry.
+void bench_decode(Ctx& c) {
+  using tessera::bf16;
+  struct Case {
+    const char* what;
+    int64_t K;
+    std::vector<int64_t> n;
+    bool gated;
+  };
+  const Case cases[] = {{"q/k/v (3 weights, one input)", 2048, {2048, 2048, 2048}, false},
+                        {"o_proj", 2048, {2048}, false},
+                        {"SwiGLU gate+up+product", 2048, {5632, 5632}, true},
+                        {"down_proj", 5632, {2048}, false}};
+  for (const Case& k : cases) {
+    const int64_t K = k.K;
+    int64_t cols = 0;
+    for (const int64_t n : k.n) cols += n;
+    const std::string shape = "M=1 K=" + std::to_string(K) + " N=" + std::to_string(cols) + (k.gated ? " (2x" : "") +
+                              (k.gated ? std::to_string(k.n[0]) + ")" : "");
+    guarded(c, std::string("decode ") + k.what, [&] {
+      DevBuf<float> x = uniform_buf(K, 31);
+      std::vector<DevBuf<uint16_t>> w;
+      std::vector<DevBuf<float>> y_small, y_ref;
+      for (size_t g = 0; g < k.n.size(); ++g) {
+        DevBuf<float> wf = uniform_buf(k.n[g] * K, 32 + g, -0.05f, 0.05f);
+        w.emplace_back(k.n[g] * K);
+        bench::to_bf16(w.back().get(), wf.get(), k.n[g] * K);
+        y_small.emplace_back(k.n[g]);
+        y_ref.emplace_back(k.n[g]);
+      }
+      auto wp = [&](size_t g) { return reinterpret_cast<const bf16*>(w[g].get()); };
+      DevBuf<uint16_t> x16(K);
+      const int64_t N0 = k.n[0];
+      auto small = [&] {
+        if (k.gated) return ops::swiglu_small_bf16(cuda{}, x.get(), 1, K, wp(0), wp(1), N0, y_small[0].get());
+        std::vector<ops::SmallLinearOut> outs;
+        for (size_t g = 0; g < k.n.size(); ++g) outs.push_back({wp(g), nullptr, y_small[g].get(), k.n[g]});
+        ops::linear_small_bf16(cuda{}, x.get(), 1, K, outs.data(), static_cast<int>(outs.size()));
+      };
+      auto cast_gemm = [&] {
+        bf16* xb = reinterpret_cast<bf16*>(x16.get());
+        ops::cast(cuda{}, xb, x.get(), K);
+        for (size_t g = 0; g < k.n.size(); ++g)
+          ops::gemm(cuda{}, false, true, 1, k.n[g], K, 1.f, xb, K, wp(g), K, 0.f, y_ref[g].get(), k.n[g]);
+        if (k.gated) ops::swiglu_forward(cuda{}, y_ref[0].get(), y_ref[0].get(), y_ref[1].get(), 1, N0);
+      };
+      const double ms = c.timer.median_ms(small, c.reps), base_ms = c.timer.median_ms(cast_gemm, c.reps);
+      small();
+      cast_gemm();
+      bench::DiffStat d;
+      for (size_t g = 0; g < (k.gated ? 1 : k.n.size()); ++g) {
+        const bench::DiffStat e = bench::diff(y_small[g].get(), y_ref[g].get(), k.n[g]);
+        d.max_abs_diff = std::max(d.max_abs_diff, e.max_abs_diff);
+        d.max_abs_ref = std::max(d.max_abs_ref, e.max_abs_ref);
+      }
+      const double bytes = 2.0 * cols * K;
+      print_row({std::string("decode small product: ") + k.what, shape, ms, mem_rate(c, bytes, ms, 0),
+                 "cast + cuBLAS GEMM per weight" + std::string(k.gated ? " + SwiGLU" : ""), base_ms,
+                 mem_rate(c, bytes, base_ms, 0), rel_str(d)});
+    });
+  }
+}
+
 // ---- 2. attention -----------------------------------------------------------------------------------------
 
 /// Row-major strided-batched C = alpha op(A) op(B) + beta C through cuBLAS (operands swapped, column-major).
@@ -779,7 +849,7 @@ int main(int argc, char** argv) {
     } else if (a.rfind("--benchmark_", 0) == 0) {
       // Google Benchmark flags (an older gpu-check passed one): not a Google Benchmark program, ignored.
     } else {
-      std::fprintf(stderr, "usage: bench_cuda [--only=mem,gemm,attn,cema,tsn] [--reps=N]\n");
+      std::fprintf(stderr, "usage: bench_cuda [--only=mem,gemm,decode,attn,cema,tsn] [--reps=N]\n");
       return 2;
     }
   }
@@ -806,6 +876,7 @@ int main(int argc, char** argv) {
       void (*run)(Ctx&);
     } sections[] = {{"mem", bench_memory},
                     {"gemm", bench_gemm},
+                    {"decode", bench_decode},
                     {"attn", bench_attention},
                     {"cema", bench_cema},
                     {"tsn", bench_tsn}};
