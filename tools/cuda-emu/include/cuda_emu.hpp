@@ -224,7 +224,7 @@ inline cudaError_t cudaPeekAtLastError() { return cudaSuccess; }
 inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
 inline cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidValue; }
 inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return cudaSuccess; }
-inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize();
 // No memory accounting: an empty 80 GiB device (benchmark programs print the memory in use).
 inline cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total_b) {
   *free_b = *total_b = size_t(80) << 30;
@@ -309,7 +309,20 @@ inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = null
 enum cudaMemcpyKind {
   cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice, cudaMemcpyDefault
 };
+// EMU_TRACE=1: every copy and synchronisation call on stderr ("EMU_TRACE ..."), interleaved with
+// TESSERA_CUDA_PROFILE=trace's launches: where a loop synchronises with the host.
+inline bool emu_trace_on() {
+  static const bool on = emu::env_on("EMU_TRACE");
+  return on;
+}
+inline void emu_trace(const char* what, size_t n = 0) {
+  if (emu_trace_on()) std::fprintf(stderr, "EMU_TRACE %s %zu\n", what, n);
+}
 inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind k) {
+  emu_trace(k == cudaMemcpyHostToDevice   ? "memcpy_h2d"
+            : k == cudaMemcpyDeviceToHost ? "memcpy_d2h"
+                                          : "memcpy_other",
+            n);
   if (k == cudaMemcpyHostToDevice) ++emu::n_memcpy_h2d;
   if (k == cudaMemcpyDeviceToHost) ++emu::n_memcpy_d2h;
   if (k == cudaMemcpyDeviceToDevice) ++emu::n_memcpy_d2d;
@@ -322,11 +335,12 @@ inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyK
 // Streams and events: kernels run synchronously, so these are no-ops with valid handles.
 inline cudaError_t cudaStreamCreate(cudaStream_t* s) { *s = reinterpret_cast<cudaStream_t>(std::malloc(1)); return cudaSuccess; }
 inline cudaError_t cudaStreamDestroy(cudaStream_t s) { std::free(s); return cudaSuccess; }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { emu_trace("stream_synchronize"); return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize() { emu_trace("device_synchronize"); return cudaSuccess; }
 inline cudaError_t cudaEventCreate(cudaEvent_t* e) { *e = reinterpret_cast<cudaEvent_t>(std::malloc(1)); return cudaSuccess; }
 inline cudaError_t cudaEventDestroy(cudaEvent_t e) { std::free(e); return cudaSuccess; }
 inline cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t = nullptr) { return cudaSuccess; }
-inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+inline cudaError_t cudaEventSynchronize(cudaEvent_t) { emu_trace("event_synchronize"); return cudaSuccess; }
 inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t, cudaEvent_t) { *ms = 0.f; return cudaSuccess; }
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
 // The opt-in limit of an H100 (227 KiB); the emulation itself does not bound shared memory.
