@@ -119,6 +119,24 @@ void llama_block_forward_cached(const LlamaBlock<T, Mask, B>& blk, const SeqCont
   ops::add_inplace(B{}, y.data(), s.h.data(), s.h.numel());
 }
 
+/// Inference: y = lin(norm(x)) (a final norm and an output head). With frozen bf16 weights and decoding-size
+/// rows, one small product with the norm fused in (ops::linear_small_bf16); otherwise the two forwards, the
+/// norm's output in `normed`.
+template <class T, class B>
+void rmsnorm_linear_forward(const SeqContext& ctx, const RmsNorm<T, B>& norm, const Linear<T, B>& lin,
+                            std::type_identity_t<TensorView<const T>> x, Tensor<T, B>& normed, Tensor<T, B>& y,
+                            typename RmsNorm<T, B>::Saved& ns, typename Linear<T, B>::Saved& ls) {
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
+    if (lin.small_forward_ok(x)) {
+      const ops::SmallLinearOut o = lin.small_output(y, x.size(0));
+      return ops::linear_small_bf16(B{}, x.data(), x.size(0), x.size(1), &o, 1,
+                                    {norm.params.weight.value.data(), norm.eps});
+    }
+  }
+  norm.forward(ctx, x, normed, ns);
+  lin.forward(ctx, normed, y, ls);
+}
+
 /// Scratch of llama_stack_forward_cached.
 template <class T, class Mask = mask::SlidingWindow, class B = cpu>
 struct LlamaStackScratch {
@@ -230,8 +248,7 @@ class Llama {
     ctx.window = config.window;
     embed_tokens.forward(ids, ctx.rows(), s.x0, s.embed);
     llama_stack_forward_cached(layers, ctx, s.x0, s.h, caches, s.stack);
-    norm.forward(ctx, s.h, s.hn, s.norm);
-    lm_head.forward(ctx, s.hn, s.logits, s.head);
+    rmsnorm_linear_forward(ctx, norm, lm_head, s.h, s.hn, s.logits, s.norm, s.head);
     return s.logits;
   }
 

@@ -323,8 +323,8 @@ class BltIncremental {
     SeqContext lastc;
     lastc.batch = R;
     lastc.seq = 1;
-    m.local_decoder.norm.forward(lastc, last_, normed_, norm_s_);
-    lm_.lm_head.forward(lastc, normed_, logits_, head_s_);
+    models::rmsnorm_linear_forward(lastc, m.local_decoder.norm, lm_.lm_head, last_, normed_, logits_, norm_s_,
+                                   head_s_);
 
     // pass B (quirk only): decode the last byte again with its final memory patch, for the caches
     if (Q > 0) {
