@@ -124,8 +124,9 @@ void llama_block_forward_cached(const LlamaBlock<T, Mask, B>& blk, const SeqCont
 /// norm's output in `normed`.
 template <class T, class B>
 void rmsnorm_linear_forward(const SeqContext& ctx, const RmsNorm<T, B>& norm, const Linear<T, B>& lin,
-                            std::type_identity_t<TensorView<const T>> x, Tensor<T, B>& normed, Tensor<T, B>& y,
-                            typename RmsNorm<T, B>::Saved& ns, typename Linear<T, B>::Saved& ls) {
+                            std::type_identity_t<TensorView<const T>> x, Tensor<T, B>& normed,
+                            Tensor<T, B>& y, typename RmsNorm<T, B>::Saved& ns,
+                            typename Linear<T, B>::Saved& ls) {
   if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
     if (lin.small_forward_ok(x)) {
       const ops::SmallLinearOut o = lin.small_output(y, x.size(0));
