@@ -8,8 +8,9 @@ starting with 'json:'):
   backward, TFLOP/s with bench_cuda's convention (forward 4 Dh FLOPs per allowed (query, key) pair, backward
   2.5x the forward).
 - llama: the Llama-style stack of the CUDA issue at 1B shape (d 2048, 25 layers, 16 heads, SwiGLU 5632, vocab
-  256, no biases, RMSNorm, RoPE), batch 4 x 4096, one training step = forward + cross-entropy + backward + fused
-  AdamW, PyTorch eager with SDPA. --llama-dtype bf16 (default): autocast bf16 compute, fp32 master weights and
+  256, no biases, RMSNorm, RoPE), batch 4 x 4096, one training step = forward + cross-entropy + backward +
+  global-norm clipping (1.0) + fused AdamW — the step tessera's model_cuda_step times; the runs before
+  2026-11-28 left the clipping out on this side only — PyTorch eager with SDPA. --llama-dtype bf16 (default): autocast bf16 compute, fp32 master weights and
   optimizer state (the mixed-precision recipe); fp32: fp32 everything, TF32 off (the same arithmetic as
   tessera's fp32 CUDA path). Reports ms/step, tokens/s and MFU against the card's dense bf16 peak.
 - blt: transformers' BltForCausalLM at BLT-1B's shape (spec blt.md 7.1: local 1024, global 2048 x 25, decoder
@@ -165,6 +166,8 @@ def part_llama(args):
             logits = model(ids)
             loss = F.cross_entropy(logits.float().view(-1, V), tgt.view(-1))
         loss.backward()
+        # The same step as tessera's model_cuda_step: global-norm clipping to 1.0 before AdamW.
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -172,7 +175,7 @@ def part_llama(args):
     tokens = B * T
     flops = 6 * n_params * tokens + 3 * L * 4 * d * B * T * (T + 1) // 2  # matmuls + causal attention
     peak = args.peak_tflops * 1e12
-    emit(f"| torch Llama-1B step {args.llama_dtype} (eager, SDPA, fused AdamW) | d{d} L{L} H{H} ffn{ffn}, "
+    emit(f"| torch Llama-1B step {args.llama_dtype} (eager, SDPA, clip, fused AdamW) | d{d} L{L} H{H} ffn{ffn}, "
          f"{B}x{T} | {t * 1e3:.1f} ms | {tokens / t:,.0f} tok/s, MFU {flops / t / peak * 100:.1f}% |",
          {"part": "llama", "dtype": args.llama_dtype, "params": n_params, "batch": B, "seq": T, "seconds": t,
           "tokens_per_s": tokens / t, "mfu": flops / t / peak, "peak_memory_gib":
