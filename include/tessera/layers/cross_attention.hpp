@@ -69,6 +69,20 @@ struct CrossAttention {
     k_proj.forward(k, src, kout, unused);
     v_proj.forward(k, src, vout, unused);
   }
+  /// project_kv of norm(src) at decoding sizes with frozen bf16 weights: k and v in one small product with the
+  /// RMSNorm (gain and eps in `norm`) fused in. False (nothing done) when that does not apply.
+  bool project_kv_small(TensorView<const T> src, ops::SmallLinearNorm norm, Tensor<T, B>& kout,
+                        Tensor<T, B>& vout) const {
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
+      if (!k_proj.small_forward_ok(src) || !v_proj.small_forward_ok(src)) return false;
+      const int64_t n = src.size(0);
+      const ops::SmallLinearOut outs[] = {k_proj.small_output(kout, n), v_proj.small_output(vout, n)};
+      ops::linear_small_bf16(B{}, src.data(), n, kv_dim, outs, 2, norm);
+      return true;
+    } else {
+      return false;
+    }
+  }
   /// Inference against cached keys/values (no backward): q.batch query sequences of q.seq rows, x [q.rows(),
   /// dim]; caches[b] holds sequence b's keys, values (project_kv) and segment ids. The mask is
   /// Mask::make_cross of sequence b's slice of the query context and a key context over the cache

@@ -452,8 +452,14 @@ class BltIncremental {
     mc.seq = C * k_;
     for (size_t i = 0; i < m.local_decoder.cross_attn_layers.size(); ++i) {
       const auto& cross = m.local_decoder.cross_attn_layers.layers[i];
-      cross.k_norm.forward(mc, mem, kn_, rms_s_);
-      cross.attn.project_kv(mc, kn_, kmem_, vmem_);
+      bool fused = false;
+      if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>)  // k_norm inside the small product
+        fused = cross.attn.project_kv_small(mem, {cross.k_norm.params.weight.value.data(), cross.k_norm.eps},
+                                            kmem_, vmem_);
+      if (!fused) {
+        cross.k_norm.forward(mc, mem, kn_, rms_s_);
+        cross.attn.project_kv(mc, kn_, kmem_, vmem_);
+      }
       const int64_t w = kmem_.size(1);
       for (int64_t c = 0; c < C; ++c)
         rows[closings_[c].row]->cross[i].append(kmem_.data() + c * k_ * w, w, vmem_.data() + c * k_ * w, w,
