@@ -69,8 +69,8 @@ struct CrossAttention {
     k_proj.forward(k, src, kout, unused);
     v_proj.forward(k, src, vout, unused);
   }
-  /// project_kv of norm(src) at decoding sizes with frozen bf16 weights: k and v in one small product with the
-  /// RMSNorm (gain and eps in `norm`) fused in. False (nothing done) when that does not apply.
+  /// project_kv of norm(src) at decoding sizes with frozen bf16 weights: k and v in one small product with
+  /// the RMSNorm (gain and eps in `norm`) fused in. False (nothing done) when that does not apply.
   bool project_kv_small(TensorView<const T> src, ops::SmallLinearNorm norm, Tensor<T, B>& kout,
                         Tensor<T, B>& vout) const {
     if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
