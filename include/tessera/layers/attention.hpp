@@ -232,9 +232,9 @@ struct SelfAttention {
   void forward_bf16(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s) const {
     if constexpr (has_bf16_attention) {
       const int64_t n = ctx.rows();
-      auto& [unused, q, k, unused_v] =
-          shared_scratch<SelfAttention, T, B, 4>();  // the mixed backward's dq, dk
-      (void)unused, (void)unused_v;
+      auto& scratch = shared_scratch<SelfAttention, T, B, 4>();  // the mixed path's backward scratch
+      Tensor<T, B>& q = scratch[1];
+      Tensor<T, B>& k = scratch[2];
       s.x16.resize_uninit(x.shape);
       ops::cast(B{}, s.x16.data(), x.data(), x.numel());
       q_proj.forward(ctx, x, q, s.q_s, s.x16.data());
