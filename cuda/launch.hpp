@@ -18,8 +18,9 @@ void gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, co
 // norm.cu
 void rmsnorm_forward_f32(float* y, float* rstd, const float* x, const float* w, int64_t N, int64_t D,
                          double eps);
+/// residual (nullable): added to dx in the same pass.
 void rmsnorm_backward_f32(float* dx, float* dw, const float* dy, const float* x, const float* w,
-                          const float* rstd, int64_t N, int64_t D);
+                          const float* rstd, int64_t N, int64_t D, const float* residual);
 
 // softmax.cu
 void softmax_forward_f32(float* y, const float* x, int64_t N, int64_t D);

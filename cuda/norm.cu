@@ -34,11 +34,12 @@ __global__ void __launch_bounds__(Row::kThreads* Row::kRows)
     for (int i = threadIdx.x; i < D; i += Row::kThreads) yr[i] = xr[i] * r;
 }
 
-// With g = dy * w (w optional) and r the row's rstd: dx = r * (g - x * r^2 * <g, x> / D).
+// With g = dy * w (w optional) and r the row's rstd: dx = r * (g - x * r^2 * <g, x> / D) (+ res, a residual
+// branch's gradient, when given: the add of a pre-norm residual block in the same pass).
 template <class Row>
 __global__ void __launch_bounds__(Row::kThreads* Row::kRows)
     rmsnorm_backward_dx_kernel(float* dx, const float* dy, const float* x, const float* w, const float* rstd,
-                               int64_t N, int D) {
+                               const float* res, int64_t N, int D) {
   __shared__ typename Row::Storage storage;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * Row::kRows + threadIdx.y;
   if (row >= N) return;
@@ -49,8 +50,12 @@ __global__ void __launch_bounds__(Row::kThreads* Row::kRows)
   dot = Row::sum(dot, storage);
   const float r = rstd[row];
   const float c = dot * r * r / static_cast<float>(D);
-  float* dxr = dx + row * D;  // may alias dy (same-thread read-then-write per element)
-  for (int i = threadIdx.x; i < D; i += Row::kThreads) dxr[i] = r * (dyr[i] * (w ? w[i] : 1.f) - xr[i] * c);
+  float* dxr = dx + row * D;  // may alias dy or res (same-thread read-then-write per element)
+  const float* rr = res ? res + row * D : nullptr;
+  for (int i = threadIdx.x; i < D; i += Row::kThreads) {
+    const float v = r * (dyr[i] * (w ? w[i] : 1.f) - xr[i] * c);
+    dxr[i] = rr ? v + rr[i] : v;
+  }
 }
 
 // dw partial sums. Block (32, 8) owns 32 columns; grid (ceil(D/32), G). Row group g = blockIdx.y takes
@@ -128,7 +133,7 @@ void rmsnorm_forward_f32(float* y, float* rstd, const float* x, const float* w, 
 }
 
 void rmsnorm_backward_f32(float* dx, float* dw, const float* dy, const float* x, const float* w,
-                          const float* rstd, int64_t N, int64_t D) {
+                          const float* rstd, int64_t N, int64_t D, const float* residual) {
   check_sizes("rmsnorm_backward", N, D);
   if (N == 0) return;
   const int d = static_cast<int>(D);
@@ -153,7 +158,7 @@ void rmsnorm_backward_f32(float* dx, float* dw, const float* dy, const float* x,
     dispatch_rows(D, [&](auto row) {
       using Row = decltype(row);
       rmsnorm_backward_dx_kernel<Row>
-          <<<row_blocks<Row>(N), dim3(Row::kThreads, Row::kRows)>>>(dx, dy, x, w, rstd, N, d);
+          <<<row_blocks<Row>(N), dim3(Row::kThreads, Row::kRows)>>>(dx, dy, x, w, rstd, residual, N, d);
     });
     TESSERA_CUDA_CHECK_LAUNCH("rmsnorm_backward_dx_kernel");
   }

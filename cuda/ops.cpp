@@ -33,8 +33,8 @@ void rmsnorm_forward(cuda, float* y, float* rstd, const float* x, const float* w
 }
 
 void rmsnorm_backward(cuda, float* dx, float* dw, const float* dy, const float* x, const float* w,
-                      const float* rstd, int64_t N, int64_t D) {
-  cuda_detail::rmsnorm_backward_f32(dx, dw, dy, x, w, rstd, N, D);
+                      const float* rstd, int64_t N, int64_t D, const float* residual) {
+  cuda_detail::rmsnorm_backward_f32(dx, dw, dy, x, w, rstd, N, D, residual);
 }
 
 void softmax_forward(cuda, float* y, const float* x, int64_t N, int64_t D) {

@@ -38,11 +38,13 @@ struct RmsNorm {
     ops::rmsnorm_forward(B{}, y.data(), s.rstd.data(), x.data(), params.weight.value.data(), n, dim, eps);
     s.x = x;
   }
-  void backward(const SeqContext&, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {
+  /// residual (optional, [n, dim]): added to dx in the same pass (PreNormResidual's skip branch).
+  void backward(const SeqContext&, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s,
+                const T* residual = nullptr) {
     const int64_t n = s.x.size(0);
     dx.resize_uninit({n, dim});
     ops::rmsnorm_backward(B{}, dx.data(), params.weight.grad.data(), dy.data(), s.x.data(),
-                          params.weight.value.data(), s.rstd.data(), n, dim);
+                          params.weight.value.data(), s.rstd.data(), n, dim, residual);
   }
 };
 

@@ -57,8 +57,12 @@ struct PreNormResidual {
   void backward(const SeqContext& ctx, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {
     Tensor<T, B>& scratch = shared_scratch<PreNormResidual, T, B, 1>()[0];  // context.hpp
     inner.backward(ctx, dy, scratch, s.inner_s);
-    norm.backward(ctx, scratch, dx, s.norm_s);
-    ops::add_inplace(B{}, dx.data(), dy.data(), dy.numel());
+    if constexpr (requires { norm.backward(ctx, scratch, dx, s.norm_s, dy.data()); }) {
+      norm.backward(ctx, scratch, dx, s.norm_s, dy.data());  // dx = norm'(...) + dy in one pass
+    } else {
+      norm.backward(ctx, scratch, dx, s.norm_s);
+      ops::add_inplace(B{}, dx.data(), dy.data(), dy.numel());
+    }
   }
 };
 

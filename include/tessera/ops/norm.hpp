@@ -57,11 +57,14 @@ void rmsnorm_forward(cpu, T* y, std::type_identity_t<T>* rstd, const T* x, const
   }
 }
 
-/// With g = dy * w: dx = rstd * (g - x * rstd^2 * <g, x> / D) (overwritten, skipped when null);
-/// dw += sum_rows dy * x * rstd (skipped when null). dx must not alias dy or x (dw reads them afterwards).
+/// With g = dy * w: dx = rstd * (g - x * rstd^2 * <g, x> / D) (overwritten, skipped when null), plus
+/// `residual` [N, D] when given (a pre-norm residual block's other gradient branch, added in the same pass:
+/// the sum rounds as a separate add would); dw += sum_rows dy * x * rstd (skipped when null). dx must not
+/// alias dy or x (dw reads them afterwards); it may alias residual.
 template <class T>
 void rmsnorm_backward(cpu, std::type_identity_t<T>* dx, std::type_identity_t<T>* dw, const T* dy, const T* x,
-                      const std::type_identity_t<T>* w, const T* rstd, int64_t N, int64_t D) {
+                      const std::type_identity_t<T>* w, const T* rstd, int64_t N, int64_t D,
+                      const std::type_identity_t<T>* residual = nullptr) {
   if (dx) {
 #pragma omp parallel for schedule(static) if (N * D >= detail::kNormParallelMin)
     for (int64_t n = 0; n < N; ++n) {
@@ -77,6 +80,7 @@ void rmsnorm_backward(cpu, std::type_identity_t<T>* dx, std::type_identity_t<T>*
         const T c = (dyr * xr).sum() * r * r / static_cast<T>(D);
         dxr = r * (dyr - xr * c);
       }
+      if (residual) dxr += eig::CMapVec<T>(residual + n * D, D).array();
     }
   }
   if (dw) detail::norm_colsum(dw, dy, x, rstd, N, D);
@@ -151,7 +155,7 @@ void layernorm_backward(cpu, std::type_identity_t<T>* dx, std::type_identity_t<T
 void rmsnorm_forward(cuda, float* y, float* rstd, const float* x, const float* w, int64_t N, int64_t D,
                      double eps);
 void rmsnorm_backward(cuda, float* dx, float* dw, const float* dy, const float* x, const float* w,
-                      const float* rstd, int64_t N, int64_t D);
+                      const float* rstd, int64_t N, int64_t D, const float* residual = nullptr);
 // LayerNorm (cuda/loss.cu). dw/db are reduced without atomics (deterministic); dx may alias dy.
 void layernorm_forward(cuda, float* y, float* mean, float* rstd, const float* x, const float* w, const float* b,
                        int64_t N, int64_t D, double eps);
