@@ -248,8 +248,8 @@ TEST_F(Cuda, RmsNormForwardBackwardMatchCpu) {
     // With a residual gradient (PreNormResidual's skip branch): exactly the plain dx plus it, added once.
     const Host res = randn(n, rng);
     auto d_res = upload(res), d_dx_plain = upload(dx), d_dx_res = upload(dx);
-    ops::rmsnorm_backward(cuda{}, d_dx_plain.data(), nullptr, d_dy.data(), d_x.data(), d_wp, d_rstd.data(), c.N,
-                          c.D);
+    ops::rmsnorm_backward(cuda{}, d_dx_plain.data(), nullptr, d_dy.data(), d_x.data(), d_wp, d_rstd.data(),
+                          c.N, c.D);
     ops::rmsnorm_backward(cuda{}, d_dx_res.data(), nullptr, d_dy.data(), d_x.data(), d_wp, d_rstd.data(), c.N,
                           c.D, d_res.data());
     const Host plain = download(d_dx_plain), with_res = download(d_dx_res);
