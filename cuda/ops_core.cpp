@@ -125,28 +125,31 @@ void rope_backward(cuda, float* dx, int64_t stride, const int64_t* positions, in
   cuda_detail::rope_f32(dx, stride, positions, N, H, Dh, theta, style == RopeStyle::Interleaved, -1.0);
 }
 
+namespace {
+/// The four rope_qk overloads: fp32 or bf16 (bit patterns) on each side, told to the launcher by type.
+template <class In, class Out>
+void rope_qk_any(const In* q, const In* k, Out* q_out, Out* k_out, const int64_t* positions, int64_t N,
+                 int64_t Hq, int64_t Hk, int64_t Dh, double theta, RopeStyle style, bool inverse) {
+  cuda_detail::rope_qk(q, k, q_out, k_out, std::is_same_v<In, bf16>, std::is_same_v<Out, bf16>, positions, N, Hq,
+                       Hk, Dh, theta, style == RopeStyle::Interleaved, inverse ? -1.0 : 1.0);
+}
+}  // namespace
+
 void rope_qk(cuda, const float* q, const float* k, float* q_out, float* k_out, const int64_t* positions,
              int64_t N, int64_t Hq, int64_t Hk, int64_t Dh, double theta, RopeStyle style, bool inverse) {
-  cuda_detail::rope_qk(q, k, q_out, k_out, false, false, positions, N, Hq, Hk, Dh, theta,
-                       style == RopeStyle::Interleaved, inverse ? -1.0 : 1.0);
+  rope_qk_any(q, k, q_out, k_out, positions, N, Hq, Hk, Dh, theta, style, inverse);
 }
-
 void rope_qk(cuda, const float* q, const float* k, bf16* q_out, bf16* k_out, const int64_t* positions,
              int64_t N, int64_t Hq, int64_t Hk, int64_t Dh, double theta, RopeStyle style, bool inverse) {
-  cuda_detail::rope_qk(q, k, q_out, k_out, false, true, positions, N, Hq, Hk, Dh, theta,
-                       style == RopeStyle::Interleaved, inverse ? -1.0 : 1.0);
+  rope_qk_any(q, k, q_out, k_out, positions, N, Hq, Hk, Dh, theta, style, inverse);
 }
-
 void rope_qk(cuda, const bf16* q, const bf16* k, float* q_out, float* k_out, const int64_t* positions,
              int64_t N, int64_t Hq, int64_t Hk, int64_t Dh, double theta, RopeStyle style, bool inverse) {
-  cuda_detail::rope_qk(q, k, q_out, k_out, true, false, positions, N, Hq, Hk, Dh, theta,
-                       style == RopeStyle::Interleaved, inverse ? -1.0 : 1.0);
+  rope_qk_any(q, k, q_out, k_out, positions, N, Hq, Hk, Dh, theta, style, inverse);
 }
-
 void rope_qk(cuda, const bf16* q, const bf16* k, bf16* q_out, bf16* k_out, const int64_t* positions,
              int64_t N, int64_t Hq, int64_t Hk, int64_t Dh, double theta, RopeStyle style, bool inverse) {
-  cuda_detail::rope_qk(q, k, q_out, k_out, true, true, positions, N, Hq, Hk, Dh, theta,
-                       style == RopeStyle::Interleaved, inverse ? -1.0 : 1.0);
+  rope_qk_any(q, k, q_out, k_out, positions, N, Hq, Hk, Dh, theta, style, inverse);
 }
 
 void append_kv(cuda, float* kdst, const float* k, int64_t k_stride, int64_t kw, float* vdst, const float* v,
