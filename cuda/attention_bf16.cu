@@ -175,15 +175,16 @@ void backward_impl(const AttnArgs& a, const Mask& mask, const uint16_t* q, const
     const unsigned kblocks = has_k ? block_count(d.B * d.Hkv * ((d.Tk + kTile - 1) / kTile), op) : 0;
     const unsigned qblocks = has_q ? block_count(d.B * d.Hq * ((d.Tq + kTile - 1) / kTile), op) : 0;
     if (use_mma) {
-      constexpr size_t smem = MmaBwdSmem<kD>::bytes;
       if (has_k) {
         auto kernel = attn_bf16_bwd_dkdv_mma_kernel<kD, Mask>;
+        constexpr size_t smem = MmaBwdSmem<kD>::dkdv_bytes;
         allow_smem(kernel, smem);
         kernel<<<kblocks, kThreads, smem>>>(d, mask, q, k, v, lse, Dd, dout, dk, dv);
         TESSERA_CUDA_CHECK_LAUNCH("attn_bf16_bwd_dkdv_mma_kernel");
       }
       if (has_q) {
         auto kernel = attn_bf16_bwd_dq_mma_kernel<kD, Mask>;
+        constexpr size_t smem = MmaBwdSmem<kD>::dq_bytes;
         allow_smem(kernel, smem);
         kernel<<<qblocks, kThreads, smem>>>(d, mask, q, k, v, lse, Dd, dout, dq);
         TESSERA_CUDA_CHECK_LAUNCH("attn_bf16_bwd_dq_mma_kernel");

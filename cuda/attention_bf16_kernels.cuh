@@ -166,8 +166,20 @@ template <int kD, int kN>
 __device__ void load_tiles(const TileSrc (&t)[kN], bool vec) {
   constexpr int kLd = TileLd<kD>::value, kChunks = kD / 8, kIters = kTile * kChunks / kThreads;
   static_assert(kTile * kChunks % kThreads == 0, "whole chunks per thread");
+  static_assert(kThreads % kChunks == 0, "a thread's chunks share one column");
 #pragma unroll
-  for (int i = 0; i < kN; ++i)
+  for (int i = 0; i < kN; ++i) {
+    if (vec && t[i].n == kTile && t[i].cols == kD) {
+      // Whole tile (the common case): cp.async only, no bounds tests; thread x copies column chunk x %
+      // kChunks of rows x / kChunks + kThreads / kChunks * it.
+      constexpr int kRowStep = kThreads / kChunks;
+      const int r0 = threadIdx.x / kChunks, c = threadIdx.x % kChunks * 8;
+      const uint16_t* src = t[i].src + r0 * t[i].stride + c;
+      bf16_t* dst = t[i].dst + r0 * kLd + c;
+#pragma unroll
+      for (int it = 0; it < kIters; ++it) copy16_async(dst + it * kRowStep * kLd, src + it * kRowStep * t[i].stride);
+      continue;
+    }
 #pragma unroll
     for (int it = 0; it < kIters; ++it) {
       const int e = threadIdx.x + it * kThreads, r = e / kChunks, c = e % kChunks * 8;
@@ -177,6 +189,7 @@ __device__ void load_tiles(const TileSrc (&t)[kN], bool vec) {
       else
         *reinterpret_cast<Vec16*>(dst) = load_chunk<kD>(t[i], e, vec);
     }
+  }
 }
 
 /// The dK/dV kernels' query tile: rows i0 .. i0 + nq of head h, Q and dO into Qs, dOs (load_tiles), and per

@@ -7,8 +7,11 @@
 // 15 and keeps their Q fragments in registers (kD / 16 A fragments, loaded once by ldmatrix). Key tiles of 64
 // keys stream through shared memory, K and V in separate buffers so that loads overlap compute (FA2's order):
 //   V_j is loaded while S = Q K_j^T and the softmax run, K_{j+1} while O += P V_j runs.
-// Per key tile and warp (only the 16-key chunks the warp's rows can see; a warp that sees none idles):
-//   S = Q K^T: 2 mma per (16-key chunk, 16 dims), K's B fragments by ldmatrix (rows = keys);
+// Per key tile and warp (a warp that sees no key of the tile idles; otherwise all 4 chunks of 16 keys, in
+// straight-line code: the busiest warp of a diagonal tile computes them all anyway, and without branches
+// between chunks the independent mma chains of different chunks overlap instead of running one by one):
+//   S = Q K^T: 2 mma per (16-key chunk, 16 dims), head-dim step outer, chunks inner (8 accumulator chains in
+//   flight), K's B fragments by ldmatrix (rows = keys);
 //   online softmax on the accumulators: lane 4 g + t holds rows g and g + 8, columns 8 n + 2 t, +1 of every
 //   8-key n-tile n; scores scaled to log2 units, masked per element only on tiles the mask cuts (or the last,
 //   partial one), row max over the quad by two xor shuffles; P = exp2(s - m) rounded to bf16 straight into
@@ -95,32 +98,31 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
     const int nk = static_cast<int>(min(int64_t{kTile}, kr.hi - j0));
     load_tiles<kD, 1>({TileSrc{Vs, v + (b * d.Tk + j0) * d.v_stride + g_kv * d.Dv, d.v_stride, nk, d.Dv}},
                       d.vec);
-    // The warp's key columns [c_lo, c_hi) of this tile, as 16-key chunks [kc_lo, kc_hi) (warp-uniform).
-    const int c_lo = static_cast<int>(min(max(wr.lo, j0) - j0, int64_t{kTile}));
-    const int c_hi = static_cast<int>(max(min(wr.hi, j0 + nk) - j0, int64_t{0}));
-    const bool active = c_lo < c_hi;
-    const int kc_lo = active ? c_lo / 16 : 0, kc_hi = active ? (c_hi + 15) / 16 : 0;
+    // Does the warp see any key of this tile (warp-uniform)?
+    const bool active = max(wr.lo, j0) < min(wr.hi, j0 + nk);
     uint32_t pa[kKc][4];  // P (bf16) as the A fragments of P V, per key chunk
 
     if (active) {
+      // S = Q K^T over the whole key tile, k-step outer: 2 kKc independent accumulator chains per k-step
+      // (chunks the warp cannot see are computed too and masked below; the block waits for its busiest warp
+      // at the next barrier anyway, and straight-line code lets the mma of different chunks overlap).
       float s[kNt][4];
 #pragma unroll
       for (int n = 0; n < kNt; ++n)
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[n][e] = 0.f;
 #pragma unroll
-      for (int kc = 0; kc < kKc; ++kc) {
-        if (kc < kc_lo || kc >= kc_hi) continue;
+      for (int kk = 0; kk < kKs; ++kk)
 #pragma unroll
-        for (int kk = 0; kk < kKs; ++kk) {
+        for (int kc = 0; kc < kKc; ++kc) {
           uint32_t kb[4];
           mma::load_b_nk(kb, Ks + kc * 16 * kLd + kk * 16, kLd);
           mma::mma_nt(s[2 * kc], qa[kk], kb, 0);
           mma::mma_nt(s[2 * kc + 1], qa[kk], kb, 1);
         }
-      }
 
-      // Scale to log2 units and mask: per element only where the mask cuts the tile or the tile is partial.
+      // Scale to log2 units and mask: per element only where the mask cuts the warp's part of the tile (which
+      // includes every chunk the warp's rows cannot see) or the tile is partial.
       const bool need_mask = nk < kTile || !m.full(b, qpos0 + w0, qpos0 + min(nq, w0 + 16), j0, j0 + nk);
       int lo_rel[2], hi_rel[2];  // visible columns of rows g, g + 8 in this tile
 #pragma unroll
@@ -131,12 +133,11 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
       float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
       for (int n = 0; n < kNt; ++n) {
-        const bool in_range = n / 2 >= kc_lo && n / 2 < kc_hi;
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
           const int hr = e / 2, col = 8 * n + 2 * t + e % 2;
           float x = s[n][e] * d.scale_log2;
-          if (!in_range || (need_mask && (col < lo_rel[hr] || col >= hi_rel[hr]))) x = -INFINITY;
+          if (need_mask && (col < lo_rel[hr] || col >= hi_rel[hr])) x = -INFINITY;
           s[n][e] = x;
           mx[hr] = fmaxf(mx[hr], x);
         }
@@ -152,11 +153,11 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
         m_run[hr] = m_new;
       }
 
-      // P = exp2(s - m) rounded to bf16 into the A fragments; the sums take the same rounded values.
+      // P = exp2(s - m) rounded to bf16 into the A fragments (0 for masked keys); the sums take the same
+      // rounded values.
       float sum[2] = {0.f, 0.f};
 #pragma unroll
       for (int kc = 0; kc < kKc; ++kc) {
-        if (kc < kc_lo || kc >= kc_hi) continue;
         float p[2][4];
 #pragma unroll
         for (int j = 0; j < 2; ++j)
@@ -181,8 +182,7 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
 
     if (active) {
 #pragma unroll
-      for (int kc = 0; kc < kKc; ++kc) {
-        if (kc < kc_lo || kc >= kc_hi) continue;
+      for (int kc = 0; kc < kKc; ++kc) {  // every chunk: P is 0 on the ones the warp cannot see
 #pragma unroll
         for (int dn = 0; dn < kD / 16; ++dn) {
           uint32_t vb[4];

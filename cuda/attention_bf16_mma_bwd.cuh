@@ -13,13 +13,17 @@
 //
 // dK/dV kernel: block per (b, kv head, 64 keys), warp w owns keys 16 w ..; K and V stay in shared memory,
 // over every query head of the group and every query tile whose key range meets the block, Q and dO tiles
-// stream through shared memory; per 16-query chunk the warp's keys can see:
-//   S^T = K_w Q_c^T (A: K rows, B: Q rows via ldmatrix), P^T (needs lse per query column),
-//   dV += P^T dO_c (B: dO rows via ldmatrix.trans), dP^T = V_w dO_c^T, dS^T = P^T (dP^T - D) scale,
-//   dK += dS^T Q_c (B: Q rows via ldmatrix.trans).
+// stream through two shared-memory buffers (the next tile loads while this one is used); per 16-query chunk
+// the warp's keys can see:
+//   S^T = K_w Q_c^T (A: K rows, B: Q rows via ldmatrix) and dP^T = V_w dO_c^T in one k-loop (4 independent
+//   accumulator chains: the mma latency of one chain is what bounded the earlier one-product-at-a-time
+//   loop), P^T (needs lse per query column), dV += P^T dO_c (B: dO rows via ldmatrix.trans),
+//   dS^T = P^T (dP^T - D) scale, dK += dS^T Q_c (B: Q rows via ldmatrix.trans).
 // dQ kernel: block per (b, h, 64 query rows; heaviest first), warp w owns query rows 16 w .. (their Q and dO
-// A fragments in registers); K and V tiles stream; per 16-key chunk the warp's rows can see:
-//   S = Q_w K_c^T, P (lse per row), dP = dO_w V_c^T, dS = P (dP - D) scale, dQ += dS K_c.
+// A fragments in registers); K and V tiles stream through two buffers (the second in Q's and dO's space);
+// per 16-key chunk the warp's rows can see:
+//   S = Q_w K_c^T and dP = dO_w V_c^T in one k-loop, P (lse per row), dS = P (dP - D) scale, dQ += dS K_c.
+// P's exponential is ex2.approx of one fma (s scale log2e - lse log2e), as in the forward.
 #pragma once
 #include "attention_bf16_kernels.cuh"
 #include "mma_sm80.cuh"
@@ -27,16 +31,21 @@
 namespace tessera::cuda_detail {
 namespace {
 
-/// Shared memory of the mma backward kernels: Q, dO, K, V tiles (bf16 [kTile][kD + 8]) and, for the dK/dV
-/// kernel, the query tile's lse * log2(e) and D (fp32 [kTile] each).
+/// Shared memory of the mma backward kernels: bf16 [kTile][kD + 8] tiles. dQ kernel: Q, dO, K, V, then a
+/// second K, V buffer in Q's and dO's place. dK/dV kernel: K, V and two buffers of a query tile: Q, dO and
+/// the rows' lse * log2(e) and D (fp32 [kTile] each).
 template <int kD>
 struct MmaBwdSmem {
   static constexpr int kLd = TileLd<kD>::value;
   static constexpr size_t tile = sizeof(bf16_t) * kTile * kLd;
   static constexpr size_t q = 0, dout = tile, k = 2 * tile, v = 3 * tile;
-  static constexpr size_t rowq = 4 * tile;
-  static constexpr size_t rowd = rowq + sizeof(float) * kTile;
-  static constexpr size_t bytes = rowd + sizeof(float) * kTile;
+  static constexpr size_t dq_bytes = 4 * tile;
+  // dK/dV kernel: query buffer i at q_buf(i), dout_buf(i), rowq(i), rowd(i).
+  static constexpr size_t q_buf(int i) { return i == 0 ? q : 4 * tile; }
+  static constexpr size_t dout_buf(int i) { return i == 0 ? dout : 5 * tile; }
+  static constexpr size_t rowq(int i) { return 6 * tile + 2 * i * sizeof(float) * kTile; }
+  static constexpr size_t rowd(int i) { return rowq(i) + sizeof(float) * kTile; }
+  static constexpr size_t dkdv_bytes = rowq(2);
 };
 
 /// The bf16 values (as floats) of an A fragment in accumulator order: p[j][e] is element e of n-tile j.
@@ -115,12 +124,13 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
   static_assert(kWarps * 16 == kTile, "one 16-key m-tile per warp");
   extern __shared__ __align__(128) float smem_f[];
   char* sm = reinterpret_cast<char*>(smem_f);
-  bf16_t* Qs = reinterpret_cast<bf16_t*>(sm + L::q);
-  bf16_t* dOs = reinterpret_cast<bf16_t*>(sm + L::dout);
   bf16_t* Ks = reinterpret_cast<bf16_t*>(sm + L::k);
   bf16_t* Vs = reinterpret_cast<bf16_t*>(sm + L::v);
-  float* lse2 = reinterpret_cast<float*>(sm + L::rowq);
-  float* Ds = reinterpret_cast<float*>(sm + L::rowd);
+  // Query buffer `buf` (0 or 1; selects, not arrays, so that nothing lands in local memory).
+  auto Qb = [&](int buf) { return reinterpret_cast<bf16_t*>(sm + (buf ? L::q_buf(1) : L::q_buf(0))); };
+  auto dOb = [&](int buf) { return reinterpret_cast<bf16_t*>(sm + (buf ? L::dout_buf(1) : L::dout_buf(0))); };
+  auto lse2b = [&](int buf) { return reinterpret_cast<float*>(sm + (buf ? L::rowq(1) : L::rowq(0))); };
+  auto Db = [&](int buf) { return reinterpret_cast<float*>(sm + (buf ? L::rowd(1) : L::rowd(0))); };
 
   const int64_t nkb = (d.Tk + kTile - 1) / kTile, blk = blockIdx.x;
   const int64_t b = blk / (nkb * d.Hkv), gk = blk / nkb % d.Hkv, j0 = blk % nkb * kTile;
@@ -138,9 +148,32 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
     qhi[hr] = m.query_hi(kpos[hr]);
   }
 
+  // The query tiles to visit: u = (h - first head of the group) * nqb + i0 / kTile over every query head of
+  // the group, those whose key range meets this key tile (block-uniform). Tile u + 1's Q, dO, lse and D load
+  // into the other buffer while tile u is used.
+  const int64_t rep = d.rep(), nqb = (d.Tq + kTile - 1) / kTile, n_u = rep * nqb;
+  auto sees_us = [&](int64_t u) {
+    const int64_t i0 = u % nqb * kTile, qpos0 = d.q_offset + i0;
+    const Range kr = key_range(m, b, qpos0, qpos0 + min(int64_t{kTile}, d.Tq - i0), d.Tk);
+    return max(kr.lo, j0) < min(kr.hi, j0 + nk);
+  };
+  auto next_tile = [&](int64_t u) {
+    while (u < n_u && !sees_us(u)) ++u;
+    return u;
+  };
+  auto load_tile = [&](int64_t u, int buf) {
+    const int64_t i0 = u % nqb * kTile;
+    load_query_tile<kD>(d, b, gk * rep + u / nqb, i0, static_cast<int>(min(int64_t{kTile}, d.Tq - i0)), q, dout,
+                        lse_g, D_g, Qb(buf), dOb(buf), lse2b(buf), Db(buf));
+  };
+
   load_tiles<kD, 2>({TileSrc{Ks, k + (b * d.Tk + j0) * d.k_stride + gk * d.Dh, d.k_stride, nk, d.Dh},
                      TileSrc{Vs, v + (b * d.Tk + j0) * d.v_stride + gk * d.Dv, d.v_stride, nk, d.Dv}},
                     d.vec);
+  int64_t u = next_tile(0);
+  if (u < n_u) load_tile(u, 0);
+  async_wait_all();
+  __syncthreads();
 
   float dka[kOt][4], dva[kOt][4];
 #pragma unroll
@@ -148,69 +181,69 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
 #pragma unroll
     for (int e = 0; e < 4; ++e) dka[n][e] = dva[n][e] = 0.f;
 
-  const int64_t rep = d.rep();
-  for (int64_t h = gk * rep; h < (gk + 1) * rep; ++h) {
-    for (int64_t i0 = 0; i0 < d.Tq; i0 += kTile) {
-      const int nq = static_cast<int>(min(int64_t{kTile}, d.Tq - i0));
-      const int64_t qpos0 = d.q_offset + i0;
-      const Range kr = key_range(m, b, qpos0, qpos0 + nq, d.Tk);
-      if (max(kr.lo, j0) >= min(kr.hi, j0 + nk)) continue;  // block-uniform: this query tile never sees us
-      __syncthreads();  // every warp is done with the previous query tiles (and K, V are loaded)
-      load_query_tile<kD>(d, b, h, i0, nq, q, dout, lse_g, D_g, Qs, dOs, lse2, Ds);
-      async_wait_all();  // Q, dO (and the first time K, V)
-      __syncthreads();
+  for (int buf = 0; u < n_u; buf ^= 1) {
+    const int64_t u_next = next_tile(u + 1);
+    if (u_next < n_u) load_tile(u_next, buf ^ 1);  // its buffer was released by the last barrier
+    const int64_t i0 = u % nqb * kTile, qpos0 = d.q_offset + i0;
+    const int nq = static_cast<int>(min(int64_t{kTile}, d.Tq - i0));
+    const bf16_t* Qs = Qb(buf);
+    const bf16_t* dOs = dOb(buf);
+    const float* lse2 = lse2b(buf);
+    const float* Ds = Db(buf);
 
 #pragma unroll 1
-      for (int qc = 0; qc < kQc; ++qc) {
-        const int c0 = 16 * qc;
-        if (c0 >= nq) break;
-        const int64_t lo = qpos0 + c0, hi = qpos0 + min(nq, c0 + 16);
-        const Range rn = key_range(m, b, lo, hi, d.Tk);
-        if (max(rn.lo, wk_lo) >= min(rn.hi, wk_hi)) continue;  // warp-uniform: no key of ours is seen
-        const bool full = hi - lo == 16 && wk_hi - wk_lo == 16 && m.full(b, lo, hi, wk_lo, wk_hi);
-
-        // S^T = K_w Q_c^T: rows = the warp's keys, columns = the chunk's 16 queries.
-        float s[2][4] = {};
+    for (int qc = 0; qc < kQc; ++qc) {
+      const int c0 = 16 * qc;
+      if (c0 >= nq) break;
+      const int64_t lo = qpos0 + c0, hi = qpos0 + min(nq, c0 + 16);
+      const Range rn = key_range(m, b, lo, hi, d.Tk);
+      if (max(rn.lo, wk_lo) >= min(rn.hi, wk_hi)) continue;  // warp-uniform: no key of ours is seen
+      // Queries [vis_lo, vis_hi) of this chunk that see the keys of rows g, g + 8 (k <= q < query_hi(k), and
+      // the tile's end; empty for keys past the tile): the elementwise test is two compares and a select.
+      int vis_lo[2], vis_hi[2];
 #pragma unroll
-        for (int kk = 0; kk < kKs; ++kk) {
-          uint32_t ka[4], qb[4];
-          mma::load_a(ka, Ks + w0 * kLd + kk * 16, kLd);
-          mma::load_b_nk(qb, Qs + c0 * kLd + kk * 16, kLd);
-          mma::mma_nt(s[0], ka, qb, 0);
-          mma::mma_nt(s[1], ka, qb, 1);
-        }
-        // P^T (0 where masked), rounded to bf16 into an A fragment.
-        float p[2][4];
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int hr = e / 2, col = c0 + 8 * j + 2 * t + e % 2;
-            const int64_t qp = qpos0 + col;
-            const float l2 = lse2[col];
-            const bool ok = key_ok[hr] && col < nq && l2 != -INFINITY &&
-                            (full || (qp >= kpos[hr] && qp < qhi[hr]));
-            p[j][e] = ok ? exp2f(s[j][e] * d.scale_log2 - l2) : 0.f;
-          }
-        uint32_t pa[4];
-        mma::acc_to_a(pa, p[0], p[1]);
-        mma_add_rows<kD>(dva, pa, dOs + c0 * kLd, kLd);  // dV += P^T dO_c
-        // dP^T = V_w dO_c^T.
-        float dp[2][4] = {};
-#pragma unroll
-        for (int kk = 0; kk < kKs; ++kk) {
-          uint32_t va[4], ob[4];
-          mma::load_a(va, Vs + w0 * kLd + kk * 16, kLd);
-          mma::load_b_nk(ob, dOs + c0 * kLd + kk * 16, kLd);
-          mma::mma_nt(dp[0], va, ob, 0);
-          mma::mma_nt(dp[1], va, ob, 1);
-        }
-        // dS^T = P^T (dP^T - D) scale (D per query column), then dK += dS^T Q_c.
-        uint32_t dsa[4];
-        ds_fragment(dsa, pa, dp, [&](int j, int e) { return Ds[c0 + 8 * j + 2 * t + e % 2]; }, d.scale);
-        mma_add_rows<kD>(dka, dsa, Qs + c0 * kLd, kLd);
+      for (int hr = 0; hr < 2; ++hr) {
+        vis_lo[hr] = key_ok[hr] ? static_cast<int>(min(max(kpos[hr] - lo, int64_t{0}), int64_t{16})) : 0;
+        vis_hi[hr] = key_ok[hr] ? static_cast<int>(min(max(min(qhi[hr], hi) - lo, int64_t{0}), int64_t{16})) : 0;
       }
+
+      // S^T = K_w Q_c^T and dP^T = V_w dO_c^T in one k-loop (4 independent accumulator chains): rows = the
+      // warp's keys, columns = the chunk's 16 queries.
+      float s[2][4] = {}, dp[2][4] = {};
+#pragma unroll
+      for (int kk = 0; kk < kKs; ++kk) {
+        uint32_t ka[4], qb[4], va[4], ob[4];
+        mma::load_a(ka, Ks + w0 * kLd + kk * 16, kLd);
+        mma::load_b_nk(qb, Qs + c0 * kLd + kk * 16, kLd);
+        mma::load_a(va, Vs + w0 * kLd + kk * 16, kLd);
+        mma::load_b_nk(ob, dOs + c0 * kLd + kk * 16, kLd);
+        mma::mma_nt(s[0], ka, qb, 0);
+        mma::mma_nt(s[1], ka, qb, 1);
+        mma::mma_nt(dp[0], va, ob, 0);
+        mma::mma_nt(dp[1], va, ob, 1);
+      }
+      // P^T (0 where masked), rounded to bf16 into an A fragment.
+      float p[2][4];
+#pragma unroll
+      for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int hr = e / 2, col = 8 * j + 2 * t + e % 2;
+          const float l2 = lse2[c0 + col];  // -inf: a query row without visible keys (P = 0)
+          const float x = mma::exp2_approx(fmaf(s[j][e], d.scale_log2, -l2));
+          p[j][e] = col >= vis_lo[hr] && col < vis_hi[hr] && l2 != -INFINITY ? x : 0.f;
+        }
+      uint32_t pa[4];
+      mma::acc_to_a(pa, p[0], p[1]);
+      mma_add_rows<kD>(dva, pa, dOs + c0 * kLd, kLd);  // dV += P^T dO_c
+      // dS^T = P^T (dP^T - D) scale (D per query column), then dK += dS^T Q_c.
+      uint32_t dsa[4];
+      ds_fragment(dsa, pa, dp, [&](int j, int e) { return Ds[c0 + 8 * j + 2 * t + e % 2]; }, d.scale);
+      mma_add_rows<kD>(dka, dsa, Qs + c0 * kLd, kLd);
     }
+    async_wait_all();  // the next query tile
+    __syncthreads();   // ... visible; every warp is done with this one
+    u = u_next;
   }
 
   const int nrows = max(0, min(16, nk - w0));
@@ -240,9 +273,23 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int w0 = warp * 16;
 
+  const Range wr = key_range(m, b, qpos0 + w0, qpos0 + min(nq, w0 + 16), d.Tk);
+  const Range kr = key_range(m, b, qpos0, qpos0 + nq, d.Tk);
+  // Key / value tiles double-buffered: tile j in buffer j % 2, buffer 1 in the space of Q and dO (free once
+  // their fragments are in registers), so tile j + 1 loads while tile j is used.
+  auto Kbuf = [&](int buf) { return buf ? Qs : Ks; };  // selects, not arrays: nothing in local memory
+  auto Vbuf = [&](int buf) { return buf ? dOs : Vs; };
+  auto load_kv = [&](int64_t j0, int buf) {
+    const int nk = static_cast<int>(min(int64_t{kTile}, kr.hi - j0));
+    load_tiles<kD, 2>({TileSrc{Kbuf(buf), k + (b * d.Tk + j0) * d.k_stride + gk * d.Dh, d.k_stride, nk, d.Dh},
+                       TileSrc{Vbuf(buf), v + (b * d.Tk + j0) * d.v_stride + gk * d.Dv, d.v_stride, nk, d.Dv}},
+                      d.vec);
+  };
+
   load_tiles<kD, 2>({TileSrc{Qs, q + (b * d.Tq + i0) * d.q_stride + h * d.Dh, d.q_stride, nq, d.Dh},
                      TileSrc{dOs, dout + (b * d.Tq + i0) * d.o_stride + h * d.Dv, d.o_stride, nq, d.Dv}},
                     d.vec);
+  if (kr.lo < kr.hi) load_kv(kr.lo, 0);
   // This lane's rows g, g + 8: position, validity, first visible key, lse (log2 units) and D.
   int64_t qpos[2], klo[2];
   bool row_ok[2];
@@ -265,24 +312,20 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
     mma::load_a(qa[kk], Qs + w0 * kLd + kk * 16, kLd);
     mma::load_a(oa[kk], dOs + w0 * kLd + kk * 16, kLd);
   }
+  __syncthreads();  // every warp holds its Q and dO fragments: buffer 1 is free
 
   float dqa[kOt][4];
 #pragma unroll
   for (int n = 0; n < kOt; ++n)
 #pragma unroll
     for (int e = 0; e < 4; ++e) dqa[n][e] = 0.f;
-  const Range wr = key_range(m, b, qpos0 + w0, qpos0 + min(nq, w0 + 16), d.Tk);
-  const Range kr = key_range(m, b, qpos0, qpos0 + nq, d.Tk);
-  const int64_t wq_lo = qpos0 + w0, wq_hi = qpos0 + min(nq, w0 + 16);
 
-  for (int64_t j0 = kr.lo; j0 < kr.hi; j0 += kTile) {
+  int buf = 0;
+  for (int64_t j0 = kr.lo; j0 < kr.hi; j0 += kTile, buf ^= 1) {
     const int nk = static_cast<int>(min(int64_t{kTile}, kr.hi - j0));
-    __syncthreads();  // every warp is done with the previous K, V tiles
-    load_tiles<kD, 2>({TileSrc{Ks, k + (b * d.Tk + j0) * d.k_stride + gk * d.Dh, d.k_stride, nk, d.Dh},
-                       TileSrc{Vs, v + (b * d.Tk + j0) * d.v_stride + gk * d.Dv, d.v_stride, nk, d.Dv}},
-                      d.vec);
-    async_wait_all();
-    __syncthreads();
+    if (j0 + kTile < kr.hi) load_kv(j0 + kTile, buf ^ 1);  // its buffer was released by the last barrier
+    const bf16_t* Kc = Kbuf(buf);
+    const bf16_t* Vc = Vbuf(buf);
 
 #pragma unroll 1
     for (int kc = 0; kc < kKc; ++kc) {
@@ -290,44 +333,47 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
       if (c0 >= nk) break;
       const int64_t klo_c = j0 + c0, khi_c = j0 + min(nk, c0 + 16);
       if (max(wr.lo, klo_c) >= min(wr.hi, khi_c)) continue;  // warp-uniform: none of these keys is seen
-      const bool full = khi_c - klo_c == 16 && wq_hi - wq_lo == 16 && m.full(b, wq_lo, wq_hi, klo_c, khi_c);
+      // Visible columns [vis_lo, vis_hi) of rows g, g + 8 in this chunk (empty for rows past the tile or
+      // without any visible key): the mask's key_lo(q) <= k <= q and the tile's end, so that the elementwise
+      // test below is two integer compares and a select.
+      int vis_lo[2], vis_hi[2];
+#pragma unroll
+      for (int hr = 0; hr < 2; ++hr) {
+        const bool live = row_ok[hr] && l2[hr] != -INFINITY;
+        vis_lo[hr] = live ? static_cast<int>(min(max(klo[hr] - klo_c, int64_t{0}), int64_t{16})) : 0;
+        vis_hi[hr] = live ? static_cast<int>(min(max(min(qpos[hr] + 1, khi_c) - klo_c, int64_t{0}), int64_t{16})) : 0;
+      }
 
-      // S = Q_w K_c^T.
-      float s[2][4] = {};
+      // S = Q_w K_c^T and dP = dO_w V_c^T in one k-loop: 4 independent accumulator chains.
+      float s[2][4] = {}, dp[2][4] = {};
 #pragma unroll
       for (int kk = 0; kk < kKs; ++kk) {
-        uint32_t kb[4];
-        mma::load_b_nk(kb, Ks + c0 * kLd + kk * 16, kLd);
+        uint32_t kb[4], vb[4];
+        mma::load_b_nk(kb, Kc + c0 * kLd + kk * 16, kLd);
+        mma::load_b_nk(vb, Vc + c0 * kLd + kk * 16, kLd);
         mma::mma_nt(s[0], qa[kk], kb, 0);
         mma::mma_nt(s[1], qa[kk], kb, 1);
+        mma::mma_nt(dp[0], oa[kk], vb, 0);
+        mma::mma_nt(dp[1], oa[kk], vb, 1);
       }
       float p[2][4];
 #pragma unroll
       for (int j = 0; j < 2; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int hr = e / 2, col = c0 + 8 * j + 2 * t + e % 2;
-          const int64_t kp = j0 + col;
-          const bool ok = row_ok[hr] && col < nk && l2[hr] != -INFINITY &&
-                          (full || (kp <= qpos[hr] && kp >= klo[hr]));
-          p[j][e] = ok ? exp2f(s[j][e] * d.scale_log2 - l2[hr]) : 0.f;
+          const int hr = e / 2, col = 8 * j + 2 * t + e % 2;
+          const float x = mma::exp2_approx(fmaf(s[j][e], d.scale_log2, -l2[hr]));
+          p[j][e] = col >= vis_lo[hr] && col < vis_hi[hr] ? x : 0.f;
         }
       uint32_t pa[4];
       mma::acc_to_a(pa, p[0], p[1]);
-      // dP = dO_w V_c^T.
-      float dp[2][4] = {};
-#pragma unroll
-      for (int kk = 0; kk < kKs; ++kk) {
-        uint32_t vb[4];
-        mma::load_b_nk(vb, Vs + c0 * kLd + kk * 16, kLd);
-        mma::mma_nt(dp[0], oa[kk], vb, 0);
-        mma::mma_nt(dp[1], oa[kk], vb, 1);
-      }
       // dS = P (dP - D) scale (D per query row), then dQ += dS K_c.
       uint32_t dsa[4];
       ds_fragment(dsa, pa, dp, [&](int, int e) { return Di[e / 2]; }, d.scale);
-      mma_add_rows<kD>(dqa, dsa, Ks + c0 * kLd, kLd);
+      mma_add_rows<kD>(dqa, dsa, Kc + c0 * kLd, kLd);
     }
+    async_wait_all();  // the next tile
+    __syncthreads();   // ... visible; every warp is done with this one
   }
 
   const int nrows = max(0, min(16, nq - w0));
