@@ -725,27 +725,34 @@ TEST_F(CudaCore, StackedHashEmbeddingMatchesCpu) {
 // round once (the GPU without FMA contraction; the per-step scalars come from the same host code), so they
 // agree bit for bit unless the CPU build contracts its loop into FMAs (-march=native may), which moves an
 // fp32 result by at most 1 ulp; after 3 steps rtol 1e-6 (~8 ulp) is ample, a wrong formula is off by far
-// more. The bf16 copy must be exactly the RNE rounding of the GPU's fp32 weights.
+// more. The bf16 copy must be exactly the RNE rounding of the GPU's fp32 weights. Offset 0: aligned tensors
+// (the 4-wide kernel, plus the scalar one for the tail of 1001 = 4 * 250 + 1); offset 1: misaligned pointers
+// (the scalar kernel only).
 TEST_F(CudaCore, AdamWThreeStepsMatchCpu) {
-  Rng rng(101);
-  const int64_t n = 1001;
-  Host p = randn(n, rng), m(sz(n), 0.f), v(sz(n), 0.f);
-  Dev<float> d_p(p), d_m(m), d_v(v);
-  Dev<bf16> d_pb(std::vector<bf16>(sz(n)));
-  for (int64_t t = 1; t <= 3; ++t) {
-    const Host g = randn(n, rng, 0.1);
-    Dev<float> d_g(g);
-    train::adamw_update(cpu{}, p.data(), g.data(), m.data(), v.data(), n, 1e-2, 0.9, 0.95, 1e-8, 0.1, t);
-    train::adamw_update(cuda{}, d_p.data(), d_g.data(), d_m.data(), d_v.data(), n, 1e-2, 0.9, 0.95, 1e-8, 0.1,
-                        t, t == 3 ? d_pb.data() : nullptr);
+  for (const int64_t offset : {0, 1}) {
+    SCOPED_TRACE("offset " + std::to_string(offset));
+    Rng rng(101);
+    const int64_t n = 1001;
+    Host p = randn(n + offset, rng), m(sz(n + offset), 0.f), v(sz(n + offset), 0.f);
+    Dev<float> d_p(p), d_m(m), d_v(v);
+    Dev<bf16> d_pb(std::vector<bf16>(sz(n + offset)));
+    for (int64_t t = 1; t <= 3; ++t) {
+      const Host g = randn(n + offset, rng, 0.1);
+      Dev<float> d_g(g);
+      train::adamw_update(cpu{}, p.data() + offset, g.data() + offset, m.data() + offset, v.data() + offset, n,
+                          1e-2, 0.9, 0.95, 1e-8, 0.1, t);
+      train::adamw_update(cuda{}, d_p.data() + offset, d_g.data() + offset, d_m.data() + offset,
+                          d_v.data() + offset, n, 1e-2, 0.9, 0.95, 1e-8, 0.1, t,
+                          t == 3 ? d_pb.data() + offset : nullptr);
+    }
+    const Host gp = d_p.get();
+    expect_close("adamw p", gp, p, 1e-6);
+    expect_close("adamw m", d_m.get(), m, 1e-6);
+    expect_close("adamw v", d_v.get(), v, 1e-6);
+    const std::vector<bf16> pb = d_pb.get();
+    for (int64_t i = offset; i < n + offset; ++i)
+      ASSERT_EQ(pb[sz(i)].bits, bf16(gp[sz(i)]).bits) << "bf16 copy of p[" << i << "] = " << gp[sz(i)];
   }
-  const Host gp = d_p.get();
-  expect_close("adamw p", gp, p, 1e-6);
-  expect_close("adamw m", d_m.get(), m, 1e-6);
-  expect_close("adamw v", d_v.get(), v, 1e-6);
-  const std::vector<bf16> pb = d_pb.get();
-  for (int64_t i = 0; i < n; ++i)
-    ASSERT_EQ(pb[sz(i)].bits, bf16(gp[sz(i)]).bits) << "bf16 copy of p[" << i << "] = " << gp[sz(i)];
 }
 
 // Sum of squares over two tensors accumulated in one device double (vs a double loop: relative 1e-12 allows
