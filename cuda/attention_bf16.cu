@@ -28,6 +28,8 @@
 //             dP^T = V dO^T, dS^T = P^T (dP^T - D) scale (bf16), dK += dS^T Q.
 //             dQ kernel: block per (b, h, 64 query rows): S, P, dP, dS as above, dQ += dS K.
 //             That is 7 tile products per (query tile, key tile) instead of 5 with atomics into an fp32 dQ.
+//             (The mma.sync family's default instead stores dS from the dK/dV kernel and computes dQ = dS K
+//             from it: 5 products, still no atomics; see attention_bf16_mma_bwd.cuh.)
 // WMMA measured on an H100 (benchmarks/bench_cuda, B=4 T=4096 H=16 causal): forward 69 (Dh 64) / 83 (Dh 128)
 // TFLOP/s, backward 61 / 64 TFLOP/s: 9-12x (forward) and ~5.4x (backward) the fp32 flash kernels, ~4-6x
 // below PyTorch SDPA on the same card. The limits seen in Nsight Compute and the SASS: nvcc lowers bf16 WMMA
@@ -62,6 +64,23 @@ inline constexpr int64_t kAttnBf16MaxHeadDim = 128;
 namespace {
 
 std::atomic<int> g_forward_kernel{static_cast<int>(AttnBf16Kernel::Auto)};
+std::atomic<int> g_dq_mode{static_cast<int>(AttnBf16Dq::Auto)};
+std::atomic<int> g_last_dq{static_cast<int>(AttnBf16Dq::Auto)};
+
+/// The dQ mode the next backward uses: the setter's, else the environment's, else Auto.
+AttnBf16Dq dq_mode() {
+  const auto m = static_cast<AttnBf16Dq>(g_dq_mode.load());
+  if (m != AttnBf16Dq::Auto) return m;
+  static const AttnBf16Dq from_env = parse_attention_bf16_dq(std::getenv("TESSERA_ATTN_BF16_DQ"));
+  return from_env;
+}
+
+/// A quarter of the current device's memory: the largest dS buffer Auto allocates.
+size_t ds_budget_bytes() {
+  size_t free_b = 0, total_b = 0;
+  TESSERA_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  return total_b / 4;
+}
 
 BDims make_bdims(const AttnArgs& a, const char* op, std::initializer_list<const void*> ptrs) {
   TESSERA_CHECK(a.B >= 0 && a.Tq >= 0 && a.Tk >= 0, op, "(cuda, bf16): AttnDims B, Tq, Tk must be >= 0");
@@ -170,6 +189,37 @@ void backward_impl(const AttnArgs& a, const Mask& mask, const uint16_t* q, const
     TESSERA_CUDA_CHECK_LAUNCH("attn_bf16_rowdot_kernel");
   }
   const bool use_mma = attention_bf16_kernel() == AttnBf16Kernel::Mma;
+
+  // Stored-dS dQ (mma family; see AttnBf16Dq): the dS tile slots per (b, h) and their buffer.
+  const int64_t nqb = (d.Tq + kTile - 1) / kTile;
+  DeviceScratch ds_scratch;
+  uint16_t* ds = nullptr;
+  int64_t* tile_off = nullptr;
+  int64_t n_tiles = 0;
+  const AttnBf16Dq mode = dq_mode();
+  if (use_mma && has_q && has_k && mode != AttnBf16Dq::Recompute) {
+    for (int64_t i = 0; i < nqb; ++i) {
+      const Range r = query_tile_key_tiles(mask, i, d.Tq, d.Tk, d.q_offset);
+      n_tiles += r.hi - r.lo;
+    }
+    const size_t bytes = DeviceScratch::bytes_for<int64_t>(nqb + 1) +
+                         DeviceScratch::bytes_for<uint16_t>(d.B * d.Hq * n_tiles * kTile * kTile);
+    bool have = false;
+    if (mode == AttnBf16Dq::Stored) {
+      ds_scratch.reserve(bytes);
+      have = true;
+    } else if (bytes <= ds_budget_bytes()) {
+      have = ds_scratch.try_reserve(bytes);
+    }
+    if (have) {
+      tile_off = ds_scratch.carve<int64_t>(nqb + 1);
+      ds = ds_scratch.carve<uint16_t>(d.B * d.Hq * n_tiles * kTile * kTile);
+      attn_ds_tile_offsets_kernel<<<1, 32>>>(mask, nqb, d.Tq, d.Tk, d.q_offset, tile_off);
+      TESSERA_CUDA_CHECK_LAUNCH("attn_ds_tile_offsets_kernel");
+    }
+  }
+  if (use_mma && has_q) g_last_dq.store(static_cast<int>(ds ? AttnBf16Dq::Stored : AttnBf16Dq::Recompute));
+
   dispatch_dim(a, [&](auto dim) {
     constexpr int kD = decltype(dim)::value;
     const unsigned kblocks = has_k ? block_count(d.B * d.Hkv * ((d.Tk + kTile - 1) / kTile), op) : 0;
@@ -179,10 +229,16 @@ void backward_impl(const AttnArgs& a, const Mask& mask, const uint16_t* q, const
         auto kernel = attn_bf16_bwd_dkdv_mma_kernel<kD, Mask>;
         constexpr size_t smem = MmaBwdSmem<kD>::dkdv_bytes;
         allow_smem(kernel, smem);
-        kernel<<<kblocks, kThreads, smem>>>(d, mask, q, k, v, lse, Dd, dout, dk, dv);
+        kernel<<<kblocks, kThreads, smem>>>(d, mask, q, k, v, lse, Dd, dout, dk, dv, ds, tile_off, n_tiles);
         TESSERA_CUDA_CHECK_LAUNCH("attn_bf16_bwd_dkdv_mma_kernel");
       }
-      if (has_q) {
+      if (has_q && ds) {
+        auto kernel = attn_bf16_bwd_dq_stored_kernel<kD, Mask>;
+        constexpr size_t smem = DqStoredSmem<kD>::bytes;
+        allow_smem(kernel, smem);
+        kernel<<<qblocks, kThreads, smem>>>(d, mask, k, ds, tile_off, n_tiles, dq);
+        TESSERA_CUDA_CHECK_LAUNCH("attn_bf16_bwd_dq_stored_kernel");
+      } else if (has_q) {
         auto kernel = attn_bf16_bwd_dq_mma_kernel<kD, Mask>;
         constexpr size_t smem = MmaBwdSmem<kD>::dq_bytes;
         allow_smem(kernel, smem);
@@ -260,6 +316,22 @@ AttnBf16Kernel parse_attention_bf16_kernel(const char* value) {
   if (s == "mma") return AttnBf16Kernel::Mma;
   if (s == "wmma") return AttnBf16Kernel::Wmma;
   throw Error(str("TESSERA_ATTN_BF16_KERNEL must be \"wmma\" or \"mma\" (or unset), got \"", s, "\""));
+}
+
+AttnBf16Dq parse_attention_bf16_dq(const char* value) {
+  if (value == nullptr || *value == '\0') return AttnBf16Dq::Auto;
+  const std::string s(value);
+  if (s == "stored") return AttnBf16Dq::Stored;
+  if (s == "recompute") return AttnBf16Dq::Recompute;
+  throw Error(str("TESSERA_ATTN_BF16_DQ must be \"stored\" or \"recompute\" (or unset), got \"", s, "\""));
+}
+
+void set_attention_bf16_dq(AttnBf16Dq mode) {
+  g_dq_mode.store(static_cast<int>(mode));
+}
+
+AttnBf16Dq last_attention_bf16_dq() {
+  return static_cast<AttnBf16Dq>(g_last_dq.load());
 }
 
 void set_attention_bf16_kernel(AttnBf16Kernel k) {

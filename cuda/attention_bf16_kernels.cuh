@@ -57,11 +57,18 @@ struct Range {
   int64_t lo, hi;
 };
 
+__host__ __device__ constexpr int64_t i64min(int64_t a, int64_t b) {
+  return a < b ? a : b;
+}
+__host__ __device__ constexpr int64_t i64max(int64_t a, int64_t b) {
+  return a < b ? b : a;
+}
+
 struct CausalMaskB {
   __device__ int64_t key_lo(int64_t) const { return 0; }
   __device__ int64_t query_hi(int64_t) const { return INT64_MAX; }
-  __device__ Range range(int64_t, int64_t, int64_t qpos_hi, int64_t Tk) const {
-    return {0, min(Tk, qpos_hi)};
+  __host__ __device__ Range range(int64_t, int64_t, int64_t qpos_hi, int64_t Tk) const {
+    return {0, i64min(Tk, qpos_hi)};
   }
   __device__ bool full(int64_t, int64_t qlo, int64_t, int64_t, int64_t khi) const { return khi - 1 <= qlo; }
 };
@@ -70,8 +77,8 @@ struct WindowMaskB {
   int64_t W;
   __device__ int64_t key_lo(int64_t q) const { return q - W + 1; }
   __device__ int64_t query_hi(int64_t k) const { return k + W; }
-  __device__ Range range(int64_t, int64_t qpos_lo, int64_t qpos_hi, int64_t Tk) const {
-    return {max(int64_t{0}, qpos_lo - W + 1), min(Tk, qpos_hi)};
+  __host__ __device__ Range range(int64_t, int64_t qpos_lo, int64_t qpos_hi, int64_t Tk) const {
+    return {i64max(int64_t{0}, qpos_lo - W + 1), i64min(Tk, qpos_hi)};
   }
   __device__ bool full(int64_t, int64_t qlo, int64_t qhi, int64_t klo, int64_t khi) const {
     return khi - 1 <= qlo && klo > qhi - 1 - W;
@@ -82,8 +89,8 @@ struct ChunkMaskB {
   int64_t C;
   __device__ int64_t key_lo(int64_t q) const { return q - q % C; }
   __device__ int64_t query_hi(int64_t k) const { return k - k % C + C; }
-  __device__ Range range(int64_t, int64_t qpos_lo, int64_t qpos_hi, int64_t Tk) const {
-    return {min(Tk, qpos_lo / C * C), min(Tk, qpos_hi)};
+  __host__ __device__ Range range(int64_t, int64_t qpos_lo, int64_t qpos_hi, int64_t Tk) const {
+    return {i64min(Tk, qpos_lo / C * C), i64min(Tk, qpos_hi)};
   }
   __device__ bool full(int64_t, int64_t qlo, int64_t qhi, int64_t klo, int64_t khi) const {
     return khi - 1 <= qlo && klo >= (qhi - 1) - (qhi - 1) % C;
@@ -92,13 +99,24 @@ struct ChunkMaskB {
 
 /// Key range of the query positions [qpos_lo, qpos_hi) clamped to [0, Tk); empty (lo == hi) when none.
 template <class Mask>
-__device__ Range key_range(const Mask& m, int64_t b, int64_t qpos_lo, int64_t qpos_hi, int64_t Tk) {
+__host__ __device__ Range key_range(const Mask& m, int64_t b, int64_t qpos_lo, int64_t qpos_hi, int64_t Tk) {
   if (qpos_hi <= qpos_lo) return {0, 0};
   Range r = m.range(b, qpos_lo, qpos_hi, Tk);
-  r.lo = max(r.lo, int64_t{0});
-  r.hi = min(r.hi, Tk);
+  r.lo = i64max(r.lo, int64_t{0});
+  r.hi = i64min(r.hi, Tk);
   if (r.hi < r.lo) r.hi = r.lo;
   return r;
+}
+
+/// The aligned 64-key tiles [lo, hi) (tile jt: keys 64 jt ..) that query tile i (rows 64 i ..) sees: the tiles
+/// whose dK/dV block visits query tile i, hence the dS tiles the stored-dS backward keeps for it.
+template <class Mask>
+__host__ __device__ Range query_tile_key_tiles(const Mask& m, int64_t i, int64_t Tq, int64_t Tk,
+                                               int64_t q_offset) {
+  const int64_t i0 = i * kTile, qpos0 = q_offset + i0;
+  const Range kr = key_range(m, 0, qpos0, qpos0 + i64min(kTile, Tq - i0), Tk);
+  if (kr.lo >= kr.hi) return {0, 0};
+  return {kr.lo / kTile, (kr.hi + kTile - 1) / kTile};
 }
 
 struct BDims {

@@ -16,8 +16,9 @@
 //   8-key n-tile n; scores scaled to log2 units, masked per element only on tiles the mask cuts (or the last,
 //   partial one), row max over the quad by two xor shuffles; P = exp2(s - m) rounded to bf16 straight into
 //   the A fragments of P V (the S accumulator layout of n-tiles 2j, 2j+1 is the A layout of key chunk j), and
-//   the row sum adds exactly those rounded values (the contract: o is a convex combination of V rows); the
-//   sum stays a per-lane partial (its quad-mates hold the other columns of the row) until the end;
+//   the row sum adds exactly those rounded values (the contract: o is a convex combination of V rows), on the
+//   tensor cores as P times a block of ones next to P V (one mma per key chunk replaces 64 unpack-and-add
+//   instructions per lane and key tile; every lane ends with its rows' full sums);
 //   O = alpha O + P V: V's B fragments by ldmatrix.trans (rows = keys), 2 mma per (16-key chunk, 16 dims).
 // End: the row sums over the quad, O / l rounded to bf16 and stored from the accumulators (4-byte stores of
 // bf16 pairs), lse = (m + log2 l) ln 2; a row with no visible key (l = 0) gets O = 0 and lse = -inf.
@@ -92,7 +93,10 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
 #pragma unroll
     for (int e = 0; e < 4; ++e) oacc[n][e] = 0.f;
   float m_run[2] = {-INFINITY, -INFINITY};  // rows g, g + 8: running max in log2 units (quad-uniform)
-  float l_run[2] = {0.f, 0.f};              // and this lane's part of the running sum of rounded P
+  // Running row sums of the rounded P, as an accumulator of P times a 16 x 8 block of ones (one mma per key
+  // chunk instead of unpacking and adding every P value): lsum[0], [1] hold row g's sum, [2], [3] row g + 8's.
+  float lsum[4] = {0.f, 0.f, 0.f, 0.f};
+  const uint32_t ones[2] = {0x3f803f80u, 0x3f803f80u};  // bf16 pairs (1, 1): the B fragment of all ones
 
   for (int64_t j0 = kr.lo; j0 < kr.hi; j0 += kTile) {
     const int nk = static_cast<int>(min(int64_t{kTile}, kr.hi - j0));
@@ -153,9 +157,8 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
         m_run[hr] = m_new;
       }
 
-      // P = exp2(s - m) rounded to bf16 into the A fragments (0 for masked keys); the sums take the same
-      // rounded values.
-      float sum[2] = {0.f, 0.f};
+      // P = exp2(s - m) rounded to bf16 into the A fragments (0 for masked keys); the row sums take the same
+      // rounded values (in the P V phase below).
 #pragma unroll
       for (int kc = 0; kc < kKc; ++kc) {
         float p[2][4];
@@ -164,12 +167,9 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
 #pragma unroll
           for (int e = 0; e < 4; ++e) p[j][e] = mma::exp2_approx(s[2 * kc + j][e] - m_sub[e / 2]);
         mma::acc_to_a(pa[kc], p[0], p[1]);
-#pragma unroll
-        for (int i = 0; i < 4; ++i)  // pa[kc][i]: row g (i even) or g + 8 (i odd)
-          sum[i % 2] += mma::bf16x2_lo(pa[kc][i]) + mma::bf16x2_hi(pa[kc][i]);
       }
 #pragma unroll
-      for (int hr = 0; hr < 2; ++hr) l_run[hr] = l_run[hr] * alpha[hr] + sum[hr];
+      for (int e = 0; e < 4; ++e) lsum[e] *= alpha[e / 2];
 #pragma unroll
       for (int n = 0; n < kOt; ++n)
 #pragma unroll
@@ -183,6 +183,7 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
     if (active) {
 #pragma unroll
       for (int kc = 0; kc < kKc; ++kc) {  // every chunk: P is 0 on the ones the warp cannot see
+        mma::mma_bf16_16816(lsum, pa[kc], ones);
 #pragma unroll
         for (int dn = 0; dn < kD / 16; ++dn) {
           uint32_t vb[4];
@@ -196,12 +197,10 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
     __syncthreads();   // K_{j+1} visible; every warp is done with V_j
   }
 
-  // O = acc / l (the row sum over the quad); a row without visible keys (l = 0) gets O = 0, lse = -inf.
+  // O = acc / l; a row without visible keys (l = 0) gets O = 0, lse = -inf.
 #pragma unroll
   for (int hr = 0; hr < 2; ++hr) {
-    float l = l_run[hr];
-    l += __shfl_xor_sync(kFullMask, l, 1);
-    l += __shfl_xor_sync(kFullMask, l, 2);
+    const float l = lsum[2 * hr];
     const int r = w0 + g + 8 * hr;
     if (r >= nq) continue;
     const float inv = l > 0.f ? 1.f / l : 0.f;

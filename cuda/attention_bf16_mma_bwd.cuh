@@ -24,6 +24,12 @@
 // per 16-key chunk the warp's rows can see:
 //   S = Q_w K_c^T and dP = dO_w V_c^T in one k-loop, P (lse per row), dS = P (dP - D) scale, dQ += dS K_c.
 // P's exponential is ex2.approx of one fma (s scale log2e - lse log2e), as in the forward.
+// Stored-dS mode (AttnBf16Dq in launch_attention_bf16.hpp, the default where the buffer fits): the dK/dV kernel
+// also writes each bf16 dS^T block it computes into a [64 keys][64 queries] tile per (b, h, query tile, key
+// tile the query tile sees; slots numbered by attn_ds_tile_offsets_kernel), and attn_bf16_bwd_dq_stored_kernel
+// computes dQ = dS K from those tiles: 5 tile products per (query tile, key tile) instead of 7, the same dS
+// values, deterministic, and no S, P or dP recomputed. Cost: the buffer (B Hq 8 KB per visible tile, 1.1 GB
+// at B 4, T 4096, H 16 causal) written once and read once.
 #pragma once
 #include "attention_bf16_kernels.cuh"
 #include "mma_sm80.cuh"
@@ -113,12 +119,26 @@ __device__ __forceinline__ void store_rows_bf16(const float (&acc)[kOt][4], uint
   }
 }
 
+/// Store a warp's dS^T fragment (rows: keys w0 .. w0 + 15 of the key tile, columns: queries c0 .. c0 + 15 of
+/// the query tile, as ds_fragment leaves it) into a [64 keys][64 queries] bf16 tile in global memory: every
+/// lane writes two 4-byte pairs in each of its two rows, so each row's 32 bytes are one full sector.
+__device__ __forceinline__ void store_ds_t(uint16_t* tile, int w0, int c0, const uint32_t (&a)[4]) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  uint32_t* r0 = reinterpret_cast<uint32_t*>(tile + (w0 + g) * kTile + c0 + 2 * t);
+  uint32_t* r1 = reinterpret_cast<uint32_t*>(tile + (w0 + g + 8) * kTile + c0 + 2 * t);
+  r0[0] = a[0];  // row g, columns 2t, 2t + 1
+  r1[0] = a[1];  // row g + 8
+  r0[4] = a[2];  // row g, columns 2t + 8, 2t + 9
+  r1[4] = a[3];
+}
+
 template <int kD, class Mask>
 __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
     attn_bf16_bwd_dkdv_mma_kernel(BDims d, Mask m, const uint16_t* __restrict__ q, const uint16_t* __restrict__ k,
                                   const uint16_t* __restrict__ v, const float* __restrict__ lse_g,
                                   const float* __restrict__ D_g, const uint16_t* __restrict__ dout,
-                                  uint16_t* __restrict__ dk, uint16_t* __restrict__ dv) {
+                                  uint16_t* __restrict__ dk, uint16_t* __restrict__ dv, uint16_t* __restrict__ ds,
+                                  const int64_t* __restrict__ tile_off, int64_t n_tiles) {
   using L = MmaBwdSmem<kD>;
   constexpr int kLd = L::kLd, kKs = kD / 16, kOt = kD / 8, kQc = kTile / 16;
   static_assert(kWarps * 16 == kTile, "one 16-key m-tile per warp");
@@ -190,6 +210,13 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
     const bf16_t* dOs = dOb(buf);
     const float* lse2 = lse2b(buf);
     const float* Ds = Db(buf);
+    // Stored-dS mode: this (query tile, key tile) pair's dS^T tile, [64 keys][64 queries] bf16.
+    uint16_t* ds_tile = nullptr;
+    if (ds) {
+      const int64_t h = gk * rep + u / nqb, i = u % nqb;
+      const int64_t slot = tile_off[i] + blk % nkb - query_tile_key_tiles(m, i, d.Tq, d.Tk, d.q_offset).lo;
+      ds_tile = ds + ((b * d.Hq + h) * n_tiles + slot) * (kTile * kTile);
+    }
 
 #pragma unroll 1
     for (int qc = 0; qc < kQc; ++qc) {
@@ -197,7 +224,9 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
       if (c0 >= nq) break;
       const int64_t lo = qpos0 + c0, hi = qpos0 + min(nq, c0 + 16);
       const Range rn = key_range(m, b, lo, hi, d.Tk);
-      if (max(rn.lo, wk_lo) >= min(rn.hi, wk_hi)) continue;  // warp-uniform: no key of ours is seen
+      // Warp-uniform: no key of ours is seen. (Its dS block stays unwritten in stored-dS mode: the dQ kernel
+      // skips the same (16 queries, 16 keys) blocks, by the same visibility test from the other side.)
+      if (max(rn.lo, wk_lo) >= min(rn.hi, wk_hi)) continue;
       // Queries [vis_lo, vis_hi) of this chunk that see the keys of rows g, g + 8 (k <= q < query_hi(k), and
       // the tile's end; empty for keys past the tile): the elementwise test is two compares and a select.
       int vis_lo[2], vis_hi[2];
@@ -240,6 +269,7 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
       uint32_t dsa[4];
       ds_fragment(dsa, pa, dp, [&](int j, int e) { return Ds[c0 + 8 * j + 2 * t + e % 2]; }, d.scale);
       mma_add_rows<kD>(dka, dsa, Qs + c0 * kLd, kLd);
+      if (ds_tile) store_ds_t(ds_tile, w0, c0, dsa);
     }
     async_wait_all();  // the next query tile
     __syncthreads();   // ... visible; every warp is done with this one
@@ -374,6 +404,106 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
     }
     async_wait_all();  // the next tile
     __syncthreads();   // ... visible; every warp is done with this one
+  }
+
+  const int nrows = max(0, min(16, nq - w0));
+  store_rows_bf16(dqa, dq + (b * d.Tq + i0 + w0) * d.q_stride + h * d.Dh, d.q_stride, nrows, d.Dh, d.vec);
+}
+
+/// Stored-dS mode: the dS tile slots of query tile i start at off[i] (per (b, h); off[nqb] = tiles per
+/// (b, h)). One thread: nqb is T / 64.
+template <class Mask>
+__global__ void attn_ds_tile_offsets_kernel(Mask m, int64_t nqb, int64_t Tq, int64_t Tk, int64_t q_offset,
+                                            int64_t* __restrict__ off) {
+  if (blockIdx.x != 0 || threadIdx.x != 0) return;
+  int64_t acc = 0;
+  for (int64_t i = 0; i < nqb; ++i) {
+    off[i] = acc;
+    const Range r = query_tile_key_tiles(m, i, Tq, Tk, q_offset);
+    acc += r.hi - r.lo;
+  }
+  off[nqb] = acc;
+}
+
+/// Shared memory of the stored-dS dQ kernel: two buffers of (K tile bf16 [kTile][kD + 8], dS^T tile bf16
+/// [kTile][kTile + 8]).
+template <int kD>
+struct DqStoredSmem {
+  static constexpr int kLd = TileLd<kD>::value, kDsLd = kTile + 8;
+  static constexpr size_t k_tile = sizeof(bf16_t) * kTile * kLd, ds_tile = sizeof(bf16_t) * kTile * kDsLd;
+  static constexpr size_t k(int buf) { return buf ? k_tile + ds_tile : 0; }
+  static constexpr size_t ds(int buf) { return k(buf) + k_tile; }
+  static constexpr size_t bytes = 2 * (k_tile + ds_tile);
+};
+
+/// dQ from the dS tiles the dK/dV kernel stored: dQ = dS K over the key tiles query tile i sees, in the
+/// order the recomputing dQ kernel adds them (key tiles, then 16-key chunks, ascending). Block per (b, h, 64
+/// query rows; heaviest first), warp w owns query rows 16 w ..; the K and dS^T tiles of key tile j + 1 load
+/// while tile j is used. Per 16-key chunk the warp's rows can see: A = the warp's dS rows (ldmatrix.trans of
+/// the stored dS^T), dQ += A K_c (K rows by ldmatrix.trans): 2 kD / 16 mma, no recomputation of S, P, dP.
+template <int kD, class Mask>
+__global__ void __launch_bounds__(kThreads, kD <= 64 ? 4 : 3)
+    attn_bf16_bwd_dq_stored_kernel(BDims d, Mask m, const uint16_t* __restrict__ k,
+                                   const uint16_t* __restrict__ ds, const int64_t* __restrict__ tile_off,
+                                   int64_t n_tiles, uint16_t* __restrict__ dq) {
+  using L = DqStoredSmem<kD>;
+  constexpr int kLd = L::kLd, kDsLd = L::kDsLd, kOt = kD / 8, kKc = kTile / 16;
+  extern __shared__ __align__(128) float smem_f[];
+  char* sm = reinterpret_cast<char*>(smem_f);
+  auto Kb = [&](int buf) { return reinterpret_cast<bf16_t*>(sm + (buf ? L::k(1) : L::k(0))); };
+  auto DSb = [&](int buf) { return reinterpret_cast<bf16_t*>(sm + (buf ? L::ds(1) : L::ds(0))); };
+
+  const int64_t nqb = (d.Tq + kTile - 1) / kTile, blk = blockIdx.x;
+  const int64_t b = blk / (nqb * d.Hq), h = blk / nqb % d.Hq, qt = nqb - 1 - blk % nqb, i0 = qt * kTile;
+  const int nq = static_cast<int>(min(int64_t{kTile}, d.Tq - i0));
+  const int64_t gk = h / d.rep(), qpos0 = d.q_offset + i0;
+  const int warp = threadIdx.x / 32, w0 = warp * 16;
+  const Range wr = key_range(m, b, qpos0 + w0, qpos0 + min(nq, w0 + 16), d.Tk);  // the warp's keys
+  const Range tiles = query_tile_key_tiles(m, qt, d.Tq, d.Tk, d.q_offset);
+  const uint16_t* ds_q = ds + ((b * d.Hq + h) * n_tiles + tile_off[qt]) * (kTile * kTile);
+
+  auto load = [&](int64_t jt, int buf) {
+    const int64_t j0 = jt * kTile;
+    const int nk = static_cast<int>(min(int64_t{kTile}, d.Tk - j0));
+    load_tiles<kD, 1>({TileSrc{Kb(buf), k + (b * d.Tk + j0) * d.k_stride + gk * d.Dh, d.k_stride, nk, d.Dh}},
+                      d.vec);
+    // The dS^T tile: 64 rows of 64 bf16 (128 bytes, 8 chunks of 16), dense and 16-byte aligned.
+    const uint16_t* src = ds_q + (jt - tiles.lo) * (kTile * kTile);
+    bf16_t* dst = DSb(buf);
+#pragma unroll
+    for (int it = 0; it < kTile * 8 / kThreads; ++it) {
+      const int e = threadIdx.x + it * kThreads, r = e / 8, c = e % 8 * 8;
+      copy16_async(dst + r * kDsLd + c, src + r * kTile + c);
+    }
+  };
+
+  float dqa[kOt][4];
+#pragma unroll
+  for (int n = 0; n < kOt; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dqa[n][e] = 0.f;
+
+  if (tiles.lo < tiles.hi) load(tiles.lo, 0);
+  async_wait_all();
+  __syncthreads();
+  int buf = 0;
+  for (int64_t jt = tiles.lo; jt < tiles.hi; ++jt, buf ^= 1) {
+    if (jt + 1 < tiles.hi) load(jt + 1, buf ^ 1);  // its buffer was released by the last barrier
+    const int64_t j0 = jt * kTile;
+    const int nk = static_cast<int>(min(int64_t{kTile}, d.Tk - j0));
+    const bf16_t* Ks = Kb(buf);
+    const bf16_t* DSs = DSb(buf);
+#pragma unroll
+    for (int kc = 0; kc < kKc; ++kc) {
+      const int c0 = 16 * kc;
+      if (c0 >= nk) break;
+      if (max(wr.lo, j0 + c0) >= min(wr.hi, j0 + min(nk, c0 + 16))) continue;  // warp-uniform: none seen
+      uint32_t a[4];
+      mma::load_a_t(a, DSs + c0 * kDsLd + w0, kDsLd);  // dS rows w0.. = columns of the stored dS^T
+      mma_add_rows<kD>(dqa, a, Ks + c0 * kLd, kLd);
+    }
+    async_wait_all();  // the next tiles
+    __syncthreads();   // ... visible; every warp is done with these
   }
 
   const int nrows = max(0, min(16, nq - w0));

@@ -133,6 +133,14 @@ __device__ __forceinline__ void load_a(uint32_t (&a)[4], const T* tile, int ld) 
   ldmatrix_x4(a, tile + (l % 16) * ld + (l / 16) * 8);
 }
 
+/// A fragment of the 16 x 16 operand stored transposed at `tile`: A[m][k] = tile[k * ld + m] (ldmatrix.trans;
+/// matrix i = a[i] is the 8 x 8 block at rows k 8 (i / 2) .., columns m 8 (i % 2) ..).
+template <class T>
+__device__ __forceinline__ void load_a_t(uint32_t (&a)[4], const T* tile, int ld) {
+  const int l = lane_id(), i = l / 8;
+  ldmatrix_x4_trans(a, tile + (8 * (i / 2) + l % 8) * ld + 8 * (i % 2));
+}
+
 /// B fragments of n-tiles 0 and 1 (b[0..1], b[2..3]) of the 16 (k) x 16 (n) operand stored transposed at
 /// `tile`: B[k][n] = tile[n * ld + k] (rows are n, e.g. keys of K for S = Q K^T).
 template <class T>

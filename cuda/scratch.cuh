@@ -46,6 +46,27 @@ class DeviceScratch {
     cap_ = bytes;
   }
 
+  /// reserve() that reports an out-of-memory as false instead of throwing (the error is cleared), for
+  /// callers with a path that needs no buffer.
+  bool try_reserve(size_t bytes) {
+    TESSERA_CHECK(p_ == nullptr, "DeviceScratch::try_reserve after a reservation");
+    if (bytes == 0) return true;
+    int dev = 0, pools = 0;
+    TESSERA_CUDA_CHECK(cudaGetDevice(&dev));
+    TESSERA_CUDA_CHECK(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, dev));
+    void* p = nullptr;
+    const cudaError_t e = pools != 0 ? cudaMallocAsync(&p, bytes, 0) : cudaMalloc(&p, bytes);
+    if (e == cudaErrorMemoryAllocation) {
+      (void)cudaGetLastError();
+      return false;
+    }
+    TESSERA_CUDA_CHECK(e);
+    async_ = pools != 0;
+    p_ = static_cast<char*>(p);
+    cap_ = bytes;
+    return true;
+  }
+
   /// Bytes to reserve for `n` elements of T as one carve (each carve is 256-byte aligned).
   template <class T>
   static size_t bytes_for(int64_t n) {

@@ -482,6 +482,82 @@ TEST_F(CudaAttentionBf16, DvDiffersFromDhWithGqaAndOffset) {
   check("window 50 Dh=64 Dv=128 T=140", dims(1, 140, 140, 2, 1, 64, 128, 0, 0), mask::SlidingWindow{50}, rng);
 }
 
+/// Sets the mma backward's dQ mode for a scope (then back to Auto).
+class DqChoice {
+ public:
+  explicit DqChoice(cuda_detail::AttnBf16Dq m) { cuda_detail::set_attention_bf16_dq(m); }
+  DqChoice(const DqChoice&) = delete;
+  DqChoice& operator=(const DqChoice&) = delete;
+  ~DqChoice() { cuda_detail::set_attention_bf16_dq(cuda_detail::AttnBf16Dq::Auto); }
+};
+
+/// The mma backward with dQ from the dS tiles the dK/dV kernel stored, and with dQ recomputed: both within
+/// the tolerances of the fp32 CPU op; dK and dV bit for bit the same (the dK/dV kernel is the same, storing
+/// dS or not); dQ from the same dS values, added in the same order where the recomputing kernel's key tiles are
+/// the aligned ones (then bit for bit equal; measured on the emulator: 0 in three of the shapes below, 5.5e-6
+/// of max |dq| with the window's unaligned key range), so 1e-3 of max |dq| is ample. The shapes cover
+/// several key tiles per query tile (stored tiles at offsets > 0), GQA, Tq != Tk with q_offset, query tiles
+/// that see no key tile, padded head dims and Dv != Dh.
+template <class Mask>
+void compare_dq_modes(const std::string& name, const ops::AttnDims& d, const Mask& m, Rng& rng) {
+  using cuda_detail::AttnBf16Dq;
+  SCOPED_TRACE(name);
+  const int64_t Dv = d.dv();
+  const Strided sq{d.B * d.Tq, d.q_stride, d.Hq * d.Dh}, sk{d.B * d.Tk, d.k_stride, d.Hkv * d.Dh},
+      sv{d.B * d.Tk, d.v_stride, d.Hkv * Dv}, so{d.B * d.Tq, d.o_stride, d.Hq * Dv};
+  const std::vector<bf16> q = random_bf16(sq, rng, 1.0), k = random_bf16(sk, rng, 1.0),
+                          v = random_bf16(sv, rng, 1.0), dout = random_bf16(so, rng, 1.0);
+  const std::vector<float> qf = to_float(q), kf = to_float(k), vf = to_float(v), doutf = to_float(dout);
+  const size_t nlse = static_cast<size_t>(d.B * d.Hq * d.Tq);
+  std::vector<float> o_ref(so.size()), lse_ref(nlse), dq_ref(sq.size()), dk_ref(sk.size()), dv_ref(sv.size());
+  ops::attention_forward(cpu{}, d, m, qf.data(), kf.data(), vf.data(), o_ref.data(), lse_ref.data());
+  ops::attention_backward(cpu{}, d, m, qf.data(), kf.data(), vf.data(), o_ref.data(), lse_ref.data(),
+                          doutf.data(), dq_ref.data(), dk_ref.data(), dv_ref.data());
+
+  Dev<bf16> d_q(q), d_k(k), d_v(v), d_dout(dout), d_o(unwritten_bf16(so));
+  Dev<float> d_lse(std::vector<float>(nlse, 0.f));
+  ops::attention_forward(cuda{}, d, m, d_q.get(), d_k.get(), d_v.get(), d_o.get(), d_lse.get());
+  std::vector<bf16> dq[2], dk[2], dv[2];
+  const AttnBf16Dq modes[2] = {AttnBf16Dq::Stored, AttnBf16Dq::Recompute};
+  for (int i = 0; i < 2; ++i) {
+    const DqChoice choice(modes[i]);
+    Dev<bf16> d_dq(unwritten_bf16(sq)), d_dk(unwritten_bf16(sk)), d_dv(unwritten_bf16(sv));
+    ops::attention_backward(cuda{}, d, m, d_q.get(), d_k.get(), d_v.get(), d_o.get(), d_lse.get(),
+                            d_dout.get(), d_dq.get(), d_dk.get(), d_dv.get());
+    EXPECT_EQ(cuda_detail::last_attention_bf16_dq(), modes[i]) << "the backward did not take the forced path";
+    dq[i] = d_dq.host();
+    dk[i] = d_dk.host();
+    dv[i] = d_dv.host();
+    const char* tag = i == 0 ? "stored" : "recompute";
+    EXPECT_LE(rel_err(std::string("dq ") + tag, sq, dq[i], dq_ref), kTolGrad) << tag;
+    EXPECT_LE(rel_err(std::string("dk ") + tag, sk, dk[i], dk_ref), kTolGrad) << tag;
+    EXPECT_LE(rel_err(std::string("dv ") + tag, sv, dv[i], dv_ref), kTolGrad) << tag;
+  }
+  auto same = [](const std::vector<bf16>& a, const std::vector<bf16>& b) {
+    return std::equal(a.begin(), a.end(), b.begin(), [](bf16 x, bf16 y) { return x.bits == y.bits; });
+  };
+  EXPECT_TRUE(same(dk[0], dk[1])) << "dk differs between the dQ modes";
+  EXPECT_TRUE(same(dv[0], dv[1])) << "dv differs between the dQ modes";
+  const double between = rel_err("dq stored vs recompute", sq, dq[0], to_float(dq[1]));
+  EXPECT_LE(between, 1e-3);
+  std::printf("  %-44s dq stored vs recompute: rel %.2e\n", name.c_str(), between);
+}
+
+TEST_F(CudaAttentionBf16, DqFromStoredDsMatchesRecomputedDq) {
+  Rng rng(67);
+  compare_dq_modes("causal Dh=64 T=200 pad 8", dims(2, 200, 200, 2, 2, 64, 0, 0, 8), mask::Causal{}, rng);
+  compare_dq_modes("window 40 Dh=128 GQA 4/1 Tq=70 Tk=150 q_off 80", dims(1, 70, 150, 4, 1, 128, 0, 80, 0),
+                   mask::SlidingWindow{40}, rng);
+  compare_dq_modes("chunk 16 Dh=64, rows past the keys", dims(1, 20, 40, 2, 2, 64, 0, 40, 0),
+                   mask::ChunkLocal{16}, rng);
+  compare_dq_modes("chunk 48 Dh=40 Dv=24 pad 3 T=130", dims(1, 130, 130, 2, 1, 40, 24, 0, 3), mask::ChunkLocal{48},
+                   rng);
+  EXPECT_EQ(cuda_detail::parse_attention_bf16_dq(nullptr), cuda_detail::AttnBf16Dq::Auto);
+  EXPECT_EQ(cuda_detail::parse_attention_bf16_dq("stored"), cuda_detail::AttnBf16Dq::Stored);
+  EXPECT_EQ(cuda_detail::parse_attention_bf16_dq("recompute"), cuda_detail::AttnBf16Dq::Recompute);
+  EXPECT_THROW(cuda_detail::parse_attention_bf16_dq("atomic"), Error);
+}
+
 TEST_F(CudaAttentionBf16, RejectsBadArguments) {
   // All checks run on the host before any launch, so dummy (never dereferenced) pointers suffice.
   auto* p = reinterpret_cast<bf16*>(std::uintptr_t{256});
