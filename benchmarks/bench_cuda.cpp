@@ -13,7 +13,8 @@
 //             Also the bf16 tensor-core kernels (ops/attention_bf16.hpp), causal, against the fp32 flash op:
 //             its time (measured above) as the baseline, its outputs on the same bf16-rounded inputs as the
 //             check (a check above the bf16 tolerance makes the group FAILED). Both bf16 kernel families are
-//             timed, forward and backward (WMMA, and mma.sync with the WMMA one as its baseline).
+//             timed, forward and backward (WMMA, and mma.sync with the WMMA one as its baseline; the mma.sync
+//             backward with dQ from the stored dS and with dQ recomputed).
 //   CEMA      ops::cema_forward/backward(cuda) (the scan) at B=1 D=4096 N=16, L 4096 and 16384 vs the FFT
 //             convolution (bench_cuda_kernels.cu: kernel k on the device, cuFFT real transforms of length
 //             2 next_pow2(L)), forward only, with and without computing k; backward vs the memcpy floor.
@@ -578,20 +579,30 @@ void bench_attention_bf16(Ctx& c, const ops::AttnDims& d, const DevBuf<float>& q
     ops::attention_backward(cuda{}, d, m, bf(qb), bf(kb), bf(vb), bf(ob), lse.get(), bf(dob), bf(dqb), bf(dkb),
                             bf(dvb));
   };
-  double ms_bk[2] = {0, 0}, err_bk[2] = {0, 0};
+  // Backward: WMMA, mma.sync (default: dQ from the stored dS), mma.sync with dQ recomputed (the A/B of the
+  // two dQ paths, AttnBf16Dq).
+  using tessera::cuda_detail::AttnBf16Dq;
+  double ms_bk[3] = {0, 0, 0}, err_bk[3] = {0, 0, 0};
+  const AttnBf16Kernel bwd_kernels[3] = {AttnBf16Kernel::Wmma, AttnBf16Kernel::Mma, AttnBf16Kernel::Mma};
+  const AttnBf16Dq bwd_dq[3] = {AttnBf16Dq::Auto, AttnBf16Dq::Auto, AttnBf16Dq::Recompute};
+  AttnBf16Dq dq_taken = AttnBf16Dq::Auto;  // the path the default mma.sync backward took
   try {
-    for (int i = 0; i < 2; ++i) {
-      tessera::cuda_detail::set_attention_bf16_kernel(kernels[i]);
+    for (int i = 0; i < 3; ++i) {
+      tessera::cuda_detail::set_attention_bf16_kernel(bwd_kernels[i]);
+      tessera::cuda_detail::set_attention_bf16_dq(bwd_dq[i]);
       ms_bk[i] = c.timer.median_ms(backward, c.heavy);
+      if (i == 1) dq_taken = tessera::cuda_detail::last_attention_bf16_dq();
       err_bk[i] = std::max({rel(dqb, dq_ref), rel(dkb, dk_ref), rel(dvb, dv_ref)});
     }
   } catch (...) {
     tessera::cuda_detail::set_attention_bf16_kernel(AttnBf16Kernel::Auto);
+    tessera::cuda_detail::set_attention_bf16_dq(AttnBf16Dq::Auto);
     throw;
   }
   tessera::cuda_detail::set_attention_bf16_kernel(AttnBf16Kernel::Auto);
+  tessera::cuda_detail::set_attention_bf16_dq(AttnBf16Dq::Auto);
   const double err_f = std::max(err_fk[0], err_fk[1]);
-  const double err_b = std::max(err_bk[0], err_bk[1]);
+  const double err_b = std::max({err_bk[0], err_bk[1], err_bk[2]});
 
   const double fwd_flops = 4.0 * double(d.Dh) * attn_pairs(d.Tq, 0) * double(d.B * d.Hq),
                bwd_flops = 2.5 * fwd_flops;
@@ -605,13 +616,17 @@ void bench_attention_bf16(Ctx& c, const ops::AttnDims& d, const DevBuf<float>& q
              strf("%.2e", err_fk[1])});
   print_row({"attention bwd bf16 (WMMA)", shape, ms_bk[0], tflops(bwd_flops, ms_bk[0]), base + " (bwd)",
              f32_bwd_ms, f32_bwd_ms > 0 ? tflops(bwd_flops, f32_bwd_ms) : "-", strf("%.2e", err_bk[0])});
-  print_row({"attention bwd bf16 (mma.sync)", shape, ms_bk[1], tflops(bwd_flops, ms_bk[1]),
-             "tessera bf16 WMMA backward (row above)", ms_bk[0], tflops(bwd_flops, ms_bk[0]),
-             strf("%.2e", err_bk[1])});
+  print_row({dq_taken == AttnBf16Dq::Stored ? "attention bwd bf16 (mma.sync, dQ from stored dS)"
+                                             : "attention bwd bf16 (mma.sync, dQ recomputed: no room for dS)",
+             shape, ms_bk[1], tflops(bwd_flops, ms_bk[1]), "tessera bf16 WMMA backward (row above)", ms_bk[0],
+             tflops(bwd_flops, ms_bk[0]), strf("%.2e", err_bk[1])});
+  print_row({"attention bwd bf16 (mma.sync, dQ recomputed)", shape, ms_bk[2], tflops(bwd_flops, ms_bk[2]),
+             "tessera bf16 mma.sync backward (row above)", ms_bk[1], tflops(bwd_flops, ms_bk[1]),
+             strf("%.2e", err_bk[2])});
   if (!(err_f <= kTol && err_b <= kTol))  // NaN fails too
     throw std::runtime_error(strf("bf16 attention differs from fp32: fwd WMMA %.2e", err_fk[0]) +
                              strf(", fwd mma.sync %.2e", err_fk[1]) + strf(", bwd WMMA %.2e", err_bk[0]) +
-                             strf(", bwd mma.sync %.2e", err_bk[1]) +
+                             strf(", bwd mma.sync %.2e", err_bk[1]) + strf(", bwd recompute %.2e", err_bk[2]) +
                              strf(" (tolerance %.0e)", kTol));
 }
 

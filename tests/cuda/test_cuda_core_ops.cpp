@@ -273,7 +273,9 @@ TEST_F(CudaCore, SwigluForwardBackwardMatchCpu) {
     bf16* dup16 = fused ? dgu16.data() + H : dup16_sep.data();
     ops::swiglu_backward(cuda{}, dgu16.data(), dup16, d_dout.data(), d_gu.data(), d_up, N, H, stride);
     EXPECT_EQ(bits(dgu16.get()), rounded(d_dgu.get())) << "swiglu bf16 dgate (and dup when fused)" << tag;
-    if (!fused) EXPECT_EQ(bits(dup16_sep.get()), rounded(d_dup_sep.get())) << "swiglu bf16 dup" << tag;
+    if (!fused) {
+      EXPECT_EQ(bits(dup16_sep.get()), rounded(d_dup_sep.get())) << "swiglu bf16 dup" << tag;
+    }
   }
 }
 
