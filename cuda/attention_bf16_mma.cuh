@@ -134,18 +134,24 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
         lo_rel[hr] = static_cast<int>(min(max(key_lo[hr] - j0, int64_t{0}), int64_t{kTile}));
         hi_rel[hr] = static_cast<int>(min(max(key_hi[hr] - j0, int64_t{0}), int64_t{nk}));
       }
+#pragma unroll
+      for (int n = 0; n < kNt; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[n][e] *= d.scale_log2;
+      if (need_mask) {  // a separate, warp-uniform branch: unmasked tiles skip the per-element tests entirely
+#pragma unroll
+        for (int n = 0; n < kNt; ++n)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int hr = e / 2, col = 8 * n + 2 * t + e % 2;
+            if (col < lo_rel[hr] || col >= hi_rel[hr]) s[n][e] = -INFINITY;
+          }
+      }
       float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-      for (int n = 0; n < kNt; ++n) {
+      for (int n = 0; n < kNt; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int hr = e / 2, col = 8 * n + 2 * t + e % 2;
-          float x = s[n][e] * d.scale_log2;
-          if (need_mask && (col < lo_rel[hr] || col >= hi_rel[hr])) x = -INFINITY;
-          s[n][e] = x;
-          mx[hr] = fmaxf(mx[hr], x);
-        }
-      }
+        for (int e = 0; e < 4; ++e) mx[e / 2] = fmaxf(mx[e / 2], s[n][e]);
       float alpha[2], m_sub[2];
 #pragma unroll
       for (int hr = 0; hr < 2; ++hr) {
