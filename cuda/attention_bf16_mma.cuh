@@ -174,12 +174,17 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
           for (int e = 0; e < 4; ++e) p[j][e] = mma::exp2_approx(s[2 * kc + j][e] - m_sub[e / 2]);
         mma::acc_to_a(pa[kc], p[0], p[1]);
       }
+      // Rescale O and the sums by alpha = exp2(m_old - m_new), skipped when no row of the warp has a new
+      // maximum (alpha == 1 exactly: the product would change nothing), which after the first key tiles is
+      // the common case: 68 multiplies per lane and tile.
+      if (__any_sync(kFullMask, alpha[0] != 1.f || alpha[1] != 1.f)) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) lsum[e] *= alpha[e / 2];
+        for (int e = 0; e < 4; ++e) lsum[e] *= alpha[e / 2];
 #pragma unroll
-      for (int n = 0; n < kOt; ++n)
+        for (int n = 0; n < kOt; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) oacc[n][e] *= alpha[e / 2];
+          for (int e = 0; e < 4; ++e) oacc[n][e] *= alpha[e / 2];
+      }
     }
 
     async_wait_all();  // V_j

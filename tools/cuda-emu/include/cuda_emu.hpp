@@ -134,6 +134,16 @@ inline T __shfl_sync(unsigned, T v, int src) {
   std::memcpy(&r, &raw, sizeof(T));
   return r;
 }
+// Warp vote over the full warp: nonzero iff any lane's predicate is.
+inline int __any_sync(unsigned, int pred) {
+  unsigned long long* x = emu::xch.data() + emu::my_warp * 32;
+  x[emu::my_lane] = pred != 0;
+  emu::warp_bar[emu::my_warp]->arrive_and_wait();
+  int any = 0;
+  for (int i = 0; i < 32; ++i) any |= x[i] != 0;
+  emu::warp_bar[emu::my_warp]->arrive_and_wait();
+  return any;
+}
 template <class T>
 inline T __shfl_xor_sync(unsigned m, T v, int o) {
   return __shfl_sync(m, v, emu::my_lane ^ o);
