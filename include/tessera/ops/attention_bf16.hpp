@@ -18,6 +18,9 @@
 //     against the fp32 CPU op, and lse by 4e-3 absolute.
 //   - The backward is deterministic (every gradient element is written by exactly one warp; no atomics) and
 //     OVERWRITES dq, dk, dv (only their head columns; other columns of a strided row are left untouched).
+//     By default it keeps the bf16 dS tiles of the dK/dV pass in a temporary device buffer (B * Hq * 8 KB per
+//     64 x 64 tile the mask lets through) and computes dq from them; where that buffer would not fit it
+//     recomputes dS for dq instead (same values; cuda/launch_attention_bf16.hpp, AttnBf16Dq).
 //     With GQA, dk / dv sum over the query heads of their group in fp32 before the single rounding.
 // The gradients are bf16 because their consumer, the backward of the bf16 QKV projection GEMM, takes bf16 dy.
 #pragma once
