@@ -5,8 +5,8 @@
 //
 // Block per (b, h, 64 query rows; heaviest query tiles first), 4 warps, warp w owns query rows 16 w .. 16 w +
 // 15 and keeps their Q fragments in registers (kD / 16 A fragments, loaded once by ldmatrix). Key tiles of 64
-// keys stream through shared memory, K and V in separate buffers so that loads overlap compute (FA2's order):
-//   V_j is loaded while S = Q K_j^T and the softmax run, K_{j+1} while O += P V_j runs.
+// keys stream through two shared-memory buffers of K and V: tile j + 1 loads while tile j is used, one
+// barrier per tile (FA2's order, V_j during S and K_{j+1} during P V, took two).
 // Per key tile and warp (a warp that sees no key of the tile idles; otherwise all 4 chunks of 16 keys, in
 // straight-line code: the busiest warp of a diagonal tile computes them all anyway, and without branches
 // between chunks the independent mma chains of different chunks overlap instead of running one by one):
@@ -29,13 +29,16 @@
 namespace tessera::cuda_detail {
 namespace {
 
-/// Shared memory of the mma forward: Q, K and V tiles, bf16 [kTile][kD + 8] each (16-byte rows whose banks
-/// are staggered, so that the 8 row addresses of every ldmatrix phase hit distinct banks).
+/// Shared memory of the mma forward: Q and two buffers of K and V, bf16 [kTile][kD + 8] each (16-byte rows
+/// whose banks are staggered, so that the 8 row addresses of every ldmatrix phase hit distinct banks).
 template <int kD>
 struct MmaFwdSmem {
   static constexpr int kLd = TileLd<kD>::value;
   static constexpr size_t tile = sizeof(bf16_t) * kTile * kLd;
-  static constexpr size_t q = 0, k = tile, v = 2 * tile, bytes = 3 * tile;
+  static constexpr size_t q = 0;
+  static constexpr size_t k(int buf) { return buf ? 3 * tile : tile; }
+  static constexpr size_t v(int buf) { return buf ? 4 * tile : 2 * tile; }
+  static constexpr size_t bytes = 5 * tile;
 };
 
 template <int kD, class Mask>
@@ -53,8 +56,9 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
   extern __shared__ __align__(128) float smem_f[];
   char* sm = reinterpret_cast<char*>(smem_f);
   bf16_t* Qs = reinterpret_cast<bf16_t*>(sm + L::q);
-  bf16_t* Ks = reinterpret_cast<bf16_t*>(sm + L::k);
-  bf16_t* Vs = reinterpret_cast<bf16_t*>(sm + L::v);
+  // K / V buffer `buf` (selects, not arrays: nothing in local memory).
+  auto Kb = [&](int buf) { return reinterpret_cast<bf16_t*>(sm + (buf ? L::k(1) : L::k(0))); };
+  auto Vb = [&](int buf) { return reinterpret_cast<bf16_t*>(sm + (buf ? L::v(1) : L::v(0))); };
 
   const int64_t nqb = (d.Tq + kTile - 1) / kTile, blk = blockIdx.x;
   const int64_t b = blk / (nqb * d.Hq), h = blk / nqb % d.Hq, i0 = (nqb - 1 - blk % nqb) * kTile;
@@ -74,13 +78,16 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
     key_lo[hr] = r < nq ? max(int64_t{0}, m.key_lo(qpos)) : 0;
     key_hi[hr] = r < nq ? min(d.Tk, qpos + 1) : 0;
   }
-  auto k_tile = [&](int64_t j0) {
-    return TileSrc{Ks, k + (b * d.Tk + j0) * d.k_stride + g_kv * d.Dh, d.k_stride,
-                   static_cast<int>(min(int64_t{kTile}, kr.hi - j0)), d.Dh};
+  // Key tile j's K and V into buffer `buf`.
+  auto load_kv = [&](int64_t j0, int buf) {
+    const int nk = static_cast<int>(min(int64_t{kTile}, kr.hi - j0));
+    load_tiles<kD, 2>({TileSrc{Kb(buf), k + (b * d.Tk + j0) * d.k_stride + g_kv * d.Dh, d.k_stride, nk, d.Dh},
+                       TileSrc{Vb(buf), v + (b * d.Tk + j0) * d.v_stride + g_kv * d.Dv, d.v_stride, nk, d.Dv}},
+                      d.vec);
   };
 
   load_tiles<kD, 1>({TileSrc{Qs, q + (b * d.Tq + i0) * d.q_stride + h * d.Dh, d.q_stride, nq, d.Dh}}, d.vec);
-  if (kr.lo < kr.hi) load_tiles<kD, 1>({k_tile(kr.lo)}, d.vec);
+  if (kr.lo < kr.hi) load_kv(kr.lo, 0);
   async_wait_all();
   __syncthreads();
   uint32_t qa[kKs][4];  // the warp's Q rows as A fragments
@@ -98,10 +105,12 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
   float lsum[4] = {0.f, 0.f, 0.f, 0.f};
   const uint32_t ones[2] = {0x3f803f80u, 0x3f803f80u};  // bf16 pairs (1, 1): the B fragment of all ones
 
-  for (int64_t j0 = kr.lo; j0 < kr.hi; j0 += kTile) {
+  int buf = 0;
+  for (int64_t j0 = kr.lo; j0 < kr.hi; j0 += kTile, buf ^= 1) {
     const int nk = static_cast<int>(min(int64_t{kTile}, kr.hi - j0));
-    load_tiles<kD, 1>({TileSrc{Vs, v + (b * d.Tk + j0) * d.v_stride + g_kv * d.Dv, d.v_stride, nk, d.Dv}},
-                      d.vec);
+    if (j0 + kTile < kr.hi) load_kv(j0 + kTile, buf ^ 1);  // its buffers were released by the last barrier
+    const bf16_t* Ks = Kb(buf);
+    const bf16_t* Vs = Vb(buf);
     // Does the warp see any key of this tile (warp-uniform)?
     const bool active = max(wr.lo, j0) < min(wr.hi, j0 + nk);
     uint32_t pa[kKc][4];  // P (bf16) as the A fragments of P V, per key chunk
@@ -187,10 +196,6 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
       }
     }
 
-    async_wait_all();  // V_j
-    __syncthreads();   // V_j visible; every warp is done with K_j
-    if (j0 + kTile < kr.hi) load_tiles<kD, 1>({k_tile(j0 + kTile)}, d.vec);
-
     if (active) {
 #pragma unroll
       for (int kc = 0; kc < kKc; ++kc) {  // every chunk: P is 0 on the ones the warp cannot see
@@ -204,8 +209,8 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
         }
       }
     }
-    async_wait_all();  // K_{j+1}
-    __syncthreads();   // K_{j+1} visible; every warp is done with V_j
+    async_wait_all();  // K_{j+1}, V_{j+1}
+    __syncthreads();   // ... visible; every warp is done with K_j, V_j
   }
 
   // O = acc / l; a row without visible keys (l = 0) gets O = 0, lse = -inf.
