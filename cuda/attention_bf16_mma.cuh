@@ -20,7 +20,7 @@
 //   tensor cores as P times a block of ones next to P V (one mma per key chunk replaces 64 unpack-and-add
 //   instructions per lane and key tile; every lane ends with its rows' full sums);
 //   O = alpha O + P V: V's B fragments by ldmatrix.trans (rows = keys), 2 mma per (16-key chunk, 16 dims).
-// End: the row sums over the quad, O / l rounded to bf16 and stored from the accumulators (4-byte stores of
+// End: O / l (l: the row sums of the ones product) rounded to bf16 and stored from the accumulators (4-byte stores of
 // bf16 pairs), lse = (m + log2 l) ln 2; a row with no visible key (l = 0) gets O = 0 and lse = -inf.
 #pragma once
 #include "attention_bf16_kernels.cuh"
