@@ -617,7 +617,7 @@ void bench_attention_bf16(Ctx& c, const ops::AttnDims& d, const DevBuf<float>& q
   print_row({"attention bwd bf16 (WMMA)", shape, ms_bk[0], tflops(bwd_flops, ms_bk[0]), base + " (bwd)",
              f32_bwd_ms, f32_bwd_ms > 0 ? tflops(bwd_flops, f32_bwd_ms) : "-", strf("%.2e", err_bk[0])});
   print_row({dq_taken == AttnBf16Dq::Stored ? "attention bwd bf16 (mma.sync, dQ from stored dS)"
-                                             : "attention bwd bf16 (mma.sync, dQ recomputed: no room for dS)",
+                                            : "attention bwd bf16 (mma.sync, dQ recomputed: no room for dS)",
              shape, ms_bk[1], tflops(bwd_flops, ms_bk[1]), "tessera bf16 WMMA backward (row above)", ms_bk[0],
              tflops(bwd_flops, ms_bk[0]), strf("%.2e", err_bk[1])});
   print_row({"attention bwd bf16 (mma.sync, dQ recomputed)", shape, ms_bk[2], tflops(bwd_flops, ms_bk[2]),
@@ -626,8 +626,8 @@ void bench_attention_bf16(Ctx& c, const ops::AttnDims& d, const DevBuf<float>& q
   if (!(err_f <= kTol && err_b <= kTol))  // NaN fails too
     throw std::runtime_error(strf("bf16 attention differs from fp32: fwd WMMA %.2e", err_fk[0]) +
                              strf(", fwd mma.sync %.2e", err_fk[1]) + strf(", bwd WMMA %.2e", err_bk[0]) +
-                             strf(", bwd mma.sync %.2e", err_bk[1]) + strf(", bwd recompute %.2e", err_bk[2]) +
-                             strf(" (tolerance %.0e)", kTol));
+                             strf(", bwd mma.sync %.2e", err_bk[1]) +
+                             strf(", bwd recompute %.2e", err_bk[2]) + strf(" (tolerance %.0e)", kTol));
 }
 
 void bench_attention(Ctx& c) {

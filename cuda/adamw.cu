@@ -55,7 +55,8 @@ __global__ void adamw_kernel(float* __restrict__ p, const float* __restrict__ g,
 /// copy), for 16-byte aligned p, g, m, v and 8-byte aligned p_bf16; n4 = n / 4 groups (the launcher runs the
 /// remainder through adamw_kernel). Same arithmetic per element, so the same bits.
 __global__ void adamw_x4_kernel(float4* __restrict__ p, const float4* __restrict__ g, float4* __restrict__ m,
-                                float4* __restrict__ v, int64_t n4, AdamWScalars c, uint64_t* __restrict__ p_bf16) {
+                                float4* __restrict__ v, int64_t n4, AdamWScalars c,
+                                uint64_t* __restrict__ p_bf16) {
   TESSERA_GRID_STRIDE(i, n4) {
     float4 pp = p[i], mm = m[i], vv = v[i];
     const float4 gg = g[i];
@@ -67,8 +68,8 @@ __global__ void adamw_x4_kernel(float4* __restrict__ p, const float4* __restrict
     m[i] = mm;
     v[i] = vv;
     if (p_bf16)
-      p_bf16[i] = uint64_t{bf16_bits(pp.x)} | uint64_t{bf16_bits(pp.y)} << 16 | uint64_t{bf16_bits(pp.z)} << 32 |
-                  uint64_t{bf16_bits(pp.w)} << 48;
+      p_bf16[i] = uint64_t{bf16_bits(pp.x)} | uint64_t{bf16_bits(pp.y)} << 16 |
+                  uint64_t{bf16_bits(pp.z)} << 32 | uint64_t{bf16_bits(pp.w)} << 48;
   }
 }
 

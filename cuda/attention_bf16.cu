@@ -7,7 +7,8 @@
 // Two kernel families, same contract, either backward reading either forward's o and lse: mma.sync (the
 // default; FlashAttention-2's layout with scores, softmax, P, dP and dS in registers, mma m16n8k16 + ldmatrix
 // from mma_sm80.cuh: forward attention_bf16_mma.cuh, backward attention_bf16_mma_bwd.cuh) and WMMA (below).
-// TESSERA_ATTN_BF16_KERNEL=wmma (read once) or set_attention_bf16_kernel (launch_attention_bf16.hpp) picks WMMA.
+// TESSERA_ATTN_BF16_KERNEL=wmma (read once) or set_attention_bf16_kernel (launch_attention_bf16.hpp) picks
+// WMMA.
 //
 // WMMA kernels (attention_bf16_kernels.cuh): WMMA 16x16x16 bf16 fragments, fp32 accumulators; 128 threads = 4
 // warps per block; tiles of 64 query rows x 64 keys in shared memory (row stride Dh + 8: 16-byte rows whose

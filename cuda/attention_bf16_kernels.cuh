@@ -108,8 +108,8 @@ __host__ __device__ Range key_range(const Mask& m, int64_t b, int64_t qpos_lo, i
   return r;
 }
 
-/// The aligned 64-key tiles [lo, hi) (tile jt: keys 64 jt ..) that query tile i (rows 64 i ..) sees: the tiles
-/// whose dK/dV block visits query tile i, hence the dS tiles the stored-dS backward keeps for it.
+/// The aligned 64-key tiles [lo, hi) (tile jt: keys 64 jt ..) that query tile i (rows 64 i ..) sees: the
+/// tiles whose dK/dV block visits query tile i, hence the dS tiles the stored-dS backward keeps for it.
 template <class Mask>
 __host__ __device__ Range query_tile_key_tiles(const Mask& m, int64_t i, int64_t Tq, int64_t Tk,
                                                int64_t q_offset) {
@@ -195,7 +195,8 @@ __device__ void load_tiles(const TileSrc (&t)[kN], bool vec) {
       const uint16_t* src = t[i].src + r0 * t[i].stride + c;
       bf16_t* dst = t[i].dst + r0 * kLd + c;
 #pragma unroll
-      for (int it = 0; it < kIters; ++it) copy16_async(dst + it * kRowStep * kLd, src + it * kRowStep * t[i].stride);
+      for (int it = 0; it < kIters; ++it)
+        copy16_async(dst + it * kRowStep * kLd, src + it * kRowStep * t[i].stride);
       continue;
     }
 #pragma unroll

@@ -20,8 +20,9 @@
 //   tensor cores as P times a block of ones next to P V (one mma per key chunk replaces 64 unpack-and-add
 //   instructions per lane and key tile; every lane ends with its rows' full sums);
 //   O = alpha O + P V: V's B fragments by ldmatrix.trans (rows = keys), 2 mma per (16-key chunk, 16 dims).
-// End: O / l (l: the row sums of the ones product) rounded to bf16 and stored from the accumulators (4-byte stores of
-// bf16 pairs), lse = (m + log2 l) ln 2; a row with no visible key (l = 0) gets O = 0 and lse = -inf.
+// End: O / l (l: the row sums of the ones product) rounded to bf16 and stored from the accumulators (4-byte
+// stores of bf16 pairs), lse = (m + log2 l) ln 2; a row with no visible key (l = 0) gets O = 0 and lse =
+// -inf.
 #pragma once
 #include "attention_bf16_kernels.cuh"
 #include "mma_sm80.cuh"
@@ -81,9 +82,10 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
   // Key tile j's K and V into buffer `buf`.
   auto load_kv = [&](int64_t j0, int buf) {
     const int nk = static_cast<int>(min(int64_t{kTile}, kr.hi - j0));
-    load_tiles<kD, 2>({TileSrc{Kb(buf), k + (b * d.Tk + j0) * d.k_stride + g_kv * d.Dh, d.k_stride, nk, d.Dh},
-                       TileSrc{Vb(buf), v + (b * d.Tk + j0) * d.v_stride + g_kv * d.Dv, d.v_stride, nk, d.Dv}},
-                      d.vec);
+    load_tiles<kD, 2>(
+        {TileSrc{Kb(buf), k + (b * d.Tk + j0) * d.k_stride + g_kv * d.Dh, d.k_stride, nk, d.Dh},
+         TileSrc{Vb(buf), v + (b * d.Tk + j0) * d.v_stride + g_kv * d.Dv, d.v_stride, nk, d.Dv}},
+        d.vec);
   };
 
   load_tiles<kD, 1>({TileSrc{Qs, q + (b * d.Tq + i0) * d.q_stride + h * d.Dh, d.q_stride, nq, d.Dh}}, d.vec);
@@ -101,7 +103,8 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
     for (int e = 0; e < 4; ++e) oacc[n][e] = 0.f;
   float m_run[2] = {-INFINITY, -INFINITY};  // rows g, g + 8: running max in log2 units (quad-uniform)
   // Running row sums of the rounded P, as an accumulator of P times a 16 x 8 block of ones (one mma per key
-  // chunk instead of unpacking and adding every P value): lsum[0], [1] hold row g's sum, [2], [3] row g + 8's.
+  // chunk instead of unpacking and adding every P value): lsum[0], [1] hold row g's sum, [2], [3] row g +
+  // 8's.
   float lsum[4] = {0.f, 0.f, 0.f, 0.f};
   const uint32_t ones[2] = {0x3f803f80u, 0x3f803f80u};  // bf16 pairs (1, 1): the B fragment of all ones
 

@@ -24,12 +24,12 @@
 // per 16-key chunk the warp's rows can see:
 //   S = Q_w K_c^T and dP = dO_w V_c^T in one k-loop, P (lse per row), dS = P (dP - D) scale, dQ += dS K_c.
 // P's exponential is ex2.approx of one fma (s scale log2e - lse log2e), as in the forward.
-// Stored-dS mode (AttnBf16Dq in launch_attention_bf16.hpp, the default where the buffer fits): the dK/dV kernel
-// also writes each bf16 dS^T block it computes into a [64 keys][64 queries] tile per (b, h, query tile, key
-// tile the query tile sees; slots numbered by attn_ds_tile_offsets_kernel), and attn_bf16_bwd_dq_stored_kernel
-// computes dQ = dS K from those tiles: 5 tile products per (query tile, key tile) instead of 7, the same dS
-// values, deterministic, and no S, P or dP recomputed. Cost: the buffer (B Hq 8 KB per visible tile, 1.1 GB
-// at B 4, T 4096, H 16 causal) written once and read once.
+// Stored-dS mode (AttnBf16Dq in launch_attention_bf16.hpp, the default where the buffer fits): the dK/dV
+// kernel also writes each bf16 dS^T block it computes into a [64 keys][64 queries] tile per (b, h, query
+// tile, key tile the query tile sees; slots numbered by attn_ds_tile_offsets_kernel), and
+// attn_bf16_bwd_dq_stored_kernel computes dQ = dS K from those tiles: 5 tile products per (query tile, key
+// tile) instead of 7, the same dS values, deterministic, and no S, P or dP recomputed. Cost: the buffer (B Hq
+// 8 KB per visible tile, 1.1 GB at B 4, T 4096, H 16 causal) written once and read once.
 #pragma once
 #include "attention_bf16_kernels.cuh"
 #include "mma_sm80.cuh"
@@ -134,10 +134,11 @@ __device__ __forceinline__ void store_ds_t(uint16_t* tile, int w0, int c0, const
 
 template <int kD, class Mask>
 __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
-    attn_bf16_bwd_dkdv_mma_kernel(BDims d, Mask m, const uint16_t* __restrict__ q, const uint16_t* __restrict__ k,
-                                  const uint16_t* __restrict__ v, const float* __restrict__ lse_g,
-                                  const float* __restrict__ D_g, const uint16_t* __restrict__ dout,
-                                  uint16_t* __restrict__ dk, uint16_t* __restrict__ dv, uint16_t* __restrict__ ds,
+    attn_bf16_bwd_dkdv_mma_kernel(BDims d, Mask m, const uint16_t* __restrict__ q,
+                                  const uint16_t* __restrict__ k, const uint16_t* __restrict__ v,
+                                  const float* __restrict__ lse_g, const float* __restrict__ D_g,
+                                  const uint16_t* __restrict__ dout, uint16_t* __restrict__ dk,
+                                  uint16_t* __restrict__ dv, uint16_t* __restrict__ ds,
                                   const int64_t* __restrict__ tile_off, int64_t n_tiles) {
   using L = MmaBwdSmem<kD>;
   constexpr int kLd = L::kLd, kKs = kD / 16, kOt = kD / 8, kQc = kTile / 16;
@@ -183,8 +184,8 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
   };
   auto load_tile = [&](int64_t u, int buf) {
     const int64_t i0 = u % nqb * kTile;
-    load_query_tile<kD>(d, b, gk * rep + u / nqb, i0, static_cast<int>(min(int64_t{kTile}, d.Tq - i0)), q, dout,
-                        lse_g, D_g, Qb(buf), dOb(buf), lse2b(buf), Db(buf));
+    load_query_tile<kD>(d, b, gk * rep + u / nqb, i0, static_cast<int>(min(int64_t{kTile}, d.Tq - i0)), q,
+                        dout, lse_g, D_g, Qb(buf), dOb(buf), lse2b(buf), Db(buf));
   };
 
   load_tiles<kD, 2>({TileSrc{Ks, k + (b * d.Tk + j0) * d.k_stride + gk * d.Dh, d.k_stride, nk, d.Dh},
@@ -233,7 +234,8 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
 #pragma unroll
       for (int hr = 0; hr < 2; ++hr) {
         vis_lo[hr] = key_ok[hr] ? static_cast<int>(min(max(kpos[hr] - lo, int64_t{0}), int64_t{16})) : 0;
-        vis_hi[hr] = key_ok[hr] ? static_cast<int>(min(max(min(qhi[hr], hi) - lo, int64_t{0}), int64_t{16})) : 0;
+        vis_hi[hr] =
+            key_ok[hr] ? static_cast<int>(min(max(min(qhi[hr], hi) - lo, int64_t{0}), int64_t{16})) : 0;
       }
 
       // S^T = K_w Q_c^T and dP^T = V_w dO_c^T in one k-loop (4 independent accumulator chains): rows = the
@@ -267,7 +269,8 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
       mma_add_rows<kD>(dva, pa, dOs + c0 * kLd, kLd);  // dV += P^T dO_c
       // dS^T = P^T (dP^T - D) scale (D per query column), then dK += dS^T Q_c.
       uint32_t dsa[4];
-      ds_fragment(dsa, pa, dp, [&](int j, int e) { return Ds[c0 + 8 * j + 2 * t + e % 2]; }, d.scale);
+      ds_fragment(
+          dsa, pa, dp, [&](int j, int e) { return Ds[c0 + 8 * j + 2 * t + e % 2]; }, d.scale);
       mma_add_rows<kD>(dka, dsa, Qs + c0 * kLd, kLd);
       if (ds_tile) store_ds_t(ds_tile, w0, c0, dsa);
     }
@@ -311,9 +314,10 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
   auto Vbuf = [&](int buf) { return buf ? dOs : Vs; };
   auto load_kv = [&](int64_t j0, int buf) {
     const int nk = static_cast<int>(min(int64_t{kTile}, kr.hi - j0));
-    load_tiles<kD, 2>({TileSrc{Kbuf(buf), k + (b * d.Tk + j0) * d.k_stride + gk * d.Dh, d.k_stride, nk, d.Dh},
-                       TileSrc{Vbuf(buf), v + (b * d.Tk + j0) * d.v_stride + gk * d.Dv, d.v_stride, nk, d.Dv}},
-                      d.vec);
+    load_tiles<kD, 2>(
+        {TileSrc{Kbuf(buf), k + (b * d.Tk + j0) * d.k_stride + gk * d.Dh, d.k_stride, nk, d.Dh},
+         TileSrc{Vbuf(buf), v + (b * d.Tk + j0) * d.v_stride + gk * d.Dv, d.v_stride, nk, d.Dv}},
+        d.vec);
   };
 
   load_tiles<kD, 2>({TileSrc{Qs, q + (b * d.Tq + i0) * d.q_stride + h * d.Dh, d.q_stride, nq, d.Dh},
@@ -371,7 +375,8 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
       for (int hr = 0; hr < 2; ++hr) {
         const bool live = row_ok[hr] && l2[hr] != -INFINITY;
         vis_lo[hr] = live ? static_cast<int>(min(max(klo[hr] - klo_c, int64_t{0}), int64_t{16})) : 0;
-        vis_hi[hr] = live ? static_cast<int>(min(max(min(qpos[hr] + 1, khi_c) - klo_c, int64_t{0}), int64_t{16})) : 0;
+        vis_hi[hr] =
+            live ? static_cast<int>(min(max(min(qpos[hr] + 1, khi_c) - klo_c, int64_t{0}), int64_t{16})) : 0;
       }
 
       // S = Q_w K_c^T and dP = dO_w V_c^T in one k-loop: 4 independent accumulator chains.

@@ -36,12 +36,12 @@ void set_attention_bf16_kernel(AttnBf16Kernel k);
 AttnBf16Kernel attention_bf16_kernel();
 
 /// How the mma.sync backward computes dQ. Stored: the dK/dV kernel also writes the bf16 dS tiles it computes
-/// (every 64 x 64 tile the mask lets a query tile see: B * Hq * 8 KB per such tile, e.g. 1.1 GB at B 4, T 4096,
-/// H 16, causal) and a light kernel adds dQ = dS K from them — 5 tile products per (query tile, key tile)
-/// instead of 7, same dS values, so dQ differs from Recompute only in rounding order. Recompute: the dQ kernel
-/// recomputes S, P, dP and dS (no buffer). Auto (the initial state): TESSERA_ATTN_BF16_DQ ("stored" or
-/// "recompute", read once) if set, else Stored when the buffer is at most a quarter of the device's memory and
-/// its allocation succeeds, Recompute otherwise. A forced Stored that cannot allocate throws.
+/// (every 64 x 64 tile the mask lets a query tile see: B * Hq * 8 KB per such tile, e.g. 1.1 GB at B 4, T
+/// 4096, H 16, causal) and a light kernel adds dQ = dS K from them — 5 tile products per (query tile, key
+/// tile) instead of 7, same dS values, so dQ differs from Recompute only in rounding order. Recompute: the dQ
+/// kernel recomputes S, P, dP and dS (no buffer). Auto (the initial state): TESSERA_ATTN_BF16_DQ ("stored" or
+/// "recompute", read once) if set, else Stored when the buffer is at most a quarter of the device's memory
+/// and its allocation succeeds, Recompute otherwise. A forced Stored that cannot allocate throws.
 enum class AttnBf16Dq { Auto, Stored, Recompute };
 
 /// The mode named by a value of TESSERA_ATTN_BF16_DQ: "stored" or "recompute"; null or empty: Auto. Anything

@@ -493,11 +493,11 @@ class DqChoice {
 
 /// The mma backward with dQ from the dS tiles the dK/dV kernel stored, and with dQ recomputed: both within
 /// the tolerances of the fp32 CPU op; dK and dV bit for bit the same (the dK/dV kernel is the same, storing
-/// dS or not); dQ from the same dS values, added in the same order where the recomputing kernel's key tiles are
-/// the aligned ones (then bit for bit equal; measured on the emulator: 0 in three of the shapes below, 5.5e-6
-/// of max |dq| with the window's unaligned key range), so 1e-3 of max |dq| is ample. The shapes cover
-/// several key tiles per query tile (stored tiles at offsets > 0), GQA, Tq != Tk with q_offset, query tiles
-/// that see no key tile, padded head dims and Dv != Dh.
+/// dS or not); dQ from the same dS values, added in the same order where the recomputing kernel's key tiles
+/// are the aligned ones (then bit for bit equal; measured on the emulator: 0 in three of the shapes
+/// below, 5.5e-6 of max |dq| with the window's unaligned key range), so 1e-3 of max |dq| is ample. The shapes
+/// cover several key tiles per query tile (stored tiles at offsets > 0), GQA, Tq != Tk with q_offset, query
+/// tiles that see no key tile, padded head dims and Dv != Dh.
 template <class Mask>
 void compare_dq_modes(const std::string& name, const ops::AttnDims& d, const Mask& m, Rng& rng) {
   using cuda_detail::AttnBf16Dq;
@@ -550,8 +550,8 @@ TEST_F(CudaAttentionBf16, DqFromStoredDsMatchesRecomputedDq) {
                    mask::SlidingWindow{40}, rng);
   compare_dq_modes("chunk 16 Dh=64, rows past the keys", dims(1, 20, 40, 2, 2, 64, 0, 40, 0),
                    mask::ChunkLocal{16}, rng);
-  compare_dq_modes("chunk 48 Dh=40 Dv=24 pad 3 T=130", dims(1, 130, 130, 2, 1, 40, 24, 0, 3), mask::ChunkLocal{48},
-                   rng);
+  compare_dq_modes("chunk 48 Dh=40 Dv=24 pad 3 T=130", dims(1, 130, 130, 2, 1, 40, 24, 0, 3),
+                   mask::ChunkLocal{48}, rng);
   EXPECT_EQ(cuda_detail::parse_attention_bf16_dq(nullptr), cuda_detail::AttnBf16Dq::Auto);
   EXPECT_EQ(cuda_detail::parse_attention_bf16_dq("stored"), cuda_detail::AttnBf16Dq::Stored);
   EXPECT_EQ(cuda_detail::parse_attention_bf16_dq("recompute"), cuda_detail::AttnBf16Dq::Recompute);

@@ -741,8 +741,8 @@ TEST_F(CudaCore, AdamWThreeStepsMatchCpu) {
     for (int64_t t = 1; t <= 3; ++t) {
       const Host g = randn(n + offset, rng, 0.1);
       Dev<float> d_g(g);
-      train::adamw_update(cpu{}, p.data() + offset, g.data() + offset, m.data() + offset, v.data() + offset, n,
-                          1e-2, 0.9, 0.95, 1e-8, 0.1, t);
+      train::adamw_update(cpu{}, p.data() + offset, g.data() + offset, m.data() + offset, v.data() + offset,
+                          n, 1e-2, 0.9, 0.95, 1e-8, 0.1, t);
       train::adamw_update(cuda{}, d_p.data() + offset, d_g.data() + offset, d_m.data() + offset,
                           d_v.data() + offset, n, 1e-2, 0.9, 0.95, 1e-8, 0.1, t,
                           t == 3 ? d_pb.data() + offset : nullptr);
