@@ -2,9 +2,10 @@
 // same shapes is benchmarks/compare_gpu_torch.py, run in the same check):
 //   model_cuda_step llama      [--layers 25 --dim 2048 --heads 16 --ffn 5632 --batch 4 --seq 4096]
 //   model_cuda_step megalodon  [--layers 4 --dim 1024 --batch 4 --seq 4096]
-// One step = forward + cross-entropy + backward + global-norm clip + AdamW (fp32 master weights and state), all
+// One step = forward + cross-entropy + backward + global-norm clip + AdamW (fp32 master weights and state; the clip
+// coefficient folded into the AdamW kernel, as the Trainer does), all
 // on the device, in fp32 or (--precision bf16) with bf16 GEMM / attention operands (layers/precision.hpp); the
-// loss is the step's only host synchronisation. Weights: N(0, 0.02) matrices from a
+// loss and the gradient norm are the step's host synchronisations. Weights: N(0, 0.02) matrices from a
 // fixed-seed pool, uploaded once. Prints one markdown row per model (same columns as
 // compare_gpu_torch.py) and a JSON line; exits 1 when the loss is not finite.
 // Shared helpers (weights, timing, batch): cuda_bench_util.hpp.
@@ -82,9 +83,10 @@ void llama_breakdown(Model& m, Data& data, train::AdamW<float, cuda>& opt, int64
     m.backward(data.targets.data());
   });
   const double zero = device_ms([&] { zero_grads(m); });
-  const double clip = device_ms([&] { train::clip_grad_norm(m, 1.0); });
-  const double adamw = device_ms([&] { opt.step(m); });
-  std::printf("| tessera Llama step %s phases (CUDA) | forward / loss+backward / zero / clip / AdamW | %.1f / %.1f / "
+  float coef = 1.f;
+  const double clip = device_ms([&] { coef = train::clip_coefficient(train::grad_norm(m), 1.0); });
+  const double adamw = device_ms([&] { opt.step(m, opt.config().lr, coef); });
+  std::printf("| tessera Llama step %s phases (CUDA) | forward / loss+backward / zero / grad norm / AdamW with clip | %.1f / %.1f / "
               "%.1f / %.1f / %.1f ms | - |\n",
               precision.c_str(), fwd, bwd, zero, clip, adamw);
   auto& blk = m.layers.layers[0];
@@ -151,8 +153,8 @@ int main(int argc, char** argv) {
         m.forward(data.ids.data(), batch, seq);
         const double loss = m.loss(data.targets.data());
         m.backward(data.targets.data());
-        train::clip_grad_norm(m, 1.0);
-        opt.step(m);
+        // Global-norm clip folded into AdamW (the Trainer's step): same update as clip_grad_norm + step.
+        opt.step(m, opt.config().lr, train::clip_coefficient(train::grad_norm(m), 1.0));
         return loss;
       };
       const Timing t = time_steps(step, warmup, steps);
@@ -190,8 +192,7 @@ int main(int argc, char** argv) {
       m.forward(data.ids.data(), batch, seq);
       const double loss = m.loss(data.targets.data());
       m.backward(data.targets.data());
-      train::clip_grad_norm(m, 1.0);
-      opt.step(m);
+      opt.step(m, opt.config().lr, train::clip_coefficient(train::grad_norm(m), 1.0));
       return loss;
     };
     const Timing t = time_steps(step, warmup, steps);

@@ -25,11 +25,12 @@ constexpr int kThreads = 256;
 
 struct AdamWScalars {
   double beta1, one_minus_beta1, beta2, one_minus_beta2, eps, bc2_sqrt, step_size, decay;
+  float grad_scale;  // g is read as float(g * grad_scale) when it is not 1 (clipping folded in)
 };
 
 /// One element's update: p, m, v in place; returns the new p.
 __device__ __forceinline__ float adamw_element(float& p, float g, float& m, float& v, const AdamWScalars& c) {
-  const double gi = g;
+  const double gi = c.grad_scale == 1.f ? g : __fmul_rn(g, c.grad_scale);  // as clip_scale_kernel's g *= c
   const double pi = __dmul_rn(static_cast<double>(p), c.decay);  // decoupled decay first, as torch
   // m and v are stored in fp32: round them before use, as torch (and the CPU op) do.
   const float mi = static_cast<float>(__dadd_rn(__dmul_rn(c.beta1, m), __dmul_rn(c.one_minus_beta1, gi)));
@@ -113,7 +114,7 @@ __global__ void clip_scale_kernel(float* g, int64_t n, const double* __restrict_
 }  // namespace
 
 void adamw_update_f32(float* p, const float* g, float* m, float* v, int64_t n, double lr, double beta1,
-                      double beta2, double eps, double wd, int64_t t, uint16_t* p_bf16) {
+                      double beta2, double eps, double wd, int64_t t, uint16_t* p_bf16, float grad_scale) {
   TESSERA_CHECK(n >= 0, "adamw_update(cuda): negative element count ", n);
   TESSERA_CHECK(t >= 1, "adamw_update(cuda): step t must be >= 1, got ", t);
   if (n == 0) return;
@@ -121,7 +122,8 @@ void adamw_update_f32(float* p, const float* g, float* m, float* v, int64_t n, d
   // The CPU op's per-step scalars, with the same expressions.
   const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(t));
   const double bc2_sqrt = std::sqrt(1.0 - std::pow(beta2, static_cast<double>(t)));
-  const AdamWScalars c{beta1, 1.0 - beta1, beta2, 1.0 - beta2, eps, bc2_sqrt, lr / bc1, 1.0 - lr * wd};
+  const AdamWScalars c{beta1,    1.0 - beta1, beta2,       1.0 - beta2, eps,
+                       bc2_sqrt, lr / bc1,    1.0 - lr * wd, grad_scale};
   int64_t done = 0;
   if (aligned_to(p, 16) && aligned_to(g, 16) && aligned_to(m, 16) && aligned_to(v, 16) &&
       (!p_bf16 || aligned_to(p_bf16, 8)) && n >= 4) {

@@ -286,8 +286,9 @@ void blt::entropies_from_logits(cuda, const float* logits, int64_t rows, int64_t
 // ---- optimizer (adamw.cu) --------------------------------------------------------------------------------
 
 void train::adamw_update(cuda, float* p, const float* g, float* m, float* v, int64_t n, double lr,
-                         double beta1, double beta2, double eps, double wd, int64_t t, bf16* p_bf16) {
-  cuda_detail::adamw_update_f32(p, g, m, v, n, lr, beta1, beta2, eps, wd, t, bits(p_bf16));
+                         double beta1, double beta2, double eps, double wd, int64_t t, bf16* p_bf16,
+                         float grad_scale) {
+  cuda_detail::adamw_update_f32(p, g, m, v, n, lr, beta1, beta2, eps, wd, t, bits(p_bf16), grad_scale);
 }
 
 void train::grad_sumsq(cuda, double* sumsq, const float* g, int64_t n) {

@@ -729,7 +729,7 @@ TEST_F(CudaCore, StackedHashEmbeddingMatchesCpu) {
 // fp32 result by at most 1 ulp; after 3 steps rtol 1e-6 (~8 ulp) is ample, a wrong formula is off by far
 // more. The bf16 copy must be exactly the RNE rounding of the GPU's fp32 weights. Offset 0: aligned tensors
 // (the 4-wide kernel, plus the scalar one for the tail of 1001 = 4 * 250 + 1); offset 1: misaligned pointers
-// (the scalar kernel only).
+// (the scalar kernel only). Step 2 reads the gradients scaled by a clipping coefficient on both sides.
 TEST_F(CudaCore, AdamWThreeStepsMatchCpu) {
   for (const int64_t offset : {0, 1}) {
     SCOPED_TRACE("offset " + std::to_string(offset));
@@ -741,11 +741,12 @@ TEST_F(CudaCore, AdamWThreeStepsMatchCpu) {
     for (int64_t t = 1; t <= 3; ++t) {
       const Host g = randn(n + offset, rng, 0.1);
       Dev<float> d_g(g);
+      const float grad_scale = t == 2 ? 0.37f : 1.f;  // step 2 folds a clipping coefficient in
       train::adamw_update(cpu{}, p.data() + offset, g.data() + offset, m.data() + offset, v.data() + offset,
-                          n, 1e-2, 0.9, 0.95, 1e-8, 0.1, t);
+                          n, 1e-2, 0.9, 0.95, 1e-8, 0.1, t, grad_scale);
       train::adamw_update(cuda{}, d_p.data() + offset, d_g.data() + offset, d_m.data() + offset,
                           d_v.data() + offset, n, 1e-2, 0.9, 0.95, 1e-8, 0.1, t,
-                          t == 3 ? d_pb.data() + offset : nullptr);
+                          t == 3 ? d_pb.data() + offset : nullptr, grad_scale);
     }
     const Host gp = d_p.get();
     expect_close("adamw p", gp, p, 1e-6);

@@ -233,6 +233,38 @@ TEST(Schedule, ConstantAndErrors) {
   EXPECT_THROW(Schedule::parse_kind("linear"), Error);
 }
 
+// Clipping folded into the step (what the Trainer runs): AdamW::step(m, lr, clip_coefficient(grad_norm(m),
+// max)) must give exactly the weights and moments of clip_grad_norm(m, max) then step(m, lr), and leave the
+// gradients unscaled. Three steps, clipping active in each (norms ~2.4 > 1) and inactive (max 10).
+TEST(Clip, CoefficientFoldedIntoTheStepMatchesClipThenStep) {
+  EXPECT_EQ(clip_coefficient(5.0, 10.0), 1.0f);  // below the threshold
+  EXPECT_EQ(clip_coefficient(5.0, 0.0), 1.0f);   // clipping off
+  EXPECT_EQ(clip_coefficient(std::nan(""), 1.0), 1.0f);
+  EXPECT_FLOAT_EQ(clip_coefficient(3.0, 1.0), static_cast<float>(1.0 / (3.0 + 1e-6)));
+  for (const double max_norm : {1.0, 10.0}) {
+    Tiny<float> a, b;
+    AdamW<float> oa, ob;
+    for (int s = 0; s < 3; ++s) {
+      set_grads(a, s);
+      set_grads(b, s);
+      clip_grad_norm(a, max_norm);
+      oa.step(a, kLr[s]);
+      const float coef = clip_coefficient(grad_norm(b), max_norm);
+      if (max_norm == 1.0) {
+        EXPECT_LT(coef, 1.0f);
+      }
+      ob.step(b, kLr[s], coef);
+      EXPECT_FLOAT_EQ(b.params.bias.grad[1], static_cast<float>(kGradB[s][1])) << "gradients must stay unscaled";
+    }
+    for (int i = 0; i < 6; ++i) {
+      EXPECT_EQ(a.params.weight.value[i], b.params.weight.value[i]) << "weight " << i << " max " << max_norm;
+      EXPECT_EQ((*oa.m("weight"))[i], (*ob.m("weight"))[i]) << "m " << i;
+      EXPECT_EQ((*oa.v("weight"))[i], (*ob.v("weight"))[i]) << "v " << i;
+    }
+    for (int i = 0; i < 2; ++i) EXPECT_EQ(a.params.bias.value[i], b.params.bias.value[i]) << "bias " << i;
+  }
+}
+
 TEST(Clip, GlobalNormAndScaling) {
   Tiny<float> m;
   set_grads(m, 0);  // sum of squares: 0.91 + 5 = 5.91

@@ -46,16 +46,18 @@ inline DecayFilter decay_rank_ge2_except(std::vector<std::string> suffixes) {
 ///   p <- p - (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps),   bc_i = 1 - b_i^t
 /// torch evaluates each of these lines in fp32 with rounding between them; evaluating in double and rounding
 /// once makes our result the correctly rounded one, within ~1 ulp (~1e-7 relative) of torch's per step.
+/// grad_scale != 1: g is read as T(g * grad_scale) — exactly what scaling the gradients in place first gives
+/// (clip_grad_norm's rule), without that extra pass over them; the gradients are left as they are.
 template <class T>
 void adamw_update(cpu, T* p, const T* g, T* m, T* v, int64_t n, double lr, double beta1, double beta2,
-                  double eps, double wd, int64_t t) {
+                  double eps, double wd, int64_t t, T grad_scale = T(1)) {
   const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(t));
   const double bc2_sqrt = std::sqrt(1.0 - std::pow(beta2, static_cast<double>(t)));
   const double step_size = lr / bc1;
   const double decay = 1.0 - lr * wd;
 #pragma omp parallel for if (n > (1 << 16))
   for (int64_t i = 0; i < n; ++i) {
-    const double gi = static_cast<double>(g[i]);
+    const double gi = static_cast<double>(grad_scale == T(1) ? g[i] : static_cast<T>(g[i] * grad_scale));
     const double pi = static_cast<double>(p[i]) * decay;
     // m and v are stored in T, so round them before use, as torch does.
     const T mi = static_cast<T>(beta1 * static_cast<double>(m[i]) + (1.0 - beta1) * gi);
@@ -71,7 +73,7 @@ void adamw_update(cpu, T* p, const T* g, T* m, T* v, int64_t n, double lr, doubl
 /// one to the last bit or within 1 ulp (double per element, rounded once, no FMA contraction on the GPU). p_bf16 (nullable, [n]) receives bf16(p) after the update: the
 /// compute copy of fp32 master weights.
 void adamw_update(cuda, float* p, const float* g, float* m, float* v, int64_t n, double lr, double beta1,
-                  double beta2, double eps, double wd, int64_t t, bf16* p_bf16 = nullptr);
+                  double beta2, double eps, double wd, int64_t t, bf16* p_bf16 = nullptr, float grad_scale = 1.f);
 
 /// AdamW over every parameter of a model (walked with for_each_param). State is created (zeroed) on the first
 /// step a parameter is seen; the step count t is shared, as torch's per-parameter counts are all equal when
@@ -95,9 +97,11 @@ class AdamW {
   /// Number of steps taken (torch's state['step']).
   int64_t steps() const { return t_; }
 
-  /// One step at learning rate `lr` over every parameter of `model` that has a gradient.
+  /// One step at learning rate `lr` over every parameter of `model` that has a gradient, each gradient read
+  /// as T(g * grad_scale) (the clipping coefficient of clip_coefficient: the same update as clip_grad_norm
+  /// then step, one pass over the gradients fewer; the gradients themselves are not scaled).
   template <class Model>
-  void step(Model& model, double lr) {
+  void step(Model& model, double lr, T grad_scale = T(1)) {
     const int64_t t = t_ + 1;
     for_each_param(model, [&](const std::string& name, Param<T, B>& p) {
       if (p.grad.numel() == 0) return;
@@ -105,8 +109,12 @@ class AdamW {
                     p.grad.shape(), " but the parameter has shape ", p.value.shape());
       Slot& s = slot(name, p.value.shape());
       const double wd = decay_(name, p.value.shape()) ? cfg_.weight_decay : 0.0;
-      adamw_update(B{}, p.value.data(), p.grad.data(), s.m.data(), s.v.data(), p.value.numel(), lr,
-                   cfg_.beta1, cfg_.beta2, cfg_.eps, wd, t);
+      if constexpr (is_cpu_v<B>)
+        adamw_update(B{}, p.value.data(), p.grad.data(), s.m.data(), s.v.data(), p.value.numel(), lr,
+                     cfg_.beta1, cfg_.beta2, cfg_.eps, wd, t, grad_scale);
+      else
+        adamw_update(B{}, p.value.data(), p.grad.data(), s.m.data(), s.v.data(), p.value.numel(), lr,
+                     cfg_.beta1, cfg_.beta2, cfg_.eps, wd, t, nullptr, grad_scale);
     });
     t_ = t;
   }

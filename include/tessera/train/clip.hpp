@@ -82,6 +82,17 @@ void scale_grads(Model& model, double coef) {
   });
 }
 
+/// The factor clip_grad_norm(model, max_norm) multiplies every gradient by, for a model whose global norm is
+/// `norm`, in the gradients' type: max_norm / (norm + 1e-6) where that is < 1 (max_norm > 0, norm finite),
+/// else 1. AdamW::step(model, lr, clip_coefficient(grad_norm(model), max_norm)) takes the same step as
+/// clip_grad_norm then step, without the pass that scales the gradients in place (they stay unscaled).
+template <class T = float>
+T clip_coefficient(double norm, double max_norm) {
+  if (!(max_norm > 0) || !std::isfinite(norm)) return T(1);
+  const double coef = max_norm / (norm + 1e-6);
+  return coef < 1.0 ? static_cast<T>(coef) : T(1);
+}
+
 /// Returns the pre-clip global norm. As PyTorch: coef = max_norm / (norm + 1e-6); gradients are multiplied
 /// by coef when coef < 1 (i.e. norm exceeds max_norm, up to the 1e-6). max_norm <= 0 disables clipping
 /// (the norm is still returned). A non-finite norm leaves the gradients untouched; callers should treat it

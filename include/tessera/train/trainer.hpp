@@ -212,12 +212,14 @@ class Trainer {
       TESSERA_CHECK(
           std::isfinite(loss), "trainer: step ", done, ": loss is ", loss, "; stopping (",
           last_saved >= 0 ? str("last checkpoint: step ", last_saved) : std::string("no checkpoint"), ")");
-      const double gn = clip_grad_norm(model_, cfg_.grad_clip);
+      // Clipping folded into the optimizer step (clip_coefficient): the same update as clip_grad_norm then
+      // step, one pass over the gradients fewer; the gradients keep their unclipped values.
+      const double gn = grad_norm(model_);
       TESSERA_CHECK(
           std::isfinite(gn), "trainer: step ", done, ": gradient norm is ", gn, "; stopping (",
           last_saved >= 0 ? str("last checkpoint: step ", last_saved) : std::string("no checkpoint"), ")");
       const double lr = schedule_.lr_at(s);
-      opt_.step(model_, lr);
+      opt_.step(model_, lr, clip_coefficient<T>(gn, cfg_.grad_clip));
       const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       const double tok_s = static_cast<double>(loader_.tokens_per_batch()) / std::max(sec, 1e-12);
       res.steps_done = done;
