@@ -2,13 +2,12 @@
 // same shapes is benchmarks/compare_gpu_torch.py, run in the same check):
 //   model_cuda_step llama      [--layers 25 --dim 2048 --heads 16 --ffn 5632 --batch 4 --seq 4096]
 //   model_cuda_step megalodon  [--layers 4 --dim 1024 --batch 4 --seq 4096]
-// One step = forward + cross-entropy + backward + global-norm clip + AdamW (fp32 master weights and state; the clip
-// coefficient folded into the AdamW kernel, as the Trainer does), all
-// on the device, in fp32 or (--precision bf16) with bf16 GEMM / attention operands (layers/precision.hpp); the
-// loss and the gradient norm are the step's host synchronisations. Weights: N(0, 0.02) matrices from a
-// fixed-seed pool, uploaded once. Prints one markdown row per model (same columns as
-// compare_gpu_torch.py) and a JSON line; exits 1 when the loss is not finite.
-// Shared helpers (weights, timing, batch): cuda_bench_util.hpp.
+// One step = forward + cross-entropy + backward + global-norm clip + AdamW (fp32 master weights and state;
+// the clip coefficient folded into the AdamW kernel, as the Trainer does), all on the device, in fp32 or
+// (--precision bf16) with bf16 GEMM / attention operands (layers/precision.hpp); the loss and the gradient
+// norm are the step's host synchronisations. Weights: N(0, 0.02) matrices from a fixed-seed pool, uploaded
+// once. Prints one markdown row per model (same columns as compare_gpu_torch.py) and a JSON line; exits 1
+// when the loss is not finite. Shared helpers (weights, timing, batch): cuda_bench_util.hpp.
 #include <cuda_runtime_api.h>
 
 #include <CLI/CLI.hpp>
@@ -86,9 +85,11 @@ void llama_breakdown(Model& m, Data& data, train::AdamW<float, cuda>& opt, int64
   float coef = 1.f;
   const double clip = device_ms([&] { coef = train::clip_coefficient(train::grad_norm(m), 1.0); });
   const double adamw = device_ms([&] { opt.step(m, opt.config().lr, coef); });
-  std::printf("| tessera Llama step %s phases (CUDA) | forward / loss+backward / zero / grad norm / AdamW with clip | %.1f / %.1f / "
-              "%.1f / %.1f / %.1f ms | - |\n",
-              precision.c_str(), fwd, bwd, zero, clip, adamw);
+  std::printf(
+      "| tessera Llama step %s phases (CUDA) | forward / loss+backward / zero / grad norm / AdamW with clip "
+      "| %.1f / %.1f / "
+      "%.1f / %.1f / %.1f ms | - |\n",
+      precision.c_str(), fwd, bwd, zero, clip, adamw);
   auto& blk = m.layers.layers[0];
   const int64_t L = static_cast<int64_t>(m.layers.layers.size()), rows = batch * seq, dim = m.config.dim;
   SeqContext ctx;

@@ -122,7 +122,7 @@ void adamw_update_f32(float* p, const float* g, float* m, float* v, int64_t n, d
   // The CPU op's per-step scalars, with the same expressions.
   const double bc1 = 1.0 - std::pow(beta1, static_cast<double>(t));
   const double bc2_sqrt = std::sqrt(1.0 - std::pow(beta2, static_cast<double>(t)));
-  const AdamWScalars c{beta1,    1.0 - beta1, beta2,       1.0 - beta2, eps,
+  const AdamWScalars c{beta1,    1.0 - beta1, beta2,         1.0 - beta2, eps,
                        bc2_sqrt, lr / bc1,    1.0 - lr * wd, grad_scale};
   int64_t done = 0;
   if (aligned_to(p, 16) && aligned_to(g, 16) && aligned_to(m, 16) && aligned_to(v, 16) &&

@@ -114,7 +114,8 @@ void hash_embedding_forward_f32(float* y, const int64_t* ids, const int64_t* has
 /// One AdamW step (train::adamw_update semantics); p_bf16 (nullable) receives bf16(p) after the update; g
 /// is read as float(g * grad_scale).
 void adamw_update_f32(float* p, const float* g, float* m, float* v, int64_t n, double lr, double beta1,
-                      double beta2, double eps, double wd, int64_t t, uint16_t* p_bf16, float grad_scale = 1.f);
+                      double beta2, double eps, double wd, int64_t t, uint16_t* p_bf16,
+                      float grad_scale = 1.f);
 /// *sumsq (one device double) += sum g^2, accumulated in double in a fixed order (deterministic).
 void grad_sumsq_f32(double* sumsq, const float* g, int64_t n);
 /// g *= coef with coef = max_norm / (sqrt(*sumsq) + 1e-6) when that is < 1, the norm finite and max_norm > 0.

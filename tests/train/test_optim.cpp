@@ -254,7 +254,8 @@ TEST(Clip, CoefficientFoldedIntoTheStepMatchesClipThenStep) {
         EXPECT_LT(coef, 1.0f);
       }
       ob.step(b, kLr[s], coef);
-      EXPECT_FLOAT_EQ(b.params.bias.grad[1], static_cast<float>(kGradB[s][1])) << "gradients must stay unscaled";
+      EXPECT_FLOAT_EQ(b.params.bias.grad[1], static_cast<float>(kGradB[s][1]))
+          << "gradients must stay unscaled";
     }
     for (int i = 0; i < 6; ++i) {
       EXPECT_EQ(a.params.weight.value[i], b.params.weight.value[i]) << "weight " << i << " max " << max_norm;

@@ -73,7 +73,8 @@ void adamw_update(cpu, T* p, const T* g, T* m, T* v, int64_t n, double lr, doubl
 /// one to the last bit or within 1 ulp (double per element, rounded once, no FMA contraction on the GPU). p_bf16 (nullable, [n]) receives bf16(p) after the update: the
 /// compute copy of fp32 master weights.
 void adamw_update(cuda, float* p, const float* g, float* m, float* v, int64_t n, double lr, double beta1,
-                  double beta2, double eps, double wd, int64_t t, bf16* p_bf16 = nullptr, float grad_scale = 1.f);
+                  double beta2, double eps, double wd, int64_t t, bf16* p_bf16 = nullptr,
+                  float grad_scale = 1.f);
 
 /// AdamW over every parameter of a model (walked with for_each_param). State is created (zeroed) on the first
 /// step a parameter is seen; the step count t is shared, as torch's per-parameter counts are all equal when
