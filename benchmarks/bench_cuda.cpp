@@ -28,7 +28,8 @@
 // the bytes the op must move at least (forward read x + write y; backward read x, dy + write dx), also as a
 // percentage of the measured memcpy rate; memcpy counts read + write.
 //
-// Usage: bench_cuda [--only=mem,gemm,attn,cema,tsn] [--reps=N]. No GPU: prints a skip line and exits 0.
+// Usage: bench_cuda [--only=mem,gemm,decode,attn,cema,tsn] [--reps=N] [--attn-dh=64|128] (the attention
+// section at one head dim only). No GPU: prints a skip line and exits 0.
 // A failing section prints a FAILED row and the others still run; the exit status is then 1.
 #include <cublasLt.h>
 #include <cublas_v2.h>
@@ -219,6 +220,7 @@ struct Ctx {
   cublasHandle_t blas = nullptr;
   cublasLtHandle_t lt = nullptr;
   int failures = 0;
+  int64_t attn_dh = 0;  // attention section: only this head dim (0: 64 and 128)
 };
 
 /// Run one group of rows; an exception becomes a FAILED row and the next group still runs.
@@ -632,7 +634,8 @@ void bench_attention_bf16(Ctx& c, const ops::AttnDims& d, const DevBuf<float>& q
 
 void bench_attention(Ctx& c) {
   const int64_t B = 4, T = 4096, H = 16, kChunk = 2048;
-  for (const int64_t Dh : {int64_t(64), int64_t(128)})
+  for (const int64_t Dh : {int64_t(64), int64_t(128)}) {
+    if (c.attn_dh != 0 && Dh != c.attn_dh) continue;
     guarded(c, "attention Dh=" + std::to_string(Dh), [&] {
       const int64_t n = B * T * H * Dh, ld = H * Dh, TT = T * T;
       DevBuf<float> q = uniform_buf(n, 21), k = uniform_buf(n, 22), v = uniform_buf(n, 23),
@@ -723,6 +726,7 @@ void bench_attention(Ctx& c) {
       guarded(c, "attention bf16 Dh=" + std::to_string(Dh),
               [&] { bench_attention_bf16(c, d, q, k, v, dout, f32_fwd_ms, f32_bwd_ms); });
     });
+  }
 }
 
 // ---- 3. Megalodon: CEMA and TimestepNorm ------------------------------------------------------------------
@@ -855,16 +859,23 @@ bool wanted(const std::string& only, const char* name) {
 int main(int argc, char** argv) {
   std::string only;
   int reps = 0;
+  int64_t attn_dh = 0;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a.rfind("--only=", 0) == 0) {
       only = a.substr(7);
     } else if (a.rfind("--reps=", 0) == 0) {
       reps = std::atoi(a.c_str() + 7);
+    } else if (a.rfind("--attn-dh=", 0) == 0) {
+      attn_dh = std::atoll(a.c_str() + 10);
+      if (attn_dh != 64 && attn_dh != 128) {
+        std::fprintf(stderr, "bench_cuda: --attn-dh must be 64 or 128, got %s\n", a.c_str() + 10);
+        return 2;
+      }
     } else if (a.rfind("--benchmark_", 0) == 0) {
       // Google Benchmark flags (an older gpu-check passed one): not a Google Benchmark program, ignored.
     } else {
-      std::fprintf(stderr, "usage: bench_cuda [--only=mem,gemm,decode,attn,cema,tsn] [--reps=N]\n");
+      std::fprintf(stderr, "usage: bench_cuda [--only=mem,gemm,decode,attn,cema,tsn] [--reps=N] [--attn-dh=64|128]\n");
       return 2;
     }
   }
@@ -882,6 +893,7 @@ int main(int argc, char** argv) {
   try {
     Ctx c;
     if (reps > 0) c.reps.reps = c.heavy.reps = reps;
+    c.attn_dh = attn_dh;
     print_device(c);
     CHECK_CUBLAS(cublasCreate(&c.blas));
     CHECK_CUBLAS(cublasLtCreate(&c.lt));
