@@ -143,6 +143,7 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
   using L = MmaBwdSmem<kD>;
   constexpr int kLd = L::kLd, kKs = kD / 16, kOt = kD / 8, kQc = kTile / 16;
   static_assert(kWarps * 16 == kTile, "one 16-key m-tile per warp");
+  static_assert(kThreads >= kTile, "one thread per query row for lse and D");
   extern __shared__ __align__(128) float smem_f[];
   char* sm = reinterpret_cast<char*>(smem_f);
   bf16_t* Ks = reinterpret_cast<bf16_t*>(sm + L::k);
@@ -191,8 +192,15 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
   load_tiles<kD, 2>({TileSrc{Ks, k + (b * d.Tk + j0) * d.k_stride + gk * d.Dh, d.k_stride, nk, d.Dh},
                      TileSrc{Vs, v + (b * d.Tk + j0) * d.v_stride + gk * d.Dv, d.v_stride, nk, d.Dv}},
                     d.vec);
+  // Stored-dS mode: the slot of tile u's dS^T tile among its (b, h)'s (tile_off: a global load, so the next
+  // tile's is fetched a tile ahead, like its lse and D).
+  auto slot_of = [&](int64_t uu) {
+    const int64_t i = uu % nqb;
+    return tile_off[i] + blk % nkb - query_tile_key_tiles(m, i, d.Tq, d.Tk, d.q_offset).lo;
+  };
   int64_t u = next_tile(0);
   if (u < n_u) load_tile(u, 0);
+  int64_t slot = ds && u < n_u ? slot_of(u) : 0;
   async_wait_all();
   __syncthreads();
 
@@ -204,7 +212,26 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
 
   for (int buf = 0; u < n_u; buf ^= 1) {
     const int64_t u_next = next_tile(u + 1);
-    if (u_next < n_u) load_tile(u_next, buf ^ 1);  // its buffer was released by the last barrier
+    // The next tile into the other buffer (released by the last barrier): Q and dO by cp.async now; its rows'
+    // lse and D loaded into registers now and stored to shared memory after this tile's work, so that the
+    // loads' latency does not stall it (a plain load feeding a shared store right away would).
+    float next_lse = -INFINITY, next_d = 0.f;
+    int64_t next_slot = 0;
+    if (u_next < n_u) {
+      const int64_t ni0 = u_next % nqb * kTile, nh = gk * rep + u_next / nqb;
+      const int nnq = static_cast<int>(min(int64_t{kTile}, d.Tq - ni0));
+      load_tiles<kD, 2>(
+          {TileSrc{Qb(buf ^ 1), q + (b * d.Tq + ni0) * d.q_stride + nh * d.Dh, d.q_stride, nnq, d.Dh},
+           TileSrc{dOb(buf ^ 1), dout + (b * d.Tq + ni0) * d.o_stride + nh * d.Dv, d.o_stride, nnq, d.Dv}},
+          d.vec);
+      const int r = threadIdx.x;
+      if (r < nnq) {
+        const int64_t idx = (b * d.Hq + nh) * d.Tq + ni0 + r;
+        next_lse = lse_g[idx];
+        next_d = D_g[idx];
+      }
+      if (ds) next_slot = slot_of(u_next);
+    }
     const int64_t i0 = u % nqb * kTile, qpos0 = d.q_offset + i0;
     const int nq = static_cast<int>(min(int64_t{kTile}, d.Tq - i0));
     const bf16_t* Qs = Qb(buf);
@@ -212,12 +239,7 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
     const float* lse2 = lse2b(buf);
     const float* Ds = Db(buf);
     // Stored-dS mode: this (query tile, key tile) pair's dS^T tile, [64 keys][64 queries] bf16.
-    uint16_t* ds_tile = nullptr;
-    if (ds) {
-      const int64_t h = gk * rep + u / nqb, i = u % nqb;
-      const int64_t slot = tile_off[i] + blk % nkb - query_tile_key_tiles(m, i, d.Tq, d.Tk, d.q_offset).lo;
-      ds_tile = ds + ((b * d.Hq + h) * n_tiles + slot) * (kTile * kTile);
-    }
+    uint16_t* ds_tile = ds ? ds + ((b * d.Hq + gk * rep + u / nqb) * n_tiles + slot) * (kTile * kTile) : nullptr;
 
 #pragma unroll 1
     for (int qc = 0; qc < kQc; ++qc) {
@@ -274,9 +296,14 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
       mma_add_rows<kD>(dka, dsa, Qs + c0 * kLd, kLd);
       if (ds_tile) store_ds_t(ds_tile, w0, c0, dsa);
     }
+    if (u_next < n_u && threadIdx.x < kTile) {  // as load_query_tile: lse in log2 units, -inf / 0 past the tile
+      lse2b(buf ^ 1)[threadIdx.x] = next_lse * kLog2e;
+      Db(buf ^ 1)[threadIdx.x] = next_d;
+    }
     async_wait_all();  // the next query tile
     __syncthreads();   // ... visible; every warp is done with this one
     u = u_next;
+    slot = next_slot;
   }
 
   const int nrows = max(0, min(16, nk - w0));
