@@ -230,12 +230,13 @@ TEST_F(CudaCore, SiluGeluForwardBackwardMatchCpu) {
 }
 
 // gate and up as the two halves of a fused [N, 2H] projection (gu_stride = 2H), and as separate [N, H]
-// arrays.
+// arrays. H = 301: the elementwise kernels; H = 304: the four-wide row kernels (H and strides multiples of 4).
 TEST_F(CudaCore, SwigluForwardBackwardMatchCpu) {
   Rng rng(22);
-  const int64_t N = 37, H = 301;
+  const int64_t N = 37;
+  for (const int64_t H : {int64_t(301), int64_t(304)})
   for (const bool fused : {true, false}) {
-    const std::string tag = fused ? " fused" : " separate";
+    const std::string tag = std::string(fused ? " fused" : " separate") + " H=" + std::to_string(H);
     const int64_t ld = fused ? 2 * H : H;
     // fused: gu holds [gate | up] rows; separate: gu is gate and `up` its own array. Gradients likewise.
     const Host gu = randn(N * ld, rng, 2.0), up_sep = randn(N * H, rng), dout = randn(N * H, rng);
