@@ -69,13 +69,8 @@ __global__ void adamw_x4_kernel(float4* __restrict__ p, const float4* __restrict
     m[i] = mm;
     v[i] = vv;
     if (p_bf16)
-      p_bf16[i] = uint64_t{bf16_bits(pp.x)} | uint64_t{bf16_bits(pp.y)} << 16 |
-                  uint64_t{bf16_bits(pp.z)} << 32 | uint64_t{bf16_bits(pp.w)} << 48;
+      p_bf16[i] = pack_bf16x4(pp.x, pp.y, pp.z, pp.w);
   }
-}
-
-bool aligned_to(const void* ptr, uintptr_t bytes) {
-  return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;
 }
 
 constexpr int kSumBlocks = 1024;  // partials; the final block has one thread per partial

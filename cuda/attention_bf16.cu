@@ -45,6 +45,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <initializer_list>
+#include <map>
+#include <mutex>
 #include <string>
 #include <type_traits>
 
@@ -76,11 +78,21 @@ AttnBf16Dq dq_mode() {
   return from_env;
 }
 
-/// A quarter of the current device's memory: the largest dS buffer Auto allocates.
+/// A quarter of the current device's memory: the largest dS buffer Auto allocates (read once per device,
+/// not on every backward call).
 size_t ds_budget_bytes() {
-  size_t free_b = 0, total_b = 0;
-  TESSERA_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-  return total_b / 4;
+  static std::mutex mu;
+  static std::map<int, size_t> budget;
+  int dev = 0;
+  TESSERA_CUDA_CHECK(cudaGetDevice(&dev));
+  const std::lock_guard<std::mutex> lock(mu);
+  auto it = budget.find(dev);
+  if (it == budget.end()) {
+    size_t free_b = 0, total_b = 0;
+    TESSERA_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    it = budget.emplace(dev, total_b / 4).first;
+  }
+  return it->second;
 }
 
 BDims make_bdims(const AttnArgs& a, const char* op, std::initializer_list<const void*> ptrs) {

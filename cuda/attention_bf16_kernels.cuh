@@ -211,6 +211,25 @@ __device__ void load_tiles(const TileSrc (&t)[kN], bool vec) {
   }
 }
 
+/// Start loading key tile j0 (nk rows) of kv head g: K into Ks, V into Vs (load_tiles: complete after
+/// async_wait_all() and a __syncthreads()).
+template <int kD>
+__device__ void load_kv_tile(const BDims& d, const uint16_t* k, const uint16_t* v, int64_t b, int64_t g,
+                             int64_t j0, int nk, bf16_t* Ks, bf16_t* Vs) {
+  load_tiles<kD, 2>({TileSrc{Ks, k + (b * d.Tk + j0) * d.k_stride + g * d.Dh, d.k_stride, nk, d.Dh},
+                     TileSrc{Vs, v + (b * d.Tk + j0) * d.v_stride + g * d.Dv, d.v_stride, nk, d.Dv}},
+                    d.vec);
+}
+
+/// Start loading query tile i0 (nq rows) of head h: Q into Qs, dO into dOs (as load_kv_tile).
+template <int kD>
+__device__ void load_q_do_tile(const BDims& d, const uint16_t* q, const uint16_t* dout, int64_t b, int64_t h,
+                               int64_t i0, int nq, bf16_t* Qs, bf16_t* dOs) {
+  load_tiles<kD, 2>({TileSrc{Qs, q + (b * d.Tq + i0) * d.q_stride + h * d.Dh, d.q_stride, nq, d.Dh},
+                     TileSrc{dOs, dout + (b * d.Tq + i0) * d.o_stride + h * d.Dv, d.o_stride, nq, d.Dv}},
+                    d.vec);
+}
+
 /// The dK/dV kernels' query tile: rows i0 .. i0 + nq of head h, Q and dO into Qs, dOs (load_tiles), and per
 /// row lse in log2 units and D into lse2, Ds (-inf and 0 past the tile). Complete after async_wait_all() and
 /// a __syncthreads().
@@ -218,9 +237,7 @@ template <int kD>
 __device__ void load_query_tile(const BDims& d, int64_t b, int64_t h, int64_t i0, int nq, const uint16_t* q,
                                 const uint16_t* dout, const float* lse_g, const float* D_g, bf16_t* Qs,
                                 bf16_t* dOs, float* lse2, float* Ds) {
-  load_tiles<kD, 2>({TileSrc{Qs, q + (b * d.Tq + i0) * d.q_stride + h * d.Dh, d.q_stride, nq, d.Dh},
-                     TileSrc{dOs, dout + (b * d.Tq + i0) * d.o_stride + h * d.Dv, d.o_stride, nq, d.Dv}},
-                    d.vec);
+  load_q_do_tile<kD>(d, q, dout, b, h, i0, nq, Qs, dOs);
   for (int i = threadIdx.x; i < kTile; i += blockDim.x) {
     const int64_t idx = (b * d.Hq + h) * d.Tq + i0 + i;
     lse2[i] = i < nq ? lse_g[idx] * kLog2e : -INFINITY;
@@ -433,9 +450,7 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
   for (int64_t j0 = kr.lo; j0 < kr.hi; j0 += kTile) {
     const int nk = static_cast<int>(min(int64_t{kTile}, kr.hi - j0));
     __syncthreads();  // every warp is done with the previous K, V tiles
-    load_tiles<kD, 2>({TileSrc{Ks, k + (b * d.Tk + j0) * d.k_stride + g * d.Dh, d.k_stride, nk, d.Dh},
-                       TileSrc{Vs, v + (b * d.Tk + j0) * d.v_stride + g * d.Dv, d.v_stride, nk, d.Dv}},
-                      d.vec);
+    load_kv_tile<kD>(d, k, v, b, g, j0, nk, Ks, Vs);
     async_wait_all();
     __syncthreads();
     const unsigned act = active_subtiles(j0, wr.lo, min(wr.hi, j0 + nk));
@@ -564,9 +579,7 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
   const int64_t kpos = j0 + w0 + r, qhi = m.query_hi(kpos);
   const int64_t wk_lo = j0 + w0, wk_hi = j0 + min(nk, w0 + 16);  // the warp's keys (maybe none)
 
-  load_tiles<kD, 2>({TileSrc{Ks, k + (b * d.Tk + j0) * d.k_stride + g * d.Dh, d.k_stride, nk, d.Dh},
-                     TileSrc{Vs, v + (b * d.Tk + j0) * d.v_stride + g * d.Dv, d.v_stride, nk, d.Dv}},
-                    d.vec);
+  load_kv_tile<kD>(d, k, v, b, g, j0, nk, Ks, Vs);
 
   Acc dka[kF], dva[kF];
 #pragma unroll
@@ -673,9 +686,7 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
   float* Sw = reinterpret_cast<float*>(sm + L::s) + warp * 16 * kSLd;
   bf16_t* Pw = reinterpret_cast<bf16_t*>(sm + L::p) + warp * 16 * kPLd;
 
-  load_tiles<kD, 2>({TileSrc{Qs, q + (b * d.Tq + i0) * d.q_stride + h * d.Dh, d.q_stride, nq, d.Dh},
-                     TileSrc{dOs, dout + (b * d.Tq + i0) * d.o_stride + h * d.Dv, d.o_stride, nq, d.Dv}},
-                    d.vec);
+  load_q_do_tile<kD>(d, q, dout, b, h, i0, nq, Qs, dOs);
   const bool row_ok = w0 + r < nq;
   const int64_t qpos = qpos0 + w0 + r, klo = m.key_lo(qpos);
   const int64_t ridx = (b * d.Hq + h) * d.Tq + i0 + w0 + r;
@@ -691,9 +702,7 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
   for (int64_t j0 = kr.lo; j0 < kr.hi; j0 += kTile) {
     const int nk = static_cast<int>(min(int64_t{kTile}, kr.hi - j0));
     __syncthreads();  // every warp is done with the previous K, V tiles (and Q, dO are loaded)
-    load_tiles<kD, 2>({TileSrc{Ks, k + (b * d.Tk + j0) * d.k_stride + g * d.Dh, d.k_stride, nk, d.Dh},
-                       TileSrc{Vs, v + (b * d.Tk + j0) * d.v_stride + g * d.Dv, d.v_stride, nk, d.Dv}},
-                      d.vec);
+    load_kv_tile<kD>(d, k, v, b, g, j0, nk, Ks, Vs);
     async_wait_all();  // K, V (and the first time Q, dO)
     __syncthreads();
     const unsigned act = active_subtiles(j0, wr.lo, min(wr.hi, j0 + nk));

@@ -82,10 +82,7 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
   // Key tile j's K and V into buffer `buf`.
   auto load_kv = [&](int64_t j0, int buf) {
     const int nk = static_cast<int>(min(int64_t{kTile}, kr.hi - j0));
-    load_tiles<kD, 2>(
-        {TileSrc{Kb(buf), k + (b * d.Tk + j0) * d.k_stride + g_kv * d.Dh, d.k_stride, nk, d.Dh},
-         TileSrc{Vb(buf), v + (b * d.Tk + j0) * d.v_stride + g_kv * d.Dv, d.v_stride, nk, d.Dv}},
-        d.vec);
+    load_kv_tile<kD>(d, k, v, b, g_kv, j0, nk, Kb(buf), Vb(buf));
   };
 
   load_tiles<kD, 1>({TileSrc{Qs, q + (b * d.Tq + i0) * d.q_stride + h * d.Dh, d.q_stride, nq, d.Dh}}, d.vec);
@@ -197,9 +194,8 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
 #pragma unroll
           for (int e = 0; e < 4; ++e) oacc[n][e] *= alpha[e / 2];
       }
-    }
 
-    if (active) {
+      // O += P V and the row sums.
 #pragma unroll
       for (int kc = 0; kc < kKc; ++kc) {  // every chunk: P is 0 on the ones the warp cannot see
         mma::mma_bf16_16816(lsum, pa[kc], ones);

@@ -189,9 +189,7 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
                         dout, lse_g, D_g, Qb(buf), dOb(buf), lse2b(buf), Db(buf));
   };
 
-  load_tiles<kD, 2>({TileSrc{Ks, k + (b * d.Tk + j0) * d.k_stride + gk * d.Dh, d.k_stride, nk, d.Dh},
-                     TileSrc{Vs, v + (b * d.Tk + j0) * d.v_stride + gk * d.Dv, d.v_stride, nk, d.Dv}},
-                    d.vec);
+  load_kv_tile<kD>(d, k, v, b, gk, j0, nk, Ks, Vs);
   // Stored-dS mode: the slot of tile u's dS^T tile among its (b, h)'s (tile_off: a global load, so the next
   // tile's is fetched a tile ahead, like its lse and D).
   auto slot_of = [&](int64_t uu) {
@@ -220,10 +218,7 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
     if (u_next < n_u) {
       const int64_t ni0 = u_next % nqb * kTile, nh = gk * rep + u_next / nqb;
       const int nnq = static_cast<int>(min(int64_t{kTile}, d.Tq - ni0));
-      load_tiles<kD, 2>(
-          {TileSrc{Qb(buf ^ 1), q + (b * d.Tq + ni0) * d.q_stride + nh * d.Dh, d.q_stride, nnq, d.Dh},
-           TileSrc{dOb(buf ^ 1), dout + (b * d.Tq + ni0) * d.o_stride + nh * d.Dv, d.o_stride, nnq, d.Dv}},
-          d.vec);
+      load_q_do_tile<kD>(d, q, dout, b, nh, ni0, nnq, Qb(buf ^ 1), dOb(buf ^ 1));
       const int r = threadIdx.x;
       if (r < nnq) {
         const int64_t idx = (b * d.Hq + nh) * d.Tq + ni0 + r;
@@ -341,15 +336,10 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
   auto Vbuf = [&](int buf) { return buf ? dOs : Vs; };
   auto load_kv = [&](int64_t j0, int buf) {
     const int nk = static_cast<int>(min(int64_t{kTile}, kr.hi - j0));
-    load_tiles<kD, 2>(
-        {TileSrc{Kbuf(buf), k + (b * d.Tk + j0) * d.k_stride + gk * d.Dh, d.k_stride, nk, d.Dh},
-         TileSrc{Vbuf(buf), v + (b * d.Tk + j0) * d.v_stride + gk * d.Dv, d.v_stride, nk, d.Dv}},
-        d.vec);
+    load_kv_tile<kD>(d, k, v, b, gk, j0, nk, Kbuf(buf), Vbuf(buf));
   };
 
-  load_tiles<kD, 2>({TileSrc{Qs, q + (b * d.Tq + i0) * d.q_stride + h * d.Dh, d.q_stride, nq, d.Dh},
-                     TileSrc{dOs, dout + (b * d.Tq + i0) * d.o_stride + h * d.Dv, d.o_stride, nq, d.Dv}},
-                    d.vec);
+  load_q_do_tile<kD>(d, q, dout, b, h, i0, nq, Qs, dOs);
   if (kr.lo < kr.hi) load_kv(kr.lo, 0);
   // This lane's rows g, g + 8: position, validity, first visible key, lse (log2 units) and D.
   int64_t qpos[2], klo[2];

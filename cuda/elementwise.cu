@@ -162,8 +162,7 @@ __device__ __forceinline__ void store4(float* p, float a, float b, float c, floa
   *reinterpret_cast<float4*>(p) = make_float4(a, b, c, d);
 }
 __device__ __forceinline__ void store4(uint16_t* p, float a, float b, float c, float d) {
-  *reinterpret_cast<uint64_t*>(p) = uint64_t{bf16_bits(a)} | uint64_t{bf16_bits(b)} << 16 |
-                                    uint64_t{bf16_bits(c)} << 32 | uint64_t{bf16_bits(d)} << 48;
+  *reinterpret_cast<uint64_t*>(p) = pack_bf16x4(a, b, c, d);
 }
 
 template <class Out>
@@ -206,7 +205,7 @@ __global__ void swiglu_backward_x4_kernel(Out* dgate, Out* dup, const float* dou
 /// The row kernels apply: H and ld multiples of 4, every pointer aligned to 4 of its elements.
 template <class... P>
 bool swiglu_x4_ok(int64_t H, int64_t ld, const P*... ptrs) {
-  return H % 4 == 0 && ld % 4 == 0 && ((reinterpret_cast<uintptr_t>(ptrs) % (4 * sizeof(P)) == 0) && ...);
+  return H % 4 == 0 && ld % 4 == 0 && (aligned_to(ptrs, 4 * sizeof(P)) && ...);
 }
 unsigned row_blocks(int64_t N) {
   return static_cast<unsigned>(std::clamp<int64_t>(N, 1, 65535));

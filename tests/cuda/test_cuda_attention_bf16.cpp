@@ -171,24 +171,47 @@ struct Result {
   int64_t masked_rows;
 };
 
+/// Random bf16 q, k, v, dout for `d` (padding columns kSentinel) and the fp32 CPU op's forward and backward
+/// on those exact values: the reference every forward-and-backward check compares with.
+struct Problem {
+  Strided sq, sk, sv, so;
+  std::vector<bf16> q, k, v, dout;
+  std::vector<float> o_ref, lse_ref, dq_ref, dk_ref, dv_ref;
+};
+
+template <class Mask>
+Problem make_problem(const ops::AttnDims& d, const Mask& m, Rng& rng) {
+  const int64_t Dv = d.dv();
+  Problem p{{d.B * d.Tq, d.q_stride, d.Hq * d.Dh},
+            {d.B * d.Tk, d.k_stride, d.Hkv * d.Dh},
+            {d.B * d.Tk, d.v_stride, d.Hkv * Dv},
+            {d.B * d.Tq, d.o_stride, d.Hq * Dv}};
+  p.q = random_bf16(p.sq, rng, 1.0);
+  p.k = random_bf16(p.sk, rng, 1.0);
+  p.v = random_bf16(p.sv, rng, 1.0);
+  p.dout = random_bf16(p.so, rng, 1.0);
+  const std::vector<float> qf = to_float(p.q), kf = to_float(p.k), vf = to_float(p.v), doutf = to_float(p.dout);
+  p.o_ref.resize(p.so.size());
+  p.lse_ref.resize(static_cast<size_t>(d.B * d.Hq * d.Tq));
+  p.dq_ref.resize(p.sq.size());
+  p.dk_ref.resize(p.sk.size());
+  p.dv_ref.resize(p.sv.size());
+  ops::attention_forward(cpu{}, d, m, qf.data(), kf.data(), vf.data(), p.o_ref.data(), p.lse_ref.data());
+  ops::attention_backward(cpu{}, d, m, qf.data(), kf.data(), vf.data(), p.o_ref.data(), p.lse_ref.data(),
+                          doutf.data(), p.dq_ref.data(), p.dk_ref.data(), p.dv_ref.data());
+  return p;
+}
+
 /// Forward and backward on the CPU (fp32, rounded inputs) and the GPU (bf16); asserts the tolerances.
 /// `repeat`: run the GPU backward a second time and require bitwise-identical gradients.
 template <class Mask>
 Result check(const std::string& name, const ops::AttnDims& d, const Mask& m, Rng& rng, bool repeat = false) {
   SCOPED_TRACE(name);
   const int64_t Dv = d.dv();
-  const Strided sq{d.B * d.Tq, d.q_stride, d.Hq * d.Dh}, sk{d.B * d.Tk, d.k_stride, d.Hkv * d.Dh},
-      sv{d.B * d.Tk, d.v_stride, d.Hkv * Dv}, so{d.B * d.Tq, d.o_stride, d.Hq * Dv};
-  const std::vector<bf16> q = random_bf16(sq, rng, 1.0), k = random_bf16(sk, rng, 1.0),
-                          v = random_bf16(sv, rng, 1.0), dout = random_bf16(so, rng, 1.0);
-  const std::vector<float> qf = to_float(q), kf = to_float(k), vf = to_float(v), doutf = to_float(dout);
-  const size_t nlse = static_cast<size_t>(d.B * d.Hq * d.Tq);
-
   // Reference: the fp32 CPU op on the same (bf16-exact) values.
-  std::vector<float> o_ref(so.size()), lse_ref(nlse), dq_ref(sq.size()), dk_ref(sk.size()), dv_ref(sv.size());
-  ops::attention_forward(cpu{}, d, m, qf.data(), kf.data(), vf.data(), o_ref.data(), lse_ref.data());
-  ops::attention_backward(cpu{}, d, m, qf.data(), kf.data(), vf.data(), o_ref.data(), lse_ref.data(),
-                          doutf.data(), dq_ref.data(), dk_ref.data(), dv_ref.data());
+  const Problem p = make_problem(d, m, rng);
+  const auto& [sq, sk, sv, so, q, k, v, dout, o_ref, lse_ref, dq_ref, dk_ref, dv_ref] = p;
+  const size_t nlse = lse_ref.size();
 
   Dev<bf16> d_q(q), d_k(k), d_v(v), d_dout(dout), d_o(unwritten_bf16(so));
   Dev<float> d_lse(std::vector<float>(nlse, std::numeric_limits<float>::quiet_NaN()));
@@ -502,20 +525,11 @@ template <class Mask>
 void compare_dq_modes(const std::string& name, const ops::AttnDims& d, const Mask& m, Rng& rng) {
   using cuda_detail::AttnBf16Dq;
   SCOPED_TRACE(name);
-  const int64_t Dv = d.dv();
-  const Strided sq{d.B * d.Tq, d.q_stride, d.Hq * d.Dh}, sk{d.B * d.Tk, d.k_stride, d.Hkv * d.Dh},
-      sv{d.B * d.Tk, d.v_stride, d.Hkv * Dv}, so{d.B * d.Tq, d.o_stride, d.Hq * Dv};
-  const std::vector<bf16> q = random_bf16(sq, rng, 1.0), k = random_bf16(sk, rng, 1.0),
-                          v = random_bf16(sv, rng, 1.0), dout = random_bf16(so, rng, 1.0);
-  const std::vector<float> qf = to_float(q), kf = to_float(k), vf = to_float(v), doutf = to_float(dout);
-  const size_t nlse = static_cast<size_t>(d.B * d.Hq * d.Tq);
-  std::vector<float> o_ref(so.size()), lse_ref(nlse), dq_ref(sq.size()), dk_ref(sk.size()), dv_ref(sv.size());
-  ops::attention_forward(cpu{}, d, m, qf.data(), kf.data(), vf.data(), o_ref.data(), lse_ref.data());
-  ops::attention_backward(cpu{}, d, m, qf.data(), kf.data(), vf.data(), o_ref.data(), lse_ref.data(),
-                          doutf.data(), dq_ref.data(), dk_ref.data(), dv_ref.data());
+  const Problem p = make_problem(d, m, rng);
+  const auto& [sq, sk, sv, so, q, k, v, dout, o_ref, lse_ref, dq_ref, dk_ref, dv_ref] = p;
 
   Dev<bf16> d_q(q), d_k(k), d_v(v), d_dout(dout), d_o(unwritten_bf16(so));
-  Dev<float> d_lse(std::vector<float>(nlse, 0.f));
+  Dev<float> d_lse(std::vector<float>(lse_ref.size(), 0.f));
   ops::attention_forward(cuda{}, d, m, d_q.get(), d_k.get(), d_v.get(), d_o.get(), d_lse.get());
   std::vector<bf16> dq[2], dk[2], dv[2];
   const AttnBf16Dq modes[2] = {AttnBf16Dq::Stored, AttnBf16Dq::Recompute};
