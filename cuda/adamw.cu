@@ -68,8 +68,7 @@ __global__ void adamw_x4_kernel(float4* __restrict__ p, const float4* __restrict
     p[i] = pp;
     m[i] = mm;
     v[i] = vv;
-    if (p_bf16)
-      p_bf16[i] = pack_bf16x4(pp.x, pp.y, pp.z, pp.w);
+    if (p_bf16) p_bf16[i] = pack_bf16x4(pp.x, pp.y, pp.z, pp.w);
   }
 }
 

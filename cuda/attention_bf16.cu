@@ -54,8 +54,8 @@
 #include "attention_bf16_mma.cuh"
 #include "attention_bf16_mma_bwd.cuh"
 #include "check.hpp"
-#include "launch_megalodon.hpp"
 #include "launch_attention_bf16.hpp"
+#include "launch_megalodon.hpp"
 #include "mma_sm80.cuh"
 #include "scratch.cuh"
 

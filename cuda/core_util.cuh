@@ -56,7 +56,8 @@ __host__ __device__ inline float bf16_to_float(uint16_t b) {
   memcpy(&f, &u, 4);
   return f;
 }
-/// Four floats rounded to bf16 (as bf16_bits) in one 8-byte word, the first in the lowest bits (memory order).
+/// Four floats rounded to bf16 (as bf16_bits) in one 8-byte word, the first in the lowest bits (memory
+/// order).
 __host__ __device__ inline uint64_t pack_bf16x4(float a, float b, float c, float d) {
   return uint64_t{bf16_bits(a)} | uint64_t{bf16_bits(b)} << 16 | uint64_t{bf16_bits(c)} << 32 |
          uint64_t{bf16_bits(d)} << 48;

@@ -190,7 +190,8 @@ Problem make_problem(const ops::AttnDims& d, const Mask& m, Rng& rng) {
   p.k = random_bf16(p.sk, rng, 1.0);
   p.v = random_bf16(p.sv, rng, 1.0);
   p.dout = random_bf16(p.so, rng, 1.0);
-  const std::vector<float> qf = to_float(p.q), kf = to_float(p.k), vf = to_float(p.v), doutf = to_float(p.dout);
+  const std::vector<float> qf = to_float(p.q), kf = to_float(p.k), vf = to_float(p.v),
+                           doutf = to_float(p.dout);
   p.o_ref.resize(p.so.size());
   p.lse_ref.resize(static_cast<size_t>(d.B * d.Hq * d.Tq));
   p.dq_ref.resize(p.sq.size());
