@@ -16,8 +16,10 @@
 #include <string>
 #include <vector>
 
+#include "../../cuda/launch.hpp"  // internal: the bound of the tuned cuBLASLt GEMMs
 #include "support/gradcheck.hpp"
 #include "tessera/core/allocator.hpp"
+#include "tessera/core/dtype.hpp"
 #include "tessera/core/rng.hpp"
 #include "tessera/core/tensor.hpp"
 #include "tessera/ops/matmul.hpp"
@@ -173,6 +175,85 @@ TEST_F(Cuda, GemmEdgeCases) {
     ADD_FAILURE() << "expected tessera::Error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("lda=2"), std::string::npos) << e.what();
+  }
+}
+
+// bf16 operands through cuBLASLt (cuda/gemm.cu): the tuned path (its size bound lowered to 0 here, so these
+// small products take it: heuristic candidates timed once per shape) and D = alpha op(A) op(B) + beta C with
+// C and D distinct (gemm_add), with odd sizes and padded rows (alignments below 16 bytes). Reference: the same
+// bf16 values multiplied in double on the host; fp32 accumulation of exact bf16 products stays within 1e-5.
+TEST_F(Cuda, GemmBf16TunedAndSeparateOutputMatchCpu) {
+  struct Bound {  // restores the default bound when the test ends
+    double old = cuda_detail::set_gemm_tuned_min_macs(0.0);
+    ~Bound() { cuda_detail::set_gemm_tuned_min_macs(old); }
+  } bound;
+  Rng rng(21);
+  auto to_bf16 = [](const Host& h) {
+    std::vector<bf16> r(h.size());
+    for (size_t i = 0; i < h.size(); ++i) r[i] = bf16(h[i]);
+    return r;
+  };
+  auto upload16 = [](const std::vector<bf16>& h) {
+    Tensor<bf16, cuda> t;
+    t.resize_uninit({static_cast<int64_t>(h.size())});
+    cuda_mem::to_device(t.data(), h.data(), h.size() * sizeof(bf16));
+    return t;
+  };
+  const int64_t M = 37, N = 29, K = 53, pad = 3;
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb) {
+      const std::string tag = " ta=" + std::to_string(ta) + " tb=" + std::to_string(tb);
+      const int64_t arows = ta ? K : M, acols = ta ? M : K, brows = tb ? N : K, bcols = tb ? K : N;
+      const int64_t lda = acols + pad, ldb = bcols + pad, ldc = N + pad, ldd = N + 2 * pad + 1;
+      const std::vector<bf16> A = to_bf16(randn(arows * lda, rng)), B = to_bf16(randn(brows * ldb, rng));
+      const Host C = randn(M * ldc, rng), D0 = randn(M * ldd, rng);
+      const float alpha = 0.75f, beta = 0.5f;
+      // Reference: D = alpha op(A) op(B) + beta C on the rows' first N entries; padding left as it was.
+      auto reference = [&](const Host& c_in, int64_t ldc_in, Host out, int64_t ld_out, float b) {
+        for (int64_t i = 0; i < M; ++i)
+          for (int64_t j = 0; j < N; ++j) {
+            double acc = 0;
+            for (int64_t l = 0; l < K; ++l)
+              acc += double(float(A[size_t(ta ? l * lda + i : i * lda + l)])) *
+                     double(float(B[size_t(tb ? j * ldb + l : l * ldb + j)]));
+            out[size_t(i * ld_out + j)] = float(alpha * acc + b * double(c_in[size_t(i * ldc_in + j)]));
+          }
+        return out;
+      };
+      auto dA = upload16(A), dB = upload16(B);
+      {  // in place, tuned: C = alpha op(A) op(B) + beta C
+        auto dC = upload(C);
+        ops::gemm(cuda{}, ta, tb, M, N, K, alpha, dA.data(), lda, dB.data(), ldb, beta, dC.data(), ldc);
+        expect_close("tuned gemm" + tag, download(dC), reference(C, ldc, C, ldc, beta));
+      }
+      {  // C -> D, distinct, different row strides; C is left as it was
+        auto dC = upload(C), dD = upload(D0);
+        ops::gemm_add(cuda{}, ta, tb, M, N, K, alpha, dA.data(), lda, dB.data(), ldb, beta, dC.data(), ldc,
+                      dD.data(), ldd);
+        expect_close("gemm_add C->D" + tag, download(dD), reference(C, ldc, D0, ldd, beta));
+        EXPECT_EQ(download(dC), C) << "gemm_add must not write C" << tag;
+      }
+      {  // C == D through gemm_add
+        auto dC = upload(C);
+        ops::gemm_add(cuda{}, ta, tb, M, N, K, alpha, dA.data(), lda, dB.data(), ldb, beta, dC.data(), ldc,
+                      dC.data(), ldc);
+        expect_close("gemm_add C==D" + tag, download(dC), reference(C, ldc, C, ldc, beta));
+      }
+      {  // beta = 0 with C -> D: C is not read (NaN there must not reach D)
+        const Host nan_c(C.size(), std::numeric_limits<float>::quiet_NaN());
+        auto dC = upload(nan_c), dD = upload(D0);
+        ops::gemm_add(cuda{}, ta, tb, M, N, K, alpha, dA.data(), lda, dB.data(), ldb, 0.0f, dC.data(), ldc,
+                      dD.data(), ldd);
+        expect_close("gemm_add beta=0" + tag, download(dD), reference(Host(C.size(), 0.f), ldc, D0, ldd, 0.f));
+      }
+    }
+  try {  // C == D needs one row stride
+    Tensor<float, cuda> c({8 * 8});
+    Tensor<bf16, cuda> a({8 * 8});
+    ops::gemm_add(cuda{}, false, false, 4, 4, 4, 1.f, a.data(), 8, a.data(), 8, 1.f, c.data(), 8, c.data(), 6);
+    ADD_FAILURE() << "expected tessera::Error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("ldd=6"), std::string::npos) << e.what();
   }
 }
 

@@ -79,11 +79,13 @@ struct SelfAttention {
     return d;
   }
 
-  void forward(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s) const {
+  /// residual (optional, [rows, dim], not y): y = attention(x) + residual, added by o_proj (Linear::forward).
+  void forward(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s,
+               const T* residual = nullptr) const {
     TESSERA_CHECK(x.size(0) == ctx.rows(), "SelfAttention: ", x.size(0), " rows but the context has ",
                   ctx.batch, " x ", ctx.seq);
     if constexpr (has_bf16_attention) {
-      if (all_bf16(ctx)) return forward_bf16(ctx, x, y, s);
+      if (all_bf16(ctx)) return forward_bf16(ctx, x, y, s, residual);
     }
     const bf16* x16 = shared_input_bf16(x);  // bf16 compute: one cast of x for the three projections
     q_proj.forward(ctx, x, s.q, s.q_s, x16);
@@ -100,7 +102,7 @@ struct SelfAttention {
       ops::attention_forward(B{}, d, Mask::make(ctx), s.q.data(), s.k.data(), s.v.data(), s.attn.data(),
                              s.lse.data());
     }
-    o_proj.forward(ctx, s.attn, y, s.o_s);
+    o_proj.forward(ctx, s.attn, y, s.o_s, nullptr, residual);
   }
 
   /// Inference with a KV cache (no backward): ctx.batch sequences with ctx.seq new tokens each, x [rows,
@@ -229,7 +231,8 @@ struct SelfAttention {
     return use_bf16_attention(ctx) && q_proj.computes_in_bf16() && k_proj.computes_in_bf16() &&
            v_proj.computes_in_bf16() && o_proj.computes_in_bf16();
   }
-  void forward_bf16(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s) const {
+  void forward_bf16(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s,
+                    const T* residual = nullptr) const {
     if constexpr (has_bf16_attention) {
       const int64_t n = ctx.rows();
       auto& scratch = shared_scratch<SelfAttention, T, B, 4>();  // the mixed path's backward scratch
@@ -253,7 +256,7 @@ struct SelfAttention {
       s.lse.resize_uninit({ctx.batch, n_heads, ctx.seq});
       ops::attention_forward(B{}, dims(ctx), *mask::PositionOnly<Mask>::make(ctx), s.q16.data(), s.k16.data(),
                              s.v16.data(), s.o16.data(), s.lse.data());
-      o_proj.forward_bf16_input(ctx, s.o16.data(), n, y, s.o_s);
+      o_proj.forward_bf16_input(ctx, s.o16.data(), n, y, s.o_s, residual);
     }
   }
   void backward_bf16(const SeqContext& ctx, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {

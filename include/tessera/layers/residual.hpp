@@ -50,8 +50,13 @@ struct PreNormResidual {
   }
   void forward(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s) {
     norm.forward(ctx, x, s.normed, s.norm_s);
-    inner.forward(ctx, s.normed, y, s.inner_s);
-    ops::add_inplace(B{}, y.data(), x.data(), x.numel());
+    const T* residual = x.data();
+    if constexpr (requires { inner.forward(ctx, s.normed, y, s.inner_s, residual); }) {
+      inner.forward(ctx, s.normed, y, s.inner_s, residual);  // the layer adds x (in its output GEMM)
+    } else {
+      inner.forward(ctx, s.normed, y, s.inner_s);
+      ops::add_inplace(B{}, y.data(), x.data(), x.numel());
+    }
   }
   /// dx = dy + norm'(inner'(dy)).
   void backward(const SeqContext& ctx, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {

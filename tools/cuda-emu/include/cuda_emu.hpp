@@ -342,6 +342,13 @@ inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind k
 inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind k, cudaStream_t = nullptr) {
   return cudaMemcpy(d, s, n, k);
 }
+inline cudaError_t cudaMemcpy2DAsync(void* d, size_t dpitch, const void* s, size_t spitch, size_t width,
+                                     size_t height, cudaMemcpyKind k, cudaStream_t = nullptr) {
+  if (width > dpitch || width > spitch) return cudaErrorInvalidValue;
+  for (size_t r = 0; r < height; ++r)
+    (void)cudaMemcpy(static_cast<char*>(d) + r * dpitch, static_cast<const char*>(s) + r * spitch, width, k);
+  return cudaSuccess;
+}
 // Streams and events: kernels run synchronously, so these are no-ops with valid handles.
 inline cudaError_t cudaStreamCreate(cudaStream_t* s) { *s = reinterpret_cast<cudaStream_t>(std::malloc(1)); return cudaSuccess; }
 inline cudaError_t cudaStreamDestroy(cudaStream_t s) { std::free(s); return cudaSuccess; }
@@ -497,7 +504,7 @@ struct DeviceRadixSort {
 // bf16). Only the operand types gemm.cu passes are accepted (A, B fp32 or bf16, C fp32 or bf16, alpha/beta
 // float); anything else aborts. beta == 0 overwrites C (NaN in C does not survive), as cuBLAS does.
 typedef int cublasStatus_t;
-enum : int { CUBLAS_STATUS_SUCCESS = 0 };
+enum : int { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_NOT_SUPPORTED = 15 };
 inline const char* cublasGetStatusName(cublasStatus_t) { return "CUBLAS_STATUS_EMU"; }
 inline const char* cublasGetStatusString(cublasStatus_t) { return "emulated cuBLAS"; }
 typedef struct EmuCublas* cublasHandle_t;
@@ -572,5 +579,124 @@ inline cublasStatus_t cublasGemmStridedBatchedEx_64(cublasHandle_t, cublasOperat
     emu::gemm_colmajor(ta, tb, m, n, k, *static_cast<const float*>(alpha), off(A, at, b * sa), at, lda,
                        off(B, bt, b * sb), bt, ldb, *static_cast<const float*>(beta),
                        const_cast<char*>(off(C, ct, b * sc)), ct, ldc);
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// cuBLASLt: the calls gemm.cu makes (handle, matmul descriptor with transposes, matrix layouts, preferences,
+// heuristic query, matmul with separate C and D). The heuristic offers two candidates so that the tuning loop
+// runs (event times are 0 here, so the first wins). cublasLtMatmul checks that the layouts agree with the
+// operation's shapes and computes D = alpha op(A) op(B) + beta C with the reference GEMM above.
+typedef struct EmuLt* cublasLtHandle_t;
+struct EmuLtDesc {
+  cublasOperation_t ta = CUBLAS_OP_N, tb = CUBLAS_OP_N;
+};
+typedef EmuLtDesc* cublasLtMatmulDesc_t;
+struct EmuLtLayout {
+  cudaDataType_t type;
+  uint64_t rows, cols;
+  int64_t ld;
+};
+typedef EmuLtLayout* cublasLtMatrixLayout_t;
+typedef struct EmuLtPref* cublasLtMatmulPreference_t;
+typedef struct {
+  uint64_t data[8];
+} cublasLtMatmulAlgo_t;
+typedef struct {
+  cublasLtMatmulAlgo_t algo;
+  size_t workspaceSize;
+  cublasStatus_t state;
+  float wavesCount;
+  int reserved[4];
+} cublasLtMatmulHeuristicResult_t;
+enum cublasLtMatmulDescAttributes_t { CUBLASLT_MATMUL_DESC_TRANSA = 3, CUBLASLT_MATMUL_DESC_TRANSB = 4 };
+enum cublasLtMatmulPreferenceAttributes_t {
+  CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES = 1,
+  CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK = 3,
+  CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES = 5,
+  CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES = 6,
+  CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES = 7,
+  CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES = 8,
+};
+enum : uint32_t {
+  CUBLASLT_REDUCTION_SCHEME_NONE = 0,
+  CUBLASLT_REDUCTION_SCHEME_INPLACE = 1,
+  CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE = 2,
+  CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE = 4,
+};
+namespace emu {
+constexpr uint64_t kLtAlgoMagic = 0x4c54414c474fULL;
+inline int n_lt_matmul = 0;
+}  // namespace emu
+inline cublasStatus_t cublasLtCreate(cublasLtHandle_t* h) {
+  *h = reinterpret_cast<cublasLtHandle_t>(std::malloc(1));
+  return 0;
+}
+inline cublasStatus_t cublasLtDestroy(cublasLtHandle_t h) { std::free(h); return 0; }
+inline cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t* d, cublasComputeType_t, cudaDataType_t) {
+  *d = new EmuLtDesc;
+  return 0;
+}
+inline cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t d) { delete d; return 0; }
+inline cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t a,
+                                                     const void* v, size_t n) {
+  if (n != sizeof(cublasOperation_t)) emu::fail("cublasLtMatmulDescSetAttribute: size");
+  (a == CUBLASLT_MATMUL_DESC_TRANSA ? d->ta : d->tb) = *static_cast<const cublasOperation_t*>(v);
+  return 0;
+}
+inline cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t* l, cudaDataType_t t, uint64_t rows,
+                                                 uint64_t cols, int64_t ld) {
+  if (ld < static_cast<int64_t>(rows)) emu::fail("cublasLtMatrixLayoutCreate: ld smaller than rows");
+  *l = new EmuLtLayout{t, rows, cols, ld};
+  return 0;
+}
+inline cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l) { delete l; return 0; }
+inline cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t* p) {
+  *p = reinterpret_cast<cublasLtMatmulPreference_t>(std::malloc(1));
+  return 0;
+}
+inline cublasStatus_t cublasLtMatmulPreferenceDestroy(cublasLtMatmulPreference_t p) { std::free(p); return 0; }
+inline cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t,
+                                                           cublasLtMatmulPreferenceAttributes_t, const void*,
+                                                           size_t) {
+  return 0;
+}
+inline cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDesc_t, cublasLtMatrixLayout_t,
+                                                     cublasLtMatrixLayout_t, cublasLtMatrixLayout_t,
+                                                     cublasLtMatrixLayout_t, cublasLtMatmulPreference_t, int requested,
+                                                     cublasLtMatmulHeuristicResult_t* res, int* returned) {
+  const int n = requested < 2 ? requested : 2;
+  for (int i = 0; i < n; ++i) {
+    res[i] = {};
+    res[i].algo.data[0] = emu::kLtAlgoMagic;
+    res[i].algo.data[1] = static_cast<uint64_t>(i);
+    res[i].state = CUBLAS_STATUS_SUCCESS;
+  }
+  *returned = n;
+  return 0;
+}
+inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t op, const void* alpha, const void* A,
+                                     cublasLtMatrixLayout_t a, const void* B, cublasLtMatrixLayout_t b,
+                                     const void* beta, const void* C, cublasLtMatrixLayout_t c, void* D,
+                                     cublasLtMatrixLayout_t d, const cublasLtMatmulAlgo_t* algo, void* workspace,
+                                     size_t workspace_bytes, cudaStream_t) {
+  ++emu::n_lt_matmul;
+  if (!algo || algo->data[0] != emu::kLtAlgoMagic) emu::fail("cublasLtMatmul: algorithm not from the heuristic");
+  if (workspace_bytes && !workspace) emu::fail("cublasLtMatmul: null workspace");
+  const int64_t m = static_cast<int64_t>(d->rows), n = static_cast<int64_t>(d->cols);
+  const int64_t am = op->ta == CUBLAS_OP_N ? a->rows : a->cols, ak = op->ta == CUBLAS_OP_N ? a->cols : a->rows;
+  const int64_t bk = op->tb == CUBLAS_OP_N ? b->rows : b->cols, bn = op->tb == CUBLAS_OP_N ? b->cols : b->rows;
+  if (am != m || bn != n || ak != bk || c->rows != d->rows || c->cols != d->cols || c->type != d->type)
+    emu::fail("cublasLtMatmul: layouts do not match the operation's shapes");
+  if (C == D && c->ld != d->ld) emu::fail("cublasLtMatmul: C == D with different leading dimensions");
+  const float bt = *static_cast<const float*>(beta);
+  if (C != D && bt != 0.f) {  // D = C first, then the in-place GEMM
+    const size_t e = d->type == CUDA_R_32F ? 4 : 2;
+    for (int64_t j = 0; j < n; ++j)
+      std::memmove(static_cast<char*>(D) + j * d->ld * e, static_cast<const char*>(C) + j * c->ld * e,
+                   static_cast<size_t>(m) * e);
+  }
+  emu::gemm_colmajor(op->ta, op->tb, m, n, ak, *static_cast<const float*>(alpha), A, a->type, a->ld, B, b->type,
+                     b->ld, bt, D, d->type, d->ld);
   return CUBLAS_STATUS_SUCCESS;
 }
