@@ -1,18 +1,19 @@
 // Internal to tessera::cuda: temporary device buffers for one op call, and small launch helpers.
 //
-// DeviceScratch allocates stream-ordered memory on the legacy default stream (cudaMallocAsync), so the
-// buffer is valid for every kernel queued after the allocation and is released after every kernel queued
-// before the destructor has run (cudaFreeAsync). The driver's memory pool caches the blocks, so a call per
-// op is cheap. Devices without memory-pool support fall back to cudaMalloc/cudaFree (cudaFree waits for
-// the device). Destruction never throws.
+// DeviceScratch takes its buffer from tessera::Allocator<cuda> (cuda/memory.cu): stream-ordered memory of the
+// device's default pool on the legacy default stream, so the buffer is valid for every kernel queued after
+// the allocation and is released after every kernel queued before the destructor has run. Going through the
+// allocator also sets the pool to keep freed memory (without that, a program whose first device allocation
+// is a scratch buffer would hand a large one back to the driver at every synchronisation and map it again at
+// the next call) and retries an out-of-memory allocation once after trimming the pool. Destruction never
+// throws.
 #pragma once
-#include <cuda_runtime_api.h>
-
 #include <climits>
 #include <cstddef>
 #include <cstdint>
 
 #include "check.hpp"
+#include "tessera/core/allocator.hpp"
 
 namespace tessera::cuda_detail {
 
@@ -21,48 +22,26 @@ class DeviceScratch {
   DeviceScratch() = default;
   DeviceScratch(const DeviceScratch&) = delete;
   DeviceScratch& operator=(const DeviceScratch&) = delete;
-  ~DeviceScratch() {
-    if (!p_) return;
-    if (async_)
-      (void)cudaFreeAsync(p_, 0);
-    else
-      (void)cudaFree(p_);
-  }
+  ~DeviceScratch() { Allocator<cuda>::deallocate(p_); }
 
   /// Reserve `bytes` (rounded up to 256 per carve) before the first carve; call once.
   void reserve(size_t bytes) {
     TESSERA_CHECK(p_ == nullptr, "DeviceScratch::reserve called twice");
     if (bytes == 0) return;
-    int dev = 0, pools = 0;
-    TESSERA_CUDA_CHECK(cudaGetDevice(&dev));
-    TESSERA_CUDA_CHECK(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, dev));
-    async_ = pools != 0;
-    void* p = nullptr;
-    if (async_)
-      TESSERA_CUDA_CHECK(cudaMallocAsync(&p, bytes, 0));
-    else
-      TESSERA_CUDA_CHECK(cudaMalloc(&p, bytes));
-    p_ = static_cast<char*>(p);
+    p_ = static_cast<char*>(Allocator<cuda>::allocate(bytes));
     cap_ = bytes;
   }
 
-  /// reserve() that reports an out-of-memory as false instead of throwing (the error is cleared), for
-  /// callers with a path that needs no buffer.
+  /// reserve() that reports a failed allocation as false instead of throwing (the allocator has cleared the
+  /// error), for callers with a path that needs no buffer.
   bool try_reserve(size_t bytes) {
     TESSERA_CHECK(p_ == nullptr, "DeviceScratch::try_reserve after a reservation");
     if (bytes == 0) return true;
-    int dev = 0, pools = 0;
-    TESSERA_CUDA_CHECK(cudaGetDevice(&dev));
-    TESSERA_CUDA_CHECK(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, dev));
-    void* p = nullptr;
-    const cudaError_t e = pools != 0 ? cudaMallocAsync(&p, bytes, 0) : cudaMalloc(&p, bytes);
-    if (e == cudaErrorMemoryAllocation) {
-      (void)cudaGetLastError();
+    try {
+      p_ = static_cast<char*>(Allocator<cuda>::allocate(bytes));
+    } catch (const Error&) {
       return false;
     }
-    TESSERA_CUDA_CHECK(e);
-    async_ = pools != 0;
-    p_ = static_cast<char*>(p);
     cap_ = bytes;
     return true;
   }
@@ -88,7 +67,6 @@ class DeviceScratch {
  private:
   char* p_ = nullptr;
   size_t cap_ = 0, used_ = 0;
-  bool async_ = false;
 };
 
 /// Grid size for `n` independent work items at `threads` per block; checks the 1-D grid limit.
