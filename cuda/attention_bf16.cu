@@ -198,7 +198,8 @@ void backward_impl(const AttnArgs& a, const Mask& mask, const uint16_t* q, const
   scratch.reserve(DeviceScratch::bytes_for<float>(d.B * d.Hq * d.Tq));
   float* Dd = scratch.carve<float>(d.B * d.Hq * d.Tq);
   if (has_q) {
-    attn_bf16_rowdot_kernel<<<grid_for(d.B * d.Tq * d.Hq * 32, 128, op), 128>>>(d, o, dout, Dd);
+    const RowdotShape rs = rowdot_shape(d, o, dout);
+    attn_bf16_rowdot_kernel<<<grid_for(d.B * d.Tq * d.Hq * rs.lanes, 128, op), 128>>>(d, rs, o, dout, Dd);
     TESSERA_CUDA_CHECK_LAUNCH("attn_bf16_rowdot_kernel");
   }
   const bool use_mma = attention_bf16_kernel() == AttnBf16Kernel::Mma;

@@ -513,25 +513,49 @@ __global__ void __launch_bounds__(kThreads, kD <= 64 ? 3 : 2)
 
 // ---- backward ----------------------------------------------------------------------------------------
 
-// Dd[(b*Hq + h)*Tq + i] = dO_i . O_i (fp32 over the bf16 values); one warp per (token row, head).
-__global__ void attn_bf16_rowdot_kernel(BDims d, const uint16_t* __restrict__ o,
+// Dd[(b*Hq + h)*Tq + i] = dO_i . O_i (fp32 over the bf16 values) for each (token row, head) item.
+struct RowdotShape {
+  int lanes;  // lanes per item: a power of two dividing 32, so an item's lanes stay within one warp
+  bool vec;   // 16-byte loads (8 columns) instead of 2-byte ones
+};
+/// 16-byte loads where Dv, the row stride and both pointers allow, with the fewest lanes (>= Dv / 8 up to
+/// 32) so that a warp covers several items of a small head; otherwise one warp per item.
+inline RowdotShape rowdot_shape(const BDims& d, const void* o, const void* dout) {
+  const bool vec = d.Dv % 8 == 0 && d.o_stride % 8 == 0 && reinterpret_cast<uintptr_t>(o) % 16 == 0 &&
+                   reinterpret_cast<uintptr_t>(dout) % 16 == 0;
+  int lanes = 32;
+  if (vec)
+    for (lanes = 1; lanes < 32 && 8 * lanes < d.Dv;) lanes *= 2;
+  return {lanes, vec};
+}
+
+__global__ void attn_bf16_rowdot_kernel(BDims d, RowdotShape rs, const uint16_t* __restrict__ o,
                                         const uint16_t* __restrict__ dout, float* __restrict__ Dd) {
-  const int64_t w = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
-  if (w >= d.B * d.Tq * d.Hq) return;  // whole warps
-  const int64_t row = w / d.Hq, h = w % d.Hq;
-  const uint16_t* orow = o + row * d.o_stride + h * d.Dv;
-  const uint16_t* drow = dout + row * d.o_stride + h * d.Dv;
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t n = d.B * d.Tq * d.Hq;
+  // Whole warps return: every lane of the others takes part in the shuffles.
+  if (t / 32 * (32 / rs.lanes) >= n) return;
+  const int64_t w = t / rs.lanes, row = w / d.Hq, h = w % d.Hq;
+  const int sub = threadIdx.x % rs.lanes;
   float s = 0.f;
-  for (int64_t c = lane; c < d.Dv; c += 32) {
-    bf16_t a, g;
-    memcpy(&a, orow + c, 2);
-    memcpy(&g, drow + c, 2);
-    s += __bfloat162float(a) * __bfloat162float(g);
-  }
+  if (w < n) {
+    const uint16_t* orow = o + row * d.o_stride + h * d.Dv;
+    const uint16_t* drow = dout + row * d.o_stride + h * d.Dv;
+    if (rs.vec) {
+      for (int64_t c = 8 * sub; c < d.Dv; c += 8 * rs.lanes) {
+        float a[8], g[8];
+        ld8_bf16(a, reinterpret_cast<const bf16_t*>(orow + c));
+        ld8_bf16(g, reinterpret_cast<const bf16_t*>(drow + c));
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(kFullMask, s, off);
-  if (lane == 0) Dd[(row / d.Tq * d.Hq + h) * d.Tq + row % d.Tq] = s;
+        for (int i = 0; i < 8; ++i) s += a[i] * g[i];
+      }
+    } else {
+      for (int64_t c = sub; c < d.Dv; c += rs.lanes)
+        s += __uint_as_float(unsigned{orow[c]} << 16) * __uint_as_float(unsigned{drow[c]} << 16);
+    }
+  }
+  for (int off = rs.lanes / 2; off > 0; off >>= 1) s += __shfl_xor_sync(kFullMask, s, off);
+  if (w < n && sub == 0) Dd[(row / d.Tq * d.Hq + h) * d.Tq + row % d.Tq] = s;
 }
 
 template <int kD>
