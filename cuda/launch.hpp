@@ -27,6 +27,9 @@ bool gemm_autotune_enabled();
 // norm.cu
 void rmsnorm_forward_f32(float* y, float* rstd, const float* x, const float* w, int64_t N, int64_t D,
                          double eps);
+/// The same with y in bf16 (each fp32 value rounded once to nearest even).
+void rmsnorm_forward_bf16out(uint16_t* y, float* rstd, const float* x, const float* w, int64_t N, int64_t D,
+                             double eps);
 /// residual (nullable): added to dx in the same pass.
 void rmsnorm_backward_f32(float* dx, float* dw, const float* dy, const float* x, const float* w,
                           const float* rstd, int64_t N, int64_t D, const float* residual);

@@ -8,16 +8,20 @@
 #include <vector>
 
 #include "check.hpp"
+#include "core_util.cuh"
 #include "launch.hpp"
 #include "rows.cuh"
 
 namespace tessera::cuda_detail {
 namespace {
 
-template <class Row>
+__device__ __forceinline__ void store_out(float* p, float v) { *p = v; }
+__device__ __forceinline__ void store_out(uint16_t* p, float v) { *p = bf16_bits(v); }  // rounded once
+
+// Out = float, or uint16_t for bf16 (the fp32 value rounded once: what a cast of the fp32 output gives).
+template <class Row, class Out>
 __global__ void __launch_bounds__(Row::kThreads* Row::kRows)
-    rmsnorm_forward_kernel(float* y, float* rstd, const float* x, const float* w, int64_t N, int D,
-                           double eps) {
+    rmsnorm_forward_kernel(Out* y, float* rstd, const float* x, const float* w, int64_t N, int D, double eps) {
   __shared__ typename Row::Storage storage;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * Row::kRows + threadIdx.y;
   if (row >= N) return;  // a whole warp (WarpRows); never taken for BlockRow, whose grid is exactly N
@@ -27,11 +31,11 @@ __global__ void __launch_bounds__(Row::kThreads* Row::kRows)
   // eps added and the root taken in double, as on the CPU (one double op per row).
   const float r = static_cast<float>(1.0 / sqrt(static_cast<double>(Row::sum(ss, storage)) / D + eps));
   if (rstd && threadIdx.x == 0) rstd[row] = r;
-  float* yr = y + row * D;  // may alias x: each element is read and then written by the same thread
+  Out* yr = y + row * D;  // fp32: may alias x (each element is read and then written by the same thread)
   if (w)
-    for (int i = threadIdx.x; i < D; i += Row::kThreads) yr[i] = xr[i] * r * w[i];
+    for (int i = threadIdx.x; i < D; i += Row::kThreads) store_out(yr + i, xr[i] * r * w[i]);
   else
-    for (int i = threadIdx.x; i < D; i += Row::kThreads) yr[i] = xr[i] * r;
+    for (int i = threadIdx.x; i < D; i += Row::kThreads) store_out(yr + i, xr[i] * r);
 }
 
 // With g = dy * w (w optional) and r the row's rstd: dx = r * (g - x * r^2 * <g, x> / D) (+ res, a residual
@@ -120,16 +124,28 @@ void check_sizes(const char* op, int64_t N, int64_t D) {
 
 }  // namespace
 
-void rmsnorm_forward_f32(float* y, float* rstd, const float* x, const float* w, int64_t N, int64_t D,
-                         double eps) {
+namespace {
+template <class Out>
+void rmsnorm_forward_any(Out* y, float* rstd, const float* x, const float* w, int64_t N, int64_t D, double eps) {
   check_sizes("rmsnorm_forward", N, D);
   if (N == 0) return;
   dispatch_rows(D, [&](auto row) {
     using Row = decltype(row);
-    rmsnorm_forward_kernel<Row>
+    rmsnorm_forward_kernel<Row, Out>
         <<<row_blocks<Row>(N), dim3(Row::kThreads, Row::kRows)>>>(y, rstd, x, w, N, static_cast<int>(D), eps);
   });
   TESSERA_CUDA_CHECK_LAUNCH("rmsnorm_forward_kernel");
+}
+}  // namespace
+
+void rmsnorm_forward_f32(float* y, float* rstd, const float* x, const float* w, int64_t N, int64_t D,
+                         double eps) {
+  rmsnorm_forward_any(y, rstd, x, w, N, D, eps);
+}
+
+void rmsnorm_forward_bf16out(uint16_t* y, float* rstd, const float* x, const float* w, int64_t N, int64_t D,
+                             double eps) {
+  rmsnorm_forward_any(y, rstd, x, w, N, D, eps);
 }
 
 void rmsnorm_backward_f32(float* dx, float* dw, const float* dy, const float* x, const float* w,

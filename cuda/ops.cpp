@@ -39,6 +39,11 @@ void rmsnorm_forward(cuda, float* y, float* rstd, const float* x, const float* w
   cuda_detail::rmsnorm_forward_f32(y, rstd, x, w, N, D, eps);
 }
 
+void rmsnorm_forward(cuda, bf16* y, float* rstd, const float* x, const float* w, int64_t N, int64_t D,
+                     double eps) {
+  cuda_detail::rmsnorm_forward_bf16out(reinterpret_cast<uint16_t*>(y), rstd, x, w, N, D, eps);
+}
+
 void rmsnorm_backward(cuda, float* dx, float* dw, const float* dy, const float* x, const float* w,
                       const float* rstd, int64_t N, int64_t D, const float* residual) {
   cuda_detail::rmsnorm_backward_f32(dx, dw, dy, x, w, rstd, N, D, residual);

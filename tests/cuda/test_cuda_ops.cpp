@@ -337,6 +337,19 @@ TEST_F(Cuda, RmsNormForwardBackwardMatchCpu) {
     for (int64_t i = 0; i < n; ++i)
       ASSERT_EQ(with_res[static_cast<size_t>(i)], plain[static_cast<size_t>(i)] + res[static_cast<size_t>(i)])
           << "rmsnorm dx + residual " << tag << " [" << i << "]";
+
+    // bf16 output: each element is the fp32 output rounded once, and rstd is the same.
+    Tensor<bf16, cuda> d_y16({n});
+    auto d_rstd16 = upload(rstd);
+    ops::rmsnorm_forward(cuda{}, d_y.data(), d_rstd.data(), d_x.data(), d_wp, c.N, c.D, 1e-5);
+    ops::rmsnorm_forward(cuda{}, d_y16.data(), d_rstd16.data(), d_x.data(), d_wp, c.N, c.D, 1e-5);
+    std::vector<bf16> y16(static_cast<size_t>(n));
+    cuda_mem::to_host(y16.data(), d_y16.data(), y16.size() * sizeof(bf16));
+    const Host y32 = download(d_y);
+    for (int64_t i = 0; i < n; ++i)
+      ASSERT_EQ(y16[static_cast<size_t>(i)].bits, bf16(y32[static_cast<size_t>(i)]).bits)
+          << "rmsnorm bf16 y " << tag << " [" << i << "]";
+    EXPECT_EQ(download(d_rstd16), download(d_rstd)) << "rmsnorm bf16 rstd " << tag;
   }
 }
 

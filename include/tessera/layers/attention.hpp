@@ -231,15 +231,38 @@ struct SelfAttention {
     return use_bf16_attention(ctx) && q_proj.computes_in_bf16() && k_proj.computes_in_bf16() &&
            v_proj.computes_in_bf16() && o_proj.computes_in_bf16();
   }
+  /// The all-bf16 path from an input that exists only in bf16: where takes_bf16_input(ctx), a caller may write
+  /// bf16(x) [rows, dim] into bf16_input(s) itself (e.g. RmsNorm::forward_to_bf16) and call
+  /// forward_from_bf16_input — forward()'s numbers for that x, without an fp32 x or its cast.
+  bool takes_bf16_input(const SeqContext& ctx) const {
+    if constexpr (has_bf16_attention) {
+      return all_bf16(ctx);
+    } else {
+      return false;
+    }
+  }
+  Tensor<bf16, B>& bf16_input(Saved& s) const { return s.x16; }
+  void forward_from_bf16_input(const SeqContext& ctx, Tensor<T, B>& y, Saved& s, const T* residual = nullptr) const {
+    TESSERA_CHECK(takes_bf16_input(ctx) && s.x16.numel() == ctx.rows() * dim,
+                  "SelfAttention::forward_from_bf16_input: needs the all-bf16 path and bf16_input(s) of [",
+                  ctx.rows(), ", ", dim, "]");
+    forward_bf16_projected(ctx, TensorView<const T>(nullptr, Shape{ctx.rows(), dim}), y, s, residual);
+  }
+
   void forward_bf16(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s,
                     const T* residual = nullptr) const {
+    s.x16.resize_uninit(x.shape);
+    ops::cast(B{}, s.x16.data(), x.data(), x.numel());
+    forward_bf16_projected(ctx, x, y, s, residual);
+  }
+  /// forward_bf16 once s.x16 holds bf16(x); x gives the shape only.
+  void forward_bf16_projected(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s,
+                              const T* residual) const {
     if constexpr (has_bf16_attention) {
       const int64_t n = ctx.rows();
       auto& scratch = shared_scratch<SelfAttention, T, B, 4>();  // the mixed path's backward scratch
       Tensor<T, B>& q = scratch[1];
       Tensor<T, B>& k = scratch[2];
-      s.x16.resize_uninit(x.shape);
-      ops::cast(B{}, s.x16.data(), x.data(), x.numel());
       q_proj.forward(ctx, x, q, s.q_s, s.x16.data());
       k_proj.forward(ctx, x, k, s.k_s, s.x16.data());
       v_proj.forward_to_bf16(ctx, x, s.v16, s.v_s, s.x16.data());

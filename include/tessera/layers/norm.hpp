@@ -1,6 +1,8 @@
 // Normalisation layers: RmsNorm (Llama) and LayerNorm, each a thin wrapper over ops/norm.hpp (any backend:
 // gains start at 1 through ops::fill).
 #pragma once
+#include <type_traits>
+
 #include "tessera/core/param.hpp"
 #include "tessera/layers/context.hpp"
 #include "tessera/ops/elementwise.hpp"
@@ -36,6 +38,19 @@ struct RmsNorm {
     y.resize_uninit({n, dim});
     s.rstd.resize_uninit({n});
     ops::rmsnorm_forward(B{}, y.data(), s.rstd.data(), x.data(), params.weight.value.data(), n, dim, eps);
+    s.x = x;
+  }
+  /// forward() with y in bf16 only (CUDA, float): y16 = bf16(y), rounded once — for a next layer whose bf16
+  /// GEMMs read only bf16(y) (PreNormResidual with SelfAttention / SwiGlu in bf16 compute), saving the fp32
+  /// output and its cast. The backward is the same (it reads x and rstd).
+  void forward_to_bf16(const SeqContext&, TensorView<const T> x, Tensor<bf16, B>& y16, Saved& s) const
+    requires(std::is_same_v<T, float> && std::is_same_v<B, cuda>)
+  {
+    TESSERA_CHECK(x.rank() == 2 && x.size(1) == dim, "RmsNorm: input ", x.shape, " does not match dim ", dim);
+    const int64_t n = x.size(0);
+    y16.resize_uninit({n, dim});
+    s.rstd.resize_uninit({n});
+    ops::rmsnorm_forward(B{}, y16.data(), s.rstd.data(), x.data(), params.weight.value.data(), n, dim, eps);
     s.x = x;
   }
   /// residual (optional, [n, dim]): added to dx in the same pass (PreNormResidual's skip branch).

@@ -22,6 +22,13 @@ void visit_child(L& child, std::string_view fallback, F&& f) {
   if constexpr (is_named_v<U> || Transparent<U>) child.for_each_child(f);
   else f(fallback, child);
 }
+
+/// The layer inside any Named<> wrappers (which share its Saved).
+template <class L>
+auto& unnamed(L& l) {
+  if constexpr (is_named_v<std::remove_const_t<L>>) return unnamed(l.inner);
+  else return l;
+}
 }  // namespace detail
 
 template <class Norm, class Inner>
@@ -49,8 +56,21 @@ struct PreNormResidual {
     detail::visit_child(inner, "inner", f);
   }
   void forward(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s) {
-    norm.forward(ctx, x, s.normed, s.norm_s);
     const T* residual = x.data();
+    // bf16 compute where the inner layer's GEMMs read only bf16(norm(x)): the norm writes that directly (no fp32
+    // normed tensor, no cast) and the inner layer adds x in its output GEMM.
+    auto& n = detail::unnamed(norm);
+    auto& in = detail::unnamed(inner);
+    if constexpr (requires {
+                    n.forward_to_bf16(ctx, x, in.bf16_input(s.inner_s), s.norm_s);
+                    in.forward_from_bf16_input(ctx, y, s.inner_s, residual);
+                  }) {
+      if (in.takes_bf16_input(ctx)) {
+        n.forward_to_bf16(ctx, x, in.bf16_input(s.inner_s), s.norm_s);
+        return in.forward_from_bf16_input(ctx, y, s.inner_s, residual);
+      }
+    }
+    norm.forward(ctx, x, s.normed, s.norm_s);
     if constexpr (requires { inner.forward(ctx, s.normed, y, s.inner_s, residual); }) {
       inner.forward(ctx, s.normed, y, s.inner_s, residual);  // the layer adds x (in its output GEMM)
     } else {
