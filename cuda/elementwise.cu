@@ -211,6 +211,111 @@ unsigned row_blocks(int64_t N) {
   return static_cast<unsigned>(std::clamp<int64_t>(N, 1, 65535));
 }
 
+// The SwiGLU with bf16 gate/up (the all-bf16 feed-forward saves its gate/up products in bf16): the same
+// per-element fp32 arithmetic on the exactly widened inputs, bf16 outputs rounded once. Row kernels, V
+// columns per thread: V = 8 (16-byte bf16 loads and stores, two 16-byte fp32 loads of dout), V = 4 (8-byte
+// bf16 accesses) or V = 1 (the fallback for any width, stride or alignment), no index division either way.
+template <int V>
+__device__ __forceinline__ void load_bf16(const uint16_t* p, float (&v)[V]) {
+  if constexpr (V == 1) {
+    v[0] = bf16_to_float(*p);
+  } else {
+    uint32_t w[V / 2];
+    if constexpr (V == 8) {
+      const uint4 q = *reinterpret_cast<const uint4*>(p);
+      w[0] = q.x, w[1] = q.y, w[2] = q.z, w[3] = q.w;
+    } else {
+      static_assert(V == 4);
+      const uint64_t q = *reinterpret_cast<const uint64_t*>(p);
+      w[0] = static_cast<uint32_t>(q), w[1] = static_cast<uint32_t>(q >> 32);
+    }
+#pragma unroll
+    for (int i = 0; i < V / 2; ++i) {  // the first element in the low half (memory order)
+      v[2 * i] = bf16_to_float(static_cast<uint16_t>(w[i]));
+      v[2 * i + 1] = bf16_to_float(static_cast<uint16_t>(w[i] >> 16));
+    }
+  }
+}
+template <int V>
+__device__ __forceinline__ void store_bf16(uint16_t* p, const float (&v)[V]) {
+  if constexpr (V == 1) {
+    *p = bf16_bits(v[0]);
+  } else if constexpr (V == 4) {
+    *reinterpret_cast<uint64_t*>(p) = pack_bf16x4(v[0], v[1], v[2], v[3]);
+  } else {
+    static_assert(V == 8);
+    uint32_t w[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) w[i] = bf16_bits(v[2 * i]) | uint32_t{bf16_bits(v[2 * i + 1])} << 16;
+    *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+  }
+}
+template <int V>
+__device__ __forceinline__ void load_f32(const float* p, float (&v)[V]) {
+  if constexpr (V == 1) {
+    v[0] = *p;
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; i += 4) {
+      const float4 q = *reinterpret_cast<const float4*>(p + i);
+      v[i] = q.x, v[i + 1] = q.y, v[i + 2] = q.z, v[i + 3] = q.w;
+    }
+  }
+}
+
+template <int V>
+__global__ void swiglu_forward_bf16in_kernel(uint16_t* out, const uint16_t* gate, const uint16_t* up,
+                                             int64_t N, int64_t H, int64_t ld) {
+  const int64_t hv = H / V;
+  for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+    const uint16_t* g_row = gate + n * ld;
+    const uint16_t* u_row = up + n * ld;
+    uint16_t* o_row = out + n * H;
+    for (int64_t c = threadIdx.x; c < hv; c += blockDim.x) {
+      float g[V], u[V], o[V];
+      load_bf16<V>(g_row + V * c, g);
+      load_bf16<V>(u_row + V * c, u);
+#pragma unroll
+      for (int i = 0; i < V; ++i) o[i] = swiglu_value(g[i], u[i]);
+      store_bf16<V>(o_row + V * c, o);
+    }
+  }
+}
+
+template <int V>
+__global__ void swiglu_backward_bf16in_kernel(uint16_t* dgate, uint16_t* dup, const float* dout,
+                                              const uint16_t* gate, const uint16_t* up, int64_t N, int64_t H,
+                                              int64_t ld) {
+  const int64_t hv = H / V;
+  for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+    const uint16_t* g_row = gate + n * ld;
+    const uint16_t* u_row = up + n * ld;
+    const float* d_row = dout + n * H;
+    for (int64_t c = threadIdx.x; c < hv; c += blockDim.x) {
+      float g[V], u[V], d[V], dg[V], du[V];
+      load_bf16<V>(g_row + V * c, g);
+      load_bf16<V>(u_row + V * c, u);
+      load_f32<V>(d_row + V * c, d);
+#pragma unroll
+      for (int i = 0; i < V; ++i) swiglu_grads(g[i], u[i], d[i], dg[i], du[i]);
+      store_bf16<V>(dup + n * ld + V * c, du);
+      store_bf16<V>(dgate + n * ld + V * c, dg);
+    }
+  }
+}
+
+/// Columns per thread for the bf16-input kernels: 8 or 4 where H and ld are multiples of it and every bf16
+/// pointer is aligned to that many elements (dout, when given, to 16 bytes for its float4 loads), else 1.
+template <class... P>
+int swiglu_bf16in_width(int64_t H, int64_t ld, const float* dout, const P*... bf16_ptrs) {
+  for (const int v : {8, 4}) {
+    if (H % v == 0 && ld % v == 0 && (!dout || aligned_to(dout, 16)) &&
+        (aligned_to(bf16_ptrs, v * sizeof(uint16_t)) && ...))
+      return v;
+  }
+  return 1;
+}
+
 __global__ void add_inplace_kernel(float* y, const float* x, int64_t n) {
   TESSERA_GRID_STRIDE(i, n) y[i] += x[i];
 }
@@ -475,6 +580,41 @@ void swiglu_backward_f32(float* dgate, float* dup, const float* dout, const floa
 void swiglu_backward_bf16out(uint16_t* dgate, uint16_t* dup, const float* dout, const float* gate,
                              const float* up, int64_t N, int64_t H, int64_t ld) {
   swiglu_backward_any(dgate, dup, dout, gate, up, N, H, ld);
+}
+
+void swiglu_forward_bf16(uint16_t* out, const uint16_t* gate, const uint16_t* up, int64_t N, int64_t H,
+                         int64_t ld) {
+  TESSERA_CHECK(N >= 0 && H > 0, "swiglu_forward(cuda): bad sizes N=", N, " H=", H);
+  TESSERA_CHECK(ld >= H, "swiglu_forward(cuda): gate/up row stride ", ld, " is smaller than the width ", H);
+  if (N == 0) return;
+  switch (swiglu_bf16in_width(H, ld, nullptr, out, gate, up)) {
+    case 8:
+      swiglu_forward_bf16in_kernel<8><<<row_blocks(N), kThreads>>>(out, gate, up, N, H, ld);
+      break;
+    case 4:
+      swiglu_forward_bf16in_kernel<4><<<row_blocks(N), kThreads>>>(out, gate, up, N, H, ld);
+      break;
+    default:
+      swiglu_forward_bf16in_kernel<1><<<row_blocks(N), kThreads>>>(out, gate, up, N, H, ld);
+  }
+  TESSERA_CUDA_CHECK_LAUNCH("swiglu_forward_bf16in_kernel");
+}
+void swiglu_backward_bf16(uint16_t* dgate, uint16_t* dup, const float* dout, const uint16_t* gate,
+                          const uint16_t* up, int64_t N, int64_t H, int64_t ld) {
+  TESSERA_CHECK(N >= 0 && H > 0, "swiglu_backward(cuda): bad sizes N=", N, " H=", H);
+  TESSERA_CHECK(ld >= H, "swiglu_backward(cuda): gate/up row stride ", ld, " is smaller than the width ", H);
+  if (N == 0) return;
+  switch (swiglu_bf16in_width(H, ld, dout, dgate, dup, gate, up)) {
+    case 8:
+      swiglu_backward_bf16in_kernel<8><<<row_blocks(N), kThreads>>>(dgate, dup, dout, gate, up, N, H, ld);
+      break;
+    case 4:
+      swiglu_backward_bf16in_kernel<4><<<row_blocks(N), kThreads>>>(dgate, dup, dout, gate, up, N, H, ld);
+      break;
+    default:
+      swiglu_backward_bf16in_kernel<1><<<row_blocks(N), kThreads>>>(dgate, dup, dout, gate, up, N, H, ld);
+  }
+  TESSERA_CUDA_CHECK_LAUNCH("swiglu_backward_bf16in_kernel");
 }
 
 void add_inplace_f32(float* y, const float* x, int64_t n) {

@@ -36,6 +36,12 @@ void swiglu_forward_bf16out(uint16_t* out, const float* gate, const float* up, i
                             int64_t ld);
 void swiglu_backward_bf16out(uint16_t* dgate, uint16_t* dup, const float* dout, const float* gate,
                              const float* up, int64_t N, int64_t H, int64_t ld);
+/// bf16 gate/up in, bf16 out (dout stays fp32): the all-bf16 SwiGLU, whose gate/up products are saved in
+/// bf16.
+void swiglu_forward_bf16(uint16_t* out, const uint16_t* gate, const uint16_t* up, int64_t N, int64_t H,
+                         int64_t ld);
+void swiglu_backward_bf16(uint16_t* dgate, uint16_t* dup, const float* dout, const uint16_t* gate,
+                          const uint16_t* up, int64_t N, int64_t H, int64_t ld);
 
 void add_inplace_f32(float* y, const float* x, int64_t n);
 void add_f32(float* z, const float* x, const float* y, int64_t n);

@@ -88,6 +88,17 @@ void swiglu_backward(cuda, bf16* dgate, bf16* dup, const float* dout, const floa
                                        gu_stride ? gu_stride : H);
 }
 
+void swiglu_forward(cuda, bf16* out, const bf16* gate, const bf16* up, int64_t N, int64_t H,
+                    int64_t gu_stride) {
+  cuda_detail::swiglu_forward_bf16(bits(out), bits(gate), bits(up), N, H, gu_stride ? gu_stride : H);
+}
+
+void swiglu_backward(cuda, bf16* dgate, bf16* dup, const float* dout, const bf16* gate, const bf16* up,
+                     int64_t N, int64_t H, int64_t gu_stride) {
+  cuda_detail::swiglu_backward_bf16(bits(dgate), bits(dup), dout, bits(gate), bits(up), N, H,
+                                    gu_stride ? gu_stride : H);
+}
+
 void add_inplace(cuda, float* y, const float* x, int64_t n) {
   cuda_detail::add_inplace_f32(y, x, n);
 }

@@ -280,6 +280,76 @@ TEST_F(CudaCore, SwigluForwardBackwardMatchCpu) {
   }
 }
 
+// bf16 gate/up (the all-bf16 SwiGLU saves its gate/up products in bf16): the same per-element fp32
+// arithmetic as the fp32-input kernels (bf16 outputs) given the widened inputs, so the outputs agree to the
+// bit; 1 bf16 ulp is allowed for a different FMA contraction by nvcc. H = 304: 8 columns per thread
+// (separate and fused [N, 2H] gate/up); H = 300: 4 (fused: the up half only 8-byte aligned); H = 303 and
+// arrays starting one element into their allocation (misaligned rows): the one-column fallback. Outputs start
+// zeroed on both sides, so an element the new kernels skip shows up.
+TEST_F(CudaCore, SwigluBf16InputsMatchTheFp32KernelsOnRoundedInputs) {
+  struct Case {
+    int64_t H;
+    bool fused;
+    int64_t shift;  // every array starts this many elements into its allocation
+  };
+  Rng rng(31);
+  const int64_t N = 37;
+  auto widen = [](const std::vector<bf16>& v) {
+    Host r(v.size());
+    for (size_t i = 0; i < v.size(); ++i) r[i] = static_cast<float>(v[i]);
+    return r;
+  };
+  auto to_bf16 = [](const Host& v) {
+    std::vector<bf16> r(v.size());
+    for (size_t i = 0; i < v.size(); ++i) r[i] = bf16(v[i]);
+    return r;
+  };
+  // The largest distance in bf16 ulps (the bit patterns mapped to a monotone integer scale).
+  auto max_ulps = [](const std::vector<bf16>& a, const std::vector<bf16>& b) {
+    auto ord = [](uint16_t x) {
+      return (x & 0x8000u) ? -static_cast<int>(x & 0x7fffu) : static_cast<int>(x);
+    };
+    int m = 0;
+    for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::abs(ord(a[i].bits) - ord(b[i].bits)));
+    return m;
+  };
+  for (const Case c : {Case{304, false, 0}, Case{304, true, 0}, Case{300, true, 0}, Case{303, false, 0},
+                       Case{304, false, 1}, Case{303, true, 1}}) {
+    const int64_t H = c.H, ld = c.fused ? 2 * H : H, s = c.shift;
+    SCOPED_TRACE(std::string(c.fused ? "fused" : "separate") + " H=" + std::to_string(H) +
+                 " shift=" + std::to_string(s));
+    // fused: gu holds [gate | up] rows (and dgu the two gradients); separate: up and dup their own arrays.
+    const std::vector<bf16> gu16 = to_bf16(randn(s + N * ld, rng, 2.0)),
+                            up16_sep = to_bf16(randn(s + N * H, rng));
+    const Host dout = randn(s + N * H, rng);
+    Dev<float> d_gu(widen(gu16)), d_up_sep(widen(up16_sep)), d_dout(dout);
+    Dev<bf16> d_gu16(gu16), d_up16_sep(up16_sep);
+    const std::vector<bf16> zeros_h(sz(s + N * H)), zeros_gu(sz(s + N * ld));
+    Dev<bf16> h_ref(zeros_h), h_new(zeros_h), dgu_ref(zeros_gu), dgu_new(zeros_gu), dup_ref(zeros_h),
+        dup_new(zeros_h);
+    const float* gate = d_gu.data() + s;
+    const float* up = c.fused ? gate + H : d_up_sep.data() + s;
+    const bf16* gate16 = d_gu16.data() + s;
+    const bf16* up16 = c.fused ? gate16 + H : d_up16_sep.data() + s;
+    auto dup_of = [&](Dev<bf16>& dgu, Dev<bf16>& dup) {
+      return c.fused ? dgu.data() + s + H : dup.data() + s;
+    };
+    const int64_t stride = c.fused ? ld : 0;
+
+    ops::swiglu_forward(cuda{}, h_ref.data() + s, gate, up, N, H, stride);
+    ops::swiglu_forward(cuda{}, h_new.data() + s, gate16, up16, N, H, stride);
+    EXPECT_LE(max_ulps(h_new.get(), h_ref.get()), 1) << "swiglu bf16-input out";
+    ops::swiglu_backward(cuda{}, dgu_ref.data() + s, dup_of(dgu_ref, dup_ref), d_dout.data() + s, gate, up, N,
+                         H, stride);
+    ops::swiglu_backward(cuda{}, dgu_new.data() + s, dup_of(dgu_new, dup_new), d_dout.data() + s, gate16,
+                         up16, N, H, stride);
+    EXPECT_LE(max_ulps(dgu_new.get(), dgu_ref.get()), 1) << "swiglu bf16-input dgate (and dup when fused)";
+    if (!c.fused) {
+      EXPECT_LE(max_ulps(dup_new.get(), dup_ref.get()), 1) << "swiglu bf16-input dup";
+    }
+  }
+}
+
 // Single fp32 additions and multiplications: exact.
 TEST_F(CudaCore, AddAndScaleAreExact) {
   Rng rng(23);

@@ -173,5 +173,11 @@ void swiglu_forward(cuda, bf16* out, const float* gate, const float* up, int64_t
                     int64_t gu_stride = 0);
 void swiglu_backward(cuda, bf16* dgate, bf16* dup, const float* dout, const float* gate, const float* up,
                      int64_t N, int64_t H, int64_t gu_stride = 0);
+/// bf16 gate/up as well (the all-bf16 SwiGLU saves its gate/up products in bf16): the same fp32 arithmetic
+/// on the widened inputs, i.e. the fp32 overloads given float(gate), float(up), with bf16 outputs as above.
+void swiglu_forward(cuda, bf16* out, const bf16* gate, const bf16* up, int64_t N, int64_t H,
+                    int64_t gu_stride = 0);
+void swiglu_backward(cuda, bf16* dgate, bf16* dup, const float* dout, const bf16* gate, const bf16* up,
+                     int64_t N, int64_t H, int64_t gu_stride = 0);
 
 }  // namespace tessera::ops
