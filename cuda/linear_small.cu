@@ -137,7 +137,9 @@ __global__ void __launch_bounds__(kWarps * 32) linear_small_kernel(SmallArgs a) 
     for (int c = 0; c < C; ++c) {
       float v = warp_sum(acc[r][c]);
       if constexpr (Gated) {
-        const float u = warp_sum(acc_up[r][c]);
+        // gate and up rounded to bf16 first, as the all-bf16 SwiGlu's GEMMs write them (forward_to_bf16).
+        const float u = round_bf16(warp_sum(acc_up[r][c]));
+        v = round_bf16(v);
         v = v / (1.f + expf(-v)) * u;  // as swiglu_forward_kernel
       }
       if (lane == (r * C + c) % 32 && c0 + c < grp.n) {

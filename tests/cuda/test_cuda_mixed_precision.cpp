@@ -192,7 +192,8 @@ TEST(CudaMixedPrecision, FrozenBf16WeightsAreCastOnceForInference) {
 // different widths, a bias on one of them. Tolerance 1e-5 (fp32 sums of <= 264 terms); against the
 // unrounded fp32 operands the error must be visibly larger, so an x that was not rounded fails. The fused
 // neighbours: an RMSNorm in front (the reference normalises in fp32 as rmsnorm_forward does, then rounds),
-// and a residual added to one output: into a separate y, in place (y aliasing the residual), and twice.
+// and a residual added to one output: into a separate y, in place (y aliasing the residual), and twice. The
+// gated (SwiGLU) products round gate and up to bf16 before silu(gate) * up.
 TEST(CudaMixedPrecision, SmallProductsMultiplyBf16OperandsWithFp32Accumulation) {
   TESSERA_NEED_GPU();
   struct Case {
@@ -290,19 +291,36 @@ TEST(CudaMixedPrecision, SmallProductsMultiplyBf16OperandsWithFp32Accumulation) 
       return a;
     };
     auto silu_times = [](double g, double u) { return g / (1 + std::exp(-g)) * u; };
+    // Gated: gate and up are rounded to bf16 before the SwiGLU (as the all-bf16 SwiGlu's GEMMs write them).
+    // A product within 1e-5 of a bf16 rounding midpoint may round either way after the kernel's fp32 sum:
+    // such elements (rare) are left out of the comparison.
+    auto near_midpoint = [](double v) {
+      const double nearest = round_bf16(static_cast<float>(v));
+      if (nearest == 0) return false;
+      const double ulp = std::ldexp(1.0, std::ilogb(nearest) - 7);  // bf16: 8 significant bits
+      return std::abs(std::abs(v - nearest) - ulp / 2) < 1e-5 * std::abs(v);
+    };
     for (size_t o = 0; o < y.size(); ++o) {
       const int64_t n = y[o].size(1);
       std::vector<double> ref16(c.M * n), ref32(c.M * n);
+      std::vector<bool> skip(c.M * n, false);
       for (int64_t r = 0; r < c.M; ++r)
         for (int64_t j = 0; j < n; ++j) {
           const double b = (bias[o].empty() ? 0.0 : bias[o][j]) +
                            (res[o].empty() ? 0.0 : (c.residual == 3 ? 2.0 : 1.0) * res[o][r * n + j]);
-          ref16[r * n + j] = c.gated ? silu_times(product(0, r, j, true), product(1, r, j, true))
-                                     : product(o, r, j, true) + b;
+          if (c.gated) {
+            const double pg = product(0, r, j, true), pu = product(1, r, j, true);
+            ref16[r * n + j] = silu_times(round_bf16(static_cast<float>(pg)), round_bf16(static_cast<float>(pu)));
+            skip[r * n + j] = near_midpoint(pg) || near_midpoint(pu);
+          } else {
+            ref16[r * n + j] = product(o, r, j, true) + b;
+          }
           ref32[r * n + j] = c.gated ? silu_times(product(0, r, j, false), product(1, r, j, false))
                                      : product(o, r, j, false) + b;
         }
-      const auto got = download(y[o].data(), y[o].numel());
+      auto got = download(y[o].data(), y[o].numel());
+      for (size_t i = 0; i < got.size(); ++i)
+        if (skip[i]) got[i] = static_cast<float>(ref16[i]);
       EXPECT_LE(rel_err(got, ref16), 1e-5) << "output " << o;
       if (c.K >= 16 && c.M * n >= 16)
         EXPECT_GT(rel_err(got, ref32), 1e-5) << "output " << o << ": x not rounded?";
@@ -331,10 +349,10 @@ TEST(CudaMixedPrecision, SmallProductsRejectWhatTheyDoNotCover) {
 // Frozen bf16 layers route decoding-size inputs (<= 8 rows) to the small products by themselves: Linear
 // (with a bias), SwiGLU (gate, up and the product in one launch) and the cached self-attention's q/k/v (in
 // the BLT generation test of test_cuda_blt_bf16.cpp). Same operands as the cast + cuBLAS route of the
-// unfrozen layer, so the outputs agree to fp32 summation order; 9 rows stay on cuBLAS (bit-equal). The small
-// SwiGLU keeps gate/up in fp32 where the unfrozen all-bf16 SwiGlu rounds them to bf16 (one rounding apart:
-// 1.8e-3 and 3.4e-3 relative here), so its reference is that route with fp32 gate/up, composed from the
-// projections.
+// unfrozen layer, so the outputs agree to fp32 summation order; 9 rows stay on cuBLAS (bit-equal). The SwiGLU
+// rounds gate and up to bf16 on both routes (the all-bf16 SwiGlu's GEMMs write them in bf16); summed in another
+// order, an element next to a rounding boundary can round the other way (~1e-4 of z each), hence 5e-4 for z,
+// while leaving out that rounding on one route is 1.8e-3 (n = 1) and 3.4e-3 (n = 8).
 TEST(CudaMixedPrecision, FrozenLayersUseTheSmallProductsForDecodingSizes) {
   TESSERA_NEED_GPU();
   const int64_t in = 48, out = 40, hidden = 56;
@@ -369,22 +387,12 @@ TEST(CudaMixedPrecision, FrozenLayersUseTheSmallProductsForDecodingSizes) {
     set_compute_precision(l, Precision::bf16);
     set_compute_precision(f, Precision::bf16);
     const auto [y_cast, z_cast] = run();
-    const auto z_fp32_gate_up = [&] {
-      Tensor<float, cuda> g, u, h, z;
-      SwiGlu<float, cuda>::Saved fs;
-      f.gate_proj.forward(ctx, xv, g, fs.gate_s);
-      f.up_proj.forward(ctx, xv, u, fs.up_s);
-      h.resize_uninit({n, hidden});
-      ops::swiglu_forward(cuda{}, h.data(), g.data(), u.data(), n, hidden);
-      f.down_proj.forward(ctx, h, z, fs.down_s);
-      return download(z.data(), z.numel());
-    }();
     freeze_bf16_weights(l);
     freeze_bf16_weights(f);
     const auto [y_small, z_small] = run();
     if (n <= ops::kSmallLinearRows) {
       EXPECT_LE(rel_err(y_small, y_cast), 1e-5);
-      EXPECT_LE(rel_err(z_small, z_fp32_gate_up), 1e-5);
+      EXPECT_LE(rel_err(z_small, z_cast), 5e-4);
     } else {
       EXPECT_EQ(y_small, y_cast);
       EXPECT_EQ(z_small, z_cast);
@@ -553,10 +561,8 @@ TEST(CudaMixedPrecision, MegalodonBf16TrainingStepTracksTheFp32Model) {
 // whose decode takes the separate norm / cast + cuBLAS / add route with the same bf16 operands.
 // Teacher-forced tokens (2 sequences, a 6-token prompt through cuBLAS, then 10 single-token steps of 2 rows).
 // Agreement up to fp32 summation order and an occasional bf16 operand rounding the other way (measured with
-// emulated tensor cores: 1.1e-7 of the largest logit), except the SwiGLU: the unfrozen all-bf16 SwiGlu
-// rounds gate/up to bf16, the small products keep them fp32 (with that rounding: 1.3e-3..9.9e-3 over the
-// steps); bound 1e-2, while a wrong gain, a missing norm or residual is O(1) (checked: the attention fed the
-// MLP norm's gain fails).
+// emulated tensor cores: 1.1e-7 of the largest logit); bound 1e-2, while a wrong gain, a missing norm or
+// residual is O(1) (checked: the attention fed the MLP norm's gain fails).
 TEST(CudaMixedPrecision, FrozenLlamaDecodesLikeTheCastRoute) {
   TESSERA_NEED_GPU();
   const auto cfg = tiny_config(0);

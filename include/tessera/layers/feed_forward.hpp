@@ -37,31 +37,48 @@ struct SwiGlu {
     f("down_proj", down_proj);
   }
 
-  void forward(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s) const {
-    if (forward_small(ctx, x, y, s)) return;
-    if (all_bf16()) return forward_bf16(ctx, x, y, s);
+  /// residual (optional, [rows, dim], not y): y = swiglu(x) + residual, added by down_proj (Linear::forward).
+  void forward(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s,
+               const T* residual = nullptr) const {
+    if (forward_small(ctx, x, y, s, {}, residual)) return;
+    if (all_bf16()) return forward_bf16(ctx, x, y, s, residual);
     const bf16* x16 = shared_input_bf16(x);  // bf16 compute: one cast of x for gate and up
     gate_proj.forward(ctx, x, s.gate, s.gate_s, x16);
     up_proj.forward(ctx, x, s.up, s.up_s, x16);
     s.hidden.resize_uninit(s.gate.shape());
     ops::swiglu_forward(B{}, s.hidden.data(), s.gate.data(), s.up.data(), s.gate.size(0), hidden);
-    down_proj.forward(ctx, s.hidden, y, s.down_s);
+    down_proj.forward(ctx, s.hidden, y, s.down_s, nullptr, residual);
   }
+
+  /// The all-bf16 path from an input that exists only in bf16 (as SelfAttention's): where
+  /// takes_bf16_input(ctx), a caller may write bf16(x) [rows, dim] into bf16_input(s) itself and call
+  /// forward_from_bf16_input. Not taken for decoding-size inputs with frozen weights (the small products).
+  bool takes_bf16_input(const SeqContext& ctx) const {
+    return all_bf16() && !(gate_proj.frozen_weight_bf16() && ctx.rows() <= ops::kSmallLinearRows);
+  }
+  Tensor<bf16, B>& bf16_input(Saved& s) const { return s.x16; }
+  void forward_from_bf16_input(const SeqContext& ctx, Tensor<T, B>& y, Saved& s, const T* residual = nullptr) const {
+    TESSERA_CHECK(takes_bf16_input(ctx) && s.x16.numel() == ctx.rows() * dim,
+                  "SwiGlu::forward_from_bf16_input: needs the all-bf16 path and bf16_input(s) of [", ctx.rows(),
+                  ", ", dim, "]");
+    forward_bf16_projected(ctx, TensorView<const T>(nullptr, Shape{ctx.rows(), dim}), y, s, residual);
+  }
+
   void backward(const SeqContext& ctx, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {
     const bool bf16_path = all_bf16();
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
+      if (bf16_path) return backward_bf16(ctx, dy, dx, s);
+    }
     auto& scratch = shared_scratch<SwiGlu, T, B, 3>();  // backward temporaries (context.hpp)
     Tensor<T, B>& dh = scratch[0];
-    down_proj.backward(ctx, dy, dh, s.down_s, false, bf16_path ? s.h16.data() : nullptr);
-    if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
-      if (bf16_path) return backward_gate_up_bf16(ctx, dh, dx, s);
-    }
+    down_proj.backward(ctx, dy, dh, s.down_s);
     Tensor<T, B>& dgate = scratch[1];
     Tensor<T, B>& dup = scratch[2];
     dgate.resize_uninit(s.gate.shape());
     dup.resize_uninit(s.up.shape());
     ops::swiglu_backward(B{}, dgate.data(), dup.data(), dh.data(), s.gate.data(), s.up.data(), s.gate.size(0),
                          hidden);
-    const bf16* x16 = bf16_path ? s.x16.data() : shared_input_bf16(s.gate_s.x);
+    const bf16* x16 = shared_input_bf16(s.gate_s.x);
     gate_proj.backward(ctx, dgate, dx, s.gate_s, false, x16);
     up_proj.backward(ctx, dup, dx, s.up_s, true, x16);  // dx += dup W_up
   }
@@ -78,20 +95,32 @@ struct SwiGlu {
   bool all_bf16() const {
     return gate_proj.computes_in_bf16() && up_proj.computes_in_bf16() && down_proj.computes_in_bf16();
   }
-  void forward_bf16(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s) const {
+  void forward_bf16(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s,
+                    const T* residual) const {
     if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {  // else all_bf16() is false
-      const int64_t n = x.size(0);
       s.x16.resize_uninit(x.shape);
       ops::cast(B{}, s.x16.data(), x.data(), x.numel());
+      forward_bf16_projected(ctx, x, y, s, residual);
+    }
+  }
+  /// forward_bf16 once s.x16 holds bf16(x); x gives the shape only.
+  void forward_bf16_projected(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s,
+                              const T* residual) const {
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
+      const int64_t n = x.size(0);
       gate_proj.forward_to_bf16(ctx, x, s.gate16, s.gate_s, s.x16.data());
       up_proj.forward_to_bf16(ctx, x, s.up16, s.up_s, s.x16.data());
       s.h16.resize_uninit({n, hidden});
       ops::swiglu_forward(B{}, s.h16.data(), s.gate16.data(), s.up16.data(), n, hidden);
-      down_proj.forward_bf16_input(ctx, s.h16.data(), n, y, s.down_s);
+      down_proj.forward_bf16_input(ctx, s.h16.data(), n, y, s.down_s, residual);
     }
   }
-  void backward_gate_up_bf16(const SeqContext& ctx, const Tensor<T, B>& dh, Tensor<T, B>& dx, Saved& s) {
+  /// dh stays fp32 (the SwiGLU backward reads it in full precision), the SwiGLU backward writes bf16
+  /// dgate/dup for the gate/up GEMMs.
+  void backward_bf16(const SeqContext& ctx, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s) {
     if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
+      Tensor<T, B>& dh = shared_scratch<SwiGlu, T, B, 3>()[0];
+      down_proj.backward(ctx, dy, dh, s.down_s, false, s.h16.data());
       auto& [dgate16, dup16] = shared_scratch<SwiGlu, bf16, B, 2>();
       const int64_t n = s.gate16.size(0);
       dgate16.resize_uninit({n, hidden});
