@@ -245,9 +245,19 @@ cublasStatus_t lt_run(LtDevice& dev, const LtPlan& p, const cublasLtMatmulAlgo_t
                         dev.workspace, kLtWorkspace, 0);
 }
 
-/// Time each candidate (one untimed run, then the best of three) writing into `scratch`; the fastest wins.
-int lt_pick(LtDevice& dev, const LtPlan& p, const cublasLtMatmulHeuristicResult_t* res, int n, const LtCall& c,
+/// Time each candidate (one untimed run, then the best of three) writing into `scratch` (M rows of ldd); the
+/// fastest wins. An in-place call (C == D) is timed in place on a copy of C, as it will run.
+int lt_pick(LtDevice& dev, const LtPlan& p, const cublasLtMatmulHeuristicResult_t* res, int n, const LtCall& call,
             void* scratch) {
+  LtCall c = call;
+  if (call.C == call.D) {
+    const size_t elem = call.type == CUDA_R_16BF ? 2 : 4;
+    const size_t pitch = static_cast<size_t>(call.ldd) * elem;
+    TESSERA_CUDA_CHECK(cudaMemcpy2DAsync(scratch, pitch, call.C, pitch, static_cast<size_t>(call.N) * elem,
+                                         static_cast<size_t>(call.M), cudaMemcpyDeviceToDevice, 0));
+    c.C = scratch;
+  }
+  c.D = scratch;
   cudaEvent_t start = nullptr, stop = nullptr;
   if (cudaEventCreate(&start) != cudaSuccess || cudaEventCreate(&stop) != cudaSuccess) {
     if (start) (void)cudaEventDestroy(start);
