@@ -231,6 +231,8 @@ struct SelfAttention {
     return use_bf16_attention(ctx) && q_proj.computes_in_bf16() && k_proj.computes_in_bf16() &&
            v_proj.computes_in_bf16() && o_proj.computes_in_bf16();
   }
+
+ public:
   /// The all-bf16 path from an input that exists only in bf16: where takes_bf16_input(ctx), a caller may write
   /// bf16(x) [rows, dim] into bf16_input(s) itself (e.g. RmsNorm::forward_to_bf16) and call
   /// forward_from_bf16_input — forward()'s numbers for that x, without an fp32 x or its cast.
@@ -248,6 +250,8 @@ struct SelfAttention {
                   ctx.rows(), ", ", dim, "]");
     forward_bf16_projected(ctx, TensorView<const T>(nullptr, Shape{ctx.rows(), dim}), y, s, residual);
   }
+
+ private:
 
   void forward_bf16(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s,
                     const T* residual = nullptr) const {
