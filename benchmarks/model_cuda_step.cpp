@@ -15,6 +15,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <cstdlib>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -38,8 +40,12 @@ using bench::time_steps;
 int report(const char* what, const char* precision, const std::string& shape, int64_t params, int64_t tokens,
            double flops, const Timing& t, double peak_tflops) {
   const double s = t.median_ms / 1e3;
-  std::printf("| tessera %s step %s (CUDA) | %s | %.1f ms | %.0f tok/s, %.1f TFLOP/s (%.1f%% of %.0f) |\n", what,
-              precision, shape.c_str(), t.median_ms, double(tokens) / s, flops / s / 1e12, flops / s / 1e12 / peak_tflops * 100,
+  // TESSERA_GEMM_AUTOTUNE=0 (cuda/gemm.cu: cuBLAS's heuristic GEMMs instead of the timed cuBLASLt choice) is
+  // named in the row, so that an A/B of the two in one run reads unambiguously.
+  const char* tune = std::getenv("TESSERA_GEMM_AUTOTUNE");
+  const bool untuned = tune && std::strcmp(tune, "0") == 0;
+  std::printf("| tessera %s step %s%s (CUDA) | %s | %.1f ms | %.0f tok/s, %.1f TFLOP/s (%.1f%% of %.0f) |\n", what,
+              precision, untuned ? ", GEMM autotune off" : "", shape.c_str(), t.median_ms, double(tokens) / s, flops / s / 1e12, flops / s / 1e12 / peak_tflops * 100,
               peak_tflops);
   std::printf("json: {\"model\": \"%s\", \"precision\": \"%s\", \"params\": %lld, \"tokens\": %lld, \"median_ms\": %.3f, \"min_ms\": %.3f, "
               "\"tokens_per_s\": %.1f, \"loss\": %.6f}\n",
