@@ -37,7 +37,10 @@ void gemm_batched(cpu, bool ta, bool tb, int64_t M, int64_t N, int64_t K, T alph
     gemm(cpu{}, ta, tb, M, N, K, alpha, A + i * sa, lda, B + i * sb, ldb, beta, C + i * sc, ldc);
 }
 
-// CUDA (cuda/gemm.cu, cuBLAS). fp32 and bf16-in/fp32-accumulate variants.
+// CUDA (cuda/gemm.cu, cuBLAS). fp32 and bf16-in/fp32-accumulate variants. bf16 products of at least 2^31
+// multiply-adds run the cuBLASLt algorithm that was fastest when first timed for their shape (per thread and
+// device; deterministic per algorithm, but two processes may choose differently and differ in the last bits);
+// TESSERA_GEMM_AUTOTUNE=0 keeps cuBLAS's heuristic choice.
 void gemm(cuda, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 void gemm_batched(cuda, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
