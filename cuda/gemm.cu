@@ -132,8 +132,8 @@ __global__ void scale_bf16_kernel(uint16_t* C, int64_t M, int64_t N, int64_t ldc
 // a few of its own run times. Each algorithm is deterministic (split-K reductions are restricted to the
 // deterministic schemes), but the choice is made by timing, so two processes may pick different algorithms
 // and differ in the last bits; TESSERA_GEMM_AUTOTUNE=0 keeps cublasGemmEx's single heuristic choice.
-// cuBLASLt also writes D = alpha op(A) op(B) + beta C with C and D distinct (gemm_bf16_cd: a residual added in
-// the GEMM's epilogue instead of a separate pass).
+// cuBLASLt also writes D = alpha op(A) op(B) + beta C with C and D distinct (gemm_bf16_cd: a residual added
+// in the GEMM's epilogue instead of a separate pass).
 
 constexpr double kLtTunedMacs = 2147483648.0;  // 2^31: ~5 us of tensor-core time and up
 std::atomic<double> g_tuned_min_macs{kLtTunedMacs};
@@ -188,7 +188,8 @@ struct LtKeyHash {
     auto mix = [&](uint64_t v) { h = (h ^ v) * 1099511628211ull; };
     for (int64_t v : {k.M, k.N, k.K, k.lda, k.ldb, k.ldc, k.ldd}) mix(static_cast<uint64_t>(v));
     mix(uint64_t(k.ta) | uint64_t(k.tb) << 1 | uint64_t(k.type) << 2);
-    mix(uint64_t(k.align_a) | uint64_t(k.align_b) << 8 | uint64_t(k.align_c) << 16 | uint64_t(k.align_d) << 24);
+    mix(uint64_t(k.align_a) | uint64_t(k.align_b) << 8 | uint64_t(k.align_c) << 16 |
+        uint64_t(k.align_d) << 24);
     return h;
   }
 };
@@ -240,15 +241,16 @@ LtDevice& lt_device() {
 
 cublasStatus_t lt_run(LtDevice& dev, const LtPlan& p, const cublasLtMatmulAlgo_t& algo, const LtCall& c,
                       void* D) {
-  // Operands swapped as in gemm_f32: cuBLASLt's A is our B, its B our A (column-major view of row-major data).
+  // Operands swapped as in gemm_f32: cuBLASLt's A is our B, its B our A (column-major view of row-major
+  // data).
   return cublasLtMatmul(dev.h, p.desc, &c.alpha, c.B, p.a, c.A, p.b, &c.beta, c.C, p.c, D, p.d, &algo,
                         dev.workspace, kLtWorkspace, 0);
 }
 
 /// Time each candidate (one untimed run, then the best of three) writing into `scratch` (M rows of ldd); the
 /// fastest wins. An in-place call (C == D) is timed in place on a copy of C, as it will run.
-int lt_pick(LtDevice& dev, const LtPlan& p, const cublasLtMatmulHeuristicResult_t* res, int n, const LtCall& call,
-            void* scratch) {
+int lt_pick(LtDevice& dev, const LtPlan& p, const cublasLtMatmulHeuristicResult_t* res, int n,
+            const LtCall& call, void* scratch) {
   LtCall c = call;
   if (call.C == call.D) {
     const size_t elem = call.type == CUDA_R_16BF ? 2 : 4;
@@ -293,8 +295,10 @@ std::unique_ptr<LtPlan> lt_plan(LtDevice& dev, const LtCall& c, const LtKey& key
   const cublasOperation_t op_a = c.tb ? CUBLAS_OP_T : CUBLAS_OP_N;  // cuBLASLt's A: our B
   const cublasOperation_t op_b = c.ta ? CUBLAS_OP_T : CUBLAS_OP_N;
   TESSERA_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  TESSERA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a));
-  TESSERA_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
+  TESSERA_CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a));
+  TESSERA_CUBLAS_CHECK(
+      cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
   // Stored (column-major) shapes: our row-major B is [K,N] (or [N,K] when tb) -> column-major [N,K] ([K,N]).
   const int64_t b_rows = c.tb ? c.K : c.N, b_cols = c.tb ? c.N : c.K;
   const int64_t a_rows = c.ta ? c.M : c.K, a_cols = c.ta ? c.K : c.M;
@@ -307,13 +311,14 @@ std::unique_ptr<LtPlan> lt_plan(LtDevice& dev, const LtCall& c, const LtKey& key
   TESSERA_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   const uint64_t ws = kLtWorkspace;
   const uint32_t deterministic = CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_INPLACE |
-                                 CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE | CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE;
+                                 CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE |
+                                 CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE;
   const uint32_t align[4] = {key.align_b, key.align_a, key.align_c, key.align_d};  // cuBLASLt's A, B, C, D
-  cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
-                                                           sizeof ws);
+  cublasStatus_t st =
+      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
   if (st == CUBLAS_STATUS_SUCCESS)
-    st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &deterministic,
-                                              sizeof deterministic);
+    st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                                              &deterministic, sizeof deterministic);
   const cublasLtMatmulPreferenceAttributes_t align_attr[4] = {
       CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
       CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
@@ -322,8 +327,8 @@ std::unique_ptr<LtPlan> lt_plan(LtDevice& dev, const LtCall& c, const LtKey& key
   cublasLtMatmulHeuristicResult_t res[kLtCandidates] = {};
   int n = 0;
   if (st == CUBLAS_STATUS_SUCCESS)
-    st = cublasLtMatmulAlgoGetHeuristic(dev.h, p->desc, p->a, p->b, p->c, p->d, pref, tune ? kLtCandidates : 1,
-                                        res, &n);
+    st = cublasLtMatmulAlgoGetHeuristic(dev.h, p->desc, p->a, p->b, p->c, p->d, pref,
+                                        tune ? kLtCandidates : 1, res, &n);
   (void)cublasLtMatmulPreferenceDestroy(pref);
   // Keep the candidates the heuristic vouches for, in its order.
   int m = 0;
@@ -425,22 +430,29 @@ void gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, c
   }
 }
 
-double set_gemm_tuned_min_macs(double macs) { return g_tuned_min_macs.exchange(macs); }
+double set_gemm_tuned_min_macs(double macs) {
+  return g_tuned_min_macs.exchange(macs);
+}
 
-bool gemm_autotune_enabled() { return lt_autotune_enabled(); }
+bool gemm_autotune_enabled() {
+  return lt_autotune_enabled();
+}
 
-void gemm_bf16_cd(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A, int64_t lda,
-                  const uint16_t* B, int64_t ldb, float beta, const float* C, int64_t ldc, float* D, int64_t ldd) {
+void gemm_bf16_cd(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A,
+                  int64_t lda, const uint16_t* B, int64_t ldb, float beta, const float* C, int64_t ldc,
+                  float* D, int64_t ldd) {
   if (C == D) {
-    TESSERA_CHECK(ldc == ldd, "gemm(cuda, bf16, C -> D): C and D are the same matrix with ldc=", ldc, " and ldd=",
-                  ldd);
+    TESSERA_CHECK(ldc == ldd, "gemm(cuda, bf16, C -> D): C and D are the same matrix with ldc=", ldc,
+                  " and ldd=", ldd);
     return gemm_bf16(ta, tb, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, D, false, ldd, 0, 1);
   }
-  TESSERA_CHECK(M >= 0 && N >= 0 && K >= 0, "gemm(cuda, bf16, C -> D): negative size M=", M, " N=", N, " K=", K);
+  TESSERA_CHECK(M >= 0 && N >= 0 && K >= 0, "gemm(cuda, bf16, C -> D): negative size M=", M, " N=", N,
+                " K=", K);
   if (M == 0 || N == 0) return;
   TESSERA_CHECK(ldc >= N && ldd >= N, "gemm(cuda, bf16, C -> D): ldc=", ldc, " or ldd=", ldd,
                 " is smaller than the row length ", N);
-  TESSERA_CHECK(D != nullptr && (beta == 0.f || C != nullptr), "gemm(cuda, bf16, C -> D): null matrix pointer");
+  TESSERA_CHECK(D != nullptr && (beta == 0.f || C != nullptr),
+                "gemm(cuda, bf16, C -> D): null matrix pointer");
   if (K > 0 && beta != 0.f) {
     TESSERA_CHECK(A != nullptr && B != nullptr, "gemm(cuda, bf16, C -> D): null matrix pointer");
     const LtCall call{ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, D, ldd, CUDA_R_32F};

@@ -15,11 +15,12 @@ void gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, co
               int64_t sa, const float* B, int64_t ldb, int64_t sb, float beta, float* C, int64_t ldc,
               int64_t sc, int64_t batch);
 /// bf16 A, B; fp32 C (read) and D (written), distinct or the same: D = alpha op(A) op(B) + beta C.
-void gemm_bf16_cd(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A, int64_t lda,
-                  const uint16_t* B, int64_t ldb, float beta, const float* C, int64_t ldc, float* D, int64_t ldd);
+void gemm_bf16_cd(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A,
+                  int64_t lda, const uint16_t* B, int64_t ldb, float beta, const float* C, int64_t ldc,
+                  float* D, int64_t ldd);
 
-/// The bf16 GEMMs of at least this many multiply-adds (default 2^31) take a cuBLASLt algorithm chosen by timing
-/// (gemm.cu); returns the previous bound. For tests, which reach the tuned path with small products.
+/// The bf16 GEMMs of at least this many multiply-adds (default 2^31) take a cuBLASLt algorithm chosen by
+/// timing (gemm.cu); returns the previous bound. For tests, which reach the tuned path with small products.
 double set_gemm_tuned_min_macs(double macs);
 /// False when TESSERA_GEMM_AUTOTUNE=0 (cuBLAS's heuristic choice everywhere).
 bool gemm_autotune_enabled();

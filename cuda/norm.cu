@@ -15,13 +15,18 @@
 namespace tessera::cuda_detail {
 namespace {
 
-__device__ __forceinline__ void store_out(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store_out(uint16_t* p, float v) { *p = bf16_bits(v); }  // rounded once
+__device__ __forceinline__ void store_out(float* p, float v) {
+  *p = v;
+}
+__device__ __forceinline__ void store_out(uint16_t* p, float v) {
+  *p = bf16_bits(v);
+}  // rounded once
 
 // Out = float, or uint16_t for bf16 (the fp32 value rounded once: what a cast of the fp32 output gives).
 template <class Row, class Out>
 __global__ void __launch_bounds__(Row::kThreads* Row::kRows)
-    rmsnorm_forward_kernel(Out* y, float* rstd, const float* x, const float* w, int64_t N, int D, double eps) {
+    rmsnorm_forward_kernel(Out* y, float* rstd, const float* x, const float* w, int64_t N, int D,
+                           double eps) {
   __shared__ typename Row::Storage storage;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * Row::kRows + threadIdx.y;
   if (row >= N) return;  // a whole warp (WarpRows); never taken for BlockRow, whose grid is exactly N
@@ -126,7 +131,8 @@ void check_sizes(const char* op, int64_t N, int64_t D) {
 
 namespace {
 template <class Out>
-void rmsnorm_forward_any(Out* y, float* rstd, const float* x, const float* w, int64_t N, int64_t D, double eps) {
+void rmsnorm_forward_any(Out* y, float* rstd, const float* x, const float* w, int64_t N, int64_t D,
+                         double eps) {
   check_sizes("rmsnorm_forward", N, D);
   if (N == 0) return;
   dispatch_rows(D, [&](auto row) {

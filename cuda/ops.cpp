@@ -27,8 +27,9 @@ void gemm_batched(cuda, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float
   cuda_detail::gemm_f32(ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc, batch);
 }
 
-void gemm_add(cuda, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const bf16* A, int64_t lda,
-              const bf16* B, int64_t ldb, float beta, const float* C, int64_t ldc, float* D, int64_t ldd) {
+void gemm_add(cuda, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const bf16* A,
+              int64_t lda, const bf16* B, int64_t ldb, float beta, const float* C, int64_t ldc, float* D,
+              int64_t ldd) {
   static_assert(sizeof(bf16) == sizeof(uint16_t));
   cuda_detail::gemm_bf16_cd(ta, tb, M, N, K, alpha, reinterpret_cast<const uint16_t*>(A), lda,
                             reinterpret_cast<const uint16_t*>(B), ldb, beta, C, ldc, D, ldd);

@@ -310,7 +310,8 @@ TEST(CudaMixedPrecision, SmallProductsMultiplyBf16OperandsWithFp32Accumulation) 
                            (res[o].empty() ? 0.0 : (c.residual == 3 ? 2.0 : 1.0) * res[o][r * n + j]);
           if (c.gated) {
             const double pg = product(0, r, j, true), pu = product(1, r, j, true);
-            ref16[r * n + j] = silu_times(round_bf16(static_cast<float>(pg)), round_bf16(static_cast<float>(pu)));
+            ref16[r * n + j] =
+                silu_times(round_bf16(static_cast<float>(pg)), round_bf16(static_cast<float>(pu)));
             skip[r * n + j] = near_midpoint(pg) || near_midpoint(pu);
           } else {
             ref16[r * n + j] = product(o, r, j, true) + b;
@@ -350,9 +351,9 @@ TEST(CudaMixedPrecision, SmallProductsRejectWhatTheyDoNotCover) {
 // (with a bias), SwiGLU (gate, up and the product in one launch) and the cached self-attention's q/k/v (in
 // the BLT generation test of test_cuda_blt_bf16.cpp). Same operands as the cast + cuBLAS route of the
 // unfrozen layer, so the outputs agree to fp32 summation order; 9 rows stay on cuBLAS (bit-equal). The SwiGLU
-// rounds gate and up to bf16 on both routes (the all-bf16 SwiGlu's GEMMs write them in bf16); summed in another
-// order, an element next to a rounding boundary can round the other way (~1e-4 of z each), hence 5e-4 for z,
-// while leaving out that rounding on one route is 1.8e-3 (n = 1) and 3.4e-3 (n = 8).
+// rounds gate and up to bf16 on both routes (the all-bf16 SwiGlu's GEMMs write them in bf16); summed in
+// another order, an element next to a rounding boundary can round the other way (~1e-4 of z each), hence 5e-4
+// for z, while leaving out that rounding on one route is 1.8e-3 (n = 1) and 3.4e-3 (n = 8).
 TEST(CudaMixedPrecision, FrozenLayersUseTheSmallProductsForDecodingSizes) {
   TESSERA_NEED_GPU();
   const int64_t in = 48, out = 40, hidden = 56;
@@ -511,11 +512,11 @@ TEST_P(CudaMixedPrecisionLlama, Bf16TrainingTracksTheFp32Model) {
   }
 }
 
-// PreNormResidual over an all-bf16 inner layer takes the bf16 route: the RMSNorm writes bf16(norm(x)) straight
-// into the inner layer's bf16 input (no fp32 normed tensor) and the output GEMM adds the residual in its
-// epilogue. Its numbers are the cast route's (fp32 norm, cast, GEMM, separate add): the same bf16 operands
-// and the same fp32 sums, up to the GEMMs' summation order (cuBLASLt with C -> D against cuBLAS), for the
-// forward, dx and every parameter gradient; measured 0 on the emulator, bound 1e-5.
+// PreNormResidual over an all-bf16 inner layer takes the bf16 route: the RMSNorm writes bf16(norm(x))
+// straight into the inner layer's bf16 input (no fp32 normed tensor) and the output GEMM adds the residual in
+// its epilogue. Its numbers are the cast route's (fp32 norm, cast, GEMM, separate add): the same bf16
+// operands and the same fp32 sums, up to the GEMMs' summation order (cuBLASLt with C -> D against cuBLAS),
+// for the forward, dx and every parameter gradient; measured 0 on the emulator, bound 1e-5.
 TEST(CudaMixedPrecision, PreNormResidualBf16RouteHasTheCastRoutesNumbers) {
   TESSERA_NEED_GPU();
   const auto cfg = tiny_config(0);
@@ -540,7 +541,8 @@ TEST(CudaMixedPrecision, PreNormResidualBf16RouteHasTheCastRoutesNumbers) {
     using Part = std::remove_reference_t<decltype(part)>;
     auto grads = [&] {
       std::vector<std::vector<float>> g;
-      for_each_param(part, [&](const std::string&, auto& p) { g.push_back(download(p.grad.data(), p.grad.numel())); });
+      for_each_param(
+          part, [&](const std::string&, auto& p) { g.push_back(download(p.grad.data(), p.grad.numel())); });
       return g;
     };
     // bf16 route (what forward() takes)

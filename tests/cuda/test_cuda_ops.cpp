@@ -180,8 +180,9 @@ TEST_F(Cuda, GemmEdgeCases) {
 
 // bf16 operands through cuBLASLt (cuda/gemm.cu): the tuned path (its size bound lowered to 0 here, so these
 // small products take it: heuristic candidates timed once per shape) and D = alpha op(A) op(B) + beta C with
-// C and D distinct (gemm_add), with odd sizes and padded rows (alignments below 16 bytes). Reference: the same
-// bf16 values multiplied in double on the host; fp32 accumulation of exact bf16 products stays within 1e-5.
+// C and D distinct (gemm_add), with odd sizes and padded rows (alignments below 16 bytes). Reference: the
+// same bf16 values multiplied in double on the host; fp32 accumulation of exact bf16 products stays within
+// 1e-5.
 TEST_F(Cuda, GemmBf16TunedAndSeparateOutputMatchCpu) {
   struct Bound {  // restores the default bound when the test ends
     double old = cuda_detail::set_gemm_tuned_min_macs(0.0);
@@ -244,13 +245,15 @@ TEST_F(Cuda, GemmBf16TunedAndSeparateOutputMatchCpu) {
         auto dC = upload(nan_c), dD = upload(D0);
         ops::gemm_add(cuda{}, ta, tb, M, N, K, alpha, dA.data(), lda, dB.data(), ldb, 0.0f, dC.data(), ldc,
                       dD.data(), ldd);
-        expect_close("gemm_add beta=0" + tag, download(dD), reference(Host(C.size(), 0.f), ldc, D0, ldd, 0.f));
+        expect_close("gemm_add beta=0" + tag, download(dD),
+                     reference(Host(C.size(), 0.f), ldc, D0, ldd, 0.f));
       }
     }
   try {  // C == D needs one row stride
     Tensor<float, cuda> c({8 * 8});
     Tensor<bf16, cuda> a({8 * 8});
-    ops::gemm_add(cuda{}, false, false, 4, 4, 4, 1.f, a.data(), 8, a.data(), 8, 1.f, c.data(), 8, c.data(), 6);
+    ops::gemm_add(cuda{}, false, false, 4, 4, 4, 1.f, a.data(), 8, a.data(), 8, 1.f, c.data(), 8, c.data(),
+                  6);
     ADD_FAILURE() << "expected tessera::Error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("ldd=6"), std::string::npos) << e.what();

@@ -233,8 +233,8 @@ struct SelfAttention {
   }
 
  public:
-  /// The all-bf16 path from an input that exists only in bf16: where takes_bf16_input(ctx), a caller may write
-  /// bf16(x) [rows, dim] into bf16_input(s) itself (e.g. RmsNorm::forward_to_bf16) and call
+  /// The all-bf16 path from an input that exists only in bf16: where takes_bf16_input(ctx), a caller may
+  /// write bf16(x) [rows, dim] into bf16_input(s) itself (e.g. RmsNorm::forward_to_bf16) and call
   /// forward_from_bf16_input — forward()'s numbers for that x, without an fp32 x or its cast.
   bool takes_bf16_input(const SeqContext& ctx) const {
     if constexpr (has_bf16_attention) {
@@ -244,7 +244,8 @@ struct SelfAttention {
     }
   }
   Tensor<bf16, B>& bf16_input(Saved& s) const { return s.x16; }
-  void forward_from_bf16_input(const SeqContext& ctx, Tensor<T, B>& y, Saved& s, const T* residual = nullptr) const {
+  void forward_from_bf16_input(const SeqContext& ctx, Tensor<T, B>& y, Saved& s,
+                               const T* residual = nullptr) const {
     TESSERA_CHECK(takes_bf16_input(ctx) && s.x16.numel() == ctx.rows() * dim,
                   "SelfAttention::forward_from_bf16_input: needs the all-bf16 path and bf16_input(s) of [",
                   ctx.rows(), ", ", dim, "]");
@@ -252,7 +253,6 @@ struct SelfAttention {
   }
 
  private:
-
   void forward_bf16(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s,
                     const T* residual = nullptr) const {
     s.x16.resize_uninit(x.shape);

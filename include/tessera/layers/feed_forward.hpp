@@ -57,10 +57,11 @@ struct SwiGlu {
     return all_bf16() && !(gate_proj.frozen_weight_bf16() && ctx.rows() <= ops::kSmallLinearRows);
   }
   Tensor<bf16, B>& bf16_input(Saved& s) const { return s.x16; }
-  void forward_from_bf16_input(const SeqContext& ctx, Tensor<T, B>& y, Saved& s, const T* residual = nullptr) const {
+  void forward_from_bf16_input(const SeqContext& ctx, Tensor<T, B>& y, Saved& s,
+                               const T* residual = nullptr) const {
     TESSERA_CHECK(takes_bf16_input(ctx) && s.x16.numel() == ctx.rows() * dim,
-                  "SwiGlu::forward_from_bf16_input: needs the all-bf16 path and bf16_input(s) of [", ctx.rows(),
-                  ", ", dim, "]");
+                  "SwiGlu::forward_from_bf16_input: needs the all-bf16 path and bf16_input(s) of [",
+                  ctx.rows(), ", ", dim, "]");
     forward_bf16_projected(ctx, TensorView<const T>(nullptr, Shape{ctx.rows(), dim}), y, s, residual);
   }
 

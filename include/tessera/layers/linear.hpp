@@ -75,10 +75,10 @@ struct Linear {
     }
   }
 
-  /// x: [N, in] -> y: [N, out]. x16 (optional, bf16 compute only): bf16(x) already cast by the caller, so that
-  /// projections of one input (q/k/v, gate/up) share one cast; it must stay valid until this call returns.
-  /// residual (optional, [N, out], not y): y = x Wᵀ (+ b) + residual — with bf16 compute and no bias the
-  /// addition rides in the GEMM's epilogue (ops::gemm_add), the same fp32 sum as a separate add.
+  /// x: [N, in] -> y: [N, out]. x16 (optional, bf16 compute only): bf16(x) already cast by the caller, so
+  /// that projections of one input (q/k/v, gate/up) share one cast; it must stay valid until this call
+  /// returns. residual (optional, [N, out], not y): y = x Wᵀ (+ b) + residual — with bf16 compute and no bias
+  /// the addition rides in the GEMM's epilogue (ops::gemm_add), the same fp32 sum as a separate add.
   void forward(const SeqContext&, TensorView<const T> x, Tensor<T, B>& y, Saved& s, const bf16* x16 = nullptr,
                const T* residual = nullptr) const {
     TESSERA_CHECK(x.rank() == 2 && x.size(1) == in && x.is_contiguous(), "Linear: input ", x.shape,
@@ -213,7 +213,8 @@ struct Linear {
     ops::cast(B{}, x16.data(), x.data(), x.size(0) * in);
     return x16.data();
   }
-  void forward_bf16(TensorView<const T> x, const bf16* x16, Tensor<T, B>& y, const T* residual = nullptr) const {
+  void forward_bf16(TensorView<const T> x, const bf16* x16, Tensor<T, B>& y,
+                    const T* residual = nullptr) const {
     const int64_t n = x.size(0);
     if (!x16 && x.data() && small_forward_ok(x)) {
       const ops::SmallLinearOut o = small_output(y, n);
@@ -224,8 +225,8 @@ struct Linear {
     if (!x16) x16 = cast_input(x);
     if (!weight_frozen_) cast_weight();
     if (residual && !bias()) {
-      return ops::gemm_add(B{}, false, true, n, out, in, 1.0f, x16, in, weight_bf16_.data(), in, 1.0f, residual,
-                           out, y.data(), out);
+      return ops::gemm_add(B{}, false, true, n, out, in, 1.0f, x16, in, weight_bf16_.data(), in, 1.0f,
+                           residual, out, y.data(), out);
     }
     ops::gemm(B{}, false, true, n, out, in, 1.0f, x16, in, weight_bf16_.data(), in, 0.0f, y.data(), out);
     if (bias()) ops::add_row_bias(B{}, y.data(), bias(), n, out);

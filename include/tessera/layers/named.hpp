@@ -29,12 +29,12 @@ struct Named {
   // Constrained, so that a caller can ask whether the inner layer takes a given argument list (e.g.
   // PreNormResidual's optional residual argument).
   template <class... A>
-    requires requires(L& l, A&&... a) { l.forward(std::forward<A>(a)...); }
+  requires requires(L& l, A&&... a) { l.forward(std::forward<A>(a)...); }
   void forward(A&&... a) {
     inner.forward(std::forward<A>(a)...);
   }
   template <class... A>
-    requires requires(L& l, A&&... a) { l.backward(std::forward<A>(a)...); }
+  requires requires(L& l, A&&... a) { l.backward(std::forward<A>(a)...); }
   void backward(A&&... a) {
     inner.backward(std::forward<A>(a)...);
   }

@@ -44,8 +44,7 @@ struct RmsNorm {
   /// GEMMs read only bf16(y) (PreNormResidual with SelfAttention / SwiGlu in bf16 compute), saving the fp32
   /// output and its cast. The backward is the same (it reads x and rstd).
   void forward_to_bf16(const SeqContext&, TensorView<const T> x, Tensor<bf16, B>& y16, Saved& s) const
-    requires(std::is_same_v<T, float> && std::is_same_v<B, cuda>)
-  {
+      requires(std::is_same_v<T, float>&& std::is_same_v<B, cuda>) {
     TESSERA_CHECK(x.rank() == 2 && x.size(1) == dim, "RmsNorm: input ", x.shape, " does not match dim ", dim);
     const int64_t n = x.size(0);
     y16.resize_uninit({n, dim});

@@ -26,8 +26,10 @@ void visit_child(L& child, std::string_view fallback, F&& f) {
 /// The layer inside any Named<> wrappers (which share its Saved).
 template <class L>
 auto& unnamed(L& l) {
-  if constexpr (is_named_v<std::remove_const_t<L>>) return unnamed(l.inner);
-  else return l;
+  if constexpr (is_named_v<std::remove_const_t<L>>)
+    return unnamed(l.inner);
+  else
+    return l;
 }
 }  // namespace detail
 
@@ -57,8 +59,8 @@ struct PreNormResidual {
   }
   void forward(const SeqContext& ctx, TensorView<const T> x, Tensor<T, B>& y, Saved& s) {
     const T* residual = x.data();
-    // bf16 compute where the inner layer's GEMMs read only bf16(norm(x)): the norm writes that directly (no fp32
-    // normed tensor, no cast) and the inner layer adds x in its output GEMM.
+    // bf16 compute where the inner layer's GEMMs read only bf16(norm(x)): the norm writes that directly (no
+    // fp32 normed tensor, no cast) and the inner layer adds x in its output GEMM.
     auto& n = detail::unnamed(norm);
     auto& in = detail::unnamed(inner);
     if constexpr (requires {

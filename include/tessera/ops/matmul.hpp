@@ -68,8 +68,9 @@ void gemm(cuda, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, 
 /// D = alpha op(A) op(B) + beta C with bf16 A, B, fp32 accumulation and fp32 C, D [M, N] that may be distinct
 /// (row strides ldc, ldd) or the same matrix (then ldc == ldd): e.g. a layer's output plus its residual input
 /// in the GEMM's epilogue (cuBLASLt), one pass over the output instead of the GEMM's and an addition's.
-void gemm_add(cuda, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const bf16* A, int64_t lda,
-              const bf16* B, int64_t ldb, float beta, const float* C, int64_t ldc, float* D, int64_t ldd);
+void gemm_add(cuda, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const bf16* A,
+              int64_t lda, const bf16* B, int64_t ldb, float beta, const float* C, int64_t ldc, float* D,
+              int64_t ldd);
 
 /// Decoding-size products with bf16 weights (cuda/linear_small.cu): for 1 <= M <= kSmallLinearRows rows of
 /// fp32 x [M, K], y_g = bf16(x) W_gᵀ (+ b_g) for 1..3 weights W_g [n_g, K] (bf16, 16-byte aligned) sharing x

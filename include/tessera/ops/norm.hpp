@@ -155,7 +155,8 @@ void layernorm_backward(cpu, std::type_identity_t<T>* dx, std::type_identity_t<T
 // CUDA (cuda/*.cu), fp32.
 void rmsnorm_forward(cuda, float* y, float* rstd, const float* x, const float* w, int64_t N, int64_t D,
                      double eps);
-/// y in bf16: the fp32 result rounded once (a cast of the fp32 op's y), for a bf16 GEMM that reads only bf16(y).
+/// y in bf16: the fp32 result rounded once (a cast of the fp32 op's y), for a bf16 GEMM that reads only
+/// bf16(y).
 void rmsnorm_forward(cuda, bf16* y, float* rstd, const float* x, const float* w, int64_t N, int64_t D,
                      double eps);
 void rmsnorm_backward(cuda, float* dx, float* dw, const float* dy, const float* x, const float* w,
