@@ -323,8 +323,9 @@ TEST(CudaMixedPrecision, SmallProductsMultiplyBf16OperandsWithFp32Accumulation) 
       for (size_t i = 0; i < got.size(); ++i)
         if (skip[i]) got[i] = static_cast<float>(ref16[i]);
       EXPECT_LE(rel_err(got, ref16), 1e-5) << "output " << o;
-      if (c.K >= 16 && c.M * n >= 16)
+      if (c.K >= 16 && c.M * n >= 16) {
         EXPECT_GT(rel_err(got, ref32), 1e-5) << "output " << o << ": x not rounded?";
+      }
     }
   }
 }
@@ -502,7 +503,9 @@ TEST_P(CudaMixedPrecisionLlama, Bf16TrainingTracksTheFp32Model) {
     double worst = 0;
     std::string worst_name;
     for (const auto& g : tessera::testing::gradient_errors(h, d)) {
-      if (step == 0) EXPECT_LE(g.err, 3e-2) << g.name;  // later steps compare models whose weights differ
+      if (step == 0) {
+        EXPECT_LE(g.err, 3e-2) << g.name;  // later steps compare models whose weights differ
+      }
       if (g.err > worst) worst = g.err, worst_name = g.name;
     }
     std::printf("step %d: logits %.2e, loss %.6f vs %.6f, worst gradient %.2e (%s)\n", step, logit_err, loss_d,
