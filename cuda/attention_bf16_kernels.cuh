@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "core_util.cuh"
+
 namespace tessera::cuda_detail {
 namespace {
 
@@ -521,8 +523,7 @@ struct RowdotShape {
 /// 16-byte loads where Dv, the row stride and both pointers allow, with the fewest lanes (>= Dv / 8 up to
 /// 32) so that a warp covers several items of a small head; otherwise one warp per item.
 inline RowdotShape rowdot_shape(const BDims& d, const void* o, const void* dout) {
-  const bool vec = d.Dv % 8 == 0 && d.o_stride % 8 == 0 && reinterpret_cast<uintptr_t>(o) % 16 == 0 &&
-                   reinterpret_cast<uintptr_t>(dout) % 16 == 0;
+  const bool vec = d.Dv % 8 == 0 && d.o_stride % 8 == 0 && aligned_to(o, 16) && aligned_to(dout, 16);
   int lanes = 32;
   if (vec)
     for (lanes = 1; lanes < 32 && 8 * lanes < d.Dv;) lanes *= 2;
@@ -550,8 +551,7 @@ __global__ void attn_bf16_rowdot_kernel(BDims d, RowdotShape rs, const uint16_t*
         for (int i = 0; i < 8; ++i) s += a[i] * g[i];
       }
     } else {
-      for (int64_t c = sub; c < d.Dv; c += rs.lanes)
-        s += __uint_as_float(unsigned{orow[c]} << 16) * __uint_as_float(unsigned{drow[c]} << 16);
+      for (int64_t c = sub; c < d.Dv; c += rs.lanes) s += bf16_to_float(orow[c]) * bf16_to_float(drow[c]);
     }
   }
   for (int off = rs.lanes / 2; off > 0; off >>= 1) s += __shfl_xor_sync(kFullMask, s, off);

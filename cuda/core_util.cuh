@@ -63,6 +63,21 @@ __host__ __device__ inline uint64_t pack_bf16x4(float a, float b, float c, float
          uint64_t{bf16_bits(d)} << 48;
 }
 
+// fp32 values stored as fp32, or as bf16 bits (uint16_t: rounded to nearest even once); bf16 loads widen
+// exactly. For kernels templated on their input / output type.
+__device__ inline float load_value(const float* p) {
+  return *p;
+}
+__device__ inline float load_value(const uint16_t* p) {
+  return bf16_to_float(*p);
+}
+__device__ inline void store_value(float* p, float v) {
+  *p = v;
+}
+__device__ inline void store_value(uint16_t* p, float v) {
+  *p = bf16_bits(v);
+}
+
 /// Whether `ptr` is a multiple of `bytes` (vectorised paths check their pointers with it).
 inline bool aligned_to(const void* ptr, uintptr_t bytes) {
   return reinterpret_cast<uintptr_t>(ptr) % bytes == 0;

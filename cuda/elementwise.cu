@@ -108,20 +108,6 @@ __global__ void gelu_backward_kernel(float* dx, const float* dy, const float* x,
   }
 }
 
-// fp32 values stored as fp32, or as bf16 bits (uint16_t: rounded to nearest even once); bf16 loads widen
-// exactly.
-__device__ inline float load_value(const float* p) {
-  return *p;
-}
-__device__ inline float load_value(const uint16_t* p) {
-  return bf16_to_float(*p);
-}
-__device__ inline void store_value(float* p, float v) {
-  *p = v;
-}
-__device__ inline void store_value(uint16_t* p, float v) {
-  *p = bf16_bits(v);
-}
 
 // Out = float, or uint16_t when the result feeds a bf16 GEMM (the hidden activation, the gate/up gradients):
 // the same fp32 value rounded once, without an fp32 round trip through memory and a cast.

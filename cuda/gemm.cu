@@ -58,6 +58,23 @@ __global__ void scale_kernel(float* C, int64_t M, int64_t N, int64_t ldc, int64_
   }
 }
 
+/// The argument checks of every GEMM entry point, errors prefixed by `op`. False when there is nothing to
+/// compute (M, N or batch is 0). Stored (row-major) widths: A is [M,K] or [K,M] when ta; B is [K,N] or [N,K]
+/// when tb; the output C (named `out` in the messages) is [M,N].
+bool check_gemm(const char* op, bool ta, bool tb, int64_t M, int64_t N, int64_t K, int64_t batch, int64_t lda,
+                int64_t ldb, int64_t ldc, const void* A, const void* B, const void* C, char out = 'C') {
+  TESSERA_CHECK(M >= 0 && N >= 0 && K >= 0 && batch >= 0, op, ": negative size M=", M, " N=", N, " K=", K,
+                " batch=", batch);
+  if (M == 0 || N == 0 || batch == 0) return false;
+  const int64_t a_cols = ta ? M : K, b_cols = tb ? K : N;
+  TESSERA_CHECK(lda >= a_cols, op, ": lda=", lda, " is smaller than A's row length ", a_cols);
+  TESSERA_CHECK(ldb >= b_cols, op, ": ldb=", ldb, " is smaller than B's row length ", b_cols);
+  TESSERA_CHECK(ldc >= N, op, ": ld", static_cast<char>(out - 'A' + 'a'), "=", ldc, " is smaller than ", out,
+                "'s row length ", N);
+  TESSERA_CHECK(C != nullptr && (K == 0 || (A != nullptr && B != nullptr)), op, ": null matrix pointer");
+  return true;
+}
+
 cublasComputeType_t compute_type() {
   static const cublasComputeType_t t = [] {
     const char* e = std::getenv("TESSERA_ALLOW_TF32");
@@ -71,16 +88,7 @@ cublasComputeType_t compute_type() {
 void gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
               int64_t sa, const float* B, int64_t ldb, int64_t sb, float beta, float* C, int64_t ldc,
               int64_t sc, int64_t batch) {
-  TESSERA_CHECK(M >= 0 && N >= 0 && K >= 0 && batch >= 0, "gemm(cuda): negative size M=", M, " N=", N,
-                " K=", K, " batch=", batch);
-  if (M == 0 || N == 0 || batch == 0) return;
-  // Stored (row-major) widths: A is [M,K] or [K,M] when ta; B is [K,N] or [N,K] when tb.
-  const int64_t a_cols = ta ? M : K, b_cols = tb ? K : N;
-  TESSERA_CHECK(lda >= a_cols, "gemm(cuda): lda=", lda, " is smaller than A's row length ", a_cols);
-  TESSERA_CHECK(ldb >= b_cols, "gemm(cuda): ldb=", ldb, " is smaller than B's row length ", b_cols);
-  TESSERA_CHECK(ldc >= N, "gemm(cuda): ldc=", ldc, " is smaller than C's row length ", N);
-  TESSERA_CHECK(C != nullptr && (K == 0 || (A != nullptr && B != nullptr)),
-                "gemm(cuda): null matrix pointer");
+  if (!check_gemm("gemm(cuda)", ta, tb, M, N, K, batch, lda, ldb, ldc, A, B, C)) return;
   if (K == 0) {
     if (beta == 1.f) return;
     const int64_t total = batch * M * N;
@@ -106,8 +114,8 @@ void gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, co
 
 // ---- bf16 inputs, fp32 accumulation ---------------------------------------------------------------
 // Same operand swap as above; A and B are CUDA_R_16BF, C is CUDA_R_32F or CUDA_R_16BF, compute is always
-// CUBLAS_COMPUTE_32F (fp32 accumulation; tensor cores take bf16 products exactly). TESSERA_ALLOW_TF32 does not
-// apply: there is nothing to round to TF32.
+// CUBLAS_COMPUTE_32F (fp32 accumulation; tensor cores take bf16 products exactly). TESSERA_ALLOW_TF32 does
+// not apply: there is nothing to round to TF32.
 
 namespace {
 
@@ -150,6 +158,10 @@ bool lt_autotune_enabled() {
 
 bool lt_tuned_size(int64_t M, int64_t N, int64_t K) {
   return lt_autotune_enabled() && double(M) * double(N) * double(K) >= g_tuned_min_macs.load();
+}
+
+size_t lt_elem_bytes(cudaDataType_t t) {
+  return t == CUDA_R_16BF ? 2 : 4;
 }
 
 /// Largest power of two <= 16 dividing the address and the row pitch (bytes): the alignment cuBLASLt may
@@ -253,7 +265,7 @@ int lt_pick(LtDevice& dev, const LtPlan& p, const cublasLtMatmulHeuristicResult_
             const LtCall& call, void* scratch) {
   LtCall c = call;
   if (call.C == call.D) {
-    const size_t elem = call.type == CUDA_R_16BF ? 2 : 4;
+    const size_t elem = lt_elem_bytes(call.type);
     const size_t pitch = static_cast<size_t>(call.ldd) * elem;
     TESSERA_CUDA_CHECK(cudaMemcpy2DAsync(scratch, pitch, call.C, pitch, static_cast<size_t>(call.N) * elem,
                                          static_cast<size_t>(call.M), cudaMemcpyDeviceToDevice, 0));
@@ -338,7 +350,7 @@ std::unique_ptr<LtPlan> lt_plan(LtDevice& dev, const LtCall& c, const LtKey& key
   int pick = 0;
   if (tune && m > 1) {
     void* scratch = nullptr;
-    const size_t elem = c.type == CUDA_R_16BF ? 2 : 4;
+    const size_t elem = lt_elem_bytes(c.type);
     try {
       scratch = Allocator<cuda>::allocate(static_cast<size_t>(c.M) * static_cast<size_t>(c.ldd) * elem);
     } catch (const Error&) {
@@ -358,7 +370,7 @@ std::unique_ptr<LtPlan> lt_plan(LtDevice& dev, const LtCall& c, const LtKey& key
 /// the case (the caller falls back to cuBLAS); errors throw.
 bool lt_matmul(const LtCall& c) {
   LtDevice& dev = lt_device();
-  const size_t elem = c.type == CUDA_R_16BF ? 2 : 4;
+  const size_t elem = lt_elem_bytes(c.type);
   const LtKey key{c.ta,
                   c.tb,
                   c.M,
@@ -390,15 +402,7 @@ bool lt_matmul(const LtCall& c) {
 void gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A, int64_t lda,
                int64_t sa, const uint16_t* B, int64_t ldb, int64_t sb, float beta, void* C, bool c_bf16,
                int64_t ldc, int64_t sc, int64_t batch) {
-  TESSERA_CHECK(M >= 0 && N >= 0 && K >= 0 && batch >= 0, "gemm(cuda, bf16): negative size M=", M, " N=", N,
-                " K=", K, " batch=", batch);
-  if (M == 0 || N == 0 || batch == 0) return;
-  const int64_t a_cols = ta ? M : K, b_cols = tb ? K : N;
-  TESSERA_CHECK(lda >= a_cols, "gemm(cuda, bf16): lda=", lda, " is smaller than A's row length ", a_cols);
-  TESSERA_CHECK(ldb >= b_cols, "gemm(cuda, bf16): ldb=", ldb, " is smaller than B's row length ", b_cols);
-  TESSERA_CHECK(ldc >= N, "gemm(cuda, bf16): ldc=", ldc, " is smaller than C's row length ", N);
-  TESSERA_CHECK(C != nullptr && (K == 0 || (A != nullptr && B != nullptr)),
-                "gemm(cuda, bf16): null matrix pointer");
+  if (!check_gemm("gemm(cuda, bf16)", ta, tb, M, N, K, batch, lda, ldb, ldc, A, B, C)) return;
   if (K == 0) {
     if (beta == 1.f) return;
     const int64_t total = batch * M * N;
@@ -421,21 +425,18 @@ void gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, c
   }
   cublasHandle_t h = handle();
   if (batch == 1) {
-    TESSERA_CUBLAS_CHECK(cublasGemmEx_64(h, op_b, op_a, N, M, K, &alpha, B, CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda,
-                                         &beta, C, c_type, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    TESSERA_CUBLAS_CHECK(cublasGemmEx_64(h, op_b, op_a, N, M, K, &alpha, B, CUDA_R_16BF, ldb, A, CUDA_R_16BF,
+                                         lda, &beta, C, c_type, ldc, CUBLAS_COMPUTE_32F,
+                                         CUBLAS_GEMM_DEFAULT));
   } else {
-    TESSERA_CUBLAS_CHECK(cublasGemmStridedBatchedEx_64(h, op_b, op_a, N, M, K, &alpha, B, CUDA_R_16BF, ldb, sb, A,
-                                                       CUDA_R_16BF, lda, sa, &beta, C, c_type, ldc, sc, batch,
-                                                       CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    TESSERA_CUBLAS_CHECK(cublasGemmStridedBatchedEx_64(h, op_b, op_a, N, M, K, &alpha, B, CUDA_R_16BF, ldb,
+                                                       sb, A, CUDA_R_16BF, lda, sa, &beta, C, c_type, ldc, sc,
+                                                       batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
 }
 
 double set_gemm_tuned_min_macs(double macs) {
   return g_tuned_min_macs.exchange(macs);
-}
-
-bool gemm_autotune_enabled() {
-  return lt_autotune_enabled();
 }
 
 void gemm_bf16_cd(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const uint16_t* A,
@@ -446,15 +447,12 @@ void gemm_bf16_cd(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha
                   " and ldd=", ldd);
     return gemm_bf16(ta, tb, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, D, false, ldd, 0, 1);
   }
-  TESSERA_CHECK(M >= 0 && N >= 0 && K >= 0, "gemm(cuda, bf16, C -> D): negative size M=", M, " N=", N,
-                " K=", K);
-  if (M == 0 || N == 0) return;
-  TESSERA_CHECK(ldc >= N && ldd >= N, "gemm(cuda, bf16, C -> D): ldc=", ldc, " or ldd=", ldd,
-                " is smaller than the row length ", N);
-  TESSERA_CHECK(D != nullptr && (beta == 0.f || C != nullptr),
-                "gemm(cuda, bf16, C -> D): null matrix pointer");
+  constexpr const char* op = "gemm(cuda, bf16, C -> D)";
+  // D's checks as C's in the other entries; C itself is read only when beta != 0.
+  if (!check_gemm(op, ta, tb, M, N, K, 1, lda, ldb, ldd, A, B, D, 'D')) return;
+  TESSERA_CHECK(beta == 0.f || (C != nullptr && ldc >= N), op, ": C is null or ldc=", ldc,
+                " is smaller than its row length ", N);
   if (K > 0 && beta != 0.f) {
-    TESSERA_CHECK(A != nullptr && B != nullptr, "gemm(cuda, bf16, C -> D): null matrix pointer");
     const LtCall call{ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, D, ldd, CUDA_R_32F};
     if (lt_matmul(call)) return;
   }

@@ -22,8 +22,6 @@ void gemm_bf16_cd(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha
 /// The bf16 GEMMs of at least this many multiply-adds (default 2^31) take a cuBLASLt algorithm chosen by
 /// timing (gemm.cu); returns the previous bound. For tests, which reach the tuned path with small products.
 double set_gemm_tuned_min_macs(double macs);
-/// False when TESSERA_GEMM_AUTOTUNE=0 (cuBLAS's heuristic choice everywhere).
-bool gemm_autotune_enabled();
 
 // norm.cu
 void rmsnorm_forward_f32(float* y, float* rstd, const float* x, const float* w, int64_t N, int64_t D,

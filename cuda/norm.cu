@@ -15,13 +15,6 @@
 namespace tessera::cuda_detail {
 namespace {
 
-__device__ __forceinline__ void store_out(float* p, float v) {
-  *p = v;
-}
-__device__ __forceinline__ void store_out(uint16_t* p, float v) {
-  *p = bf16_bits(v);
-}  // rounded once
-
 // Out = float, or uint16_t for bf16 (the fp32 value rounded once: what a cast of the fp32 output gives).
 template <class Row, class Out>
 __global__ void __launch_bounds__(Row::kThreads* Row::kRows)
@@ -38,9 +31,9 @@ __global__ void __launch_bounds__(Row::kThreads* Row::kRows)
   if (rstd && threadIdx.x == 0) rstd[row] = r;
   Out* yr = y + row * D;  // fp32: may alias x (each element is read and then written by the same thread)
   if (w)
-    for (int i = threadIdx.x; i < D; i += Row::kThreads) store_out(yr + i, xr[i] * r * w[i]);
+    for (int i = threadIdx.x; i < D; i += Row::kThreads) store_value(yr + i, xr[i] * r * w[i]);
   else
-    for (int i = threadIdx.x; i < D; i += Row::kThreads) store_out(yr + i, xr[i] * r);
+    for (int i = threadIdx.x; i < D; i += Row::kThreads) store_value(yr + i, xr[i] * r);
 }
 
 // With g = dy * w (w optional) and r the row's rstd: dx = r * (g - x * r^2 * <g, x> / D) (+ res, a residual

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <string_view>
+#include <type_traits>
 
 #include "tessera/layers/context.hpp"
 
@@ -30,14 +31,10 @@ struct Named {
   // PreNormResidual's optional residual argument).
   template <class... A>
   requires requires(L& l, A&&... a) { l.forward(std::forward<A>(a)...); }
-  void forward(A&&... a) {
-    inner.forward(std::forward<A>(a)...);
-  }
+  void forward(A&&... a) { inner.forward(std::forward<A>(a)...); }
   template <class... A>
   requires requires(L& l, A&&... a) { l.backward(std::forward<A>(a)...); }
-  void backward(A&&... a) {
-    inner.backward(std::forward<A>(a)...);
-  }
+  void backward(A&&... a) { inner.backward(std::forward<A>(a)...); }
   template <class F>
   void for_each_child(F&& f) {
     f(name, inner);
@@ -48,5 +45,16 @@ template <class L>
 inline constexpr bool is_named_v = false;
 template <FixedString N, class L>
 inline constexpr bool is_named_v<Named<N, L>> = true;
+
+namespace detail {
+/// The layer inside any Named<> wrappers (which share its Saved).
+template <class L>
+auto& unnamed(L& l) {
+  if constexpr (is_named_v<std::remove_const_t<L>>)
+    return unnamed(l.inner);
+  else
+    return l;
+}
+}  // namespace detail
 
 }  // namespace tessera

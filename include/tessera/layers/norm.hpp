@@ -33,24 +33,14 @@ struct RmsNorm {
     ops::fill(B{}, params.weight.value.data(), T(1), d);
   }
   void forward(const SeqContext&, TensorView<const T> x, Tensor<T, B>& y, Saved& s) const {
-    TESSERA_CHECK(x.rank() == 2 && x.size(1) == dim, "RmsNorm: input ", x.shape, " does not match dim ", dim);
-    const int64_t n = x.size(0);
-    y.resize_uninit({n, dim});
-    s.rstd.resize_uninit({n});
-    ops::rmsnorm_forward(B{}, y.data(), s.rstd.data(), x.data(), params.weight.value.data(), n, dim, eps);
-    s.x = x;
+    forward_into(x, y, s);
   }
   /// forward() with y in bf16 only (CUDA, float): y16 = bf16(y), rounded once — for a next layer whose bf16
   /// GEMMs read only bf16(y) (PreNormResidual with SelfAttention / SwiGlu in bf16 compute), saving the fp32
   /// output and its cast. The backward is the same (it reads x and rstd).
   void forward_to_bf16(const SeqContext&, TensorView<const T> x, Tensor<bf16, B>& y16, Saved& s) const
       requires(std::is_same_v<T, float>&& std::is_same_v<B, cuda>) {
-    TESSERA_CHECK(x.rank() == 2 && x.size(1) == dim, "RmsNorm: input ", x.shape, " does not match dim ", dim);
-    const int64_t n = x.size(0);
-    y16.resize_uninit({n, dim});
-    s.rstd.resize_uninit({n});
-    ops::rmsnorm_forward(B{}, y16.data(), s.rstd.data(), x.data(), params.weight.value.data(), n, dim, eps);
-    s.x = x;
+    forward_into(x, y16, s);
   }
   /// residual (optional, [n, dim]): added to dx in the same pass (PreNormResidual's skip branch).
   void backward(const SeqContext&, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s,
@@ -59,6 +49,18 @@ struct RmsNorm {
     dx.resize_uninit({n, dim});
     ops::rmsnorm_backward(B{}, dx.data(), params.weight.grad.data(), dy.data(), s.x.data(),
                           params.weight.value.data(), s.rstd.data(), n, dim, residual);
+  }
+
+ private:
+  /// y (fp32, or bf16 through the bf16-output op) = rmsnorm(x); saves x and rstd for the backward.
+  template <class Y>
+  void forward_into(TensorView<const T> x, Tensor<Y, B>& y, Saved& s) const {
+    TESSERA_CHECK(x.rank() == 2 && x.size(1) == dim, "RmsNorm: input ", x.shape, " does not match dim ", dim);
+    const int64_t n = x.size(0);
+    y.resize_uninit({n, dim});
+    s.rstd.resize_uninit({n});
+    ops::rmsnorm_forward(B{}, y.data(), s.rstd.data(), x.data(), params.weight.value.data(), n, dim, eps);
+    s.x = x;
   }
 };
 
@@ -86,7 +88,8 @@ struct LayerNorm {
     if (bias) params.bias.resize({d});
   }
   void forward(const SeqContext&, TensorView<const T> x, Tensor<T, B>& y, Saved& s) const {
-    TESSERA_CHECK(x.rank() == 2 && x.size(1) == dim, "LayerNorm: input ", x.shape, " does not match dim ", dim);
+    TESSERA_CHECK(x.rank() == 2 && x.size(1) == dim, "LayerNorm: input ", x.shape, " does not match dim ",
+                  dim);
     const int64_t n = x.size(0);
     y.resize_uninit({n, dim});
     s.mean.resize_uninit({n});

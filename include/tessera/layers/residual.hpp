@@ -12,24 +12,19 @@ namespace tessera {
 
 namespace detail {
 template <class L>
-concept Transparent = requires { requires L::transparent; };
+concept Transparent = requires {
+  requires L::transparent;
+};
 
 /// Children of composites: a Named<> child contributes its own name; a transparent composite (a residual
 /// wrapper) adds no level of its own; any other child is named by the given fallback (its index).
 template <class L, class F>
 void visit_child(L& child, std::string_view fallback, F&& f) {
   using U = std::remove_const_t<L>;
-  if constexpr (is_named_v<U> || Transparent<U>) child.for_each_child(f);
-  else f(fallback, child);
-}
-
-/// The layer inside any Named<> wrappers (which share its Saved).
-template <class L>
-auto& unnamed(L& l) {
-  if constexpr (is_named_v<std::remove_const_t<L>>)
-    return unnamed(l.inner);
+  if constexpr (is_named_v<U> || Transparent<U>)
+    child.for_each_child(f);
   else
-    return l;
+    f(fallback, child);
 }
 }  // namespace detail
 
