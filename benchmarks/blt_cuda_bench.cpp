@@ -3,7 +3,7 @@
 //
 //   blt_cuda_bench [--parts forward,generate,train] [--seq 4096] [--gen-prompt 128] [--gen-new 256]
 //                  [--uncached-new 8] [--steps 3] [--warmup 1] [--precision fp32|bf16] [--hbm-gbps G]
-//                  [--hash-vocab 500002] [--patch-scale 1] [--tiny]
+//                  [--hash-vocab 500002] [--patch-scale 1] [--tiny [--full-depth]]
 //
 // Model: blt::BltForCausalLM<float, cuda> built from the same Hugging Face config as blt_1b_config (local
 // 1024 / 16 heads, encoder 1 layer, decoder 9 layers with cross-attention before every layer, global 2048 x
@@ -133,11 +133,18 @@ blt::BltConfig make_config(const Sizes& s, int64_t hash_vocab) {
   return blt::BltConfig::from_hf_json(j, "blt_1b_config");
 }
 
-Sizes tiny_sizes() {
+/// Tiny widths; with full_depth the BLT-1B layer counts (the same launches per byte as the 1B model:
+/// host-side overhead studies, e.g. in the emulator with EMU_SKIP_KERNELS=1).
+Sizes tiny_sizes(bool full_depth) {
   Sizes s;
   s.local = 32, s.local_heads = 2, s.enc_layers = 1, s.dec_layers = 2, s.local_ffn = 64;
   s.global = 64, s.global_heads = 4, s.global_layers = 2, s.global_ffn = 128;  // k * local = global, as 1B
   s.patcher = 32, s.patcher_heads = 2, s.patcher_layers = 2, s.patcher_ffn = 64;
+  if (full_depth) {
+    const Sizes full;
+    s.enc_layers = full.enc_layers, s.dec_layers = full.dec_layers, s.global_layers = full.global_layers,
+    s.patcher_layers = full.patcher_layers;
+  }
   return s;
 }
 
@@ -555,6 +562,8 @@ int main(int argc, char** argv) {
   app.add_option("--patch-scale", patch_scale, "scale of the entropy model's lm_head (longer patches)");
   app.add_option("--seed", seed);
   app.add_flag("--tiny", tiny, "a tiny configuration (smoke tests, emulator)");
+  bool full_depth = false;
+  app.add_flag("--full-depth", full_depth, "with --tiny: the BLT-1B layer counts (host overhead studies)");
   CLI11_PARSE(app, argc, argv);
 
   std::vector<std::string> todo;
@@ -602,7 +611,7 @@ int main(int argc, char** argv) {
   }
   std::printf("| baseline | shape | time | rate |\n|---|---|---|---|\n");
   std::fflush(stdout);
-  b.cfg = make_config(tiny ? tiny_sizes() : Sizes{}, hash_vocab);
+  b.cfg = make_config(tiny ? tiny_sizes(full_depth) : Sizes{}, hash_vocab);
   bool used = false;  // a part ran on the current model (its activations and caches stay allocated)
   for (const std::string& p : todo) {
     const auto t0 = Clock::now();

@@ -295,21 +295,60 @@ __global__ void __launch_bounds__(kFwdThreads)
 //   l = sum_s exp(m_s - M) l_s,   o = sum_s exp(m_s - M) acc_s / l,   lse = M + log(l)
 // (a part that saw no allowed key has m_s = -inf, l_s = 0, acc_s = 0 and weight 0; no part at all: o = 0,
 // lse = -inf, as in the tile kernel). With ns == 1 the block writes o, lse itself; otherwise it writes its
-// part (m, l) and acc to scratch and attn_split_combine_kernel merges the ns parts of each row.
+// part (m, l) and acc to scratch and the row's last block to finish merges the ns parts (split_combine_row).
 
 constexpr int kSplitThreads = 128;
 constexpr int kSplitWarps = kSplitThreads / 32;
 constexpr int kSplitKeys = 4;        // keys per warp step: their loads are in flight together
-constexpr int kSplitMaxParts = 128;  // bound on ns (the combine kernel's shared weights)
+constexpr int kSplitMaxParts = 128;  // bound on ns (split_combine_row's shared weights)
 
-/// Block blockIdx.x = row * ns + split, row = (b*Hq + h)*Tq + i (the lse layout). part_ml [rows*ns][2] and
-/// part_acc [rows*ns][Dv] are only used when ns > 1.
+/// o, lse (lse may be null) of query row `row` from its ns parts (formula above), by the kSplitThreads
+/// threads of a block. The parts come from other blocks of the same launch: read through L2 (__ldcg).
+__device__ inline void split_combine_row(const Dims& d, int ns, int64_t row, const float* part_ml,
+                                         const float* part_acc, float* __restrict__ o,
+                                         float* __restrict__ lse) {
+  __shared__ float wt[kSplitMaxParts], ML[2];
+  const float* ml = part_ml + row * ns * 2;
+  if (threadIdx.x < 32) {  // warp 0: M = max_s m_s, weights exp(m_s - M), l = sum_s weight_s l_s
+    const int lane = threadIdx.x;
+    float M = -INFINITY;
+    for (int s = lane; s < ns; s += 32) M = fmaxf(M, __ldcg(ml + 2 * s));
+    M = warp_max(M);
+    float L = 0.f;
+    for (int s = lane; s < ns; s += 32) {
+      const float w = M == -INFINITY ? 0.f : expf(__ldcg(ml + 2 * s) - M);
+      wt[s] = w;
+      L += w * __ldcg(ml + 2 * s + 1);
+    }
+    L = warp_sum(L);
+    if (lane == 0) {
+      ML[0] = M;
+      ML[1] = L;
+    }
+  }
+  __syncthreads();
+  const float M = ML[0], L = ML[1];
+  const int64_t i = row % d.Tq, h = row / d.Tq % d.Hq, b = row / (d.Tq * d.Hq);
+  float* orow = o + (b * d.Tq + i) * d.o_stride + h * d.Dv;
+  const float* pacc = part_acc + row * ns * d.Dv;
+  const float inv = L > 0.f ? 1.f / L : 0.f;
+  for (int c = threadIdx.x; c < d.Dv; c += kSplitThreads) {
+    float a = 0.f;
+    for (int s = 0; s < ns; ++s) a += wt[s] * __ldcg(pacc + s * d.Dv + c);
+    orow[c] = L > 0.f ? a * inv : 0.f;
+  }
+  if (lse && threadIdx.x == 0) lse[row] = L > 0.f ? M + logf(L) : -INFINITY;
+}
+
+/// Block blockIdx.x = row * ns + split, row = (b*Hq + h)*Tq + i (the lse layout). part_ml [rows*ns][2],
+/// part_acc [rows*ns][Dv] and counters [rows] (zero before the launch, zero again after it) are only used
+/// when ns > 1.
 template <int kD, class Mask>
 __global__ void __launch_bounds__(kSplitThreads)
     attn_forward_split_kernel(Dims d, Mask m, int ns, const float* __restrict__ q,
                               const float* __restrict__ k, const float* __restrict__ v, float* __restrict__ o,
                               float* __restrict__ lse, float* __restrict__ part_ml,
-                              float* __restrict__ part_acc) {
+                              float* __restrict__ part_acc, unsigned* __restrict__ counters) {
   constexpr int kC = kD / 32;  // columns per lane
   __shared__ float wm[kSplitWarps], wl[kSplitWarps], wacc[kSplitWarps][kD];
   const int64_t blk = blockIdx.x, row = blk / ns;
@@ -413,46 +452,19 @@ __global__ void __launch_bounds__(kSplitThreads)
       part_ml[2 * blk] = M;
       part_ml[2 * blk + 1] = L;
     }
+    // The row's last block to finish merges the ns parts, so there is no second launch: every thread fences
+    // its part's stores, then one count per block; the block that brings the count to ns reads all parts
+    // (through L2) and re-arms the counter for the next launch.
+    __shared__ bool last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(counters + row, 1u) == static_cast<unsigned>(ns - 1);
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    split_combine_row(d, ns, row, part_ml, part_acc, o, lse);
+    if (threadIdx.x == 0) counters[row] = 0;
   }
-}
-
-/// o, lse (lse may be null) of row blockIdx.x from its ns parts (formula above). kSplitThreads threads.
-__global__ void __launch_bounds__(kSplitThreads)
-    attn_split_combine_kernel(Dims d, int ns, const float* __restrict__ part_ml,
-                              const float* __restrict__ part_acc, float* __restrict__ o,
-                              float* __restrict__ lse) {
-  __shared__ float wt[kSplitMaxParts], ML[2];
-  const int64_t row = blockIdx.x;
-  const float* ml = part_ml + row * ns * 2;
-  if (threadIdx.x < 32) {  // warp 0: M = max_s m_s, weights exp(m_s - M), l = sum_s weight_s l_s
-    const int lane = threadIdx.x;
-    float M = -INFINITY;
-    for (int s = lane; s < ns; s += 32) M = fmaxf(M, ml[2 * s]);
-    M = warp_max(M);
-    float L = 0.f;
-    for (int s = lane; s < ns; s += 32) {
-      const float w = M == -INFINITY ? 0.f : expf(ml[2 * s] - M);
-      wt[s] = w;
-      L += w * ml[2 * s + 1];
-    }
-    L = warp_sum(L);
-    if (lane == 0) {
-      ML[0] = M;
-      ML[1] = L;
-    }
-  }
-  __syncthreads();
-  const float M = ML[0], L = ML[1];
-  const int64_t i = row % d.Tq, h = row / d.Tq % d.Hq, b = row / (d.Tq * d.Hq);
-  float* orow = o + (b * d.Tq + i) * d.o_stride + h * d.Dv;
-  const float* pacc = part_acc + row * ns * d.Dv;
-  const float inv = L > 0.f ? 1.f / L : 0.f;
-  for (int c = threadIdx.x; c < d.Dv; c += kSplitThreads) {
-    float a = 0.f;
-    for (int s = 0; s < ns; ++s) a += wt[s] * pacc[s * d.Dv + c];
-    orow[c] = L > 0.f ? a * inv : 0.f;
-  }
-  if (lse && threadIdx.x == 0) lse[row] = L > 0.f ? M + logf(L) : -INFINITY;
 }
 
 // ---- backward ----------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <climits>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "attention_kernels.cuh"
 #include "check.hpp"
@@ -109,7 +111,34 @@ int split_kv_parts(const Dims& d, int64_t span, int sms) {
   return static_cast<int>(std::max<int64_t>(1, std::min(want, most)));
 }
 
-/// The split-KV forward with ns splits per query row: one launch when ns == 1, else partials + combine.
+/// Zeroed per-row counters for the split-KV merge, per (host thread, device); the kernels leave them zero.
+/// Grown (and zeroed) when a launch needs more rows; freed at thread exit.
+struct SplitCounters {
+  std::vector<std::pair<unsigned*, int64_t>> per_device;
+  ~SplitCounters() {
+    for (auto& [p, n] : per_device)
+      if (p) (void)cudaFree(p);
+  }
+  unsigned* get(int64_t rows) {
+    int dev = 0;
+    TESSERA_CUDA_CHECK(cudaGetDevice(&dev));
+    if (static_cast<size_t>(dev) >= per_device.size()) per_device.resize(dev + 1, {nullptr, 0});
+    auto& [p, cap] = per_device[dev];
+    if (cap < rows) {
+      if (p) TESSERA_CUDA_CHECK(cudaFree(p));  // ordered after queued kernels that used it
+      p = nullptr;
+      cap = 0;
+      const int64_t n = std::max<int64_t>(rows, 1024);
+      TESSERA_CUDA_CHECK(cudaMalloc(&p, static_cast<size_t>(n) * sizeof(unsigned)));
+      TESSERA_CUDA_CHECK(cudaMemset(p, 0, static_cast<size_t>(n) * sizeof(unsigned)));
+      cap = n;
+    }
+    return p;
+  }
+};
+
+/// The split-KV forward with ns splits per query row: one launch (with ns > 1, the last block of each row
+/// merges its parts).
 template <class Mask>
 void forward_split(const AttnArgs& a, const Dims& d, const Mask& mask, int ns, const float* q, const float* k,
                    const float* v, float* o, float* lse) {
@@ -118,22 +147,21 @@ void forward_split(const AttnArgs& a, const Dims& d, const Mask& mask, int ns, c
   const unsigned blocks = block_count(rows * ns, op);
   DeviceScratch scratch;
   float *part_ml = nullptr, *part_acc = nullptr;
+  unsigned* counters = nullptr;
   if (ns > 1) {
     scratch.reserve(DeviceScratch::bytes_for<float>(rows * ns * 2) +
                     DeviceScratch::bytes_for<float>(rows * ns * d.Dv));
     part_ml = scratch.carve<float>(rows * ns * 2);
     part_acc = scratch.carve<float>(rows * ns * d.Dv);
+    thread_local SplitCounters split_counters;
+    counters = split_counters.get(rows);
   }
   dispatch_dim(a, [&](auto dim) {
     constexpr int kD = decltype(dim)::value;
     auto kernel = attn_forward_split_kernel<kD, Mask>;
-    kernel<<<blocks, kSplitThreads>>>(d, mask, ns, q, k, v, o, lse, part_ml, part_acc);
+    kernel<<<blocks, kSplitThreads>>>(d, mask, ns, q, k, v, o, lse, part_ml, part_acc, counters);
   });
   TESSERA_CUDA_CHECK_LAUNCH("attn_forward_split_kernel");
-  if (ns > 1) {
-    attn_split_combine_kernel<<<block_count(rows, op), kSplitThreads>>>(d, ns, part_ml, part_acc, o, lse);
-    TESSERA_CUDA_CHECK_LAUNCH("attn_split_combine_kernel");
-  }
 }
 
 /// The forward / backward launches for one mask functor.

@@ -60,6 +60,9 @@ IdNoSyncMask id_mask(const AttnArgs& a, int64_t window, const int64_t* q_id, con
   TESSERA_CHECK((a.B * a.Tq == 0 || q_id) && (a.B * a.Tk == 0 || k_id),
                 "attention (cuda): query or key ids are null");
   unsigned long long* flag = nullptr;
+  // Keys within one tile gain nothing from the binary search: skip it and its check (a memset and a launch
+  // per call, e.g. for the decoder's cross-attention over one patch's k slots while generating).
+  if (a.Tk <= kBK) k_sorted = false;
   if (k_sorted) {
     scratch.reserve(DeviceScratch::bytes_for<unsigned long long>(1));
     flag = scratch.carve<unsigned long long>(1);

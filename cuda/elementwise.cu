@@ -387,41 +387,81 @@ __global__ void rope_kernel(float* x, int64_t stride, const int64_t* __restrict_
   }
 }
 
-// Queries and keys of one attention call in one launch: both head sets share the positions, so one thread
-// computes a pair's cos/sin once and rotates it in every head of both. In/Out: float, or uint16_t (bf16 bits:
-// loads widen exactly, stores round to nearest even once, after the rotation).
+// Queries and keys of one attention call in one launch: both head sets share the positions, so a thread
+// computes a pair's cos/sin once and rotates it in several heads. The heads are split into `groups` runs
+// with a thread each: one run (every head) when there are enough pairs to fill the device (training), one
+// head per thread for the single token of a decoding step, where a thread walking all 2·H heads one after the
+// other would wait on 2·H dependent loads. In/Out: float, or uint16_t (bf16 bits: loads widen exactly, stores
+// round to nearest even once, after the rotation).
+
+/// Item t = (n * groups + group) * half + i of rope_qk_kernel (i fastest: coalesced): pair i of token n in
+/// the group's heads, from q / k to q_out / k_out.
+template <class In, class Out>
+__device__ inline void rope_qk_item(int64_t t, const In* q, const In* k, Out* q_out, Out* k_out,
+                                    const int64_t* __restrict__ positions, int Hq, int Hk, int Dh,
+                                    double theta, bool interleaved, double sign, int groups) {
+  const int half = Dh / 2, H = Hq + Hk, per = (H + groups - 1) / groups;
+  const int i = static_cast<int>(t % half);
+  const int64_t ng = t / half, n = ng / groups;
+  const int h0 = static_cast<int>(ng - n * groups) * per, h1 = min(H, h0 + per);
+  const double inv_freq = pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(Dh));
+  double sd, cd;
+  sincos(static_cast<double>(positions[n]) * inv_freq, &sd, &cd);
+  const float c = static_cast<float>(cd), s = static_cast<float>(sign * sd);
+  const int ia = interleaved ? 2 * i : i, ib = interleaved ? 2 * i + 1 : half + i;
+  for (int h = h0; h < h1; ++h) {
+    const bool is_q = h < Hq;
+    const int64_t off = n * int64_t{is_q ? Hq : Hk} * Dh + int64_t{is_q ? h : h - Hq} * Dh;
+    const In* src = (is_q ? q : k) + off;
+    Out* dst = (is_q ? q_out : k_out) + off;
+    const float a = load_value(src + ia), b = load_value(src + ib);
+    store_value(dst + ia, a * c - b * s);
+    store_value(dst + ib, a * s + b * c);
+  }
+}
 
 template <class In, class Out>
 __global__ void rope_qk_kernel(const In* q, const In* k, Out* q_out, Out* k_out,
                                const int64_t* __restrict__ positions, int64_t N, int Hq, int Hk, int Dh,
-                               double theta, bool interleaved, double sign) {
-  const int half = Dh / 2;
-  TESSERA_GRID_STRIDE(t, N * half) {
-    const int64_t n = t / half;
-    const int i = static_cast<int>(t - n * half);
-    const double inv_freq = pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(Dh));
-    double sd, cd;
-    sincos(static_cast<double>(positions[n]) * inv_freq, &sd, &cd);
-    const float c = static_cast<float>(cd), s = static_cast<float>(sign * sd);
-    const int ia = interleaved ? 2 * i : i, ib = interleaved ? 2 * i + 1 : half + i;
-    for (int h = 0; h < Hq + Hk; ++h) {
-      const bool is_q = h < Hq;
-      const int64_t off = n * int64_t{is_q ? Hq : Hk} * Dh + int64_t{is_q ? h : h - Hq} * Dh;
-      const In* src = (is_q ? q : k) + off;
-      Out* dst = (is_q ? q_out : k_out) + off;
-      const float a = load_value(src + ia), b = load_value(src + ib);
-      store_value(dst + ia, a * c - b * s);
-      store_value(dst + ib, a * s + b * c);
-    }
+                               double theta, bool interleaved, double sign, int groups) {
+  TESSERA_GRID_STRIDE(t, N * groups * (Dh / 2)) {
+    rope_qk_item(t, q, k, q_out, k_out, positions, Hq, Hk, Dh, theta, interleaved, sign, groups);
   }
+}
+
+/// rope_qk_append: the rotation items first (q in place, k into the cache rows), then v's elements, then the
+/// rows' segment ids.
+__global__ void rope_qk_append_kernel(float* q, const float* __restrict__ k, const float* __restrict__ v,
+                                      const int64_t* __restrict__ positions, int64_t N, int Hq, int Hk,
+                                      int Dh, int64_t vw, double theta, bool interleaved, int groups,
+                                      float* __restrict__ k_dst, float* __restrict__ v_dst,
+                                      int64_t* __restrict__ seg_dst) {
+  const int64_t n_rot = N * groups * (Dh / 2), n_v = N * vw;
+  TESSERA_GRID_STRIDE(t, n_rot + n_v + N) {
+    if (t < n_rot)
+      rope_qk_item(t, static_cast<const float*>(q), k, q, k_dst, positions, Hq, Hk, Dh, theta, interleaved,
+                   1.0, groups);
+    else if (t < n_rot + n_v)
+      v_dst[t - n_rot] = v[t - n_rot];
+    else
+      seg_dst[t - n_rot - n_v] = 0;
+  }
+}
+
+/// Head runs per token for rope_qk_kernel: enough threads for ~64K in flight, at most one head per thread.
+int rope_head_groups(int64_t N, int half, int H) {
+  constexpr int64_t kTargetThreads = 65536;
+  const int64_t pairs = std::max<int64_t>(N * half, 1);
+  return static_cast<int>(std::clamp<int64_t>((kTargetThreads + pairs - 1) / pairs, 1, H));
 }
 
 template <class In, class Out>
 void launch_rope_qk(const void* q, const void* k, void* q_out, void* k_out, const int64_t* positions,
                     int64_t N, int Hq, int Hk, int Dh, double theta, bool interleaved, double sign) {
-  rope_qk_kernel<In, Out><<<stride_blocks(N * (Dh / 2)), kThreads>>>(
+  const int groups = rope_head_groups(N, Dh / 2, Hq + Hk);
+  rope_qk_kernel<In, Out><<<stride_blocks(N * groups * (Dh / 2)), kThreads>>>(
       static_cast<const In*>(q), static_cast<const In*>(k), static_cast<Out*>(q_out),
-      static_cast<Out*>(k_out), positions, N, Hq, Hk, Dh, theta, interleaved, sign);
+      static_cast<Out*>(k_out), positions, N, Hq, Hk, Dh, theta, interleaved, sign, groups);
   TESSERA_CUDA_CHECK_LAUNCH("rope_qk_kernel");
 }
 
@@ -728,6 +768,25 @@ void append_kv_f32(float* kdst, const float* k, int64_t k_stride, int64_t kw, fl
   append_kv_kernel<<<stride_blocks(rows * (kw + vw + 1)), kThreads>>>(kdst, k, k_stride, kw, vdst, v,
                                                                       v_stride, vw, seg_dst, seg, rows);
   TESSERA_CUDA_CHECK_LAUNCH("append_kv_kernel");
+}
+
+void rope_qk_append_f32(float* q, const float* k, const float* v, const int64_t* positions, int64_t N,
+                        int64_t Hq, int64_t Hk, int64_t Dh, int64_t vw, double theta, bool interleaved,
+                        float* k_dst, float* v_dst, int64_t* seg_dst) {
+  constexpr const char* op = "rope_qk_append";
+  TESSERA_CHECK(Dh > 0 && Dh % 2 == 0, op, ": head dimension must be positive and even, got ", Dh);
+  TESSERA_CHECK(Hq > 0 && Hk > 0 && vw > 0, op, ": heads and widths must be positive, got ", Hq, ", ", Hk,
+                ", ", vw);
+  TESSERA_CHECK(theta > 0, op, ": theta must be positive, got ", theta);
+  TESSERA_CHECK(N >= 0, op, "(cuda): negative token count ", N);
+  check_int_range(op, "heads", Hq + Hk);
+  check_int_range(op, "Dh", Dh);
+  if (N == 0) return;
+  const int hq = static_cast<int>(Hq), hk = static_cast<int>(Hk), dh = static_cast<int>(Dh);
+  const int groups = rope_head_groups(N, dh / 2, hq + hk);
+  rope_qk_append_kernel<<<stride_blocks(N * (groups * (Dh / 2) + vw + 1)), kThreads>>>(
+      q, k, v, positions, N, hq, hk, dh, vw, theta, interleaved, groups, k_dst, v_dst, seg_dst);
+  TESSERA_CUDA_CHECK_LAUNCH("rope_qk_append_kernel");
 }
 
 }  // namespace tessera::cuda_detail

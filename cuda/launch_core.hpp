@@ -72,6 +72,11 @@ void rope_qk(const void* q, const void* k, void* q_out, void* k_out, bool src_bf
 /// seg_dst[r] = seg ? seg[r] : 0.
 void append_kv_f32(float* kdst, const float* k, int64_t k_stride, int64_t kw, float* vdst, const float* v,
                    int64_t v_stride, int64_t vw, int64_t* seg_dst, const int64_t* seg, int64_t rows);
+/// RoPE of q (in place) and k (into k_dst) with v copied to v_dst and seg_dst zeroed: rows [N, Hq * Dh],
+/// [N, Hk * Dh], [N, vw], all contiguous (ops::rope_qk_append).
+void rope_qk_append_f32(float* q, const float* k, const float* v, const int64_t* positions, int64_t N,
+                        int64_t Hq, int64_t Hk, int64_t Dh, int64_t vw, double theta, bool interleaved,
+                        float* k_dst, float* v_dst, int64_t* seg_dst);
 
 // ---- loss.cu -----------------------------------------------------------------------------------------
 

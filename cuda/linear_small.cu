@@ -88,7 +88,11 @@ __global__ void __launch_bounds__(kWarps * 32) linear_small_kernel(SmallArgs a) 
 #pragma unroll
     for (int r = 0; r < M; ++r) {
       float ss = 0.f;
-      for (int64_t k = lane; k < K; k += 32) ss += a.x[r * K + k] * a.x[r * K + k];
+#pragma unroll 4
+      for (int64_t k = lane * 4; k < K; k += 32 * 4) {  // K % 8 == 0, x 16-byte aligned
+        const float4 v = *reinterpret_cast<const float4*>(a.x + r * K + k);
+        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+      }
       ss = warp_sum(ss);
       rstd[r] = static_cast<float>(1.0 / sqrt(static_cast<double>(ss) / static_cast<double>(K) + a.norm_eps));
     }
@@ -100,33 +104,49 @@ __global__ void __launch_bounds__(kWarps * 32) linear_small_kernel(SmallArgs a) 
 #pragma unroll
     for (int c = 0; c < C; ++c) acc[r][c] = acc_up[r][c] = 0.f;
 
-  for (int64_t k = lane * 8; k < K; k += 32 * 8) {
-    uint4 wv[C], uv[C];
+  // Each lane reads 8 elements of every weight row per chunk, chunk j at k = lane * 8 + 256 j. U chunks are
+  // loaded before any is used: one 16-byte load in flight per lane and weight row is far too little to cover
+  // HBM latency at decoding grid sizes (a 2048 x 2048 product has 2048 warps, ~16 per SM). Per lane the sums
+  // still run over its chunks in order, so U does not change the results.
+  constexpr int U = M <= 2 ? 4 : M <= 4 ? 2 : 1;
+  for (int64_t k0 = lane * 8; k0 < K; k0 += 32 * 8 * U) {
+    uint4 wv[U][C], uv[U][C];
 #pragma unroll
-    for (int c = 0; c < C; ++c) {
-      const bool in = c0 + c < grp.n;
-      wv[c] = in ? *reinterpret_cast<const uint4*>(grp.w + (c0 + c) * K + k) : make_uint4(0, 0, 0, 0);
-      if constexpr (Gated)
-        uv[c] = in ? *reinterpret_cast<const uint4*>(grp.w_up + (c0 + c) * K + k) : make_uint4(0, 0, 0, 0);
-    }
-    float g[8] = {1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f};
-    if (a.norm_w) {
-      const float4 g0 = *reinterpret_cast<const float4*>(a.norm_w + k);
-      const float4 g1 = *reinterpret_cast<const float4*>(a.norm_w + k + 4);
-      g[0] = g0.x, g[1] = g0.y, g[2] = g0.z, g[3] = g0.w, g[4] = g1.x, g[5] = g1.y, g[6] = g1.z, g[7] = g1.w;
-    }
-#pragma unroll
-    for (int r = 0; r < M; ++r) {
-      const float4 p = *reinterpret_cast<const float4*>(a.x + r * K + k);
-      const float4 q = *reinterpret_cast<const float4*>(a.x + r * K + k + 4);
-      const float v[8] = {p.x, p.y, p.z, p.w, q.x, q.y, q.z, q.w};
-      float xs[8];
-#pragma unroll
-      for (int e = 0; e < 8; ++e) xs[e] = round_bf16(a.norm_w ? v[e] * rstd[r] * g[e] : v[e]);
+    for (int u = 0; u < U; ++u) {
+      const int64_t k = k0 + u * 32 * 8;
 #pragma unroll
       for (int c = 0; c < C; ++c) {
-        acc[r][c] = dot8(xs, wv[c], acc[r][c]);
-        if constexpr (Gated) acc_up[r][c] = dot8(xs, uv[c], acc_up[r][c]);
+        const bool in = c0 + c < grp.n && k < K;
+        wv[u][c] = in ? *reinterpret_cast<const uint4*>(grp.w + (c0 + c) * K + k) : make_uint4(0, 0, 0, 0);
+        if constexpr (Gated)
+          uv[u][c] =
+              in ? *reinterpret_cast<const uint4*>(grp.w_up + (c0 + c) * K + k) : make_uint4(0, 0, 0, 0);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t k = k0 + u * 32 * 8;
+      if (k >= K) break;
+      float g[8] = {1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f};
+      if (a.norm_w) {
+        const float4 g0 = *reinterpret_cast<const float4*>(a.norm_w + k);
+        const float4 g1 = *reinterpret_cast<const float4*>(a.norm_w + k + 4);
+        g[0] = g0.x, g[1] = g0.y, g[2] = g0.z, g[3] = g0.w, g[4] = g1.x, g[5] = g1.y, g[6] = g1.z,
+        g[7] = g1.w;
+      }
+#pragma unroll
+      for (int r = 0; r < M; ++r) {
+        const float4 p = *reinterpret_cast<const float4*>(a.x + r * K + k);
+        const float4 q = *reinterpret_cast<const float4*>(a.x + r * K + k + 4);
+        const float v[8] = {p.x, p.y, p.z, p.w, q.x, q.y, q.z, q.w};
+        float xs[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) xs[e] = round_bf16(a.norm_w ? v[e] * rstd[r] * g[e] : v[e]);
+#pragma unroll
+        for (int c = 0; c < C; ++c) {
+          acc[r][c] = dot8(xs, wv[u][c], acc[r][c]);
+          if constexpr (Gated) acc_up[r][c] = dot8(xs, uv[u][c], acc_up[r][c]);
+        }
       }
     }
   }

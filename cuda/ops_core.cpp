@@ -167,6 +167,12 @@ void append_kv(cuda, float* kdst, const float* k, int64_t k_stride, int64_t kw, 
                int64_t v_stride, int64_t vw, int64_t* seg_dst, const int64_t* seg, int64_t rows) {
   cuda_detail::append_kv_f32(kdst, k, k_stride, kw, vdst, v, v_stride, vw, seg_dst, seg, rows);
 }
+void rope_qk_append(cuda, float* q, const float* k, const float* v, const int64_t* positions, int64_t N,
+                    int64_t Hq, int64_t Hk, int64_t Dh, int64_t vw, double theta, RopeStyle style,
+                    float* k_dst, float* v_dst, int64_t* seg_dst) {
+  cuda_detail::rope_qk_append_f32(q, k, v, positions, N, Hq, Hk, Dh, vw, theta,
+                                  style == RopeStyle::Interleaved, k_dst, v_dst, seg_dst);
+}
 
 // ---- cross-entropy, LayerNorm (loss.cu) ------------------------------------------------------------------
 

@@ -410,84 +410,124 @@ TEST_F(CudaCore, RopeForwardBackwardMatchCpu) {
 // -> fp32 and bf16 -> bf16 start from bf16 inputs (the CPU rotates their fp32 values).
 TEST_F(CudaCore, RopeQkRotatesQueriesAndKeysInOneLaunch) {
   Rng rng(37);
-  const int64_t N = 29, Hq = 4, Hk = 2, Dh = 16;
-  Ids pos = randint(N, rng, 0, 3000);
-  Dev<int64_t> d_pos(pos);
-  const Host q = randn(N * Hq * Dh, rng), k = randn(N * Hk * Dh, rng);
-  auto round16 = [](const Host& v) {
-    Host r(v.size());
-    for (size_t i = 0; i < v.size(); ++i) r[i] = static_cast<float>(bf16(v[i]));
-    return r;
-  };
-  auto to16 = [](const Host& v) {
-    std::vector<bf16> r(v.size());
-    for (size_t i = 0; i < v.size(); ++i) r[i] = bf16(v[i]);
-    return r;
-  };
-  auto from16 = [](const std::vector<bf16>& v) {
-    Host r(v.size());
-    for (size_t i = 0; i < v.size(); ++i) r[i] = static_cast<float>(v[i]);
-    return r;
-  };
-  // Within one bf16 step of the rounded reference (a tie-breaking difference of the fp32 rotations).
-  auto expect_bf16_of = [](const std::string& what, const Host& got, const Host& ref32) {
-    int off = 0;
-    for (size_t i = 0; i < ref32.size(); ++i) {
-      const float want = static_cast<float>(bf16(ref32[i]));
-      if (got[i] == want) continue;
-      ++off;
-      EXPECT_LE(std::abs(got[i] - want), std::abs(want) / 128 + 1e-30) << what << "[" << i << "]";
-    }
-    EXPECT_LE(off, static_cast<int>(ref32.size() / 100) + 1) << what << ": too many values off the rounding";
-  };
-  for (const auto style : {ops::RopeStyle::Interleaved, ops::RopeStyle::Half}) {
-    for (const bool inverse : {false, true}) {
-      const std::string tag = std::string(style == ops::RopeStyle::Interleaved ? " interleaved" : " half") +
-                              (inverse ? " inverse" : "");
-      auto cpu_rotate = [&](Host a, Host b) {
-        ops::rope_qk(cpu{}, a.data(), b.data(), a.data(), b.data(), pos.data(), N, Hq, Hk, Dh, 1e4, style,
-                     inverse);
-        return std::pair{a, b};
-      };
-      const auto [rq, rk] = cpu_rotate(q, k);
-      {  // fp32 in place
-        Dev<float> dq(q), dk(k);
-        ops::rope_qk(cuda{}, dq.data(), dk.data(), dq.data(), dk.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4,
-                     style, inverse);
-        expect_close("rope_qk fp32 q" + tag, dq.get(), rq);
-        expect_close("rope_qk fp32 k" + tag, dk.get(), rk);
+  const int64_t Hq = 4, Hk = 2, Dh = 16;
+  // Token counts: one (a decoding step: one head per thread), 29, 4096 (two runs of three heads per thread)
+  // and 8192 (the training layout: every head in one thread).
+  for (const int64_t N : {int64_t{1}, int64_t{29}, int64_t{4096}, int64_t{8192}}) {
+    SCOPED_TRACE("N = " + std::to_string(N));
+    Ids pos = randint(N, rng, 0, 3000);
+    Dev<int64_t> d_pos(pos);
+    const Host q = randn(N * Hq * Dh, rng), k = randn(N * Hk * Dh, rng);
+    auto round16 = [](const Host& v) {
+      Host r(v.size());
+      for (size_t i = 0; i < v.size(); ++i) r[i] = static_cast<float>(bf16(v[i]));
+      return r;
+    };
+    auto to16 = [](const Host& v) {
+      std::vector<bf16> r(v.size());
+      for (size_t i = 0; i < v.size(); ++i) r[i] = bf16(v[i]);
+      return r;
+    };
+    auto from16 = [](const std::vector<bf16>& v) {
+      Host r(v.size());
+      for (size_t i = 0; i < v.size(); ++i) r[i] = static_cast<float>(v[i]);
+      return r;
+    };
+    // Within one bf16 step of the rounded reference (a tie-breaking difference of the fp32 rotations).
+    auto expect_bf16_of = [](const std::string& what, const Host& got, const Host& ref32) {
+      int off = 0;
+      for (size_t i = 0; i < ref32.size(); ++i) {
+        const float want = static_cast<float>(bf16(ref32[i]));
+        if (got[i] == want) continue;
+        ++off;
+        EXPECT_LE(std::abs(got[i] - want), std::abs(want) / 128 + 1e-30) << what << "[" << i << "]";
       }
-      {  // fp32 -> bf16
-        Dev<float> dq(q), dk(k);
-        Dev<bf16> oq(std::vector<bf16>(q.size())), ok(std::vector<bf16>(k.size()));
-        ops::rope_qk(cuda{}, dq.data(), dk.data(), oq.data(), ok.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4,
-                     style, inverse);
-        expect_bf16_of("rope_qk fp32->bf16 q" + tag, from16(oq.get()), rq);
-        expect_bf16_of("rope_qk fp32->bf16 k" + tag, from16(ok.get()), rk);
-        EXPECT_EQ(dq.get(), q) << "the fp32 input is left alone";
-      }
-      const auto [rq16, rk16] = cpu_rotate(round16(q), round16(k));
-      {  // bf16 -> fp32
-        Dev<bf16> dq(to16(q)), dk(to16(k));
-        Dev<float> oq(Host(q.size())), ok(Host(k.size()));
-        ops::rope_qk(cuda{}, dq.data(), dk.data(), oq.data(), ok.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4,
-                     style, inverse);
-        expect_close("rope_qk bf16->fp32 q" + tag, oq.get(), rq16);
-        expect_close("rope_qk bf16->fp32 k" + tag, ok.get(), rk16);
-      }
-      {  // bf16 -> bf16 in place
-        Dev<bf16> dq(to16(q)), dk(to16(k));
-        ops::rope_qk(cuda{}, dq.data(), dk.data(), dq.data(), dk.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4,
-                     style, inverse);
-        expect_bf16_of("rope_qk bf16 in place q" + tag, from16(dq.get()), rq16);
-        expect_bf16_of("rope_qk bf16 in place k" + tag, from16(dk.get()), rk16);
+      EXPECT_LE(off, static_cast<int>(ref32.size() / 100) + 1)
+          << what << ": too many values off the rounding";
+    };
+    for (const auto style : {ops::RopeStyle::Interleaved, ops::RopeStyle::Half}) {
+      for (const bool inverse : {false, true}) {
+        const std::string tag = std::string(style == ops::RopeStyle::Interleaved ? " interleaved" : " half") +
+                                (inverse ? " inverse" : "");
+        auto cpu_rotate = [&](Host a, Host b) {
+          ops::rope_qk(cpu{}, a.data(), b.data(), a.data(), b.data(), pos.data(), N, Hq, Hk, Dh, 1e4, style,
+                       inverse);
+          return std::pair{a, b};
+        };
+        const auto [rq, rk] = cpu_rotate(q, k);
+        {  // fp32 in place
+          Dev<float> dq(q), dk(k);
+          ops::rope_qk(cuda{}, dq.data(), dk.data(), dq.data(), dk.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4,
+                       style, inverse);
+          expect_close("rope_qk fp32 q" + tag, dq.get(), rq);
+          expect_close("rope_qk fp32 k" + tag, dk.get(), rk);
+        }
+        {  // fp32 -> bf16
+          Dev<float> dq(q), dk(k);
+          Dev<bf16> oq(std::vector<bf16>(q.size())), ok(std::vector<bf16>(k.size()));
+          ops::rope_qk(cuda{}, dq.data(), dk.data(), oq.data(), ok.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4,
+                       style, inverse);
+          expect_bf16_of("rope_qk fp32->bf16 q" + tag, from16(oq.get()), rq);
+          expect_bf16_of("rope_qk fp32->bf16 k" + tag, from16(ok.get()), rk);
+          EXPECT_EQ(dq.get(), q) << "the fp32 input is left alone";
+        }
+        const auto [rq16, rk16] = cpu_rotate(round16(q), round16(k));
+        {  // bf16 -> fp32
+          Dev<bf16> dq(to16(q)), dk(to16(k));
+          Dev<float> oq(Host(q.size())), ok(Host(k.size()));
+          ops::rope_qk(cuda{}, dq.data(), dk.data(), oq.data(), ok.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4,
+                       style, inverse);
+          expect_close("rope_qk bf16->fp32 q" + tag, oq.get(), rq16);
+          expect_close("rope_qk bf16->fp32 k" + tag, ok.get(), rk16);
+        }
+        {  // bf16 -> bf16 in place
+          Dev<bf16> dq(to16(q)), dk(to16(k));
+          ops::rope_qk(cuda{}, dq.data(), dk.data(), dq.data(), dk.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4,
+                       style, inverse);
+          expect_bf16_of("rope_qk bf16 in place q" + tag, from16(dq.get()), rq16);
+          expect_bf16_of("rope_qk bf16 in place k" + tag, from16(dk.get()), rk16);
+        }
       }
     }
   }
+  const int64_t N = 29;
+  Ids pos = randint(N, rng, 0, 3000);
+  Dev<int64_t> d_pos(pos);
+  const Host q = randn(N * Hq * Dh, rng), k = randn(N * Hk * Dh, rng);
   Dev<float> dq(q), dk(k);
   EXPECT_THROW(ops::rope_qk(cuda{}, dq.data(), dk.data(), dq.data(), dk.data(), d_pos.data(), N, Hq, Hk, 15,
                             1e4, ops::RopeStyle::Half, false),
                Error);
+}
+
+// rope_qk_append (a cached attention step: RoPE of q in place, the rotated keys and the values into the cache
+// rows, their segment ids zeroed) against the CPU's op, which is rope_qk followed by the copies; k and v stay
+// as they were.
+TEST_F(CudaCore, RopeQkAppendRotatesIntoTheCacheRows) {
+  Rng rng(41);
+  const int64_t Hq = 4, Hk = 2, Dh = 16, vw = Hk * Dh + 8;  // v rows wider than k rows
+  for (const int64_t N : {int64_t{1}, int64_t{3}, int64_t{300}}) {
+    for (const auto style : {ops::RopeStyle::Interleaved, ops::RopeStyle::Half}) {
+      SCOPED_TRACE("N = " + std::to_string(N) + (style == ops::RopeStyle::Half ? " half" : " interleaved"));
+      Ids pos = randint(N, rng, 0, 3000);
+      const Host q = randn(N * Hq * Dh, rng), k = randn(N * Hk * Dh, rng), v = randn(N * vw, rng);
+      Host rq = q, rk(k.size()), rv(v.size());
+      Ids rseg(static_cast<size_t>(N), 7);
+      ops::rope_qk_append(cpu{}, rq.data(), k.data(), v.data(), pos.data(), N, Hq, Hk, Dh, vw, 1e4, style,
+                          rk.data(), rv.data(), rseg.data());
+      Dev<int64_t> d_pos(pos), seg(Ids(static_cast<size_t>(N), 7));
+      Dev<float> dq(q), dk(k), dv(v), kdst(Host(k.size(), -1.f)), vdst(Host(v.size(), -1.f));
+      ops::rope_qk_append(cuda{}, dq.data(), dk.data(), dv.data(), d_pos.data(), N, Hq, Hk, Dh, vw, 1e4,
+                          style, kdst.data(), vdst.data(), seg.data());
+      expect_close("rope_qk_append q", dq.get(), rq);
+      expect_close("rope_qk_append k rows", kdst.get(), rk);
+      EXPECT_EQ(vdst.get(), v) << "v rows are copied";
+      EXPECT_EQ(seg.get(), Ids(static_cast<size_t>(N), 0)) << "segment ids are zeroed";
+      EXPECT_EQ(dk.get(), k) << "k is left alone";
+      EXPECT_EQ(dv.get(), v) << "v is left alone";
+      EXPECT_NE(rk, k) << "the keys were rotated";
+    }
+  }
 }
 
 // append_kv: strided k/v rows into a cache's next rows and their segment ids (given, or 0), one launch;

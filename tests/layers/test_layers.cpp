@@ -2,10 +2,12 @@
 // reflected names, and reference values for the simplest cases.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
 #include "support/gradcheck.hpp"
+#include "tessera/layers/kv_cache.hpp"
 #include "tessera/layers/layers.hpp"
 
 using namespace tessera;
@@ -220,4 +222,91 @@ TEST(Layers, CrossAttentionGradAndSegmentMask) {
       }
   }
   EXPECT_NE(y[0], y1[0]);
+}
+
+// KvCache against a plain list of rows under a random mix of appends (copied or written in place through
+// append_rows), keep_last, pop_back and clear: the cached rows are always the newest rows of the list, with
+// their segment ids, and a windowed cache keeps at least what the next query can see (window - 1 rows before
+// the first new one). Covers the front offset (keep_last and the window skip rows instead of moving them),
+// the compaction at the end of the buffer and the growth; copies are deep.
+TEST(Layers, KvCacheKeepsTheNewestRowsThroughEveryOperation) {
+  for (const int64_t window : {int64_t{0}, int64_t{5}, int64_t{12}}) {
+    SCOPED_TRACE("window " + std::to_string(window));
+    constexpr int64_t kw = 3, vw = 2;
+    KvCache<double> c(kw, vw, window);
+    struct Row {
+      double k[kw], v[vw];
+      int64_t seg;
+    };
+    std::vector<Row> ref;
+    Rng rng(11 + static_cast<uint64_t>(window));
+    double next = 0;
+    auto check = [&](const KvCache<double>& cache, const std::string& when) {
+      ASSERT_LE(cache.size(), static_cast<int64_t>(ref.size())) << when;
+      const int64_t skip = static_cast<int64_t>(ref.size()) - cache.size();
+      for (int64_t r = 0; r < cache.size(); ++r) {
+        const Row& w = ref[static_cast<size_t>(skip + r)];
+        for (int64_t j = 0; j < kw; ++j) ASSERT_EQ(cache.k()[r * kw + j], w.k[j]) << when << " row " << r;
+        for (int64_t j = 0; j < vw; ++j) ASSERT_EQ(cache.v()[r * vw + j], w.v[j]) << when << " row " << r;
+        ASSERT_EQ(cache.segments()[r], w.seg) << when << " row " << r;
+      }
+      ref.erase(ref.begin(), ref.begin() + skip);  // what the cache dropped is gone for good
+    };
+    for (int step = 0; step < 400; ++step) {
+      const uint64_t op = rng.below(10);
+      if (op < 6) {  // append 1..5 rows
+        const int64_t n = 1 + static_cast<int64_t>(rng.below(5));
+        std::vector<Row> rows(static_cast<size_t>(n));
+        for (Row& r : rows) {
+          for (double& x : r.k) x = next++;
+          for (double& x : r.v) x = -(next++);
+          r.seg = static_cast<int64_t>(rng.below(4));
+        }
+        const int64_t before = static_cast<int64_t>(ref.size());
+        if (op < 3) {
+          std::vector<double> k, v;
+          std::vector<int64_t> seg;
+          for (const Row& r : rows) {
+            k.insert(k.end(), r.k, r.k + kw);
+            k.push_back(99);  // a stride wider than the row
+            v.insert(v.end(), r.v, r.v + vw);
+            seg.push_back(r.seg);
+          }
+          c.append(k.data(), kw + 1, v.data(), vw, n, seg.data());
+        } else {
+          const auto slots = c.append_rows(n);
+          for (int64_t i = 0; i < n; ++i) {
+            const Row& r = rows[static_cast<size_t>(i)];
+            std::copy_n(r.k, kw, slots.k + i * kw);
+            std::copy_n(r.v, vw, slots.v + i * vw);
+            slots.seg[i] = r.seg;
+          }
+        }
+        ref.insert(ref.end(), rows.begin(), rows.end());
+        const int64_t total = before + n;
+        EXPECT_GE(c.size(), window > 0 ? std::min(total, window - 1 + n) : total);
+        check(c, "append " + std::to_string(step));
+      } else if (op < 8) {
+        const int64_t keep = static_cast<int64_t>(rng.below(8));
+        c.keep_last(keep);
+        EXPECT_EQ(c.size(), std::min(keep, static_cast<int64_t>(ref.size())));
+        check(c, "keep_last " + std::to_string(step));
+      } else if (op < 9) {
+        const int64_t drop = std::min<int64_t>(static_cast<int64_t>(rng.below(3)), c.size());
+        c.pop_back(drop);
+        ref.resize(ref.size() - static_cast<size_t>(drop));
+        check(c, "pop_back " + std::to_string(step));
+      } else if (step % 3 == 0) {
+        c.clear();
+        ref.clear();
+        EXPECT_EQ(c.size(), 0);
+      } else {  // a copy is deep: appending to it leaves the original alone
+        KvCache<double> copy = c;
+        const double k[kw] = {-1, -2, -3}, v[vw] = {-4, -5};
+        copy.append(k, kw, v, vw, 1);
+        EXPECT_EQ(copy.k()[(copy.size() - 1) * kw], -1.0);
+        check(c, "copy " + std::to_string(step));
+      }
+    }
+  }
 }

@@ -149,7 +149,7 @@ struct SelfAttention {
       v_proj.forward(ctx, x, s.v, s.v_s, x16);
     }
     const int64_t n = ctx.rows(), qw = n_heads * head_dim, kw = n_kv_heads * head_dim;
-    rope_forward_qk(ctx, s, s.q, s.k);
+    const int64_t* pos = Rope::enabled ? positions(ctx, s) : nullptr;
     const int64_t W = mask::Cached<Mask>::window(ctx);
     const ops::mask::SlidingWindow m{W > 0 ? W : INT64_MAX / 4};
     s.attn.resize_uninit({n, qw});
@@ -158,7 +158,15 @@ struct SelfAttention {
       TESSERA_CHECK(c.k_width() == kw && c.v_width() == kw,
                     "SelfAttention::forward_cached: cache of sequence ", b, " has row widths ", c.k_width(),
                     "/", c.v_width(), ", expected ", kw);
-      c.append(s.k.data() + b * ctx.seq * kw, kw, s.v.data() + b * ctx.seq * kw, kw, ctx.seq);
+      const int64_t r0 = b * ctx.seq;
+      if constexpr (Rope::enabled) {  // RoPE and the append in one pass: the rotated keys go to the cache
+        const auto rows = c.append_rows(ctx.seq);
+        ops::rope_qk_append(B{}, s.q.data() + r0 * qw, s.k.data() + r0 * kw, s.v.data() + r0 * kw, pos + r0,
+                            ctx.seq, n_heads, n_kv_heads, head_dim, kw, rope_theta, Rope::style, rows.k,
+                            rows.v, rows.seg);
+      } else {
+        c.append(s.k.data() + r0 * kw, kw, s.v.data() + r0 * kw, kw, ctx.seq);
+      }
       ops::AttnDims d = dims(ctx);
       d.B = 1;
       d.Tk = c.size();

@@ -46,7 +46,7 @@ class KvCache {
   KvCache(const KvCache& o) { *this = o; }
   KvCache& operator=(const KvCache& o) {
     if (this == &o) return *this;
-    kw_ = o.kw_, vw_ = o.vw_, window_ = o.window_, n_ = o.n_, cap_ = o.cap_;
+    kw_ = o.kw_, vw_ = o.vw_, window_ = o.window_, off_ = o.off_, n_ = o.n_, cap_ = o.cap_;
     k_ = o.k_.clone(), v_ = o.v_.clone(), seg_ = o.seg_.clone();
     return *this;
   }
@@ -60,7 +60,7 @@ class KvCache {
                   v_width);
     TESSERA_CHECK(window >= 0, "KvCache: window must be >= 0, got ", window);
     kw_ = k_width, vw_ = v_width, window_ = window;
-    n_ = cap_ = 0;
+    off_ = n_ = cap_ = 0;
     k_ = {}, v_ = {}, seg_ = {};
   }
   int64_t size() const { return n_; }
@@ -69,11 +69,11 @@ class KvCache {
   int64_t window() const { return window_; }
   /// Rows [size(), k_width()] / [size(), v_width()] and their segment ids [size()], oldest first (backend
   /// memory).
-  const T* k() const { return k_.data(); }
-  const T* v() const { return v_.data(); }
-  const int64_t* segments() const { return seg_.data(); }
+  const T* k() const { return k_.data() + off_ * kw_; }
+  const T* v() const { return v_.data() + off_ * vw_; }
+  const int64_t* segments() const { return seg_.data() + off_; }
 
-  void clear() { n_ = 0; }
+  void clear() { off_ = n_ = 0; }
   /// Append n rows: row i of the keys at k + i * k_stride, of the values at v + i * v_stride; seg (may be
   /// null: segment 0) gives their segment ids. All three in backend memory.
   void append(const T* k, int64_t k_stride, const T* v, int64_t v_stride, int64_t n,
@@ -82,9 +82,27 @@ class KvCache {
     TESSERA_CHECK(n >= 0, "KvCache: cannot append ", n, " rows");
     if (n == 0) return;
     make_room(n);
-    ops::append_kv(B{}, k_.data() + n_ * kw_, k, k_stride, kw_, v_.data() + n_ * vw_, v, v_stride, vw_,
-                   seg_.data() + n_, seg, n);
+    const int64_t end = off_ + n_;
+    ops::append_kv(B{}, k_.data() + end * kw_, k, k_stride, kw_, v_.data() + end * vw_, v, v_stride, vw_,
+                   seg_.data() + end, seg, n);
     n_ += n;
+  }
+  /// The rows of an append that the caller writes itself (e.g. ops::rope_qk_append): room for n rows is made
+  /// and they count as cached at once; fill rows [0, n) of k, v and seg (backend memory) before the cache is
+  /// read.
+  struct NewRows {
+    T* k;
+    T* v;
+    int64_t* seg;
+  };
+  NewRows append_rows(int64_t n) {
+    TESSERA_CHECK(kw_ > 0, "KvCache: append before setup");
+    TESSERA_CHECK(n >= 0, "KvCache: cannot append ", n, " rows");
+    make_room(n);
+    const int64_t end = off_ + n_;
+    const NewRows r{k_.data() + end * kw_, v_.data() + end * vw_, seg_.data() + end};
+    n_ += n;
+    return r;
   }
   /// Remove the newest n rows.
   void pop_back(int64_t n) {
@@ -112,38 +130,51 @@ class KvCache {
       }
     }
   }
+  /// Forget the oldest d rows: the live rows start d rows later in the buffer (no copy).
   void drop_front(int64_t d) {
-    const int64_t keep = n_ - d;
-    if (d > 0 && keep > 0) {
-      move_to_front(k_.data(), d, keep, kw_);
-      move_to_front(v_.data(), d, keep, vw_);
-      move_to_front(seg_.data(), d, keep, int64_t{1});
-    }
-    n_ = keep;
+    off_ += d;
+    n_ -= d;
+    if (n_ == 0) off_ = 0;
   }
-  /// A buffer of `cap` rows holding the first n_ rows of `old`.
+  /// The live rows [off_, off_ + n_) of buf move to rows [0, n_).
+  template <class U>
+  void compact(Tensor<U, B>& buf, int64_t width) {
+    if (off_ > 0 && n_ > 0) move_to_front(buf.data(), off_, n_, width);
+  }
+  /// A buffer of `cap` rows holding the live rows of `old` at its front.
   template <class U>
   void grow(Tensor<U, B>& buf, int64_t cap, int64_t width) {
     Tensor<U, B> next;
     next.resize_uninit({cap, width});
-    if (n_ > 0) Allocator<B>::copy(next.data(), buf.data(), static_cast<size_t>(n_ * width) * sizeof(U));
+    if (n_ > 0)
+      Allocator<B>::copy(next.data(), buf.data() + off_ * width, static_cast<size_t>(n_ * width) * sizeof(U));
     buf = std::move(next);
   }
-  /// Room for n more rows. A windowed cache first drops what the next query (the first new row) cannot see:
-  /// it needs the window - 1 rows before it. Capacity doubles, up to 2 * window when windowed, so dropping
-  /// happens about once per window rows (amortised O(1) per row).
+  /// Room for n more rows after the live ones. A windowed cache first drops what the next query (the first
+  /// new row) cannot see: it needs the window - 1 rows before it. Dropped rows are skipped, not moved. At the
+  /// end of the buffer the live rows move to its front when the capacity cannot grow (windowed: at most 2 *
+  /// window) or when they and the new rows fill at most half of it; otherwise the capacity doubles. Either
+  /// way a row moves O(1) times on average.
   void make_room(int64_t n) {
-    if (n_ + n <= cap_) return;
+    if (off_ + n_ + n <= cap_) return;
     if (window_ > 0 && n_ > window_ - 1) drop_front(n_ - (window_ - 1));
-    if (n_ + n <= cap_) return;
+    if (off_ + n_ + n <= cap_) return;
     int64_t cap = std::max<int64_t>({n_ + n, 2 * cap_, 16});
     if (window_ > 0) cap = std::min(cap, std::max(n_ + n, 2 * window_));
+    if (n_ + n <= cap_ && (cap <= cap_ || 2 * (n_ + n) <= cap_)) {
+      compact(k_, kw_);
+      compact(v_, vw_);
+      compact(seg_, int64_t{1});
+      off_ = 0;
+      return;
+    }
     grow(k_, cap, kw_);
     grow(v_, cap, vw_);
     grow(seg_, cap, int64_t{1});
+    off_ = 0;
     cap_ = cap;
   }
-  int64_t kw_ = 0, vw_ = 0, window_ = 0, n_ = 0, cap_ = 0;
+  int64_t kw_ = 0, vw_ = 0, window_ = 0, off_ = 0, n_ = 0, cap_ = 0;  // live rows: [off_, off_ + n_)
   Tensor<T, B> k_, v_;       // [cap_, kw_], [cap_, vw_]
   Tensor<int64_t, B> seg_;  // [cap_]
 };

@@ -11,6 +11,7 @@
 // accurate at long positions at the cost of small differences from fp32 reference implementations there.
 // Nothing is cached between calls: the per-token cos/sin table lives in a per-thread buffer.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -102,6 +103,20 @@ void rope_qk(cpu, const T* q, const T* k, T* q_out, T* k_out, const int64_t* pos
   detail::rope_rotate(what, k_out, Hk * Dh, positions, N, Hk, Dh, theta, style, sign);
 }
 
+/// A cached attention step's RoPE and key/value cache append in one pass (layers/kv_cache.hpp): q [N, Hq *
+/// Dh] rotated in place, k [N, Hk * Dh] rotated into k_dst, v [N, vw] copied to v_dst, seg_dst[0, N) = 0 (all
+/// rows contiguous; k and v are left alone). The same numbers as rope_qk followed by append_kv; one launch
+/// on CUDA.
+template <class T>
+void rope_qk_append(cpu, T* q, const T* k, const T* v, const int64_t* positions, int64_t N, int64_t Hq,
+                    int64_t Hk, int64_t Dh, int64_t vw, double theta, RopeStyle style, T* k_dst, T* v_dst,
+                    int64_t* seg_dst) {
+  std::copy_n(k, N * Hk * Dh, k_dst);
+  std::copy_n(v, N * vw, v_dst);
+  std::fill_n(seg_dst, N, int64_t{0});
+  rope_qk(cpu{}, q, static_cast<const T*>(k_dst), q, k_dst, positions, N, Hq, Hk, Dh, theta, style, false);
+}
+
 /// Rotary positions of `batch` sequences of `seq` tokens: positions[b * seq + t] = offset + t, or
 /// (offset + t) % modulo when modulo > 0 (positions restarting every `modulo` tokens, e.g. chunked
 /// attention).
@@ -133,5 +148,8 @@ void rope_qk(cuda, const bf16* q, const bf16* k, float* q_out, float* k_out, con
              int64_t N, int64_t Hq, int64_t Hk, int64_t Dh, double theta, RopeStyle style, bool inverse);
 void rope_qk(cuda, const bf16* q, const bf16* k, bf16* q_out, bf16* k_out, const int64_t* positions,
              int64_t N, int64_t Hq, int64_t Hk, int64_t Dh, double theta, RopeStyle style, bool inverse);
+void rope_qk_append(cuda, float* q, const float* k, const float* v, const int64_t* positions, int64_t N,
+                    int64_t Hq, int64_t Hk, int64_t Dh, int64_t vw, double theta, RopeStyle style,
+                    float* k_dst, float* v_dst, int64_t* seg_dst);
 
 }  // namespace tessera::ops
