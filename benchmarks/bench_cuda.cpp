@@ -6,6 +6,9 @@
 //             shape (8192 tokens x 2048 -> 5632, y = x W^T) vs "cuBLAS peak": cublasLtMatmul with a 32 MiB
 //             workspace, the fastest of up to 8 heuristic algorithms timed here. The fp32 baseline uses the
 //             compute type of our path: CUBLAS_COMPUTE_32F, or TF32 when TESSERA_ALLOW_TF32=1 (cuda/gemm.cu).
+//   decode    one decoded token: the small products of frozen bf16 weights (Llama-1B shapes) vs cast +
+//             cuBLAS, RoPE + KV-cache append vs its two launches, split-KV attention over 384 keys, and
+//             the launch floors (one empty kernel; 256 back to back; the host's time per launch).
 //   attention ops::attention_forward/backward(cuda) (fp32, flash-style) at B=4 T=4096 H=16, Dh 64 and 128,
 //             masks Causal and ChunkLocal{2048} (Megalodon's chunk size) vs a materialised baseline: cuBLAS
 //             fp32 batched S = scale Q K^T (T x T per head), a masked-softmax kernel, O = P V; backward
@@ -52,12 +55,13 @@
 #include "bench_cuda_kernels.cuh"
 #include "tessera/core/dtype.hpp"
 #include "tessera/core/rng.hpp"
+#include "tessera/ops/activation.hpp"
 #include "tessera/ops/attention.hpp"
 #include "tessera/ops/attention_bf16.hpp"
-#include "tessera/ops/activation.hpp"
 #include "tessera/ops/cema.hpp"
 #include "tessera/ops/elementwise.hpp"
 #include "tessera/ops/matmul.hpp"
+#include "tessera/ops/rope.hpp"
 #include "tessera/ops/timestep_norm.hpp"
 
 namespace {
@@ -503,6 +507,66 @@ void bench_decode(Ctx& c) {
   }
 }
 
+/// What else a decoded token costs per layer (BLT-1B global shape: 16 heads of 128, fp32 cache): the fused
+/// RoPE + cache append against the two launches it replaces (rope_qk in place, append_kv), and the split-KV
+/// decode attention over a 384-key cache (K and V bytes as its rate). Then the launch floors that bound a
+/// decoding step of ~400 launches: one empty kernel between two events, the per-launch time of 256 empty
+/// kernels back to back on the GPU, and the host's time to issue one launch.
+void bench_decode_step(Ctx& c) {
+  constexpr int64_t H = 16, Dh = 128, W = H * Dh, Tk = 384;
+  guarded(c, "decode RoPE + cache append", [&] {
+    DevBuf<float> q = uniform_buf(W, 41), k = uniform_buf(W, 42), v = uniform_buf(W, 43);
+    DevBuf<float> kc(W), vc(W), q2(W), k2(W);
+    DevBuf<int64_t> pos(1), seg(1);
+    ops::fill_positions(cuda{}, pos.get(), 1, 1, 300);
+    auto fused = [&] {
+      ops::rope_qk_append(cuda{}, q.get(), k.get(), v.get(), pos.get(), 1, H, H, Dh, W, 5e5,
+                          ops::RopeStyle::Half, kc.get(), vc.get(), seg.get());
+    };
+    auto two = [&] {
+      ops::rope_qk(cuda{}, q2.get(), k2.get(), q2.get(), k2.get(), pos.get(), 1, H, H, Dh, 5e5,
+                   ops::RopeStyle::Half, false);
+      ops::append_kv(cuda{}, kc.get(), k2.get(), W, W, vc.get(), v.get(), W, W, seg.get(), nullptr, 1);
+    };
+    const double ms = c.timer.median_ms(fused, c.reps), base_ms = c.timer.median_ms(two, c.reps);
+    print_row({"decode RoPE + KV-cache append (one launch)", "1 token, 2x16 heads of 128", ms, "-",
+               "rope_qk + append_kv", base_ms, "-", "-"});
+  });
+  guarded(c, "decode attention", [&] {
+    DevBuf<float> q = uniform_buf(W, 44), k = uniform_buf(Tk * W, 45), v = uniform_buf(Tk * W, 46), o(W);
+    ops::AttnDims d;
+    d.B = 1, d.Tq = 1, d.Tk = Tk, d.Hq = H, d.Hkv = H, d.Dh = Dh;
+    d.q_stride = d.k_stride = d.v_stride = d.o_stride = W;
+    d.q_offset = Tk - 1;
+    d.scale = 1.0 / std::sqrt(static_cast<double>(Dh));
+    const double ms = c.timer.median_ms(
+        [&] {
+          ops::attention_forward(cuda{}, d, ops::mask::Causal{}, q.get(), k.get(), v.get(), o.get(), nullptr);
+        },
+        c.reps);
+    print_row({"decode attention, split-KV (fp32 cache)", "1 query, 16 heads of 128, 384 keys", ms,
+               mem_rate(c, 2.0 * Tk * W * 4, ms, 0), "-", 0, "-", "-"});
+  });
+  guarded(c, "launch floor", [&] {
+    constexpr int kChain = 256;
+    const double one = c.timer.median_ms([] { bench::empty_launches(1); }, c.reps);
+    const double chain = c.timer.median_ms([] { bench::empty_launches(kChain); }, c.reps) / kChain;
+    std::vector<double> host;
+    for (int i = 0; i < 9; ++i) {
+      CHECK_CUDA(cudaDeviceSynchronize());
+      const auto t0 = std::chrono::steady_clock::now();
+      bench::empty_launches(kChain);
+      host.push_back(
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / kChain);
+    }
+    CHECK_CUDA(cudaDeviceSynchronize());
+    std::sort(host.begin(), host.end());
+    print_row({"launch: one empty kernel between two events", "1 block", one,
+               strf("host issues one launch in %.2f us", 1e3 * host[host.size() / 2]),
+               "per launch, 256 back to back", chain, "-", "-"});
+  });
+}
+
 // ---- 2. attention -----------------------------------------------------------------------------------------
 
 /// Row-major strided-batched C = alpha op(A) op(B) + beta C through cuBLAS (operands swapped, column-major).
@@ -903,7 +967,11 @@ int main(int argc, char** argv) {
       void (*run)(Ctx&);
     } sections[] = {{"mem", bench_memory},
                     {"gemm", bench_gemm},
-                    {"decode", bench_decode},
+                    {"decode",
+                     [](Ctx& c) {
+                       bench_decode(c);
+                       bench_decode_step(c);
+                     }},
                     {"attn", bench_attention},
                     {"cema", bench_cema},
                     {"tsn", bench_tsn}};

@@ -16,6 +16,9 @@ void to_bf16(uint16_t* dst, const float* src, int64_t n);
 /// dst[i] = float(src[i]) for bf16 bit patterns (exact).
 void from_bf16(float* dst, const uint16_t* src, int64_t n);
 
+/// n launches of an empty one-block kernel, back to back on the default stream (launch overhead rows).
+void empty_launches(int n);
+
 /// max |a - b| and max |b| over n elements (b is the reference); NaN anywhere shows up as NaN.
 struct DiffStat {
   double max_abs_diff = 0, max_abs_ref = 0;

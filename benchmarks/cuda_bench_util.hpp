@@ -59,6 +59,8 @@ Timing time_steps(F&& step, int64_t warmup, int64_t steps) {
   Timing t;
   for (int64_t i = 0; i < warmup; ++i) t.loss = step();
   cudaDeviceSynchronize();
+  if (warmup > 0)
+    tessera::cuda_mem::profile_restart();  // TESSERA_CUDA_PROFILE tables cover the timed steps only
   std::vector<double> ms;
   for (int64_t i = 0; i < std::max<int64_t>(steps, 1); ++i) {
     const auto t0 = Clock::now();

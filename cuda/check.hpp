@@ -56,6 +56,18 @@ class Profiler {
     pending_.push_back({name, e});
     if (pending_.size() >= 4096) fold();
   }
+  /// Forget what was counted so far (e.g. warm-up steps, one-time algorithm tuning); the next operation
+  /// starts a fresh interval.
+  void restart() {
+    if (!on_) return;
+    const std::lock_guard<std::mutex> lock(mu_);
+    fold();
+    stats_.clear();
+    count_ = 0;
+    if (started_) free_.push_back(prev_);
+    prev_ = nullptr;
+    started_ = false;
+  }
   ~Profiler() {
     if (!on_ || !started_) return;
     const std::lock_guard<std::mutex> lock(mu_);

@@ -95,6 +95,10 @@ void to_host(void* dst, const void* src, size_t bytes) {
   if (bytes) TESSERA_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
 }
 
+void profile_restart() {
+  cuda_detail::Profiler::get().restart();
+}
+
 int device_count() {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {

@@ -265,14 +265,18 @@ TEST_P(CudaLlama, CachedGreedyDecodingMatchesTheCpuAndTheFullForward) {
     for (int64_t b = 0; b < batch; ++b) {
       const float* row_h = lh.data() + ((b + 1) * n - 1) * V;
       const int64_t th = argmax(row_h, V), td = argmax(l.data() + ((b + 1) * n - 1) * V, V);
-      if (td != th) EXPECT_NEAR(row_h[td], row_h[th], 1e-4) << "greedy choice of sequence " << b;
+      if (td != th) {
+        EXPECT_NEAR(row_h[td], row_h[th], 1e-4) << "greedy choice of sequence " << b;
+      }
       in[b] = th;
       seqs[b].push_back(th);
     }
     n = 1;
   }
   EXPECT_EQ(dc[0].next_pos, total);
-  if (cfg.window > 0) EXPECT_LE(dc[0].size(), 2 * cfg.window);  // the device caches dropped old rows
+  if (cfg.window > 0) {
+    EXPECT_LE(dc[0].size(), 2 * cfg.window);  // the device caches dropped old rows
+  }
 
   // The full forward over the decoded sequences equals the cached logits, row for row.
   std::vector<int64_t> all;

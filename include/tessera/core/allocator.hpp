@@ -46,6 +46,9 @@ void to_device(void* dst, const void* src, size_t bytes);
 void to_host(void* dst, const void* src, size_t bytes);
 /// Number of visible devices; 0 when the driver or device is missing (never throws).
 int device_count();
+/// TESSERA_CUDA_PROFILE (cuda/check.hpp): drop the operations counted so far, e.g. after warm-up steps, so
+/// that the table at exit covers only what follows. No effect when the profiler is off.
+void profile_restart();
 }  // namespace cuda_mem
 
 }  // namespace tessera

@@ -238,6 +238,7 @@ class BltIncremental {
       H_dev_.resize_uninit({N});
       entropies_from_logits(B{}, el.data(), N, el.size(1), H_dev_.data());
     }
+    m.phase("entropy_model");
 
     // 2. local encoder: byte + hash n-gram embeddings, then the cached layers
     e_.resize_uninit({N, d_});
@@ -251,6 +252,7 @@ class BltIncremental {
     stack_ptrs_.resize(static_cast<size_t>(R));
     for (int64_t b = 0; b < R; ++b) stack_ptrs_[b] = &rows[b]->encoder;
     models::llama_stack_forward_cached(m.local_encoder.layers, bytes, e_, h_, stack_ptrs_.data(), enc_s_);
+    m.phase("local_encoder");
     if constexpr (!is_cpu_v<B>)  // waits for the entropy model and the encoder
       copy_bytes<cpu, B>(H_.data(), H_dev_.data(), static_cast<size_t>(N) * sizeof(float));
 
@@ -312,9 +314,13 @@ class BltIncremental {
                  cross_h = idx_up_.add(cross_seg_), seg_h = idx_up_.add(seg_),
                  quirk_h = idx_up_.add(quirk_seg_);
     idx_up_.upload();
+    m.phase("patch_decisions");
 
     // 4-6. closed patches: encoder cross-attention, global model, decoder memory
-    if (C > 0) close_patches(rows, n, idx_up_[key_h], idx_up_[slot_h], idx_up_[cross_h]);
+    if (C > 0) {
+      close_patches(rows, n, idx_up_[key_h], idx_up_[slot_h], idx_up_[cross_h]);
+      m.phase("close_patches");
+    }
 
     // 7. decoder (pass A: the logits' view), final norm and head on the last byte of every row
     const Tensor<T, B>& hd = decode(rows, R, n, h_, idx_up_[seg_h]);
@@ -325,6 +331,7 @@ class BltIncremental {
     lastc.seq = 1;
     models::rmsnorm_linear_forward(lastc, m.local_decoder.norm, lm_.lm_head, last_, normed_, logits_, norm_s_,
                                    head_s_);
+    m.phase("local_decoder_and_head");
 
     // pass B (quirk only): decode the last byte again with its final memory patch, for the caches
     if (Q > 0) {
@@ -350,6 +357,7 @@ class BltIncremental {
     copy_bytes<cpu, B>(logits_host_.data(), logits_.data(), static_cast<size_t>(R * V) * sizeof(T));
     for (int64_t b = 0; b < R; ++b)
       rows[b]->logits.assign(logits_host_.begin() + b * V, logits_host_.begin() + (b + 1) * V);
+    m.phase("logits_to_host");
   }
 
   /// Patch lengths of the ids ingested so far, in the form BltModel::compute_patch_lengths gives one row:

@@ -34,6 +34,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <span>
 #include <string>
@@ -168,6 +169,7 @@ class BltModel {
                     config.eos_document_cuts, config.eos_id);
     }
     index_.assign(layout_);  // CUDA: the one upload of the forward
+    phase("patch_layout");
     bytes_ = SeqContext{};
     bytes_.batch = batch;
     bytes_.seq = seq;
@@ -181,9 +183,13 @@ class BltModel {
     patches_.single_document = !config.eos_document_cuts;
 
     embeddings.forward(ids_.data(), batch, seq, e_, s_.emb);
+    phase("embeddings");
     local_encoder.forward(bytes_, e_, index_, h_enc_, patch_repr_, s_.enc);
+    phase("local_encoder");
     global_transformer.forward(patches_, patch_repr_, g_, s_.glob);
+    phase("global_transformer");
     local_decoder.forward(bytes_, h_enc_, g_, index_, out_, s_.dec);
+    phase("local_decoder");
     return out_;
   }
   /// The last forward's patch layout (host memory) and its index arrays in backend memory.
@@ -196,9 +202,24 @@ class BltModel {
   /// dout: gradient of forward()'s output. Accumulates into every parameter's grad except the entropy model's.
   void backward(TensorView<const T> dout) {
     local_decoder.backward(bytes_, dout, index_, dh_enc_, dg_, s_.dec);
+    phase("local_decoder_backward");
     global_transformer.backward(patches_, dg_, dpatch_, s_.glob);
+    phase("global_transformer_backward");
     local_encoder.backward(bytes_, dh_enc_, dpatch_, index_, de_, s_.enc);
+    phase("local_encoder_backward");
     embeddings.backward(de_, s_.emb);
+    phase("embeddings_backward");
+  }
+
+  /// Called with each phase's name once its work is queued — forward: patch_layout (the entropy model and
+  /// patching, or the given lengths), embeddings, local_encoder, global_transformer, local_decoder;
+  /// backward: the same with a _backward suffix, in reverse; cached generation (BltIncremental::ingest):
+  /// entropy_model, local_encoder, patch_decisions, close_patches, local_decoder_and_head, logits_to_host —
+  /// e.g. to record a timing event per phase (blt_cuda_bench --breakdown). Empty by default.
+  std::function<void(const char*)> on_phase;
+  /// on_phase(name) if it is set (also for the causal LM's head, loss and their backward).
+  void phase(const char* name) const {
+    if (on_phase) on_phase(name);
   }
 
  private:
@@ -246,6 +267,7 @@ class BltForCausalLM {
                               int64_t n_patches = 0) {
     const Tensor<T, B>& h = model.forward(ids, batch, seq, patch_lengths, n_patches);
     lm_head.forward(model.byte_context(), h, logits_, head_s_);
+    model.phase("lm_head");
     return logits_;
   }
   const Tensor<T, B>& logits() const { return logits_; }
@@ -263,6 +285,7 @@ class BltForCausalLM {
     ops::cross_entropy_backward(B{}, dlogits_.data(), logits_.data(), targets, logits_.size(0), logits_.size(1),
                                 scale, ignore_index);
     lm_head.backward(model.byte_context(), dlogits_, dh_, head_s_);
+    model.phase("loss_and_lm_head_backward");
     model.backward(dh_);
   }
 
