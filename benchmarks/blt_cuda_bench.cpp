@@ -65,6 +65,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <new>
@@ -498,7 +499,10 @@ struct Bench {
                       {"kv_per_byte", tr.kv_byte},
                       {"kv_per_patch", tr.kv_patch}};
     }
-    row("generate cached " + prec + " (CUDA)", shp,
+    const char* pdl = std::getenv("TESSERA_CUDA_PDL");  // programmatic dependent launch (cuda/pdl.cuh)
+    const bool with_pdl = pdl && pdl[0] == '1';
+    j["pdl"] = with_pdl;
+    row("generate cached " + prec + (with_pdl ? ", PDL" : "") + " (CUDA)", shp,
         sfmt("%.0f ms (%.2f ms/byte)", gen_s * 1e3, gen_s * 1e3 / double(gen_new)), rate);
     json_line(j);
 

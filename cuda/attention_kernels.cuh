@@ -1,11 +1,12 @@
-// Internal to tessera::cuda: the device code of attention.cu (see there for the design). A separate header
-// only so that the kernels can also be compiled for a CPU-thread emulation of the launch model when checking
-// their indexing without a GPU; it includes nothing CUDA-specific, and exactly one .cu file includes it
-// (hence the unnamed namespace).
+// Internal to tessera::cuda: the device code of the fp32 attention (see attention.cu for the design), shared
+// by the .cu files that instantiate it for their mask functors (attention.cu, blt.cu); each gets its own
+// copy (unnamed namespace).
 #pragma once
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+
+#include "pdl.cuh"
 
 namespace tessera::cuda_detail {
 namespace {
@@ -350,6 +351,7 @@ __global__ void __launch_bounds__(kSplitThreads)
                               float* __restrict__ lse, float* __restrict__ part_ml,
                               float* __restrict__ part_acc, unsigned* __restrict__ counters) {
   constexpr int kC = kD / 32;  // columns per lane
+  pdl_launch_dependents();     // a decoding step's next product may load its weights meanwhile (pdl.cuh)
   __shared__ float wm[kSplitWarps], wl[kSplitWarps], wacc[kSplitWarps][kD];
   const int64_t blk = blockIdx.x, row = blk / ns;
   const int64_t split = blk % ns;

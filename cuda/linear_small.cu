@@ -16,6 +16,7 @@
 
 #include "core_util.cuh"
 #include "launch_core.hpp"
+#include "pdl.cuh"
 
 namespace tessera::cuda_detail {
 namespace {
@@ -39,6 +40,8 @@ struct SmallArgs {
   int64_t K;
   const float* norm_w;  // RMSNorm gain [K], or null: no normalisation
   double norm_eps;
+  SmallLinearRope
+      rope;  // rope.groups > 0: the first rope.groups outputs are rotated (C == 2: one pair a warp)
 };
 
 __device__ inline float lo_bf16(uint32_t w) {
@@ -69,16 +72,55 @@ __device__ inline float warp_sum(float v) {
   return v;
 }
 
-/// One warp: columns [c0, c0 + C) of one group, all M rows. Gated: acc = gate products, acc_up = up products.
+/// One warp: C columns of one group (col[], below), all M rows. Gated: acc = gate products, acc_up = up
+/// products.
 template <int M, int C, bool Gated>
 __global__ void __launch_bounds__(kWarps * 32) linear_small_kernel(SmallArgs a) {
   const int lane = threadIdx.x & 31;
   const int64_t tile = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  pdl_launch_dependents();  // the next kernel may start its own weight loads (cuda/pdl.cuh)
   int g = 0;
   while (g + 1 < a.groups && tile >= a.g[g].tiles_end) ++g;
   if (tile >= a.g[g].tiles_end) return;  // the whole warp: the tile is per warp
   const SmallGroup grp = a.g[g];
-  const int64_t c0 = (tile - (g > 0 ? a.g[g - 1].tiles_end : 0)) * C, K = a.K;
+  const int64_t t = tile - (g > 0 ? a.g[g - 1].tiles_end : 0), K = a.K;
+  // The warp's output columns: C consecutive ones, or for a rotated output one RoPE pair (C == 2) — columns
+  // 2i, 2i + 1 of a head (interleaved) or i, i + Dh/2 (halves), i the pair's index in its head.
+  const bool rotated = C == 2 && g < a.rope.groups;
+  const int64_t half = a.rope.head_dim / 2;
+  int64_t col[C];
+#pragma unroll
+  for (int c = 0; c < C; ++c) col[c] = t * C + c;
+  if (rotated && !a.rope.interleaved) {
+    col[0] = t / half * a.rope.head_dim + t % half;
+    col[C - 1] = col[0] + half;
+  }
+
+  // Each lane reads 8 elements of every weight row per chunk, chunk j at k = lane * 8 + 256 j. U chunks are
+  // loaded before any is used: one 16-byte load in flight per lane and weight row is far too little to cover
+  // HBM latency at decoding grid sizes (a 2048 x 2048 product has 2048 warps, ~16 per SM). Per lane the sums
+  // still run over its chunks in order, so U does not change the results. The first U chunks load before
+  // pdl_wait(): weights are no other kernel's output, so under PDL they stream in while the kernel before
+  // (which wrote x) finishes.
+  constexpr int U = M <= 2 ? 4 : M <= 4 ? 2 : 1;
+  constexpr int64_t kStep = 32 * 8 * U;
+  uint4 wv[U][C], uv[U][C];
+  auto load = [&](int64_t k0) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t k = k0 + u * 32 * 8;
+#pragma unroll
+      for (int c = 0; c < C; ++c) {
+        const bool in = col[c] < grp.n && k < K;
+        wv[u][c] = in ? *reinterpret_cast<const uint4*>(grp.w + col[c] * K + k) : make_uint4(0, 0, 0, 0);
+        if constexpr (Gated)
+          uv[u][c] = in ? *reinterpret_cast<const uint4*>(grp.w_up + col[c] * K + k) : make_uint4(0, 0, 0, 0);
+      }
+    }
+  };
+  int64_t k0 = lane * 8;
+  load(k0);
+  pdl_wait();  // x, the norm gain's input and the outputs belong to the kernels before this one
 
   // RMSNorm in front: each warp computes the M rows' 1/rms itself (M * K reads, next to the weights' C * K).
   float rstd[M];
@@ -104,25 +146,7 @@ __global__ void __launch_bounds__(kWarps * 32) linear_small_kernel(SmallArgs a) 
 #pragma unroll
     for (int c = 0; c < C; ++c) acc[r][c] = acc_up[r][c] = 0.f;
 
-  // Each lane reads 8 elements of every weight row per chunk, chunk j at k = lane * 8 + 256 j. U chunks are
-  // loaded before any is used: one 16-byte load in flight per lane and weight row is far too little to cover
-  // HBM latency at decoding grid sizes (a 2048 x 2048 product has 2048 warps, ~16 per SM). Per lane the sums
-  // still run over its chunks in order, so U does not change the results.
-  constexpr int U = M <= 2 ? 4 : M <= 4 ? 2 : 1;
-  for (int64_t k0 = lane * 8; k0 < K; k0 += 32 * 8 * U) {
-    uint4 wv[U][C], uv[U][C];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t k = k0 + u * 32 * 8;
-#pragma unroll
-      for (int c = 0; c < C; ++c) {
-        const bool in = c0 + c < grp.n && k < K;
-        wv[u][c] = in ? *reinterpret_cast<const uint4*>(grp.w + (c0 + c) * K + k) : make_uint4(0, 0, 0, 0);
-        if constexpr (Gated)
-          uv[u][c] =
-              in ? *reinterpret_cast<const uint4*>(grp.w_up + (c0 + c) * K + k) : make_uint4(0, 0, 0, 0);
-      }
-    }
+  for (;;) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int64_t k = k0 + u * 32 * 8;
@@ -149,8 +173,32 @@ __global__ void __launch_bounds__(kWarps * 32) linear_small_kernel(SmallArgs a) 
         }
       }
     }
+    k0 += kStep;
+    if (k0 >= K) break;
+    load(k0);
   }
 
+  if constexpr (C == 2 && !Gated) {
+    if (rotated) {  // bias, then the rotation of the pair (as rope_qk_kernel: angle in double, fp32 products)
+      if (tile == 0 && a.rope.seg_zero && lane < M) a.rope.seg_zero[lane] = 0;
+      const int64_t i = a.rope.interleaved ? (col[0] % a.rope.head_dim) / 2 : t % half;
+      const double inv_freq =
+          pow(a.rope.theta, -2.0 * static_cast<double>(i) / static_cast<double>(a.rope.head_dim));
+#pragma unroll
+      for (int r = 0; r < M; ++r) {
+        float va = warp_sum(acc[r][0]), vb = warp_sum(acc[r][1]);
+        if (lane == r) {
+          if (grp.bias) va += grp.bias[col[0]], vb += grp.bias[col[1]];
+          double sd, cd;
+          sincos(static_cast<double>(a.rope.positions[r]) * inv_freq, &sd, &cd);
+          const float cs = static_cast<float>(cd), sn = static_cast<float>(sd);
+          grp.y[r * grp.n + col[0]] = va * cs - vb * sn;
+          grp.y[r * grp.n + col[1]] = va * sn + vb * cs;
+        }
+      }
+      return;
+    }
+  }
 #pragma unroll
   for (int r = 0; r < M; ++r)
 #pragma unroll
@@ -162,15 +210,15 @@ __global__ void __launch_bounds__(kWarps * 32) linear_small_kernel(SmallArgs a) 
         v = round_bf16(v);
         v = v / (1.f + expf(-v)) * u;  // as swiglu_forward_kernel
       }
-      if (lane == (r * C + c) % 32 && c0 + c < grp.n) {
+      if (lane == (r * C + c) % 32 && col[c] < grp.n) {
         if constexpr (!Gated) {
-          if (grp.bias) v += grp.bias[c0 + c];
+          if (grp.bias) v += grp.bias[col[c]];
         }
         if (grp.residual) {
-          const float res = grp.residual[r * grp.n + c0 + c];
-          for (int t = 0; t < grp.residual_adds; ++t) v = res + v;
+          const float res = grp.residual[r * grp.n + col[c]];
+          for (int n = 0; n < grp.residual_adds; ++n) v = res + v;
         }
-        grp.y[r * grp.n + c0 + c] = v;
+        grp.y[r * grp.n + col[c]] = v;
       }
     }
 }
@@ -179,7 +227,7 @@ template <int M, int C, bool Gated>
 void launch(const SmallArgs& a) {
   const int64_t tiles = a.g[a.groups - 1].tiles_end;
   const unsigned blocks = static_cast<unsigned>((tiles + kWarps - 1) / kWarps);
-  linear_small_kernel<M, C, Gated><<<blocks, kWarps * 32>>>(a);
+  launch_pdl(linear_small_kernel<M, C, Gated>, dim3(blocks), dim3(kWarps * 32), 0, a);
   if constexpr (Gated)
     TESSERA_CUDA_CHECK_LAUNCH("swiglu_small_kernel");
   else
@@ -226,7 +274,15 @@ void run(SmallArgs& a, int64_t rows, bool gated, const char* op) {
                 "(cuda): the norm weight must be 16-byte aligned");
   int64_t total = 0;
   for (int g = 0; g < a.groups; ++g) total += a.g[g].n;
-  const int C = columns_per_warp(total, M, gated);
+  const int C = a.rope.groups > 0 ? 2 : columns_per_warp(total, M, gated);
+  if (a.rope.groups > 0) {
+    TESSERA_CHECK(!gated && a.rope.groups <= a.groups && a.rope.positions && a.rope.head_dim > 0 &&
+                      a.rope.head_dim % 2 == 0 && a.rope.theta > 0,
+                  op, "(cuda): RoPE needs positions, an even head dimension and theta > 0");
+    for (int g = 0; g < a.rope.groups; ++g)
+      TESSERA_CHECK(a.g[g].n % a.rope.head_dim == 0 && !a.g[g].residual, op, "(cuda): rotated output ", g,
+                    " must be whole heads without a residual");
+  }
   int64_t tiles = 0;
   for (int g = 0; g < a.groups; ++g) {
     const SmallGroup& s = a.g[g];
@@ -254,7 +310,7 @@ bool small_linear_supported(const float* x, int64_t K) {
 }
 
 void linear_small_bf16(const float* x, int64_t M, int64_t K, const SmallLinearGroup* groups, int n_groups,
-                       const float* norm_w, double norm_eps) {
+                       const float* norm_w, double norm_eps, const SmallLinearRope& rope) {
   TESSERA_CHECK(n_groups >= 1 && n_groups <= kSmallLinearMaxGroups, "linear_small_bf16(cuda): ", n_groups,
                 " weights (1..", kSmallLinearMaxGroups, ")");
   SmallArgs a{};
@@ -263,6 +319,7 @@ void linear_small_bf16(const float* x, int64_t M, int64_t K, const SmallLinearGr
   a.K = K;
   a.norm_w = norm_w;
   a.norm_eps = norm_eps;
+  a.rope = rope;
   for (int g = 0; g < n_groups; ++g)
     a.g[g] = {groups[g].w, nullptr, groups[g].bias, groups[g].residual, groups[g].residual_adds, groups[g].y,
               groups[g].n, 0};

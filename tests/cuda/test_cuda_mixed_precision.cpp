@@ -32,6 +32,7 @@
 #include "tessera/layers/precision.hpp"
 #include "tessera/models/llama.hpp"
 #include "tessera/models/megalodon/megalodon.hpp"
+#include "tessera/ops/rope.hpp"
 #include "tessera/train/adamw.hpp"
 
 using namespace tessera;
@@ -326,6 +327,67 @@ TEST(CudaMixedPrecision, SmallProductsMultiplyBf16OperandsWithFp32Accumulation) 
       if (c.K >= 16 && c.M * n >= 16) {
         EXPECT_GT(rel_err(got, ref32), 1e-5) << "output " << o << ": x not rounded?";
       }
+    }
+  }
+}
+
+// RoPE in the small products' epilogue (a decoding step's q/k/v, rotation and KV-cache append in one launch):
+// the rotated q and k equal the plain products (bias included) rotated by rope_qk, v is the plain product bit
+// for bit (each column's sum is the same lane order whatever the column-to-warp mapping), and the cache rows'
+// segment ids are zeroed. Both pair layouts, 1 and 3 tokens, Hq 4 / Hkv 2 heads of 16.
+TEST(CudaMixedPrecision, SmallProductsRotateQueriesAndKeysForTheCache) {
+  TESSERA_NEED_GPU();
+  const int64_t K = 72, Dh = 16, Hq = 4, Hk = 2, qw = Hq * Dh, kw = Hk * Dh;
+  uint64_t seed = 300;
+  for (const int64_t M : {int64_t{1}, int64_t{3}}) {
+    for (const auto style : {ops::RopeStyle::Half, ops::RopeStyle::Interleaved}) {
+      SCOPED_TRACE(::testing::Message()
+                   << "M=" << M << (style == ops::RopeStyle::Half ? " half" : " interleaved"));
+      const auto x = upload(normals(M * K, ++seed));
+      std::vector<Tensor<bf16, cuda>> w;
+      for (const int64_t n : {qw, kw, kw}) {
+        const auto wf = upload(normals(n * K, ++seed, 0.5));
+        w.emplace_back(Shape{n, K});
+        ops::cast(cuda{}, w.back().data(), wf.data(), n * K);
+      }
+      const auto bias = upload(normals(qw, ++seed));
+      std::vector<int64_t> pos_h(static_cast<size_t>(M));
+      for (int64_t r = 0; r < M; ++r) pos_h[static_cast<size_t>(r)] = 1000 + 37 * r;
+      Tensor<int64_t, cuda> pos({M});
+      cuda_mem::to_device(pos.data(), pos_h.data(), pos_h.size() * sizeof(int64_t));
+      // Reference: the plain products, then rope_qk in place.
+      Tensor<float, cuda> rq({M, qw}), rk({M, kw}), rv({M, kw});
+      const ops::SmallLinearOut plain[] = {{w[0].data(), bias.data(), rq.data(), qw},
+                                           {w[1].data(), nullptr, rk.data(), kw},
+                                           {w[2].data(), nullptr, rv.data(), kw}};
+      ops::linear_small_bf16(cuda{}, x.data(), M, K, plain, 3);
+      ops::rope_qk(cuda{}, rq.data(), rk.data(), rq.data(), rk.data(), pos.data(), M, Hq, Hk, Dh, 1e4, style,
+                   false);
+      // Fused: q rotated, k and v into "cache rows", their segment ids zeroed.
+      Tensor<float, cuda> q({M, qw}), kc({M, kw}), vc({M, kw});
+      Tensor<int64_t, cuda> seg({M});
+      const std::vector<int64_t> sevens(static_cast<size_t>(M), 7);
+      cuda_mem::to_device(seg.data(), sevens.data(), sevens.size() * sizeof(int64_t));
+      const ops::SmallLinearOut fused[] = {{w[0].data(), bias.data(), q.data(), qw},
+                                           {w[1].data(), nullptr, kc.data(), kw},
+                                           {w[2].data(), nullptr, vc.data(), kw}};
+      ops::linear_small_bf16(cuda{}, x.data(), M, K, fused, 3, {},
+                             {pos.data(), Dh, 1e4, style == ops::RopeStyle::Interleaved, 2, seg.data()});
+      EXPECT_LE(rel_err(download(q.data(), M * qw), download(rq.data(), M * qw)), 1e-6);
+      EXPECT_LE(rel_err(download(kc.data(), M * kw), download(rk.data(), M * kw)), 1e-6);
+      EXPECT_EQ(download(vc.data(), M * kw), download(rv.data(), M * kw));
+      std::vector<int64_t> seg_h(static_cast<size_t>(M));
+      cuda_mem::to_host(seg_h.data(), seg.data(), seg_h.size() * sizeof(int64_t));
+      EXPECT_EQ(seg_h, std::vector<int64_t>(static_cast<size_t>(M), 0));
+      // A rotated output takes whole heads and no residual.
+      ops::SmallLinearOut with_res[] = {fused[0], fused[1], fused[2]};
+      with_res[0].residual = q.data();
+      EXPECT_THROW(ops::linear_small_bf16(cuda{}, x.data(), M, K, with_res, 3, {},
+                                          {pos.data(), Dh, 1e4, false, 2, nullptr}),
+                   Error);
+      EXPECT_THROW(
+          ops::linear_small_bf16(cuda{}, x.data(), M, K, fused, 3, {}, {pos.data(), 24, 1e4, false, 2}),
+          Error);
     }
   }
 }

@@ -142,30 +142,36 @@ struct SelfAttention {
         "SelfAttention::forward_cached needs a causal mask (optionally windowed / with document cuts)");
     TESSERA_CHECK(x.size(0) == ctx.rows(), "SelfAttention::forward_cached: ", x.size(0),
                   " rows but the context has ", ctx.batch, " x ", ctx.seq);
-    if (!project_qkv_small(x, s, norm ? *norm : ops::SmallLinearNorm{})) {
+    const int64_t n = ctx.rows(), qw = n_heads * head_dim, kw = n_kv_heads * head_dim;
+    for (int64_t b = 0; b < ctx.batch; ++b)
+      TESSERA_CHECK(caches[b]->k_width() == kw && caches[b]->v_width() == kw,
+                    "SelfAttention::forward_cached: cache of sequence ", b, " has row widths ",
+                    caches[b]->k_width(), "/", caches[b]->v_width(), ", expected ", kw);
+    const int64_t* pos = Rope::enabled ? positions(ctx, s) : nullptr;
+    const ops::SmallLinearNorm small_norm = norm ? *norm : ops::SmallLinearNorm{};
+    // One sequence with frozen bf16 weights: q/k/v, RoPE and the cache append are one launch.
+    const bool appended = ctx.batch == 1 && project_qkv_rope_append(x, s, small_norm, pos, *caches[0]);
+    if (!appended && !project_qkv_small(x, s, small_norm)) {
       const bf16* x16 = shared_input_bf16(x);  // bf16 compute: one cast of x for the three projections
       q_proj.forward(ctx, x, s.q, s.q_s, x16);
       k_proj.forward(ctx, x, s.k, s.k_s, x16);
       v_proj.forward(ctx, x, s.v, s.v_s, x16);
     }
-    const int64_t n = ctx.rows(), qw = n_heads * head_dim, kw = n_kv_heads * head_dim;
-    const int64_t* pos = Rope::enabled ? positions(ctx, s) : nullptr;
     const int64_t W = mask::Cached<Mask>::window(ctx);
     const ops::mask::SlidingWindow m{W > 0 ? W : INT64_MAX / 4};
     s.attn.resize_uninit({n, qw});
     for (int64_t b = 0; b < ctx.batch; ++b) {
       KvCache<T, B>& c = *caches[b];
-      TESSERA_CHECK(c.k_width() == kw && c.v_width() == kw,
-                    "SelfAttention::forward_cached: cache of sequence ", b, " has row widths ", c.k_width(),
-                    "/", c.v_width(), ", expected ", kw);
       const int64_t r0 = b * ctx.seq;
-      if constexpr (Rope::enabled) {  // RoPE and the append in one pass: the rotated keys go to the cache
-        const auto rows = c.append_rows(ctx.seq);
-        ops::rope_qk_append(B{}, s.q.data() + r0 * qw, s.k.data() + r0 * kw, s.v.data() + r0 * kw, pos + r0,
-                            ctx.seq, n_heads, n_kv_heads, head_dim, kw, rope_theta, Rope::style, rows.k,
-                            rows.v, rows.seg);
-      } else {
-        c.append(s.k.data() + r0 * kw, kw, s.v.data() + r0 * kw, kw, ctx.seq);
+      if (!appended) {
+        if constexpr (Rope::enabled) {  // RoPE and the append in one pass: the rotated keys go to the cache
+          const auto rows = c.append_rows(ctx.seq);
+          ops::rope_qk_append(B{}, s.q.data() + r0 * qw, s.k.data() + r0 * kw, s.v.data() + r0 * kw, pos + r0,
+                              ctx.seq, n_heads, n_kv_heads, head_dim, kw, rope_theta, Rope::style, rows.k,
+                              rows.v, rows.seg);
+        } else {
+          c.append(s.k.data() + r0 * kw, kw, s.v.data() + r0 * kw, kw, ctx.seq);
+        }
       }
       ops::AttnDims d = dims(ctx);
       d.B = 1;
@@ -317,6 +323,28 @@ struct SelfAttention {
 
   /// Decoding-size inference with frozen bf16 weights (Linear::small_forward_ok): q, k and v of the same x in
   /// one launch (ops::linear_small_bf16) into s.q, s.k, s.v. False (nothing done) when it does not apply.
+  /// project_qkv_small for one sequence's new tokens with RoPE applied in the products' epilogue and k, v
+  /// written straight into new rows of `cache` (queries rotated into s.q): the whole of a decoding step's
+  /// projections, rotation and cache append in one launch. False (nothing done) where the small products do
+  /// not apply or the layer has no RoPE.
+  bool project_qkv_rope_append(TensorView<const T> x, Saved& s, ops::SmallLinearNorm norm, const int64_t* pos,
+                               KvCache<T, B>& cache) const {
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda> && Rope::enabled) {
+      if (!q_proj.small_forward_ok(x) || !k_proj.small_forward_ok(x) || !v_proj.small_forward_ok(x))
+        return false;
+      const int64_t n = x.size(0), kw = n_kv_heads * head_dim;
+      const auto rows = cache.append_rows(n);
+      const ops::SmallLinearOut outs[] = {q_proj.small_output(s.q, n),
+                                          {k_proj.frozen_weight_bf16(), k_proj.bias(), rows.k, kw},
+                                          {v_proj.frozen_weight_bf16(), v_proj.bias(), rows.v, kw}};
+      ops::linear_small_bf16(
+          B{}, x.data(), n, dim, outs, 3, norm,
+          {pos, head_dim, rope_theta, Rope::style == ops::RopeStyle::Interleaved, 2, rows.seg});
+      return true;
+    } else {
+      return false;
+    }
+  }
   bool project_qkv_small(TensorView<const T> x, Saved& s, ops::SmallLinearNorm norm = {}) const {
     if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
       if (!q_proj.small_forward_ok(x) || !k_proj.small_forward_ok(x) || !v_proj.small_forward_ok(x))

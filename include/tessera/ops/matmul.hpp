@@ -95,9 +95,21 @@ struct SmallLinearNorm {
   const float* weight = nullptr;  // null: no normalisation
   double eps = 0;
 };
+/// RoPE fused into the products (a cached attention step of one sequence): the first `outputs` outputs (q,
+/// k) are rotated as rope_qk rotates them — rows are tokens at positions [M] (device), heads of head_dim,
+/// `interleaved` pairs or halves — and seg_zero [M] (device, or null) is set to 0: with k and v written
+/// straight into KV-cache rows (KvCache::append_rows), the products are the whole append.
+struct SmallLinearRope {
+  const int64_t* positions = nullptr;
+  int64_t head_dim = 0;
+  double theta = 0;
+  bool interleaved = false;
+  int outputs = 0;
+  int64_t* seg_zero = nullptr;
+};
 bool small_linear_supported(cuda, const float* x, int64_t M, int64_t K);
 void linear_small_bf16(cuda, const float* x, int64_t M, int64_t K, const SmallLinearOut* outs, int n_outs,
-                       SmallLinearNorm norm = {});
+                       SmallLinearNorm norm = {}, SmallLinearRope rope = {});
 /// SwiGLU's hidden activation for decoding-size inputs: y [M, N] = silu(bf16(x) W_gateᵀ) * (bf16(x) W_upᵀ),
 /// the two products and the gate in one launch (same operands and norm as above).
 void swiglu_small_bf16(cuda, const float* x, int64_t M, int64_t K, const bf16* w_gate, const bf16* w_up,

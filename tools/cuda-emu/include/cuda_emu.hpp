@@ -248,7 +248,11 @@ inline cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total_b) {
   *free_b = *total_b = size_t(80) << 30;
   return cudaSuccess;
 }
-enum cudaDeviceAttr { cudaDevAttrMemoryPoolsSupported, cudaDevAttrMultiProcessorCount };
+enum cudaDeviceAttr {
+  cudaDevAttrMemoryPoolsSupported,
+  cudaDevAttrMultiProcessorCount,
+  cudaDevAttrComputeCapabilityMajor
+};
 namespace emu {
 inline const int pools = env_on("EMU_NOPOOLS") ? 0 : 1;  // EMU_NOPOOLS=1: exercise the cudaMalloc fallbacks
 inline std::atomic<long long> live_async{0}, live_sync{0};
@@ -279,7 +283,33 @@ inline struct AllocCheck {
 }  // namespace emu
 // The SM count of an H100 SXM (132), so that launch heuristics take the same paths as there.
 inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr a, int) {
-  *v = a == cudaDevAttrMultiProcessorCount ? 132 : emu::pools;
+  *v = a == cudaDevAttrMultiProcessorCount ? 132 : a == cudaDevAttrComputeCapabilityMajor ? 9 : emu::pools;
+  return cudaSuccess;
+}
+// cudaLaunchKernelEx with launch attributes (tessera sets only programmatic stream serialization, which has
+// nothing to do here: kernels run one after the other anyway, and griddepcontrol is compiled out).
+enum cudaLaunchAttributeID { cudaLaunchAttributeProgrammaticStreamSerialization = 6 };
+struct cudaLaunchAttributeValue {
+  int programmaticStreamSerializationAllowed;
+};
+struct cudaLaunchAttribute {
+  cudaLaunchAttributeID id;
+  cudaLaunchAttributeValue val;
+};
+struct cudaLaunchConfig_t {
+  dim3 gridDim, blockDim;
+  size_t dynamicSmemBytes;
+  cudaStream_t stream;
+  cudaLaunchAttribute* attrs;
+  unsigned numAttrs;
+};
+template <class... Params, class... Args>
+inline cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* c, void (*kernel)(Params...),
+                                      Args&&... args) {
+  for (unsigned i = 0; i < c->numAttrs; ++i)
+    if (c->attrs[i].id != cudaLaunchAttributeProgrammaticStreamSerialization)
+      emu::fail("cudaLaunchKernelEx: attribute");
+  emu::launch(c->gridDim, c->blockDim, c->dynamicSmemBytes, [&] { kernel(std::forward<Args>(args)...); });
   return cudaSuccess;
 }
 inline cudaError_t cudaMalloc(void** p, size_t n) {
