@@ -51,7 +51,8 @@ inline bool& pdl_on() {
   return on;
 }
 
-/// kernel<<<grid, block, smem>>>(args...) on the legacy default stream, with the PDL attribute when pdl_on().
+/// Launches kernel(args...) with grid, block and smem bytes on the legacy default stream, with the PDL
+/// attribute when pdl_on().
 template <class... Params, class... Args>
 void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, Args&&... args) {
   if (pdl_on()) {
