@@ -364,8 +364,9 @@ TEST_F(CudaAttentionMasks, BadIdsAreTesseraErrors) {
 // emulator reports 132 SMs): Tq <= 8 and a key span >= 128, with B*Hq = 8 query heads (tile grid 8 blocks,
 // 2 * 8 <= 132 for Tq = 3); splits per row = min(ceil(4*132 / (B*Hq*Tq)), span / 64), i.e. min(66, span/64)
 // for Tq = 1 and min(22, span/64) for Tq = 3: e.g. causal Tk = 600 -> 9 splits, window W = 300 -> 4, chunk
-// C = 256 -> 4, the non-causal id masks over Tk = 500 -> 7 (span = Tk). The last case has B*Hq = 528 rows:
-// one split, written without the combine kernel.
+// C = 256 -> 4, the non-causal id masks over Tk = 500 -> 7 (span = Tk); with several splits the row's last
+// block merges them, and the many launches here reuse the per-row counters it re-arms. The last case has
+// B*Hq = 528 rows: one split, written by its block directly.
 TEST_F(CudaAttentionMasks, SplitKvDecodeMatchesCpu) {
   Rng rng(46);
   for (const int64_t Tq : {int64_t{1}, int64_t{3}}) {
