@@ -352,6 +352,7 @@ __global__ void __launch_bounds__(kSplitThreads)
                               float* __restrict__ part_acc, unsigned* __restrict__ counters) {
   constexpr int kC = kD / 32;  // columns per lane
   pdl_launch_dependents();     // a decoding step's next product may load its weights meanwhile (pdl.cuh)
+  pdl_wait();                  // q and the newest keys come from the kernels before this one
   __shared__ float wm[kSplitWarps], wl[kSplitWarps], wacc[kSplitWarps][kD];
   const int64_t blk = blockIdx.x, row = blk / ns;
   const int64_t split = blk % ns;

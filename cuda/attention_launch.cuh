@@ -158,8 +158,10 @@ void forward_split(const AttnArgs& a, const Dims& d, const Mask& mask, int ns, c
   }
   dispatch_dim(a, [&](auto dim) {
     constexpr int kD = decltype(dim)::value;
-    auto kernel = attn_forward_split_kernel<kD, Mask>;
-    kernel<<<blocks, kSplitThreads>>>(d, mask, ns, q, k, v, o, lse, part_ml, part_acc, counters);
+    // Under PDL (cuda/pdl.cuh) the grid is resident when the kernel before it (which wrote q and the cache's
+    // new rows) finishes: it waits first thing.
+    launch_pdl(attn_forward_split_kernel<kD, Mask>, dim3(blocks), dim3(kSplitThreads), 0, d, mask, ns, q, k, v,
+               o, lse, part_ml, part_acc, counters);
   });
   TESSERA_CUDA_CHECK_LAUNCH("attn_forward_split_kernel");
 }
