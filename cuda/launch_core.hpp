@@ -156,15 +156,16 @@ struct SmallLinearGroup {
 /// Whether x [M, K] suits the small products: K a positive multiple of 8, x 16-byte aligned.
 bool small_linear_supported(const float* x, int64_t K);
 /// RoPE in linear_small_bf16's epilogue: the first `groups` outputs (q, k) are rotated by positions [M]
-/// (rows are tokens) with head_dim, theta and the pair layout (interleaved or halves), as rope_qk_kernel;
-/// seg_zero [M] (or null) is zeroed (the segment ids of KV-cache rows written by the product).
+/// (rows are tokens) with head_dim, theta and the pair layout (interleaved or halves), as rope_qk_kernel.
+/// seg_dst [M] (or null) = seg_src [M] (or zeros): the segment ids of KV-cache rows the products write.
 struct SmallLinearRope {
   const int64_t* positions = nullptr;
   int64_t head_dim = 0;
   double theta = 0;
   bool interleaved = false;
   int groups = 0;
-  int64_t* seg_zero = nullptr;
+  const int64_t* seg_src = nullptr;
+  int64_t* seg_dst = nullptr;
 };
 /// y_g = bf16(x') W_gᵀ (+ b_g) for 1 <= M <= 8 rows and 1..3 weights sharing x, one launch; x' = x, or
 /// RMSNorm(x) with gain norm_w [K] (16-byte aligned) and norm_eps when norm_w is set; with rope.groups > 0

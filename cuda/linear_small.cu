@@ -121,6 +121,8 @@ __global__ void __launch_bounds__(kWarps * 32) linear_small_kernel(SmallArgs a) 
   int64_t k0 = lane * 8;
   load(k0);
   pdl_wait();  // x, the norm gain's input and the outputs belong to the kernels before this one
+  if (tile == 0 && a.rope.seg_dst && lane < M)
+    a.rope.seg_dst[lane] = a.rope.seg_src ? a.rope.seg_src[lane] : 0;
 
   // RMSNorm in front: each warp computes the M rows' 1/rms itself (M * K reads, next to the weights' C * K).
   float rstd[M];
@@ -180,7 +182,6 @@ __global__ void __launch_bounds__(kWarps * 32) linear_small_kernel(SmallArgs a) 
 
   if constexpr (C == 2 && !Gated) {
     if (rotated) {  // bias, then the rotation of the pair (as rope_qk_kernel: angle in double, fp32 products)
-      if (tile == 0 && a.rope.seg_zero && lane < M) a.rope.seg_zero[lane] = 0;
       const int64_t i = a.rope.interleaved ? (col[0] % a.rope.head_dim) / 2 : t % half;
       const double inv_freq =
           pow(a.rope.theta, -2.0 * static_cast<double>(i) / static_cast<double>(a.rope.head_dim));

@@ -240,7 +240,7 @@ bool small_linear_supported(cuda, const float* x, int64_t M, int64_t K) {
 }
 
 void linear_small_bf16(cuda, const float* x, int64_t M, int64_t K, const SmallLinearOut* outs, int n_outs,
-                       SmallLinearNorm norm, SmallLinearRope rope) {
+                       SmallLinearNorm norm, SmallLinearRope rope, SmallLinearSegments seg) {
   TESSERA_CHECK(n_outs >= 1 && n_outs <= cuda_detail::kSmallLinearMaxGroups,
                 "linear_small_bf16(cuda): ", n_outs, " weights (1..", cuda_detail::kSmallLinearMaxGroups,
                 ")");
@@ -252,7 +252,7 @@ void linear_small_bf16(cuda, const float* x, int64_t M, int64_t K, const SmallLi
   }
   cuda_detail::linear_small_bf16(
       x, M, K, g, n_outs, norm.weight, norm.eps,
-      {rope.positions, rope.head_dim, rope.theta, rope.interleaved, rope.outputs, rope.seg_zero});
+      {rope.positions, rope.head_dim, rope.theta, rope.interleaved, rope.outputs, seg.src, seg.dst});
 }
 
 void swiglu_small_bf16(cuda, const float* x, int64_t M, int64_t K, const bf16* w_gate, const bf16* w_up,

@@ -334,7 +334,8 @@ TEST(CudaMixedPrecision, SmallProductsMultiplyBf16OperandsWithFp32Accumulation) 
 // RoPE in the small products' epilogue (a decoding step's q/k/v, rotation and KV-cache append in one launch):
 // the rotated q and k equal the plain products (bias included) rotated by rope_qk, v is the plain product bit
 // for bit (each column's sum is the same lane order whatever the column-to-warp mapping), and the cache rows'
-// segment ids are zeroed. Both pair layouts, 1 and 3 tokens, Hq 4 / Hkv 2 heads of 16.
+// segment ids are zeroed — or copied from given ids. Both pair layouts, 1 and 3 tokens, Hq 4 / Hkv 2 heads of
+// 16.
 TEST(CudaMixedPrecision, SmallProductsRotateQueriesAndKeysForTheCache) {
   TESSERA_NEED_GPU();
   const int64_t K = 72, Dh = 16, Hq = 4, Hk = 2, qw = Hq * Dh, kw = Hk * Dh;
@@ -372,19 +373,30 @@ TEST(CudaMixedPrecision, SmallProductsRotateQueriesAndKeysForTheCache) {
                                            {w[1].data(), nullptr, kc.data(), kw},
                                            {w[2].data(), nullptr, vc.data(), kw}};
       ops::linear_small_bf16(cuda{}, x.data(), M, K, fused, 3, {},
-                             {pos.data(), Dh, 1e4, style == ops::RopeStyle::Interleaved, 2, seg.data()});
+                             {pos.data(), Dh, 1e4, style == ops::RopeStyle::Interleaved, 2},
+                             {nullptr, seg.data()});
       EXPECT_LE(rel_err(download(q.data(), M * qw), download(rq.data(), M * qw)), 1e-6);
       EXPECT_LE(rel_err(download(kc.data(), M * kw), download(rk.data(), M * kw)), 1e-6);
       EXPECT_EQ(download(vc.data(), M * kw), download(rv.data(), M * kw));
       std::vector<int64_t> seg_h(static_cast<size_t>(M));
       cuda_mem::to_host(seg_h.data(), seg.data(), seg_h.size() * sizeof(int64_t));
       EXPECT_EQ(seg_h, std::vector<int64_t>(static_cast<size_t>(M), 0));
+      // Segment ids copied instead (the decoder's cross-attention memory), no RoPE: k and v as plain
+      // products.
+      Tensor<int64_t, cuda> ids({M});
+      cuda_mem::to_device(ids.data(), pos_h.data(), pos_h.size() * sizeof(int64_t));
+      const ops::SmallLinearOut kv[] = {{w[1].data(), nullptr, kc.data(), kw},
+                                        {w[2].data(), nullptr, vc.data(), kw}};
+      ops::linear_small_bf16(cuda{}, x.data(), M, K, kv, 2, {}, {}, {ids.data(), seg.data()});
+      cuda_mem::to_host(seg_h.data(), seg.data(), seg_h.size() * sizeof(int64_t));
+      EXPECT_EQ(seg_h, pos_h);
+      EXPECT_EQ(download(vc.data(), M * kw), download(rv.data(), M * kw));
       // A rotated output takes whole heads and no residual.
       ops::SmallLinearOut with_res[] = {fused[0], fused[1], fused[2]};
       with_res[0].residual = q.data();
-      EXPECT_THROW(ops::linear_small_bf16(cuda{}, x.data(), M, K, with_res, 3, {},
-                                          {pos.data(), Dh, 1e4, false, 2, nullptr}),
-                   Error);
+      EXPECT_THROW(
+          ops::linear_small_bf16(cuda{}, x.data(), M, K, with_res, 3, {}, {pos.data(), Dh, 1e4, false, 2}),
+          Error);
       EXPECT_THROW(
           ops::linear_small_bf16(cuda{}, x.data(), M, K, fused, 3, {}, {pos.data(), 24, 1e4, false, 2}),
           Error);

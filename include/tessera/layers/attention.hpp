@@ -337,9 +337,9 @@ struct SelfAttention {
       const ops::SmallLinearOut outs[] = {q_proj.small_output(s.q, n),
                                           {k_proj.frozen_weight_bf16(), k_proj.bias(), rows.k, kw},
                                           {v_proj.frozen_weight_bf16(), v_proj.bias(), rows.v, kw}};
-      ops::linear_small_bf16(
-          B{}, x.data(), n, dim, outs, 3, norm,
-          {pos, head_dim, rope_theta, Rope::style == ops::RopeStyle::Interleaved, 2, rows.seg});
+      ops::linear_small_bf16(B{}, x.data(), n, dim, outs, 3, norm,
+                             {pos, head_dim, rope_theta, Rope::style == ops::RopeStyle::Interleaved, 2},
+                             {nullptr, rows.seg});
       return true;
     } else {
       return false;

@@ -83,6 +83,26 @@ struct CrossAttention {
       return false;
     }
   }
+  /// project_kv_small written straight into `n` new rows of `cache` (KvCache::append_rows) with segment ids
+  /// seg [n] (device): a cache append in one launch. False (nothing done) when the small products do not
+  /// apply.
+  bool project_kv_small_into(TensorView<const T> src, ops::SmallLinearNorm norm, KvCache<T, B>& cache,
+                             const int64_t* seg) const {
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
+      if (!k_proj.small_forward_ok(src) || !v_proj.small_forward_ok(src)) return false;
+      const int64_t n = src.size(0), kvw = n_kv_heads * head_dim;
+      TESSERA_CHECK(cache.k_width() == kvw && cache.v_width() == kvw,
+                    "CrossAttention::project_kv_small_into: ", "cache rows of width ", cache.k_width(), "/",
+                    cache.v_width(), ", expected ", kvw);
+      const auto rows = cache.append_rows(n);
+      const ops::SmallLinearOut outs[] = {{k_proj.frozen_weight_bf16(), k_proj.bias(), rows.k, kvw},
+                                          {v_proj.frozen_weight_bf16(), v_proj.bias(), rows.v, kvw}};
+      ops::linear_small_bf16(B{}, src.data(), n, kv_dim, outs, 2, norm, {}, {seg, rows.seg});
+      return true;
+    } else {
+      return false;
+    }
+  }
   /// Inference against cached keys/values (no backward): q.batch query sequences of q.seq rows, x [q.rows(),
   /// dim]; caches[b] holds sequence b's keys, values (project_kv) and segment ids. The mask is
   /// Mask::make_cross of sequence b's slice of the query context and a key context over the cache

@@ -97,19 +97,23 @@ struct SmallLinearNorm {
 };
 /// RoPE fused into the products (a cached attention step of one sequence): the first `outputs` outputs (q,
 /// k) are rotated as rope_qk rotates them — rows are tokens at positions [M] (device), heads of head_dim,
-/// `interleaved` pairs or halves — and seg_zero [M] (device, or null) is set to 0: with k and v written
-/// straight into KV-cache rows (KvCache::append_rows), the products are the whole append.
+/// `interleaved` pairs or halves.
 struct SmallLinearRope {
   const int64_t* positions = nullptr;
   int64_t head_dim = 0;
   double theta = 0;
   bool interleaved = false;
   int outputs = 0;
-  int64_t* seg_zero = nullptr;
+};
+/// Segment ids written with the products: dst[0, M) = src ? src[0, M) : 0 (device). With k and v written
+/// straight into KV-cache rows (KvCache::append_rows), the launch is then the whole append.
+struct SmallLinearSegments {
+  const int64_t* src = nullptr;
+  int64_t* dst = nullptr;
 };
 bool small_linear_supported(cuda, const float* x, int64_t M, int64_t K);
 void linear_small_bf16(cuda, const float* x, int64_t M, int64_t K, const SmallLinearOut* outs, int n_outs,
-                       SmallLinearNorm norm = {}, SmallLinearRope rope = {});
+                       SmallLinearNorm norm = {}, SmallLinearRope rope = {}, SmallLinearSegments seg = {});
 /// SwiGLU's hidden activation for decoding-size inputs: y [M, N] = silu(bf16(x) W_gateᵀ) * (bf16(x) W_upᵀ),
 /// the two products and the gate in one launch (same operands and norm as above).
 void swiglu_small_bf16(cuda, const float* x, int64_t M, int64_t K, const bf16* w_gate, const bf16* w_up,

@@ -460,6 +460,13 @@ class BltIncremental {
     mc.seq = C * k_;
     for (size_t i = 0; i < m.local_decoder.cross_attn_layers.size(); ++i) {
       const auto& cross = m.local_decoder.cross_attn_layers.layers[i];
+      if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
+        // One closed patch (a decoding step): k_norm, the K/V products and the append are one launch.
+        if (C == 1 &&
+            cross.attn.project_kv_small_into(mem, {cross.k_norm.params.weight.value.data(), cross.k_norm.eps},
+                                             rows[closings_[0].row]->cross[i], cross_seg))
+          continue;
+      }
       bool fused = false;
       if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>)  // k_norm inside the small product
         fused = cross.attn.project_kv_small(mem, {cross.k_norm.params.weight.value.data(), cross.k_norm.eps},
