@@ -638,10 +638,11 @@ int main(int argc, char** argv) {
       app.add_option("--hash-vocab", hash_vocab, "rows per hash n-gram table")->check(CLI::PositiveNumber);
   app.add_option("--patch-scale", patch_scale, "scale of the entropy model's lm_head (longer patches)");
   app.add_option("--seed", seed);
-  app.add_flag("--tiny", tiny, "a tiny configuration (smoke tests, emulator)");
+  auto* o_tiny = app.add_flag("--tiny", tiny, "a tiny configuration (smoke tests, emulator)");
   bool full_depth = false, breakdown = false;
   app.add_flag("--breakdown", breakdown, "forward, train: one more step timed phase by phase");
-  app.add_flag("--full-depth", full_depth, "with --tiny: the BLT-1B layer counts (host overhead studies)");
+  app.add_flag("--full-depth", full_depth, "with --tiny: the BLT-1B layer counts (host overhead studies)")
+      ->needs(o_tiny);
   CLI11_PARSE(app, argc, argv);
 
   std::vector<std::string> todo;

@@ -8,8 +8,6 @@
 #include <algorithm>
 #include <climits>
 #include <type_traits>
-#include <utility>
-#include <vector>
 
 #include "attention_kernels.cuh"
 #include "check.hpp"
@@ -111,32 +109,6 @@ int split_kv_parts(const Dims& d, int64_t span, int sms) {
   return static_cast<int>(std::max<int64_t>(1, std::min(want, most)));
 }
 
-/// Zeroed per-row counters for the split-KV merge, per (host thread, device); the kernels leave them zero.
-/// Grown (and zeroed) when a launch needs more rows; freed at thread exit.
-struct SplitCounters {
-  std::vector<std::pair<unsigned*, int64_t>> per_device;
-  ~SplitCounters() {
-    for (auto& [p, n] : per_device)
-      if (p) (void)cudaFree(p);
-  }
-  unsigned* get(int64_t rows) {
-    int dev = 0;
-    TESSERA_CUDA_CHECK(cudaGetDevice(&dev));
-    if (static_cast<size_t>(dev) >= per_device.size()) per_device.resize(dev + 1, {nullptr, 0});
-    auto& [p, cap] = per_device[dev];
-    if (cap < rows) {
-      if (p) TESSERA_CUDA_CHECK(cudaFree(p));  // ordered after queued kernels that used it
-      p = nullptr;
-      cap = 0;
-      const int64_t n = std::max<int64_t>(rows, 1024);
-      TESSERA_CUDA_CHECK(cudaMalloc(&p, static_cast<size_t>(n) * sizeof(unsigned)));
-      TESSERA_CUDA_CHECK(cudaMemset(p, 0, static_cast<size_t>(n) * sizeof(unsigned)));
-      cap = n;
-    }
-    return p;
-  }
-};
-
 /// The split-KV forward with ns splits per query row: one launch (with ns > 1, the last block of each row
 /// merges its parts).
 template <class Mask>
@@ -153,8 +125,9 @@ void forward_split(const AttnArgs& a, const Dims& d, const Mask& mask, int ns, c
                     DeviceScratch::bytes_for<float>(rows * ns * d.Dv));
     part_ml = scratch.carve<float>(rows * ns * 2);
     part_acc = scratch.carve<float>(rows * ns * d.Dv);
-    thread_local SplitCounters split_counters;
-    counters = split_counters.get(rows);
+    // Per-row counters for the merge: zeroed when allocated; every launch leaves them zero.
+    thread_local KeptDeviceBuffer<unsigned> split_counters;
+    counters = split_counters.get(static_cast<size_t>(std::max<int64_t>(rows, 1024)), true);
   }
   dispatch_dim(a, [&](auto dim) {
     constexpr int kD = decltype(dim)::value;

@@ -155,10 +155,11 @@ struct SmallLinearGroup {
 };
 /// Whether x [M, K] suits the small products: K a positive multiple of 8, x 16-byte aligned.
 bool small_linear_supported(const float* x, int64_t K);
-/// RoPE in linear_small_bf16's epilogue: the first `groups` outputs (q, k) are rotated by positions [M]
-/// (rows are tokens) with head_dim, theta and the pair layout (interleaved or halves), as rope_qk_kernel.
-/// seg_dst [M] (or null) = seg_src [M] (or zeros): the segment ids of KV-cache rows the products write.
-struct SmallLinearRope {
+/// What linear_small_bf16 does besides the products (a KV-cache append in the same launch): RoPE — the first
+/// `groups` outputs (q, k) rotated by positions [M] (rows are tokens) with head_dim, theta and the pair
+/// layout (interleaved or halves), as rope_qk_kernel — and seg_dst [M] (or null) = seg_src [M] (or zeros),
+/// the segment ids of the cache rows the products write.
+struct SmallLinearEpilogue {
   const int64_t* positions = nullptr;
   int64_t head_dim = 0;
   double theta = 0;
@@ -168,10 +169,10 @@ struct SmallLinearRope {
   int64_t* seg_dst = nullptr;
 };
 /// y_g = bf16(x') W_gᵀ (+ b_g) for 1 <= M <= 8 rows and 1..3 weights sharing x, one launch; x' = x, or
-/// RMSNorm(x) with gain norm_w [K] (16-byte aligned) and norm_eps when norm_w is set; with rope.groups > 0
-/// the first rope.groups outputs are rotated (no residual there).
+/// RMSNorm(x) with gain norm_w [K] (16-byte aligned) and norm_eps when norm_w is set; with epilogue.groups >
+/// 0 the first epilogue.groups outputs are rotated (no residual there).
 void linear_small_bf16(const float* x, int64_t M, int64_t K, const SmallLinearGroup* groups, int n_groups,
-                       const float* norm_w, double norm_eps, const SmallLinearRope& rope = {});
+                       const float* norm_w, double norm_eps, const SmallLinearEpilogue& epilogue = {});
 /// y [M, N] = silu(bf16(x') W_gateᵀ) * (bf16(x') W_upᵀ), one launch (x' as above).
 void swiglu_small_bf16(const float* x, int64_t M, int64_t K, const uint16_t* w_gate, const uint16_t* w_up,
                        int64_t N, float* y, const float* norm_w, double norm_eps);

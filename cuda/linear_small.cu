@@ -40,8 +40,8 @@ struct SmallArgs {
   int64_t K;
   const float* norm_w;  // RMSNorm gain [K], or null: no normalisation
   double norm_eps;
-  SmallLinearRope
-      rope;  // rope.groups > 0: the first rope.groups outputs are rotated (C == 2: one pair a warp)
+  SmallLinearEpilogue
+      epi;  // epi.groups > 0: the first epi.groups outputs are rotated (C == 2: a pair a warp)
 };
 
 __device__ inline float lo_bf16(uint32_t w) {
@@ -86,13 +86,13 @@ __global__ void __launch_bounds__(kWarps * 32) linear_small_kernel(SmallArgs a) 
   const int64_t t = tile - (g > 0 ? a.g[g - 1].tiles_end : 0), K = a.K;
   // The warp's output columns: C consecutive ones, or for a rotated output one RoPE pair (C == 2) — columns
   // 2i, 2i + 1 of a head (interleaved) or i, i + Dh/2 (halves), i the pair's index in its head.
-  const bool rotated = C == 2 && g < a.rope.groups;
-  const int64_t half = a.rope.head_dim / 2;
+  const bool rotated = C == 2 && g < a.epi.groups;
+  const int64_t half = a.epi.head_dim / 2;
   int64_t col[C];
 #pragma unroll
   for (int c = 0; c < C; ++c) col[c] = t * C + c;
-  if (rotated && !a.rope.interleaved) {
-    col[0] = t / half * a.rope.head_dim + t % half;
+  if (rotated && !a.epi.interleaved) {
+    col[0] = t / half * a.epi.head_dim + t % half;
     col[C - 1] = col[0] + half;
   }
 
@@ -121,8 +121,7 @@ __global__ void __launch_bounds__(kWarps * 32) linear_small_kernel(SmallArgs a) 
   int64_t k0 = lane * 8;
   load(k0);
   pdl_wait();  // x, the norm gain's input and the outputs belong to the kernels before this one
-  if (tile == 0 && a.rope.seg_dst && lane < M)
-    a.rope.seg_dst[lane] = a.rope.seg_src ? a.rope.seg_src[lane] : 0;
+  if (tile == 0 && a.epi.seg_dst && lane < M) a.epi.seg_dst[lane] = a.epi.seg_src ? a.epi.seg_src[lane] : 0;
 
   // RMSNorm in front: each warp computes the M rows' 1/rms itself (M * K reads, next to the weights' C * K).
   float rstd[M];
@@ -182,16 +181,16 @@ __global__ void __launch_bounds__(kWarps * 32) linear_small_kernel(SmallArgs a) 
 
   if constexpr (C == 2 && !Gated) {
     if (rotated) {  // bias, then the rotation of the pair (as rope_qk_kernel: angle in double, fp32 products)
-      const int64_t i = a.rope.interleaved ? (col[0] % a.rope.head_dim) / 2 : t % half;
+      const int64_t i = a.epi.interleaved ? (col[0] % a.epi.head_dim) / 2 : t % half;
       const double inv_freq =
-          pow(a.rope.theta, -2.0 * static_cast<double>(i) / static_cast<double>(a.rope.head_dim));
+          pow(a.epi.theta, -2.0 * static_cast<double>(i) / static_cast<double>(a.epi.head_dim));
 #pragma unroll
       for (int r = 0; r < M; ++r) {
         float va = warp_sum(acc[r][0]), vb = warp_sum(acc[r][1]);
         if (lane == r) {
           if (grp.bias) va += grp.bias[col[0]], vb += grp.bias[col[1]];
           double sd, cd;
-          sincos(static_cast<double>(a.rope.positions[r]) * inv_freq, &sd, &cd);
+          sincos(static_cast<double>(a.epi.positions[r]) * inv_freq, &sd, &cd);
           const float cs = static_cast<float>(cd), sn = static_cast<float>(sd);
           grp.y[r * grp.n + col[0]] = va * cs - vb * sn;
           grp.y[r * grp.n + col[1]] = va * sn + vb * cs;
@@ -275,13 +274,13 @@ void run(SmallArgs& a, int64_t rows, bool gated, const char* op) {
                 "(cuda): the norm weight must be 16-byte aligned");
   int64_t total = 0;
   for (int g = 0; g < a.groups; ++g) total += a.g[g].n;
-  const int C = a.rope.groups > 0 ? 2 : columns_per_warp(total, M, gated);
-  if (a.rope.groups > 0) {
-    TESSERA_CHECK(!gated && a.rope.groups <= a.groups && a.rope.positions && a.rope.head_dim > 0 &&
-                      a.rope.head_dim % 2 == 0 && a.rope.theta > 0,
+  const int C = a.epi.groups > 0 ? 2 : columns_per_warp(total, M, gated);
+  if (a.epi.groups > 0) {
+    TESSERA_CHECK(!gated && a.epi.groups <= a.groups && a.epi.positions && a.epi.head_dim > 0 &&
+                      a.epi.head_dim % 2 == 0 && a.epi.theta > 0,
                   op, "(cuda): RoPE needs positions, an even head dimension and theta > 0");
-    for (int g = 0; g < a.rope.groups; ++g)
-      TESSERA_CHECK(a.g[g].n % a.rope.head_dim == 0 && !a.g[g].residual, op, "(cuda): rotated output ", g,
+    for (int g = 0; g < a.epi.groups; ++g)
+      TESSERA_CHECK(a.g[g].n % a.epi.head_dim == 0 && !a.g[g].residual, op, "(cuda): rotated output ", g,
                     " must be whole heads without a residual");
   }
   int64_t tiles = 0;
@@ -311,7 +310,7 @@ bool small_linear_supported(const float* x, int64_t K) {
 }
 
 void linear_small_bf16(const float* x, int64_t M, int64_t K, const SmallLinearGroup* groups, int n_groups,
-                       const float* norm_w, double norm_eps, const SmallLinearRope& rope) {
+                       const float* norm_w, double norm_eps, const SmallLinearEpilogue& epilogue) {
   TESSERA_CHECK(n_groups >= 1 && n_groups <= kSmallLinearMaxGroups, "linear_small_bf16(cuda): ", n_groups,
                 " weights (1..", kSmallLinearMaxGroups, ")");
   SmallArgs a{};
@@ -320,7 +319,7 @@ void linear_small_bf16(const float* x, int64_t M, int64_t K, const SmallLinearGr
   a.K = K;
   a.norm_w = norm_w;
   a.norm_eps = norm_eps;
-  a.rope = rope;
+  a.epi = epilogue;
   for (int g = 0; g < n_groups; ++g)
     a.g[g] = {groups[g].w, nullptr, groups[g].bias, groups[g].residual, groups[g].residual_adds, groups[g].y,
               groups[g].n, 0};

@@ -5,7 +5,6 @@
 // adds them in a fixed order.
 #include <algorithm>
 #include <climits>
-#include <vector>
 
 #include "check.hpp"
 #include "core_util.cuh"
@@ -93,29 +92,6 @@ __global__ void sum_partials_kernel(float* __restrict__ dw, const float* __restr
   dw[c] += s;
 }
 
-// Per-(thread, device) scratch for the partial sums; grows, never shrinks, freed at thread exit.
-struct Scratch {
-  std::vector<std::pair<float*, size_t>> per_device;
-  ~Scratch() {
-    for (auto& [p, n] : per_device)
-      if (p) (void)cudaFree(p);
-  }
-  float* get(size_t n) {
-    int dev = 0;
-    TESSERA_CUDA_CHECK(cudaGetDevice(&dev));
-    if (static_cast<size_t>(dev) >= per_device.size()) per_device.resize(dev + 1, {nullptr, 0});
-    auto& [p, cap] = per_device[dev];
-    if (cap < n) {
-      if (p) TESSERA_CUDA_CHECK(cudaFree(p));  // ordered after queued kernels that used it
-      p = nullptr;
-      cap = 0;
-      TESSERA_CUDA_CHECK(cudaMalloc(&p, n * sizeof(float)));
-      cap = n;
-    }
-    return p;
-  }
-};
-
 void check_sizes(const char* op, int64_t N, int64_t D) {
   TESSERA_CHECK(N >= 0 && N <= INT_MAX && D > 0 && D <= INT_MAX, op, "(cuda): bad sizes N=", N, " D=", D);
 }
@@ -161,7 +137,7 @@ void rmsnorm_backward_f32(float* dx, float* dw, const float* dy, const float* x,
       rmsnorm_dw_partial_kernel<<<grid, block>>>(dw, true, dy, x, rstd, N, d);
       TESSERA_CUDA_CHECK_LAUNCH("rmsnorm_dw_partial_kernel");
     } else {
-      thread_local Scratch scratch;
+      thread_local KeptDeviceBuffer<float> scratch;  // the partial sums, kept across calls
       float* partial = scratch.get(static_cast<size_t>(groups) * D);
       rmsnorm_dw_partial_kernel<<<grid, block>>>(partial, false, dy, x, rstd, N, d);
       TESSERA_CUDA_CHECK_LAUNCH("rmsnorm_dw_partial_kernel");

@@ -11,6 +11,8 @@
 #include <climits>
 #include <cstddef>
 #include <cstdint>
+#include <utility>
+#include <vector>
 
 #include "check.hpp"
 #include "tessera/core/allocator.hpp"
@@ -76,5 +78,39 @@ inline unsigned grid_for(int64_t n, int threads, const char* op) {
                 " blocks, beyond the grid limit");
   return static_cast<unsigned>(blocks);
 }
+
+/// A device buffer kept across calls, per device (hold one per host thread: thread_local): grows, never
+/// shrinks, freed at thread exit. For kernels' state that outlives a call — partial sums reused by every
+/// call, counters that the kernels leave zeroed. get(n, zeroed): at least n elements on the current device;
+/// with zeroed, storage new to this buffer is zero-filled (what is kept is whatever the kernels left).
+template <class T>
+class KeptDeviceBuffer {
+ public:
+  KeptDeviceBuffer() = default;
+  KeptDeviceBuffer(const KeptDeviceBuffer&) = delete;
+  KeptDeviceBuffer& operator=(const KeptDeviceBuffer&) = delete;
+  ~KeptDeviceBuffer() {
+    for (auto& [p, n] : per_device_)
+      if (p) (void)cudaFree(p);
+  }
+  T* get(size_t n, bool zeroed = false) {
+    int dev = 0;
+    TESSERA_CUDA_CHECK(cudaGetDevice(&dev));
+    if (static_cast<size_t>(dev) >= per_device_.size()) per_device_.resize(dev + 1, {nullptr, 0});
+    auto& [p, cap] = per_device_[dev];
+    if (cap < n) {
+      if (p) TESSERA_CUDA_CHECK(cudaFree(p));  // ordered after queued kernels that used it
+      p = nullptr;
+      cap = 0;
+      TESSERA_CUDA_CHECK(cudaMalloc(&p, n * sizeof(T)));
+      if (zeroed) TESSERA_CUDA_CHECK(cudaMemset(p, 0, n * sizeof(T)));
+      cap = n;
+    }
+    return p;
+  }
+
+ private:
+  std::vector<std::pair<T*, size_t>> per_device_;
+};
 
 }  // namespace tessera::cuda_detail

@@ -94,6 +94,18 @@ size_t sz(int64_t n) {
   return static_cast<size_t>(n);
 }
 
+/// bf16(v) element by element (round to nearest even), and back to fp32 (exact).
+std::vector<bf16> to_bf16(const Host& v) {
+  std::vector<bf16> r(v.size());
+  for (size_t i = 0; i < v.size(); ++i) r[i] = bf16(v[i]);
+  return r;
+}
+Host widen(const std::vector<bf16>& v) {
+  Host r(v.size());
+  for (size_t i = 0; i < v.size(); ++i) r[i] = static_cast<float>(v[i]);
+  return r;
+}
+
 void expect_close(const std::string& what, const Host& gpu, const Host& ref, double rtol = kRtol) {
   ASSERT_EQ(gpu.size(), ref.size()) << what;
   double scale = 0;
@@ -294,16 +306,6 @@ TEST_F(CudaCore, SwigluBf16InputsMatchTheFp32KernelsOnRoundedInputs) {
   };
   Rng rng(31);
   const int64_t N = 37;
-  auto widen = [](const std::vector<bf16>& v) {
-    Host r(v.size());
-    for (size_t i = 0; i < v.size(); ++i) r[i] = static_cast<float>(v[i]);
-    return r;
-  };
-  auto to_bf16 = [](const Host& v) {
-    std::vector<bf16> r(v.size());
-    for (size_t i = 0; i < v.size(); ++i) r[i] = bf16(v[i]);
-    return r;
-  };
   // The largest distance in bf16 ulps (the bit patterns mapped to a monotone integer scale).
   auto max_ulps = [](const std::vector<bf16>& a, const std::vector<bf16>& b) {
     auto ord = [](uint16_t x) {
@@ -418,21 +420,6 @@ TEST_F(CudaCore, RopeQkRotatesQueriesAndKeysInOneLaunch) {
     Ids pos = randint(N, rng, 0, 3000);
     Dev<int64_t> d_pos(pos);
     const Host q = randn(N * Hq * Dh, rng), k = randn(N * Hk * Dh, rng);
-    auto round16 = [](const Host& v) {
-      Host r(v.size());
-      for (size_t i = 0; i < v.size(); ++i) r[i] = static_cast<float>(bf16(v[i]));
-      return r;
-    };
-    auto to16 = [](const Host& v) {
-      std::vector<bf16> r(v.size());
-      for (size_t i = 0; i < v.size(); ++i) r[i] = bf16(v[i]);
-      return r;
-    };
-    auto from16 = [](const std::vector<bf16>& v) {
-      Host r(v.size());
-      for (size_t i = 0; i < v.size(); ++i) r[i] = static_cast<float>(v[i]);
-      return r;
-    };
     // Within one bf16 step of the rounded reference (a tie-breaking difference of the fp32 rotations).
     auto expect_bf16_of = [](const std::string& what, const Host& got, const Host& ref32) {
       int off = 0;
@@ -467,13 +454,13 @@ TEST_F(CudaCore, RopeQkRotatesQueriesAndKeysInOneLaunch) {
           Dev<bf16> oq(std::vector<bf16>(q.size())), ok(std::vector<bf16>(k.size()));
           ops::rope_qk(cuda{}, dq.data(), dk.data(), oq.data(), ok.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4,
                        style, inverse);
-          expect_bf16_of("rope_qk fp32->bf16 q" + tag, from16(oq.get()), rq);
-          expect_bf16_of("rope_qk fp32->bf16 k" + tag, from16(ok.get()), rk);
+          expect_bf16_of("rope_qk fp32->bf16 q" + tag, widen(oq.get()), rq);
+          expect_bf16_of("rope_qk fp32->bf16 k" + tag, widen(ok.get()), rk);
           EXPECT_EQ(dq.get(), q) << "the fp32 input is left alone";
         }
-        const auto [rq16, rk16] = cpu_rotate(round16(q), round16(k));
+        const auto [rq16, rk16] = cpu_rotate(widen(to_bf16(q)), widen(to_bf16(k)));
         {  // bf16 -> fp32
-          Dev<bf16> dq(to16(q)), dk(to16(k));
+          Dev<bf16> dq(to_bf16(q)), dk(to_bf16(k));
           Dev<float> oq(Host(q.size())), ok(Host(k.size()));
           ops::rope_qk(cuda{}, dq.data(), dk.data(), oq.data(), ok.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4,
                        style, inverse);
@@ -481,11 +468,11 @@ TEST_F(CudaCore, RopeQkRotatesQueriesAndKeysInOneLaunch) {
           expect_close("rope_qk bf16->fp32 k" + tag, ok.get(), rk16);
         }
         {  // bf16 -> bf16 in place
-          Dev<bf16> dq(to16(q)), dk(to16(k));
+          Dev<bf16> dq(to_bf16(q)), dk(to_bf16(k));
           ops::rope_qk(cuda{}, dq.data(), dk.data(), dq.data(), dk.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4,
                        style, inverse);
-          expect_bf16_of("rope_qk bf16 in place q" + tag, from16(dq.get()), rq16);
-          expect_bf16_of("rope_qk bf16 in place k" + tag, from16(dk.get()), rk16);
+          expect_bf16_of("rope_qk bf16 in place q" + tag, widen(dq.get()), rq16);
+          expect_bf16_of("rope_qk bf16 in place k" + tag, widen(dk.get()), rk16);
         }
       }
     }
@@ -917,16 +904,6 @@ TEST_F(CudaCore, GemmBf16MatchesCpuWithinBf16Rounding) {
   Rng rng(111);
   const int64_t M = 37, N = 29, K = 301, pad = 3;
   const float alpha = 0.75f, beta = 0.5f;
-  auto round_bf16 = [](const Host& h) {
-    std::vector<bf16> b(h.size());
-    for (size_t i = 0; i < h.size(); ++i) b[i] = bf16(h[i]);
-    return b;
-  };
-  auto widen = [](const std::vector<bf16>& b) {
-    Host h(b.size());
-    for (size_t i = 0; i < b.size(); ++i) h[i] = static_cast<float>(b[i]);
-    return h;
-  };
   auto absv = [](Host h) {
     for (float& x : h) x = std::abs(x);
     return h;
@@ -937,7 +914,7 @@ TEST_F(CudaCore, GemmBf16MatchesCpuWithinBf16Rounding) {
       const int64_t arows = ta ? K : M, acols = ta ? M : K, brows = tb ? N : K, bcols = tb ? K : N;
       const int64_t lda = acols + pad, ldb = bcols + pad, ldc = N + pad;
       const Host A = randn(arows * lda, rng), B = randn(brows * ldb, rng), C0 = randn(M * ldc, rng);
-      const std::vector<bf16> Ab = round_bf16(A), Bb = round_bf16(B), Cb = round_bf16(C0);
+      const std::vector<bf16> Ab = to_bf16(A), Bb = to_bf16(B), Cb = to_bf16(C0);
       const Host Ar = widen(Ab), Br = widen(Bb), Cr = widen(Cb);
 
       Host exact = C0, rounded = C0, mag(sz(M * ldc), 0.f), rounded_c = Cr;

@@ -150,7 +150,8 @@ struct SelfAttention {
     const int64_t* pos = Rope::enabled ? positions(ctx, s) : nullptr;
     const ops::SmallLinearNorm small_norm = norm ? *norm : ops::SmallLinearNorm{};
     // One sequence with frozen bf16 weights: q/k/v, RoPE and the cache append are one launch.
-    const bool appended = ctx.batch == 1 && project_qkv_rope_append(x, s, small_norm, pos, *caches[0]);
+    const bool appended =
+        Rope::enabled && ctx.batch == 1 && project_qkv_small(x, s, small_norm, pos, caches[0]);
     if (!appended && !project_qkv_small(x, s, small_norm)) {
       const bf16* x16 = shared_input_bf16(x);  // bf16 compute: one cast of x for the three projections
       q_proj.forward(ctx, x, s.q, s.q_s, x16);
@@ -322,41 +323,35 @@ struct SelfAttention {
   }
 
   /// Decoding-size inference with frozen bf16 weights (Linear::small_forward_ok): q, k and v of the same x in
-  /// one launch (ops::linear_small_bf16) into s.q, s.k, s.v. False (nothing done) when it does not apply.
-  /// project_qkv_small for one sequence's new tokens with RoPE applied in the products' epilogue and k, v
-  /// written straight into new rows of `cache` (queries rotated into s.q): the whole of a decoding step's
-  /// projections, rotation and cache append in one launch. False (nothing done) where the small products do
-  /// not apply or the layer has no RoPE.
-  bool project_qkv_rope_append(TensorView<const T> x, Saved& s, ops::SmallLinearNorm norm, const int64_t* pos,
-                               KvCache<T, B>& cache) const {
-    if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda> && Rope::enabled) {
-      if (!q_proj.small_forward_ok(x) || !k_proj.small_forward_ok(x) || !v_proj.small_forward_ok(x))
-        return false;
-      const int64_t n = x.size(0), kw = n_kv_heads * head_dim;
-      const auto rows = cache.append_rows(n);
-      const ops::SmallLinearOut outs[] = {q_proj.small_output(s.q, n),
-                                          {k_proj.frozen_weight_bf16(), k_proj.bias(), rows.k, kw},
-                                          {v_proj.frozen_weight_bf16(), v_proj.bias(), rows.v, kw}};
-      ops::linear_small_bf16(B{}, x.data(), n, dim, outs, 3, norm,
-                             {pos, head_dim, rope_theta, Rope::style == ops::RopeStyle::Interleaved, 2},
-                             {nullptr, rows.seg});
-      return true;
-    } else {
-      return false;
-    }
-  }
-  bool project_qkv_small(TensorView<const T> x, Saved& s, ops::SmallLinearNorm norm = {}) const {
+  /// one launch (ops::linear_small_bf16) into s.q, s.k, s.v. With `append_to` (one sequence's new tokens at
+  /// positions `pos`, a layer with RoPE), RoPE rides in the products' epilogue (queries rotated into s.q) and
+  /// k, v go straight into new rows of that cache: a decoding step's projections, rotation and cache append
+  /// in one launch. False (nothing done) when it does not apply.
+  bool project_qkv_small(TensorView<const T> x, Saved& s, ops::SmallLinearNorm norm = {},
+                         const int64_t* pos = nullptr, KvCache<T, B>* append_to = nullptr) const {
     if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
       if (!q_proj.small_forward_ok(x) || !k_proj.small_forward_ok(x) || !v_proj.small_forward_ok(x))
         return false;
       const int64_t n = x.size(0);
-      const ops::SmallLinearOut outs[] = {q_proj.small_output(s.q, n), k_proj.small_output(s.k, n),
-                                          v_proj.small_output(s.v, n)};
-      ops::linear_small_bf16(B{}, x.data(), n, dim, outs, 3, norm);
-      return true;
-    } else {
-      return false;
+      if (!append_to) {
+        const ops::SmallLinearOut outs[] = {q_proj.small_output(s.q, n), k_proj.small_output(s.k, n),
+                                            v_proj.small_output(s.v, n)};
+        ops::linear_small_bf16(B{}, x.data(), n, dim, outs, 3, norm);
+        return true;
+      }
+      if constexpr (Rope::enabled) {
+        const int64_t kw = n_kv_heads * head_dim;
+        const auto rows = append_to->append_rows(n);
+        const ops::SmallLinearOut outs[] = {q_proj.small_output(s.q, n),
+                                            {k_proj.frozen_weight_bf16(), k_proj.bias(), rows.k, kw},
+                                            {v_proj.frozen_weight_bf16(), v_proj.bias(), rows.v, kw}};
+        ops::linear_small_bf16(B{}, x.data(), n, dim, outs, 3, norm,
+                               {pos, head_dim, rope_theta, Rope::style == ops::RopeStyle::Interleaved, 2},
+                               {nullptr, rows.seg});
+        return true;
+      }
     }
+    return false;
   }
 
   /// bf16(x) in scratch when the projections compute in bf16 (nullptr otherwise: each casts for itself).

@@ -78,14 +78,8 @@ class KvCache {
   /// null: segment 0) gives their segment ids. All three in backend memory.
   void append(const T* k, int64_t k_stride, const T* v, int64_t v_stride, int64_t n,
               const int64_t* seg = nullptr) {
-    TESSERA_CHECK(kw_ > 0, "KvCache: append before setup");
-    TESSERA_CHECK(n >= 0, "KvCache: cannot append ", n, " rows");
-    if (n == 0) return;
-    make_room(n);
-    const int64_t end = off_ + n_;
-    ops::append_kv(B{}, k_.data() + end * kw_, k, k_stride, kw_, v_.data() + end * vw_, v, v_stride, vw_,
-                   seg_.data() + end, seg, n);
-    n_ += n;
+    const NewRows r = append_rows(n);
+    if (n > 0) ops::append_kv(B{}, r.k, k, k_stride, kw_, r.v, v, v_stride, vw_, r.seg, seg, n);
   }
   /// The rows of an append that the caller writes itself (e.g. ops::rope_qk_append): room for n rows is made
   /// and they count as cached at once; fill rows [0, n) of k, v and seg (backend memory) before the cache is
