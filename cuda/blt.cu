@@ -12,12 +12,15 @@
 //                                     i.e. one synchronisation per call (per cross-attention layer, forward
 //                                     and backward); this binding keeps the BLT step free of them.
 //
+// The cross-attention does not use the tile kernels: under PatchSegments a query row sees only the few key
+// rows of its own segment, so the segment kernels below walk exactly those (warp per row).
+//
 // The flash kernels of attention_kernels.cuh are instantiated here with a mask functor of their own (the
 // header's kernels live in an unnamed namespace, so this file gets its own copy); the launch code is
-// attention.cu's (attention_launch.cuh). Sortedness of the key ids (the policy's k_sorted) is checked by a small device kernel into
-// a device flag that the kernels read when they compute a tile's key range: binary search over the ids when
-// the flag is clear, the window's (or the whole) range otherwise. An unsorted "sorted" array thus gives the
-// exact result more slowly instead of an exception (BLT builds its ids sorted).
+// attention.cu's (attention_launch.cuh). Sortedness of the key ids (the policy's k_sorted) is checked by a
+// small device kernel into a device flag that the kernels read when they compute a tile's key range: binary
+// search over the ids when the flag is clear, the window's (or the whole) range otherwise. An unsorted
+// "sorted" array thus gives the exact result more slowly instead of an exception (BLT builds its ids sorted).
 #include <cuda_runtime_api.h>
 
 #include <climits>
@@ -77,7 +80,332 @@ IdNoSyncMask id_mask(const AttnArgs& a, int64_t window, const int64_t* q_id, con
   return IdNoSyncMask{window, IdRows{q_id, k_id, a.Tq, a.Tk, a.q_offset, k_sorted}, flag};
 }
 
+// ---- BLT's byte <-> patch cross-attention: exact key ranges, warp per row
+// ---------------------------------- Under PatchSegments a query row sees the key rows with its own segment
+// id: a patch's bytes (encoder: the patch's k query slots attend to its bytes) or a patch's k slots (decoder:
+// every byte attends to the slots of its patch) — a handful of keys. The tile kernels would walk whole 64 x
+// 64 tiles, nearly all masked, for each of them (one tile per 64 patches). Here one warp takes one (query
+// row, head) for the forward and dQ, and one (key row, kv head) for dK and dV, and walks exactly its equal
+// range: a binary search over sorted ids (keys' ids for the forward and dQ, queries' ids for dK / dV), every
+// row of the other side when they are not sorted or too few to be worth a search. Lane c owns columns c, c +
+// 32, ...; a row's sum runs in order over the range, so results are deterministic. Same formulas as the tile
+// kernels (o = sum p v / l, lse = m + log l, dS = P (dP - D), dQ = scale dS K, dK = scale dS^T Q, dV = P^T
+// dO) and the same conventions: a query without a visible key has o = 0 and lse = -inf, a key no query sees
+// gets dK = dV = 0.
+
+constexpr int kSegThreads = 128;
+constexpr int kSegKeys = 4;  // keys per step of the forward and dQ walks: their loads are in flight together
+constexpr int64_t kSegScan = 64;  // up to this many rows on the other side: scan them, no search, no check
+
+/// Ids of both sides and the device flags of their sortedness checks (null: scan every row).
+struct SegIds {
+  const int64_t* q_id;
+  const int64_t* k_id;
+  int64_t Tq, Tk;
+  const unsigned long long* k_unsorted;  // ids_sorted_kernel's flag over k_id; null: scan
+  const unsigned long long* q_unsorted;  // the same over q_id (dK / dV)
+
+  /// First index of row[0, n) with row[i] >= v (upper: > v).
+  __device__ static int64_t bound(const int64_t* row, int64_t n, int64_t v, bool upper) {
+    int64_t lo = 0, hi = n;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (upper ? row[mid] <= v : row[mid] < v)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    return lo;
+  }
+  /// Rows of `ids` (one batch row of n ids) to walk for id v: its equal range when verified sorted.
+  __device__ static Range rows_of(const int64_t* ids, int64_t n, int64_t v,
+                                  const unsigned long long* unsorted) {
+    if (unsorted == nullptr || *unsorted != 0) return {0, n};
+    return {bound(ids, n, v, false), bound(ids, n, v, true)};
+  }
+};
+
+/// Queue the sortedness checks the walks use: of the key ids when promised sorted (forward, dQ), of the
+/// query ids when `search_queries` (dK / dV); only for sides of more than kSegScan rows.
+SegIds seg_ids(const Dims& d, const int64_t* q_id, const int64_t* k_id, bool k_sorted, bool search_queries,
+               DeviceScratch& scratch) {
+  SegIds ids{q_id, k_id, d.Tq, d.Tk, nullptr, nullptr};
+  const bool check_k = k_sorted && d.Tk > kSegScan, check_q = search_queries && d.Tq > kSegScan;
+  if (!check_k && !check_q) return ids;
+  scratch.reserve(DeviceScratch::bytes_for<unsigned long long>(2));
+  unsigned long long* flags = scratch.carve<unsigned long long>(2);
+  TESSERA_CUDA_CHECK(cudaMemsetAsync(flags, 0, 2 * sizeof(unsigned long long), 0));
+  auto check = [&](const int64_t* id, int64_t T, unsigned long long* flag) {
+    const int64_t n = d.B * T, items = n < int64_t{256} * 4096 ? n : int64_t{256} * 4096;
+    ids_sorted_kernel<<<grid_for(items, 256, "ids_sorted_kernel"), 256>>>(id, d.B, T, flag);
+    TESSERA_CUDA_CHECK_LAUNCH("ids_sorted_kernel");
+  };
+  if (check_k) {
+    check(k_id, d.Tk, flags);
+    ids.k_unsorted = flags;
+  }
+  if (check_q) {
+    check(q_id, d.Tq, flags + 1);
+    ids.q_unsorted = flags + 1;
+  }
+  return ids;
+}
+
+/// Warp w = (b * Tq + i) * Hq + h: o and lse of query row i, head h.
+template <int kD>
+__global__ void __launch_bounds__(kSegThreads)
+    seg_attn_forward_kernel(Dims d, SegIds ids, const float* __restrict__ q, const float* __restrict__ k,
+                            const float* __restrict__ v, float* __restrict__ o, float* __restrict__ lse) {
+  constexpr int kC = kD / 32;
+  const int64_t w = (static_cast<int64_t>(blockIdx.x) * kSegThreads + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (w >= d.B * d.Tq * d.Hq) return;  // whole warps
+  const int64_t h = w % d.Hq, bi = w / d.Hq, b = bi / d.Tq, i = bi % d.Tq, g = h / d.rep();
+  const int64_t* krow_id = ids.k_id + b * d.Tk;
+  const int64_t id = ids.q_id[bi];
+  const Range kr = SegIds::rows_of(krow_id, d.Tk, id, ids.k_unsorted);
+  const float* qrow = q + bi * d.q_stride + h * d.Dh;
+  const float* kb = k + b * d.Tk * d.k_stride + g * d.Dh;
+  const float* vb = v + b * d.Tk * d.v_stride + g * d.Dv;
+  float qr[kC], acc[kC];
+#pragma unroll
+  for (int c = 0; c < kC; ++c) {
+    const int col = lane + 32 * c;
+    qr[c] = col < d.Dh ? qrow[col] : 0.f;
+    acc[c] = 0.f;
+  }
+  float mx = -INFINITY, l = 0.f;  // warp-uniform
+  for (int64_t j0 = kr.lo; j0 < kr.hi; j0 += kSegKeys) {
+    float kv[kSegKeys][kC], vv[kSegKeys][kC];
+    bool ok[kSegKeys];
+#pragma unroll
+    for (int t = 0; t < kSegKeys; ++t) {
+      ok[t] = j0 + t < kr.hi && krow_id[j0 + t] == id;  // warp-uniform
+#pragma unroll
+      for (int c = 0; c < kC; ++c) {
+        const int col = lane + 32 * c;
+        kv[t][c] = ok[t] && col < d.Dh ? kb[(j0 + t) * d.k_stride + col] : 0.f;
+        vv[t][c] = ok[t] && col < d.Dv ? vb[(j0 + t) * d.v_stride + col] : 0.f;
+      }
+    }
+    float s[kSegKeys], smax = -INFINITY;
+#pragma unroll
+    for (int t = 0; t < kSegKeys; ++t) {
+      float dot = 0.f;
+#pragma unroll
+      for (int c = 0; c < kC; ++c) dot += qr[c] * kv[t][c];
+      dot = warp_sum(dot);
+      s[t] = ok[t] ? dot * d.scale : -INFINITY;
+      smax = fmaxf(smax, s[t]);
+    }
+    const float new_max = fmaxf(mx, smax);
+    if (new_max == -INFINITY) continue;      // nothing visible so far
+    const float alpha = expf(mx - new_max);  // 0 while mx was -inf
+    l *= alpha;
+#pragma unroll
+    for (int c = 0; c < kC; ++c) acc[c] *= alpha;
+#pragma unroll
+    for (int t = 0; t < kSegKeys; ++t) {
+      const float p = expf(s[t] - new_max);  // 0 for keys of other segments
+      l += p;
+#pragma unroll
+      for (int c = 0; c < kC; ++c) acc[c] += p * vv[t][c];
+    }
+    mx = new_max;
+  }
+  float* orow = o + bi * d.o_stride + h * d.Dv;
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+  for (int c = 0; c < kC; ++c) {
+    const int col = lane + 32 * c;
+    if (col < d.Dv) orow[col] = acc[c] * inv;
+  }
+  if (lse && lane == 0) lse[(b * d.Hq + h) * d.Tq + i] = l > 0.f ? mx + logf(l) : -INFINITY;
+}
+
+/// Warp w = (b * Tq + i) * Hq + h: dQ of query row i, head h (Dd: the rowdot D = dO . O per (b, h, i)).
+template <int kD>
+__global__ void __launch_bounds__(kSegThreads)
+    seg_attn_dq_kernel(Dims d, SegIds ids, const float* __restrict__ q, const float* __restrict__ k,
+                       const float* __restrict__ v, const float* __restrict__ lse,
+                       const float* __restrict__ Dd, const float* __restrict__ dout, float* __restrict__ dq) {
+  constexpr int kC = kD / 32;
+  const int64_t w = (static_cast<int64_t>(blockIdx.x) * kSegThreads + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (w >= d.B * d.Tq * d.Hq) return;
+  const int64_t h = w % d.Hq, bi = w / d.Hq, b = bi / d.Tq, i = bi % d.Tq, g = h / d.rep();
+  const int64_t row = (b * d.Hq + h) * d.Tq + i;
+  const float L = lse[row], Di = Dd[row];
+  const int64_t* krow_id = ids.k_id + b * d.Tk;
+  const int64_t id = ids.q_id[bi];
+  // A row without visible keys (lse = -inf) has dQ = 0: walk nothing.
+  const Range kr = L == -INFINITY ? Range{0, 0} : SegIds::rows_of(krow_id, d.Tk, id, ids.k_unsorted);
+  const float* qrow = q + bi * d.q_stride + h * d.Dh;
+  const float* drow = dout + bi * d.o_stride + h * d.Dv;
+  const float* kb = k + b * d.Tk * d.k_stride + g * d.Dh;
+  const float* vb = v + b * d.Tk * d.v_stride + g * d.Dv;
+  float qr[kC], dr[kC], acc[kC];
+#pragma unroll
+  for (int c = 0; c < kC; ++c) {
+    const int col = lane + 32 * c;
+    qr[c] = col < d.Dh ? qrow[col] : 0.f;
+    dr[c] = col < d.Dv ? drow[col] : 0.f;
+    acc[c] = 0.f;
+  }
+  for (int64_t j0 = kr.lo; j0 < kr.hi; j0 += kSegKeys) {
+    float kv[kSegKeys][kC], vv[kSegKeys][kC];
+    bool ok[kSegKeys];
+#pragma unroll
+    for (int t = 0; t < kSegKeys; ++t) {
+      ok[t] = j0 + t < kr.hi && krow_id[j0 + t] == id;
+#pragma unroll
+      for (int c = 0; c < kC; ++c) {
+        const int col = lane + 32 * c;
+        kv[t][c] = ok[t] && col < d.Dh ? kb[(j0 + t) * d.k_stride + col] : 0.f;
+        vv[t][c] = ok[t] && col < d.Dv ? vb[(j0 + t) * d.v_stride + col] : 0.f;
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < kSegKeys; ++t) {
+      float s = 0.f, dp = 0.f;
+#pragma unroll
+      for (int c = 0; c < kC; ++c) {
+        s += qr[c] * kv[t][c];
+        dp += dr[c] * vv[t][c];
+      }
+      s = warp_sum(s);
+      dp = warp_sum(dp);
+      const float p = ok[t] ? expf(s * d.scale - L) : 0.f;
+      const float ds = p * (dp - Di);
+#pragma unroll
+      for (int c = 0; c < kC; ++c) acc[c] += ds * kv[t][c];
+    }
+  }
+  float* dqrow = dq + bi * d.q_stride + h * d.Dh;
+#pragma unroll
+  for (int c = 0; c < kC; ++c) {
+    const int col = lane + 32 * c;
+    if (col < d.Dh) dqrow[col] = d.scale * acc[c];
+  }
+}
+
+/// Warp w = (b * Tk + j) * Hkv + g: dK, dV of key row j, kv head g, over the query rows of its segment and
+/// the query heads of group g (queries ascending, heads ascending within a query).
+template <int kD>
+__global__ void __launch_bounds__(kSegThreads)
+    seg_attn_dkdv_kernel(Dims d, SegIds ids, const float* __restrict__ q, const float* __restrict__ k,
+                         const float* __restrict__ v, const float* __restrict__ lse,
+                         const float* __restrict__ Dd, const float* __restrict__ dout, float* __restrict__ dk,
+                         float* __restrict__ dv) {
+  constexpr int kC = kD / 32;
+  const int64_t w = (static_cast<int64_t>(blockIdx.x) * kSegThreads + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (w >= d.B * d.Tk * d.Hkv) return;
+  const int64_t g = w % d.Hkv, bj = w / d.Hkv, b = bj / d.Tk, rep = d.rep();
+  const int64_t* qrow_id = ids.q_id + b * d.Tq;
+  const int64_t id = ids.k_id[bj];
+  const Range qr = SegIds::rows_of(qrow_id, d.Tq, id, ids.q_unsorted);
+  const float* krow = k + bj * d.k_stride + g * d.Dh;
+  const float* vrow = v + bj * d.v_stride + g * d.Dv;
+  float kr[kC], vr[kC], dka[kC], dva[kC];
+#pragma unroll
+  for (int c = 0; c < kC; ++c) {
+    const int col = lane + 32 * c;
+    kr[c] = col < d.Dh ? krow[col] : 0.f;
+    vr[c] = col < d.Dv ? vrow[col] : 0.f;
+    dka[c] = dva[c] = 0.f;
+  }
+  for (int64_t i = qr.lo; i < qr.hi; ++i) {
+    if (qrow_id[i] != id) continue;  // warp-uniform; only when scanning
+    for (int64_t h = g * rep; h < (g + 1) * rep; ++h) {
+      const int64_t row = (b * d.Hq + h) * d.Tq + i;
+      const float L = lse[row], Di = Dd[row];
+      const float* qp = q + (b * d.Tq + i) * d.q_stride + h * d.Dh;
+      const float* dp_row = dout + (b * d.Tq + i) * d.o_stride + h * d.Dv;
+      float qv[kC], dov[kC], s = 0.f, dp = 0.f;
+#pragma unroll
+      for (int c = 0; c < kC; ++c) {
+        const int col = lane + 32 * c;
+        qv[c] = col < d.Dh ? qp[col] : 0.f;
+        dov[c] = col < d.Dv ? dp_row[col] : 0.f;
+        s += qv[c] * kr[c];
+        dp += dov[c] * vr[c];
+      }
+      s = warp_sum(s);
+      dp = warp_sum(dp);
+      const float p = L == -INFINITY ? 0.f : expf(s * d.scale - L);  // L is finite: the row sees this key
+      const float ds = p * (dp - Di);
+#pragma unroll
+      for (int c = 0; c < kC; ++c) {
+        dva[c] += p * dov[c];
+        dka[c] += ds * qv[c];
+      }
+    }
+  }
+  float* dkrow = dk + bj * d.k_stride + g * d.Dh;
+  float* dvrow = dv + bj * d.v_stride + g * d.Dv;
+#pragma unroll
+  for (int c = 0; c < kC; ++c) {
+    const int col = lane + 32 * c;
+    if (col < d.Dh) dkrow[col] = d.scale * dka[c];
+    if (col < d.Dv) dvrow[col] = dva[c];
+  }
+}
+
 }  // namespace
+
+void attention_forward_segments_f32(const AttnArgs& a, const int64_t* q_id, const int64_t* k_id,
+                                    bool k_sorted, const float* q, const float* k, const float* v, float* o,
+                                    float* lse) {
+  constexpr const char* op = "attention_forward";
+  const Dims d = make_dims(a, op);
+  if (d.B * d.Tq == 0) return;
+  TESSERA_CHECK(q && o && (d.Tk == 0 || (k && v)), op, "(cuda): q, k, v or o is null");
+  TESSERA_CHECK(q_id && (d.Tk == 0 || k_id), op, "(cuda): query or key ids are null");
+  DeviceScratch scratch;  // the flags outlive the launches that read them
+  const SegIds ids = seg_ids(d, q_id, k_id, k_sorted, false, scratch);
+  dispatch_dim(a, [&](auto dim) {
+    constexpr int kD = decltype(dim)::value;
+    seg_attn_forward_kernel<kD>
+        <<<grid_for(d.B * d.Tq * d.Hq * 32, kSegThreads, op), kSegThreads>>>(d, ids, q, k, v, o, lse);
+  });
+  TESSERA_CUDA_CHECK_LAUNCH("seg_attn_forward_kernel");
+}
+
+void attention_backward_segments_f32(const AttnArgs& a, const int64_t* q_id, const int64_t* k_id,
+                                     bool k_sorted, const float* q, const float* k, const float* v,
+                                     const float* o, const float* lse, const float* dout, float* dq,
+                                     float* dk, float* dv) {
+  constexpr const char* op = "attention_backward";
+  const Dims d = make_dims(a, op);
+  const bool has_q = d.B * d.Tq > 0, has_k = d.B * d.Tk > 0;
+  TESSERA_CHECK(!has_q || (q && o && lse && dout && dq && q_id), op,
+                "(cuda): q, o, lse, dout, dq or the query ids are null");
+  TESSERA_CHECK(!has_k || (k && v && dk && dv && k_id), op, "(cuda): k, v, dk, dv or the key ids are null");
+  if (!has_q && !has_k) return;
+  DeviceScratch scratch;
+  if (has_q) scratch.reserve(DeviceScratch::bytes_for<float>(d.B * d.Hq * d.Tq));
+  float* Dd = has_q ? scratch.carve<float>(d.B * d.Hq * d.Tq) : nullptr;
+  DeviceScratch flag_scratch;  // the flags outlive the launches that read them
+  const SegIds ids = seg_ids(d, q_id, k_id, k_sorted && has_q, has_q && has_k, flag_scratch);
+  if (has_q) {
+    attn_rowdot_kernel<<<grid_for(d.B * d.Tq * d.Hq * 32, 128, op), 128>>>(d, o, dout, Dd);
+    TESSERA_CUDA_CHECK_LAUNCH("attn_rowdot_kernel");
+  }
+  dispatch_dim(a, [&](auto dim) {
+    constexpr int kD = decltype(dim)::value;
+    if (has_k) {  // (without query rows: dK = dV = 0)
+      seg_attn_dkdv_kernel<kD><<<grid_for(d.B * d.Tk * d.Hkv * 32, kSegThreads, op), kSegThreads>>>(
+          d, ids, q, k, v, lse, Dd, dout, dk, dv);
+      TESSERA_CUDA_CHECK_LAUNCH("seg_attn_dkdv_kernel");
+    }
+    if (has_q) {  // (without keys: dQ = 0)
+      seg_attn_dq_kernel<kD><<<grid_for(d.B * d.Tq * d.Hq * 32, kSegThreads, op), kSegThreads>>>(
+          d, ids, q, k, v, lse, Dd, dout, dq);
+      TESSERA_CUDA_CHECK_LAUNCH("seg_attn_dq_kernel");
+    }
+  });
+}
 
 void attention_forward_ids_nosync_f32(const AttnArgs& a, int64_t window, const int64_t* q_id,
                                       const int64_t* k_id, bool k_sorted, const float* q, const float* k,

@@ -11,7 +11,8 @@ namespace tessera::cuda_detail {
 /// Attention under an id-equality mask whose key ids are verified sorted WITHOUT a host synchronisation:
 ///   window > 0: BLT's self-attention mask All<SlidingWindow{window}, DocumentCuts> (q_id, k_id = documents):
 ///               key j visible to query i iff pos(i) - window < j <= pos(i) and the documents are equal;
-///   window = 0: BLT's cross-attention mask SegmentEqual (q_id, k_id = patch / slot segments): equal ids.
+///   window = 0: an id-equality mask SegmentEqual (q_id, k_id = segments): equal ids (BLT's cross-attention
+///               binding takes attention_*_segments_f32 below instead, made for few keys per query).
 /// q_id [B, Tq] and k_id [B, Tk] are device memory (never null when the rows exist). k_sorted (key ids
 /// non-decreasing per row) is checked by a device kernel into a device flag: when it holds, key tiles outside
 /// the query tile's ids are skipped; when it does not, the kernels scan the window's (or every) key (same
@@ -23,5 +24,19 @@ void attention_backward_ids_nosync_f32(const AttnArgs& a, int64_t window, const 
                                        const int64_t* k_id, bool k_sorted, const float* q, const float* k,
                                        const float* v, const float* o, const float* lse, const float* dout,
                                        float* dq, float* dk, float* dv);
+
+/// BLT's cross-attention mask SegmentEqual (q_id, k_id = patch / slot segments: key j visible to query i iff
+/// their ids are equal) by kernels that walk each row's exact equal range, one warp per row: a query row's
+/// keys (forward, dQ) and a key row's queries (dK, dV), found by binary search where the ids are verified
+/// sorted on the device (the keys' only when k_sorted is promised; the queries' always), else by scanning
+/// every row of the other side (same result). Same contract as attention_forward_ids_nosync_f32 with window
+/// 0, for the few keys per query that patches give. a.mask is ignored.
+void attention_forward_segments_f32(const AttnArgs& a, const int64_t* q_id, const int64_t* k_id,
+                                    bool k_sorted, const float* q, const float* k, const float* v, float* o,
+                                    float* lse);
+void attention_backward_segments_f32(const AttnArgs& a, const int64_t* q_id, const int64_t* k_id,
+                                     bool k_sorted, const float* q, const float* k, const float* v,
+                                     const float* o, const float* lse, const float* dout, float* dq,
+                                     float* dk, float* dv);
 
 }  // namespace tessera::cuda_detail

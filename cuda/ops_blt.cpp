@@ -51,7 +51,7 @@ void attention_forward(cuda, const AttnDims& d, const mask::PatchSegments& m, co
                        const float* v, float* o, float* lse) {
   const auto a = attn_args(d, "attention_forward");
   check_ids(d, static_cast<const mask::SegmentEqual&>(m));
-  cuda_detail::attention_forward_ids_nosync_f32(a, 0, m.q_seg, m.k_seg, m.k_sorted, q, k, v, o, lse);
+  cuda_detail::attention_forward_segments_f32(a, m.q_seg, m.k_seg, m.k_sorted, q, k, v, o, lse);
 }
 
 void attention_backward(cuda, const AttnDims& d, const mask::PatchSegments& m, const float* q, const float* k,
@@ -59,8 +59,8 @@ void attention_backward(cuda, const AttnDims& d, const mask::PatchSegments& m, c
                         float* dk, float* dv) {
   const auto a = attn_args(d, "attention_backward");
   check_ids(d, static_cast<const mask::SegmentEqual&>(m));
-  cuda_detail::attention_backward_ids_nosync_f32(a, 0, m.q_seg, m.k_seg, m.k_sorted, q, k, v, o, lse, dout,
-                                                 dq, dk, dv);
+  cuda_detail::attention_backward_segments_f32(a, m.q_seg, m.k_seg, m.k_sorted, q, k, v, o, lse, dout, dq, dk,
+                                               dv);
 }
 
 }  // namespace tessera::ops

@@ -301,6 +301,112 @@ TEST(CudaBltMask, PatchSegmentsCrossAttentionMatchesTheCpu) {
       Error);
 }
 
+TEST(CudaBltMask, PatchSegmentsWalkExactlyEachRowsSegment) {
+  TESSERA_NEED_GPU();
+  // Sizes past the segment kernels' scan limit (64 rows), so that key ranges (forward, dQ) and query ranges
+  // (dK, dV) come from binary searches over the ids, checked sorted on the device. Patches of 1 to 7 bytes,
+  // one of 80 (a walk of many keys), one empty (its slots see no byte); 2 slots per patch (BLT's k).
+  Rng rng(29);
+  const int64_t B = 2;
+  std::vector<std::vector<int64_t>> lens(B);
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t total = 0;
+    for (int64_t p = 0; total < 190; ++p) {
+      const int64_t len = p == 5 && b == 1 ? 0 : p == 9 ? 80 : 1 + static_cast<int64_t>(rng.uniform() * 7.0);
+      lens[b].push_back(len);
+      total += len;
+    }
+  }
+  const int64_t P = static_cast<int64_t>(std::max(lens[0].size(), lens[1].size()));
+  const int64_t T = 190;
+  std::vector<int64_t> byte_seg(static_cast<size_t>(B * T)), slot_seg(static_cast<size_t>(B * 2 * P));
+  for (int64_t b = 0; b < B; ++b) {
+    int64_t t = 0;
+    for (size_t p = 0; p < lens[b].size(); ++p)
+      for (int64_t e = 0; e < lens[b][p] && t < T; ++e) byte_seg[b * T + t++] = static_cast<int64_t>(p);
+    for (int64_t j = 0; j < 2 * P; ++j)
+      slot_seg[b * 2 * P + j] = j / 2;  // slots past a row's patches: unseen
+  }
+  // The shapes: decoder (bytes attend to slots; GQA, Dh 64) and encoder (slots attend to bytes; Dh 96 in the
+  // 128 kernels; padded strides), each with sorted ids (promised or not), with the key ids' promise broken (a
+  // shuffled row: the device check finds it and every key is scanned) and with shuffled query ids.
+  struct Shape {
+    const char* name;
+    int64_t Tq, Tk, Hq, Hkv, Dh;
+    const std::vector<int64_t>*q_seg, *k_seg;
+  };
+  const Shape shapes[] = {{"decoder", T, 2 * P, 4, 2, 64, &byte_seg, &slot_seg},
+                          {"encoder", 2 * P, T, 2, 2, 96, &slot_seg, &byte_seg}};
+  for (const Shape& sh : shapes) {
+    for (const int variant :
+         {0, 1, 2, 3}) {  // sorted + promise, sorted, keys shuffled + promise, queries shuffled
+      SCOPED_TRACE(std::string(sh.name) + " variant " + std::to_string(variant));
+      ops::AttnDims d{};
+      d.B = B, d.Tq = sh.Tq, d.Tk = sh.Tk, d.Hq = sh.Hq, d.Hkv = sh.Hkv, d.Dh = sh.Dh;
+      d.q_stride = d.o_stride = sh.Hq * sh.Dh + 8;
+      d.k_stride = d.v_stride = sh.Hkv * sh.Dh + 4;
+      d.scale = 1.0 / std::sqrt(static_cast<double>(sh.Dh));
+      std::vector<int64_t> qseg = *sh.q_seg, kseg = *sh.k_seg;
+      auto shuffle_row = [&](std::vector<int64_t>& ids, int64_t n) {
+        for (int64_t i = n - 1; i > 0; --i)
+          std::swap(
+              ids[static_cast<size_t>(n + i)],
+              ids[static_cast<size_t>(n + static_cast<int64_t>(rng.uniform() * static_cast<double>(i + 1)))]);
+      };
+      if (variant == 2) shuffle_row(kseg, d.Tk);  // row 1
+      if (variant == 3) shuffle_row(qseg, d.Tq);
+      const auto q = random_floats(B * d.Tq * d.q_stride, rng), k = random_floats(B * d.Tk * d.k_stride, rng),
+                 v = random_floats(B * d.Tk * d.v_stride, rng),
+                 dout = random_floats(B * d.Tq * d.o_stride, rng);
+      const bool promise = variant != 1;
+      const om::SegmentEqual mh{qseg.data(), kseg.data(), variant != 2 && promise};
+      std::vector<float> o(q.size()), lse(static_cast<size_t>(B * d.Hq * d.Tq)), dq(q.size()), dk(k.size()),
+          dv(v.size());
+      ops::attention_forward(cpu{}, d, mh, q.data(), k.data(), v.data(), o.data(), lse.data());
+      ops::attention_backward(cpu{}, d, mh, q.data(), k.data(), v.data(), o.data(), lse.data(), dout.data(),
+                              dq.data(), dk.data(), dv.data());
+      auto qd = upload(q), kd = upload(k), vd = upload(v), doutd = upload(dout);
+      auto qseg_d = upload(qseg);
+      auto kseg_d = upload(kseg);
+      const om::PatchSegments md(om::SegmentEqual{qseg_d.data(), kseg_d.data(), promise});
+      Tensor<float, cuda> od({static_cast<int64_t>(o.size())}), lsed({static_cast<int64_t>(lse.size())}),
+          dqd({static_cast<int64_t>(q.size())}), dkd({static_cast<int64_t>(k.size())}),
+          dvd({static_cast<int64_t>(v.size())});
+      ops::attention_forward(cuda{}, d, md, qd.data(), kd.data(), vd.data(), od.data(), lsed.data());
+      ops::attention_backward(cuda{}, d, md, qd.data(), kd.data(), vd.data(), od.data(), lsed.data(),
+                              doutd.data(), dqd.data(), dkd.data(), dvd.data());
+      // Only the heads' columns: the padding between rows is not the op's to write.
+      auto cols = [](const std::vector<float>& x, int64_t rows, int64_t stride, int64_t width) {
+        std::vector<float> out;
+        for (int64_t r = 0; r < rows; ++r)
+          out.insert(out.end(), x.begin() + r * stride, x.begin() + r * stride + width);
+        return out;
+      };
+      auto check = [&](const char* what, Tensor<float, cuda>& got, const std::vector<float>& want,
+                       int64_t rows, int64_t stride, int64_t width) {
+        const auto g = cols(download(got.data(), got.numel()), rows, stride, width);
+        const auto w = cols(want, rows, stride, width);
+        EXPECT_LE(rel_err(g.data(), w.data(), static_cast<int64_t>(w.size())), kTol) << what;
+      };
+      check("o", od, o, B * d.Tq, d.o_stride, d.Hq * d.Dh);
+      check("dq", dqd, dq, B * d.Tq, d.q_stride, d.Hq * d.Dh);
+      check("dk", dkd, dk, B * d.Tk, d.k_stride, d.Hkv * d.Dh);
+      check("dv", dvd, dv, B * d.Tk, d.v_stride, d.Hkv * d.Dh);
+      const std::vector<float> l = download(lsed.data(), lsed.numel());
+      int64_t empty = 0;
+      for (size_t i = 0; i < l.size(); ++i) {
+        if (std::isinf(lse[i])) {
+          ++empty;
+          EXPECT_TRUE(std::isinf(l[i]) && l[i] < 0) << "lse " << i;
+        } else {
+          EXPECT_NEAR(l[i], lse[i], kTol * (1 + std::abs(lse[i]))) << "lse " << i;
+        }
+      }
+      if (std::string(sh.name) == "encoder") EXPECT_GT(empty, 0) << "the empty patch's slots see no byte";
+    }
+  }
+}
+
 // ---- forward, loss, gradients ---------------------------------------------------------------------------
 
 TEST(CudaBlt, FixtureLogitsMatchTheCpuAndTransformers) {
