@@ -9,6 +9,9 @@
 //   decode    one decoded token: the small products of frozen bf16 weights (Llama-1B shapes) vs cast +
 //             cuBLAS, RoPE + KV-cache append vs its two launches, split-KV attention over 384 keys, and
 //             the launch floors (one empty kernel; 256 back to back; the host's time per launch).
+//   blt       BLT-1B's byte <-> patch cross-attention (fp32; decoder and encoder shapes, 4096 bytes in
+//             patches of mean 4.5): the segment kernels of its PatchSegments binding vs the flash tile
+//             kernels under the same id mask.
 //   attention ops::attention_forward/backward(cuda) (fp32, flash-style) at B=4 T=4096 H=16, Dh 64 and 128,
 //             masks Causal and ChunkLocal{2048} (Megalodon's chunk size) vs a materialised baseline: cuBLAS
 //             fp32 batched S = scale Q K^T (T x T per head), a masked-softmax kernel, O = P V; backward
@@ -31,7 +34,7 @@
 // the bytes the op must move at least (forward read x + write y; backward read x, dy + write dx), also as a
 // percentage of the measured memcpy rate; memcpy counts read + write.
 //
-// Usage: bench_cuda [--only=mem,gemm,decode,attn,cema,tsn] [--reps=N] [--attn-dh=64|128] (the attention
+// Usage: bench_cuda [--only=mem,gemm,decode,blt,attn,cema,tsn] [--reps=N] [--attn-dh=64|128] (the attention
 // section at one head dim only). No GPU: prints a skip line and exits 0.
 // A failing section prints a FAILED row and the others still run; the exit status is then 1.
 #include <cublasLt.h>
@@ -52,6 +55,7 @@
 #include <vector>
 
 #include "../cuda/launch_attention_bf16.hpp"  // internal: the bf16 attention kernel choice
+#include "../cuda/launch_blt.hpp"             // internal: the tile kernels under BLT's id masks (a baseline)
 #include "bench_cuda_kernels.cuh"
 #include "tessera/core/dtype.hpp"
 #include "tessera/core/rng.hpp"
@@ -793,6 +797,81 @@ void bench_attention(Ctx& c) {
   }
 }
 
+// ---- BLT's byte <-> patch cross-attention
+// ------------------------------------------------------------------
+
+/// The BLT-1B local models' cross-attention (fp32, 16 heads of 64, k = 2 slots per patch) over 4096 bytes in
+/// patches of 1..8 bytes (mean 4.5), decoder (bytes attend to their patch's slots) and encoder (slots attend
+/// to their patch's bytes): the segment kernels the PatchSegments binding uses against the flash tile kernels
+/// under the same id mask (launch_blt.hpp, window 0), which it used before.
+void bench_blt_cross(Ctx& c) {
+  const int64_t T = 4096, H = 16, Dh = 64, k_slots = 2;
+  std::vector<int64_t> byte_seg(static_cast<size_t>(T));
+  int64_t P = 0;
+  for (int64_t t = 0, len = 0; t < T; ++P, len = (len + 1) % 8)
+    for (int64_t e = 0; e <= len && t < T; ++e) byte_seg[static_cast<size_t>(t++)] = P;
+  std::vector<int64_t> slot_seg(static_cast<size_t>(k_slots * P));
+  for (int64_t j = 0; j < k_slots * P; ++j) slot_seg[static_cast<size_t>(j)] = j / k_slots;
+  DevBuf<int64_t> bytes_d(byte_seg), slots_d(slot_seg);
+  for (const bool decoder : {true, false}) {
+    const std::string name = decoder ? "decoder" : "encoder";
+    guarded(c, "BLT cross-attention " + name, [&] {
+      ops::AttnDims d;
+      d.B = 1;
+      d.Tq = decoder ? T : k_slots * P;
+      d.Tk = decoder ? k_slots * P : T;
+      d.Hq = d.Hkv = H;
+      d.Dh = Dh;
+      d.q_stride = d.k_stride = d.v_stride = d.o_stride = H * Dh;
+      d.scale = 1.0 / std::sqrt(double(Dh));
+      const int64_t* q_id = decoder ? bytes_d.get() : slots_d.get();
+      const int64_t* k_id = decoder ? slots_d.get() : bytes_d.get();
+      const int64_t nq = d.Tq * H * Dh, nk = d.Tk * H * Dh;
+      DevBuf<float> q = uniform_buf(nq, 41), k = uniform_buf(nk, 42), v = uniform_buf(nk, 43),
+                    dout = uniform_buf(nq, 44);
+      DevBuf<float> o(nq), lse(H * d.Tq), dq(nq), dk(nk), dv(nk);
+      DevBuf<float> ob(nq), lseb(H * d.Tq), dqb(nq), dkb(nk), dvb(nk);
+      const ops::mask::PatchSegments m(ops::mask::SegmentEqual{q_id, k_id, true});
+      tessera::cuda_detail::AttnArgs a;
+      a.B = d.B, a.Tq = d.Tq, a.Tk = d.Tk, a.Hq = d.Hq, a.Hkv = d.Hkv, a.Dh = a.Dv = Dh;
+      a.q_stride = a.k_stride = a.v_stride = a.o_stride = H * Dh;
+      a.scale = d.scale;
+      const double ms_f = c.timer.median_ms(
+          [&] { ops::attention_forward(cuda{}, d, m, q.get(), k.get(), v.get(), o.get(), lse.get()); },
+          c.reps);
+      const double ms_b = c.timer.median_ms(
+          [&] {
+            ops::attention_backward(cuda{}, d, m, q.get(), k.get(), v.get(), o.get(), lse.get(), dout.get(),
+                                    dq.get(), dk.get(), dv.get());
+          },
+          c.reps);
+      const double base_f = c.timer.median_ms(
+          [&] {
+            tessera::cuda_detail::attention_forward_ids_nosync_f32(a, 0, q_id, k_id, true, q.get(), k.get(),
+                                                                   v.get(), ob.get(), lseb.get());
+          },
+          c.reps);
+      const double base_b = c.timer.median_ms(
+          [&] {
+            tessera::cuda_detail::attention_backward_ids_nosync_f32(a, 0, q_id, k_id, true, q.get(), k.get(),
+                                                                    v.get(), ob.get(), lseb.get(), dout.get(),
+                                                                    dqb.get(), dkb.get(), dvb.get());
+          },
+          c.reps);
+      const double worst_b =
+          std::max({bench::diff(dq.get(), dqb.get(), nq).rel(), bench::diff(dk.get(), dkb.get(), nk).rel(),
+                    bench::diff(dv.get(), dvb.get(), nk).rel()});
+      const std::string shape = name + ": " + std::to_string(d.Tq) + " queries, " + std::to_string(d.Tk) +
+                                " keys, 16 heads of 64, " + std::to_string(P) + " patches";
+      const std::string base = "flash tiles under the same id mask";
+      print_row({"BLT cross-attention fwd fp32 (segments)", shape, ms_f, "-", base, base_f, "-",
+                 rel_str(bench::diff(o.get(), ob.get(), nq))});
+      print_row({"BLT cross-attention bwd fp32 (segments)", shape, ms_b, "-", base + " (bwd)", base_b, "-",
+                 strf("%.2e", worst_b)});
+    });
+  }
+}
+
 // ---- 3. Megalodon: CEMA and TimestepNorm ------------------------------------------------------------------
 
 std::vector<float> randn_host(int64_t n, tessera::Rng& rng, double scale, double mean = 0) {
@@ -939,7 +1018,9 @@ int main(int argc, char** argv) {
     } else if (a.rfind("--benchmark_", 0) == 0) {
       // Google Benchmark flags (an older gpu-check passed one): not a Google Benchmark program, ignored.
     } else {
-      std::fprintf(stderr, "usage: bench_cuda [--only=mem,gemm,decode,attn,cema,tsn] [--reps=N] [--attn-dh=64|128]\n");
+      std::fprintf(
+          stderr,
+          "usage: bench_cuda [--only=mem,gemm,decode,blt,attn,cema,tsn] [--reps=N] [--attn-dh=64|128]\n");
       return 2;
     }
   }
@@ -972,6 +1053,7 @@ int main(int argc, char** argv) {
                        bench_decode(c);
                        bench_decode_step(c);
                      }},
+                    {"blt", bench_blt_cross},
                     {"attn", bench_attention},
                     {"cema", bench_cema},
                     {"tsn", bench_tsn}};
