@@ -315,30 +315,43 @@ __global__ void __launch_bounds__(kSegThreads)
     vr[c] = col < d.Dv ? vrow[col] : 0.f;
     dka[c] = dva[c] = 0.f;
   }
-  for (int64_t i = qr.lo; i < qr.hi; ++i) {
-    if (qrow_id[i] != id) continue;  // warp-uniform; only when scanning
-    for (int64_t h = g * rep; h < (g + 1) * rep; ++h) {
+  // (query row, head) pairs u = (i - qr.lo) * rep + (h - g rep), kSegKeys per step so that their loads are in
+  // flight together (a long patch's slot walks many bytes).
+  const int64_t n_pairs = (qr.hi - qr.lo) * rep;
+  for (int64_t u0 = 0; u0 < n_pairs; u0 += kSegKeys) {
+    float qv[kSegKeys][kC], dov[kSegKeys][kC], L[kSegKeys], Di[kSegKeys];
+#pragma unroll
+    for (int t = 0; t < kSegKeys; ++t) {
+      const int64_t i = qr.lo + (u0 + t) / rep, h = g * rep + (u0 + t) % rep;
+      const bool ok = u0 + t < n_pairs && qrow_id[i] == id;  // warp-uniform (the id test: only when scanning)
       const int64_t row = (b * d.Hq + h) * d.Tq + i;
-      const float L = lse[row], Di = Dd[row];
+      L[t] = ok ? lse[row] : -INFINITY;  // finite for a row that sees this key
+      Di[t] = ok ? Dd[row] : 0.f;
       const float* qp = q + (b * d.Tq + i) * d.q_stride + h * d.Dh;
       const float* dp_row = dout + (b * d.Tq + i) * d.o_stride + h * d.Dv;
-      float qv[kC], dov[kC], s = 0.f, dp = 0.f;
 #pragma unroll
       for (int c = 0; c < kC; ++c) {
         const int col = lane + 32 * c;
-        qv[c] = col < d.Dh ? qp[col] : 0.f;
-        dov[c] = col < d.Dv ? dp_row[col] : 0.f;
-        s += qv[c] * kr[c];
-        dp += dov[c] * vr[c];
+        qv[t][c] = ok && col < d.Dh ? qp[col] : 0.f;
+        dov[t][c] = ok && col < d.Dv ? dp_row[col] : 0.f;
+      }
+    }
+#pragma unroll
+    for (int t = 0; t < kSegKeys; ++t) {
+      float s = 0.f, dp = 0.f;
+#pragma unroll
+      for (int c = 0; c < kC; ++c) {
+        s += qv[t][c] * kr[c];
+        dp += dov[t][c] * vr[c];
       }
       s = warp_sum(s);
       dp = warp_sum(dp);
-      const float p = L == -INFINITY ? 0.f : expf(s * d.scale - L);  // L is finite: the row sees this key
-      const float ds = p * (dp - Di);
+      const float p = L[t] == -INFINITY ? 0.f : expf(s * d.scale - L[t]);
+      const float ds = p * (dp - Di[t]);
 #pragma unroll
       for (int c = 0; c < kC; ++c) {
-        dva[c] += p * dov[c];
-        dka[c] += ds * qv[c];
+        dva[c] += p * dov[t][c];
+        dka[c] += ds * qv[t][c];
       }
     }
   }

@@ -402,7 +402,9 @@ TEST(CudaBltMask, PatchSegmentsWalkExactlyEachRowsSegment) {
           EXPECT_NEAR(l[i], lse[i], kTol * (1 + std::abs(lse[i]))) << "lse " << i;
         }
       }
-      if (std::string(sh.name) == "encoder") EXPECT_GT(empty, 0) << "the empty patch's slots see no byte";
+      if (std::string(sh.name) == "encoder") {
+        EXPECT_GT(empty, 0) << "the empty patch's slots see no byte";
+      }
     }
   }
 }
