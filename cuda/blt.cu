@@ -80,18 +80,17 @@ IdNoSyncMask id_mask(const AttnArgs& a, int64_t window, const int64_t* q_id, con
   return IdNoSyncMask{window, IdRows{q_id, k_id, a.Tq, a.Tk, a.q_offset, k_sorted}, flag};
 }
 
-// ---- BLT's byte <-> patch cross-attention: exact key ranges, warp per row
-// ---------------------------------- Under PatchSegments a query row sees the key rows with its own segment
-// id: a patch's bytes (encoder: the patch's k query slots attend to its bytes) or a patch's k slots (decoder:
-// every byte attends to the slots of its patch) — a handful of keys. The tile kernels would walk whole 64 x
-// 64 tiles, nearly all masked, for each of them (one tile per 64 patches). Here one warp takes one (query
-// row, head) for the forward and dQ, and one (key row, kv head) for dK and dV, and walks exactly its equal
-// range: a binary search over sorted ids (keys' ids for the forward and dQ, queries' ids for dK / dV), every
-// row of the other side when they are not sorted or too few to be worth a search. Lane c owns columns c, c +
-// 32, ...; a row's sum runs in order over the range, so results are deterministic. Same formulas as the tile
-// kernels (o = sum p v / l, lse = m + log l, dS = P (dP - D), dQ = scale dS K, dK = scale dS^T Q, dV = P^T
-// dO) and the same conventions: a query without a visible key has o = 0 and lse = -inf, a key no query sees
-// gets dK = dV = 0.
+// ---- BLT's byte <-> patch cross-attention: exact key ranges, one warp per row ---------------------------
+// Under PatchSegments a query row sees the key rows with its own segment id: a patch's bytes (encoder: the
+// patch's k query slots attend to its bytes) or a patch's k slots (decoder: every byte attends to the slots
+// of its patch), a handful of keys. The tile kernels would walk whole 64 x 64 tiles, nearly all masked, for
+// each of them (one tile per 64 patches). Here one warp takes one (query row, head) for the forward and dQ,
+// and one (key row, kv head) for dK and dV, and walks exactly its equal range: a binary search over sorted
+// ids (the keys' for the forward and dQ, the queries' for dK / dV), every row of the other side when they are
+// not sorted or too few to be worth a search. Lane c owns columns c, c + 32, ...; a row's sum runs in order
+// over the range, so results are deterministic. Same formulas as the tile kernels (o = sum p v / l, lse = m +
+// log l, dS = P (dP - D), dQ = scale dS K, dK = scale dS^T Q, dV = P^T dO) and the same conventions: a query
+// without a visible key has o = 0 and lse = -inf, a key no query sees gets dK = dV = 0.
 
 constexpr int kSegThreads = 128;
 constexpr int kSegKeys = 4;  // keys per step of the forward and dQ walks: their loads are in flight together
