@@ -797,8 +797,7 @@ void bench_attention(Ctx& c) {
   }
 }
 
-// ---- BLT's byte <-> patch cross-attention
-// ------------------------------------------------------------------
+// ---- BLT's byte <-> patch cross-attention -----------------------------------------------------------------
 
 /// The BLT-1B local models' cross-attention (fp32, 16 heads of 64, k = 2 slots per patch) over 4096 bytes in
 /// patches of 1..8 bytes (mean 4.5), decoder (bytes attend to their patch's slots) and encoder (slots attend
