@@ -123,6 +123,36 @@ struct CrossAttention {
         "and a residual");
     forward_cached_impl(q, x, caches, y, s, norm, residual, residual_adds);
   }
+  /// Inference with frozen bf16 weights at decoding sizes (no backward): forward() of norm_q(x) against
+  /// norm_k(src), both RMSNorms fused into the small products (q_proj; k_proj and v_proj in one launch), and
+  /// `residual` added `residual_adds` times in o_proj's — 4 launches with the attention. False (nothing done)
+  /// when the small products do not apply to x or src.
+  bool forward_fused(const SeqContext& q, TensorView<const T> x, ops::SmallLinearNorm norm_q,
+                     const SeqContext& k, TensorView<const T> src, ops::SmallLinearNorm norm_k,
+                     const T* residual, int residual_adds, Tensor<T, B>& y, Saved& s) const {
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
+      if (!norm_q.weight || !norm_k.weight || !residual || !fuses_decode(x) ||
+          !k_proj.small_forward_ok(src) || !v_proj.small_forward_ok(src))
+        return false;
+      TESSERA_CHECK(q.batch == k.batch && x.size(0) == q.rows() && src.size(0) == k.rows(),
+                    "CrossAttention::forward_fused: ", x.size(0), " query rows and ", src.size(0),
+                    " key rows for contexts of ", q.batch, " x ", q.seq, " and ", k.batch, " x ", k.seq);
+      (void)project_kv_small(src, norm_k, s.k, s.v);
+      const ops::SmallLinearOut qo = q_proj.small_output(s.q, x.size(0));
+      ops::linear_small_bf16(B{}, x.data(), x.size(0), x.size(1), &qo, 1, norm_q);
+      const int64_t w = n_heads * head_dim;
+      s.attn.resize_uninit({q.rows(), w});
+      ops::attention_forward(B{}, dims(q, k), Mask::make_cross(q, k), s.q.data(), s.k.data(), s.v.data(),
+                             s.attn.data(), static_cast<T*>(nullptr));
+      ops::SmallLinearOut o = o_proj.small_output(y, q.rows());
+      o.residual = residual;
+      o.residual_adds = residual_adds;
+      ops::linear_small_bf16(B{}, s.attn.data(), q.rows(), w, &o, 1);
+      return true;
+    } else {
+      return false;
+    }
+  }
   bool fuses_decode(TensorView<const T> x) const {
     return q_proj.small_forward_ok(x) && o_proj.frozen_weight_bf16() && (n_heads * head_dim) % 8 == 0;
   }

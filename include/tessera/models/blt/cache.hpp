@@ -413,8 +413,17 @@ class BltIncremental {
     ks.seq = L;
     ks.segment_ids = key_seg;
     const TensorView<const T> keys(close_h_.data(), Shape{L, d_});
-    m.local_encoder.cross_attn_layers.layers[0].forward(qs, q0_.view().reshape({C * k_, d_}), ks, keys,
-                                                        reprs_, enc_cross_s_);
+    const auto& enc_cross = m.local_encoder.cross_attn_layers.layers[0];
+    const TensorView<const T> q0 = q0_.view().reshape({C * k_, d_});
+    bool fused = false;
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
+      // Frozen bf16 weights at decoding sizes: both norms and the double residual ride in the small products.
+      fused = enc_cross.attn.forward_fused(
+          qs, q0, {enc_cross.q_norm.params.weight.value.data(), enc_cross.q_norm.eps}, ks, keys,
+          {enc_cross.k_norm.params.weight.value.data(), enc_cross.k_norm.eps}, q0.data(), 2, reprs_,
+          enc_cross_s_.attn_s);
+    }
+    if (!fused) enc_cross.forward(qs, q0, ks, keys, reprs_, enc_cross_s_);
     reprs_.reshape({C, k_ * d_});
 
     // 5. global model, one position per closed patch; the cache is cleared after a patch holding an EOS
