@@ -54,6 +54,7 @@
 #include <string>
 #include <vector>
 
+#include "../cuda/attn_args.hpp"              // internal: AttnDims -> the launchers' AttnArgs
 #include "../cuda/launch_attention_bf16.hpp"  // internal: the bf16 attention kernel choice
 #include "../cuda/launch_blt.hpp"             // internal: the tile kernels under BLT's id masks (a baseline)
 #include "bench_cuda_kernels.cuh"
@@ -831,10 +832,7 @@ void bench_blt_cross(Ctx& c) {
       DevBuf<float> o(nq), lse(H * d.Tq), dq(nq), dk(nk), dv(nk);
       DevBuf<float> ob(nq), lseb(H * d.Tq), dqb(nq), dkb(nk), dvb(nk);
       const ops::mask::PatchSegments m(ops::mask::SegmentEqual{q_id, k_id, true});
-      tessera::cuda_detail::AttnArgs a;
-      a.B = d.B, a.Tq = d.Tq, a.Tk = d.Tk, a.Hq = d.Hq, a.Hkv = d.Hkv, a.Dh = a.Dv = Dh;
-      a.q_stride = a.k_stride = a.v_stride = a.o_stride = H * Dh;
-      a.scale = d.scale;
+      const tessera::cuda_detail::AttnArgs a = ops::attn_detail::to_attn_args(d, "bench_cuda");
       const double ms_f = c.timer.median_ms(
           [&] { ops::attention_forward(cuda{}, d, m, q.get(), k.get(), v.get(), o.get(), lse.get()); },
           c.reps);

@@ -58,10 +58,7 @@ void check_sorted(const int64_t* ids, int64_t B, int64_t Tk, const char* who, co
   scratch.reserve(DeviceScratch::bytes_for<unsigned long long>(1));
   auto* bad = scratch.carve<unsigned long long>(1);
   TESSERA_CUDA_CHECK(cudaMemset(bad, 0, sizeof(unsigned long long)));
-  const int64_t n = B * Tk;
-  const unsigned blocks = grid_for(n < int64_t{256} * 4096 ? n : int64_t{256} * 4096, 256, who);
-  ids_sorted_kernel<<<blocks, 256>>>(ids, B, Tk, bad);
-  TESSERA_CUDA_CHECK_LAUNCH("ids_sorted_kernel");
+  queue_ids_sorted_check(ids, B, Tk, bad, who);
   unsigned long long host = 0;
   TESSERA_CUDA_CHECK(cudaMemcpy(&host, bad, sizeof host, cudaMemcpyDeviceToHost));
   if (host != 0) {

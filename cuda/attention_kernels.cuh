@@ -53,6 +53,20 @@ struct ChunkMask {
   }
 };
 
+/// First index i of the non-decreasing row[0, n) with row[i] >= v (upper = false) or row[i] > v (upper =
+/// true).
+__device__ inline int64_t sorted_bound(const int64_t* row, int64_t n, int64_t v, bool upper) {
+  int64_t lo = 0, hi = n;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (upper ? row[mid] <= v : row[mid] < v)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
 /// Query ids [B, Tq] and key ids [B, Tk] (mask::detail::Ids). k_sorted: key ids non-decreasing per batch row
 /// (verified on the device before any kernel relies on it), which lets range() binary-search.
 struct IdRows {
@@ -76,16 +90,7 @@ struct IdRows {
   }
   /// First key row of batch b with id >= v (upper = false) or > v (upper = true); needs k_sorted.
   __device__ int64_t first_key(int64_t b, int64_t v, bool upper) const {
-    const int64_t* row = k_id + b * Tk;
-    int64_t lo = 0, hi = Tk;
-    while (lo < hi) {
-      const int64_t mid = lo + (hi - lo) / 2;
-      if (upper ? row[mid] <= v : row[mid] < v)
-        lo = mid + 1;
-      else
-        hi = mid;
-    }
-    return lo;
+    return sorted_bound(k_id + b * Tk, Tk, v, upper);
   }
   __device__ Range equal_range(int64_t b, int64_t qpos_lo, int64_t qpos_hi) const {
     if (!k_sorted) return {0, Tk};

@@ -55,6 +55,17 @@ void dispatch_dim(const AttnArgs& a, F&& f) {
     f(std::integral_constant<int, 256>{});
 }
 
+/// Queue ids_sorted_kernel over ids [B, T] into `flag` (zeroed by the caller): nonzero afterwards when a row
+/// decreases somewhere.
+inline void queue_ids_sorted_check(const int64_t* ids, int64_t B, int64_t T, unsigned long long* flag,
+                                   const char* who) {
+  const int64_t n = B * T;
+  if (n <= 1 || T <= 1) return;  // nothing to compare
+  ids_sorted_kernel<<<grid_for(n < int64_t{256} * 4096 ? n : int64_t{256} * 4096, 256, who), 256>>>(ids, B, T,
+                                                                                                    flag);
+  TESSERA_CUDA_CHECK_LAUNCH("ids_sorted_kernel");
+}
+
 template <class Kernel>
 void allow_smem(Kernel kernel, size_t bytes) {
   allow_dynamic_smem(reinterpret_cast<const void*>(kernel), bytes);

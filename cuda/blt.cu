@@ -70,12 +70,7 @@ IdNoSyncMask id_mask(const AttnArgs& a, int64_t window, const int64_t* q_id, con
     scratch.reserve(DeviceScratch::bytes_for<unsigned long long>(1));
     flag = scratch.carve<unsigned long long>(1);
     TESSERA_CUDA_CHECK(cudaMemsetAsync(flag, 0, sizeof(unsigned long long), 0));
-    const int64_t n = a.B * a.Tk;
-    if (n > 1 && a.Tk > 1) {
-      const int64_t items = n < int64_t{256} * 4096 ? n : int64_t{256} * 4096;
-      ids_sorted_kernel<<<grid_for(items, 256, "ids_sorted_kernel"), 256>>>(k_id, a.B, a.Tk, flag);
-      TESSERA_CUDA_CHECK_LAUNCH("ids_sorted_kernel");
-    }
+    queue_ids_sorted_check(k_id, a.B, a.Tk, flag, "attention (cuda)");
   }
   return IdNoSyncMask{window, IdRows{q_id, k_id, a.Tq, a.Tk, a.q_offset, k_sorted}, flag};
 }
@@ -104,23 +99,11 @@ struct SegIds {
   const unsigned long long* k_unsorted;  // ids_sorted_kernel's flag over k_id; null: scan
   const unsigned long long* q_unsorted;  // the same over q_id (dK / dV)
 
-  /// First index of row[0, n) with row[i] >= v (upper: > v).
-  __device__ static int64_t bound(const int64_t* row, int64_t n, int64_t v, bool upper) {
-    int64_t lo = 0, hi = n;
-    while (lo < hi) {
-      const int64_t mid = lo + (hi - lo) / 2;
-      if (upper ? row[mid] <= v : row[mid] < v)
-        lo = mid + 1;
-      else
-        hi = mid;
-    }
-    return lo;
-  }
   /// Rows of `ids` (one batch row of n ids) to walk for id v: its equal range when verified sorted.
   __device__ static Range rows_of(const int64_t* ids, int64_t n, int64_t v,
                                   const unsigned long long* unsorted) {
     if (unsorted == nullptr || *unsorted != 0) return {0, n};
-    return {bound(ids, n, v, false), bound(ids, n, v, true)};
+    return {sorted_bound(ids, n, v, false), sorted_bound(ids, n, v, true)};
   }
 };
 
@@ -134,17 +117,12 @@ SegIds seg_ids(const Dims& d, const int64_t* q_id, const int64_t* k_id, bool k_s
   scratch.reserve(DeviceScratch::bytes_for<unsigned long long>(2));
   unsigned long long* flags = scratch.carve<unsigned long long>(2);
   TESSERA_CUDA_CHECK(cudaMemsetAsync(flags, 0, 2 * sizeof(unsigned long long), 0));
-  auto check = [&](const int64_t* id, int64_t T, unsigned long long* flag) {
-    const int64_t n = d.B * T, items = n < int64_t{256} * 4096 ? n : int64_t{256} * 4096;
-    ids_sorted_kernel<<<grid_for(items, 256, "ids_sorted_kernel"), 256>>>(id, d.B, T, flag);
-    TESSERA_CUDA_CHECK_LAUNCH("ids_sorted_kernel");
-  };
   if (check_k) {
-    check(k_id, d.Tk, flags);
+    queue_ids_sorted_check(k_id, d.B, d.Tk, flags, "attention (cuda)");
     ids.k_unsorted = flags;
   }
   if (check_q) {
-    check(q_id, d.Tq, flags + 1);
+    queue_ids_sorted_check(q_id, d.B, d.Tq, flags + 1, "attention (cuda)");
     ids.q_unsorted = flags + 1;
   }
   return ids;

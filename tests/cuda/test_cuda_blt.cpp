@@ -151,6 +151,21 @@ std::vector<float> random_floats(int64_t n, Rng& rng) {
   return v;
 }
 
+/// Expect the device's lse to match the CPU's: -inf exactly where the CPU's is (a query row without a
+/// visible key), within kTol elsewhere. Returns how many rows had no visible key.
+int64_t expect_lse_matches(const std::vector<float>& got, const std::vector<float>& want) {
+  int64_t empty = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    if (std::isinf(want[i])) {
+      ++empty;
+      EXPECT_TRUE(std::isinf(got[i]) && got[i] < 0) << "lse " << i;
+    } else {
+      EXPECT_NEAR(got[i], want[i], kTol * (1 + std::abs(want[i]))) << "lse " << i;
+    }
+  }
+  return empty;
+}
+
 }  // namespace
 
 TEST(CudaBltMask, WindowDocumentAttentionMatchesTheCpu) {
@@ -279,13 +294,7 @@ TEST(CudaBltMask, PatchSegmentsCrossAttentionMatchesTheCpu) {
                             doutd.data(), dqd.data(), dkd.data(), dvd.data());
     EXPECT_LE(rel_err(download(od.data(), od.numel()).data(), o.data(), static_cast<int64_t>(o.size())),
               kTol);
-    const std::vector<float> l = download(lsed.data(), lsed.numel());
-    for (size_t i = 0; i < l.size(); ++i) {
-      if (std::isinf(lse[i]))
-        EXPECT_TRUE(std::isinf(l[i]) && l[i] < 0) << "lse " << i;
-      else
-        EXPECT_NEAR(l[i], lse[i], kTol * (1 + std::abs(lse[i]))) << "lse " << i;
-    }
+    expect_lse_matches(download(lsed.data(), lsed.numel()), lse);
     EXPECT_LE(rel_err(download(dqd.data(), dqd.numel()).data(), dq.data(), static_cast<int64_t>(dq.size())),
               kTol);
     EXPECT_LE(rel_err(download(dkd.data(), dkd.numel()).data(), dk.data(), static_cast<int64_t>(dk.size())),
@@ -392,16 +401,7 @@ TEST(CudaBltMask, PatchSegmentsWalkExactlyEachRowsSegment) {
       check("dq", dqd, dq, B * d.Tq, d.q_stride, d.Hq * d.Dh);
       check("dk", dkd, dk, B * d.Tk, d.k_stride, d.Hkv * d.Dh);
       check("dv", dvd, dv, B * d.Tk, d.v_stride, d.Hkv * d.Dh);
-      const std::vector<float> l = download(lsed.data(), lsed.numel());
-      int64_t empty = 0;
-      for (size_t i = 0; i < l.size(); ++i) {
-        if (std::isinf(lse[i])) {
-          ++empty;
-          EXPECT_TRUE(std::isinf(l[i]) && l[i] < 0) << "lse " << i;
-        } else {
-          EXPECT_NEAR(l[i], lse[i], kTol * (1 + std::abs(lse[i]))) << "lse " << i;
-        }
-      }
+      const int64_t empty = expect_lse_matches(download(lsed.data(), lsed.numel()), lse);
       if (std::string(sh.name) == "encoder") {
         EXPECT_GT(empty, 0) << "the empty patch's slots see no byte";
       }

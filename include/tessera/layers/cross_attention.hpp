@@ -131,13 +131,11 @@ struct CrossAttention {
                      const SeqContext& k, TensorView<const T> src, ops::SmallLinearNorm norm_k,
                      const T* residual, int residual_adds, Tensor<T, B>& y, Saved& s) const {
     if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
-      if (!norm_q.weight || !norm_k.weight || !residual || !fuses_decode(x) ||
-          !k_proj.small_forward_ok(src) || !v_proj.small_forward_ok(src))
-        return false;
+      if (!norm_q.weight || !norm_k.weight || !residual || !fuses_decode(x)) return false;
       TESSERA_CHECK(q.batch == k.batch && x.size(0) == q.rows() && src.size(0) == k.rows(),
                     "CrossAttention::forward_fused: ", x.size(0), " query rows and ", src.size(0),
                     " key rows for contexts of ", q.batch, " x ", q.seq, " and ", k.batch, " x ", k.seq);
-      (void)project_kv_small(src, norm_k, s.k, s.v);
+      if (!project_kv_small(src, norm_k, s.k, s.v)) return false;  // src too large: nothing done
       const ops::SmallLinearOut qo = q_proj.small_output(s.q, x.size(0));
       ops::linear_small_bf16(B{}, x.data(), x.size(0), x.size(1), &qo, 1, norm_q);
       const int64_t w = n_heads * head_dim;
