@@ -61,8 +61,8 @@ inline void queue_ids_sorted_check(const int64_t* ids, int64_t B, int64_t T, uns
                                    const char* who) {
   const int64_t n = B * T;
   if (n <= 1 || T <= 1) return;  // nothing to compare
-  ids_sorted_kernel<<<grid_for(n < int64_t{256} * 4096 ? n : int64_t{256} * 4096, 256, who), 256>>>(ids, B, T,
-                                                                                                    flag);
+  const unsigned blocks = grid_for(std::min(n, int64_t{256} * 4096), 256, who);
+  ids_sorted_kernel<<<blocks, 256>>>(ids, B, T, flag);
   TESSERA_CUDA_CHECK_LAUNCH("ids_sorted_kernel");
 }
 
