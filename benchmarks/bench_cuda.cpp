@@ -9,6 +9,9 @@
 //   decode    one decoded token: the small products of frozen bf16 weights (Llama-1B shapes) vs cast +
 //             cuBLAS, RoPE + KV-cache append vs its two launches, split-KV attention over 384 keys, and
 //             the launch floors (one empty kernel; 256 back to back; the host's time per launch).
+//   rows      RMSNorm (fp32 in, bf16 out; backward dx + residual and dw) at Llama-1B's and BLT-1B's training
+//             shapes, the vectorised kernels vs the row-wise ones; RoPE on bf16 q, k in place vs the memcpy
+//             floor.
 //   blt       BLT-1B's byte <-> patch cross-attention (fp32; decoder and encoder shapes, 4096 bytes in
 //             patches of mean 4.5): the segment kernels of its PatchSegments binding vs the flash tile
 //             kernels under the same id mask.
@@ -34,9 +37,9 @@
 // the bytes the op must move at least (forward read x + write y; backward read x, dy + write dx), also as a
 // percentage of the measured memcpy rate; memcpy counts read + write.
 //
-// Usage: bench_cuda [--only=mem,gemm,decode,blt,attn,cema,tsn] [--reps=N] [--attn-dh=64|128] (the attention
-// section at one head dim only). No GPU: prints a skip line and exits 0.
-// A failing section prints a FAILED row and the others still run; the exit status is then 1.
+// Usage: bench_cuda [--only=mem,gemm,decode,rows,blt,attn,cema,tsn] [--reps=N] [--attn-dh=64|128] (the
+// attention section at one head dim only). No GPU: prints a skip line and exits 0. A failing section prints a
+// FAILED row and the others still run; the exit status is then 1.
 #include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
@@ -55,6 +58,7 @@
 #include <vector>
 
 #include "../cuda/attn_args.hpp"              // internal: AttnDims -> the launchers' AttnArgs
+#include "../cuda/launch.hpp"                 // internal: the row-wise RMSNorm kernels (a baseline)
 #include "../cuda/launch_attention_bf16.hpp"  // internal: the bf16 attention kernel choice
 #include "../cuda/launch_blt.hpp"             // internal: the tile kernels under BLT's id masks (a baseline)
 #include "bench_cuda_kernels.cuh"
@@ -66,6 +70,7 @@
 #include "tessera/ops/cema.hpp"
 #include "tessera/ops/elementwise.hpp"
 #include "tessera/ops/matmul.hpp"
+#include "tessera/ops/norm.hpp"
 #include "tessera/ops/rope.hpp"
 #include "tessera/ops/timestep_norm.hpp"
 
@@ -510,6 +515,84 @@ void bench_decode(Ctx& c) {
                  mem_rate(c, bytes, base_ms, 0), rel_str(d)});
     });
   }
+}
+
+/// The row ops around every attention and MLP block, at the training shapes of Llama-1B (4 x 4096 tokens of
+/// 2048) and of BLT-1B's stacks (4096 tokens of 2048, 1024, 768): RMSNorm forward (fp32 in, bf16 out, as
+/// the bf16 blocks take it) and backward (dx with the residual's gradient added, dw), vectorised rows
+/// against the row-wise kernels in the same run; RoPE on bf16 q and k in place. Rates: bytes moved once.
+void bench_rows(Ctx& c) {
+  using tessera::bf16;
+  struct Shape {
+    int64_t N, D;
+    const char* what;
+  };
+  for (const Shape sh : {Shape{16384, 2048, "Llama-1B"}, Shape{4096, 2048, "BLT-1B global"},
+                         Shape{4096, 1024, "BLT-1B local"}, Shape{4096, 768, "BLT-1B entropy model"}}) {
+    const int64_t N = sh.N, D = sh.D, n = N * D;
+    const std::string shape = std::string(sh.what) + ": " + std::to_string(N) + " x " + std::to_string(D);
+    guarded(c, std::string("rmsnorm ") + sh.what, [&] {
+      DevBuf<float> x = uniform_buf(n, 51, -2.f, 2.f), w = uniform_buf(D, 52, 0.5f, 1.5f);
+      DevBuf<float> dy = uniform_buf(n, 53), res = uniform_buf(n, 54), rstd(N), dx(n), dx_ref(n), dw(D),
+                    dw_ref(D);
+      DevBuf<uint16_t> y(n), y_ref(n);
+      auto fwd = [&](uint16_t* out) {
+        ops::rmsnorm_forward(cuda{}, reinterpret_cast<bf16*>(out), rstd.get(), x.get(), w.get(), N, D, 1e-5);
+      };
+      auto bwd = [&](float* dxo, float* dwo) {
+        ops::rmsnorm_backward(cuda{}, dxo, dwo, dy.get(), x.get(), w.get(), rstd.get(), N, D, res.get());
+      };
+      // The row-wise kernels first (baseline and reference), then the vectorised ones (the default).
+      const bool was = tessera::cuda_detail::set_rmsnorm_vectorised(false);
+      const double f_base = c.timer.median_ms([&] { fwd(y_ref.get()); }, c.reps);
+      dw_ref.zero();
+      bwd(dx_ref.get(), dw_ref.get());
+      const double b_base = c.timer.median_ms([&] { bwd(dx_ref.get(), dw_ref.get()); }, c.reps);
+      tessera::cuda_detail::set_rmsnorm_vectorised(true);
+      const double f_ms = c.timer.median_ms([&] { fwd(y.get()); }, c.reps);
+      dw.zero();
+      bwd(dx.get(), dw.get());
+      const bench::DiffStat e_dx = bench::diff(dx.get(), dx_ref.get(), n);
+      const bench::DiffStat e_dw = bench::diff(dw.get(), dw_ref.get(), D);
+      const double b_ms = c.timer.median_ms([&] { bwd(dx.get(), dw.get()); }, c.reps);
+      tessera::cuda_detail::set_rmsnorm_vectorised(was);
+      const double f_bytes = 6.0 * n, b_bytes = 16.0 * n;  // x in, bf16 y out; dy, x, res in, dx out
+      print_row({"RMSNorm fwd, bf16 out (vectorised rows)", shape, f_ms, mem_rate(c, f_bytes, f_ms, 0),
+                 "row-wise kernel", f_base, mem_rate(c, f_bytes, f_base, 0),
+                 rel_str(bench::diff_bf16(y.get(), y_ref.get(), n))});
+      print_row({"RMSNorm bwd: dx + residual, dw (one pass)", shape, b_ms, mem_rate(c, b_bytes, b_ms, 0),
+                 "row-wise dx + tiled dw", b_base, mem_rate(c, b_bytes, b_base, 0),
+                 "dx " + rel_str(e_dx) + ", dw " + rel_str(e_dw)});
+    });
+  }
+  guarded(c, "rope", [&] {
+    constexpr int64_t N = 16384, H = 16, Dh = 128, W = H * Dh;
+    DevBuf<uint16_t> q(N * W), k(N * W);
+    DevBuf<int64_t> pos(N);
+    {
+      const DevBuf<float> qf = uniform_buf(N * W, 55), kf = uniform_buf(N * W, 56);
+      bench::to_bf16(q.get(), qf.get(), N * W);
+      bench::to_bf16(k.get(), kf.get(), N * W);
+    }
+    ops::fill_positions(cuda{}, pos.get(), 4, 4096, 0);
+    const double ms = c.timer.median_ms(
+        [&] {
+          ops::rope_qk(cuda{}, reinterpret_cast<bf16*>(q.get()), reinterpret_cast<bf16*>(k.get()),
+                       reinterpret_cast<bf16*>(q.get()), reinterpret_cast<bf16*>(k.get()), pos.get(), N, H, H,
+                       Dh, 5e5, ops::RopeStyle::Half, false);
+        },
+        c.reps);
+    Row r{"RoPE q and k, bf16 in place",
+          "Llama-1B: 4 x 4096 tokens, 2 x 16 heads of 128",
+          ms,
+          mem_rate(c, 8.0 * N * W, ms, N),
+          "",
+          0,
+          "",
+          "-"};
+    set_floor(c, r, 8.0 * N * W);
+    print_row(r);
+  });
 }
 
 /// What else a decoded token costs per layer (BLT-1B global shape: 16 heads of 128, fp32 cache): the fused
@@ -1015,9 +1098,9 @@ int main(int argc, char** argv) {
     } else if (a.rfind("--benchmark_", 0) == 0) {
       // Google Benchmark flags (an older gpu-check passed one): not a Google Benchmark program, ignored.
     } else {
-      std::fprintf(
-          stderr,
-          "usage: bench_cuda [--only=mem,gemm,decode,blt,attn,cema,tsn] [--reps=N] [--attn-dh=64|128]\n");
+      std::fprintf(stderr,
+                   "usage: bench_cuda [--only=mem,gemm,decode,rows,blt,attn,cema,tsn] [--reps=N] "
+                   "[--attn-dh=64|128]\n");
       return 2;
     }
   }
@@ -1050,6 +1133,7 @@ int main(int argc, char** argv) {
                        bench_decode(c);
                        bench_decode_step(c);
                      }},
+                    {"rows", bench_rows},
                     {"blt", bench_blt_cross},
                     {"attn", bench_attention},
                     {"cema", bench_cema},

@@ -74,16 +74,30 @@ __global__ void adamw_x4_kernel(float4* __restrict__ p, const float4* __restrict
 
 constexpr int kSumBlocks = 1024;  // partials; the final block has one thread per partial
 
+// Four floats per load when g is 16-byte aligned (n4 = n / 4 of them, then the n % 4 last elements one by
+// one), else one: a thread waits on one load at a time, so 16-byte loads keep four times the bytes in flight.
 __global__ void __launch_bounds__(kThreads)
-    sumsq_partial_kernel(double* __restrict__ partial, const float* __restrict__ g, int64_t n) {
+    sumsq_partial_kernel(double* __restrict__ partial, const float* __restrict__ g, int64_t n, bool vec4) {
   using Reduce = cub::BlockReduce<double, kThreads>;
   __shared__ typename Reduce::TempStorage storage;
-  double s = 0.0;
-  TESSERA_GRID_STRIDE(i, n) {
-    const double x = g[i];
-    s += x * x;
+  double s0 = 0.0, s1 = 0.0;
+  int64_t done = 0;
+  if (vec4) {
+    const int64_t n4 = n / 4;
+    const float4* g4 = reinterpret_cast<const float4*>(g);
+    TESSERA_GRID_STRIDE(i, n4) {
+      const float4 x = g4[i];
+      s0 += static_cast<double>(x.x) * x.x + static_cast<double>(x.y) * x.y;
+      s1 += static_cast<double>(x.z) * x.z + static_cast<double>(x.w) * x.w;
+    }
+    done = 4 * n4;
   }
-  s = Reduce(storage).Sum(s);
+  for (int64_t i = done + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const double x = g[i];
+    s0 += x * x;
+  }
+  const double s = Reduce(storage).Sum(s0 + s1);
   if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
 
@@ -144,7 +158,7 @@ void grad_sumsq_f32(double* sumsq, const float* g, int64_t n) {
       static_cast<int>(std::clamp<int64_t>((n + 8 * kThreads - 1) / (8 * kThreads), 1, kSumBlocks));
   OpTemp temp(OpTemp::bytes<double>(parts));
   double* partial = temp.carve<double>(parts);
-  sumsq_partial_kernel<<<parts, kThreads>>>(partial, g, n);
+  sumsq_partial_kernel<<<parts, kThreads>>>(partial, g, n, aligned_to(g, 16));
   TESSERA_CUDA_CHECK_LAUNCH("sumsq_partial_kernel");
   sumsq_final_kernel<<<1, kSumBlocks>>>(sumsq, partial, parts);
   TESSERA_CUDA_CHECK_LAUNCH("sumsq_final_kernel");

@@ -409,14 +409,32 @@ __device__ inline void rope_qk_item(int64_t t, const In* q, const In* k, Out* q_
   sincos(static_cast<double>(positions[n]) * inv_freq, &sd, &cd);
   const float c = static_cast<float>(cd), s = static_cast<float>(sign * sd);
   const int ia = interleaved ? 2 * i : i, ib = interleaved ? 2 * i + 1 : half + i;
-  for (int h = h0; h < h1; ++h) {
-    const bool is_q = h < Hq;
-    const int64_t off = n * int64_t{is_q ? Hq : Hk} * Dh + int64_t{is_q ? h : h - Hq} * Dh;
-    const In* src = (is_q ? q : k) + off;
-    Out* dst = (is_q ? q_out : k_out) + off;
-    const float a = load_value(src + ia), b = load_value(src + ib);
-    store_value(dst + ia, a * c - b * s);
-    store_value(dst + ib, a * s + b * c);
+  // Heads in runs of kRun: every load of a run is issued before its stores. The output may alias the input
+  // (in place), so loads and stores of one head sequence would otherwise wait on each other: two loads in
+  // flight per thread, far too few to keep HBM busy at training sizes. Each element is read and written by
+  // this thread only, so reading ahead is safe.
+  constexpr int kRun = 8;
+  for (int h = h0; h < h1; h += kRun) {
+    float a[kRun], b[kRun];
+#pragma unroll
+    for (int u = 0; u < kRun; ++u) {
+      const int hh = h + u;
+      if (hh >= h1) break;
+      const bool is_q = hh < Hq;
+      const int64_t off = n * int64_t{is_q ? Hq : Hk} * Dh + int64_t{is_q ? hh : hh - Hq} * Dh;
+      const In* src = (is_q ? q : k) + off;
+      a[u] = load_value(src + ia), b[u] = load_value(src + ib);
+    }
+#pragma unroll
+    for (int u = 0; u < kRun; ++u) {
+      const int hh = h + u;
+      if (hh >= h1) break;
+      const bool is_q = hh < Hq;
+      const int64_t off = n * int64_t{is_q ? Hq : Hk} * Dh + int64_t{is_q ? hh : hh - Hq} * Dh;
+      Out* dst = (is_q ? q_out : k_out) + off;
+      store_value(dst + ia, a[u] * c - b[u] * s);
+      store_value(dst + ib, a[u] * s + b[u] * c);
+    }
   }
 }
 

@@ -29,6 +29,10 @@ void rmsnorm_forward_f32(float* y, float* rstd, const float* x, const float* w, 
 /// The same with y in bf16 (each fp32 value rounded once to nearest even).
 void rmsnorm_forward_bf16out(uint16_t* y, float* rstd, const float* x, const float* w, int64_t N, int64_t D,
                              double eps);
+/// Whether rows that fit them (D a multiple of 4, at most 8192, 16-byte aligned pointers) take the
+/// vectorised kernels (the default) or the row-wise ones every D takes; returns the previous setting. For
+/// tests and benchmarks, which compare the two.
+bool set_rmsnorm_vectorised(bool on);
 /// residual (nullable): added to dx in the same pass.
 void rmsnorm_backward_f32(float* dx, float* dw, const float* dy, const float* x, const float* w,
                           const float* rstd, int64_t N, int64_t D, const float* residual);

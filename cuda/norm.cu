@@ -1,10 +1,17 @@
 // RMSNorm on the GPU: y = x * rstd * w with rstd = 1/sqrt(mean(x^2) + eps), rows of length D.
 //
-// Forward and the dx part of backward: one row per warp or block (rows.cuh). The dw reduction over rows
-// is deterministic and atomic-free: a tiled kernel writes per-block partial column sums, a second kernel
-// adds them in a fixed order.
+// Two kernel families:
+// - vectorised rows (D a multiple of 4, D <= 8192, 16-byte aligned rows): a row's threads hold it in
+//   registers as float4s, so x is read from memory once (the row-wise kernels read it twice) with 16-byte
+//   loads, and bf16 outputs are stored 4 at a time. The backward computes dx and dw's partial column sums in
+//   the same pass over dy and x: a block walks a fixed set of rows and keeps its columns' sums in registers.
+// - row-wise (any D): one row per warp or block (rows.cuh), element by element; dw from a separate tiled
+//   pass over dy and x.
+// Both reduce dw deterministically without atomics: per-slot partial column sums, then a fixed-order sum.
 #include <algorithm>
+#include <atomic>
 #include <climits>
+#include <initializer_list>
 
 #include "check.hpp"
 #include "core_util.cuh"
@@ -83,27 +90,217 @@ __global__ void __launch_bounds__(kTileCols* kTileRows)
   }
 }
 
-__global__ void sum_partials_kernel(float* __restrict__ dw, const float* __restrict__ partial, int groups,
-                                    int D) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= D) return;
+// dw[c] += sum over g of partial[g * D + c]. Block (32, kSumRows) owns 32 columns: thread (x, y) sums groups
+// y, y + kSumRows, ... of column x (a warp reads 32 consecutive floats of one group), then the kSumRows sums
+// of a column are added in order: a fixed order, and kSumRows loads in flight per column instead of one.
+constexpr int kSumRows = 32;
+
+__global__ void __launch_bounds__(32 * kSumRows)
+    sum_partials_kernel(float* __restrict__ dw, const float* __restrict__ partial, int groups, int D) {
+  __shared__ float part[kSumRows][33];
+  const int c = blockIdx.x * 32 + threadIdx.x;
   float s = 0.f;
-  for (int g = 0; g < groups; ++g) s += partial[static_cast<int64_t>(g) * D + c];
-  dw[c] += s;
+  if (c < D)
+    for (int g = threadIdx.y; g < groups; g += kSumRows) s += partial[static_cast<int64_t>(g) * D + c];
+  part[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < D) {
+    float t = 0.f;
+    for (int k = 0; k < kSumRows; ++k) t += part[k][threadIdx.x];
+    dw[c] += t;
+  }
+}
+
+void launch_sum_partials(float* dw, const float* partial, int groups, int D) {
+  sum_partials_kernel<<<(D + 31) / 32, dim3(32, kSumRows)>>>(dw, partial, groups, D);
+  TESSERA_CUDA_CHECK_LAUNCH("sum_partials_kernel");
+}
+
+// ---- vectorised rows ----------------------------------------------------------------------------------
+
+// A row of D floats is D/4 float4s; thread t of the row's T threads holds float4s t, t + T, ..., up to
+// kVecRowVecs of them (T = threads per row, a multiple of 32, so every warp lies in one row). A block is
+// (T, R) threads: R rows side by side, T * R <= max(256, T).
+constexpr int kVecRowVecs = 4;
+constexpr int kVecRowMaxThreads = 512;
+constexpr int64_t kVecRowMaxD = int64_t{4} * kVecRowVecs * kVecRowMaxThreads;  // 8192
+
+struct VecRowShape {
+  int threads;  // per row
+  int rows;     // per block
+};
+
+VecRowShape vec_row_shape(int64_t D) {
+  const int64_t vecs = D / 4;
+  const int64_t per = (vecs + kVecRowVecs - 1) / kVecRowVecs;  // threads needed
+  const int threads = static_cast<int>(std::max<int64_t>(32, (per + 31) / 32 * 32));
+  return {threads, std::max(1, 256 / threads)};
+}
+
+/// The sum of v over the T threads of this thread's row (block (T, R), T a multiple of 32); every thread of
+/// the row gets it. `part` holds one float per warp of the block. In a fixed order: deterministic.
+__device__ inline float vec_row_sum(float v, float* part) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int warps = blockDim.x / 32;
+  if (warps == 1) return v;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  if (lane == 0) part[threadIdx.y * warps + warp] = v;
+  __syncthreads();
+  float s = 0.f;
+  for (int i = 0; i < warps; ++i) s += part[threadIdx.y * warps + i];
+  __syncthreads();  // part is rewritten by the next call
+  return s;
+}
+
+__device__ inline void store4(float* p, float4 v) {
+  *reinterpret_cast<float4*>(p) = v;
+}
+__device__ inline void store4(uint16_t* p, float4 v) {
+  *reinterpret_cast<uint64_t*>(p) = pack_bf16x4(v.x, v.y, v.z, v.w);
+}
+
+// Rows rows_per_block * blockIdx.x + threadIdx.y. Rows past N take part in the barriers and store nothing.
+template <class Out>
+__global__ void __launch_bounds__(kVecRowMaxThreads)
+    rmsnorm_forward_vec_kernel(Out* y, float* rstd, const float* x, const float* w, int64_t N, int D,
+                               double eps) {
+  __shared__ float part[32];
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
+  const bool live = row < N;
+  const int vecs = D / 4, T = blockDim.x;
+  const float4* xr = reinterpret_cast<const float4*>(x + (live ? row : 0) * D);
+  float4 v[kVecRowVecs];
+  float ss = 0.f;
+#pragma unroll
+  for (int j = 0; j < kVecRowVecs; ++j) {
+    const int c = threadIdx.x + j * T;
+    v[j] = live && c < vecs ? xr[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+    ss += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
+  }
+  ss = vec_row_sum(ss, part);
+  if (!live) return;
+  // eps added and the root taken in double, as on the CPU (one double op per row).
+  const float r = static_cast<float>(1.0 / sqrt(static_cast<double>(ss) / D + eps));
+  if (rstd && threadIdx.x == 0) rstd[row] = r;
+  Out* yr = y + row * D;  // fp32: may alias x (x is in registers)
+#pragma unroll
+  for (int j = 0; j < kVecRowVecs; ++j) {
+    const int c = threadIdx.x + j * T;
+    if (c >= vecs) break;
+    float4 o = make_float4(v[j].x * r, v[j].y * r, v[j].z * r, v[j].w * r);
+    if (w) {
+      const float4 g = reinterpret_cast<const float4*>(w)[c];
+      o = make_float4(o.x * g.x, o.y * g.y, o.z * g.z, o.w * g.w);
+    }
+    store4(yr + 4 * c, o);
+  }
+}
+
+// dx (nullable) and dw's partial column sums (dw_out nullable) in one pass. Block b walks rows
+// b * R + threadIdx.y + k * gridDim.x * R (k = 0, 1, ...): one slot of rows per (block, threadIdx.y), whose
+// column sums sum_n dy * x * rstd go to dw_out[slot * D + c] (= or += when `add`).
+// With g = dy * w (w optional) and r the row's rstd: dx = r * (g - x * r^2 * <g, x> / D) (+ res).
+__global__ void __launch_bounds__(kVecRowMaxThreads)
+    rmsnorm_backward_vec_kernel(float* dx, float* dw_out, bool add, const float* dy, const float* x,
+                                const float* w, const float* rstd, const float* res, int64_t N, int D) {
+  __shared__ float part[32];
+  const int vecs = D / 4, T = blockDim.x;
+  const int64_t step = static_cast<int64_t>(gridDim.x) * blockDim.y;
+  const int64_t slot = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
+  float4 wv[kVecRowVecs], acc[kVecRowVecs];
+#pragma unroll
+  for (int j = 0; j < kVecRowVecs; ++j) {
+    const int c = threadIdx.x + j * T;
+    wv[j] = w && c < vecs ? reinterpret_cast<const float4*>(w)[c] : make_float4(1.f, 1.f, 1.f, 1.f);
+    acc[j] = make_float4(0.f, 0.f, 0.f, 0.f);
+  }
+  // Every row of the block takes the same number of turns (the barriers in vec_row_sum).
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.y;
+  for (int64_t base = first; base < N; base += step) {
+    const int64_t row = base + threadIdx.y;
+    const bool live = row < N;
+    const float4* xr = reinterpret_cast<const float4*>(x + (live ? row : 0) * D);
+    const float4* dyr = reinterpret_cast<const float4*>(dy + (live ? row : 0) * D);
+    float4 xv[kVecRowVecs], gv[kVecRowVecs];
+    float dot = 0.f;
+#pragma unroll
+    for (int j = 0; j < kVecRowVecs; ++j) {
+      const int c = threadIdx.x + j * T;
+      const bool in = live && c < vecs;
+      xv[j] = in ? xr[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+      gv[j] = in ? dyr[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+    const float r = live ? rstd[row] : 0.f;
+#pragma unroll
+    for (int j = 0; j < kVecRowVecs; ++j) {
+      // dw's terms use dy itself; then g = dy * w.
+      acc[j].x += gv[j].x * xv[j].x * r, acc[j].y += gv[j].y * xv[j].y * r;
+      acc[j].z += gv[j].z * xv[j].z * r, acc[j].w += gv[j].w * xv[j].w * r;
+      gv[j] = make_float4(gv[j].x * wv[j].x, gv[j].y * wv[j].y, gv[j].z * wv[j].z, gv[j].w * wv[j].w);
+      dot += gv[j].x * xv[j].x + gv[j].y * xv[j].y + gv[j].z * xv[j].z + gv[j].w * xv[j].w;
+    }
+    dot = vec_row_sum(dot, part);
+    if (!live || !dx) continue;
+    const float k = dot * r * r / static_cast<float>(D);
+    float4* dxr = reinterpret_cast<float4*>(dx + row * D);  // may alias dy or res (read before written)
+    const float4* rr = res ? reinterpret_cast<const float4*>(res + row * D) : nullptr;
+#pragma unroll
+    for (int j = 0; j < kVecRowVecs; ++j) {
+      const int c = threadIdx.x + j * T;
+      if (c >= vecs) break;
+      float4 o = make_float4(r * (gv[j].x - xv[j].x * k), r * (gv[j].y - xv[j].y * k),
+                             r * (gv[j].z - xv[j].z * k), r * (gv[j].w - xv[j].w * k));
+      if (rr) {
+        const float4 e = rr[c];
+        // Not contracted into an fma with the product above: dx + res is exactly dx, then + res.
+        o = make_float4(__fadd_rn(o.x, e.x), __fadd_rn(o.y, e.y), __fadd_rn(o.z, e.z), __fadd_rn(o.w, e.w));
+      }
+      dxr[c] = o;
+    }
+  }
+  if (!dw_out || slot >= N) return;  // a slot without rows has nothing to add (and is not summed)
+  float4* out = reinterpret_cast<float4*>(dw_out + slot * D);
+#pragma unroll
+  for (int j = 0; j < kVecRowVecs; ++j) {
+    const int c = threadIdx.x + j * T;
+    if (c >= vecs) break;
+    if (add) {
+      const float4 o = out[c];
+      out[c] = make_float4(o.x + acc[j].x, o.y + acc[j].y, o.z + acc[j].z, o.w + acc[j].w);
+    } else {
+      out[c] = acc[j];
+    }
+  }
 }
 
 void check_sizes(const char* op, int64_t N, int64_t D) {
   TESSERA_CHECK(N >= 0 && N <= INT_MAX && D > 0 && D <= INT_MAX, op, "(cuda): bad sizes N=", N, " D=", D);
 }
 
-}  // namespace
+std::atomic<bool> g_vectorised_rows{true};
 
-namespace {
+/// Whether the vectorised kernels take these rows: D a multiple of 4 and at most kVecRowMaxD, every pointer
+/// 16-byte aligned (rows then are too), not switched off (set_rmsnorm_vectorised).
+bool vec_rows_fit(int64_t D, std::initializer_list<const void*> ptrs) {
+  if (!g_vectorised_rows.load(std::memory_order_relaxed) || D % 4 != 0 || D > kVecRowMaxD) return false;
+  for (const void* p : ptrs)
+    if (p && !aligned_to(p, 16)) return false;
+  return true;
+}
+
 template <class Out>
 void rmsnorm_forward_any(Out* y, float* rstd, const float* x, const float* w, int64_t N, int64_t D,
                          double eps) {
   check_sizes("rmsnorm_forward", N, D);
   if (N == 0) return;
+  if (vec_rows_fit(D, {y, x, w}) && (sizeof(Out) == 4 || aligned_to(y, 8))) {
+    const VecRowShape sh = vec_row_shape(D);
+    const auto blocks = static_cast<unsigned>((N + sh.rows - 1) / sh.rows);
+    rmsnorm_forward_vec_kernel<Out>
+        <<<blocks, dim3(sh.threads, sh.rows)>>>(y, rstd, x, w, N, static_cast<int>(D), eps);
+    TESSERA_CUDA_CHECK_LAUNCH("rmsnorm_forward_vec_kernel");
+    return;
+  }
   dispatch_rows(D, [&](auto row) {
     using Row = decltype(row);
     rmsnorm_forward_kernel<Row, Out>
@@ -111,7 +308,41 @@ void rmsnorm_forward_any(Out* y, float* rstd, const float* x, const float* w, in
   });
   TESSERA_CUDA_CHECK_LAUNCH("rmsnorm_forward_kernel");
 }
+
+/// The partial sums of dw (one row of D per slot), kept across calls.
+float* dw_partials(int64_t slots, int64_t D) {
+  thread_local KeptDeviceBuffer<float> scratch;
+  return scratch.get(static_cast<size_t>(slots) * static_cast<size_t>(D));
+}
+
+void rmsnorm_backward_vec(float* dx, float* dw, const float* dy, const float* x, const float* w,
+                          const float* rstd, int64_t N, int D, const float* residual) {
+  const VecRowShape sh = vec_row_shape(D);
+  // dx alone: a slot per row. With dw: slots of at least 8 rows, at most 1024 slots (enough blocks to fill
+  // the GPU at BLT's 4096 rows; bounds the partial sums' scratch and their final sum); a function of N only,
+  // so the sums' order is fixed.
+  const int64_t slots = dw ? std::clamp<int64_t>((N + 7) / 8, 1, 1024) : N;
+  const auto blocks = static_cast<unsigned>((slots + sh.rows - 1) / sh.rows);
+  const int64_t live_slots = std::min<int64_t>(static_cast<int64_t>(blocks) * sh.rows, N);
+  float* out = nullptr;
+  bool add = false;
+  if (dw && live_slots == 1) {
+    out = dw, add = true;
+  } else if (dw) {
+    out = dw_partials(live_slots, D);
+  }
+  rmsnorm_backward_vec_kernel<<<blocks, dim3(sh.threads, sh.rows)>>>(dx, out, add, dy, x, w, rstd, residual,
+                                                                     N, D);
+  TESSERA_CUDA_CHECK_LAUNCH("rmsnorm_backward_vec_kernel");
+  if (dw && live_slots > 1) {
+    launch_sum_partials(dw, out, static_cast<int>(live_slots), D);
+  }
+}
 }  // namespace
+
+bool set_rmsnorm_vectorised(bool on) {
+  return g_vectorised_rows.exchange(on);
+}
 
 void rmsnorm_forward_f32(float* y, float* rstd, const float* x, const float* w, int64_t N, int64_t D,
                          double eps) {
@@ -126,8 +357,12 @@ void rmsnorm_forward_bf16out(uint16_t* y, float* rstd, const float* x, const flo
 void rmsnorm_backward_f32(float* dx, float* dw, const float* dy, const float* x, const float* w,
                           const float* rstd, int64_t N, int64_t D, const float* residual) {
   check_sizes("rmsnorm_backward", N, D);
-  if (N == 0) return;
+  if (N == 0 || (!dx && !dw)) return;
   const int d = static_cast<int>(D);
+  if (vec_rows_fit(D, {dx, dy, x, w, residual})) {
+    rmsnorm_backward_vec(dx, dw, dy, x, w, rstd, N, d, residual);
+    return;
+  }
   // dw first: it reads dy, which dx may overwrite (dx aliasing dy is allowed).
   if (dw) {
     // Enough row groups to fill the GPU, at least 64 rows each; capped to bound the scratch.
@@ -137,12 +372,10 @@ void rmsnorm_backward_f32(float* dx, float* dw, const float* dy, const float* x,
       rmsnorm_dw_partial_kernel<<<grid, block>>>(dw, true, dy, x, rstd, N, d);
       TESSERA_CUDA_CHECK_LAUNCH("rmsnorm_dw_partial_kernel");
     } else {
-      thread_local KeptDeviceBuffer<float> scratch;  // the partial sums, kept across calls
-      float* partial = scratch.get(static_cast<size_t>(groups) * D);
+      float* partial = dw_partials(groups, D);
       rmsnorm_dw_partial_kernel<<<grid, block>>>(partial, false, dy, x, rstd, N, d);
       TESSERA_CUDA_CHECK_LAUNCH("rmsnorm_dw_partial_kernel");
-      sum_partials_kernel<<<(d + 255) / 256, 256>>>(dw, partial, groups, d);
-      TESSERA_CUDA_CHECK_LAUNCH("sum_partials_kernel");
+      launch_sum_partials(dw, partial, groups, d);
     }
   }
   if (dx) {

@@ -412,72 +412,79 @@ TEST_F(CudaCore, RopeForwardBackwardMatchCpu) {
 // -> fp32 and bf16 -> bf16 start from bf16 inputs (the CPU rotates their fp32 values).
 TEST_F(CudaCore, RopeQkRotatesQueriesAndKeysInOneLaunch) {
   Rng rng(37);
-  const int64_t Hq = 4, Hk = 2, Dh = 16;
-  // Token counts: one (a decoding step: one head per thread), 29, 4096 (two runs of three heads per thread)
-  // and 8192 (the training layout: every head in one thread).
-  for (const int64_t N : {int64_t{1}, int64_t{29}, int64_t{4096}, int64_t{8192}}) {
-    SCOPED_TRACE("N = " + std::to_string(N));
-    Ids pos = randint(N, rng, 0, 3000);
-    Dev<int64_t> d_pos(pos);
-    const Host q = randn(N * Hq * Dh, rng), k = randn(N * Hk * Dh, rng);
-    // Within one bf16 step of the rounded reference (a tie-breaking difference of the fp32 rotations).
-    auto expect_bf16_of = [](const std::string& what, const Host& got, const Host& ref32) {
-      int off = 0;
-      for (size_t i = 0; i < ref32.size(); ++i) {
-        const float want = static_cast<float>(bf16(ref32[i]));
-        if (got[i] == want) continue;
-        ++off;
-        EXPECT_LE(std::abs(got[i] - want), std::abs(want) / 128 + 1e-30) << what << "[" << i << "]";
-      }
-      EXPECT_LE(off, static_cast<int>(ref32.size() / 100) + 1)
-          << what << ": too many values off the rounding";
-    };
-    for (const auto style : {ops::RopeStyle::Interleaved, ops::RopeStyle::Half}) {
-      for (const bool inverse : {false, true}) {
-        const std::string tag = std::string(style == ops::RopeStyle::Interleaved ? " interleaved" : " half") +
-                                (inverse ? " inverse" : "");
-        auto cpu_rotate = [&](Host a, Host b) {
-          ops::rope_qk(cpu{}, a.data(), b.data(), a.data(), b.data(), pos.data(), N, Hq, Hk, Dh, 1e4, style,
-                       inverse);
-          return std::pair{a, b};
-        };
-        const auto [rq, rk] = cpu_rotate(q, k);
-        {  // fp32 in place
-          Dev<float> dq(q), dk(k);
-          ops::rope_qk(cuda{}, dq.data(), dk.data(), dq.data(), dk.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4,
-                       style, inverse);
-          expect_close("rope_qk fp32 q" + tag, dq.get(), rq);
-          expect_close("rope_qk fp32 k" + tag, dk.get(), rk);
+  const int64_t Dh = 16;
+  struct Heads {
+    int64_t q, k;
+  };
+  // Head sets of 4 + 2 and 11 + 6 (a thread loads up to eight heads ahead of their stores: 17 heads are two
+  // full runs and a short one). Token counts: one (a decoding step: one head per thread), 29, 4096 (two
+  // head groups per token, a thread each) and 8192 (the training layout: every head in one thread).
+  for (const Heads heads : {Heads{4, 2}, Heads{11, 6}})
+    for (const int64_t N : {int64_t{1}, int64_t{29}, int64_t{4096}, int64_t{8192}}) {
+      const int64_t Hq = heads.q, Hk = heads.k;
+      SCOPED_TRACE("N = " + std::to_string(N) + ", heads " + std::to_string(Hq) + " + " + std::to_string(Hk));
+      Ids pos = randint(N, rng, 0, 3000);
+      Dev<int64_t> d_pos(pos);
+      const Host q = randn(N * Hq * Dh, rng), k = randn(N * Hk * Dh, rng);
+      // Within one bf16 step of the rounded reference (a tie-breaking difference of the fp32 rotations).
+      auto expect_bf16_of = [](const std::string& what, const Host& got, const Host& ref32) {
+        int off = 0;
+        for (size_t i = 0; i < ref32.size(); ++i) {
+          const float want = static_cast<float>(bf16(ref32[i]));
+          if (got[i] == want) continue;
+          ++off;
+          EXPECT_LE(std::abs(got[i] - want), std::abs(want) / 128 + 1e-30) << what << "[" << i << "]";
         }
-        {  // fp32 -> bf16
-          Dev<float> dq(q), dk(k);
-          Dev<bf16> oq(std::vector<bf16>(q.size())), ok(std::vector<bf16>(k.size()));
-          ops::rope_qk(cuda{}, dq.data(), dk.data(), oq.data(), ok.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4,
-                       style, inverse);
-          expect_bf16_of("rope_qk fp32->bf16 q" + tag, widen(oq.get()), rq);
-          expect_bf16_of("rope_qk fp32->bf16 k" + tag, widen(ok.get()), rk);
-          EXPECT_EQ(dq.get(), q) << "the fp32 input is left alone";
-        }
-        const auto [rq16, rk16] = cpu_rotate(widen(to_bf16(q)), widen(to_bf16(k)));
-        {  // bf16 -> fp32
-          Dev<bf16> dq(to_bf16(q)), dk(to_bf16(k));
-          Dev<float> oq(Host(q.size())), ok(Host(k.size()));
-          ops::rope_qk(cuda{}, dq.data(), dk.data(), oq.data(), ok.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4,
-                       style, inverse);
-          expect_close("rope_qk bf16->fp32 q" + tag, oq.get(), rq16);
-          expect_close("rope_qk bf16->fp32 k" + tag, ok.get(), rk16);
-        }
-        {  // bf16 -> bf16 in place
-          Dev<bf16> dq(to_bf16(q)), dk(to_bf16(k));
-          ops::rope_qk(cuda{}, dq.data(), dk.data(), dq.data(), dk.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4,
-                       style, inverse);
-          expect_bf16_of("rope_qk bf16 in place q" + tag, widen(dq.get()), rq16);
-          expect_bf16_of("rope_qk bf16 in place k" + tag, widen(dk.get()), rk16);
+        EXPECT_LE(off, static_cast<int>(ref32.size() / 100) + 1)
+            << what << ": too many values off the rounding";
+      };
+      for (const auto style : {ops::RopeStyle::Interleaved, ops::RopeStyle::Half}) {
+        for (const bool inverse : {false, true}) {
+          const std::string tag =
+              std::string(style == ops::RopeStyle::Interleaved ? " interleaved" : " half") +
+              (inverse ? " inverse" : "");
+          auto cpu_rotate = [&](Host a, Host b) {
+            ops::rope_qk(cpu{}, a.data(), b.data(), a.data(), b.data(), pos.data(), N, Hq, Hk, Dh, 1e4, style,
+                         inverse);
+            return std::pair{a, b};
+          };
+          const auto [rq, rk] = cpu_rotate(q, k);
+          {  // fp32 in place
+            Dev<float> dq(q), dk(k);
+            ops::rope_qk(cuda{}, dq.data(), dk.data(), dq.data(), dk.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4,
+                         style, inverse);
+            expect_close("rope_qk fp32 q" + tag, dq.get(), rq);
+            expect_close("rope_qk fp32 k" + tag, dk.get(), rk);
+          }
+          {  // fp32 -> bf16
+            Dev<float> dq(q), dk(k);
+            Dev<bf16> oq(std::vector<bf16>(q.size())), ok(std::vector<bf16>(k.size()));
+            ops::rope_qk(cuda{}, dq.data(), dk.data(), oq.data(), ok.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4,
+                         style, inverse);
+            expect_bf16_of("rope_qk fp32->bf16 q" + tag, widen(oq.get()), rq);
+            expect_bf16_of("rope_qk fp32->bf16 k" + tag, widen(ok.get()), rk);
+            EXPECT_EQ(dq.get(), q) << "the fp32 input is left alone";
+          }
+          const auto [rq16, rk16] = cpu_rotate(widen(to_bf16(q)), widen(to_bf16(k)));
+          {  // bf16 -> fp32
+            Dev<bf16> dq(to_bf16(q)), dk(to_bf16(k));
+            Dev<float> oq(Host(q.size())), ok(Host(k.size()));
+            ops::rope_qk(cuda{}, dq.data(), dk.data(), oq.data(), ok.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4,
+                         style, inverse);
+            expect_close("rope_qk bf16->fp32 q" + tag, oq.get(), rq16);
+            expect_close("rope_qk bf16->fp32 k" + tag, ok.get(), rk16);
+          }
+          {  // bf16 -> bf16 in place
+            Dev<bf16> dq(to_bf16(q)), dk(to_bf16(k));
+            ops::rope_qk(cuda{}, dq.data(), dk.data(), dq.data(), dk.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4,
+                         style, inverse);
+            expect_bf16_of("rope_qk bf16 in place q" + tag, widen(dq.get()), rq16);
+            expect_bf16_of("rope_qk bf16 in place k" + tag, widen(dk.get()), rk16);
+          }
         }
       }
     }
-  }
-  const int64_t N = 29;
+  const int64_t N = 29, Hq = 4, Hk = 2;
   Ids pos = randint(N, rng, 0, 3000);
   Dev<int64_t> d_pos(pos);
   const Host q = randn(N * Hq * Dh, rng), k = randn(N * Hk * Dh, rng);
@@ -856,20 +863,24 @@ TEST_F(CudaCore, AdamWThreeStepsMatchCpu) {
   }
 }
 
-// Sum of squares over two tensors accumulated in one device double (vs a double loop: relative 1e-12 allows
-// for the different summation order of ~1e5 double terms), deterministic, then clipping by the CPU's rule.
+// Sum of squares over three tensors accumulated in one device double (vs a double loop: relative 1e-12 allows
+// for the different summation order of ~2e5 double terms), deterministic, then clipping by the CPU's rule.
+// Lengths not multiples of 4 (the 16-byte loads leave a tail); the third starts off a 16-byte boundary
+// (element loads only).
 TEST_F(CudaCore, GradNormAndClipMatchCpu) {
   Rng rng(102);
   const Host g1 = randn(100003, rng), g2 = randn(777, rng, 3.0);
   double ref = 0;
   for (float x : g1) ref += double(x) * x;
   for (float x : g2) ref += double(x) * x;
+  for (size_t i = 1; i < g1.size(); ++i) ref += double(g1[i]) * g1[i];
   Dev<float> d_g1(g1), d_g2(g2);
   double first = 0;
   for (int run = 0; run < 2; ++run) {
     Dev<double> d_s(std::vector<double>{0.0});
     train::grad_sumsq(cuda{}, d_s.data(), d_g1.data(), 100003);
     train::grad_sumsq(cuda{}, d_s.data(), d_g2.data(), 777);
+    train::grad_sumsq(cuda{}, d_s.data(), d_g1.data() + 1, 100002);
     const double s = d_s.get()[0];
     EXPECT_NEAR(s, ref, 1e-12 * ref);
     if (run == 0)

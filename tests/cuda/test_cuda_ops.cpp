@@ -293,18 +293,34 @@ TEST_F(Cuda, LinearForwardBackwardMatchCpu) {
 
 // ---- rmsnorm -----------------------------------------------------------------------------------------
 
-// Row lengths covering both kernel shapes (warp per row for D <= 1024, block per row above), a D that is
-// not a multiple of 32, and N large enough that dw is reduced over several row groups.
+// Both kernel families: vectorised rows (D a multiple of 4 up to 8192; a warp or several per row, several
+// rows per block for short rows) and the row-wise kernels (warp per row for D <= 1024, block per row above),
+// which take every other D (not a multiple of 4, above 8192) and all rows when the vectorised ones are
+// switched off. N large enough that dw is reduced over several slots, and N not a multiple of a block's rows.
 TEST_F(Cuda, RmsNormForwardBackwardMatchCpu) {
   Rng rng(5);
   struct Case {
     int64_t N, D;
     bool affine, in_place;  // in_place: CUDA backward overwrites dy with dx (allowed there, not on the CPU)
+    bool vectorised;        // switched on (the kernels still fall back to row-wise where D does not fit)
   };
-  for (const Case c : {Case{5, 64, true, false}, Case{37, 1000, true, true}, Case{300, 96, true, false},
-                       Case{9, 3000, true, true}, Case{130, 2048, false, false}, Case{700, 40, true, true}}) {
-    const std::string tag =
-        "N=" + std::to_string(c.N) + " D=" + std::to_string(c.D) + (c.in_place ? " in place" : "");
+  // clang-format off
+  for (const Case c : {Case{5, 64, true, false, true}, Case{37, 1000, true, true, true},
+                       Case{300, 96, true, false, true}, Case{9, 3000, true, true, true},
+                       Case{130, 2048, false, false, true}, Case{700, 40, true, true, true},
+                       Case{3, 768, true, false, true}, Case{1100, 4096, true, true, true},
+                       Case{2, 8192, true, false, true}, Case{3, 8196, true, true, true},
+                       Case{41, 1001, true, false, true}, Case{66, 30, true, true, true},
+                       Case{37, 1000, true, true, false}, Case{300, 96, true, false, false},
+                       Case{130, 2048, false, false, false}, Case{700, 40, true, true, false}}) {
+    // clang-format on
+    const bool previous = cuda_detail::set_rmsnorm_vectorised(c.vectorised);
+    struct Restore {
+      bool on;
+      ~Restore() { cuda_detail::set_rmsnorm_vectorised(on); }
+    } restore{previous};
+    const std::string tag = "N=" + std::to_string(c.N) + " D=" + std::to_string(c.D) +
+                            (c.in_place ? " in place" : "") + (c.vectorised ? "" : " row-wise");
     const int64_t n = c.N * c.D;
     const Host x = randn(n, rng, 2.0), dy = randn(n, rng);
     Host w = c.affine ? randn(c.D, rng) : Host{};
@@ -356,8 +372,9 @@ TEST_F(Cuda, RmsNormForwardBackwardMatchCpu) {
   }
 }
 
-// dw is reduced without atomics in a fixed order: two runs give bitwise identical results.
-TEST_F(Cuda, RmsNormDwIsDeterministic) {
+namespace {
+/// dw of one backward, run twice: bitwise identical.
+void rmsnorm_dw_twice_is_identical() {
   Rng rng(6);
   const int64_t N = 4096, D = 256;
   const Host x = randn(N * D, rng), dy = randn(N * D, rng), w = randn(D, rng);
@@ -373,6 +390,17 @@ TEST_F(Cuda, RmsNormDwIsDeterministic) {
       first = download(d_dw);
     else
       EXPECT_EQ(download(d_dw), first);
+  }
+}
+}  // namespace
+
+// dw is reduced without atomics in a fixed order: two runs give bitwise identical results.
+TEST_F(Cuda, RmsNormDwIsDeterministic) {
+  for (const bool vectorised : {true, false}) {
+    const bool previous = cuda_detail::set_rmsnorm_vectorised(vectorised);
+    SCOPED_TRACE(vectorised ? "vectorised" : "row-wise");
+    rmsnorm_dw_twice_is_identical();
+    cuda_detail::set_rmsnorm_vectorised(previous);
   }
 }
 
