@@ -12,6 +12,7 @@
 // adds them in a fixed order: deterministic. Clipping reads the accumulated sum on the device (no host round
 // trip).
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cub/block/block_reduce.cuh>
 
@@ -109,6 +110,65 @@ __global__ void __launch_bounds__(kSumBlocks)
   if (threadIdx.x == 0) *sumsq += s;
 }
 
+// Many gradients in one launch (kernel arguments: up to kListMax tensors). Tensor k is cut into chunks of
+// kChunk elements, one block each, numbered from first[k]; block b writes the sum of its chunk's squares to
+// partial[b] (four floats per load where the tensor is 16-byte aligned: bit k of vec4). Which block sums
+// which elements depends only on the tensors' sizes and alignment: deterministic.
+constexpr int kListMax = 64;
+constexpr int64_t kChunk = int64_t{1} << 17;  // 512 KB of floats per block
+
+struct GradList {
+  const float* g[kListMax];
+  int64_t n[kListMax];
+  int64_t first[kListMax + 1];  // first[count] = blocks of this launch
+  uint64_t vec4;
+  int count;
+};
+
+__global__ void __launch_bounds__(kThreads)
+    sumsq_list_kernel(double* __restrict__ partial, const GradList list) {
+  using Reduce = cub::BlockReduce<double, kThreads>;
+  __shared__ typename Reduce::TempStorage storage;
+  const int64_t b = blockIdx.x;
+  int k = 0;  // the tensor of this block: first[k] <= b < first[k + 1]
+  for (int lo = 0, hi = list.count - 1; lo <= hi;) {
+    const int mid = (lo + hi) / 2;
+    if (list.first[mid] <= b)
+      k = mid, lo = mid + 1;
+    else
+      hi = mid - 1;
+  }
+  const int64_t begin = (b - list.first[k]) * kChunk, end = min(list.n[k], begin + kChunk);
+  const float* g = list.g[k];
+  double s0 = 0.0, s1 = 0.0;
+  int64_t i = begin + threadIdx.x;
+  if ((list.vec4 >> k) & 1u) {  // begin is a multiple of 4 (kChunk is): 16-byte aligned
+    const float4* g4 = reinterpret_cast<const float4*>(g + begin);
+    const int64_t n4 = (end - begin) / 4;
+    for (int64_t j = threadIdx.x; j < n4; j += kThreads) {
+      const float4 x = g4[j];
+      s0 += static_cast<double>(x.x) * x.x + static_cast<double>(x.y) * x.y;
+      s1 += static_cast<double>(x.z) * x.z + static_cast<double>(x.w) * x.w;
+    }
+    i = begin + 4 * n4 + threadIdx.x;
+  }
+  for (; i < end; i += kThreads) s0 += static_cast<double>(g[i]) * g[i];
+  const double s = Reduce(storage).Sum(s0 + s1);
+  if (threadIdx.x == 0) partial[b] = s;
+}
+
+// *sumsq += the sum of partial[0, parts): thread t adds partials t, t + kSumBlocks, ... in order, then one
+// block reduction (a fixed order).
+__global__ void __launch_bounds__(kSumBlocks)
+    sumsq_many_final_kernel(double* sumsq, const double* __restrict__ partial, int64_t parts) {
+  using Reduce = cub::BlockReduce<double, kSumBlocks>;
+  __shared__ typename Reduce::TempStorage storage;
+  double s = 0.0;
+  for (int64_t i = threadIdx.x; i < parts; i += kSumBlocks) s += partial[i];
+  s = Reduce(storage).Sum(s);
+  if (threadIdx.x == 0) *sumsq += s;
+}
+
 // As train::clip_grad_norm: coef = max_norm / (norm + 1e-6), applied (rounded to float) only when < 1.
 __global__ void clip_scale_kernel(float* g, int64_t n, const double* __restrict__ sumsq, double max_norm) {
   const double norm = sqrt(*sumsq);
@@ -162,6 +222,40 @@ void grad_sumsq_f32(double* sumsq, const float* g, int64_t n) {
   TESSERA_CUDA_CHECK_LAUNCH("sumsq_partial_kernel");
   sumsq_final_kernel<<<1, kSumBlocks>>>(sumsq, partial, parts);
   TESSERA_CUDA_CHECK_LAUNCH("sumsq_final_kernel");
+}
+
+void grad_sumsq_many_f32(double* sumsq, const float* const* g, const int64_t* n, int64_t count) {
+  TESSERA_CHECK(sumsq, "grad_sumsq(cuda): sumsq is null");
+  TESSERA_CHECK(count >= 0, "grad_sumsq(cuda): negative tensor count ", count);
+  int64_t parts = 0;
+  for (int64_t k = 0; k < count; ++k) {
+    TESSERA_CHECK(n[k] >= 0, "grad_sumsq(cuda): tensor ", k, " has a negative element count ", n[k]);
+    TESSERA_CHECK(n[k] == 0 || g[k], "grad_sumsq(cuda): tensor ", k, " is null");
+    parts += (n[k] + kChunk - 1) / kChunk;
+  }
+  if (parts == 0) return;
+  OpTemp temp(OpTemp::bytes<double>(parts));
+  double* partial = temp.carve<double>(parts);
+  int64_t done = 0;  // partials written by earlier launches
+  for (int64_t k = 0; k < count;) {
+    GradList list{};
+    int64_t blocks = 0;
+    for (; k < count && list.count < kListMax; ++k) {
+      if (n[k] == 0) continue;
+      const int c = list.count++;
+      list.g[c] = g[k], list.n[c] = n[k], list.first[c] = blocks;
+      if (aligned_to(g[k], 16)) list.vec4 |= uint64_t{1} << c;
+      blocks += (n[k] + kChunk - 1) / kChunk;
+    }
+    if (list.count == 0) break;
+    list.first[list.count] = blocks;
+    TESSERA_CHECK(blocks <= INT_MAX, "grad_sumsq(cuda): too many chunks in one launch (", blocks, ")");
+    sumsq_list_kernel<<<static_cast<unsigned>(blocks), kThreads>>>(partial + done, list);
+    TESSERA_CUDA_CHECK_LAUNCH("sumsq_list_kernel");
+    done += blocks;
+  }
+  sumsq_many_final_kernel<<<1, kSumBlocks>>>(sumsq, partial, parts);
+  TESSERA_CUDA_CHECK_LAUNCH("sumsq_many_final_kernel");
 }
 
 void clip_scale_grads_f32(float* g, int64_t n, const double* sumsq, double max_norm) {

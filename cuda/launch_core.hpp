@@ -129,6 +129,9 @@ void adamw_update_f32(float* p, const float* g, float* m, float* v, int64_t n, d
                       float grad_scale = 1.f);
 /// *sumsq (one device double) += sum g^2, accumulated in double in a fixed order (deterministic).
 void grad_sumsq_f32(double* sumsq, const float* g, int64_t n);
+/// *sumsq += sum over the `count` tensors g[k] of n[k] floats of g^2: one launch per 64 tensors, one final
+/// sum (deterministic for given sizes and alignments).
+void grad_sumsq_many_f32(double* sumsq, const float* const* g, const int64_t* n, int64_t count);
 /// g *= coef with coef = max_norm / (sqrt(*sumsq) + 1e-6) when that is < 1, the norm finite and max_norm > 0.
 void clip_scale_grads_f32(float* g, int64_t n, const double* sumsq, double max_norm);
 

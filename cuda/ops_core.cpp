@@ -314,6 +314,11 @@ void train::grad_sumsq(cuda, double* sumsq, const float* g, int64_t n) {
   cuda_detail::grad_sumsq_f32(sumsq, g, n);
 }
 
+void train::grad_sumsq(cuda, double* sumsq, std::span<const float* const> g, std::span<const int64_t> n) {
+  TESSERA_CHECK(g.size() == n.size(), "grad_sumsq(cuda): ", g.size(), " gradients but ", n.size(), " sizes");
+  cuda_detail::grad_sumsq_many_f32(sumsq, g.data(), n.data(), static_cast<int64_t>(g.size()));
+}
+
 void train::clip_scale_grads(cuda, float* g, int64_t n, const double* sumsq, double max_norm) {
   cuda_detail::clip_scale_grads_f32(g, n, sumsq, max_norm);
 }

@@ -888,6 +888,19 @@ TEST_F(CudaCore, GradNormAndClipMatchCpu) {
     else
       EXPECT_EQ(s, first) << "not deterministic";
   }
+  // The same three as one list (one launch and a final sum).
+  for (int run = 0; run < 2; ++run) {
+    Dev<double> d_s(std::vector<double>{0.0});
+    const std::vector<const float*> gs = {d_g1.data(), d_g2.data(), d_g1.data() + 1};
+    const std::vector<int64_t> ns = {100003, 777, 100002};
+    train::grad_sumsq(cuda{}, d_s.data(), gs, ns);
+    const double s = d_s.get()[0];
+    EXPECT_NEAR(s, ref, 1e-12 * ref) << "list";
+    if (run == 0)
+      first = s;
+    else
+      EXPECT_EQ(s, first) << "list: not deterministic";
+  }
 
   const double norm = std::sqrt(ref);
   Dev<double> d_s(std::vector<double>{ref});
@@ -900,6 +913,42 @@ TEST_F(CudaCore, GradNormAndClipMatchCpu) {
       for (float& x : want) x *= static_cast<float>(coef);
     expect_close("clip max_norm=" + std::to_string(max_norm), d_g.get(), want, 1e-6);
   }
+}
+
+// grad_sumsq over a list longer than one launch takes (150 tensors, 64 per launch): empty tensors, lengths
+// around the 4-float loads and the 2^17-element chunks a block sums, views starting off a 16-byte boundary;
+// added to what *sumsq held, against a double loop, twice (deterministic).
+TEST_F(CudaCore, GradSumsqOverManyTensors) {
+  Rng rng(103);
+  const Host pool = randn(1 << 20, rng);
+  Dev<float> d_pool(pool);
+  const int64_t sizes[] = {0, 1, 3, 4, 5, 1000, 131072, 131073, 262151, 7};
+  std::vector<const float*> gs;
+  std::vector<int64_t> ns;
+  double ref = 2.5;  // already in the accumulator
+  int64_t offset = 0;
+  for (int k = 0; k < 150; ++k) {
+    const int64_t n = sizes[k % 10], off = (offset + k) % ((1 << 20) - 262151);  // any float offset
+    gs.push_back(d_pool.data() + off);
+    ns.push_back(n);
+    for (int64_t i = 0; i < n; ++i) ref += double(pool[sz(off + i)]) * pool[sz(off + i)];
+    offset += 9973;
+  }
+  double first = 0;
+  for (int run = 0; run < 2; ++run) {
+    Dev<double> d_s(std::vector<double>{2.5});
+    train::grad_sumsq(cuda{}, d_s.data(), gs, ns);
+    const double s = d_s.get()[0];
+    EXPECT_NEAR(s, ref, 1e-12 * ref);
+    if (run == 0)
+      first = s;
+    else
+      EXPECT_EQ(s, first) << "not deterministic";
+  }
+  Dev<double> d_s(std::vector<double>{0.0});
+  EXPECT_THROW(train::grad_sumsq(cuda{}, d_s.data(), gs, std::span<const int64_t>(ns).first(3)), Error);
+  ns[4] = -1;
+  EXPECT_THROW(train::grad_sumsq(cuda{}, d_s.data(), gs, ns), Error);
 }
 
 // ---- bf16 GEMM

@@ -1,8 +1,10 @@
 // Gradient clipping by the global L2 norm over every parameter gradient (torch.nn.utils.clip_grad_norm_).
 #pragma once
 #include <cmath>
+#include <span>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "tessera/core/param.hpp"
 
@@ -12,6 +14,9 @@ namespace tessera::train {
 // one zeroed device double, then clip_scale_grads on every gradient (copy *sumsq to the host for the norm).
 /// *sumsq += sum g^2 (accumulated in double, deterministic for a given n).
 void grad_sumsq(cuda, double* sumsq, const float* g, int64_t n);
+/// The same over many gradients (g[k] of n[k] floats) in a few launches: one per 64 tensors and a final
+/// sum, instead of two per tensor (deterministic for given sizes and alignments).
+void grad_sumsq(cuda, double* sumsq, std::span<const float* const> g, std::span<const int64_t> n);
 /// g *= coef, coef = max_norm / (sqrt(*sumsq) + 1e-6), when coef < 1, the norm is finite and max_norm > 0
 /// (clip_grad_norm's rule).
 void clip_scale_grads(cuda, float* g, int64_t n, const double* sumsq, double max_norm);
@@ -32,13 +37,16 @@ inline constexpr bool on_cuda = !is_cpu_v<typename std::remove_reference_t<declt
 template <class Model>
 bool device_sumsq(Model& model, Tensor<double, cuda>& acc) {
   bool any = false;
+  std::vector<const float*> grads;
+  std::vector<int64_t> sizes;
   for_each_param(model, [&](const std::string&, auto& p) {
     if constexpr (on_cuda<std::remove_reference_t<decltype(p)>>) {
       if (!any) acc.resize({1});  // zeroed
       any = true;
-      if (p.grad.numel()) grad_sumsq(cuda{}, acc.data(), p.grad.data(), p.grad.numel());
+      if (p.grad.numel()) grads.push_back(p.grad.data()), sizes.push_back(p.grad.numel());
     }
   });
+  if (!grads.empty()) grad_sumsq(cuda{}, acc.data(), grads, sizes);
   return any;
 }
 }  // namespace clip_detail
