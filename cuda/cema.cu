@@ -7,17 +7,21 @@
 //             per call, or once into caller-owned buffers for decoding (cema_coeffs_f32 +
 //             cema_forward_coeffs_f32).
 //   forward:  one thread per (b, d, n) state runs the recurrence over t. A block holds DB channels x N states
-//             of one batch row; every TC steps the threads park Re(g h_t) in shared memory and the block sums
-//             them over n (fixed order, deterministic) to write y for those TC steps.
+//             of one batch row and works in chunks of TC steps: the block loads the chunk's inputs into
+//             shared memory together (a step then waits on no global load: the recurrence is a few dependent
+//             flops, a load ~0.5 us), the threads walk it parking Re(g h_t) in shared memory, and the block
+//             sums those over n (fixed order, deterministic) to write y for the chunk.
 //   backward: the reverse adjoint scan (PyTorch convention G_z = dl/dRe z + i dl/dIm z):
 //               lambda_t = dy_t conj(g) + conj(q) lambda_{t+1}   (lambda_L "=" dh_out, i.e. carry = dh_out)
 //               du_t = sum_n p Re(lambda_t) + omega dy_t,   G_hx = conj(q) lambda_0,
-//               G_q = sum_t conj(h_{t-1}) lambda_t,  dl/dp = sum_t x_t Re(lambda_t),  G_g = sum_t dy_t conj(h_t).
+//               G_q = sum_t conj(h_{t-1}) lambda_t,  dl/dp = sum_t x_t Re(lambda_t),  G_g = sum_t dy_t
+//               conj(h_t).
 //             The scan needs h_{t-1} while walking t downwards: a checkpoint kernel stores the state entering
 //             every chunk of TCB steps; the backward kernel recomputes a chunk's states into shared memory
-//             and walks it in reverse. Per-(b, d, n) parameter sums (double) go to a scratch buffer and a
-//             last kernel (one thread per d) reduces them over b in a fixed order and chains them to the raw
-//             parameters (spec §1.8): no atomics, deterministic.
+//             and walks it in reverse. Both stage each chunk's inputs (and dy) in shared memory first.
+//             Per-(b, d, n) parameter sums (double) go to a scratch buffer and a last kernel (one thread per
+//             d) reduces them over b in a fixed order and chains them to the raw parameters (spec §1.8): no
+//             atomics, deterministic.
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -84,7 +88,7 @@ void forward_scan(const CemaArgs& a, const float* p, const float* q, const float
                   const float* hx, float* y, float* h_out) {
   const int D = static_cast<int>(a.D), N = static_cast<int>(a.N);
   const ScanShape s = scan_shape(N, 128, 4096);
-  const size_t smem = static_cast<size_t>(s.TC) * s.T * sizeof(float);  // <= 16 KiB
+  const size_t smem = static_cast<size_t>(s.TC) * (s.T + s.DB) * sizeof(float);  // <= 32 KiB
   cema_forward_kernel<<<scan_grid(a, s), s.T, smem>>>(a.B, a.L, D, N, s.DB, s.TC, p, q, g, a.omega, u, hx, y,
                                                       h_out);
   TESSERA_CUDA_CHECK_LAUNCH("cema_forward_kernel");
@@ -148,11 +152,11 @@ void cema_backward_f32(const CemaArgs& a, const float* u, const float* hx, const
   double* gw = scratch.carve<double>(a.B * a.D);
 
   if (nchunks > 0) {
-    cema_checkpoint_kernel<<<grid_for(BDN, 128, op), 128>>>(BDN, a.L, D, N, s.TC, nchunks, c.p, c.q, c.g, u, hx,
-                                                            ckpt);
+    cema_checkpoint_kernel<<<scan_grid(a, s), s.T, static_cast<size_t>(s.TC) * s.DB * sizeof(float)>>>(
+        a.B, a.L, D, N, s.DB, s.TC, nchunks, c.p, c.q, c.g, u, hx, ckpt);
     TESSERA_CUDA_CHECK_LAUNCH("cema_checkpoint_kernel");
   }
-  const size_t smem = static_cast<size_t>(s.TC) * s.T * 3 * sizeof(float);  // <= 24 KiB
+  const size_t smem = static_cast<size_t>(s.TC) * (3 * s.T + 2 * s.DB) * sizeof(float);  // <= 40 KiB
   cema_backward_kernel<<<scan_grid(a, s), s.T, smem>>>(a.B, a.L, D, N, s.DB, s.TC, nchunks, c.p, c.q, c.g,
                                                        a.omega, u, dy, dh_out, ckpt, du, dhx, gp, gq, gg, gw);
   TESSERA_CUDA_CHECK_LAUNCH("cema_backward_kernel");

@@ -3,16 +3,21 @@
 // Forward:
 //   moments:   one warp (or block, rows.cuh) per (b, t, g) row of Dg = D/G features: two-pass group mean
 //              and population variance.
-//   scan:      one thread per (b, g) merges the per-step moments into the running (count, mean, var) with
-//              Kahan-compensated Welford updates (as the official CUDA kernel) and writes cummean, cumrstd.
+//   scan:      the running (count, mean, var) over t with Kahan-compensated Welford updates (as the official
+//              CUDA kernel), cut into chunks of steps so that thousands of threads share the walk
+//              (timestep_norm_kernels.cuh: chunk moments, their prefix merge, then every chunk walked from
+//              its entering state); writes cummean, cumrstd.
 //   normalise: elementwise y = (x - mean_t) * rstd_t * (1 + w) + bias.
 // Backward (spec §2.4):
 //   row terms: one warp per row: group mean of x, sum dy*w'*(x - mean_t), sum dy*w'.
-//   scan:      one thread per (b, g) walks t downwards carrying (dmean, dvar) and stores the gradients of the
-//              step's group mean and variance; the final carries are dprev_mean, dprev_var.
+//   scan:      t downwards carrying (dmean, dvar), storing the gradients of the step's group mean and
+//   variance;
+//              the carry's update is affine, so chunks compose (their maps, the maps' prefix, every chunk
+//              walked from its entering carry); the final carries are dprev_mean, dprev_var.
 //   dx:        elementwise.  dweight, dbias: deterministic two-stage column sums (no atomics).
 #include <algorithm>
 #include <climits>
+#include <cmath>
 
 #include "check.hpp"
 #include "launch_megalodon.hpp"
@@ -33,6 +38,18 @@ unsigned elementwise_blocks(int64_t total) {
   return static_cast<unsigned>(std::clamp<int64_t>((total + 255) / 256, 1, 65536));
 }
 
+/// Chunks of the scans over t: up to enough (b, chunk, g) threads to fill the GPU (~16K), chunks of at least
+/// 16 steps and of at least sqrt(L / 2) (a thread walks its chunk twice and one per (b, g) walks the chunks
+/// once, so 2 C + K steps one after the other: least near C = sqrt(L / 2)); one chunk for short sequences or
+/// many (b, g). A function of the sizes only (the results do not depend on the device).
+TsnChunks tsn_chunks(int64_t B, int64_t L, int64_t G) {
+  const int64_t seqs = std::max<int64_t>(B * G, 1);
+  const int64_t want = std::max<int64_t>(16384 / seqs, 1);
+  const auto root = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(L) / 2)));
+  const int64_t C = std::max({(L + want - 1) / want, root, int64_t{16}});
+  return {L, C, std::max<int64_t>((L + C - 1) / C, 1), static_cast<int>(G)};
+}
+
 }  // namespace
 
 void timestep_norm_forward_f32(int64_t B, int64_t L, int64_t D, int64_t G, const float* x,
@@ -46,10 +63,13 @@ void timestep_norm_forward_f32(int64_t B, int64_t L, int64_t D, int64_t G, const
   TESSERA_CHECK(rows == 0 || (x && y), op, "(cuda): x or y is null");
   const int Dg = static_cast<int>(D / G), Gi = static_cast<int>(G), Di = static_cast<int>(D);
 
+  const TsnChunks ch = tsn_chunks(B, L, G);
+  const int64_t chunk_states = ch.K > 1 ? B * ch.K * G : 0;
   DeviceScratch scratch;
-  scratch.reserve(2 * DeviceScratch::bytes_for<float>(rows) +
-                  (cummean ? 0 : DeviceScratch::bytes_for<float>(rows)) +
-                  (cumrstd ? 0 : DeviceScratch::bytes_for<float>(rows)));
+  scratch.reserve(
+      2 * DeviceScratch::bytes_for<float>(rows) + (cummean ? 0 : DeviceScratch::bytes_for<float>(rows)) +
+      (cumrstd ? 0 : DeviceScratch::bytes_for<float>(rows)) +
+      2 * DeviceScratch::bytes_for<double>(chunk_states) + 2 * DeviceScratch::bytes_for<float>(chunk_states));
   float* gm = scratch.carve<float>(rows);
   float* gv = scratch.carve<float>(rows);
   float* cm = cummean ? cummean : scratch.carve<float>(rows);
@@ -62,10 +82,23 @@ void timestep_norm_forward_f32(int64_t B, int64_t L, int64_t D, int64_t G, const
     });
     TESSERA_CUDA_CHECK_LAUNCH("tsn_moments_kernel");
   }
+  float *emean = nullptr, *evar = nullptr;
+  if (ch.K > 1) {
+    double* kmean = scratch.carve<double>(chunk_states);
+    double* kvar = scratch.carve<double>(chunk_states);
+    emean = scratch.carve<float>(chunk_states);
+    evar = scratch.carve<float>(chunk_states);
+    tsn_chunk_moments_kernel<<<grid_for(B * (ch.K - 1) * G, 128, op), 128>>>(B, ch, gm, gv, kmean, kvar);
+    TESSERA_CUDA_CHECK_LAUNCH("tsn_chunk_moments_kernel");
+    tsn_chunk_prefix_kernel<<<grid_for(B * G, 128, op), 128>>>(B, ch, prev_count, prev_mean, prev_var, kmean,
+                                                               kvar, emean, evar);
+    TESSERA_CUDA_CHECK_LAUNCH("tsn_chunk_prefix_kernel");
+  }
   // The scan also runs for L = 0: it copies the carried state to the outputs.
-  tsn_scan_kernel<<<grid_for(B * G, 128, op), 128>>>(B, L, Gi, gm, gv, prev_count, prev_mean, prev_var,
-                                                     static_cast<float>(eps), cm, cr, count, mean, var);
-  TESSERA_CUDA_CHECK_LAUNCH("tsn_scan_kernel");
+  tsn_chunk_scan_kernel<<<grid_for(B * ch.K * G, 128, op), 128>>>(
+      B, ch, gm, gv, prev_count, prev_mean, prev_var, emean, evar, static_cast<float>(eps), cm, cr, count,
+      mean, var);
+  TESSERA_CUDA_CHECK_LAUNCH("tsn_chunk_scan_kernel");
   if (total > 0) {
     tsn_normalize_kernel<<<elementwise_blocks(total), 256>>>(total, Di, Dg, Gi, x, cm, cr, weight, bias, y);
     TESSERA_CUDA_CHECK_LAUNCH("tsn_normalize_kernel");
@@ -88,9 +121,13 @@ void timestep_norm_backward_f32(int64_t B, int64_t L, int64_t D, int64_t G, cons
   const int groups = static_cast<int>(std::clamp<int64_t>((tok + 63) / 64, 1, 256));
   const bool want_wb = (dweight || dbias) && tok > 0;
 
+  const TsnChunks ch = tsn_chunks(B, L, G);
+  const int64_t chunk_states = ch.K > 1 ? B * ch.K * G : 0;
   DeviceScratch scratch;
   scratch.reserve(3 * DeviceScratch::bytes_for<float>(rows) +
-                  (want_wb ? DeviceScratch::bytes_for<float>(2 * static_cast<int64_t>(groups) * D) : 0));
+                  (want_wb ? DeviceScratch::bytes_for<float>(2 * static_cast<int64_t>(groups) * D) : 0) +
+                  DeviceScratch::bytes_for<double>(5 * chunk_states) +
+                  2 * DeviceScratch::bytes_for<float>(chunk_states));
   float* ux = scratch.carve<float>(rows);
   float* ds = scratch.carve<float>(rows);
   float* db = scratch.carve<float>(rows);
@@ -103,10 +140,21 @@ void timestep_norm_backward_f32(int64_t B, int64_t L, int64_t D, int64_t G, cons
     });
     TESSERA_CUDA_CHECK_LAUNCH("tsn_row_terms_kernel");
   }
-  tsn_backward_scan_kernel<<<grid_for(B * G, 128, op), 128>>>(B, L, Gi, dmean, dvar, prev_count, prev_mean,
-                                                              cummean, cumrstd, ux, ds, db, dprev_mean,
-                                                              dprev_var);
-  TESSERA_CUDA_CHECK_LAUNCH("tsn_backward_scan_kernel");
+  float *edu = nullptr, *edv = nullptr;
+  if (ch.K > 1) {
+    double* map = scratch.carve<double>(5 * chunk_states);
+    edu = scratch.carve<float>(chunk_states);
+    edv = scratch.carve<float>(chunk_states);
+    tsn_chunk_back_map_kernel<<<grid_for(B * (ch.K - 1) * G, 128, op), 128>>>(
+        B, ch, prev_count, prev_mean, cummean, cumrstd, ux, ds, db, map);
+    TESSERA_CUDA_CHECK_LAUNCH("tsn_chunk_back_map_kernel");
+    tsn_chunk_back_prefix_kernel<<<grid_for(B * G, 128, op), 128>>>(B, ch, dmean, dvar, map, edu, edv);
+    TESSERA_CUDA_CHECK_LAUNCH("tsn_chunk_back_prefix_kernel");
+  }
+  tsn_chunk_back_scan_kernel<<<grid_for(B * ch.K * G, 128, op), 128>>>(B, ch, dmean, dvar, prev_count,
+                                                                       prev_mean, cummean, cumrstd, ux, edu,
+                                                                       edv, ds, db, dprev_mean, dprev_var);
+  TESSERA_CUDA_CHECK_LAUNCH("tsn_chunk_back_scan_kernel");
   if (dx && total > 0) {
     tsn_dx_kernel<<<elementwise_blocks(total), 256>>>(total, Di, Dg, Gi, x, dy, cumrstd, weight, ux, ds, db, dx);
     TESSERA_CUDA_CHECK_LAUNCH("tsn_dx_kernel");

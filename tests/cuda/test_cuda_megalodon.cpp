@@ -311,12 +311,17 @@ struct TsnCase {
 }  // namespace
 
 // With and without carried state (counts 0, small and large), affine or not, Dg from 2 to > 1024 (both row
-// kernel shapes), L up to 300; all outputs and gradients against the CPU op.
+// kernel shapes), L up to 2000; all outputs and gradients against the CPU op. The scans over t run in chunks
+// when there are few (b, g) sequences for the steps: one chunk (L = 1, 5), 2 (L = 20), 3 (L = 37, 40), 19
+// (L = 300) and dozens (L = 2000, 1500), so the chunks' merged entering states are checked against the CPU's
+// sequential walk, with and without a prior.
 TEST_F(CudaMegalodon, TimestepNormForwardBackwardMatchCpu) {
   Rng rng(21);
   const TsnCase cases[] = {
-      {2, 37, 32, 4, true, true, true},    {3, 1, 32, 4, true, true, false}, {2, 300, 64, 8, false, true, true},
-      {1, 40, 32, 16, true, false, true},  {2, 5, 2200, 2, true, true, true}, {3, 20, 48, 1, false, false, false},
+      {2, 37, 32, 4, true, true, true},   {3, 1, 32, 4, true, true, false},
+      {2, 300, 64, 8, false, true, true}, {1, 40, 32, 16, true, false, true},
+      {2, 5, 2200, 2, true, true, true},  {3, 20, 48, 1, false, false, false},
+      {2, 2000, 8, 2, true, true, true},  {1, 1500, 12, 3, false, true, true},
   };
   for (const TsnCase& c : cases) {
     SCOPED_TRACE("B=" + std::to_string(c.B) + " L=" + std::to_string(c.L) + " D=" + std::to_string(c.D) +
