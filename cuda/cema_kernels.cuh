@@ -72,9 +72,10 @@ struct Coef {
 };
 
 // After a chunk of nt steps has parked one float per (step, thread) in part[tt * T + tid]: write
-// out[row] = sum_n part[...] + omega[d] * skip[row] for the block's channels, row = (b*L + t0 + tt)*D + d.
+// out[row] = sum_n part[...] + omega[d] * skip[row] for the block's channels, row = (b*L + t0 + tt)*D + d,
+// with the chunk's skip values already staged in shared memory (skip_s[tt * DB + j], stage_chunk's layout).
 __device__ void reduce_chunk(const float* part, int T, int N, int DB, int nt, int d0, int D, int64_t b,
-                             int64_t L, int64_t t0, const float* __restrict__ omega, const float* skip,
+                             int64_t L, int64_t t0, const float* __restrict__ omega, const float* skip_s,
                              float* out) {
   for (int o = threadIdx.x; o < nt * DB; o += T) {
     const int tt = o / DB, j = o % DB, d = d0 + j;
@@ -82,8 +83,7 @@ __device__ void reduce_chunk(const float* part, int T, int N, int DB, int nt, in
     const float* src = part + static_cast<int64_t>(tt) * T + static_cast<int64_t>(j) * N;
     float s = 0.f;
     for (int m = 0; m < N; ++m) s += src[m];
-    const int64_t row = (b * L + t0 + tt) * D + d;
-    out[row] = s + omega[d] * skip[row];
+    out[(b * L + t0 + tt) * D + d] = s + omega[d] * skip_s[o];
   }
 }
 
@@ -127,7 +127,7 @@ __global__ void cema_forward_kernel(int64_t B, int64_t L, int D, int N, int DB, 
         part[tt * T + th.tid] = c.gr * hr - c.gi * hi;  // Re(g h)
       }
       __syncthreads();
-      reduce_chunk(part, T, N, DB, nt, d0, D, b, L, t0, omega, u, y);
+      reduce_chunk(part, T, N, DB, nt, d0, D, b, L, t0, omega, xs, y);
       __syncthreads();  // part and xs are rewritten by the next chunk
     }
     if (th.active && h_out) {
@@ -231,7 +231,7 @@ __global__ void cema_backward_kernel(int64_t B, int64_t L, int D, int N, int DB,
         ci = c.qr * li - c.qi * lr;
       }
       __syncthreads();
-      reduce_chunk(part, T, N, DB, nt, d0, D, b, L, t0, omega, dy, du);
+      reduce_chunk(part, T, N, DB, nt, d0, D, b, L, t0, omega, dys, du);
       __syncthreads();  // hs, part, xs and dys are rewritten by the next chunk
     }
     if (th.active) {
