@@ -13,6 +13,7 @@
 #include <climits>
 #include <cstdint>
 #include <cub/device/device_radix_sort.cuh>
+#include <initializer_list>
 
 #include "core_util.cuh"
 #include "launch_core.hpp"
@@ -302,17 +303,62 @@ int swiglu_bf16in_width(int64_t H, int64_t ld, const float* dout, const P*... bf
   return 1;
 }
 
-__global__ void add_inplace_kernel(float* y, const float* x, int64_t n) {
-  TESSERA_GRID_STRIDE(i, n) y[i] += x[i];
+// The simple elementwise kernels take four floats per access where every pointer is 16-byte aligned (vec4):
+// the float4 items [0, n / 4) first, then the n % 4 last elements one by one, in one grid-stride launch.
+// The same operation on every element either way (bit-identical results).
+template <class Vec, class One>
+__device__ inline void for_each_x4(int64_t n, bool vec4, Vec vec, One one) {
+  int64_t done = 0;
+  if (vec4) {
+    const int64_t n4 = n / 4;
+    TESSERA_GRID_STRIDE(i, n4) vec(i);
+    done = 4 * n4;
+  }
+  for (int64_t i = done + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    one(i);
 }
-__global__ void add_kernel(float* z, const float* x, const float* y, int64_t n) {
-  TESSERA_GRID_STRIDE(i, n) z[i] = x[i] + y[i];
+__device__ inline float4 add4(float4 a, float4 b) {
+  return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
 }
-__global__ void scale_inplace_kernel(float* y, float a, int64_t n) {
-  TESSERA_GRID_STRIDE(i, n) y[i] *= a;
+
+__global__ void add_inplace_kernel(float* y, const float* x, int64_t n, bool vec4) {
+  float4* y4 = reinterpret_cast<float4*>(y);
+  const float4* x4 = reinterpret_cast<const float4*>(x);
+  for_each_x4(
+      n, vec4, [&](int64_t i) { y4[i] = add4(y4[i], x4[i]); }, [&](int64_t i) { y[i] += x[i]; });
 }
-__global__ void fill_kernel(float* y, float a, int64_t n) {
-  TESSERA_GRID_STRIDE(i, n) y[i] = a;
+__global__ void add_kernel(float* z, const float* x, const float* y, int64_t n, bool vec4) {
+  float4* z4 = reinterpret_cast<float4*>(z);
+  const float4 *x4 = reinterpret_cast<const float4*>(x), *y4 = reinterpret_cast<const float4*>(y);
+  for_each_x4(
+      n, vec4, [&](int64_t i) { z4[i] = add4(x4[i], y4[i]); }, [&](int64_t i) { z[i] = x[i] + y[i]; });
+}
+__global__ void scale_inplace_kernel(float* y, float a, int64_t n, bool vec4) {
+  float4* y4 = reinterpret_cast<float4*>(y);
+  for_each_x4(
+      n, vec4,
+      [&](int64_t i) {
+        const float4 v = y4[i];
+        y4[i] = make_float4(v.x * a, v.y * a, v.z * a, v.w * a);
+      },
+      [&](int64_t i) { y[i] *= a; });
+}
+__global__ void fill_kernel(float* y, float a, int64_t n, bool vec4) {
+  float4* y4 = reinterpret_cast<float4*>(y);
+  for_each_x4(
+      n, vec4, [&](int64_t i) { y4[i] = make_float4(a, a, a, a); }, [&](int64_t i) { y[i] = a; });
+}
+
+/// Grid and float4 choice of the simple elementwise kernels over n elements.
+struct X4Launch {
+  unsigned blocks;
+  bool vec4;
+};
+X4Launch x4_launch(int64_t n, std::initializer_list<const void*> ptrs) {
+  bool vec4 = n >= 4;
+  for (const void* p : ptrs) vec4 = vec4 && aligned_to(p, 16);
+  return {stride_blocks(vec4 ? n / 4 + n % 4 : n), vec4};
 }
 __global__ void cast_f32_to_bf16_kernel(uint16_t* __restrict__ dst, const float* __restrict__ src, int64_t n) {
   TESSERA_GRID_STRIDE(i, n) dst[i] = bf16_bits(src[i]);
@@ -664,28 +710,32 @@ void swiglu_backward_bf16(uint16_t* dgate, uint16_t* dup, const float* dout, con
 void add_inplace_f32(float* y, const float* x, int64_t n) {
   check_n("add_inplace", n);
   if (n == 0) return;
-  add_inplace_kernel<<<stride_blocks(n), kThreads>>>(y, x, n);
+  const X4Launch l = x4_launch(n, {y, x});
+  add_inplace_kernel<<<l.blocks, kThreads>>>(y, x, n, l.vec4);
   TESSERA_CUDA_CHECK_LAUNCH("add_inplace_kernel");
 }
 
 void add_f32(float* z, const float* x, const float* y, int64_t n) {
   check_n("add", n);
   if (n == 0) return;
-  add_kernel<<<stride_blocks(n), kThreads>>>(z, x, y, n);
+  const X4Launch l = x4_launch(n, {z, x, y});
+  add_kernel<<<l.blocks, kThreads>>>(z, x, y, n, l.vec4);
   TESSERA_CUDA_CHECK_LAUNCH("add_kernel");
 }
 
 void scale_inplace_f32(float* y, float a, int64_t n) {
   check_n("scale_inplace", n);
   if (n == 0) return;
-  scale_inplace_kernel<<<stride_blocks(n), kThreads>>>(y, a, n);
+  const X4Launch l = x4_launch(n, {y});
+  scale_inplace_kernel<<<l.blocks, kThreads>>>(y, a, n, l.vec4);
   TESSERA_CUDA_CHECK_LAUNCH("scale_inplace_kernel");
 }
 
 void fill_f32(float* y, float a, int64_t n) {
   check_n("fill", n);
   if (n == 0) return;
-  fill_kernel<<<stride_blocks(n), kThreads>>>(y, a, n);
+  const X4Launch l = x4_launch(n, {y});
+  fill_kernel<<<l.blocks, kThreads>>>(y, a, n, l.vec4);
   TESSERA_CUDA_CHECK_LAUNCH("fill_kernel");
 }
 

@@ -352,22 +352,32 @@ TEST_F(CudaCore, SwigluBf16InputsMatchTheFp32KernelsOnRoundedInputs) {
   }
 }
 
-// Single fp32 additions and multiplications: exact.
+// Single fp32 additions and multiplications: exact. Four floats per access where every pointer is 16-byte
+// aligned (then a tail of n % 4), one where one is not (views starting one float in), and n below 4.
 TEST_F(CudaCore, AddAndScaleAreExact) {
   Rng rng(23);
-  const int64_t n = 1001;
-  const Host x = randn(n, rng), y = randn(n, rng);
-  Host z(sz(n)), yi = y, ys = y;
-  ops::add(cpu{}, z.data(), x.data(), y.data(), n);
-  ops::add_inplace(cpu{}, yi.data(), x.data(), n);
-  ops::scale_inplace(cpu{}, ys.data(), -0.37f, n);
-  Dev<float> d_x(x), d_y(y), d_z(Host(sz(n))), d_yi(y), d_ys(y);
-  ops::add(cuda{}, d_z.data(), d_x.data(), d_y.data(), n);
-  ops::add_inplace(cuda{}, d_yi.data(), d_x.data(), n);
-  ops::scale_inplace(cuda{}, d_ys.data(), -0.37f, n);
-  expect_equal("add", d_z.get(), z);
-  expect_equal("add_inplace", d_yi.get(), yi);
-  expect_equal("scale_inplace", d_ys.get(), ys);
+  struct Case {
+    int64_t n, off;  // off: the views start `off` floats into their buffers
+  };
+  for (const Case c : {Case{1001, 0}, Case{4096, 0}, Case{1001, 1}, Case{4099, 2}, Case{3, 0}}) {
+    SCOPED_TRACE("n = " + std::to_string(c.n) + ", offset " + std::to_string(c.off));
+    const int64_t n = c.n, m = c.n + c.off;
+    const Host x = randn(m, rng), y = randn(m, rng);
+    Host z(sz(m)), yi = y, ys = y, yf = y;
+    ops::add(cpu{}, z.data() + c.off, x.data() + c.off, y.data() + c.off, n);
+    ops::add_inplace(cpu{}, yi.data() + c.off, x.data() + c.off, n);
+    ops::scale_inplace(cpu{}, ys.data() + c.off, -0.37f, n);
+    std::fill(yf.begin() + c.off, yf.end(), 2.75f);
+    Dev<float> d_x(x), d_y(y), d_z(Host(sz(m))), d_yi(y), d_ys(y), d_yf(y);
+    ops::add(cuda{}, d_z.data() + c.off, d_x.data() + c.off, d_y.data() + c.off, n);
+    ops::add_inplace(cuda{}, d_yi.data() + c.off, d_x.data() + c.off, n);
+    ops::scale_inplace(cuda{}, d_ys.data() + c.off, -0.37f, n);
+    ops::fill(cuda{}, d_yf.data() + c.off, 2.75f, n);
+    expect_equal("add", d_z.get(), z);
+    expect_equal("add_inplace", d_yi.get(), yi);
+    expect_equal("scale_inplace", d_ys.get(), ys);
+    expect_equal("fill", d_yf.get(), yf);
+  }
 }
 
 // ---- RoPE ----------------------------------------------------------------------------------------------
