@@ -800,39 +800,60 @@ TEST_F(CudaCore, HashNgramIdsMatchCpuExactly) {
   }
 }
 
-// Stacked ids of 2 functions x 3 sizes, then the summed embedding forward and its backward.
+// Stacked ids of 2 functions x 3 sizes (dim 19: the per-element kernel) and of 3 functions x 3 sizes (dim 32:
+// the row kernel, 9 tables: a group of eight loads and one more), then the summed embedding forward (one
+// out-of-range byte id: a NaN row) and its backward.
 TEST_F(CudaCore, StackedHashEmbeddingMatchesCpu) {
   Rng rng(92);
-  blt::HashConfig hc;
-  hc.group_sizes = {3, 4, 6};
-  hc.n_functions = 2;
-  hc.table_size = 50;
-  hc.vocab_size = 260;
-  hc.dim = 19;
-  const int64_t B = 2, T = 37, N = B * T, nt = hc.n_tables(), D = hc.dim, rows = nt * hc.table_size;
-  const Ids ids = randint(N, rng, 0, hc.vocab_size);
-  Ids hid(sz(nt * N));
-  blt::stacked_hash_ids(hc, ids.data(), B, T, hid.data());
-  Dev<int64_t> d_ids(ids), d_hid(Ids(sz(nt * N), -1));
-  blt::stacked_hash_ids(cuda{}, hc, d_ids.data(), B, T, d_hid.data());
-  expect_equal("stacked hash ids", d_hid.get(), hid);
+  for (const auto& [dim, functions] : {std::pair<int64_t, int64_t>{19, 2}, {32, 3}}) {
+    SCOPED_TRACE("dim " + std::to_string(dim) + ", functions " + std::to_string(functions));
+    blt::HashConfig hc;
+    hc.group_sizes = {3, 4, 6};
+    hc.n_functions = functions;
+    hc.table_size = 50;
+    hc.vocab_size = 260;
+    hc.dim = dim;
+    const int64_t B = 2, T = 37, N = B * T, nt = hc.n_tables(), D = hc.dim, rows = nt * hc.table_size;
+    const Ids ids = randint(N, rng, 0, hc.vocab_size);
+    Ids hid(sz(nt * N));
+    blt::stacked_hash_ids(hc, ids.data(), B, T, hid.data());
+    Dev<int64_t> d_ids(ids), d_hid(Ids(sz(nt * N), -1));
+    blt::stacked_hash_ids(cuda{}, hc, d_ids.data(), B, T, d_hid.data());
+    expect_equal("stacked hash ids", d_hid.get(), hid);
 
-  const Host byte_table = randn(hc.vocab_size * D, rng), hash_table = randn(rows * D, rng),
-             dy = randn(N * D, rng);
-  Host y(sz(N * D)), dbyte = randn(hc.vocab_size * D, rng), dhash = randn(rows * D, rng);
-  Dev<float> d_bt(byte_table), d_ht(hash_table), d_dy(dy), d_y(y), d_dbyte(dbyte), d_dhash(dhash);
-  blt::hash_embedding_forward(cpu{}, y.data(), ids.data(), hid.data(), byte_table.data(), hash_table.data(),
-                              N, nt, hc.vocab_size, D);
-  blt::hash_embedding_forward(cuda{}, d_y.data(), d_ids.data(), d_hid.data(), d_bt.data(), d_ht.data(), N, nt,
-                              hc.vocab_size, D);
-  expect_close("hash embedding y", d_y.get(), y);
+    const Host byte_table = randn(hc.vocab_size * D, rng), hash_table = randn(rows * D, rng),
+               dy = randn(N * D, rng);
+    Host y(sz(N * D)), dbyte = randn(hc.vocab_size * D, rng), dhash = randn(rows * D, rng);
+    Dev<float> d_bt(byte_table), d_ht(hash_table), d_dy(dy), d_y(y), d_dbyte(dbyte), d_dhash(dhash);
+    blt::hash_embedding_forward(cpu{}, y.data(), ids.data(), hid.data(), byte_table.data(), hash_table.data(),
+                                N, nt, hc.vocab_size, D);
+    blt::hash_embedding_forward(cuda{}, d_y.data(), d_ids.data(), d_hid.data(), d_bt.data(), d_ht.data(), N,
+                                nt, hc.vocab_size, D);
+    expect_close("hash embedding y", d_y.get(), y);
 
-  blt::hash_embedding_backward(cpu{}, dbyte.data(), dhash.data(), dy.data(), ids.data(), hid.data(), N, nt,
-                               hc.vocab_size, rows, D);
-  blt::hash_embedding_backward(cuda{}, d_dbyte.data(), d_dhash.data(), d_dy.data(), d_ids.data(),
-                               d_hid.data(), N, nt, hc.vocab_size, rows, D);
-  expect_close("hash embedding dbyte", d_dbyte.get(), dbyte);
-  expect_close("hash embedding dhash", d_dhash.get(), dhash);
+    blt::hash_embedding_backward(cpu{}, dbyte.data(), dhash.data(), dy.data(), ids.data(), hid.data(), N, nt,
+                                 hc.vocab_size, rows, D);
+    blt::hash_embedding_backward(cuda{}, d_dbyte.data(), d_dhash.data(), d_dy.data(), d_ids.data(),
+                                 d_hid.data(), N, nt, hc.vocab_size, rows, D);
+    expect_close("hash embedding dbyte", d_dbyte.get(), dbyte);
+    expect_close("hash embedding dhash", d_dhash.get(), dhash);
+
+    // An out-of-range byte id gives a NaN row (the other rows as before).
+    Ids bad = ids;
+    bad[5] = hc.vocab_size;
+    Dev<int64_t> d_bad(bad);
+    blt::hash_embedding_forward(cuda{}, d_y.data(), d_bad.data(), d_hid.data(), d_bt.data(), d_ht.data(), N,
+                                nt, hc.vocab_size, D);
+    const Host yb = d_y.get();
+    for (int64_t r = 0; r < N; ++r)
+      for (int64_t c = 0; c < D; ++c) {
+        const float v = yb[sz(r * D + c)];
+        if (r == 5)
+          ASSERT_TRUE(std::isnan(v)) << "row 5 col " << c;
+        else
+          ASSERT_FLOAT_EQ(v, y[sz(r * D + c)]) << "row " << r << " col " << c;
+      }
+  }
 }
 
 // ---- AdamW and clipping
