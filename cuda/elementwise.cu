@@ -422,13 +422,24 @@ __global__ void rope_kernel(float* x, int64_t stride, const int64_t* __restrict_
     sincos(static_cast<double>(positions[n]) * inv_freq, &sd, &cd);
     const float c = static_cast<float>(cd), s = static_cast<float>(sign * sd);
     float* tok = x + n * stride;
-    for (int h = 0; h < H; ++h) {
-      float* v = tok + static_cast<int64_t>(h) * Dh;
-      float* pa = interleaved ? v + 2 * i : v + i;
-      float* pb = interleaved ? v + 2 * i + 1 : v + half + i;
-      const float a = *pa, b = *pb;
-      *pa = a * c - b * s;
-      *pb = a * s + b * c;
+    const int ia = interleaved ? 2 * i : i, ib = interleaved ? 2 * i + 1 : half + i;
+    // Heads in runs of 8, every load of a run before its stores (in place: see rope_qk_item).
+    constexpr int kRun = 8;
+    for (int h = 0; h < H; h += kRun) {
+      float a[kRun], b[kRun];
+#pragma unroll
+      for (int u = 0; u < kRun; ++u) {
+        if (h + u >= H) break;
+        const float* v = tok + static_cast<int64_t>(h + u) * Dh;
+        a[u] = v[ia], b[u] = v[ib];
+      }
+#pragma unroll
+      for (int u = 0; u < kRun; ++u) {
+        if (h + u >= H) break;
+        float* v = tok + static_cast<int64_t>(h + u) * Dh;
+        v[ia] = a[u] * c - b[u] * s;
+        v[ib] = a[u] * s + b[u] * c;
+      }
     }
   }
 }

@@ -383,37 +383,40 @@ TEST_F(CudaCore, AddAndScaleAreExact) {
 // ---- RoPE ----------------------------------------------------------------------------------------------
 
 // Both pair layouts, a padded token stride (the padding must stay untouched), odd half = 17 and positions up
-// to 5000. cos/sin are computed in double on both sides, so only the fp32 rotation (possibly FMA-contracted
-// on the GPU) differs: within kRtol. Backward is compared with the CPU and must invert forward.
+// to 5000; 3 heads, and 11 (a thread loads eight heads ahead of their stores: a full run and a short one).
+// cos/sin are computed in double on both sides, so only the fp32 rotation (possibly FMA-contracted on the
+// GPU) differs: within kRtol. Backward is compared with the CPU and must invert forward.
 TEST_F(CudaCore, RopeForwardBackwardMatchCpu) {
   Rng rng(31);
-  const int64_t N = 37, H = 3, Dh = 34, stride = H * Dh + 5;
-  Ids pos = randint(N, rng, 0, 5000);
-  pos[0] = 0;
-  const Host x = randn(N * stride, rng);
-  Dev<int64_t> d_pos(pos);
-  for (const auto style : {ops::RopeStyle::Interleaved, ops::RopeStyle::Half}) {
-    const std::string tag = style == ops::RopeStyle::Interleaved ? " interleaved" : " half";
-    Host y = x;
-    Dev<float> d_y(x);
-    ops::rope_forward(cpu{}, y.data(), stride, pos.data(), N, H, Dh, 10000.0, style);
-    ops::rope_forward(cuda{}, d_y.data(), stride, d_pos.data(), N, H, Dh, 10000.0, style);
-    const Host gy = d_y.get();
-    expect_close("rope forward" + tag, gy, y);
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t k = H * Dh; k < stride; ++k)
-        EXPECT_EQ(gy[sz(n * stride + k)], x[sz(n * stride + k)]) << "padding changed" << tag;
+  for (const int64_t H : {int64_t{3}, int64_t{11}})
+    for (const auto style : {ops::RopeStyle::Interleaved, ops::RopeStyle::Half}) {
+      const int64_t N = 37, Dh = 34, stride = H * Dh + 5;
+      Ids pos = randint(N, rng, 0, 5000);
+      pos[0] = 0;
+      const Host x = randn(N * stride, rng);
+      Dev<int64_t> d_pos(pos);
+      const std::string tag = (style == ops::RopeStyle::Interleaved ? " interleaved" : " half") +
+                              std::string(", H ") + std::to_string(H);
+      Host y = x;
+      Dev<float> d_y(x);
+      ops::rope_forward(cpu{}, y.data(), stride, pos.data(), N, H, Dh, 10000.0, style);
+      ops::rope_forward(cuda{}, d_y.data(), stride, d_pos.data(), N, H, Dh, 10000.0, style);
+      const Host gy = d_y.get();
+      expect_close("rope forward" + tag, gy, y);
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = H * Dh; k < stride; ++k)
+          EXPECT_EQ(gy[sz(n * stride + k)], x[sz(n * stride + k)]) << "padding changed" << tag;
 
-    ops::rope_backward(cpu{}, y.data(), stride, pos.data(), N, H, Dh, 10000.0, style);
-    ops::rope_backward(cuda{}, d_y.data(), stride, d_pos.data(), N, H, Dh, 10000.0, style);
-    const Host back = d_y.get();
-    expect_close("rope backward" + tag, back, y);
-    expect_close("rope backward(forward(x)) = x" + tag, back, x);
-  }
-  Dev<float> d_x(x);
-  EXPECT_THROW(
-      ops::rope_forward(cuda{}, d_x.data(), stride, d_pos.data(), N, H, 33, 1e4, ops::RopeStyle::Half),
-      Error);
+      ops::rope_backward(cpu{}, y.data(), stride, pos.data(), N, H, Dh, 10000.0, style);
+      ops::rope_backward(cuda{}, d_y.data(), stride, d_pos.data(), N, H, Dh, 10000.0, style);
+      const Host back = d_y.get();
+      expect_close("rope backward" + tag, back, y);
+      expect_close("rope backward(forward(x)) = x" + tag, back, x);
+      Dev<float> d_x(x);
+      EXPECT_THROW(
+          ops::rope_forward(cuda{}, d_x.data(), stride, d_pos.data(), N, H, 33, 1e4, ops::RopeStyle::Half),
+          Error);
+    }
 }
 
 // rope_qk: the queries' and keys' head sets (Hq != Hk) in one launch, against the CPU's rope_forward /
