@@ -8,9 +8,9 @@
 // FMAs: every operation is one IEEE-rounded +, *, / or sqrt, so the result equals the CPU's bit for bit
 // unless the host compiler contracts the CPU loop into FMAs (-march=native can), which moves the double
 // result by ~1e-16 and the fp32 result by at most 1 ulp, rarely. Optionally writes the bf16 (RNE) copy of the
-// new weights. Sum of squares: a fixed grid of blocks reduces g^2 in double to per-block partials, one block
-// adds them in a fixed order: deterministic. Clipping reads the accumulated sum on the device (no host round
-// trip).
+// new weights. Sum of squares: blocks over fixed chunks of the gradients (a list of them per launch) reduce
+// g^2 in double to per-block partials, one block adds them in a fixed order: deterministic. Clipping reads
+// the accumulated sum on the device (no host round trip).
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -73,42 +73,7 @@ __global__ void adamw_x4_kernel(float4* __restrict__ p, const float4* __restrict
   }
 }
 
-constexpr int kSumBlocks = 1024;  // partials; the final block has one thread per partial
-
-// Four floats per load when g is 16-byte aligned (n4 = n / 4 of them, then the n % 4 last elements one by
-// one), else one: a thread waits on one load at a time, so 16-byte loads keep four times the bytes in flight.
-__global__ void __launch_bounds__(kThreads)
-    sumsq_partial_kernel(double* __restrict__ partial, const float* __restrict__ g, int64_t n, bool vec4) {
-  using Reduce = cub::BlockReduce<double, kThreads>;
-  __shared__ typename Reduce::TempStorage storage;
-  double s0 = 0.0, s1 = 0.0;
-  int64_t done = 0;
-  if (vec4) {
-    const int64_t n4 = n / 4;
-    const float4* g4 = reinterpret_cast<const float4*>(g);
-    TESSERA_GRID_STRIDE(i, n4) {
-      const float4 x = g4[i];
-      s0 += static_cast<double>(x.x) * x.x + static_cast<double>(x.y) * x.y;
-      s1 += static_cast<double>(x.z) * x.z + static_cast<double>(x.w) * x.w;
-    }
-    done = 4 * n4;
-  }
-  for (int64_t i = done + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const double x = g[i];
-    s0 += x * x;
-  }
-  const double s = Reduce(storage).Sum(s0 + s1);
-  if (threadIdx.x == 0) partial[blockIdx.x] = s;
-}
-
-__global__ void __launch_bounds__(kSumBlocks)
-    sumsq_final_kernel(double* sumsq, const double* __restrict__ partial, int parts) {
-  using Reduce = cub::BlockReduce<double, kSumBlocks>;
-  __shared__ typename Reduce::TempStorage storage;
-  const double s = Reduce(storage).Sum(threadIdx.x < parts ? partial[threadIdx.x] : 0.0);
-  if (threadIdx.x == 0) *sumsq += s;
-}
+constexpr int kSumBlocks = 1024;  // threads of the final sum
 
 // Many gradients in one launch (kernel arguments: up to kListMax tensors). Tensor k is cut into chunks of
 // kChunk elements, one block each, numbered from first[k]; block b writes the sum of its chunk's squares to
@@ -160,7 +125,7 @@ __global__ void __launch_bounds__(kThreads)
 // *sumsq += the sum of partial[0, parts): thread t adds partials t, t + kSumBlocks, ... in order, then one
 // block reduction (a fixed order).
 __global__ void __launch_bounds__(kSumBlocks)
-    sumsq_many_final_kernel(double* sumsq, const double* __restrict__ partial, int64_t parts) {
+    sumsq_final_kernel(double* sumsq, const double* __restrict__ partial, int64_t parts) {
   using Reduce = cub::BlockReduce<double, kSumBlocks>;
   __shared__ typename Reduce::TempStorage storage;
   double s = 0.0;
@@ -209,21 +174,6 @@ void adamw_update_f32(float* p, const float* g, float* m, float* v, int64_t n, d
   }
 }
 
-void grad_sumsq_f32(double* sumsq, const float* g, int64_t n) {
-  TESSERA_CHECK(n >= 0, "grad_sumsq(cuda): negative element count ", n);
-  TESSERA_CHECK(sumsq, "grad_sumsq(cuda): sumsq is null");
-  if (n == 0) return;
-  // The grid depends on n only, so the summation order (hence the result) is fixed for a given tensor.
-  const int parts =
-      static_cast<int>(std::clamp<int64_t>((n + 8 * kThreads - 1) / (8 * kThreads), 1, kSumBlocks));
-  OpTemp temp(OpTemp::bytes<double>(parts));
-  double* partial = temp.carve<double>(parts);
-  sumsq_partial_kernel<<<parts, kThreads>>>(partial, g, n, aligned_to(g, 16));
-  TESSERA_CUDA_CHECK_LAUNCH("sumsq_partial_kernel");
-  sumsq_final_kernel<<<1, kSumBlocks>>>(sumsq, partial, parts);
-  TESSERA_CUDA_CHECK_LAUNCH("sumsq_final_kernel");
-}
-
 void grad_sumsq_many_f32(double* sumsq, const float* const* g, const int64_t* n, int64_t count) {
   TESSERA_CHECK(sumsq, "grad_sumsq(cuda): sumsq is null");
   TESSERA_CHECK(count >= 0, "grad_sumsq(cuda): negative tensor count ", count);
@@ -254,8 +204,13 @@ void grad_sumsq_many_f32(double* sumsq, const float* const* g, const int64_t* n,
     TESSERA_CUDA_CHECK_LAUNCH("sumsq_list_kernel");
     done += blocks;
   }
-  sumsq_many_final_kernel<<<1, kSumBlocks>>>(sumsq, partial, parts);
-  TESSERA_CUDA_CHECK_LAUNCH("sumsq_many_final_kernel");
+  sumsq_final_kernel<<<1, kSumBlocks>>>(sumsq, partial, parts);
+  TESSERA_CUDA_CHECK_LAUNCH("sumsq_final_kernel");
+}
+
+void grad_sumsq_f32(double* sumsq, const float* g, int64_t n) {
+  TESSERA_CHECK(n >= 0, "grad_sumsq(cuda): negative element count ", n);
+  grad_sumsq_many_f32(sumsq, &g, &n, 1);  // one tensor is a list of one
 }
 
 void clip_scale_grads_f32(float* g, int64_t n, const double* sumsq, double max_norm) {

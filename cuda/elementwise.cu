@@ -470,25 +470,21 @@ __device__ inline void rope_qk_item(int64_t t, const In* q, const In* k, Out* q_
   // (in place), so loads and stores of one head sequence would otherwise wait on each other: two loads in
   // flight per thread, far too few to keep HBM busy at training sizes. Each element is read and written by
   // this thread only, so reading ahead is safe.
+  // Head hh of the joint list (queries, then keys): its offset in q / k (and q_out / k_out) of token n.
+  auto head_offset = [&](int hh) { return hh < Hq ? (n * Hq + hh) * Dh : (n * Hk + (hh - Hq)) * Dh; };
   constexpr int kRun = 8;
   for (int h = h0; h < h1; h += kRun) {
     float a[kRun], b[kRun];
 #pragma unroll
     for (int u = 0; u < kRun; ++u) {
-      const int hh = h + u;
-      if (hh >= h1) break;
-      const bool is_q = hh < Hq;
-      const int64_t off = n * int64_t{is_q ? Hq : Hk} * Dh + int64_t{is_q ? hh : hh - Hq} * Dh;
-      const In* src = (is_q ? q : k) + off;
+      if (h + u >= h1) break;
+      const In* src = (h + u < Hq ? q : k) + head_offset(h + u);
       a[u] = load_value(src + ia), b[u] = load_value(src + ib);
     }
 #pragma unroll
     for (int u = 0; u < kRun; ++u) {
-      const int hh = h + u;
-      if (hh >= h1) break;
-      const bool is_q = hh < Hq;
-      const int64_t off = n * int64_t{is_q ? Hq : Hk} * Dh + int64_t{is_q ? hh : hh - Hq} * Dh;
-      Out* dst = (is_q ? q_out : k_out) + off;
+      if (h + u >= h1) break;
+      Out* dst = (h + u < Hq ? q_out : k_out) + head_offset(h + u);
       store_value(dst + ia, a[u] * c - b[u] * s);
       store_value(dst + ib, a[u] * s + b[u] * c);
     }

@@ -61,6 +61,23 @@ struct TsnChunks {
   int G;
 };
 
+/// The (b, chunk k, g) of thread i in a kernel over `chunks` chunks numbered from k0; `at` its index in the
+/// chunk arrays. False for threads past the end.
+struct TsnChunkThread {
+  int64_t b, k, bg, at;
+  int g;
+};
+__device__ inline bool tsn_chunk_thread(int64_t B, const TsnChunks& ch, int64_t chunks, int64_t k0,
+                                        TsnChunkThread& t) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= B * chunks * ch.G) return false;
+  t.g = static_cast<int>(i % ch.G);
+  const int64_t bk = i / ch.G;
+  t.b = bk / chunks, t.k = bk % chunks + k0, t.bg = t.b * ch.G + t.g;
+  t.at = (t.b * ch.K + t.k) * ch.G + t.g;
+  return true;
+}
+
 // One step of the running state: n = the count before it (the prior's and earlier steps'); n == 0 takes the
 // step's moments exactly (a fresh sequence: the prior has weight 0).
 __device__ inline void tsn_step(int64_t n, float m, float v, float& m1, float& m2, float& c1, float& c2) {
@@ -80,24 +97,21 @@ __device__ inline void tsn_step(int64_t n, float m, float v, float& m1, float& m
 __global__ void tsn_chunk_moments_kernel(int64_t B, TsnChunks ch, const float* __restrict__ gm,
                                          const float* __restrict__ gv, double* __restrict__ kmean,
                                          double* __restrict__ kvar) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= B * (ch.K - 1) * ch.G) return;
-  const int g = static_cast<int>(i % ch.G);
-  const int64_t bk = i / ch.G, b = bk / (ch.K - 1), k = bk % (ch.K - 1);
+  TsnChunkThread th;
+  if (!tsn_chunk_thread(B, ch, ch.K - 1, 0, th)) return;
   double mean = 0.0, m2 = 0.0;  // m2: sum of squared deviations of the step means
   double vsum = 0.0;            // sum of the steps' own variances
-  const int64_t t0 = k * ch.C;
+  const int64_t t0 = th.k * ch.C;
 #pragma unroll 4
   for (int64_t j = 0; j < ch.C; ++j) {
-    const int64_t s = (b * ch.L + t0 + j) * ch.G + g;
+    const int64_t s = (th.b * ch.L + t0 + j) * ch.G + th.g;
     const double m = gm[s], d = m - mean;
     mean += d / static_cast<double>(j + 1);
     m2 += d * (m - mean);
     vsum += gv[s];
   }
-  const int64_t o = (b * ch.K + k) * ch.G + g;
-  kmean[o] = mean;
-  kvar[o] = (vsum + m2) / static_cast<double>(ch.C);
+  kmean[th.at] = mean;
+  kvar[th.at] = (vsum + m2) / static_cast<double>(ch.C);
 }
 
 // (2) The state entering each chunk (k >= 1: entering chunk 0 is the prior), merged in double.
@@ -139,16 +153,16 @@ __global__ void tsn_chunk_scan_kernel(int64_t B, TsnChunks ch, const float* __re
                                       float eps, float* __restrict__ cm, float* __restrict__ cr,
                                       int64_t* __restrict__ count, float* __restrict__ mean,
                                       float* __restrict__ var) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= B * ch.K * ch.G) return;
-  const int g = static_cast<int>(i % ch.G);
-  const int64_t bk = i / ch.G, b = bk / ch.K, k = bk % ch.K, bg = b * ch.G + g;
+  TsnChunkThread th;
+  if (!tsn_chunk_thread(B, ch, ch.K, 0, th)) return;
+  const int64_t b = th.b, k = th.k, bg = th.bg;
+  const int g = th.g;
   const int64_t n0 = prev_count ? prev_count[b] : 0;
   float m1, m2;
   if (k == 0) {
     m1 = prev_mean ? prev_mean[bg] : 0.f, m2 = prev_var ? prev_var[bg] : 1.f;
   } else {
-    m1 = emean[i], m2 = evar[i];
+    m1 = emean[th.at], m2 = evar[th.at];
   }
   float c1 = 0.f, c2 = 0.f;  // Kahan compensations of m1, m2
   const int64_t t0 = k * ch.C, t1 = min(ch.L, t0 + ch.C);
@@ -247,10 +261,10 @@ __global__ void tsn_chunk_back_map_kernel(int64_t B, TsnChunks ch, const int64_t
                                           const float* __restrict__ cr, const float* __restrict__ ux,
                                           const float* __restrict__ ds, const float* __restrict__ db,
                                           double* __restrict__ map) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= B * (ch.K - 1) * ch.G) return;
-  const int g = static_cast<int>(i % ch.G);
-  const int64_t bk = i / ch.G, b = bk / (ch.K - 1), k = bk % (ch.K - 1) + 1, bg = b * ch.G + g;
+  TsnChunkThread th;
+  if (!tsn_chunk_thread(B, ch, ch.K - 1, 1, th)) return;
+  const int64_t b = th.b, k = th.k, bg = th.bg;
+  const int g = th.g;
   const int64_t n0 = prev_count ? prev_count[b] : 0;
   double a11 = 1, a12 = 0, a22 = 1, vu = 0, vv = 0;
   const int64_t t0 = k * ch.C, t1 = min(ch.L, t0 + ch.C);
@@ -265,7 +279,7 @@ __global__ void tsn_chunk_back_map_kernel(int64_t B, TsnChunks ch, const int64_t
     const double nu = c1 * vu + m12 * vv - c1 * bb - m12 * a, nv = c1 * vv - c1 * a;
     a11 = n11, a12 = n12, a22 = n22, vu = nu, vv = nv;
   }
-  double* o = map + ((b * ch.K + k) * ch.G + g) * 5;
+  double* o = map + th.at * 5;
   o[0] = a11, o[1] = a12, o[2] = a22, o[3] = vu, o[4] = vv;
 }
 
@@ -299,16 +313,16 @@ __global__ void tsn_chunk_back_scan_kernel(int64_t B, TsnChunks ch, const float*
                                            const float* __restrict__ edu, const float* __restrict__ edv,
                                            float* __restrict__ ds, float* __restrict__ db,
                                            float* __restrict__ dprev_mean, float* __restrict__ dprev_var) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= B * ch.K * ch.G) return;
-  const int g = static_cast<int>(i % ch.G);
-  const int64_t bk = i / ch.G, b = bk / ch.K, k = bk % ch.K, bg = b * ch.G + g;
+  TsnChunkThread th;
+  if (!tsn_chunk_thread(B, ch, ch.K, 0, th)) return;
+  const int64_t b = th.b, k = th.k, bg = th.bg;
+  const int g = th.g;
   const int64_t n0 = prev_count ? prev_count[b] : 0;
   float du_c, dv_c;
   if (k == ch.K - 1) {
     du_c = dmean ? dmean[bg] : 0.f, dv_c = dvar ? dvar[bg] : 0.f;
   } else {
-    du_c = edu[i], dv_c = edv[i];
+    du_c = edu[th.at], dv_c = edv[th.at];
   }
   const int64_t t0 = k * ch.C, t1 = min(ch.L, t0 + ch.C);
 #pragma unroll 4

@@ -897,6 +897,25 @@ TEST_F(CudaCore, AdamWThreeStepsMatchCpu) {
   }
 }
 
+namespace {
+/// Runs add(d_s) twice, each time on a fresh device accumulator holding `start`: the sum must be within 1e-12
+/// of ref (the summation order of ~1e5 double terms differs from the double loop) and equal in both runs.
+template <class Add>
+void expect_sumsq_twice(const std::string& what, double start, double ref, Add add) {
+  double first = 0;
+  for (int run = 0; run < 2; ++run) {
+    Dev<double> d_s(std::vector<double>{start});
+    add(d_s.data());
+    const double s = d_s.get()[0];
+    EXPECT_NEAR(s, ref, 1e-12 * ref) << what;
+    if (run == 0)
+      first = s;
+    else
+      EXPECT_EQ(s, first) << what << ": not deterministic";
+  }
+}
+}  // namespace
+
 // Sum of squares over three tensors accumulated in one device double (vs a double loop: relative 1e-12 allows
 // for the different summation order of ~2e5 double terms), deterministic, then clipping by the CPU's rule.
 // Lengths not multiples of 4 (the 16-byte loads leave a tail); the third starts off a 16-byte boundary
@@ -909,32 +928,15 @@ TEST_F(CudaCore, GradNormAndClipMatchCpu) {
   for (float x : g2) ref += double(x) * x;
   for (size_t i = 1; i < g1.size(); ++i) ref += double(g1[i]) * g1[i];
   Dev<float> d_g1(g1), d_g2(g2);
-  double first = 0;
-  for (int run = 0; run < 2; ++run) {
-    Dev<double> d_s(std::vector<double>{0.0});
-    train::grad_sumsq(cuda{}, d_s.data(), d_g1.data(), 100003);
-    train::grad_sumsq(cuda{}, d_s.data(), d_g2.data(), 777);
-    train::grad_sumsq(cuda{}, d_s.data(), d_g1.data() + 1, 100002);
-    const double s = d_s.get()[0];
-    EXPECT_NEAR(s, ref, 1e-12 * ref);
-    if (run == 0)
-      first = s;
-    else
-      EXPECT_EQ(s, first) << "not deterministic";
-  }
+  expect_sumsq_twice("one by one", 0.0, ref, [&](double* s) {
+    train::grad_sumsq(cuda{}, s, d_g1.data(), 100003);
+    train::grad_sumsq(cuda{}, s, d_g2.data(), 777);
+    train::grad_sumsq(cuda{}, s, d_g1.data() + 1, 100002);
+  });
   // The same three as one list (one launch and a final sum).
-  for (int run = 0; run < 2; ++run) {
-    Dev<double> d_s(std::vector<double>{0.0});
-    const std::vector<const float*> gs = {d_g1.data(), d_g2.data(), d_g1.data() + 1};
-    const std::vector<int64_t> ns = {100003, 777, 100002};
-    train::grad_sumsq(cuda{}, d_s.data(), gs, ns);
-    const double s = d_s.get()[0];
-    EXPECT_NEAR(s, ref, 1e-12 * ref) << "list";
-    if (run == 0)
-      first = s;
-    else
-      EXPECT_EQ(s, first) << "list: not deterministic";
-  }
+  const std::vector<const float*> gs = {d_g1.data(), d_g2.data(), d_g1.data() + 1};
+  const std::vector<int64_t> ns = {100003, 777, 100002};
+  expect_sumsq_twice("list", 0.0, ref, [&](double* s) { train::grad_sumsq(cuda{}, s, gs, ns); });
 
   const double norm = std::sqrt(ref);
   Dev<double> d_s(std::vector<double>{ref});
@@ -968,17 +970,7 @@ TEST_F(CudaCore, GradSumsqOverManyTensors) {
     for (int64_t i = 0; i < n; ++i) ref += double(pool[sz(off + i)]) * pool[sz(off + i)];
     offset += 9973;
   }
-  double first = 0;
-  for (int run = 0; run < 2; ++run) {
-    Dev<double> d_s(std::vector<double>{2.5});
-    train::grad_sumsq(cuda{}, d_s.data(), gs, ns);
-    const double s = d_s.get()[0];
-    EXPECT_NEAR(s, ref, 1e-12 * ref);
-    if (run == 0)
-      first = s;
-    else
-      EXPECT_EQ(s, first) << "not deterministic";
-  }
+  expect_sumsq_twice("150 tensors", 2.5, ref, [&](double* s) { train::grad_sumsq(cuda{}, s, gs, ns); });
   Dev<double> d_s(std::vector<double>{0.0});
   EXPECT_THROW(train::grad_sumsq(cuda{}, d_s.data(), gs, std::span<const int64_t>(ns).first(3)), Error);
   ns[4] = -1;
