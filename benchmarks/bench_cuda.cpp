@@ -58,6 +58,7 @@
 #include <vector>
 
 #include "../cuda/attn_args.hpp"              // internal: AttnDims -> the launchers' AttnArgs
+#include "../cuda/cudnn_attention.hpp"        // internal: cuDNN's fused attention as the alternative
 #include "../cuda/launch.hpp"                 // internal: the row-wise RMSNorm kernels (a baseline)
 #include "../cuda/launch_attention_bf16.hpp"  // internal: the bf16 attention kernel choice
 #include "../cuda/launch_blt.hpp"             // internal: the tile kernels under BLT's id masks (a baseline)
@@ -777,10 +778,58 @@ void bench_attention_bf16(Ctx& c, const ops::AttnDims& d, const DevBuf<float>& q
   print_row({"attention bwd bf16 (mma.sync, dQ recomputed)", shape, ms_bk[2], tflops(bwd_flops, ms_bk[2]),
              "tessera bf16 mma.sync backward (row above)", ms_bk[1], tflops(bwd_flops, ms_bk[1]),
              strf("%.2e", err_bk[2])});
-  if (!(err_f <= kTol && err_b <= kTol))  // NaN fails too
-    throw std::runtime_error(strf("bf16 attention differs from fp32: fwd WMMA %.2e", err_fk[0]) +
-                             strf(", fwd mma.sync %.2e", err_fk[1]) + strf(", bwd WMMA %.2e", err_bk[0]) +
-                             strf(", bwd mma.sync %.2e", err_bk[1]) +
+  // cuDNN's fused attention on the same inputs (cuda/cudnn_attention.hpp), against the default kernels: the
+  // A/B that decides which implementation the bf16 attention ops should default to.
+  double err_cudnn = 0;
+  {
+    namespace cd = tessera::cuda_detail;
+    const std::string why = cd::cudnn_unavailable_reason();
+    if (!why.empty()) {
+      print_row({"attention bf16 (cuDNN)", shape, 0, "-", "not run: " + why, 0, "-", "-"});
+    } else {
+      const std::string ver = strf("cuDNN %lld", static_cast<long long>(cd::cudnn_loaded_version()));
+      double ms_cf = 0, ms_cb = 0, err_cf = 0, err_cb = 0;
+      std::string refused;
+      cd::set_attention_bf16_backend(cd::AttnBf16Backend::Cudnn);
+      try {
+        forward();
+        if (cd::last_attention_bf16_backend() != cd::AttnBf16Backend::Cudnn)
+          refused = cd::last_cudnn_attention_error();
+        if (refused.empty()) {
+          ms_cf = c.timer.median_ms(forward, c.heavy);
+          err_cf = rel(ob, o_ref);
+          backward();
+          if (cd::last_attention_bf16_backend() != cd::AttnBf16Backend::Cudnn)
+            refused = cd::last_cudnn_attention_error();
+        }
+        if (refused.empty()) {
+          ms_cb = c.timer.median_ms(backward, c.heavy);
+          err_cb = std::max({rel(dqb, dq_ref), rel(dkb, dk_ref), rel(dvb, dv_ref)});
+        }
+      } catch (...) {
+        cd::set_attention_bf16_backend(cd::AttnBf16Backend::Auto);
+        throw;
+      }
+      cd::set_attention_bf16_backend(cd::AttnBf16Backend::Auto);
+      if (!refused.empty()) {
+        std::replace(refused.begin(), refused.end(), '|', '/');
+        print_row({"attention bf16 (" + ver + ")", shape, 0, "-", "refused: " + refused, 0, "-", "-"});
+      }
+      if (ms_cf > 0)
+        print_row({"attention fwd bf16 (" + ver + ")", shape, ms_cf, tflops(fwd_flops, ms_cf),
+                   "tessera bf16 mma.sync forward", ms_fk[1], tflops(fwd_flops, ms_fk[1]),
+                   strf("%.2e", err_cf)});
+      if (ms_cb > 0)
+        print_row({"attention bwd bf16 (" + ver + ")", shape, ms_cb, tflops(bwd_flops, ms_cb),
+                   "tessera bf16 mma.sync backward (default)", ms_bk[1], tflops(bwd_flops, ms_bk[1]),
+                   strf("%.2e", err_cb)});
+      err_cudnn = std::max(err_cf, err_cb);
+    }
+  }
+  if (!(err_f <= kTol && err_b <= kTol && err_cudnn <= kTol))  // NaN fails too
+    throw std::runtime_error(strf("bf16 attention differs from fp32: cuDNN %.2e", err_cudnn) +
+                             strf(", fwd WMMA %.2e", err_fk[0]) + strf(", fwd mma.sync %.2e", err_fk[1]) +
+                             strf(", bwd WMMA %.2e", err_bk[0]) + strf(", bwd mma.sync %.2e", err_bk[1]) +
                              strf(", bwd recompute %.2e", err_bk[2]) + strf(" (tolerance %.0e)", kTol));
 }
 

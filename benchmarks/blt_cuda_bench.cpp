@@ -192,8 +192,8 @@ std::string commas(double v, int decimals = 0) {
 
 void row(const std::string& what, const std::string& shape, const std::string& time,
          const std::string& rate) {
-  std::printf("| tessera BltForCausalLM %s | %s | %s | %s |\n", what.c_str(), shape.c_str(), time.c_str(),
-              rate.c_str());
+  std::printf("| tessera BltForCausalLM %s%s | %s | %s | %s |\n", what.c_str(),
+              tessera::bench::attention_backend_note().c_str(), shape.c_str(), time.c_str(), rate.c_str());
   std::fflush(stdout);
 }
 void json_line(nlohmann::json j) {

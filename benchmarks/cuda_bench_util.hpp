@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "../cuda/cudnn_attention.hpp"  // internal: which implementation ran the bf16 attention
 #include "tessera/core/allocator.hpp"
 #include "tessera/core/param.hpp"
 #include "tessera/core/rng.hpp"
@@ -97,6 +98,23 @@ inline double device_used_gib() {
     return -1;
   }
   return static_cast<double>(total_b - free_b) / double(1ull << 30);
+}
+
+/// For a row's name, when TESSERA_ATTN_BF16_BACKEND (or the setter) chose cuDNN: ", cuDNN attention (N of
+/// M calls)", the bf16 attention calls that ran on cuDNN so far (the rest: masks or shapes outside its
+/// graphs, on tessera's kernels), with the last reason when none did; "" when tessera's kernels were chosen.
+inline std::string attention_backend_note() {
+  namespace cd = tessera::cuda_detail;
+  if (cd::attention_bf16_backend() != cd::AttnBf16Backend::Cudnn) return "";
+  const int64_t on = cd::attention_bf16_calls(cd::AttnBf16Backend::Cudnn),
+                all = on + cd::attention_bf16_calls(cd::AttnBf16Backend::Tessera);
+  std::string note = ", cuDNN attention (" + std::to_string(on) + " of " + std::to_string(all) + " calls";
+  if (on == 0) {
+    std::string why = cd::last_cudnn_attention_error();
+    std::replace(why.begin(), why.end(), '|', '/');
+    note += ": " + why;
+  }
+  return note + ")";
 }
 
 }  // namespace tessera::bench

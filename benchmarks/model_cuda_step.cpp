@@ -44,9 +44,11 @@ int report(const char* what, const char* precision, const std::string& shape, in
   // named in the row, so that an A/B of the two in one run reads unambiguously.
   const char* tune = std::getenv("TESSERA_GEMM_AUTOTUNE");
   const bool untuned = tune && std::strcmp(tune, "0") == 0;
-  std::printf("| tessera %s step %s%s (CUDA) | %s | %.1f ms | %.0f tok/s, %.1f TFLOP/s (%.1f%% of %.0f) |\n",
-              what, precision, untuned ? ", GEMM autotune off" : "", shape.c_str(), t.median_ms,
-              double(tokens) / s, flops / s / 1e12, flops / s / 1e12 / peak_tflops * 100, peak_tflops);
+  const std::string attn = bench::attention_backend_note();
+  std::printf(
+      "| tessera %s step %s%s%s (CUDA) | %s | %.1f ms | %.0f tok/s, %.1f TFLOP/s (%.1f%% of %.0f) |\n", what,
+      precision, untuned ? ", GEMM autotune off" : "", attn.c_str(), shape.c_str(), t.median_ms,
+      double(tokens) / s, flops / s / 1e12, flops / s / 1e12 / peak_tflops * 100, peak_tflops);
   std::printf("json: {\"model\": \"%s\", \"precision\": \"%s\", \"params\": %lld, \"tokens\": %lld, \"median_ms\": %.3f, \"min_ms\": %.3f, "
               "\"tokens_per_s\": %.1f, \"loss\": %.6f}\n",
               what, precision, static_cast<long long>(params), static_cast<long long>(tokens), t.median_ms, t.min_ms,

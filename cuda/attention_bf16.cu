@@ -54,6 +54,7 @@
 #include "attention_bf16_mma.cuh"
 #include "attention_bf16_mma_bwd.cuh"
 #include "check.hpp"
+#include "cudnn_attention.hpp"
 #include "launch_attention_bf16.hpp"
 #include "launch_megalodon.hpp"
 #include "mma_sm80.cuh"
@@ -163,6 +164,12 @@ void forward_impl(const AttnArgs& a, const Mask& mask, const uint16_t* q, const 
   const BDims d = make_bdims(a, op, {q, k, v, o});
   if (d.B * d.Tq == 0) return;
   TESSERA_CHECK(q && o && (d.Tk == 0 || (k && v)), op, "(cuda, bf16): q, k, v or o is null");
+  if (attention_bf16_backend() == AttnBf16Backend::Cudnn && lse &&
+      cudnn_attention_forward(a, q, k, v, o, lse)) {
+    note_attention_bf16_backend(AttnBf16Backend::Cudnn);
+    return;
+  }
+  note_attention_bf16_backend(AttnBf16Backend::Tessera);
   const unsigned blocks = block_count(d.B * d.Hq * ((d.Tq + kTile - 1) / kTile), op);
   const bool use_mma = attention_bf16_kernel() == AttnBf16Kernel::Mma;
   dispatch_dim(a, [&](auto dim) {
@@ -193,6 +200,12 @@ void backward_impl(const AttnArgs& a, const Mask& mask, const uint16_t* q, const
   TESSERA_CHECK(!has_q || (q && o && lse && dout && dq), op, "(cuda, bf16): q, o, lse, dout or dq is null");
   TESSERA_CHECK(!has_k || (k && v && dk && dv), op, "(cuda, bf16): k, v, dk or dv is null");
   if (!has_q && !has_k) return;
+  if (attention_bf16_backend() == AttnBf16Backend::Cudnn && has_q && has_k &&
+      cudnn_attention_backward(a, q, k, v, o, lse, dout, dq, dk, dv)) {
+    note_attention_bf16_backend(AttnBf16Backend::Cudnn);
+    return;
+  }
+  note_attention_bf16_backend(AttnBf16Backend::Tessera);
 
   DeviceScratch scratch;
   scratch.reserve(DeviceScratch::bytes_for<float>(d.B * d.Hq * d.Tq));

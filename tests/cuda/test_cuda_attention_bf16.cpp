@@ -40,6 +40,7 @@
 #include <string>
 #include <vector>
 
+#include "../../cuda/cudnn_attention.hpp"        // internal: cuDNN as the second implementation
 #include "../../cuda/launch_attention_bf16.hpp"  // internal: kernel choice, mma primitive self-test
 #include "tessera/core/allocator.hpp"
 #include "tessera/core/dtype.hpp"
@@ -586,4 +587,149 @@ TEST_F(CudaAttentionBf16, RejectsBadArguments) {
   auto bad = d;
   bad.q_stride = 32;  // < Hq * Dh
   EXPECT_THROW(ops::attention_forward(cuda{}, bad, mask::Causal{}, p, p, p, p, l), Error);
+}
+
+namespace {
+
+/// Chooses the implementation (tessera's kernels or cuDNN's) for a scope (then back to the default).
+class BackendChoice {
+ public:
+  explicit BackendChoice(cuda_detail::AttnBf16Backend b) { cuda_detail::set_attention_bf16_backend(b); }
+  BackendChoice(const BackendChoice&) = delete;
+  BackendChoice& operator=(const BackendChoice&) = delete;
+  ~BackendChoice() { cuda_detail::set_attention_bf16_backend(cuda_detail::AttnBf16Backend::Auto); }
+};
+
+}  // namespace
+
+// The choice of implementation and cuDNN's coverage are host logic: no device needed.
+TEST(CudaAttentionBf16Backend, ParsingAndCoverage) {
+  using cuda_detail::AttnBf16Backend;
+  EXPECT_EQ(cuda_detail::parse_attention_bf16_backend(nullptr), AttnBf16Backend::Tessera);
+  EXPECT_EQ(cuda_detail::parse_attention_bf16_backend(""), AttnBf16Backend::Tessera);
+  EXPECT_EQ(cuda_detail::parse_attention_bf16_backend("tessera"), AttnBf16Backend::Tessera);
+  EXPECT_EQ(cuda_detail::parse_attention_bf16_backend("cudnn"), AttnBf16Backend::Cudnn);
+  try {
+    cuda_detail::parse_attention_bf16_backend("cuDNN");
+    ADD_FAILURE() << "no error for an unknown backend name";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("TESSERA_ATTN_BF16_BACKEND"), std::string::npos) << e.what();
+  }
+  {
+    const BackendChoice c(AttnBf16Backend::Cudnn);
+    EXPECT_EQ(cuda_detail::attention_bf16_backend(), AttnBf16Backend::Cudnn);
+  }
+  EXPECT_NE(cuda_detail::attention_bf16_backend(), AttnBf16Backend::Auto);
+
+  // Llama's attention: causal, Tq == Tk, q/k/v rows of one fused buffer (token stride 3 H Dh).
+  cuda_detail::AttnArgs a;
+  a.B = 4, a.Tq = a.Tk = 4096, a.Hq = a.Hkv = 16, a.Dh = a.Dv = 128;
+  a.q_stride = a.k_stride = a.v_stride = 3 * 16 * 128, a.o_stride = 16 * 128, a.scale = 0.088;
+  alignas(16) static char buf[64];
+  const void* ok[4] = {buf, buf + 16, buf + 32, buf + 48};
+  EXPECT_EQ(cuda_detail::cudnn_attention_unsupported(a, false, ok, 4), "");
+  EXPECT_EQ(cuda_detail::cudnn_attention_unsupported(a, true, ok, 4), "");
+  auto refused = [&](cuda_detail::AttnArgs x, bool bwd, const std::string& word,
+                     const void* const* p = nullptr) {
+    const std::string why = cuda_detail::cudnn_attention_unsupported(x, bwd, p ? p : ok, 4);
+    EXPECT_NE(why.find(word), std::string::npos)
+        << "expected a reason with \"" << word << "\", got \"" << why << "\"";
+  };
+  auto w = a;
+  w.mask = cuda_detail::AttnMask::SlidingWindow, w.mask_param = 512;
+  refused(w, false, "mask");
+  auto off = a;
+  off.q_offset = 7, off.Tq = 1;
+  refused(off, false, "q_offset");
+  auto odd = a;
+  odd.Dh = 40 + 2;
+  refused(odd, false, "head dims");
+  auto big = a;
+  big.Dh = big.Dv = 256;
+  refused(big, false, "head dims");
+  auto dv = a;
+  dv.Dv = 64;
+  refused(dv, false, "Dh == Dv");
+  auto st = a;
+  st.k_stride = 3 * 16 * 128 + 4;
+  refused(st, false, "strides");
+  const void* misaligned[4] = {buf, buf + 2, buf + 32, buf + 48};
+  refused(a, false, "aligned", misaligned);
+  auto gqa = a;
+  gqa.Hkv = 4, gqa.k_stride = gqa.v_stride = 3 * 16 * 128;
+  EXPECT_EQ(cuda_detail::cudnn_attention_unsupported(gqa, false, ok, 4), "") << "GQA forward is covered";
+  refused(gqa, true, "Hq != Hkv");
+}
+
+// cuDNN's operation descriptors for the Llama-1B shape and a small one, built without a device: cuDNN checks
+// every tensor's dims, strides and type and every operation's inputs when it finalizes them. Skips where the
+// library cannot be loaded.
+TEST(CudaAttentionBf16Backend, CudnnOperationDescriptorsFinalize) {
+  if (cuda_detail::cudnn_loaded_version() == 0)
+    GTEST_SKIP() << "cuDNN not loaded: "
+                 << cuda_detail::cudnn_attention_graph_check(cuda_detail::AttnArgs{}, false);
+  EXPECT_NE(cuda_detail::cudnn_attention_graph_check(cuda_detail::AttnArgs{}, false), "") << "empty dims";
+  cuda_detail::AttnArgs a;
+  a.B = 4, a.Tq = a.Tk = 4096, a.Hq = a.Hkv = 16, a.Dh = a.Dv = 128;
+  a.q_stride = a.k_stride = a.v_stride = 3 * 16 * 128, a.o_stride = 16 * 128, a.scale = 0.088;
+  EXPECT_EQ(cuda_detail::cudnn_attention_graph_check(a, false), "") << "forward, Llama-1B";
+  EXPECT_EQ(cuda_detail::cudnn_attention_graph_check(a, true), "") << "backward, Llama-1B";
+  cuda_detail::AttnArgs s;
+  s.B = 2, s.Tq = s.Tk = 80, s.Hq = 4, s.Hkv = 2, s.Dh = s.Dv = 64;
+  s.q_stride = 4 * 64 + 8, s.k_stride = s.v_stride = 2 * 64 + 8, s.o_stride = 4 * 64, s.scale = 0.125;
+  EXPECT_EQ(cuda_detail::cudnn_attention_graph_check(s, false), "") << "forward, GQA 4/2, padded rows";
+}
+
+// cuDNN's graphs against the fp32 CPU op (the same tolerances as tessera's kernels: the same contract of
+// bf16 P and dS) on the shapes they cover, with the call checked to have run on cuDNN; then calls outside
+// its coverage, which must run tessera's kernels with the reason recorded. Skips where cuDNN cannot be
+// loaded; a graph cuDNN's engines refuse on this GPU fails (the message carries cuDNN's reason).
+TEST_F(CudaAttentionBf16, CudnnMatchesCpuWhereItRuns) {
+  using cuda_detail::AttnBf16Backend;
+  const std::string why = cuda_detail::cudnn_unavailable_reason();
+  if (!why.empty()) GTEST_SKIP() << "cuDNN cannot run here: " << why;
+  std::printf("  cuDNN %lld\n", static_cast<long long>(cuda_detail::cudnn_loaded_version()));
+  const BackendChoice c(AttnBf16Backend::Cudnn);
+  Rng rng(71);
+  // Forward and backward on cuDNN; repeat: the backward must be bitwise deterministic (no fp32 dq atomics).
+  check("cudnn causal Dh=64 B=2 T=80 pad 8", dims(2, 80, 80, 2, 2, 64, 0, 0, 8), mask::Causal{}, rng, true);
+  EXPECT_EQ(cuda_detail::last_attention_bf16_backend(), AttnBf16Backend::Cudnn)
+      << cuda_detail::last_cudnn_attention_error();
+  check("cudnn causal Dh=128 B=1 T=300", dims(1, 300, 300, 4, 4, 128, 0, 0, 0), mask::Causal{}, rng, true);
+  EXPECT_EQ(cuda_detail::last_attention_bf16_backend(), AttnBf16Backend::Cudnn)
+      << cuda_detail::last_cudnn_attention_error();
+  check("cudnn causal Dh=64 B=3 T=64 H=3", dims(3, 64, 64, 3, 3, 64, 0, 0, 8), mask::Causal{}, rng);
+  EXPECT_EQ(cuda_detail::last_attention_bf16_backend(), AttnBf16Backend::Cudnn)
+      << cuda_detail::last_cudnn_attention_error();
+
+  // GQA: the forward on cuDNN, the backward on tessera's kernels (reading cuDNN's o and lse).
+  {
+    const auto d = dims(1, 130, 130, 4, 2, 64, 0, 0, 0);
+    const Problem p = make_problem(d, mask::Causal{}, rng);
+    Dev<bf16> d_q(p.q), d_k(p.k), d_v(p.v), d_o(unwritten_bf16(p.so));
+    Dev<float> d_lse(std::vector<float>(p.lse_ref.size(), std::numeric_limits<float>::quiet_NaN()));
+    ops::attention_forward(cuda{}, d, mask::Causal{}, d_q.get(), d_k.get(), d_v.get(), d_o.get(),
+                           d_lse.get());
+    EXPECT_EQ(cuda_detail::last_attention_bf16_backend(), AttnBf16Backend::Cudnn)
+        << cuda_detail::last_cudnn_attention_error();
+    EXPECT_LE(rel_err("o cudnn GQA", p.so, d_o.host(), p.o_ref), kTolO);
+    const std::vector<float> lse = d_lse.host();
+    double e = 0;
+    for (size_t i = 0; i < lse.size(); ++i)
+      e = std::max(e, std::isnan(lse[i]) ? double(kInf) : std::abs(double(lse[i]) - double(p.lse_ref[i])));
+    EXPECT_LE(e, kTolLse) << "lse cudnn GQA";
+  }
+  check("cudnn GQA 4/2 (backward: tessera)", dims(1, 130, 130, 4, 2, 64, 0, 0, 0), mask::Causal{}, rng);
+  EXPECT_EQ(cuda_detail::last_attention_bf16_backend(), AttnBf16Backend::Tessera);
+  EXPECT_NE(cuda_detail::last_cudnn_attention_error().find("Hq != Hkv"), std::string::npos)
+      << cuda_detail::last_cudnn_attention_error();
+
+  // Outside cuDNN's graphs here: tessera's kernels, within the same tolerances.
+  check("cudnn asked, window 24 (tessera)", dims(1, 150, 150, 2, 2, 64, 0, 0, 0), mask::SlidingWindow{24},
+        rng);
+  EXPECT_EQ(cuda_detail::last_attention_bf16_backend(), AttnBf16Backend::Tessera);
+  EXPECT_NE(cuda_detail::last_cudnn_attention_error().find("mask"), std::string::npos)
+      << cuda_detail::last_cudnn_attention_error();
+  check("cudnn asked, decode q_offset (tessera)", dims(1, 1, 70, 2, 1, 64, 0, 69, 0), mask::Causal{}, rng);
+  EXPECT_EQ(cuda_detail::last_attention_bf16_backend(), AttnBf16Backend::Tessera);
 }

@@ -1,0 +1,753 @@
+// cuDNN's fused attention for the bf16 attention ops (see cudnn_attention.hpp): the library is opened at run
+// time and the SDPA operation graphs are built with cuDNN's backend API (tensor, pointwise, reduction, matmul
+// and reshape descriptors, an operation graph, heuristics, an execution plan), once per shape and thread, and
+// kept. The graphs are the ones cuDNN's fused flash-attention engines are written for (the decomposition that
+// NVIDIA's cudnn-frontend emits for SDPA with a causal mask):
+//
+//   forward:  S = Q K^T; S *= scale; S = (row >= col) ? S : -inf; M = rowmax S; E = exp(S - M);
+//             Z = rowsum E; stats = M + log Z (= lse); P = E / Z (bf16); O = P V.
+//   backward: Dsum = rowsum(dO * O) (fp32, written to a buffer the engine reads back); S as above, then
+//             P = exp(S - stats) (masked to -inf before the exp); dV = P^T dO (P^T in bf16);
+//             dP = dO V^T; dS = P (dP - Dsum) scale; dK = dS^T Q (dS^T in bf16); dQ = dS K.
+//
+// Tensors are [b, h, s, d] with explicit strides, so tessera's token-major rows ([B, T, H, D] with a token
+// stride: fused q/k/v buffers included) are described in place; K and V enter the products transposed by
+// their strides alone. Scalars (the scale, -inf, 1) are passed by value at execution.
+#include "cudnn_attention.hpp"
+
+#include <dlfcn.h>
+
+#include <array>
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
+#include <limits>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "check.hpp"
+#include "scratch.cuh"
+#include "tessera/core/error.hpp"
+
+#if __has_include(<cudnn_graph.h>)
+#include <cudnn_graph.h>  // types and enums only: every function is resolved from the library at run time
+#define TESSERA_CUDNN_HEADERS 1
+#else
+#define TESSERA_CUDNN_HEADERS 0
+#endif
+
+namespace tessera::cuda_detail {
+
+namespace {
+
+std::atomic<int> g_backend{static_cast<int>(AttnBf16Backend::Auto)};
+thread_local AttnBf16Backend t_last_backend = AttnBf16Backend::Auto;
+thread_local std::string t_last_error;
+std::atomic<int64_t> g_calls[2] = {0, 0};  // Tessera, Cudnn
+
+}  // namespace
+
+AttnBf16Backend parse_attention_bf16_backend(const char* value) {
+  if (value == nullptr || *value == '\0') return AttnBf16Backend::Tessera;
+  const std::string s(value);
+  if (s == "tessera") return AttnBf16Backend::Tessera;
+  if (s == "cudnn") return AttnBf16Backend::Cudnn;
+  throw Error(str("TESSERA_ATTN_BF16_BACKEND must be \"tessera\" or \"cudnn\" (or unset), got \"", s, "\""));
+}
+
+void set_attention_bf16_backend(AttnBf16Backend b) {
+  g_backend.store(static_cast<int>(b));
+}
+
+AttnBf16Backend attention_bf16_backend() {
+  const auto b = static_cast<AttnBf16Backend>(g_backend.load());
+  if (b != AttnBf16Backend::Auto) return b;
+  static const AttnBf16Backend from_env =
+      parse_attention_bf16_backend(std::getenv("TESSERA_ATTN_BF16_BACKEND"));
+  return from_env;
+}
+
+AttnBf16Backend last_attention_bf16_backend() {
+  return t_last_backend;
+}
+
+void note_attention_bf16_backend(AttnBf16Backend b) {
+  t_last_backend = b;
+  g_calls[b == AttnBf16Backend::Cudnn ? 1 : 0].fetch_add(1);
+}
+
+int64_t attention_bf16_calls(AttnBf16Backend b) {
+  return b == AttnBf16Backend::Cudnn     ? g_calls[1].load()
+         : b == AttnBf16Backend::Tessera ? g_calls[0].load()
+                                         : 0;
+}
+
+std::string last_cudnn_attention_error() {
+  return t_last_error;
+}
+
+std::string cudnn_attention_unsupported(const AttnArgs& a, bool backward, const void* const* ptrs,
+                                        int n_ptrs) {
+  if (a.mask != AttnMask::Causal) return "mask is not causal (cuDNN graphs here: causal only)";
+  if (a.q_offset != 0 || a.Tq != a.Tk)
+    return str("causal with q_offset ", a.q_offset, ", Tq ", a.Tq, ", Tk ", a.Tk,
+               " (cuDNN graphs here: q_offset 0 and Tq == Tk)");
+  if (a.B < 1 || a.Tq < 1) return "empty call";
+  if (a.Dh != a.Dv || a.Dh % 8 != 0 || a.Dh > 128)
+    return str("head dims Dh ", a.Dh, ", Dv ", a.Dv,
+               " (cuDNN graphs here: Dh == Dv, a multiple of 8 up to 128)");
+  if (a.q_stride % 8 != 0 || a.k_stride % 8 != 0 || a.v_stride % 8 != 0 || a.o_stride % 8 != 0)
+    return "token strides not multiples of 8 elements";
+  for (int i = 0; i < n_ptrs; ++i)
+    if (reinterpret_cast<uintptr_t>(ptrs[i]) % 16 != 0) return "a tensor is not 16-byte aligned";
+  if (backward && a.Hq != a.Hkv) return "backward with Hq != Hkv (the GQA head sums are not in this graph)";
+  return "";
+}
+
+#if TESSERA_CUDNN_HEADERS
+
+namespace {
+
+/// The functions used, resolved from libcudnn.so.9.
+struct CudnnApi {
+  decltype(&cudnnGetVersion) get_version = nullptr;
+  decltype(&cudnnCreate) create = nullptr;
+  decltype(&cudnnSetStream) set_stream = nullptr;
+  decltype(&cudnnGetErrorString) error_string = nullptr;
+  decltype(&cudnnGetLastErrorString) last_error_string = nullptr;
+  decltype(&cudnnBackendCreateDescriptor) create_desc = nullptr;
+  decltype(&cudnnBackendDestroyDescriptor) destroy_desc = nullptr;
+  decltype(&cudnnBackendSetAttribute) set_attr = nullptr;
+  decltype(&cudnnBackendGetAttribute) get_attr = nullptr;
+  decltype(&cudnnBackendFinalize) finalize = nullptr;
+  decltype(&cudnnBackendExecute) execute = nullptr;
+  std::string error;  // why the library is unusable ("" when loaded)
+  int64_t version = 0;
+};
+
+/// The library, loaded once per process: TESSERA_CUDNN_LIBRARY if set, else libcudnn.so.9 from the loader's
+/// path, else the CUDA toolkit's lib64.
+const CudnnApi& api() {
+  static const CudnnApi a = [] {
+    CudnnApi r;
+    std::vector<std::string> names;
+    if (const char* env = std::getenv("TESSERA_CUDNN_LIBRARY"); env && *env) names.emplace_back(env);
+    names.emplace_back("libcudnn.so.9");
+    names.emplace_back("/usr/local/cuda/lib64/libcudnn.so.9");
+    void* lib = nullptr;
+    std::string tried;
+    for (const auto& n : names) {
+      lib = dlopen(n.c_str(), RTLD_NOW | RTLD_LOCAL);
+      if (lib) break;
+      const char* why = dlerror();
+      tried += str(tried.empty() ? "" : "; ", n, ": ", why ? why : "not found");
+    }
+    if (!lib) {
+      r.error = str("cuDNN not loaded (", tried, ")");
+      return r;
+    }
+    bool ok = true;
+    std::string missing;
+    auto bind = [&](auto& fn, const char* name) {
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, name));
+      if (!fn) {
+        ok = false;
+        missing += str(missing.empty() ? "" : ", ", name);
+      }
+    };
+    bind(r.get_version, "cudnnGetVersion");
+    bind(r.create, "cudnnCreate");
+    bind(r.set_stream, "cudnnSetStream");
+    bind(r.error_string, "cudnnGetErrorString");
+    bind(r.last_error_string, "cudnnGetLastErrorString");
+    bind(r.create_desc, "cudnnBackendCreateDescriptor");
+    bind(r.destroy_desc, "cudnnBackendDestroyDescriptor");
+    bind(r.set_attr, "cudnnBackendSetAttribute");
+    bind(r.get_attr, "cudnnBackendGetAttribute");
+    bind(r.finalize, "cudnnBackendFinalize");
+    bind(r.execute, "cudnnBackendExecute");
+    if (!ok) {
+      r.error = str("cuDNN library lacks ", missing);
+      return r;
+    }
+    r.version = static_cast<int64_t>(r.get_version());
+    if (r.version < 90000) r.error = str("cuDNN ", r.version, " is older than 9.0");
+    return r;
+  }();
+  return a;
+}
+
+/// A failed cuDNN call: the call, its status and cuDNN's own last message.
+struct CudnnFailure {
+  std::string what;
+};
+
+void check(cudnnStatus_t s, const char* what) {
+  if (s == CUDNN_STATUS_SUCCESS) return;
+  char msg[512] = {0};
+  api().last_error_string(msg, sizeof(msg));
+  throw CudnnFailure{str(what, ": ", api().error_string(s), msg[0] ? str(" (", msg, ")") : std::string())};
+}
+
+/// An owned backend descriptor.
+class Desc {
+ public:
+  Desc() = default;
+  explicit Desc(cudnnBackendDescriptorType_t type, const char* what) : what_(what) {
+    check(api().create_desc(type, &d_), what);
+  }
+  Desc(Desc&& o) noexcept : d_(std::exchange(o.d_, nullptr)), what_(o.what_) {}
+  Desc& operator=(Desc&& o) noexcept {
+    std::swap(d_, o.d_);
+    what_ = o.what_;
+    return *this;
+  }
+  Desc(const Desc&) = delete;
+  Desc& operator=(const Desc&) = delete;
+  ~Desc() {
+    if (d_) api().destroy_desc(d_);
+  }
+  cudnnBackendDescriptor_t get() const { return d_; }
+
+  template <class T>
+  Desc& set(cudnnBackendAttributeName_t name, cudnnBackendAttributeType_t type, const T& value) {
+    check(api().set_attr(d_, name, type, 1, &value), what_);
+    return *this;
+  }
+  Desc& set_many(cudnnBackendAttributeName_t name, cudnnBackendAttributeType_t type, int64_t n,
+                 const void* v) {
+    check(api().set_attr(d_, name, type, n, v), what_);
+    return *this;
+  }
+  Desc& desc(cudnnBackendAttributeName_t name, const Desc& other) {
+    cudnnBackendDescriptor_t o = other.get();
+    return set(name, CUDNN_TYPE_BACKEND_DESCRIPTOR, o);
+  }
+  Desc& finalize() {
+    check(api().finalize(d_), what_);
+    return *this;
+  }
+
+ private:
+  cudnnBackendDescriptor_t d_ = nullptr;
+  const char* what_ = "cuDNN descriptor";
+};
+
+using Dims = std::array<int64_t, 4>;
+
+/// The descriptors of one operation graph under construction, kept alive with the plan built from it.
+class GraphBuilder {
+ public:
+  /// A tensor: real (a variant-pack pointer), by value (a host scalar) or virtual (inside the fused graph).
+  const Desc& tensor(int64_t uid, cudnnDataType_t type, Dims dims, Dims strides, bool is_virtual,
+                     bool by_value = false) {
+    Desc t(CUDNN_BACKEND_TENSOR_DESCRIPTOR, "cuDNN tensor descriptor");
+    const int64_t alignment = 16;
+    t.set(CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, type)
+        .set_many(CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, 4, dims.data())
+        .set_many(CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, 4, strides.data())
+        .set(CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, uid)
+        .set(CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, alignment);
+    if (is_virtual) t.set(CUDNN_ATTR_TENSOR_IS_VIRTUAL, CUDNN_TYPE_BOOLEAN, true);
+    if (by_value) t.set(CUDNN_ATTR_TENSOR_IS_BY_VALUE, CUDNN_TYPE_BOOLEAN, true);
+    t.finalize();
+    keep_.push_back(std::move(t));
+    return keep_.back();
+  }
+  /// A virtual tensor with a fresh uid.
+  const Desc& temp(cudnnDataType_t type, Dims dims, Dims strides) {
+    return tensor(next_uid_++, type, dims, strides, true);
+  }
+  /// A by-value fp32 scalar.
+  const Desc& scalar(int64_t uid) {
+    return tensor(uid, CUDNN_DATA_FLOAT, {1, 1, 1, 1}, {1, 1, 1, 1}, false, true);
+  }
+
+  /// y = mode(x[, b[, t]]) elementwise (broadcasting b); `prec` is the computation's type; GEN_INDEX takes
+  /// the axis.
+  void pointwise(cudnnPointwiseMode_t mode, cudnnDataType_t prec, const Desc& x, const Desc* b, const Desc& y,
+                 const Desc* t = nullptr, int64_t axis = -1) {
+    Desc pw(CUDNN_BACKEND_POINTWISE_DESCRIPTOR, "cuDNN pointwise descriptor");
+    pw.set(CUDNN_ATTR_POINTWISE_MODE, CUDNN_TYPE_POINTWISE_MODE, mode)
+        .set(CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, prec);
+    if (axis >= 0) pw.set(CUDNN_ATTR_POINTWISE_AXIS, CUDNN_TYPE_INT64, axis);
+    pw.finalize();
+    Desc op(CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR, "cuDNN pointwise operation");
+    const float one = 1.f;
+    op.desc(CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, pw).desc(CUDNN_ATTR_OPERATION_POINTWISE_XDESC, x);
+    if (b) op.desc(CUDNN_ATTR_OPERATION_POINTWISE_BDESC, *b);
+    if (t) op.desc(CUDNN_ATTR_OPERATION_POINTWISE_TDESC, *t);
+    op.desc(CUDNN_ATTR_OPERATION_POINTWISE_YDESC, y)
+        .set(CUDNN_ATTR_OPERATION_POINTWISE_ALPHA1, CUDNN_TYPE_FLOAT, one)
+        .set(CUDNN_ATTR_OPERATION_POINTWISE_ALPHA2, CUDNN_TYPE_FLOAT, one)
+        .finalize();
+    keep_.push_back(std::move(pw));
+    add_op(std::move(op));
+  }
+  /// c = a b over the last two dims (batched over the first two; fp32 accumulation).
+  void matmul(const Desc& a, const Desc& b, const Desc& c) {
+    Desc mm(CUDNN_BACKEND_MATMUL_DESCRIPTOR, "cuDNN matmul descriptor");
+    mm.set(CUDNN_ATTR_MATMUL_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, CUDNN_DATA_FLOAT).finalize();
+    Desc op(CUDNN_BACKEND_OPERATION_MATMUL_DESCRIPTOR, "cuDNN matmul operation");
+    op.desc(CUDNN_ATTR_OPERATION_MATMUL_ADESC, a)
+        .desc(CUDNN_ATTR_OPERATION_MATMUL_BDESC, b)
+        .desc(CUDNN_ATTR_OPERATION_MATMUL_CDESC, c)
+        .desc(CUDNN_ATTR_OPERATION_MATMUL_DESC, mm)
+        .finalize();
+    keep_.push_back(std::move(mm));
+    add_op(std::move(op));
+  }
+  /// y = reduce(x) over the dims where y has extent 1 (fp32).
+  void reduction(cudnnReduceTensorOp_t mode, const Desc& x, const Desc& y) {
+    Desc red(CUDNN_BACKEND_REDUCTION_DESCRIPTOR, "cuDNN reduction descriptor");
+    red.set(CUDNN_ATTR_REDUCTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, CUDNN_DATA_FLOAT)
+        .set(CUDNN_ATTR_REDUCTION_OPERATOR, CUDNN_TYPE_REDUCTION_OPERATOR_TYPE, mode)
+        .finalize();
+    Desc op(CUDNN_BACKEND_OPERATION_REDUCTION_DESCRIPTOR, "cuDNN reduction operation");
+    op.desc(CUDNN_ATTR_OPERATION_REDUCTION_DESC, red)
+        .desc(CUDNN_ATTR_OPERATION_REDUCTION_XDESC, x)
+        .desc(CUDNN_ATTR_OPERATION_REDUCTION_YDESC, y)
+        .finalize();
+    keep_.push_back(std::move(red));
+    add_op(std::move(op));
+  }
+  /// y = x viewed through y's dims and strides (a transpose of the last two dims here).
+  void reshape(const Desc& x, const Desc& y) {
+    Desc op(CUDNN_BACKEND_OPERATION_RESHAPE_DESCRIPTOR, "cuDNN reshape operation");
+    op.desc(CUDNN_ATTR_OPERATION_RESHAPE_XDESC, x).desc(CUDNN_ATTR_OPERATION_RESHAPE_YDESC, y).finalize();
+    add_op(std::move(op));
+  }
+
+  /// The operation graph, the heuristics' engine configurations (mode A, then the fallback list) and the
+  /// first execution plan that finalizes. Throws CudnnFailure naming what rejected the graph.
+  void build(cudnnHandle_t handle) {
+    std::vector<cudnnBackendDescriptor_t> ops;
+    for (const auto& o : ops_) ops.push_back(o.get());
+    Desc graph(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, "cuDNN operation graph");
+    graph.set(CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, handle)
+        .set_many(CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                  static_cast<int64_t>(ops.size()), ops.data())
+        .finalize();
+    std::string rejected;
+    for (cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
+      std::vector<Desc> cfgs;
+      try {
+        Desc heur(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, "cuDNN engine heuristics");
+        heur.desc(CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, graph)
+            .set(CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, mode)
+            .finalize();
+        int64_t count = 0;
+        check(api().get_attr(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0,
+                             &count, nullptr),
+              "cuDNN heuristics result count");
+        if (count <= 0) {
+          rejected += str(rejected.empty() ? "" : "; ", "heuristics mode ", int(mode), ": no engine");
+          continue;
+        }
+        std::vector<cudnnBackendDescriptor_t> raw;
+        for (int64_t i = 0; i < count; ++i) {
+          cfgs.emplace_back(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, "cuDNN engine configuration");
+          raw.push_back(cfgs.back().get());
+        }
+        int64_t got = 0;
+        check(api().get_attr(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, count,
+                             &got, raw.data()),
+              "cuDNN heuristics results");
+        cfgs.resize(static_cast<size_t>(got));
+      } catch (const CudnnFailure& f) {
+        rejected += str(rejected.empty() ? "" : "; ", f.what);
+        continue;
+      }
+      for (auto& cfg : cfgs) {
+        try {
+          Desc plan(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, "cuDNN execution plan");
+          plan.set(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, handle)
+              .desc(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, cfg)
+              .finalize();
+          int64_t ws = 0, n = 0;
+          check(api().get_attr(plan.get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n,
+                               &ws),
+                "cuDNN plan workspace size");
+          workspace_ = ws;
+          plan_ = std::move(plan);
+          keep_.push_back(std::move(cfg));
+          keep_.push_back(std::move(graph));
+          return;
+        } catch (const CudnnFailure& f) {
+          rejected += str(rejected.empty() ? "" : "; ", f.what);
+        }
+      }
+    }
+    throw CudnnFailure{str("no cuDNN engine runs this attention graph (", rejected, ")")};
+  }
+
+  const Desc& plan() const { return plan_; }
+  int64_t workspace() const { return workspace_; }
+
+ private:
+  void add_op(Desc op) { ops_.push_back(std::move(op)); }
+
+  std::deque<Desc> keep_;  // tensors, op descriptors: alive as long as the plan (a deque: stable references)
+  std::deque<Desc> ops_;
+  Desc plan_;
+  int64_t workspace_ = 0;
+  int64_t next_uid_ = 1000;
+};
+
+// Variant-pack uids of the real and by-value tensors.
+enum Uid : int64_t {
+  kQ = 1,
+  kK,
+  kV,
+  kO,
+  kStats,
+  kDO,
+  kDQ,
+  kDK,
+  kDV,
+  kDsum,
+  kScale,
+  kNegInf,
+  kOne,
+};
+
+Dims bhsd(int64_t B, int64_t H, int64_t T, int64_t D) {
+  return {B, H, T, D};
+}
+/// Strides of [b, h, s, d] over token-major rows: token stride `ts`, head width `d`.
+Dims rows(int64_t T, int64_t ts, int64_t d) {
+  return {T * ts, d, ts, 1};
+}
+/// ... and of the transposed view [b, h, d, s].
+Dims rows_t(int64_t T, int64_t ts, int64_t d) {
+  return {T * ts, d, 1, ts};
+}
+
+/// The causal mask on the scores s ([B, H, T, T] fp32): (row >= col) ? s : -inf.
+const Desc& causal(GraphBuilder& g, const Desc& s, const Desc& neg_inf, Dims sd, Dims ss) {
+  const Desc& row = g.temp(CUDNN_DATA_INT32, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_FLOAT, s, nullptr, row, nullptr, 2);
+  const Desc& col = g.temp(CUDNN_DATA_INT32, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_FLOAT, s, nullptr, col, nullptr, 3);
+  const Desc& keep = g.temp(CUDNN_DATA_BOOLEAN, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_CMP_GE, CUDNN_DATA_BOOLEAN, row, &col, keep);
+  const Desc& out = g.temp(CUDNN_DATA_FLOAT, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_BINARY_SELECT, CUDNN_DATA_FLOAT, s, &neg_inf, out, &keep);
+  return out;
+}
+
+/// The forward's operations; with a handle, also its plan (without one: only the descriptors, which cuDNN
+/// checks without a device).
+std::unique_ptr<GraphBuilder> build_forward(cudnnHandle_t handle, const AttnArgs& a) {
+  auto g = std::make_unique<GraphBuilder>();
+  const int64_t B = a.B, H = a.Hq, Hk = a.Hkv, T = a.Tq;
+  const Desc& q = g->tensor(kQ, CUDNN_DATA_BFLOAT16, bhsd(B, H, T, a.Dh), rows(T, a.q_stride, a.Dh), false);
+  const Desc& kt = g->tensor(kK, CUDNN_DATA_BFLOAT16, {B, Hk, a.Dh, T}, rows_t(T, a.k_stride, a.Dh), false);
+  const Desc& v = g->tensor(kV, CUDNN_DATA_BFLOAT16, bhsd(B, Hk, T, a.Dv), rows(T, a.v_stride, a.Dv), false);
+  const Desc& o = g->tensor(kO, CUDNN_DATA_BFLOAT16, bhsd(B, H, T, a.Dv), rows(T, a.o_stride, a.Dv), false);
+  const Dims rd = {B, H, T, 1}, rs = {H * T, T, 1, 1};
+  const Desc& stats = g->tensor(kStats, CUDNN_DATA_FLOAT, rd, rs, false);
+  const Desc& scale = g->scalar(kScale);
+  const Desc& neg_inf = g->scalar(kNegInf);
+
+  const Dims sd = {B, H, T, T}, ss = {H * T * T, T * T, T, 1};
+  const Desc& s = g->temp(CUDNN_DATA_FLOAT, sd, ss);
+  g->matmul(q, kt, s);
+  const Desc& s1 = g->temp(CUDNN_DATA_FLOAT, sd, ss);
+  g->pointwise(CUDNN_POINTWISE_MUL, CUDNN_DATA_FLOAT, s, &scale, s1);
+  const Desc& s2 = causal(*g, s1, neg_inf, sd, ss);
+  const Desc& mx = g->temp(CUDNN_DATA_FLOAT, rd, rs);
+  g->reduction(CUDNN_REDUCE_TENSOR_MAX, s2, mx);
+  const Desc& sub = g->temp(CUDNN_DATA_FLOAT, sd, ss);
+  g->pointwise(CUDNN_POINTWISE_SUB, CUDNN_DATA_FLOAT, s2, &mx, sub);
+  const Desc& e = g->temp(CUDNN_DATA_FLOAT, sd, ss);
+  g->pointwise(CUDNN_POINTWISE_EXP, CUDNN_DATA_FLOAT, sub, nullptr, e);
+  const Desc& z = g->temp(CUDNN_DATA_FLOAT, rd, rs);
+  g->reduction(CUDNN_REDUCE_TENSOR_ADD, e, z);
+  const Desc& logz = g->temp(CUDNN_DATA_FLOAT, rd, rs);
+  g->pointwise(CUDNN_POINTWISE_LOG, CUDNN_DATA_FLOAT, z, nullptr, logz);
+  g->pointwise(CUDNN_POINTWISE_ADD, CUDNN_DATA_FLOAT, mx, &logz, stats);
+  const Desc& p = g->temp(CUDNN_DATA_BFLOAT16, sd, ss);  // P enters P V as bf16
+  g->pointwise(CUDNN_POINTWISE_DIV, CUDNN_DATA_FLOAT, e, &z, p);
+  g->matmul(p, v, o);
+  if (handle) g->build(handle);
+  return g;
+}
+
+/// The backward's operations; with a handle, also its plan.
+std::unique_ptr<GraphBuilder> build_backward(cudnnHandle_t handle, const AttnArgs& a) {
+  auto g = std::make_unique<GraphBuilder>();
+  const int64_t B = a.B, H = a.Hq, T = a.Tq;
+  const Desc& q = g->tensor(kQ, CUDNN_DATA_BFLOAT16, bhsd(B, H, T, a.Dh), rows(T, a.q_stride, a.Dh), false);
+  const Desc& kt = g->tensor(kK, CUDNN_DATA_BFLOAT16, {B, H, a.Dh, T}, rows_t(T, a.k_stride, a.Dh), false);
+  const Desc& vt = g->tensor(kV, CUDNN_DATA_BFLOAT16, {B, H, a.Dv, T}, rows_t(T, a.v_stride, a.Dv), false);
+  const Desc& o = g->tensor(kO, CUDNN_DATA_BFLOAT16, bhsd(B, H, T, a.Dv), rows(T, a.o_stride, a.Dv), false);
+  const Desc& dout =
+      g->tensor(kDO, CUDNN_DATA_BFLOAT16, bhsd(B, H, T, a.Dv), rows(T, a.o_stride, a.Dv), false);
+  const Dims rd = {B, H, T, 1}, rs = {H * T, T, 1, 1};
+  const Desc& stats = g->tensor(kStats, CUDNN_DATA_FLOAT, rd, rs, false);
+  const Desc& dq = g->tensor(kDQ, CUDNN_DATA_BFLOAT16, bhsd(B, H, T, a.Dh), rows(T, a.q_stride, a.Dh), false);
+  const Desc& dk = g->tensor(kDK, CUDNN_DATA_BFLOAT16, bhsd(B, H, T, a.Dh), rows(T, a.k_stride, a.Dh), false);
+  const Desc& dv = g->tensor(kDV, CUDNN_DATA_BFLOAT16, bhsd(B, H, T, a.Dv), rows(T, a.v_stride, a.Dv), false);
+  const Desc& dsum = g->tensor(kDsum, CUDNN_DATA_FLOAT, rd, rs, false);  // rowsum(dO * O): our buffer
+  const Desc& scale = g->scalar(kScale);
+  const Desc& neg_inf = g->scalar(kNegInf);
+  const Desc& one = g->scalar(kOne);
+
+  // Dsum = rowsum(dO * O).
+  const Desc& prod = g->temp(CUDNN_DATA_FLOAT, bhsd(B, H, T, a.Dv), {H * T * a.Dv, T * a.Dv, H * a.Dv, 1});
+  g->pointwise(CUDNN_POINTWISE_MUL, CUDNN_DATA_FLOAT, dout, &o, prod);
+  const Desc& rsum = g->temp(CUDNN_DATA_FLOAT, rd, rs);
+  g->reduction(CUDNN_REDUCE_TENSOR_ADD, prod, rsum);
+  g->pointwise(CUDNN_POINTWISE_MUL, CUDNN_DATA_FLOAT, rsum, &one, dsum);
+
+  // P = exp(scale Q K^T - stats), masked.
+  const Dims sd = {B, H, T, T}, ss = {H * T * T, T * T, T, 1};
+  const Dims td = {B, H, T, T}, ts = {H * T * T, T * T, 1, T};  // the transposed view [b, h, key, query]
+  const Desc& s = g->temp(CUDNN_DATA_FLOAT, sd, ss);
+  g->matmul(q, kt, s);
+  const Desc& s1 = g->temp(CUDNN_DATA_FLOAT, sd, ss);
+  g->pointwise(CUDNN_POINTWISE_MUL, CUDNN_DATA_FLOAT, s, &scale, s1);
+  const Desc& s2 = g->temp(CUDNN_DATA_FLOAT, sd, ss);
+  g->pointwise(CUDNN_POINTWISE_SUB, CUDNN_DATA_FLOAT, s1, &stats, s2);
+  const Desc& s3 = causal(*g, s2, neg_inf, sd, ss);
+  const Desc& p = g->temp(CUDNN_DATA_FLOAT, sd, ss);
+  g->pointwise(CUDNN_POINTWISE_EXP, CUDNN_DATA_FLOAT, s3, nullptr, p);
+
+  // dV = P^T dO.
+  const Desc& pt = g->temp(CUDNN_DATA_BFLOAT16, td, ts);
+  g->reshape(p, pt);
+  g->matmul(pt, dout, dv);
+
+  // dS = P (dO V^T - Dsum) scale.
+  const Desc& dp = g->temp(CUDNN_DATA_FLOAT, sd, ss);
+  g->matmul(dout, vt, dp);
+  const Desc& dp1 = g->temp(CUDNN_DATA_FLOAT, sd, ss);
+  g->pointwise(CUDNN_POINTWISE_SUB, CUDNN_DATA_FLOAT, dp, &dsum, dp1);
+  const Desc& dp2 = g->temp(CUDNN_DATA_FLOAT, sd, ss);
+  g->pointwise(CUDNN_POINTWISE_MUL, CUDNN_DATA_FLOAT, dp1, &p, dp2);
+  const Desc& ds = g->temp(CUDNN_DATA_FLOAT, sd, ss);
+  g->pointwise(CUDNN_POINTWISE_MUL, CUDNN_DATA_FLOAT, dp2, &scale, ds);
+
+  // dK = dS^T Q.
+  const Desc& dst = g->temp(CUDNN_DATA_BFLOAT16, td, ts);
+  g->reshape(ds, dst);
+  g->matmul(dst, q, dk);
+
+  // dQ = dS K (K as [b, h, key, d] again, by a reshape of K^T), written directly: no fp32 accumulator.
+  const Desc& k = g->temp(CUDNN_DATA_BFLOAT16, bhsd(B, H, T, a.Dh), rows(T, a.k_stride, a.Dh));
+  g->reshape(kt, k);
+  g->matmul(ds, k, dq);
+  if (handle) g->build(handle);
+  return g;
+}
+
+/// Per thread: a handle per device and the plans built (or refused) per call shape.
+struct ThreadState {
+  std::map<int, cudnnHandle_t> handles;  // never destroyed: a handle may outlive the CUDA context at exit
+  std::map<std::vector<int64_t>, std::unique_ptr<GraphBuilder>> plans;
+  std::map<std::vector<int64_t>, std::string> refused;
+};
+
+ThreadState& state() {
+  thread_local ThreadState s;
+  return s;
+}
+
+/// The current device's handle on this thread (made on first use, bound to the legacy default stream that
+/// tessera's kernels run on). Throws CudnnFailure.
+cudnnHandle_t handle_for(int device) {
+  auto& hs = state().handles;
+  if (auto it = hs.find(device); it != hs.end()) return it->second;
+  cudnnHandle_t h = nullptr;
+  check(api().create(&h), "cudnnCreate");
+  check(api().set_stream(h, nullptr), "cudnnSetStream");
+  hs.emplace(device, h);
+  return h;
+}
+
+int current_device() {
+  int dev = 0;
+  TESSERA_CUDA_CHECK(cudaGetDevice(&dev));
+  return dev;
+}
+
+std::vector<int64_t> key_of(const AttnArgs& a, bool backward, int device) {
+  return {backward, device, a.B,        a.Tq,       a.Tk,       a.Hq,       a.Hkv,
+          a.Dh,     a.Dv,   a.q_stride, a.k_stride, a.v_stride, a.o_stride, static_cast<int64_t>(a.mask)};
+}
+
+/// The plan for this call, built on first use; nullptr (reason in t_last_error, printed once per shape when
+/// cuDNN was asked for) when cuDNN cannot run it.
+GraphBuilder* plan_for(const AttnArgs& a, bool backward) {
+  if (!api().error.empty()) {
+    t_last_error = api().error;
+    return nullptr;
+  }
+  const int device = current_device();
+  const auto key = key_of(a, backward, device);
+  auto& st = state();
+  if (auto it = st.plans.find(key); it != st.plans.end()) return it->second.get();
+  if (auto it = st.refused.find(key); it != st.refused.end()) {
+    t_last_error = it->second;
+    return nullptr;
+  }
+  try {
+    cudnnHandle_t h = handle_for(device);
+    auto g = backward ? build_backward(h, a) : build_forward(h, a);
+    return st.plans.emplace(key, std::move(g)).first->second.get();
+  } catch (const CudnnFailure& f) {
+    const std::string why = str("cuDNN attention ", backward ? "backward" : "forward", " for B ", a.B, " T ",
+                                a.Tq, " H ", a.Hq, "/", a.Hkv, " D ", a.Dh, "/", a.Dv, ": ", f.what);
+    st.refused.emplace(key, why);
+    std::fprintf(stderr, "tessera: %s; tessera's kernels run this shape\n", why.c_str());
+    t_last_error = why;
+    return nullptr;
+  }
+}
+
+/// Execute `g` with the given (uid, pointer) pairs plus its scalars, on a workspace from tessera's allocator
+/// (with the backward's Dsum buffer, `dsum_floats` > 0, carved from the same reservation).
+bool execute(GraphBuilder& g, std::vector<std::pair<int64_t, void*>> ptrs, int64_t dsum_floats,
+             double scale_value) {
+  const bool backward = dsum_floats > 0;
+  float scale = static_cast<float>(scale_value), neg_inf = -std::numeric_limits<float>::infinity(), one = 1.f;
+  DeviceScratch scratch;
+  const size_t ws_bytes = DeviceScratch::bytes_for<char>(g.workspace());
+  scratch.reserve(ws_bytes + DeviceScratch::bytes_for<float>(dsum_floats));
+  void* ws = g.workspace() > 0 ? scratch.carve<char>(g.workspace()) : nullptr;
+  if (dsum_floats > 0) ptrs.emplace_back(kDsum, scratch.carve<float>(dsum_floats));
+  ptrs.emplace_back(kScale, &scale);
+  ptrs.emplace_back(kNegInf, &neg_inf);
+  if (backward) ptrs.emplace_back(kOne, &one);
+  std::vector<int64_t> uids;
+  std::vector<void*> data;
+  for (auto& [u, p] : ptrs) {
+    uids.push_back(u);
+    data.push_back(p);
+  }
+  try {
+    Desc pack(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR, "cuDNN variant pack");
+    pack.set_many(CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, static_cast<int64_t>(uids.size()),
+                  uids.data())
+        .set_many(CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR,
+                  static_cast<int64_t>(data.size()), data.data())
+        .set(CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, ws)
+        .finalize();
+    check(api().execute(handle_for(current_device()), g.plan().get(), pack.get()), "cudnnBackendExecute");
+  } catch (const CudnnFailure& f) {
+    t_last_error = f.what;
+    std::fprintf(stderr, "tessera: cuDNN attention failed at execution: %s\n", f.what.c_str());
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+std::string cudnn_unavailable_reason() {
+  if (!api().error.empty()) return api().error;
+  try {
+    handle_for(current_device());
+  } catch (const CudnnFailure& f) {
+    return f.what;
+  }
+  return "";
+}
+
+int64_t cudnn_loaded_version() {
+  return api().error.empty() ? api().version : 0;
+}
+
+std::string cudnn_attention_graph_check(const AttnArgs& a, bool backward) {
+  if (!api().error.empty()) return api().error;
+  if (std::string why = cudnn_attention_unsupported(a, backward, nullptr, 0); !why.empty()) return why;
+  try {
+    (void)(backward ? build_backward(nullptr, a) : build_forward(nullptr, a));
+  } catch (const CudnnFailure& f) {
+    return f.what;
+  }
+  return "";
+}
+
+bool cudnn_attention_forward(const AttnArgs& a, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                             uint16_t* o, float* lse) {
+  const void* ptrs[] = {q, k, v, o, lse};
+  if (std::string why = cudnn_attention_unsupported(a, false, ptrs, 4); !why.empty()) {
+    t_last_error = why;
+    return false;
+  }
+  TESSERA_CHECK(lse != nullptr, "attention_forward(cuda, bf16, cuDNN): lse is null (cuDNN writes it)");
+  GraphBuilder* g = plan_for(a, false);
+  if (!g) return false;
+  if (!execute(*g,
+               {{kQ, const_cast<uint16_t*>(q)},
+                {kK, const_cast<uint16_t*>(k)},
+                {kV, const_cast<uint16_t*>(v)},
+                {kO, o},
+                {kStats, lse}},
+               0, a.scale))
+    return false;
+  t_last_error.clear();
+  return true;
+}
+
+bool cudnn_attention_backward(const AttnArgs& a, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                              const uint16_t* o, const float* lse, const uint16_t* dout, uint16_t* dq,
+                              uint16_t* dk, uint16_t* dv) {
+  const void* ptrs[] = {q, k, v, o, dout, dq, dk, dv};
+  if (std::string why = cudnn_attention_unsupported(a, true, ptrs, 8); !why.empty()) {
+    t_last_error = why;
+    return false;
+  }
+  GraphBuilder* g = plan_for(a, true);
+  if (!g) return false;
+  if (!execute(*g,
+               {{kQ, const_cast<uint16_t*>(q)},
+                {kK, const_cast<uint16_t*>(k)},
+                {kV, const_cast<uint16_t*>(v)},
+                {kO, const_cast<uint16_t*>(o)},
+                {kDO, const_cast<uint16_t*>(dout)},
+                {kStats, const_cast<float*>(lse)},
+                {kDQ, dq},
+                {kDK, dk},
+                {kDV, dv}},
+               a.B * a.Hq * a.Tq, a.scale))
+    return false;
+  t_last_error.clear();
+  return true;
+}
+
+#else  // no cuDNN headers at build time
+
+std::string cudnn_unavailable_reason() {
+  return "tessera was built without cuDNN's headers (cudnn_graph.h)";
+}
+int64_t cudnn_loaded_version() {
+  return 0;
+}
+std::string cudnn_attention_graph_check(const AttnArgs&, bool) {
+  return cudnn_unavailable_reason();
+}
+bool cudnn_attention_forward(const AttnArgs&, const uint16_t*, const uint16_t*, const uint16_t*, uint16_t*,
+                             float*) {
+  t_last_error = cudnn_unavailable_reason();
+  return false;
+}
+bool cudnn_attention_backward(const AttnArgs&, const uint16_t*, const uint16_t*, const uint16_t*,
+                              const uint16_t*, const float*, const uint16_t*, uint16_t*, uint16_t*,
+                              uint16_t*) {
+  t_last_error = cudnn_unavailable_reason();
+  return false;
+}
+
+#endif
+
+}  // namespace tessera::cuda_detail

@@ -1,0 +1,69 @@
+// Internal to tessera::cuda, plain C++ (no CUDA types): cuDNN's fused attention (its FlashAttention-style
+// SDPA graphs, cuDNN 9) as a second implementation of the bf16 ops::attention_forward / attention_backward,
+// for the calls whose mask and layout it covers. The two are interchangeable (same o, lse, dq, dk, dv
+// contract: lse in natural-log units of the scaled scores; either backward reads either forward's o and lse),
+// and the project keeps whichever is faster for its shapes: `bench_cuda --only=attention` and
+// `model_cuda_step` time both in one run. cuDNN is loaded at run time (dlopen of libcudnn.so.9), so a machine
+// without it builds and runs everything else; every reason it cannot serve a call (not installed, a mask it
+// has no graph for, a layout, a graph its engines reject) is recorded and the call runs tessera's kernels.
+//
+// What cuDNN runs here (cuda/cudnn_attention.cpp builds the operation graphs with the backend API):
+//   forward:  causal (top-left: q_offset 0, Tq == Tk), GQA allowed; o and lse (cuDNN's "stats").
+//   backward: causal, Hq == Hkv; dq written directly (no fp32 dq accumulator: cuDNN's deterministic path).
+//   Dh == Dv, a multiple of 8 up to 128; token strides multiples of 8; 16-byte aligned pointers.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "launch_megalodon.hpp"  // AttnArgs
+
+namespace tessera::cuda_detail {
+
+/// Which implementation runs the bf16 attention ops: tessera's kernels (attention_bf16.cu) or cuDNN's.
+enum class AttnBf16Backend { Auto, Tessera, Cudnn };
+
+/// The backend named by a value of TESSERA_ATTN_BF16_BACKEND: "tessera" or "cudnn"; null or empty: Tessera.
+/// Anything else throws tessera::Error naming the variable.
+AttnBf16Backend parse_attention_bf16_backend(const char* value);
+
+/// Process-wide choice for the following calls; Auto (the initial state) means TESSERA_ATTN_BF16_BACKEND,
+/// read once, else Tessera. A Cudnn choice still runs tessera's kernels for calls cuDNN does not cover.
+void set_attention_bf16_backend(AttnBf16Backend b);
+AttnBf16Backend attention_bf16_backend();
+
+/// What the last bf16 attention forward or backward call on this thread ran (Tessera or Cudnn; Auto before
+/// any), for tests.
+AttnBf16Backend last_attention_bf16_backend();
+void note_attention_bf16_backend(AttnBf16Backend b);
+
+/// bf16 attention calls (forward and backward, all threads) run so far by `b` (Tessera or Cudnn).
+int64_t attention_bf16_calls(AttnBf16Backend b);
+
+/// "" when cuDNN's library is loaded and a handle can be made on the current device, else why not.
+std::string cudnn_unavailable_reason();
+
+/// The version of the loaded cuDNN (e.g. 91900), 0 when none is loaded.
+int64_t cudnn_loaded_version();
+
+/// Build this call's operation graph up to its operations, without a device or handle: "" when cuDNN accepts
+/// every tensor and operation descriptor (shapes, types, attributes), else cuDNN's complaint (or why the
+/// library is not loaded). The engine choice and the plan need a GPU.
+std::string cudnn_attention_graph_check(const AttnArgs& a, bool backward);
+
+/// "" when cuDNN's graphs cover this call (mask, dims, strides, alignment), else why not. `backward` adds the
+/// backward's conditions. Pointers: every tensor the call reads or writes.
+std::string cudnn_attention_unsupported(const AttnArgs& a, bool backward, const void* const* ptrs,
+                                        int n_ptrs);
+
+/// Run the call on cuDNN: true when it ran; false when it did not (nothing written), with the reason in
+/// last_cudnn_attention_error(). Arguments as attention_forward_bf16 / attention_backward_bf16 (validated).
+bool cudnn_attention_forward(const AttnArgs& a, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                             uint16_t* o, float* lse);
+bool cudnn_attention_backward(const AttnArgs& a, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                              const uint16_t* o, const float* lse, const uint16_t* dout, uint16_t* dq,
+                              uint16_t* dk, uint16_t* dv);
+
+/// Why the last cudnn_attention_* call on this thread returned false ("" after one that ran).
+std::string last_cudnn_attention_error();
+
+}  // namespace tessera::cuda_detail
