@@ -51,6 +51,7 @@ std::atomic<int> g_backend{static_cast<int>(AttnBf16Backend::Auto)};
 thread_local AttnBf16Backend t_last_backend = AttnBf16Backend::Auto;
 thread_local std::string t_last_error;
 std::atomic<int64_t> g_calls[2] = {0, 0};  // Tessera, Cudnn
+std::atomic<int> g_deterministic{-1};        // -1: the environment's choice
 
 }  // namespace
 
@@ -71,6 +72,24 @@ AttnBf16Backend attention_bf16_backend() {
   if (b != AttnBf16Backend::Auto) return b;
   static const AttnBf16Backend from_env =
       parse_attention_bf16_backend(std::getenv("TESSERA_ATTN_BF16_BACKEND"));
+  return from_env;
+}
+
+void set_cudnn_attention_deterministic(int deterministic) {
+  g_deterministic.store(deterministic);
+}
+
+bool cudnn_attention_deterministic() {
+  const int d = g_deterministic.load();
+  if (d >= 0) return d != 0;
+  static const bool from_env = [] {
+    const char* e = std::getenv("TESSERA_CUDNN_ATTN_DETERMINISTIC");
+    if (e == nullptr || *e == '\0') return true;
+    const std::string v(e);
+    if (v == "1") return true;
+    if (v == "0") return false;
+    throw Error(str("TESSERA_CUDNN_ATTN_DETERMINISTIC must be 0 or 1 (or unset), got \"", v, "\""));
+  }();
   return from_env;
 }
 
@@ -413,6 +432,7 @@ enum Uid : int64_t {
   kDK,
   kDV,
   kDsum,
+  kDqAcc,
   kScale,
   kNegInf,
   kOne,
@@ -482,7 +502,7 @@ std::unique_ptr<GraphBuilder> build_forward(cudnnHandle_t handle, const AttnArgs
 }
 
 /// The backward's operations; with a handle, also its plan.
-std::unique_ptr<GraphBuilder> build_backward(cudnnHandle_t handle, const AttnArgs& a) {
+std::unique_ptr<GraphBuilder> build_backward(cudnnHandle_t handle, const AttnArgs& a, bool deterministic) {
   auto g = std::make_unique<GraphBuilder>();
   const int64_t B = a.B, H = a.Hq, T = a.Tq;
   const Desc& q = g->tensor(kQ, CUDNN_DATA_BFLOAT16, bhsd(B, H, T, a.Dh), rows(T, a.q_stride, a.Dh), false);
@@ -541,10 +561,19 @@ std::unique_ptr<GraphBuilder> build_backward(cudnnHandle_t handle, const AttnArg
   g->reshape(ds, dst);
   g->matmul(dst, q, dk);
 
-  // dQ = dS K (K as [b, h, key, d] again, by a reshape of K^T), written directly: no fp32 accumulator.
+  // dQ = dS K (K as [b, h, key, d] again, by a reshape of K^T). Deterministic: written directly (cuDNN keeps
+  // dP in its workspace and gives every dq element one owner). Otherwise through an fp32 accumulator that
+  // cuDNN's kernels add into (atomics: the sum order, hence the rounding, varies between runs).
   const Desc& k = g->temp(CUDNN_DATA_BFLOAT16, bhsd(B, H, T, a.Dh), rows(T, a.k_stride, a.Dh));
   g->reshape(kt, k);
-  g->matmul(ds, k, dq);
+  if (deterministic) {
+    g->matmul(ds, k, dq);
+  } else {
+    const Desc& acc =
+        g->tensor(kDqAcc, CUDNN_DATA_FLOAT, bhsd(B, H, T, a.Dh), {H * T * a.Dh, T * a.Dh, a.Dh, 1}, false);
+    g->matmul(ds, k, acc);
+    g->pointwise(CUDNN_POINTWISE_IDENTITY, CUDNN_DATA_FLOAT, acc, nullptr, dq);
+  }
   if (handle) g->build(handle);
   return g;
 }
@@ -579,20 +608,20 @@ int current_device() {
   return dev;
 }
 
-std::vector<int64_t> key_of(const AttnArgs& a, bool backward, int device) {
-  return {backward, device, a.B,        a.Tq,       a.Tk,       a.Hq,       a.Hkv,
-          a.Dh,     a.Dv,   a.q_stride, a.k_stride, a.v_stride, a.o_stride, static_cast<int64_t>(a.mask)};
+std::vector<int64_t> key_of(const AttnArgs& a, bool backward, bool deterministic, int device) {
+  return {backward, deterministic, device, a.B, a.Tq, a.Tk, a.Hq, a.Hkv, a.Dh, a.Dv,
+          a.q_stride, a.k_stride, a.v_stride, a.o_stride, static_cast<int64_t>(a.mask)};
 }
 
 /// The plan for this call, built on first use; nullptr (reason in t_last_error, printed once per shape when
 /// cuDNN was asked for) when cuDNN cannot run it.
-GraphBuilder* plan_for(const AttnArgs& a, bool backward) {
+GraphBuilder* plan_for(const AttnArgs& a, bool backward, bool deterministic) {
   if (!api().error.empty()) {
     t_last_error = api().error;
     return nullptr;
   }
   const int device = current_device();
-  const auto key = key_of(a, backward, device);
+  const auto key = key_of(a, backward, deterministic, device);
   auto& st = state();
   if (auto it = st.plans.find(key); it != st.plans.end()) return it->second.get();
   if (auto it = st.refused.find(key); it != st.refused.end()) {
@@ -601,10 +630,10 @@ GraphBuilder* plan_for(const AttnArgs& a, bool backward) {
   }
   try {
     cudnnHandle_t h = handle_for(device);
-    auto g = backward ? build_backward(h, a) : build_forward(h, a);
+    auto g = backward ? build_backward(h, a, deterministic) : build_forward(h, a);
     return st.plans.emplace(key, std::move(g)).first->second.get();
   } catch (const CudnnFailure& f) {
-    const std::string why = str("cuDNN attention ", backward ? "backward" : "forward", " for B ", a.B, " T ",
+    const std::string why = str("cuDNN attention ", backward ? (deterministic ? "backward" : "backward (fp32 dq accumulator)") : "forward", " for B ", a.B, " T ",
                                 a.Tq, " H ", a.Hq, "/", a.Hkv, " D ", a.Dh, "/", a.Dv, ": ", f.what);
     st.refused.emplace(key, why);
     std::fprintf(stderr, "tessera: %s; tessera's kernels run this shape\n", why.c_str());
@@ -616,14 +645,21 @@ GraphBuilder* plan_for(const AttnArgs& a, bool backward) {
 /// Execute `g` with the given (uid, pointer) pairs plus its scalars, on a workspace from tessera's allocator
 /// (with the backward's Dsum buffer, `dsum_floats` > 0, carved from the same reservation).
 bool execute(GraphBuilder& g, std::vector<std::pair<int64_t, void*>> ptrs, int64_t dsum_floats,
-             double scale_value) {
+             int64_t dq_acc_floats, double scale_value) {
   const bool backward = dsum_floats > 0;
   float scale = static_cast<float>(scale_value), neg_inf = -std::numeric_limits<float>::infinity(), one = 1.f;
   DeviceScratch scratch;
   const size_t ws_bytes = DeviceScratch::bytes_for<char>(g.workspace());
-  scratch.reserve(ws_bytes + DeviceScratch::bytes_for<float>(dsum_floats));
+  scratch.reserve(ws_bytes + DeviceScratch::bytes_for<float>(dsum_floats) +
+                  DeviceScratch::bytes_for<float>(dq_acc_floats));
   void* ws = g.workspace() > 0 ? scratch.carve<char>(g.workspace()) : nullptr;
   if (dsum_floats > 0) ptrs.emplace_back(kDsum, scratch.carve<float>(dsum_floats));
+  if (dq_acc_floats > 0) {  // cuDNN 9.6 and later initialise the accumulator themselves
+    float* acc = scratch.carve<float>(dq_acc_floats);
+    if (api().version < 90600)
+      TESSERA_CUDA_CHECK(cudaMemsetAsync(acc, 0, static_cast<size_t>(dq_acc_floats) * sizeof(float), nullptr));
+    ptrs.emplace_back(kDqAcc, acc);
+  }
   ptrs.emplace_back(kScale, &scale);
   ptrs.emplace_back(kNegInf, &neg_inf);
   if (backward) ptrs.emplace_back(kOne, &one);
@@ -670,7 +706,8 @@ std::string cudnn_attention_graph_check(const AttnArgs& a, bool backward) {
   if (!api().error.empty()) return api().error;
   if (std::string why = cudnn_attention_unsupported(a, backward, nullptr, 0); !why.empty()) return why;
   try {
-    (void)(backward ? build_backward(nullptr, a) : build_forward(nullptr, a));
+    (void)(backward ? build_backward(nullptr, a, true) : build_forward(nullptr, a));
+    if (backward) (void)build_backward(nullptr, a, false);
   } catch (const CudnnFailure& f) {
     return f.what;
   }
@@ -685,7 +722,7 @@ bool cudnn_attention_forward(const AttnArgs& a, const uint16_t* q, const uint16_
     return false;
   }
   TESSERA_CHECK(lse != nullptr, "attention_forward(cuda, bf16, cuDNN): lse is null (cuDNN writes it)");
-  GraphBuilder* g = plan_for(a, false);
+  GraphBuilder* g = plan_for(a, false, true);
   if (!g) return false;
   if (!execute(*g,
                {{kQ, const_cast<uint16_t*>(q)},
@@ -693,7 +730,7 @@ bool cudnn_attention_forward(const AttnArgs& a, const uint16_t* q, const uint16_
                 {kV, const_cast<uint16_t*>(v)},
                 {kO, o},
                 {kStats, lse}},
-               0, a.scale))
+               0, 0, a.scale))
     return false;
   t_last_error.clear();
   return true;
@@ -707,7 +744,8 @@ bool cudnn_attention_backward(const AttnArgs& a, const uint16_t* q, const uint16
     t_last_error = why;
     return false;
   }
-  GraphBuilder* g = plan_for(a, true);
+  const bool det = cudnn_attention_deterministic();
+  GraphBuilder* g = plan_for(a, true, det);
   if (!g) return false;
   if (!execute(*g,
                {{kQ, const_cast<uint16_t*>(q)},
@@ -719,7 +757,7 @@ bool cudnn_attention_backward(const AttnArgs& a, const uint16_t* q, const uint16
                 {kDQ, dq},
                 {kDK, dk},
                 {kDV, dv}},
-               a.B * a.Hq * a.Tq, a.scale))
+               a.B * a.Hq * a.Tq, det ? 0 : a.B * a.Hq * a.Tq * a.Dh, a.scale))
     return false;
   t_last_error.clear();
   return true;

@@ -9,7 +9,8 @@
 //
 // What cuDNN runs here (cuda/cudnn_attention.cpp builds the operation graphs with the backend API):
 //   forward:  causal (top-left: q_offset 0, Tq == Tk), GQA allowed; o and lse (cuDNN's "stats").
-//   backward: causal, Hq == Hkv; dq written directly (no fp32 dq accumulator: cuDNN's deterministic path).
+//   backward: causal, Hq == Hkv; dq written directly (no fp32 dq accumulator: cuDNN's deterministic path;
+//             TESSERA_CUDNN_ATTN_DETERMINISTIC=0 builds the accumulator graph instead).
 //   Dh == Dv, a multiple of 8 up to 128; token strides multiples of 8; 16-byte aligned pointers.
 #pragma once
 #include <cstdint>
@@ -38,6 +39,13 @@ void note_attention_bf16_backend(AttnBf16Backend b);
 
 /// bf16 attention calls (forward and backward, all threads) run so far by `b` (Tessera or Cudnn).
 int64_t attention_bf16_calls(AttnBf16Backend b);
+
+/// Whether cuDNN's backward is built deterministic (the default: dq written directly, bitwise reproducible)
+/// or with cuDNN's fp32 dq accumulator (atomic adds: the last bits vary between runs). The accumulator graph
+/// is what cuDNN's frontend builds by default; TESSERA_CUDNN_ATTN_DETERMINISTIC=0 or the setter (1 / 0; -1:
+/// back to the environment's) chooses it, for the benchmark's A/B.
+void set_cudnn_attention_deterministic(int deterministic);
+bool cudnn_attention_deterministic();
 
 /// "" when cuDNN's library is loaded and a handle can be made on the current device, else why not.
 std::string cudnn_unavailable_reason();

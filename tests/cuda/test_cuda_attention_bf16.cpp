@@ -702,6 +702,13 @@ TEST_F(CudaAttentionBf16, CudnnMatchesCpuWhereItRuns) {
   EXPECT_EQ(cuda_detail::last_attention_bf16_backend(), AttnBf16Backend::Cudnn)
       << cuda_detail::last_cudnn_attention_error();
 
+  // The backward with cuDNN's fp32 dq accumulator (not bitwise reproducible: no repeat check).
+  cuda_detail::set_cudnn_attention_deterministic(0);
+  check("cudnn causal Dh=128 T=200, dq accumulator", dims(1, 200, 200, 2, 2, 128, 0, 0, 8), mask::Causal{}, rng);
+  cuda_detail::set_cudnn_attention_deterministic(-1);
+  EXPECT_EQ(cuda_detail::last_attention_bf16_backend(), AttnBf16Backend::Cudnn)
+      << cuda_detail::last_cudnn_attention_error();
+
   // GQA: the forward on cuDNN, the backward on tessera's kernels (reading cuDNN's o and lse).
   {
     const auto d = dims(1, 130, 130, 4, 2, 64, 0, 0, 0);
