@@ -4,7 +4,8 @@
 // kept. The graphs are the ones cuDNN's fused flash-attention engines are written for (the decomposition that
 // NVIDIA's cudnn-frontend emits for SDPA with a causal mask):
 //
-//   forward:  S = Q K^T; S *= scale; S = (row >= col) ? S : -inf; M = rowmax S; E = exp(S - M);
+//   forward:  S = Q K^T; S *= scale; S = (row >= col) ? S : -inf (a sliding window of W keys also:
+//             (col + W > row) ? S : -inf); M = rowmax S; E = exp(S - M);
 //             Z = rowsum E; stats = M + log Z (= lse); P = E / Z (bf16); O = P V.
 //   backward: Dsum = rowsum(dO * O) (fp32, written to a buffer the engine reads back); S as above, then
 //             P = exp(S - stats) (masked to -inf before the exp); dV = P^T dO (P^T in bf16);
@@ -114,7 +115,8 @@ std::string last_cudnn_attention_error() {
 
 std::string cudnn_attention_unsupported(const AttnArgs& a, bool backward, const void* const* ptrs,
                                         int n_ptrs) {
-  if (a.mask != AttnMask::Causal) return "mask is not causal (cuDNN graphs here: causal only)";
+  if (a.mask != AttnMask::Causal && a.mask != AttnMask::SlidingWindow)
+    return "mask is neither causal nor a sliding window (cuDNN graphs here: those two)";
   if (a.q_offset != 0 || a.Tq != a.Tk)
     return str("causal with q_offset ", a.q_offset, ", Tq ", a.Tq, ", Tk ", a.Tk,
                " (cuDNN graphs here: q_offset 0 and Tq == Tk)");
@@ -436,6 +438,7 @@ enum Uid : int64_t {
   kScale,
   kNegInf,
   kOne,
+  kWindow,
 };
 
 Dims bhsd(int64_t B, int64_t H, int64_t T, int64_t D) {
@@ -463,6 +466,25 @@ const Desc& causal(GraphBuilder& g, const Desc& s, const Desc& neg_inf, Dims sd,
   return out;
 }
 
+/// The call's mask on the scores: causal, and for a sliding window of W keys also its left edge,
+/// (col + W > row) ? s : -inf (W a by-value fp32 scalar: exact below 2^24).
+const Desc& apply_mask(GraphBuilder& g, const AttnArgs& a, const Desc& s, const Desc& neg_inf, Dims sd, Dims ss) {
+  const Desc& c = causal(g, s, neg_inf, sd, ss);
+  if (a.mask != AttnMask::SlidingWindow) return c;
+  const Desc& w = g.scalar(kWindow);
+  const Desc& row = g.temp(CUDNN_DATA_INT32, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_FLOAT, c, nullptr, row, nullptr, 2);
+  const Desc& col = g.temp(CUDNN_DATA_INT32, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_FLOAT, c, nullptr, col, nullptr, 3);
+  const Desc& colw = g.temp(CUDNN_DATA_FLOAT, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_ADD, CUDNN_DATA_FLOAT, col, &w, colw, nullptr, 3);
+  const Desc& keep = g.temp(CUDNN_DATA_BOOLEAN, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_CMP_GT, CUDNN_DATA_BOOLEAN, colw, &row, keep);
+  const Desc& out = g.temp(CUDNN_DATA_FLOAT, sd, ss);
+  g.pointwise(CUDNN_POINTWISE_BINARY_SELECT, CUDNN_DATA_FLOAT, c, &neg_inf, out, &keep);
+  return out;
+}
+
 /// The forward's operations; with a handle, also its plan (without one: only the descriptors, which cuDNN
 /// checks without a device).
 std::unique_ptr<GraphBuilder> build_forward(cudnnHandle_t handle, const AttnArgs& a) {
@@ -482,7 +504,7 @@ std::unique_ptr<GraphBuilder> build_forward(cudnnHandle_t handle, const AttnArgs
   g->matmul(q, kt, s);
   const Desc& s1 = g->temp(CUDNN_DATA_FLOAT, sd, ss);
   g->pointwise(CUDNN_POINTWISE_MUL, CUDNN_DATA_FLOAT, s, &scale, s1);
-  const Desc& s2 = causal(*g, s1, neg_inf, sd, ss);
+  const Desc& s2 = apply_mask(*g, a, s1, neg_inf, sd, ss);
   const Desc& mx = g->temp(CUDNN_DATA_FLOAT, rd, rs);
   g->reduction(CUDNN_REDUCE_TENSOR_MAX, s2, mx);
   const Desc& sub = g->temp(CUDNN_DATA_FLOAT, sd, ss);
@@ -537,7 +559,7 @@ std::unique_ptr<GraphBuilder> build_backward(cudnnHandle_t handle, const AttnArg
   g->pointwise(CUDNN_POINTWISE_MUL, CUDNN_DATA_FLOAT, s, &scale, s1);
   const Desc& s2 = g->temp(CUDNN_DATA_FLOAT, sd, ss);
   g->pointwise(CUDNN_POINTWISE_SUB, CUDNN_DATA_FLOAT, s1, &stats, s2);
-  const Desc& s3 = causal(*g, s2, neg_inf, sd, ss);
+  const Desc& s3 = apply_mask(*g, a, s2, neg_inf, sd, ss);
   const Desc& p = g->temp(CUDNN_DATA_FLOAT, sd, ss);
   g->pointwise(CUDNN_POINTWISE_EXP, CUDNN_DATA_FLOAT, s3, nullptr, p);
 
@@ -644,10 +666,11 @@ GraphBuilder* plan_for(const AttnArgs& a, bool backward, bool deterministic) {
 
 /// Execute `g` with the given (uid, pointer) pairs plus its scalars, on a workspace from tessera's allocator
 /// (with the backward's Dsum buffer, `dsum_floats` > 0, carved from the same reservation).
-bool execute(GraphBuilder& g, std::vector<std::pair<int64_t, void*>> ptrs, int64_t dsum_floats,
-             int64_t dq_acc_floats, double scale_value) {
+bool execute(GraphBuilder& g, const AttnArgs& a, std::vector<std::pair<int64_t, void*>> ptrs,
+             int64_t dsum_floats, int64_t dq_acc_floats) {
   const bool backward = dsum_floats > 0;
-  float scale = static_cast<float>(scale_value), neg_inf = -std::numeric_limits<float>::infinity(), one = 1.f;
+  float scale = static_cast<float>(a.scale), neg_inf = -std::numeric_limits<float>::infinity(), one = 1.f,
+        window = static_cast<float>(a.mask_param);
   DeviceScratch scratch;
   const size_t ws_bytes = DeviceScratch::bytes_for<char>(g.workspace());
   scratch.reserve(ws_bytes + DeviceScratch::bytes_for<float>(dsum_floats) +
@@ -663,6 +686,7 @@ bool execute(GraphBuilder& g, std::vector<std::pair<int64_t, void*>> ptrs, int64
   ptrs.emplace_back(kScale, &scale);
   ptrs.emplace_back(kNegInf, &neg_inf);
   if (backward) ptrs.emplace_back(kOne, &one);
+  if (a.mask == AttnMask::SlidingWindow) ptrs.emplace_back(kWindow, &window);
   std::vector<int64_t> uids;
   std::vector<void*> data;
   for (auto& [u, p] : ptrs) {
@@ -724,13 +748,13 @@ bool cudnn_attention_forward(const AttnArgs& a, const uint16_t* q, const uint16_
   TESSERA_CHECK(lse != nullptr, "attention_forward(cuda, bf16, cuDNN): lse is null (cuDNN writes it)");
   GraphBuilder* g = plan_for(a, false, true);
   if (!g) return false;
-  if (!execute(*g,
+  if (!execute(*g, a,
                {{kQ, const_cast<uint16_t*>(q)},
                 {kK, const_cast<uint16_t*>(k)},
                 {kV, const_cast<uint16_t*>(v)},
                 {kO, o},
                 {kStats, lse}},
-               0, 0, a.scale))
+               0, 0))
     return false;
   t_last_error.clear();
   return true;
@@ -747,7 +771,7 @@ bool cudnn_attention_backward(const AttnArgs& a, const uint16_t* q, const uint16
   const bool det = cudnn_attention_deterministic();
   GraphBuilder* g = plan_for(a, true, det);
   if (!g) return false;
-  if (!execute(*g,
+  if (!execute(*g, a,
                {{kQ, const_cast<uint16_t*>(q)},
                 {kK, const_cast<uint16_t*>(k)},
                 {kV, const_cast<uint16_t*>(v)},
@@ -757,7 +781,7 @@ bool cudnn_attention_backward(const AttnArgs& a, const uint16_t* q, const uint16
                 {kDQ, dq},
                 {kDK, dk},
                 {kDV, dv}},
-               a.B * a.Hq * a.Tq, det ? 0 : a.B * a.Hq * a.Tq * a.Dh, a.scale))
+               a.B * a.Hq * a.Tq, det ? 0 : a.B * a.Hq * a.Tq * a.Dh))
     return false;
   t_last_error.clear();
   return true;

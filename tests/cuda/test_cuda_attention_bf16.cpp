@@ -637,7 +637,10 @@ TEST(CudaAttentionBf16Backend, ParsingAndCoverage) {
   };
   auto w = a;
   w.mask = cuda_detail::AttnMask::SlidingWindow, w.mask_param = 512;
-  refused(w, false, "mask");
+  EXPECT_EQ(cuda_detail::cudnn_attention_unsupported(w, true, ok, 4), "") << "sliding windows are covered";
+  auto chunk = a;
+  chunk.mask = cuda_detail::AttnMask::ChunkLocal, chunk.mask_param = 2048;
+  refused(chunk, false, "mask");
   auto off = a;
   off.q_offset = 7, off.Tq = 1;
   refused(off, false, "q_offset");
@@ -678,6 +681,9 @@ TEST(CudaAttentionBf16Backend, CudnnOperationDescriptorsFinalize) {
   s.B = 2, s.Tq = s.Tk = 80, s.Hq = 4, s.Hkv = 2, s.Dh = s.Dv = 64;
   s.q_stride = 4 * 64 + 8, s.k_stride = s.v_stride = 2 * 64 + 8, s.o_stride = 4 * 64, s.scale = 0.125;
   EXPECT_EQ(cuda_detail::cudnn_attention_graph_check(s, false), "") << "forward, GQA 4/2, padded rows";
+  a.mask = cuda_detail::AttnMask::SlidingWindow, a.mask_param = 512;  // BLT's local layers
+  EXPECT_EQ(cuda_detail::cudnn_attention_graph_check(a, false), "") << "forward, window 512";
+  EXPECT_EQ(cuda_detail::cudnn_attention_graph_check(a, true), "") << "backward, window 512";
 }
 
 // cuDNN's graphs against the fp32 CPU op (the same tolerances as tessera's kernels: the same contract of
@@ -731,9 +737,20 @@ TEST_F(CudaAttentionBf16, CudnnMatchesCpuWhereItRuns) {
   EXPECT_NE(cuda_detail::last_cudnn_attention_error().find("Hq != Hkv"), std::string::npos)
       << cuda_detail::last_cudnn_attention_error();
 
-  // Outside cuDNN's graphs here: tessera's kernels, within the same tolerances.
-  check("cudnn asked, window 24 (tessera)", dims(1, 150, 150, 2, 2, 64, 0, 0, 0), mask::SlidingWindow{24},
+  // Sliding windows (BLT's local layers): the window crosses cuDNN's tiles; W = 1 sees only the diagonal.
+  check("cudnn window 24 Dh=64 T=150", dims(1, 150, 150, 2, 2, 64, 0, 0, 0), mask::SlidingWindow{24}, rng, true);
+  EXPECT_EQ(cuda_detail::last_attention_bf16_backend(), AttnBf16Backend::Cudnn)
+      << cuda_detail::last_cudnn_attention_error();
+  check("cudnn window 70 Dh=128 T=260 pad 8", dims(2, 260, 260, 2, 2, 128, 0, 0, 8), mask::SlidingWindow{70},
         rng);
+  EXPECT_EQ(cuda_detail::last_attention_bf16_backend(), AttnBf16Backend::Cudnn)
+      << cuda_detail::last_cudnn_attention_error();
+  check("cudnn window 1 Dh=64 T=40", dims(1, 40, 40, 2, 2, 64, 0, 0, 0), mask::SlidingWindow{1}, rng);
+  EXPECT_EQ(cuda_detail::last_attention_bf16_backend(), AttnBf16Backend::Cudnn)
+      << cuda_detail::last_cudnn_attention_error();
+
+  // Outside cuDNN's graphs here: tessera's kernels, within the same tolerances.
+  check("cudnn asked, chunk 16 (tessera)", dims(1, 100, 100, 2, 2, 64, 0, 0, 0), mask::ChunkLocal{16}, rng);
   EXPECT_EQ(cuda_detail::last_attention_bf16_backend(), AttnBf16Backend::Tessera);
   EXPECT_NE(cuda_detail::last_cudnn_attention_error().find("mask"), std::string::npos)
       << cuda_detail::last_cudnn_attention_error();
