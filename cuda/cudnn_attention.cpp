@@ -726,6 +726,26 @@ int64_t cudnn_loaded_version() {
   return api().error.empty() ? api().version : 0;
 }
 
+std::string cudnn_device_properties_json() {
+  if (!api().error.empty()) return "";
+  try {
+    Desc prop(CUDNN_BACKEND_DEVICEPROP_DESCRIPTOR, "cuDNN device properties");
+    const int32_t device = current_device();
+    prop.set(CUDNN_ATTR_DEVICEPROP_DEVICE_ID, CUDNN_TYPE_INT32, device).finalize();
+    int64_t n = 0;
+    check(api().get_attr(prop.get(), CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION, CUDNN_TYPE_CHAR, 0, &n, nullptr),
+          "cuDNN device properties size");
+    std::string json(static_cast<size_t>(n), '\0');
+    check(api().get_attr(prop.get(), CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION, CUDNN_TYPE_CHAR, n, &n, json.data()),
+          "cuDNN device properties");
+    json.resize(static_cast<size_t>(n));
+    while (!json.empty() && json.back() == '\0') json.pop_back();
+    return json;
+  } catch (const CudnnFailure&) {
+    return "";
+  }
+}
+
 std::string cudnn_attention_graph_check(const AttnArgs& a, bool backward) {
   if (!api().error.empty()) return api().error;
   if (std::string why = cudnn_attention_unsupported(a, backward, nullptr, 0); !why.empty()) return why;
@@ -797,6 +817,9 @@ int64_t cudnn_loaded_version() {
 }
 std::string cudnn_attention_graph_check(const AttnArgs&, bool) {
   return cudnn_unavailable_reason();
+}
+std::string cudnn_device_properties_json() {
+  return "";
 }
 bool cudnn_attention_forward(const AttnArgs&, const uint16_t*, const uint16_t*, const uint16_t*, uint16_t*,
                              float*) {

@@ -59,6 +59,10 @@ int64_t cudnn_loaded_version();
 /// library is not loaded). The engine choice and the plan need a GPU.
 std::string cudnn_attention_graph_check(const AttnArgs& a, bool backward);
 
+/// cuDNN's description of the current GPU (CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION, cuDNN 9.8 and later),
+/// "" where there is none: what cuDNN's device-less graph building for that GPU starts from.
+std::string cudnn_device_properties_json();
+
 /// "" when cuDNN's graphs cover this call (mask, dims, strides, alignment), else why not. `backward` adds the
 /// backward's conditions. Pointers: every tensor the call reads or writes.
 std::string cudnn_attention_unsupported(const AttnArgs& a, bool backward, const void* const* ptrs,

@@ -695,6 +695,8 @@ TEST_F(CudaAttentionBf16, CudnnMatchesCpuWhereItRuns) {
   const std::string why = cuda_detail::cudnn_unavailable_reason();
   if (!why.empty()) GTEST_SKIP() << "cuDNN cannot run here: " << why;
   std::printf("  cuDNN %lld\n", static_cast<long long>(cuda_detail::cudnn_loaded_version()));
+  // This GPU as cuDNN describes it (kept from a GPU run, it lets cuDNN build plans for this GPU elsewhere).
+  std::printf("  cuDNN device properties: %s\n", cuda_detail::cudnn_device_properties_json().c_str());
   const BackendChoice c(AttnBf16Backend::Cudnn);
   Rng rng(71);
   // Forward and backward on cuDNN; repeat: the backward must be bitwise deterministic (no fp32 dq atomics).
