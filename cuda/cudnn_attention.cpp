@@ -348,13 +348,16 @@ class GraphBuilder {
 
   /// The operation graph, the heuristics' engine configurations (mode A, then the fallback list) and the
   /// first execution plan that finalizes. Throws CudnnFailure naming what rejected the graph.
-  void build(cudnnHandle_t handle) {
+  /// Device-less (`handle` null, `device` a finalized device-properties descriptor): the same, for the GPU
+  /// that descriptor describes, without one (cuDNN 9.8 and later); the plan cannot run.
+  void build(cudnnHandle_t handle, const Desc* device = nullptr) {
     std::vector<cudnnBackendDescriptor_t> ops;
     for (const auto& o : ops_) ops.push_back(o.get());
     Desc graph(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, "cuDNN operation graph");
-    graph.set(CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, handle)
-        .set_many(CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                  static_cast<int64_t>(ops.size()), ops.data())
+    if (handle) graph.set(CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, handle);
+    graph
+        .set_many(CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, static_cast<int64_t>(ops.size()),
+                  ops.data())
         .finalize();
     std::string rejected;
     for (cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
@@ -362,8 +365,9 @@ class GraphBuilder {
       try {
         Desc heur(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR, "cuDNN engine heuristics");
         heur.desc(CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, graph)
-            .set(CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, mode)
-            .finalize();
+            .set(CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, mode);
+        if (device) heur.desc(CUDNN_ATTR_ENGINEHEUR_DEVICEPROP, *device);
+        heur.finalize();
         int64_t count = 0;
         check(api().get_attr(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0,
                              &count, nullptr),
@@ -382,6 +386,8 @@ class GraphBuilder {
                              &got, raw.data()),
               "cuDNN heuristics results");
         cfgs.resize(static_cast<size_t>(got));
+        if (got <= 0) rejected += str(rejected.empty() ? "" : "; ", "heuristics mode ", int(mode), ": ", count,
+                                      " engine(s) announced, none returned");
       } catch (const CudnnFailure& f) {
         rejected += str(rejected.empty() ? "" : "; ", f.what);
         continue;
@@ -389,9 +395,8 @@ class GraphBuilder {
       for (auto& cfg : cfgs) {
         try {
           Desc plan(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, "cuDNN execution plan");
-          plan.set(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, handle)
-              .desc(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, cfg)
-              .finalize();
+          if (handle) plan.set(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, handle);
+          plan.desc(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, cfg).finalize();
           int64_t ws = 0, n = 0;
           check(api().get_attr(plan.get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1, &n,
                                &ws),
@@ -746,6 +751,25 @@ std::string cudnn_device_properties_json() {
   }
 }
 
+std::string cudnn_attention_plan_check(const AttnArgs& a, bool backward, const std::string& device_json,
+                                       int64_t* workspace) {
+  if (!api().error.empty()) return api().error;
+  if (std::string why = cudnn_attention_unsupported(a, backward, nullptr, 0); !why.empty()) return why;
+  try {
+    Desc device(CUDNN_BACKEND_DEVICEPROP_DESCRIPTOR, "cuDNN device properties");
+    device
+        .set_many(CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION, CUDNN_TYPE_CHAR,
+                  static_cast<int64_t>(device_json.size()), device_json.data())
+        .finalize();
+    auto g = backward ? build_backward(nullptr, a, cudnn_attention_deterministic()) : build_forward(nullptr, a);
+    g->build(nullptr, &device);
+    if (workspace) *workspace = g->workspace();
+  } catch (const CudnnFailure& f) {
+    return f.what;
+  }
+  return "";
+}
+
 std::string cudnn_attention_graph_check(const AttnArgs& a, bool backward) {
   if (!api().error.empty()) return api().error;
   if (std::string why = cudnn_attention_unsupported(a, backward, nullptr, 0); !why.empty()) return why;
@@ -820,6 +844,9 @@ std::string cudnn_attention_graph_check(const AttnArgs&, bool) {
 }
 std::string cudnn_device_properties_json() {
   return "";
+}
+std::string cudnn_attention_plan_check(const AttnArgs&, bool, const std::string&, int64_t*) {
+  return cudnn_unavailable_reason();
 }
 bool cudnn_attention_forward(const AttnArgs&, const uint16_t*, const uint16_t*, const uint16_t*, uint16_t*,
                              float*) {

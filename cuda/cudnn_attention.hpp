@@ -59,6 +59,13 @@ int64_t cudnn_loaded_version();
 /// library is not loaded). The engine choice and the plan need a GPU.
 std::string cudnn_attention_graph_check(const AttnArgs& a, bool backward);
 
+/// Build this call's graph, engine choice and execution plan for the GPU that `device_json` describes (what
+/// cudnn_device_properties_json returns there), without a GPU or handle (cuDNN 9.8 and later): "" when
+/// cuDNN's heuristics find an engine that takes the graph and its plan finalizes (its workspace in
+/// `workspace`), else cuDNN's complaints. The plan is not run.
+std::string cudnn_attention_plan_check(const AttnArgs& a, bool backward, const std::string& device_json,
+                                       int64_t* workspace = nullptr);
+
 /// cuDNN's description of the current GPU (CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION, cuDNN 9.8 and later),
 /// "" where there is none: what cuDNN's device-less graph building for that GPU starts from.
 std::string cudnn_device_properties_json();
