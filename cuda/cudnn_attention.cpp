@@ -610,7 +610,14 @@ struct ThreadState {
   std::map<int, cudnnHandle_t> handles;  // never destroyed: a handle may outlive the CUDA context at exit
   std::map<std::vector<int64_t>, std::unique_ptr<GraphBuilder>> plans;
   std::map<std::vector<int64_t>, std::string> refused;
+  std::map<std::vector<int64_t>, int> family_plans;  // plans built per family: the key without B, Tq, Tk
 };
+
+/// Plans one family (the same heads, head dims, strides, mask and direction; any B and T) may build. A
+/// fused-attention plan compiles its kernel when it is built (about a second of CPU; cuDNN's SDPA backward
+/// engines take no dynamic shapes), so inputs whose length changes at every step (BLT's patch counts) would
+/// compile at every step: past this many lengths a family's new shapes run tessera's kernels.
+constexpr int kPlansPerFamily = 8;
 
 ThreadState& state() {
   thread_local ThreadState s;
@@ -655,6 +662,18 @@ GraphBuilder* plan_for(const AttnArgs& a, bool backward, bool deterministic) {
     t_last_error = it->second;
     return nullptr;
   }
+  auto family = key;
+  family[3] = family[4] = family[5] = 0;  // B, Tq, Tk
+  if (st.family_plans[family] >= kPlansPerFamily) {
+    const std::string why =
+        str("cuDNN attention: ", kPlansPerFamily, " lengths of this shape family have plans already",
+            " (each compiles its kernel); tessera's kernels run new lengths");
+    if (st.refused.size() < 10000) st.refused.emplace(key, why);
+    if (st.family_plans[family]++ == kPlansPerFamily) std::fprintf(stderr, "tessera: %s\n", why.c_str());
+    t_last_error = why;
+    return nullptr;
+  }
+  ++st.family_plans[family];  // attempts count: a graph the engines refuse costs its heuristics too
   try {
     cudnnHandle_t h = handle_for(device);
     auto g = backward ? build_backward(h, a, deterministic) : build_forward(h, a);
