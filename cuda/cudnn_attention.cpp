@@ -52,7 +52,7 @@ std::atomic<int> g_backend{static_cast<int>(AttnBf16Backend::Auto)};
 thread_local AttnBf16Backend t_last_backend = AttnBf16Backend::Auto;
 thread_local std::string t_last_error;
 std::atomic<int64_t> g_calls[2] = {0, 0};  // Tessera, Cudnn
-std::atomic<int> g_deterministic{-1};        // -1: the environment's choice
+std::atomic<int> g_deterministic{-1};      // -1: the environment's choice
 
 }  // namespace
 
@@ -356,8 +356,8 @@ class GraphBuilder {
     Desc graph(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR, "cuDNN operation graph");
     if (handle) graph.set(CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, handle);
     graph
-        .set_many(CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, static_cast<int64_t>(ops.size()),
-                  ops.data())
+        .set_many(CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                  static_cast<int64_t>(ops.size()), ops.data())
         .finalize();
     std::string rejected;
     for (cudnnBackendHeurMode_t mode : {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK}) {
@@ -386,8 +386,9 @@ class GraphBuilder {
                              &got, raw.data()),
               "cuDNN heuristics results");
         cfgs.resize(static_cast<size_t>(got));
-        if (got <= 0) rejected += str(rejected.empty() ? "" : "; ", "heuristics mode ", int(mode), ": ", count,
-                                      " engine(s) announced, none returned");
+        if (got <= 0)
+          rejected += str(rejected.empty() ? "" : "; ", "heuristics mode ", int(mode), ": ", count,
+                          " engine(s) announced, none returned");
       } catch (const CudnnFailure& f) {
         rejected += str(rejected.empty() ? "" : "; ", f.what);
         continue;
@@ -473,7 +474,8 @@ const Desc& causal(GraphBuilder& g, const Desc& s, const Desc& neg_inf, Dims sd,
 
 /// The call's mask on the scores: causal, and for a sliding window of W keys also its left edge,
 /// (col + W > row) ? s : -inf (W a by-value fp32 scalar: exact below 2^24).
-const Desc& apply_mask(GraphBuilder& g, const AttnArgs& a, const Desc& s, const Desc& neg_inf, Dims sd, Dims ss) {
+const Desc& apply_mask(GraphBuilder& g, const AttnArgs& a, const Desc& s, const Desc& neg_inf, Dims sd,
+                       Dims ss) {
   const Desc& c = causal(g, s, neg_inf, sd, ss);
   if (a.mask != AttnMask::SlidingWindow) return c;
   const Desc& w = g.scalar(kWindow);
@@ -643,8 +645,9 @@ int current_device() {
 }
 
 std::vector<int64_t> key_of(const AttnArgs& a, bool backward, bool deterministic, int device) {
-  return {backward, deterministic, device, a.B, a.Tq, a.Tk, a.Hq, a.Hkv, a.Dh, a.Dv,
-          a.q_stride, a.k_stride, a.v_stride, a.o_stride, static_cast<int64_t>(a.mask)};
+  return {backward,   deterministic, device,     a.B,        a.Tq,
+          a.Tk,       a.Hq,          a.Hkv,      a.Dh,       a.Dv,
+          a.q_stride, a.k_stride,    a.v_stride, a.o_stride, static_cast<int64_t>(a.mask)};
 }
 
 /// The plan for this call, built on first use; nullptr (reason in t_last_error, printed once per shape when
@@ -679,8 +682,9 @@ GraphBuilder* plan_for(const AttnArgs& a, bool backward, bool deterministic) {
     auto g = backward ? build_backward(h, a, deterministic) : build_forward(h, a);
     return st.plans.emplace(key, std::move(g)).first->second.get();
   } catch (const CudnnFailure& f) {
-    const std::string why = str("cuDNN attention ", backward ? (deterministic ? "backward" : "backward (fp32 dq accumulator)") : "forward", " for B ", a.B, " T ",
-                                a.Tq, " H ", a.Hq, "/", a.Hkv, " D ", a.Dh, "/", a.Dv, ": ", f.what);
+    const char* what = !backward ? "forward" : deterministic ? "backward" : "backward (fp32 dq accumulator)";
+    const std::string why = str("cuDNN attention ", what, " for B ", a.B, " T ", a.Tq, " H ", a.Hq, "/",
+                                a.Hkv, " D ", a.Dh, "/", a.Dv, ": ", f.what);
     st.refused.emplace(key, why);
     std::fprintf(stderr, "tessera: %s; tessera's kernels run this shape\n", why.c_str());
     t_last_error = why;
@@ -704,7 +708,8 @@ bool execute(GraphBuilder& g, const AttnArgs& a, std::vector<std::pair<int64_t, 
   if (dq_acc_floats > 0) {  // cuDNN 9.6 and later initialise the accumulator themselves
     float* acc = scratch.carve<float>(dq_acc_floats);
     if (api().version < 90600)
-      TESSERA_CUDA_CHECK(cudaMemsetAsync(acc, 0, static_cast<size_t>(dq_acc_floats) * sizeof(float), nullptr));
+      TESSERA_CUDA_CHECK(
+          cudaMemsetAsync(acc, 0, static_cast<size_t>(dq_acc_floats) * sizeof(float), nullptr));
     ptrs.emplace_back(kDqAcc, acc);
   }
   ptrs.emplace_back(kScale, &scale);
@@ -757,10 +762,12 @@ std::string cudnn_device_properties_json() {
     const int32_t device = current_device();
     prop.set(CUDNN_ATTR_DEVICEPROP_DEVICE_ID, CUDNN_TYPE_INT32, device).finalize();
     int64_t n = 0;
-    check(api().get_attr(prop.get(), CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION, CUDNN_TYPE_CHAR, 0, &n, nullptr),
+    check(api().get_attr(prop.get(), CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION, CUDNN_TYPE_CHAR, 0, &n,
+                         nullptr),
           "cuDNN device properties size");
     std::string json(static_cast<size_t>(n), '\0');
-    check(api().get_attr(prop.get(), CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION, CUDNN_TYPE_CHAR, n, &n, json.data()),
+    check(api().get_attr(prop.get(), CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION, CUDNN_TYPE_CHAR, n, &n,
+                         json.data()),
           "cuDNN device properties");
     json.resize(static_cast<size_t>(n));
     while (!json.empty() && json.back() == '\0') json.pop_back();
@@ -780,7 +787,8 @@ std::string cudnn_attention_plan_check(const AttnArgs& a, bool backward, const s
         .set_many(CUDNN_ATTR_DEVICEPROP_JSON_REPRESENTATION, CUDNN_TYPE_CHAR,
                   static_cast<int64_t>(device_json.size()), device_json.data())
         .finalize();
-    auto g = backward ? build_backward(nullptr, a, cudnn_attention_deterministic()) : build_forward(nullptr, a);
+    auto g =
+        backward ? build_backward(nullptr, a, cudnn_attention_deterministic()) : build_forward(nullptr, a);
     g->build(nullptr, &device);
     if (workspace) *workspace = g->workspace();
   } catch (const CudnnFailure& f) {

@@ -2,15 +2,16 @@
 // WITHOUT a GPU: cuDNN (9.8 and later) builds graphs, runs its heuristics and compiles the chosen engine's
 // kernels for the GPU a device-properties descriptor describes. Each graph is built for the H200 of
 // tests/fixtures/cudnn/h200_deviceprop.json; the check passes when cuDNN's heuristics return an engine for it
-// and the engine's kernel compiles, i.e. when the plan fails at nothing but loading that kernel into a driver.
+// and the engine's kernel compiles, i.e. when the plan fails at nothing but loading that kernel into a
+// driver.
 //
 // On a machine without an NVIDIA driver cuDNN refuses to compile at all (it needs libcuda's symbols), so the
-// test first loads the CUDA toolkit's stub libcuda (the link-time stand-in every toolkit ships): its functions
-// exist and fail, so cuDNN compiles the kernel and then fails to load it (cuLibraryLoadData: error 34,
-// CUDA_ERROR_STUB_LIBRARY) — the state this test accepts. Where a real driver is present the plan must finalize
-// outright (or fail at that load when the GPU is not an sm_90 part). A graph cuDNN's engines do not recognise
-// fails earlier, in the heuristics ("engine(s) announced, none returned") or the engine's own support check.
-// Its own executable: the stub must be loaded before anything else asks for libcuda.
+// test first loads the CUDA toolkit's stub libcuda (the link-time stand-in every toolkit ships): its
+// functions exist and fail, so cuDNN compiles the kernel and then fails to load it (cuLibraryLoadData: error
+// 34, CUDA_ERROR_STUB_LIBRARY) — the state this test accepts. Where a real driver is present the plan must
+// finalize outright (or fail at that load when the GPU is not an sm_90 part). A graph cuDNN's engines do not
+// recognise fails earlier, in the heuristics ("engine(s) announced, none returned") or the engine's own
+// support check. Its own executable: the stub must be loaded before anything else asks for libcuda.
 //
 // The device description is written from the H200's properties (132 SMs, 1980 MHz SM and 3201 MHz memory
 // clocks as the GPU runs print them, 227 KB of shared memory per block and 32 blocks per SM for Hopper); its
