@@ -814,8 +814,8 @@ void bench_attention_bf16(Ctx& c, const ops::AttnDims& d, const DevBuf<float>& q
           } else {
             std::string why = cd::last_cudnn_attention_error();
             std::replace(why.begin(), why.end(), '|', '/');
-            print_row({"attention bwd bf16 (" + ver + ", dq accumulator)", shape, 0, "-", "refused: " + why, 0, "-",
-                       "-"});
+            print_row({"attention bwd bf16 (" + ver + ", dq accumulator)", shape, 0, "-", "refused: " + why,
+                       0, "-", "-"});
           }
           cd::set_cudnn_attention_deterministic(-1);
         }

@@ -712,7 +712,8 @@ TEST_F(CudaAttentionBf16, CudnnMatchesCpuWhereItRuns) {
 
   // The backward with cuDNN's fp32 dq accumulator (not bitwise reproducible: no repeat check).
   cuda_detail::set_cudnn_attention_deterministic(0);
-  check("cudnn causal Dh=128 T=200, dq accumulator", dims(1, 200, 200, 2, 2, 128, 0, 0, 8), mask::Causal{}, rng);
+  check("cudnn causal Dh=128 T=200, dq accumulator", dims(1, 200, 200, 2, 2, 128, 0, 0, 8), mask::Causal{},
+        rng);
   cuda_detail::set_cudnn_attention_deterministic(-1);
   EXPECT_EQ(cuda_detail::last_attention_bf16_backend(), AttnBf16Backend::Cudnn)
       << cuda_detail::last_cudnn_attention_error();
@@ -740,7 +741,8 @@ TEST_F(CudaAttentionBf16, CudnnMatchesCpuWhereItRuns) {
       << cuda_detail::last_cudnn_attention_error();
 
   // Sliding windows (BLT's local layers): the window crosses cuDNN's tiles; W = 1 sees only the diagonal.
-  check("cudnn window 24 Dh=64 T=150", dims(1, 150, 150, 2, 2, 64, 0, 0, 0), mask::SlidingWindow{24}, rng, true);
+  check("cudnn window 24 Dh=64 T=150", dims(1, 150, 150, 2, 2, 64, 0, 0, 0), mask::SlidingWindow{24}, rng,
+        true);
   EXPECT_EQ(cuda_detail::last_attention_bf16_backend(), AttnBf16Backend::Cudnn)
       << cuda_detail::last_cudnn_attention_error();
   check("cudnn window 70 Dh=128 T=260 pad 8", dims(2, 260, 260, 2, 2, 128, 0, 0, 8), mask::SlidingWindow{70},

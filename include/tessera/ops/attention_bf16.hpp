@@ -25,11 +25,11 @@
 // The gradients are bf16 because their consumer, the backward of the bf16 QKV projection GEMM, takes bf16 dy.
 //
 // Two implementations keep this contract: tessera's kernels (the default) and cuDNN's fused attention
-// (TESSERA_ATTN_BF16_BACKEND=cudnn; cuda/cudnn_attention.hpp), which serves causal and sliding-window calls with
-// Tq == Tk and q_offset 0 (its backward: Hq == Hkv) where libcudnn.so.9 can be loaded, and hands every other call to
-// tessera's kernels. cuDNN rounds P and dS to bf16 before the products as above; its backward graph writes dq
-// directly (cuDNN's deterministic path, no fp32 atomics), which the GPU test checks bit for bit. Either
-// backward reads either forward's o and lse.
+// (TESSERA_ATTN_BF16_BACKEND=cudnn; cuda/cudnn_attention.hpp), which serves causal and sliding-window calls
+// with Tq == Tk and q_offset 0 (its backward: Hq == Hkv) where libcudnn.so.9 can be loaded, and hands every
+// other call to tessera's kernels. cuDNN rounds P and dS to bf16 before the products as above; its backward
+// graph writes dq directly (cuDNN's deterministic path, no fp32 atomics), which the GPU test checks bit for
+// bit. Either backward reads either forward's o and lse.
 #pragma once
 #include "tessera/core/backend.hpp"
 #include "tessera/core/dtype.hpp"
