@@ -128,7 +128,6 @@ std::string cudnn_attention_unsupported(const AttnArgs& a, bool backward, const 
     return "token strides not multiples of 8 elements";
   for (int i = 0; i < n_ptrs; ++i)
     if (reinterpret_cast<uintptr_t>(ptrs[i]) % 16 != 0) return "a tensor is not 16-byte aligned";
-  if (backward && a.Hq != a.Hkv) return "backward with Hq != Hkv (the GQA head sums are not in this graph)";
   return "";
 }
 
@@ -533,18 +532,29 @@ std::unique_ptr<GraphBuilder> build_forward(cudnnHandle_t handle, const AttnArgs
 /// The backward's operations; with a handle, also its plan.
 std::unique_ptr<GraphBuilder> build_backward(cudnnHandle_t handle, const AttnArgs& a, bool deterministic) {
   auto g = std::make_unique<GraphBuilder>();
-  const int64_t B = a.B, H = a.Hq, T = a.Tq;
+  const int64_t B = a.B, H = a.Hq, Hk = a.Hkv, T = a.Tq;
+  const bool gqa = Hk != H;
   const Desc& q = g->tensor(kQ, CUDNN_DATA_BFLOAT16, bhsd(B, H, T, a.Dh), rows(T, a.q_stride, a.Dh), false);
-  const Desc& kt = g->tensor(kK, CUDNN_DATA_BFLOAT16, {B, H, a.Dh, T}, rows_t(T, a.k_stride, a.Dh), false);
-  const Desc& vt = g->tensor(kV, CUDNN_DATA_BFLOAT16, {B, H, a.Dv, T}, rows_t(T, a.v_stride, a.Dv), false);
+  const Desc& kt = g->tensor(kK, CUDNN_DATA_BFLOAT16, {B, Hk, a.Dh, T}, rows_t(T, a.k_stride, a.Dh), false);
+  const Desc& vt = g->tensor(kV, CUDNN_DATA_BFLOAT16, {B, Hk, a.Dv, T}, rows_t(T, a.v_stride, a.Dv), false);
   const Desc& o = g->tensor(kO, CUDNN_DATA_BFLOAT16, bhsd(B, H, T, a.Dv), rows(T, a.o_stride, a.Dv), false);
   const Desc& dout =
       g->tensor(kDO, CUDNN_DATA_BFLOAT16, bhsd(B, H, T, a.Dv), rows(T, a.o_stride, a.Dv), false);
   const Dims rd = {B, H, T, 1}, rs = {H * T, T, 1, 1};
   const Desc& stats = g->tensor(kStats, CUDNN_DATA_FLOAT, rd, rs, false);
   const Desc& dq = g->tensor(kDQ, CUDNN_DATA_BFLOAT16, bhsd(B, H, T, a.Dh), rows(T, a.q_stride, a.Dh), false);
-  const Desc& dk = g->tensor(kDK, CUDNN_DATA_BFLOAT16, bhsd(B, H, T, a.Dh), rows(T, a.k_stride, a.Dh), false);
-  const Desc& dv = g->tensor(kDV, CUDNN_DATA_BFLOAT16, bhsd(B, H, T, a.Dv), rows(T, a.v_stride, a.Dv), false);
+  const Desc& dk =
+      g->tensor(kDK, CUDNN_DATA_BFLOAT16, bhsd(B, Hk, T, a.Dh), rows(T, a.k_stride, a.Dh), false);
+  const Desc& dv =
+      g->tensor(kDV, CUDNN_DATA_BFLOAT16, bhsd(B, Hk, T, a.Dv), rows(T, a.v_stride, a.Dv), false);
+  // GQA: dK and dV per query head ([B, Hq, T, D], rounded to bf16 inside the graph as cuDNN's frontend builds
+  // it), then summed over each group in fp32 and rounded once more.
+  auto per_query_head = [&](const Desc& out, int64_t D, auto&& product) {
+    if (!gqa) return product(out);
+    const Desc& full = g->temp(CUDNN_DATA_BFLOAT16, bhsd(B, H, T, D), {H * T * D, T * D, D, 1});
+    product(full);
+    g->reduction(CUDNN_REDUCE_TENSOR_ADD, full, out);
+  };
   const Desc& dsum = g->tensor(kDsum, CUDNN_DATA_FLOAT, rd, rs, false);  // rowsum(dO * O): our buffer
   const Desc& scale = g->scalar(kScale);
   const Desc& neg_inf = g->scalar(kNegInf);
@@ -573,7 +583,7 @@ std::unique_ptr<GraphBuilder> build_backward(cudnnHandle_t handle, const AttnArg
   // dV = P^T dO.
   const Desc& pt = g->temp(CUDNN_DATA_BFLOAT16, td, ts);
   g->reshape(p, pt);
-  g->matmul(pt, dout, dv);
+  per_query_head(dv, a.Dv, [&](const Desc& out) { g->matmul(pt, dout, out); });
 
   // dS = P (dO V^T - Dsum) scale.
   const Desc& dp = g->temp(CUDNN_DATA_FLOAT, sd, ss);
@@ -588,12 +598,12 @@ std::unique_ptr<GraphBuilder> build_backward(cudnnHandle_t handle, const AttnArg
   // dK = dS^T Q.
   const Desc& dst = g->temp(CUDNN_DATA_BFLOAT16, td, ts);
   g->reshape(ds, dst);
-  g->matmul(dst, q, dk);
+  per_query_head(dk, a.Dh, [&](const Desc& out) { g->matmul(dst, q, out); });
 
   // dQ = dS K (K as [b, h, key, d] again, by a reshape of K^T). Deterministic: written directly (cuDNN keeps
   // dP in its workspace and gives every dq element one owner). Otherwise through an fp32 accumulator that
   // cuDNN's kernels add into (atomics: the sum order, hence the rounding, varies between runs).
-  const Desc& k = g->temp(CUDNN_DATA_BFLOAT16, bhsd(B, H, T, a.Dh), rows(T, a.k_stride, a.Dh));
+  const Desc& k = g->temp(CUDNN_DATA_BFLOAT16, bhsd(B, Hk, T, a.Dh), rows(T, a.k_stride, a.Dh));
   g->reshape(kt, k);
   if (deterministic) {
     g->matmul(ds, k, dq);

@@ -10,7 +10,7 @@
 // What cuDNN runs here (cuda/cudnn_attention.cpp builds the operation graphs with the backend API):
 //   forward:  causal or a causal sliding window (top-left: q_offset 0, Tq == Tk), GQA allowed; o and lse
 //             (cuDNN's "stats").
-//   backward: the same masks, Hq == Hkv; dq written directly (no fp32 dq accumulator: cuDNN's deterministic
+//   backward: the same masks, GQA too; dq written directly (no fp32 dq accumulator: cuDNN's deterministic
 //   path;
 //             TESSERA_CUDNN_ATTN_DETERMINISTIC=0 builds the accumulator graph instead).
 //   Dh == Dv, a multiple of 8 up to 128; token strides multiples of 8; 16-byte aligned pointers.

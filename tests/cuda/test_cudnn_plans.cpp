@@ -91,7 +91,7 @@ TEST_F(CudnnPlans, LlamaAttentionForwardAndBackward) {
   cuda_detail::set_cudnn_attention_deterministic(-1);
 }
 
-TEST_F(CudnnPlans, BltLocalWindowAndGqaForward) {
+TEST_F(CudnnPlans, BltLocalWindowAndGqa) {
   AttnArgs w;  // BLT's local layers: a 512-byte window over 4096 bytes
   w.B = 1, w.Tq = w.Tk = 4096, w.Hq = w.Hkv = 16, w.Dh = w.Dv = 64;
   w.q_stride = w.k_stride = w.v_stride = 3 * 16 * 64, w.o_stride = 16 * 64, w.scale = 0.125;
@@ -102,6 +102,10 @@ TEST_F(CudnnPlans, BltLocalWindowAndGqaForward) {
   g.B = 2, g.Tq = g.Tk = 80, g.Hq = 4, g.Hkv = 2, g.Dh = g.Dv = 64;
   g.q_stride = 4 * 64 + 8, g.k_stride = g.v_stride = 2 * 64 + 8, g.o_stride = 4 * 64, g.scale = 0.125;
   EXPECT_EQ(engines_take(g, false, device_), "") << "forward, GQA";
+  EXPECT_EQ(engines_take(g, true, device_), "") << "backward, GQA (dK, dV summed over each group)";
+  AttnArgs l = llama_1b();  // a Llama-3-style GQA: 16 query heads, 4 key/value heads
+  l.Hkv = 4, l.k_stride = l.v_stride = l.q_stride = (16 + 2 * 4) * 128;
+  EXPECT_EQ(engines_take(l, true, device_), "") << "backward, GQA 16/4";
 }
 
 TEST_F(CudnnPlans, AGpuWithoutTheEnginesIsRefused) {

@@ -26,10 +26,11 @@
 //
 // Two implementations keep this contract: tessera's kernels (the default) and cuDNN's fused attention
 // (TESSERA_ATTN_BF16_BACKEND=cudnn; cuda/cudnn_attention.hpp), which serves causal and sliding-window calls
-// with Tq == Tk and q_offset 0 (its backward: Hq == Hkv) where libcudnn.so.9 can be loaded, and hands every
-// other call to tessera's kernels. cuDNN rounds P and dS to bf16 before the products as above; its backward
-// graph writes dq directly (cuDNN's deterministic path, no fp32 atomics), which the GPU test checks bit for
-// bit. Either backward reads either forward's o and lse.
+// with Tq == Tk and q_offset 0 where libcudnn.so.9 can be loaded, and hands every other call to tessera's
+// kernels. cuDNN rounds P and dS to bf16 before the products as above (with GQA it also rounds each query
+// head's dk / dv to bf16 before the group sum: one more rounding than tessera's kernels); its backward graph
+// writes dq directly (cuDNN's deterministic path, no fp32 atomics), which the GPU test checks bit for bit.
+// Either backward reads either forward's o and lse.
 #pragma once
 #include "tessera/core/backend.hpp"
 #include "tessera/core/dtype.hpp"
