@@ -113,8 +113,8 @@ std::string last_cudnn_attention_error() {
   return t_last_error;
 }
 
-std::string cudnn_attention_unsupported(const AttnArgs& a, bool backward, const void* const* ptrs,
-                                        int n_ptrs) {
+std::string cudnn_attention_unsupported(const AttnArgs& a, [[maybe_unused]] bool backward,
+                                        const void* const* ptrs, int n_ptrs) {
   if (a.mask != AttnMask::Causal && a.mask != AttnMask::SlidingWindow)
     return "mask is neither causal nor a sliding window (cuDNN graphs here: those two)";
   if (a.q_offset != 0 || a.Tq != a.Tk)

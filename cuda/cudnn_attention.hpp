@@ -71,8 +71,8 @@ std::string cudnn_attention_plan_check(const AttnArgs& a, bool backward, const s
 /// "" where there is none: what cuDNN's device-less graph building for that GPU starts from.
 std::string cudnn_device_properties_json();
 
-/// "" when cuDNN's graphs cover this call (mask, dims, strides, alignment), else why not. `backward` adds the
-/// backward's conditions. Pointers: every tensor the call reads or writes.
+/// "" when cuDNN's graphs cover this call (mask, dims, strides, alignment), else why not. `backward`: the
+/// backward's coverage (at present the forward's). Pointers: every tensor the call reads or writes.
 std::string cudnn_attention_unsupported(const AttnArgs& a, bool backward, const void* const* ptrs,
                                         int n_ptrs);
 
