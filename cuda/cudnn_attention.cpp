@@ -37,7 +37,8 @@
 #include "scratch.cuh"
 #include "tessera/core/error.hpp"
 
-#if __has_include(<cudnn_graph.h>)
+// (Under tools/cuda-emu, whose emulated runtime replaces CUDA's headers, cuDNN's header cannot be used.)
+#if __has_include(<cudnn_graph.h>) && !defined(TESSERA_CUDA_EMU)
 #include <cudnn_graph.h>  // types and enums only: every function is resolved from the library at run time
 #define TESSERA_CUDNN_HEADERS 1
 #else
