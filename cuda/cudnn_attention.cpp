@@ -704,7 +704,8 @@ GraphBuilder* plan_for(const AttnArgs& a, bool backward, bool deterministic) {
 }
 
 /// Execute `g` with the given (uid, pointer) pairs plus its scalars, on a workspace from tessera's allocator
-/// (with the backward's Dsum buffer, `dsum_floats` > 0, carved from the same reservation).
+/// (with the backward's Dsum buffer, `dsum_floats` > 0, carved from the same reservation); false, nothing run,
+/// when that memory cannot be had or cuDNN fails.
 bool execute(GraphBuilder& g, const AttnArgs& a, std::vector<std::pair<int64_t, void*>> ptrs,
              int64_t dsum_floats, int64_t dq_acc_floats) {
   const bool backward = dsum_floats > 0;
@@ -712,8 +713,12 @@ bool execute(GraphBuilder& g, const AttnArgs& a, std::vector<std::pair<int64_t, 
         window = static_cast<float>(a.mask_param);
   DeviceScratch scratch;
   const size_t ws_bytes = DeviceScratch::bytes_for<char>(g.workspace());
-  scratch.reserve(ws_bytes + DeviceScratch::bytes_for<float>(dsum_floats) +
-                  DeviceScratch::bytes_for<float>(dq_acc_floats));
+  const size_t bytes =
+      ws_bytes + DeviceScratch::bytes_for<float>(dsum_floats) + DeviceScratch::bytes_for<float>(dq_acc_floats);
+  if (!scratch.try_reserve(bytes)) {  // tessera's kernels need far less: let them run the call
+    t_last_error = str("cuDNN attention: its workspace of ", bytes, " bytes could not be allocated");
+    return false;
+  }
   void* ws = g.workspace() > 0 ? scratch.carve<char>(g.workspace()) : nullptr;
   if (dsum_floats > 0) ptrs.emplace_back(kDsum, scratch.carve<float>(dsum_floats));
   if (dq_acc_floats > 0) {  // cuDNN 9.6 and later initialise the accumulator themselves
