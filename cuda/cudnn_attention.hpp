@@ -2,7 +2,7 @@
 // SDPA graphs, cuDNN 9) as a second implementation of the bf16 ops::attention_forward / attention_backward,
 // for the calls whose mask and layout it covers. The two are interchangeable (same o, lse, dq, dk, dv
 // contract: lse in natural-log units of the scaled scores; either backward reads either forward's o and lse),
-// and the project keeps whichever is faster for its shapes: `bench_cuda --only=attention` and
+// and the project keeps whichever is faster for its shapes: `bench_cuda --only=attn` and
 // `model_cuda_step` time both in one run. cuDNN is loaded at run time (dlopen of libcudnn.so.9), so a machine
 // without it builds and runs everything else; every reason it cannot serve a call (not installed, a mask it
 // has no graph for, a layout, a graph its engines reject) is recorded and the call runs tessera's kernels.
