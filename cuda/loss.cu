@@ -11,6 +11,7 @@
 #include <climits>
 #include <cub/block/block_reduce.cuh>
 
+#include "column_sum.cuh"
 #include "core_util.cuh"
 #include "launch_core.hpp"
 #include "rows.cuh"
@@ -275,20 +276,6 @@ __global__ void __launch_bounds__(kTileCols* kTileRows)
   }
 }
 
-__global__ void layernorm_dwdb_sum_kernel(float* __restrict__ dw, float* __restrict__ db,
-                                          const float* __restrict__ pw, const float* __restrict__ pb,
-                                          int groups, int D) {
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= D) return;
-  float sw = 0.f, sb = 0.f;
-  for (int g = 0; g < groups; ++g) {
-    sw += pw[static_cast<int64_t>(g) * D + c];
-    sb += pb[static_cast<int64_t>(g) * D + c];
-  }
-  if (dw) dw[c] += sw;
-  if (db) db[c] += sb;
-}
-
 // Rows and columns are indexed with int. Column loops step by up to 512 (i += kThreads) and the LayerNorm
 // grids round D up to 256: keep D that far below INT_MAX so neither overflows.
 constexpr int64_t kMaxCols = INT_MAX - 1024;
@@ -390,8 +377,7 @@ void layernorm_backward_f32(float* dx, float* dw, float* db, const float* dy, co
     layernorm_dwdb_partial_kernel<<<dim3((d + kTileCols - 1) / kTileCols, groups),
                                     dim3(kTileCols, kTileRows)>>>(pw, pb, dy, x, mean, rstd, N, d);
     TESSERA_CUDA_CHECK_LAUNCH("layernorm_dwdb_partial_kernel");
-    layernorm_dwdb_sum_kernel<<<(d + 255) / 256, 256>>>(dw, db, pw, pb, groups, d);
-    TESSERA_CUDA_CHECK_LAUNCH("layernorm_dwdb_sum_kernel");
+    launch_column_sum<float>({pw, dw, D}, {pb, db, D}, groups, D);
   }
   if (dx) {
     dispatch_rows(D, [&](auto row) {

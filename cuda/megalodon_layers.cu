@@ -9,6 +9,7 @@
 // gradient. No atomics: the result does not depend on scheduling.
 #include <algorithm>
 
+#include "column_sum.cuh"
 #include "core_util.cuh"
 #include "launch_megalodon.hpp"
 
@@ -108,16 +109,6 @@ __global__ void column_partial_kernel(double* __restrict__ partial, const float*
   }
 }
 
-// out[c] += scale * sum over tiles of partial[tile, c].
-__global__ void column_finish_kernel(float* __restrict__ out, const double* __restrict__ partial,
-                                     int64_t tiles, int64_t C, double scale) {
-  TESSERA_GRID_STRIDE(c, C) {
-    double t = 0;
-    for (int64_t j = 0; j < tiles; ++j) t += partial[j * C + c];
-    out[c] += static_cast<float>(scale * t);
-  }
-}
-
 /// out[c] += scale * sum_i a[i, c] * b[i, c] (b null: 1) over n rows of C columns.
 void column_sum(float* out, const float* a, const float* b, int64_t n, int64_t C, double scale,
                 const char* op) {
@@ -130,8 +121,7 @@ void column_sum(float* out, const float* a, const float* b, int64_t n, int64_t C
   const dim3 grid(static_cast<unsigned>((C + kColTile - 1) / kColTile), static_cast<unsigned>(tiles));
   column_partial_kernel<<<grid, dim3(kColTile, kRowLanes)>>>(partial, a, b, n, C);
   TESSERA_CUDA_CHECK_LAUNCH("column_partial_kernel");
-  column_finish_kernel<<<stride_blocks(C), kThreads>>>(out, partial, tiles, C, scale);
-  TESSERA_CUDA_CHECK_LAUNCH("column_finish_kernel");
+  launch_column_sum<double>({partial, out, C}, {}, tiles, C, scale);
 }
 
 void check_sizes(const char* op, int64_t n, int64_t w) {

@@ -14,6 +14,7 @@
 #include <initializer_list>
 
 #include "check.hpp"
+#include "column_sum.cuh"
 #include "core_util.cuh"
 #include "launch.hpp"
 #include "rows.cuh"
@@ -90,30 +91,9 @@ __global__ void __launch_bounds__(kTileCols* kTileRows)
   }
 }
 
-// dw[c] += sum over g of partial[g * D + c]. Block (32, kSumRows) owns 32 columns: thread (x, y) sums groups
-// y, y + kSumRows, ... of column x (a warp reads 32 consecutive floats of one group), then the kSumRows sums
-// of a column are added in order: a fixed order, and kSumRows loads in flight per column instead of one.
-constexpr int kSumRows = 32;
-
-__global__ void __launch_bounds__(32 * kSumRows)
-    sum_partials_kernel(float* __restrict__ dw, const float* __restrict__ partial, int groups, int D) {
-  __shared__ float part[kSumRows][33];
-  const int c = blockIdx.x * 32 + threadIdx.x;
-  float s = 0.f;
-  if (c < D)
-    for (int g = threadIdx.y; g < groups; g += kSumRows) s += partial[static_cast<int64_t>(g) * D + c];
-  part[threadIdx.y][threadIdx.x] = s;
-  __syncthreads();
-  if (threadIdx.y == 0 && c < D) {
-    float t = 0.f;
-    for (int k = 0; k < kSumRows; ++k) t += part[k][threadIdx.x];
-    dw[c] += t;
-  }
-}
-
+// dw[c] += sum over g of partial[g * D + c], in a fixed order (column_sum.cuh).
 void launch_sum_partials(float* dw, const float* partial, int groups, int D) {
-  sum_partials_kernel<<<(D + 31) / 32, dim3(32, kSumRows)>>>(dw, partial, groups, D);
-  TESSERA_CUDA_CHECK_LAUNCH("sum_partials_kernel");
+  launch_column_sum<float>({partial, dw, D}, {}, groups, D);
 }
 
 // ---- vectorised rows ----------------------------------------------------------------------------------

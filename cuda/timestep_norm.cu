@@ -20,6 +20,7 @@
 #include <cmath>
 
 #include "check.hpp"
+#include "column_sum.cuh"
 #include "launch_megalodon.hpp"
 #include "rows.cuh"
 #include "scratch.cuh"
@@ -164,8 +165,8 @@ void timestep_norm_backward_f32(int64_t B, int64_t L, int64_t D, int64_t G, cons
     const dim3 grid(static_cast<unsigned>((Di + kTileCols - 1) / kTileCols), static_cast<unsigned>(groups));
     tsn_dwb_partial_kernel<<<grid, dim3(kTileCols, kTileRows)>>>(tok, Di, Dg, Gi, x, dy, cummean, cumrstd, part);
     TESSERA_CUDA_CHECK_LAUNCH("tsn_dwb_partial_kernel");
-    tsn_dwb_sum_kernel<<<(Di + 255) / 256, 256>>>(groups, Di, part, dweight, dbias);
-    TESSERA_CUDA_CHECK_LAUNCH("tsn_dwb_sum_kernel");
+    // part holds, per group, the dweight row then the dbias row.
+    launch_column_sum<float>({part, dweight, 2 * D}, {part + D, dbias, 2 * D}, groups, D);
   }
 }
 

@@ -391,18 +391,5 @@ __global__ void __launch_bounds__(kTileCols* kTileRows)
   }
 }
 
-__global__ void tsn_dwb_sum_kernel(int groups, int D, const float* __restrict__ part, float* dweight,
-                                   float* dbias) {
-  const int k = blockIdx.x * blockDim.x + threadIdx.x;
-  if (k >= D) return;
-  float sw = 0.f, sb = 0.f;
-  for (int j = 0; j < groups; ++j) {
-    sw += part[(static_cast<int64_t>(j) * 2) * D + k];
-    sb += part[(static_cast<int64_t>(j) * 2 + 1) * D + k];
-  }
-  if (dweight) dweight[k] += sw;
-  if (dbias) dbias[k] += sb;
-}
-
 }  // namespace
 }  // namespace tessera::cuda_detail
