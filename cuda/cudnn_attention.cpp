@@ -620,7 +620,7 @@ std::unique_ptr<GraphBuilder> build_backward(cudnnHandle_t handle, const AttnArg
 
 /// Per thread: a handle per device and the plans built (or refused) per call shape.
 struct ThreadState {
-  std::map<int, cudnnHandle_t> handles;  // never destroyed: a handle may outlive the CUDA context at exit
+  std::map<int, cudnnHandle_t> handles;
   std::map<std::vector<int64_t>, std::unique_ptr<GraphBuilder>> plans;
   std::map<std::vector<int64_t>, std::string> refused;
   std::map<std::vector<int64_t>, int> family_plans;  // plans built per family: the key without B, Tq, Tk
@@ -632,9 +632,11 @@ struct ThreadState {
 /// compile at every step: past this many lengths a family's new shapes run tessera's kernels.
 constexpr int kPlansPerFamily = 8;
 
+/// Never destroyed, like the handles: its plans hold cuDNN's compiled kernels, which must not be released after
+/// the CUDA runtime has torn down its context at exit.
 ThreadState& state() {
-  thread_local ThreadState s;
-  return s;
+  thread_local ThreadState* s = new ThreadState;
+  return *s;
 }
 
 /// The current device's handle on this thread (made on first use, bound to the legacy default stream that
