@@ -28,7 +28,6 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -632,8 +631,8 @@ struct ThreadState {
 /// compile at every step: past this many lengths a family's new shapes run tessera's kernels.
 constexpr int kPlansPerFamily = 8;
 
-/// Never destroyed, like the handles: its plans hold cuDNN's compiled kernels, which must not be released after
-/// the CUDA runtime has torn down its context at exit.
+/// Never destroyed, like the handles: its plans hold cuDNN's compiled kernels, which must not be released
+/// after the CUDA runtime has torn down its context at exit.
 ThreadState& state() {
   thread_local ThreadState* s = new ThreadState;
   return *s;
@@ -706,8 +705,8 @@ GraphBuilder* plan_for(const AttnArgs& a, bool backward, bool deterministic) {
 }
 
 /// Execute `g` with the given (uid, pointer) pairs plus its scalars, on a workspace from tessera's allocator
-/// (with the backward's Dsum buffer, `dsum_floats` > 0, carved from the same reservation); false, nothing run,
-/// when that memory cannot be had or cuDNN fails.
+/// (with the backward's Dsum buffer, `dsum_floats` > 0, carved from the same reservation); false, nothing
+/// run, when that memory cannot be had or cuDNN fails.
 bool execute(GraphBuilder& g, const AttnArgs& a, std::vector<std::pair<int64_t, void*>> ptrs,
              int64_t dsum_floats, int64_t dq_acc_floats) {
   const bool backward = dsum_floats > 0;
@@ -715,8 +714,8 @@ bool execute(GraphBuilder& g, const AttnArgs& a, std::vector<std::pair<int64_t, 
         window = static_cast<float>(a.mask_param);
   DeviceScratch scratch;
   const size_t ws_bytes = DeviceScratch::bytes_for<char>(g.workspace());
-  const size_t bytes =
-      ws_bytes + DeviceScratch::bytes_for<float>(dsum_floats) + DeviceScratch::bytes_for<float>(dq_acc_floats);
+  const size_t bytes = ws_bytes + DeviceScratch::bytes_for<float>(dsum_floats) +
+                       DeviceScratch::bytes_for<float>(dq_acc_floats);
   if (!scratch.try_reserve(bytes)) {  // tessera's kernels need far less: let them run the call
     t_last_error = str("cuDNN attention: its workspace of ", bytes, " bytes could not be allocated");
     return false;

@@ -3,9 +3,10 @@
 // for the calls whose mask and layout it covers. The two are interchangeable (same o, lse, dq, dk, dv
 // contract: lse in natural-log units of the scaled scores; either backward reads either forward's o and lse),
 // and the project keeps whichever is faster for its shapes: `bench_cuda --only=attn` and
-// `model_cuda_step` time both in one run. cuDNN is loaded at run time (dlopen of libcudnn.so.9), so a machine
-// without it builds and runs everything else; every reason it cannot serve a call (not installed, a mask it
-// has no graph for, a layout, a graph its engines reject) is recorded and the call runs tessera's kernels.
+// `model_cuda_step` time both in one run. cuDNN is loaded at run time (dlopen of libcudnn.so.9, or the file
+// TESSERA_CUDNN_LIBRARY names), so a machine without it builds and runs everything else; every reason it
+// cannot serve a call (not installed, a mask it has no graph for, a layout, a graph its engines reject) is
+// recorded and the call runs tessera's kernels.
 //
 // What cuDNN runs here (cuda/cudnn_attention.cpp builds the operation graphs with the backend API):
 //   forward:  causal or a causal sliding window (top-left: q_offset 0, Tq == Tk), GQA allowed; o and lse
