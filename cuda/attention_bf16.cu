@@ -8,7 +8,8 @@
 // default; FlashAttention-2's layout with scores, softmax, P, dP and dS in registers, mma m16n8k16 + ldmatrix
 // from mma_sm80.cuh: forward attention_bf16_mma.cuh, backward attention_bf16_mma_bwd.cuh) and WMMA (below).
 // TESSERA_ATTN_BF16_KERNEL=wmma (read once) or set_attention_bf16_kernel (launch_attention_bf16.hpp) picks
-// WMMA.
+// WMMA. With TESSERA_ATTN_BF16_BACKEND=cudnn, a call that cuDNN's fused attention covers runs there instead
+// (cudnn_attention.hpp; after the same argument checks).
 //
 // WMMA kernels (attention_bf16_kernels.cuh): WMMA 16x16x16 bf16 fragments, fp32 accumulators; 128 threads = 4
 // warps per block; tiles of 64 query rows x 64 keys in shared memory (row stride Dh + 8: 16-byte rows whose
