@@ -62,10 +62,14 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 
 class CudaAttentionBf16 : public ::testing::Test {
  protected:
+  // tessera's kernels, whatever TESSERA_ATTN_BF16_BACKEND says: these tests are about them (the cuDNN test
+  // chooses cuDNN itself).
   void SetUp() override {
     if (cuda_mem::device_count() == 0)
       GTEST_SKIP() << "no CUDA device: cudaGetDeviceCount reports none (no GPU or no driver)";
+    cuda_detail::set_attention_bf16_backend(cuda_detail::AttnBf16Backend::Tessera);
   }
+  void TearDown() override { cuda_detail::set_attention_bf16_backend(cuda_detail::AttnBf16Backend::Auto); }
 };
 
 /// A device copy of a host vector (owning).
