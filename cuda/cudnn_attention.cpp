@@ -828,8 +828,9 @@ std::string cudnn_attention_graph_check(const AttnArgs& a, bool backward) {
 
 bool cudnn_attention_forward(const AttnArgs& a, const uint16_t* q, const uint16_t* k, const uint16_t* v,
                              uint16_t* o, float* lse) {
+  // Every tensor, lse too: the graph declares 16-byte alignment for each (checked here, null lse: below).
   const void* ptrs[] = {q, k, v, o, lse};
-  if (std::string why = cudnn_attention_unsupported(a, false, ptrs, 4); !why.empty()) {
+  if (std::string why = cudnn_attention_unsupported(a, false, ptrs, 5); !why.empty()) {
     t_last_error = why;
     return false;
   }
@@ -851,8 +852,8 @@ bool cudnn_attention_forward(const AttnArgs& a, const uint16_t* q, const uint16_
 bool cudnn_attention_backward(const AttnArgs& a, const uint16_t* q, const uint16_t* k, const uint16_t* v,
                               const uint16_t* o, const float* lse, const uint16_t* dout, uint16_t* dq,
                               uint16_t* dk, uint16_t* dv) {
-  const void* ptrs[] = {q, k, v, o, dout, dq, dk, dv};
-  if (std::string why = cudnn_attention_unsupported(a, true, ptrs, 8); !why.empty()) {
+  const void* ptrs[] = {q, k, v, o, dout, dq, dk, dv, lse};
+  if (std::string why = cudnn_attention_unsupported(a, true, ptrs, 9); !why.empty()) {
     t_last_error = why;
     return false;
   }
