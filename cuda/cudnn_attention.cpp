@@ -262,6 +262,11 @@ class Desc {
 
 using Dims = std::array<int64_t, 4>;
 
+/// The dims and strides of a [b, h, s, d] tensor.
+struct Layout {
+  Dims dims, strides;
+};
+
 /// The descriptors of one operation graph under construction, kept alive with the plan built from it.
 class GraphBuilder {
  public:
@@ -288,6 +293,24 @@ class GraphBuilder {
   /// A by-value fp32 scalar.
   const Desc& scalar(int64_t uid) {
     return tensor(uid, CUDNN_DATA_FLOAT, {1, 1, 1, 1}, {1, 1, 1, 1}, false, true);
+  }
+  /// A new virtual tensor of `type` and layout `l` holding mode(x[, b[, t]]), computed in `prec`.
+  const Desc& apply(cudnnPointwiseMode_t mode, const Desc& x, const Desc* b, cudnnDataType_t type, Layout l,
+                    cudnnDataType_t prec = CUDNN_DATA_FLOAT, const Desc* t = nullptr, int64_t axis = -1) {
+    const Desc& y = temp(type, l.dims, l.strides);
+    pointwise(mode, prec, x, b, y, t, axis);
+    return y;
+  }
+  /// A new virtual tensor (type, layout) holding a b, or reduce(x).
+  const Desc& product(const Desc& a, const Desc& b, cudnnDataType_t type, Layout l) {
+    const Desc& c = temp(type, l.dims, l.strides);
+    matmul(a, b, c);
+    return c;
+  }
+  const Desc& reduced(cudnnReduceTensorOp_t mode, const Desc& x, Layout l) {
+    const Desc& y = temp(CUDNN_DATA_FLOAT, l.dims, l.strides);
+    reduction(mode, x, y);
+    return y;
   }
 
   /// y = mode(x[, b[, t]]) elementwise (broadcasting b); `prec` is the computation's type; GEN_INDEX takes
@@ -457,38 +480,41 @@ Dims rows(int64_t T, int64_t ts, int64_t d) {
 Dims rows_t(int64_t T, int64_t ts, int64_t d) {
   return {T * ts, d, 1, ts};
 }
-
-/// The causal mask on the scores s ([B, H, T, T] fp32): (row >= col) ? s : -inf.
-const Desc& causal(GraphBuilder& g, const Desc& s, const Desc& neg_inf, Dims sd, Dims ss) {
-  const Desc& row = g.temp(CUDNN_DATA_INT32, sd, ss);
-  g.pointwise(CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_FLOAT, s, nullptr, row, nullptr, 2);
-  const Desc& col = g.temp(CUDNN_DATA_INT32, sd, ss);
-  g.pointwise(CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_FLOAT, s, nullptr, col, nullptr, 3);
-  const Desc& keep = g.temp(CUDNN_DATA_BOOLEAN, sd, ss);
-  g.pointwise(CUDNN_POINTWISE_CMP_GE, CUDNN_DATA_BOOLEAN, row, &col, keep);
-  const Desc& out = g.temp(CUDNN_DATA_FLOAT, sd, ss);
-  g.pointwise(CUDNN_POINTWISE_BINARY_SELECT, CUDNN_DATA_FLOAT, s, &neg_inf, out, &keep);
-  return out;
+/// The scores [B, Hq, T, T] and per-row values [B, Hq, T, 1] (lse, rowsums) inside the graphs.
+Layout scores(const AttnArgs& a) {
+  return {{a.B, a.Hq, a.Tq, a.Tq}, {a.Hq * a.Tq * a.Tq, a.Tq * a.Tq, a.Tq, 1}};
+}
+Layout row_values(const AttnArgs& a) {
+  return {{a.B, a.Hq, a.Tq, 1}, {a.Hq * a.Tq, a.Tq, 1, 1}};
 }
 
-/// The call's mask on the scores: causal, and for a sliding window of W keys also its left edge,
-/// (col + W > row) ? s : -inf (W a by-value fp32 scalar: exact below 2^24).
-const Desc& apply_mask(GraphBuilder& g, const AttnArgs& a, const Desc& s, const Desc& neg_inf, Dims sd,
-                       Dims ss) {
-  const Desc& c = causal(g, s, neg_inf, sd, ss);
+/// The score positions of `s` along `axis` (2: the query's row, 3: the key's column), as int32.
+const Desc& position(GraphBuilder& g, const Desc& s, int64_t axis, Layout l) {
+  return g.apply(CUDNN_POINTWISE_GEN_INDEX, s, nullptr, CUDNN_DATA_INT32, l, CUDNN_DATA_FLOAT, nullptr, axis);
+}
+
+/// keep ? s : -inf.
+const Desc& masked(GraphBuilder& g, const Desc& s, const Desc& neg_inf, const Desc& keep, Layout l) {
+  return g.apply(CUDNN_POINTWISE_BINARY_SELECT, s, &neg_inf, CUDNN_DATA_FLOAT, l, CUDNN_DATA_FLOAT, &keep);
+}
+
+/// The call's mask on the scores s ([B, H, T, T] fp32): causal, (row >= col) ? s : -inf; for a sliding window
+/// of W keys also its left edge, (col + W > row) ? s : -inf (W a by-value fp32 scalar: exact below 2^24).
+/// Each edge takes its own positions, as cuDNN's frontend builds the two.
+const Desc& apply_mask(GraphBuilder& g, const AttnArgs& a, const Desc& s, const Desc& neg_inf, Layout l) {
+  const Desc& row = position(g, s, 2, l);
+  const Desc& col = position(g, s, 3, l);
+  const Desc& c =
+      masked(g, s, neg_inf,
+             g.apply(CUDNN_POINTWISE_CMP_GE, row, &col, CUDNN_DATA_BOOLEAN, l, CUDNN_DATA_BOOLEAN), l);
   if (a.mask != AttnMask::SlidingWindow) return c;
   const Desc& w = g.scalar(kWindow);
-  const Desc& row = g.temp(CUDNN_DATA_INT32, sd, ss);
-  g.pointwise(CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_FLOAT, c, nullptr, row, nullptr, 2);
-  const Desc& col = g.temp(CUDNN_DATA_INT32, sd, ss);
-  g.pointwise(CUDNN_POINTWISE_GEN_INDEX, CUDNN_DATA_FLOAT, c, nullptr, col, nullptr, 3);
-  const Desc& colw = g.temp(CUDNN_DATA_FLOAT, sd, ss);
-  g.pointwise(CUDNN_POINTWISE_ADD, CUDNN_DATA_FLOAT, col, &w, colw, nullptr, 3);
-  const Desc& keep = g.temp(CUDNN_DATA_BOOLEAN, sd, ss);
-  g.pointwise(CUDNN_POINTWISE_CMP_GT, CUDNN_DATA_BOOLEAN, colw, &row, keep);
-  const Desc& out = g.temp(CUDNN_DATA_FLOAT, sd, ss);
-  g.pointwise(CUDNN_POINTWISE_BINARY_SELECT, CUDNN_DATA_FLOAT, c, &neg_inf, out, &keep);
-  return out;
+  const Desc& wrow = position(g, c, 2, l);
+  const Desc& wcol = position(g, c, 3, l);
+  const Desc& colw =
+      g.apply(CUDNN_POINTWISE_ADD, wcol, &w, CUDNN_DATA_FLOAT, l, CUDNN_DATA_FLOAT, nullptr, 3);
+  return masked(g, c, neg_inf,
+                g.apply(CUDNN_POINTWISE_CMP_GT, colw, &wrow, CUDNN_DATA_BOOLEAN, l, CUDNN_DATA_BOOLEAN), l);
 }
 
 /// The forward's operations; with a handle, also its plan (without one: only the descriptors, which cuDNN
@@ -500,30 +526,20 @@ std::unique_ptr<GraphBuilder> build_forward(cudnnHandle_t handle, const AttnArgs
   const Desc& kt = g->tensor(kK, CUDNN_DATA_BFLOAT16, {B, Hk, a.Dh, T}, rows_t(T, a.k_stride, a.Dh), false);
   const Desc& v = g->tensor(kV, CUDNN_DATA_BFLOAT16, bhsd(B, Hk, T, a.Dv), rows(T, a.v_stride, a.Dv), false);
   const Desc& o = g->tensor(kO, CUDNN_DATA_BFLOAT16, bhsd(B, H, T, a.Dv), rows(T, a.o_stride, a.Dv), false);
-  const Dims rd = {B, H, T, 1}, rs = {H * T, T, 1, 1};
-  const Desc& stats = g->tensor(kStats, CUDNN_DATA_FLOAT, rd, rs, false);
+  const Layout sl = scores(a), rl = row_values(a);
+  const Desc& stats = g->tensor(kStats, CUDNN_DATA_FLOAT, rl.dims, rl.strides, false);
   const Desc& scale = g->scalar(kScale);
   const Desc& neg_inf = g->scalar(kNegInf);
 
-  const Dims sd = {B, H, T, T}, ss = {H * T * T, T * T, T, 1};
-  const Desc& s = g->temp(CUDNN_DATA_FLOAT, sd, ss);
-  g->matmul(q, kt, s);
-  const Desc& s1 = g->temp(CUDNN_DATA_FLOAT, sd, ss);
-  g->pointwise(CUDNN_POINTWISE_MUL, CUDNN_DATA_FLOAT, s, &scale, s1);
-  const Desc& s2 = apply_mask(*g, a, s1, neg_inf, sd, ss);
-  const Desc& mx = g->temp(CUDNN_DATA_FLOAT, rd, rs);
-  g->reduction(CUDNN_REDUCE_TENSOR_MAX, s2, mx);
-  const Desc& sub = g->temp(CUDNN_DATA_FLOAT, sd, ss);
-  g->pointwise(CUDNN_POINTWISE_SUB, CUDNN_DATA_FLOAT, s2, &mx, sub);
-  const Desc& e = g->temp(CUDNN_DATA_FLOAT, sd, ss);
-  g->pointwise(CUDNN_POINTWISE_EXP, CUDNN_DATA_FLOAT, sub, nullptr, e);
-  const Desc& z = g->temp(CUDNN_DATA_FLOAT, rd, rs);
-  g->reduction(CUDNN_REDUCE_TENSOR_ADD, e, z);
-  const Desc& logz = g->temp(CUDNN_DATA_FLOAT, rd, rs);
-  g->pointwise(CUDNN_POINTWISE_LOG, CUDNN_DATA_FLOAT, z, nullptr, logz);
-  g->pointwise(CUDNN_POINTWISE_ADD, CUDNN_DATA_FLOAT, mx, &logz, stats);
-  const Desc& p = g->temp(CUDNN_DATA_BFLOAT16, sd, ss);  // P enters P V as bf16
-  g->pointwise(CUDNN_POINTWISE_DIV, CUDNN_DATA_FLOAT, e, &z, p);
+  constexpr cudnnDataType_t f32 = CUDNN_DATA_FLOAT;
+  const Desc& s = g->apply(CUDNN_POINTWISE_MUL, g->product(q, kt, f32, sl), &scale, f32, sl);
+  const Desc& sm = apply_mask(*g, a, s, neg_inf, sl);
+  const Desc& mx = g->reduced(CUDNN_REDUCE_TENSOR_MAX, sm, rl);
+  const Desc& e =
+      g->apply(CUDNN_POINTWISE_EXP, g->apply(CUDNN_POINTWISE_SUB, sm, &mx, f32, sl), nullptr, f32, sl);
+  const Desc& z = g->reduced(CUDNN_REDUCE_TENSOR_ADD, e, rl);
+  g->pointwise(CUDNN_POINTWISE_ADD, f32, mx, &g->apply(CUDNN_POINTWISE_LOG, z, nullptr, f32, rl), stats);
+  const Desc& p = g->apply(CUDNN_POINTWISE_DIV, e, &z, CUDNN_DATA_BFLOAT16, sl);  // P enters P V as bf16
   g->matmul(p, v, o);
   if (handle) g->build(handle);
   return g;
@@ -540,8 +556,8 @@ std::unique_ptr<GraphBuilder> build_backward(cudnnHandle_t handle, const AttnArg
   const Desc& o = g->tensor(kO, CUDNN_DATA_BFLOAT16, bhsd(B, H, T, a.Dv), rows(T, a.o_stride, a.Dv), false);
   const Desc& dout =
       g->tensor(kDO, CUDNN_DATA_BFLOAT16, bhsd(B, H, T, a.Dv), rows(T, a.o_stride, a.Dv), false);
-  const Dims rd = {B, H, T, 1}, rs = {H * T, T, 1, 1};
-  const Desc& stats = g->tensor(kStats, CUDNN_DATA_FLOAT, rd, rs, false);
+  const Layout sl = scores(a), rl = row_values(a);
+  const Desc& stats = g->tensor(kStats, CUDNN_DATA_FLOAT, rl.dims, rl.strides, false);
   const Desc& dq = g->tensor(kDQ, CUDNN_DATA_BFLOAT16, bhsd(B, H, T, a.Dh), rows(T, a.q_stride, a.Dh), false);
   const Desc& dk =
       g->tensor(kDK, CUDNN_DATA_BFLOAT16, bhsd(B, Hk, T, a.Dh), rows(T, a.k_stride, a.Dh), false);
@@ -555,48 +571,36 @@ std::unique_ptr<GraphBuilder> build_backward(cudnnHandle_t handle, const AttnArg
     product(full);
     g->reduction(CUDNN_REDUCE_TENSOR_ADD, full, out);
   };
-  const Desc& dsum = g->tensor(kDsum, CUDNN_DATA_FLOAT, rd, rs, false);  // rowsum(dO * O): our buffer
+  const Desc& dsum = g->tensor(kDsum, CUDNN_DATA_FLOAT, rl.dims, rl.strides, false);  // rowsum(dO * O): ours
   const Desc& scale = g->scalar(kScale);
   const Desc& neg_inf = g->scalar(kNegInf);
   const Desc& one = g->scalar(kOne);
 
+  constexpr cudnnDataType_t f32 = CUDNN_DATA_FLOAT;
   // Dsum = rowsum(dO * O).
-  const Desc& prod = g->temp(CUDNN_DATA_FLOAT, bhsd(B, H, T, a.Dv), {H * T * a.Dv, T * a.Dv, H * a.Dv, 1});
-  g->pointwise(CUDNN_POINTWISE_MUL, CUDNN_DATA_FLOAT, dout, &o, prod);
-  const Desc& rsum = g->temp(CUDNN_DATA_FLOAT, rd, rs);
-  g->reduction(CUDNN_REDUCE_TENSOR_ADD, prod, rsum);
-  g->pointwise(CUDNN_POINTWISE_MUL, CUDNN_DATA_FLOAT, rsum, &one, dsum);
+  const Layout ol{bhsd(B, H, T, a.Dv), {H * T * a.Dv, T * a.Dv, H * a.Dv, 1}};
+  const Desc& rsum =
+      g->reduced(CUDNN_REDUCE_TENSOR_ADD, g->apply(CUDNN_POINTWISE_MUL, dout, &o, f32, ol), rl);
+  g->pointwise(CUDNN_POINTWISE_MUL, f32, rsum, &one, dsum);
 
   // P = exp(scale Q K^T - stats), masked.
-  const Dims sd = {B, H, T, T}, ss = {H * T * T, T * T, T, 1};
-  const Dims td = {B, H, T, T}, ts = {H * T * T, T * T, 1, T};  // the transposed view [b, h, key, query]
-  const Desc& s = g->temp(CUDNN_DATA_FLOAT, sd, ss);
-  g->matmul(q, kt, s);
-  const Desc& s1 = g->temp(CUDNN_DATA_FLOAT, sd, ss);
-  g->pointwise(CUDNN_POINTWISE_MUL, CUDNN_DATA_FLOAT, s, &scale, s1);
-  const Desc& s2 = g->temp(CUDNN_DATA_FLOAT, sd, ss);
-  g->pointwise(CUDNN_POINTWISE_SUB, CUDNN_DATA_FLOAT, s1, &stats, s2);
-  const Desc& s3 = apply_mask(*g, a, s2, neg_inf, sd, ss);
-  const Desc& p = g->temp(CUDNN_DATA_FLOAT, sd, ss);
-  g->pointwise(CUDNN_POINTWISE_EXP, CUDNN_DATA_FLOAT, s3, nullptr, p);
+  const Layout tl{sl.dims, {H * T * T, T * T, 1, T}};  // the transposed view [b, h, key, query]
+  const Desc& s = g->apply(CUDNN_POINTWISE_MUL, g->product(q, kt, f32, sl), &scale, f32, sl);
+  const Desc& sm = apply_mask(*g, a, g->apply(CUDNN_POINTWISE_SUB, s, &stats, f32, sl), neg_inf, sl);
+  const Desc& p = g->apply(CUDNN_POINTWISE_EXP, sm, nullptr, f32, sl);
 
   // dV = P^T dO.
-  const Desc& pt = g->temp(CUDNN_DATA_BFLOAT16, td, ts);
+  const Desc& pt = g->temp(CUDNN_DATA_BFLOAT16, tl.dims, tl.strides);
   g->reshape(p, pt);
   per_query_head(dv, a.Dv, [&](const Desc& out) { g->matmul(pt, dout, out); });
 
   // dS = P (dO V^T - Dsum) scale.
-  const Desc& dp = g->temp(CUDNN_DATA_FLOAT, sd, ss);
-  g->matmul(dout, vt, dp);
-  const Desc& dp1 = g->temp(CUDNN_DATA_FLOAT, sd, ss);
-  g->pointwise(CUDNN_POINTWISE_SUB, CUDNN_DATA_FLOAT, dp, &dsum, dp1);
-  const Desc& dp2 = g->temp(CUDNN_DATA_FLOAT, sd, ss);
-  g->pointwise(CUDNN_POINTWISE_MUL, CUDNN_DATA_FLOAT, dp1, &p, dp2);
-  const Desc& ds = g->temp(CUDNN_DATA_FLOAT, sd, ss);
-  g->pointwise(CUDNN_POINTWISE_MUL, CUDNN_DATA_FLOAT, dp2, &scale, ds);
+  const Desc& dp = g->apply(CUDNN_POINTWISE_SUB, g->product(dout, vt, f32, sl), &dsum, f32, sl);
+  const Desc& ds =
+      g->apply(CUDNN_POINTWISE_MUL, g->apply(CUDNN_POINTWISE_MUL, dp, &p, f32, sl), &scale, f32, sl);
 
   // dK = dS^T Q.
-  const Desc& dst = g->temp(CUDNN_DATA_BFLOAT16, td, ts);
+  const Desc& dst = g->temp(CUDNN_DATA_BFLOAT16, tl.dims, tl.strides);
   g->reshape(ds, dst);
   per_query_head(dk, a.Dh, [&](const Desc& out) { g->matmul(dst, q, out); });
 

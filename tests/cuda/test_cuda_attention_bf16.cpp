@@ -273,14 +273,21 @@ Result check(const std::string& name, const ops::AttnDims& d, const Mask& m, Rng
   return res;
 }
 
-/// Chooses the kernel family (forward and backward) for its lifetime (then back to the default choice).
-class KernelChoice {
+/// One of the process-wide attention choices (cuda/launch_attention_bf16.hpp, cuda/cudnn_attention.hpp) for
+/// a scope, then back to Auto (the environment's, else the default).
+template <class Choice, void (*set)(Choice)>
+class Scoped {
  public:
-  explicit KernelChoice(AttnBf16Kernel k) { cuda_detail::set_attention_bf16_kernel(k); }
-  KernelChoice(const KernelChoice&) = delete;
-  KernelChoice& operator=(const KernelChoice&) = delete;
-  ~KernelChoice() { cuda_detail::set_attention_bf16_kernel(AttnBf16Kernel::Auto); }
+  explicit Scoped(Choice c) { set(c); }
+  Scoped(const Scoped&) = delete;
+  Scoped& operator=(const Scoped&) = delete;
+  ~Scoped() { set(Choice::Auto); }
 };
+/// The kernel family (forward and backward), the mma backward's dQ mode, the implementation (tessera's
+/// kernels or cuDNN's).
+using KernelChoice = Scoped<AttnBf16Kernel, cuda_detail::set_attention_bf16_kernel>;
+using DqChoice = Scoped<cuda_detail::AttnBf16Dq, cuda_detail::set_attention_bf16_dq>;
+using BackendChoice = Scoped<cuda_detail::AttnBf16Backend, cuda_detail::set_attention_bf16_backend>;
 
 struct Forward {
   std::vector<bf16> o;
@@ -511,15 +518,6 @@ TEST_F(CudaAttentionBf16, DvDiffersFromDhWithGqaAndOffset) {
   check("window 50 Dh=64 Dv=128 T=140", dims(1, 140, 140, 2, 1, 64, 128, 0, 0), mask::SlidingWindow{50}, rng);
 }
 
-/// Sets the mma backward's dQ mode for a scope (then back to Auto).
-class DqChoice {
- public:
-  explicit DqChoice(cuda_detail::AttnBf16Dq m) { cuda_detail::set_attention_bf16_dq(m); }
-  DqChoice(const DqChoice&) = delete;
-  DqChoice& operator=(const DqChoice&) = delete;
-  ~DqChoice() { cuda_detail::set_attention_bf16_dq(cuda_detail::AttnBf16Dq::Auto); }
-};
-
 /// The mma backward with dQ from the dS tiles the dK/dV kernel stored, and with dQ recomputed: both within
 /// the tolerances of the fp32 CPU op; dK and dV bit for bit the same (the dK/dV kernel is the same, storing
 /// dS or not); dQ from the same dS values, added in the same order where the recomputing kernel's key tiles
@@ -592,19 +590,6 @@ TEST_F(CudaAttentionBf16, RejectsBadArguments) {
   bad.q_stride = 32;  // < Hq * Dh
   EXPECT_THROW(ops::attention_forward(cuda{}, bad, mask::Causal{}, p, p, p, p, l), Error);
 }
-
-namespace {
-
-/// Chooses the implementation (tessera's kernels or cuDNN's) for a scope (then back to the default).
-class BackendChoice {
- public:
-  explicit BackendChoice(cuda_detail::AttnBf16Backend b) { cuda_detail::set_attention_bf16_backend(b); }
-  BackendChoice(const BackendChoice&) = delete;
-  BackendChoice& operator=(const BackendChoice&) = delete;
-  ~BackendChoice() { cuda_detail::set_attention_bf16_backend(cuda_detail::AttnBf16Backend::Auto); }
-};
-
-}  // namespace
 
 // The choice of implementation and cuDNN's coverage are host logic: no device needed.
 TEST(CudaAttentionBf16Backend, ParsingAndCoverage) {
