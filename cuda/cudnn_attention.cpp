@@ -768,6 +768,8 @@ std::string cudnn_unavailable_reason() {
     handle_for(current_device());
   } catch (const CudnnFailure& f) {
     return f.what;
+  } catch (const Error& e) {  // no device (cudaGetDevice failed)
+    return e.what();
   }
   return "";
 }
