@@ -787,7 +787,9 @@ void bench_attention_bf16(Ctx& c, const ops::AttnDims& d, const DevBuf<float>& q
     if (!why.empty()) {
       print_row({"attention bf16 (cuDNN)", shape, 0, "-", "not run: " + why, 0, "-", "-"});
     } else {
-      const std::string ver = strf("cuDNN %lld", static_cast<long long>(cd::cudnn_loaded_version()));
+      const int64_t v = cd::cudnn_loaded_version();  // e.g. 91400 for 9.14.0
+      const std::string ver = "cuDNN " + std::to_string(v / 10000) + "." + std::to_string(v % 10000 / 100) +
+                              "." + std::to_string(v % 100);
       double ms_cf = 0, ms_cb = 0, err_cf = 0, err_cb = 0, ms_ca = 0, err_ca = 0;
       std::string refused;
       cd::set_attention_bf16_backend(cd::AttnBf16Backend::Cudnn);

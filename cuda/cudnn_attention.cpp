@@ -109,6 +109,14 @@ int64_t attention_bf16_calls(AttnBf16Backend b) {
                                          : 0;
 }
 
+AttnArgs as_cudnn_call(AttnArgs a) {
+  if (a.mask == AttnMask::SlidingWindow && a.mask_param >= a.Tk) {
+    a.mask = AttnMask::Causal;
+    a.mask_param = 0;
+  }
+  return a;
+}
+
 std::string last_cudnn_attention_error() {
   return t_last_error;
 }
@@ -117,6 +125,8 @@ std::string cudnn_attention_unsupported(const AttnArgs& a, [[maybe_unused]] bool
                                         const void* const* ptrs, int n_ptrs) {
   if (a.mask != AttnMask::Causal && a.mask != AttnMask::SlidingWindow)
     return "mask is neither causal nor a sliding window (cuDNN graphs here: those two)";
+  if (a.mask == AttnMask::SlidingWindow && a.mask_param < a.Tk && a.mask_param > kMaxExactWindow)
+    return str("sliding window of ", a.mask_param, " keys (cuDNN graphs here: up to 2^24, exact in fp32)");
   if (a.q_offset != 0 || a.Tq != a.Tk)
     return str("causal with q_offset ", a.q_offset, ", Tq ", a.Tq, ", Tk ", a.Tk,
                " (cuDNN graphs here: q_offset 0 and Tq == Tk)");
@@ -800,8 +810,9 @@ std::string cudnn_device_properties_json() {
   }
 }
 
-std::string cudnn_attention_plan_check(const AttnArgs& a, bool backward, const std::string& device_json,
+std::string cudnn_attention_plan_check(const AttnArgs& call, bool backward, const std::string& device_json,
                                        int64_t* workspace) {
+  const AttnArgs a = as_cudnn_call(call);
   if (!api().error.empty()) return api().error;
   if (std::string why = cudnn_attention_unsupported(a, backward, nullptr, 0); !why.empty()) return why;
   try {
@@ -820,7 +831,8 @@ std::string cudnn_attention_plan_check(const AttnArgs& a, bool backward, const s
   return "";
 }
 
-std::string cudnn_attention_graph_check(const AttnArgs& a, bool backward) {
+std::string cudnn_attention_graph_check(const AttnArgs& call, bool backward) {
+  const AttnArgs a = as_cudnn_call(call);
   if (!api().error.empty()) return api().error;
   if (std::string why = cudnn_attention_unsupported(a, backward, nullptr, 0); !why.empty()) return why;
   try {
@@ -832,8 +844,9 @@ std::string cudnn_attention_graph_check(const AttnArgs& a, bool backward) {
   return "";
 }
 
-bool cudnn_attention_forward(const AttnArgs& a, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+bool cudnn_attention_forward(const AttnArgs& call, const uint16_t* q, const uint16_t* k, const uint16_t* v,
                              uint16_t* o, float* lse) {
+  const AttnArgs a = as_cudnn_call(call);
   // Every tensor, lse too: the graph declares 16-byte alignment for each (checked here, null lse: below).
   const void* ptrs[] = {q, k, v, o, lse};
   if (std::string why = cudnn_attention_unsupported(a, false, ptrs, 5); !why.empty()) {
@@ -855,9 +868,10 @@ bool cudnn_attention_forward(const AttnArgs& a, const uint16_t* q, const uint16_
   return true;
 }
 
-bool cudnn_attention_backward(const AttnArgs& a, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+bool cudnn_attention_backward(const AttnArgs& call, const uint16_t* q, const uint16_t* k, const uint16_t* v,
                               const uint16_t* o, const float* lse, const uint16_t* dout, uint16_t* dq,
                               uint16_t* dk, uint16_t* dv) {
+  const AttnArgs a = as_cudnn_call(call);
   const void* ptrs[] = {q, k, v, o, dout, dq, dk, dv, lse};
   if (std::string why = cudnn_attention_unsupported(a, true, ptrs, 9); !why.empty()) {
     t_last_error = why;

@@ -72,6 +72,15 @@ std::string cudnn_attention_plan_check(const AttnArgs& a, bool backward, const s
 /// "" where there is none: what cuDNN's device-less graph building for that GPU starts from.
 std::string cudnn_device_properties_json();
 
+/// The largest sliding window the graphs take: the window's edge is compared in fp32, exact to 2^24.
+inline constexpr int64_t kMaxExactWindow = int64_t{1} << 24;
+
+/// The call as cuDNN's graphs take it: a sliding window at least as wide as the keys (W >= Tk: with
+/// q_offset 0 and Tq == Tk no query is more than Tk - 1 positions from a key) is the plain causal mask.
+/// Models ask for "no window" as a window of INT64_MAX / 4 keys (layers/masks.hpp), beyond the graph's fp32
+/// window.
+AttnArgs as_cudnn_call(AttnArgs a);
+
 /// "" when cuDNN's graphs cover this call (mask, dims, strides, alignment), else why not. `backward`: the
 /// backward's coverage (at present the forward's). Pointers: every tensor the call reads or writes.
 std::string cudnn_attention_unsupported(const AttnArgs& a, bool backward, const void* const* ptrs,

@@ -647,6 +647,19 @@ TEST(CudaAttentionBf16Backend, ParsingAndCoverage) {
   refused(st, false, "strides");
   const void* misaligned[4] = {buf, buf + 2, buf + 32, buf + 48};
   refused(a, false, "aligned", misaligned);
+  // Windows at least as wide as the keys are the causal graph; a narrower one past fp32's exact integers is
+  // not taken.
+  auto win = a;
+  win.mask = cuda_detail::AttnMask::SlidingWindow, win.mask_param = INT64_MAX / 4;
+  EXPECT_EQ(cuda_detail::as_cudnn_call(win).mask, cuda_detail::AttnMask::Causal);
+  win.mask_param = a.Tk;
+  EXPECT_EQ(cuda_detail::as_cudnn_call(win).mask, cuda_detail::AttnMask::Causal);
+  win.mask_param = a.Tk - 1;
+  EXPECT_EQ(cuda_detail::as_cudnn_call(win).mask, cuda_detail::AttnMask::SlidingWindow);
+  EXPECT_EQ(cuda_detail::as_cudnn_call(win).mask_param, a.Tk - 1);
+  EXPECT_EQ(cuda_detail::cudnn_attention_unsupported(win, true, ok, 4), "");
+  win.Tq = win.Tk = cuda_detail::kMaxExactWindow + 2, win.mask_param = cuda_detail::kMaxExactWindow + 1;
+  refused(win, true, "window");
   auto gqa = a;
   gqa.Hkv = 4, gqa.k_stride = gqa.v_stride = 3 * 16 * 128;
   EXPECT_EQ(cuda_detail::cudnn_attention_unsupported(gqa, false, ok, 4), "") << "GQA forward is covered";
@@ -703,12 +716,18 @@ TEST_F(CudaAttentionBf16, CudnnMatchesCpuWhereItRuns) {
   on_cudnn("cudnn causal GQA 4/2 Dh=64 T=130", dims(1, 130, 130, 4, 2, 64, 0, 0, 0), mask::Causal{}, true);
   on_cudnn("cudnn causal GQA 8/2 Dh=128 T=96 pad 8", dims(2, 96, 96, 8, 2, 128, 0, 0, 8), mask::Causal{},
            false);
-  // Sliding windows (BLT's local layers): the window crosses cuDNN's tiles; W = 1 sees only the diagonal.
+  // Sliding windows (BLT's local layers): the window crosses cuDNN's tiles; W = 2 sees the diagonal and one
+  // key before it (W = 1 has exactly zero dq and dk, which leaves only rounding noise to compare).
   on_cudnn("cudnn window 24 Dh=64 T=150", dims(1, 150, 150, 2, 2, 64, 0, 0, 0), mask::SlidingWindow{24},
            true);
   on_cudnn("cudnn window 70 Dh=128 T=260 pad 8", dims(2, 260, 260, 2, 2, 128, 0, 0, 8),
            mask::SlidingWindow{70}, false);
-  on_cudnn("cudnn window 1 Dh=64 T=40", dims(1, 40, 40, 2, 2, 64, 0, 0, 0), mask::SlidingWindow{1}, false);
+  on_cudnn("cudnn window 2 Dh=64 T=40", dims(1, 40, 40, 2, 2, 64, 0, 0, 0), mask::SlidingWindow{2}, false);
+  on_cudnn("cudnn window T-1 Dh=32 T=64", dims(1, 64, 64, 2, 2, 32, 0, 0, 0), mask::SlidingWindow{63}, false);
+  // A model's "no window" (layers/masks.hpp: INT64_MAX / 4 keys) is the causal graph; the small GQA Llama of
+  // the model tests (Dh 16, 4/2 heads, B 2, T 24).
+  on_cudnn("cudnn no window, GQA 4/2 Dh=16 T=24", dims(2, 24, 24, 4, 2, 16, 0, 0, 0),
+           mask::SlidingWindow{INT64_MAX / 4}, true);
   // The backward with cuDNN's fp32 dq accumulator (not bitwise reproducible: no repeat check).
   cuda_detail::set_cudnn_attention_deterministic(0);
   on_cudnn("cudnn causal Dh=128 T=200, dq accumulator", dims(1, 200, 200, 2, 2, 128, 0, 0, 8), mask::Causal{},
