@@ -689,6 +689,12 @@ void bench_attention_bf16(Ctx& c, const ops::AttnDims& d, const DevBuf<float>& q
                           double f32_bwd_ms) {
   constexpr double kTol = 3e-2;
   using tessera::bf16;
+  namespace cd = tessera::cuda_detail;
+  // The kernel rows time tessera's kernels (the default sends calls this long to cuDNN); cuDNN's rows below.
+  struct TesseraKernels {
+    TesseraKernels() { cd::set_attention_bf16_backend(cd::AttnBf16Backend::Tessera); }
+    ~TesseraKernels() { cd::set_attention_bf16_backend(cd::AttnBf16Backend::Auto); }
+  } const tessera_kernels;
   const int64_t n = q.size(), nl = d.B * d.Hq * d.Tq;
   const ops::mask::Causal m;
   auto bf = [](const DevBuf<uint16_t>& b) { return reinterpret_cast<bf16*>(b.get()); };
@@ -782,7 +788,6 @@ void bench_attention_bf16(Ctx& c, const ops::AttnDims& d, const DevBuf<float>& q
   // A/B that decides which implementation the bf16 attention ops should default to.
   double err_cudnn = 0;
   {
-    namespace cd = tessera::cuda_detail;
     const std::string why = cd::cudnn_unavailable_reason();
     if (!why.empty()) {
       print_row({"attention bf16 (cuDNN)", shape, 0, "-", "not run: " + why, 0, "-", "-"});

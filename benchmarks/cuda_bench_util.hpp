@@ -100,14 +100,18 @@ inline double device_used_gib() {
   return static_cast<double>(total_b - free_b) / double(1ull << 30);
 }
 
-/// For a row's name, when TESSERA_ATTN_BF16_BACKEND (or the setter) chose cuDNN: ", cuDNN attention (N of
-/// M calls)", the bf16 attention calls that ran on cuDNN so far (the rest: masks or shapes outside its
-/// graphs, on tessera's kernels), with the last reason when none did; "" when tessera's kernels were chosen.
+/// For a row's name: which implementation ran the bf16 attention calls so far. ", cuDNN attention (N of M
+/// calls)" when cuDNN ran some or was chosen for all (the rest: masks or shapes outside its graphs or, by
+/// default, shorter than kCudnnMinKeys keys, on tessera's kernels; the last reason when none ran), ", tessera
+/// attention kernels" when TESSERA_ATTN_BF16_BACKEND=tessera chose those, "" when there were no such calls.
 inline std::string attention_backend_note() {
   namespace cd = tessera::cuda_detail;
-  if (cd::attention_bf16_backend() != cd::AttnBf16Backend::Cudnn) return "";
   const int64_t on = cd::attention_bf16_calls(cd::AttnBf16Backend::Cudnn),
                 all = on + cd::attention_bf16_calls(cd::AttnBf16Backend::Tessera);
+  if (all == 0) return "";
+  const auto chosen = cd::attention_bf16_backend();
+  if (chosen == cd::AttnBf16Backend::Tessera) return ", tessera attention kernels";
+  if (on == 0 && chosen != cd::AttnBf16Backend::Cudnn) return ", tessera attention kernels (by length)";
   std::string note = ", cuDNN attention (" + std::to_string(on) + " of " + std::to_string(all) + " calls";
   if (on == 0) {
     std::string why = cd::last_cudnn_attention_error();

@@ -8,8 +8,9 @@
 // default; FlashAttention-2's layout with scores, softmax, P, dP and dS in registers, mma m16n8k16 + ldmatrix
 // from mma_sm80.cuh: forward attention_bf16_mma.cuh, backward attention_bf16_mma_bwd.cuh) and WMMA (below).
 // TESSERA_ATTN_BF16_KERNEL=wmma (read once) or set_attention_bf16_kernel (launch_attention_bf16.hpp) picks
-// WMMA. With TESSERA_ATTN_BF16_BACKEND=cudnn, a call that cuDNN's fused attention covers runs there instead
-// (cudnn_attention.hpp; after the same argument checks).
+// WMMA. A call that cuDNN's fused attention covers, of at least kCudnnMinKeys keys (or of any length with
+// TESSERA_ATTN_BF16_BACKEND=cudnn; none with =tessera), runs there instead (cudnn_attention.hpp; after the
+// same argument checks).
 //
 // WMMA kernels (attention_bf16_kernels.cuh): WMMA 16x16x16 bf16 fragments, fp32 accumulators; 128 threads = 4
 // warps per block; tiles of 64 query rows x 64 keys in shared memory (row stride Dh + 8: 16-byte rows whose
@@ -165,8 +166,7 @@ void forward_impl(const AttnArgs& a, const Mask& mask, const uint16_t* q, const 
   const BDims d = make_bdims(a, op, {q, k, v, o});
   if (d.B * d.Tq == 0) return;
   TESSERA_CHECK(q && o && (d.Tk == 0 || (k && v)), op, "(cuda, bf16): q, k, v or o is null");
-  if (attention_bf16_backend() == AttnBf16Backend::Cudnn && lse &&
-      cudnn_attention_forward(a, q, k, v, o, lse)) {
+  if (lse && cudnn_attention_chosen(a) && cudnn_attention_forward(a, q, k, v, o, lse)) {
     note_attention_bf16_backend(AttnBf16Backend::Cudnn);
     return;
   }
@@ -201,7 +201,7 @@ void backward_impl(const AttnArgs& a, const Mask& mask, const uint16_t* q, const
   TESSERA_CHECK(!has_q || (q && o && lse && dout && dq), op, "(cuda, bf16): q, o, lse, dout or dq is null");
   TESSERA_CHECK(!has_k || (k && v && dk && dv), op, "(cuda, bf16): k, v, dk or dv is null");
   if (!has_q && !has_k) return;
-  if (attention_bf16_backend() == AttnBf16Backend::Cudnn && has_q && has_k &&
+  if (has_q && has_k && cudnn_attention_chosen(a) &&
       cudnn_attention_backward(a, q, k, v, o, lse, dout, dq, dk, dv)) {
     note_attention_bf16_backend(AttnBf16Backend::Cudnn);
     return;

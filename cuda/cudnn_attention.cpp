@@ -57,11 +57,13 @@ std::atomic<int> g_deterministic{-1};      // -1: the environment's choice
 }  // namespace
 
 AttnBf16Backend parse_attention_bf16_backend(const char* value) {
-  if (value == nullptr || *value == '\0') return AttnBf16Backend::Tessera;
+  if (value == nullptr || *value == '\0') return AttnBf16Backend::ByLength;
   const std::string s(value);
+  if (s == "auto") return AttnBf16Backend::ByLength;
   if (s == "tessera") return AttnBf16Backend::Tessera;
   if (s == "cudnn") return AttnBf16Backend::Cudnn;
-  throw Error(str("TESSERA_ATTN_BF16_BACKEND must be \"tessera\" or \"cudnn\" (or unset), got \"", s, "\""));
+  throw Error(str("TESSERA_ATTN_BF16_BACKEND must be \"auto\", \"tessera\" or \"cudnn\" (or unset), got \"",
+                  s, "\""));
 }
 
 void set_attention_bf16_backend(AttnBf16Backend b) {
@@ -74,6 +76,17 @@ AttnBf16Backend attention_bf16_backend() {
   static const AttnBf16Backend from_env =
       parse_attention_bf16_backend(std::getenv("TESSERA_ATTN_BF16_BACKEND"));
   return from_env;
+}
+
+bool cudnn_attention_chosen(const AttnArgs& a) {
+  switch (attention_bf16_backend()) {
+    case AttnBf16Backend::Cudnn:
+      return true;
+    case AttnBf16Backend::ByLength:
+      return a.Tk >= kCudnnMinKeys;
+    default:
+      return false;
+  }
 }
 
 void set_cudnn_attention_deterministic(int deterministic) {

@@ -3,10 +3,11 @@
 // for the calls whose mask and layout it covers. The two are interchangeable (same o, lse, dq, dk, dv
 // contract: lse in natural-log units of the scaled scores; either backward reads either forward's o and lse),
 // and the project keeps whichever is faster for its shapes: `bench_cuda --only=attn` and
-// `model_cuda_step` time both in one run. cuDNN is loaded at run time (dlopen of libcudnn.so.9, or the file
-// TESSERA_CUDNN_LIBRARY names), so a machine without it builds and runs everything else; every reason it
-// cannot serve a call (not installed, a mask it has no graph for, a layout, a graph its engines reject) is
-// recorded and the call runs tessera's kernels.
+// `model_cuda_step` time both in one run (cuDNN for calls of kCudnnMinKeys keys or more, see
+// AttnBf16Backend). cuDNN is loaded at run time (dlopen of libcudnn.so.9, or the file TESSERA_CUDNN_LIBRARY
+// names), so a machine without it builds and runs everything else; every reason it cannot serve a call (not
+// installed, a mask it has no graph for, a layout, a graph its engines reject) is recorded and the call runs
+// tessera's kernels.
 //
 // What cuDNN runs here (cuda/cudnn_attention.cpp builds the operation graphs with the backend API):
 //   forward:  causal or a causal sliding window (top-left: q_offset 0, Tq == Tk), GQA allowed; o and lse
@@ -24,16 +25,26 @@
 namespace tessera::cuda_detail {
 
 /// Which implementation runs the bf16 attention ops: tessera's kernels (attention_bf16.cu) or cuDNN's.
-enum class AttnBf16Backend { Auto, Tessera, Cudnn };
+/// ByLength (the default): cuDNN for the calls it covers with at least kCudnnMinKeys keys, tessera's kernels
+/// for the rest. On an H200 (benchmarks/RESULTS.md, runs 9 and 10) cuDNN's graphs run causal T 4096 in
+/// 0.475 / 1.60 ms (forward / backward, Dh 128) against 1.07 / 3.94 ms for tessera's kernels, while each new
+/// shape costs cuDNN a plan (its kernels are compiled then: ~0.1-1 s); short calls (decoding, small models,
+/// tests) keep tessera's kernels, which need no plan.
+enum class AttnBf16Backend { Auto, Tessera, Cudnn, ByLength };
+inline constexpr int64_t kCudnnMinKeys = 1024;
 
-/// The backend named by a value of TESSERA_ATTN_BF16_BACKEND: "tessera" or "cudnn"; null or empty: Tessera.
-/// Anything else throws tessera::Error naming the variable.
+/// The backend named by a value of TESSERA_ATTN_BF16_BACKEND: "tessera", "cudnn" (every call it covers),
+/// "auto", null or empty: ByLength. Anything else throws tessera::Error naming the variable.
 AttnBf16Backend parse_attention_bf16_backend(const char* value);
 
 /// Process-wide choice for the following calls; Auto (the initial state) means TESSERA_ATTN_BF16_BACKEND,
-/// read once, else Tessera. A Cudnn choice still runs tessera's kernels for calls cuDNN does not cover.
+/// read once, else ByLength. A Cudnn choice still runs tessera's kernels for calls cuDNN does not cover.
 void set_attention_bf16_backend(AttnBf16Backend b);
 AttnBf16Backend attention_bf16_backend();
+
+/// Whether the backend chosen now sends this call to cuDNN first (cuDNN may still refuse it: the call then
+/// runs tessera's kernels).
+bool cudnn_attention_chosen(const AttnArgs& a);
 
 /// What the last bf16 attention forward or backward call on this thread ran (Tessera or Cudnn; Auto before
 /// any), for tests.

@@ -594,8 +594,9 @@ TEST_F(CudaAttentionBf16, RejectsBadArguments) {
 // The choice of implementation and cuDNN's coverage are host logic: no device needed.
 TEST(CudaAttentionBf16Backend, ParsingAndCoverage) {
   using cuda_detail::AttnBf16Backend;
-  EXPECT_EQ(cuda_detail::parse_attention_bf16_backend(nullptr), AttnBf16Backend::Tessera);
-  EXPECT_EQ(cuda_detail::parse_attention_bf16_backend(""), AttnBf16Backend::Tessera);
+  EXPECT_EQ(cuda_detail::parse_attention_bf16_backend(nullptr), AttnBf16Backend::ByLength);
+  EXPECT_EQ(cuda_detail::parse_attention_bf16_backend(""), AttnBf16Backend::ByLength);
+  EXPECT_EQ(cuda_detail::parse_attention_bf16_backend("auto"), AttnBf16Backend::ByLength);
   EXPECT_EQ(cuda_detail::parse_attention_bf16_backend("tessera"), AttnBf16Backend::Tessera);
   EXPECT_EQ(cuda_detail::parse_attention_bf16_backend("cudnn"), AttnBf16Backend::Cudnn);
   try {
@@ -609,6 +610,19 @@ TEST(CudaAttentionBf16Backend, ParsingAndCoverage) {
     EXPECT_EQ(cuda_detail::attention_bf16_backend(), AttnBf16Backend::Cudnn);
   }
   EXPECT_NE(cuda_detail::attention_bf16_backend(), AttnBf16Backend::Auto);
+  // Which calls each choice sends to cuDNN first: by default those with at least kCudnnMinKeys keys.
+  {
+    cuda_detail::AttnArgs shorter, longer;
+    shorter.Tq = shorter.Tk = cuda_detail::kCudnnMinKeys - 1;
+    longer.Tq = longer.Tk = cuda_detail::kCudnnMinKeys;
+    const BackendChoice by_length(AttnBf16Backend::ByLength);
+    EXPECT_FALSE(cuda_detail::cudnn_attention_chosen(shorter));
+    EXPECT_TRUE(cuda_detail::cudnn_attention_chosen(longer));
+    const BackendChoice all(AttnBf16Backend::Cudnn);
+    EXPECT_TRUE(cuda_detail::cudnn_attention_chosen(shorter));
+    const BackendChoice none(AttnBf16Backend::Tessera);
+    EXPECT_FALSE(cuda_detail::cudnn_attention_chosen(longer));
+  }
 
   // Llama's attention: causal, Tq == Tk, q/k/v rows of one fused buffer (token stride 3 H Dh).
   cuda_detail::AttnArgs a;
@@ -743,4 +757,16 @@ TEST_F(CudaAttentionBf16, CudnnMatchesCpuWhereItRuns) {
   EXPECT_EQ(cuda_detail::last_attention_bf16_backend(), AttnBf16Backend::Tessera);
   EXPECT_NE(cuda_detail::last_cudnn_attention_error().find("q_offset"), std::string::npos)
       << cuda_detail::last_cudnn_attention_error();
+
+  // The default choice: cuDNN from kCudnnMinKeys keys on, tessera's kernels below.
+  const BackendChoice by_length(AttnBf16Backend::ByLength);
+  const int64_t before = cuda_detail::attention_bf16_calls(AttnBf16Backend::Cudnn);
+  const int64_t T = cuda_detail::kCudnnMinKeys;
+  check("by length: T=kCudnnMinKeys (cuDNN)", dims(1, T, T, 2, 2, 64, 0, 0, 0), mask::Causal{}, rng);
+  EXPECT_EQ(cuda_detail::attention_bf16_calls(AttnBf16Backend::Cudnn) - before, 2)
+      << cuda_detail::last_cudnn_attention_error();
+  check("by length: T=kCudnnMinKeys-1 (tessera)", dims(1, T - 1, T - 1, 2, 2, 64, 0, 0, 0), mask::Causal{},
+        rng);
+  EXPECT_EQ(cuda_detail::last_attention_bf16_backend(), AttnBf16Backend::Tessera);
+  EXPECT_EQ(cuda_detail::attention_bf16_calls(AttnBf16Backend::Cudnn) - before, 2);
 }

@@ -24,13 +24,14 @@
 //     With GQA, dk / dv sum over the query heads of their group in fp32 before the single rounding.
 // The gradients are bf16 because their consumer, the backward of the bf16 QKV projection GEMM, takes bf16 dy.
 //
-// Two implementations keep this contract: tessera's kernels (the default) and cuDNN's fused attention
-// (TESSERA_ATTN_BF16_BACKEND=cudnn; cuda/cudnn_attention.hpp), which serves causal and sliding-window calls
-// with Tq == Tk and q_offset 0 where libcudnn.so.9 can be loaded, and hands every other call to tessera's
-// kernels. cuDNN rounds P and dS to bf16 before the products as above (with GQA it also rounds each query
-// head's dk / dv to bf16 before the group sum: one more rounding than tessera's kernels); its backward graph
-// writes dq directly (cuDNN's deterministic path, no fp32 atomics), which the GPU test checks bit for bit.
-// Either backward reads either forward's o and lse.
+// Two implementations keep this contract: cuDNN's fused attention (cuda/cudnn_attention.hpp), which by
+// default serves causal and sliding-window calls of at least 1024 keys with Tq == Tk and q_offset 0 where
+// libcudnn.so.9 can be loaded (2.3-2.5x tessera's kernels at T 4096 on an H200), and tessera's kernels, which
+// run every other call (TESSERA_ATTN_BF16_BACKEND=tessera: every call; =cudnn: every call cuDNN covers).
+// cuDNN rounds P and dS to bf16 before the products as above (with GQA it also rounds each query head's dk /
+// dv to bf16 before the group sum: one more rounding than tessera's kernels); its backward graph writes dq
+// directly (cuDNN's deterministic path, no fp32 atomics), which the GPU test checks bit for bit. Either
+// backward reads either forward's o and lse.
 #pragma once
 #include "tessera/core/backend.hpp"
 #include "tessera/core/dtype.hpp"
