@@ -26,7 +26,7 @@
 //
 // Two implementations keep this contract: cuDNN's fused attention (cuda/cudnn_attention.hpp), which by
 // default serves causal and sliding-window calls of at least 1024 keys with Tq == Tk and q_offset 0 where
-// libcudnn.so.9 can be loaded (2.3-2.5x tessera's kernels at T 4096 on an H200), and tessera's kernels, which
+// libcudnn.so.9 can be loaded (1.7-2.4x tessera's kernels at T 4096 on an H200), and tessera's kernels, which
 // run every other call (TESSERA_ATTN_BF16_BACKEND=tessera: every call; =cudnn: every call cuDNN covers).
 // cuDNN rounds P and dS to bf16 before the products as above (with GQA it also rounds each query head's dk /
 // dv to bf16 before the group sum: one more rounding than tessera's kernels); its backward graph writes dq
