@@ -62,6 +62,7 @@
 #include "../cuda/launch.hpp"                 // internal: the row-wise RMSNorm kernels (a baseline)
 #include "../cuda/launch_attention_bf16.hpp"  // internal: the bf16 attention kernel choice
 #include "../cuda/launch_blt.hpp"             // internal: the tile kernels under BLT's id masks (a baseline)
+#include "../cuda/launch_core.hpp"            // internal: the per-pair RoPE kernel (a baseline)
 #include "bench_cuda_kernels.cuh"
 #include "tessera/core/dtype.hpp"
 #include "tessera/core/rng.hpp"
@@ -576,23 +577,31 @@ void bench_rows(Ctx& c) {
       bench::to_bf16(k.get(), kf.get(), N * W);
     }
     ops::fill_positions(cuda{}, pos.get(), 4, 4096, 0);
-    const double ms = c.timer.median_ms(
-        [&] {
-          ops::rope_qk(cuda{}, reinterpret_cast<bf16*>(q.get()), reinterpret_cast<bf16*>(k.get()),
-                       reinterpret_cast<bf16*>(q.get()), reinterpret_cast<bf16*>(k.get()), pos.get(), N, H, H,
-                       Dh, 5e5, ops::RopeStyle::Half, false);
-        },
-        c.reps);
-    Row r{"RoPE q and k, bf16 in place",
-          "Llama-1B: 4 x 4096 tokens, 2 x 16 heads of 128",
-          ms,
-          mem_rate(c, 8.0 * N * W, ms, N),
-          "",
-          0,
-          "",
-          "-"};
-    set_floor(c, r, 8.0 * N * W);
-    print_row(r);
+    DevBuf<uint16_t> q2(N * W), k2(N * W);  // copies for the output check
+    CHECK_CUDA(cudaMemcpy(q2.get(), q.get(), 2 * N * W, cudaMemcpyDeviceToDevice));
+    CHECK_CUDA(cudaMemcpy(k2.get(), k.get(), 2 * N * W, cudaMemcpyDeviceToDevice));
+    auto rope = [&](DevBuf<uint16_t>& a, DevBuf<uint16_t>& b) {
+      ops::rope_qk(cuda{}, reinterpret_cast<bf16*>(a.get()), reinterpret_cast<bf16*>(b.get()),
+                   reinterpret_cast<bf16*>(a.get()), reinterpret_cast<bf16*>(b.get()), pos.get(), N, H, H, Dh,
+                   5e5, ops::RopeStyle::Half, false);
+    };
+    // The kernel with 16-byte accesses (the default) against the per-pair kernel, same inputs; then one call
+    // of each on equal copies, compared.
+    namespace cd = tessera::cuda_detail;
+    const double ms = c.timer.median_ms([&] { rope(q, k); }, c.reps);
+    const bool was = cd::set_rope_vectorised(false);
+    const double base_ms = c.timer.median_ms([&] { rope(q2, k2); }, c.reps);
+    CHECK_CUDA(cudaMemcpy(q2.get(), q.get(), 2 * N * W, cudaMemcpyDeviceToDevice));
+    CHECK_CUDA(cudaMemcpy(k2.get(), k.get(), 2 * N * W, cudaMemcpyDeviceToDevice));
+    rope(q2, k2);
+    cd::set_rope_vectorised(was);
+    rope(q, k);
+    const bench::DiffStat dq = bench::diff_bf16(q.get(), q2.get(), N * W),
+                          dk = bench::diff_bf16(k.get(), k2.get(), N * W);
+    print_row({"RoPE q and k, bf16 in place (16-byte accesses)",
+               "Llama-1B: 4 x 4096 tokens, 2 x 16 heads of 128", ms, mem_rate(c, 8.0 * N * W, ms, N),
+               "per-pair kernel", base_ms, mem_rate(c, 8.0 * N * W, base_ms, N),
+               "q " + rel_str(dq) + ", k " + rel_str(dk)});
   });
 }
 

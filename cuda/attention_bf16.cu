@@ -57,6 +57,7 @@
 #include "attention_bf16_mma_bwd.cuh"
 #include "check.hpp"
 #include "cudnn_attention.hpp"
+#include "env_choice.hpp"
 #include "launch_attention_bf16.hpp"
 #include "launch_megalodon.hpp"
 #include "mma_sm80.cuh"
@@ -69,16 +70,13 @@ inline constexpr int64_t kAttnBf16MaxHeadDim = 128;
 
 namespace {
 
-std::atomic<int> g_forward_kernel{static_cast<int>(AttnBf16Kernel::Auto)};
-std::atomic<int> g_dq_mode{static_cast<int>(AttnBf16Dq::Auto)};
+EnvChoice<AttnBf16Kernel, parse_attention_bf16_kernel> g_kernel{"TESSERA_ATTN_BF16_KERNEL"};
+EnvChoice<AttnBf16Dq, parse_attention_bf16_dq> g_dq_mode{"TESSERA_ATTN_BF16_DQ"};
 std::atomic<int> g_last_dq{static_cast<int>(AttnBf16Dq::Auto)};
 
 /// The dQ mode the next backward uses: the setter's, else the environment's, else Auto.
 AttnBf16Dq dq_mode() {
-  const auto m = static_cast<AttnBf16Dq>(g_dq_mode.load());
-  if (m != AttnBf16Dq::Auto) return m;
-  static const AttnBf16Dq from_env = parse_attention_bf16_dq(std::getenv("TESSERA_ATTN_BF16_DQ"));
-  return from_env;
+  return g_dq_mode.get();
 }
 
 /// A quarter of the current device's memory: the largest dS buffer Auto allocates (read once per device,
@@ -339,23 +337,19 @@ __global__ void mma_selftest_kernel(const uint16_t* a, const uint16_t* bt, const
 }  // namespace
 
 AttnBf16Kernel parse_attention_bf16_kernel(const char* value) {
-  if (value == nullptr || *value == '\0') return AttnBf16Kernel::Mma;
-  const std::string s(value);
-  if (s == "mma") return AttnBf16Kernel::Mma;
-  if (s == "wmma") return AttnBf16Kernel::Wmma;
-  throw Error(str("TESSERA_ATTN_BF16_KERNEL must be \"wmma\" or \"mma\" (or unset), got \"", s, "\""));
+  static constexpr EnvName<AttnBf16Kernel> kNames[] = {{"mma", AttnBf16Kernel::Mma},
+                                                       {"wmma", AttnBf16Kernel::Wmma}};
+  return parse_env_choice("TESSERA_ATTN_BF16_KERNEL", value, AttnBf16Kernel::Mma, kNames);
 }
 
 AttnBf16Dq parse_attention_bf16_dq(const char* value) {
-  if (value == nullptr || *value == '\0') return AttnBf16Dq::Auto;
-  const std::string s(value);
-  if (s == "stored") return AttnBf16Dq::Stored;
-  if (s == "recompute") return AttnBf16Dq::Recompute;
-  throw Error(str("TESSERA_ATTN_BF16_DQ must be \"stored\" or \"recompute\" (or unset), got \"", s, "\""));
+  static constexpr EnvName<AttnBf16Dq> kNames[] = {{"stored", AttnBf16Dq::Stored},
+                                                   {"recompute", AttnBf16Dq::Recompute}};
+  return parse_env_choice("TESSERA_ATTN_BF16_DQ", value, AttnBf16Dq::Auto, kNames);
 }
 
 void set_attention_bf16_dq(AttnBf16Dq mode) {
-  g_dq_mode.store(static_cast<int>(mode));
+  g_dq_mode.set(mode);
 }
 
 AttnBf16Dq last_attention_bf16_dq() {
@@ -363,14 +357,11 @@ AttnBf16Dq last_attention_bf16_dq() {
 }
 
 void set_attention_bf16_kernel(AttnBf16Kernel k) {
-  g_forward_kernel.store(static_cast<int>(k));
+  g_kernel.set(k);
 }
 
 AttnBf16Kernel attention_bf16_kernel() {
-  const auto k = static_cast<AttnBf16Kernel>(g_forward_kernel.load());
-  if (k != AttnBf16Kernel::Auto) return k;
-  static const AttnBf16Kernel from_env = parse_attention_bf16_kernel(std::getenv("TESSERA_ATTN_BF16_KERNEL"));
-  return from_env;
+  return g_kernel.get();
 }
 
 void mma_selftest(const uint16_t* a, const uint16_t* bt, const uint16_t* b, const float* c, const float* x,

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "check.hpp"
+#include "env_choice.hpp"
 #include "scratch.cuh"
 #include "tessera/core/error.hpp"
 
@@ -48,7 +49,7 @@ namespace tessera::cuda_detail {
 
 namespace {
 
-std::atomic<int> g_backend{static_cast<int>(AttnBf16Backend::Auto)};
+EnvChoice<AttnBf16Backend, parse_attention_bf16_backend> g_backend{"TESSERA_ATTN_BF16_BACKEND"};
 thread_local AttnBf16Backend t_last_backend = AttnBf16Backend::Auto;
 thread_local std::string t_last_error;
 std::atomic<int64_t> g_calls[2] = {0, 0};  // Tessera, Cudnn
@@ -57,25 +58,18 @@ std::atomic<int> g_deterministic{-1};      // -1: the environment's choice
 }  // namespace
 
 AttnBf16Backend parse_attention_bf16_backend(const char* value) {
-  if (value == nullptr || *value == '\0') return AttnBf16Backend::ByLength;
-  const std::string s(value);
-  if (s == "auto") return AttnBf16Backend::ByLength;
-  if (s == "tessera") return AttnBf16Backend::Tessera;
-  if (s == "cudnn") return AttnBf16Backend::Cudnn;
-  throw Error(str("TESSERA_ATTN_BF16_BACKEND must be \"auto\", \"tessera\" or \"cudnn\" (or unset), got \"",
-                  s, "\""));
+  static constexpr EnvName<AttnBf16Backend> kNames[] = {{"auto", AttnBf16Backend::ByLength},
+                                                        {"tessera", AttnBf16Backend::Tessera},
+                                                        {"cudnn", AttnBf16Backend::Cudnn}};
+  return parse_env_choice("TESSERA_ATTN_BF16_BACKEND", value, AttnBf16Backend::ByLength, kNames);
 }
 
 void set_attention_bf16_backend(AttnBf16Backend b) {
-  g_backend.store(static_cast<int>(b));
+  g_backend.set(b);
 }
 
 AttnBf16Backend attention_bf16_backend() {
-  const auto b = static_cast<AttnBf16Backend>(g_backend.load());
-  if (b != AttnBf16Backend::Auto) return b;
-  static const AttnBf16Backend from_env =
-      parse_attention_bf16_backend(std::getenv("TESSERA_ATTN_BF16_BACKEND"));
-  return from_env;
+  return g_backend.get();
 }
 
 bool cudnn_attention_chosen(const AttnArgs& a) {
@@ -96,14 +90,9 @@ void set_cudnn_attention_deterministic(int deterministic) {
 bool cudnn_attention_deterministic() {
   const int d = g_deterministic.load();
   if (d >= 0) return d != 0;
-  static const bool from_env = [] {
-    const char* e = std::getenv("TESSERA_CUDNN_ATTN_DETERMINISTIC");
-    if (e == nullptr || *e == '\0') return true;
-    const std::string v(e);
-    if (v == "1") return true;
-    if (v == "0") return false;
-    throw Error(str("TESSERA_CUDNN_ATTN_DETERMINISTIC must be 0 or 1 (or unset), got \"", v, "\""));
-  }();
+  static constexpr EnvName<bool> kNames[] = {{"1", true}, {"0", false}};
+  static const bool from_env = parse_env_choice(
+      "TESSERA_CUDNN_ATTN_DETERMINISTIC", std::getenv("TESSERA_CUDNN_ATTN_DETERMINISTIC"), true, kNames);
   return from_env;
 }
 

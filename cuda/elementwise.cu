@@ -9,11 +9,13 @@
 // RoPE: one thread per (token, pair) computes the angle, cos and sin in double like the CPU (then rounds to
 // float) and rotates that pair in every head of the token.
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <climits>
 #include <cstdint>
 #include <cub/device/device_radix_sort.cuh>
 #include <initializer_list>
+#include <type_traits>
 
 #include "core_util.cuh"
 #include "launch_core.hpp"
@@ -410,17 +412,32 @@ __global__ void fill_positions_kernel(int64_t* pos, int64_t seq, int64_t n, int6
 
 // ---- RoPE ---------------------------------------------------------------------------------------------
 
+/// One pair (a, b) rotated by the angle whose cosine and sine are (c, s): the arithmetic every RoPE kernel
+/// here shares, so that they round alike.
+__device__ __forceinline__ void rotate_pair(float a, float b, float c, float s, float& x, float& y) {
+  x = a * c - b * s;
+  y = a * s + b * c;
+}
+
+/// cos and sign * sin of RoPE pair i of a token at position pos, as the CPU computes them: inv_freq =
+/// theta^(-2i/Dh) and the angle pos * inv_freq in double, then rounded to float.
+__device__ __forceinline__ void rope_cos_sin(int64_t pos, int i, int Dh, double theta, double sign, float& c,
+                                             float& s) {
+  const double inv_freq = pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(Dh));
+  double sd, cd;
+  sincos(static_cast<double>(pos) * inv_freq, &sd, &cd);
+  c = static_cast<float>(cd);
+  s = static_cast<float>(sign * sd);
+}
+
 __global__ void rope_kernel(float* x, int64_t stride, const int64_t* __restrict__ positions, int64_t N, int H,
                             int Dh, double theta, bool interleaved, double sign) {
   const int half = Dh / 2;
   TESSERA_GRID_STRIDE(k, N * half) {
     const int64_t n = k / half;
     const int i = static_cast<int>(k - n * half);
-    // As the CPU: inv_freq = theta^(-2i/Dh), angle = pos * inv_freq, all in double, then cos/sin to float.
-    const double inv_freq = pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(Dh));
-    double sd, cd;
-    sincos(static_cast<double>(positions[n]) * inv_freq, &sd, &cd);
-    const float c = static_cast<float>(cd), s = static_cast<float>(sign * sd);
+    float c, s;
+    rope_cos_sin(positions[n], i, Dh, theta, sign, c, s);
     float* tok = x + n * stride;
     const int ia = interleaved ? 2 * i : i, ib = interleaved ? 2 * i + 1 : half + i;
     // Heads in runs of 8, every load of a run before its stores (in place: see rope_qk_item).
@@ -437,8 +454,7 @@ __global__ void rope_kernel(float* x, int64_t stride, const int64_t* __restrict_
       for (int u = 0; u < kRun; ++u) {
         if (h + u >= H) break;
         float* v = tok + static_cast<int64_t>(h + u) * Dh;
-        v[ia] = a[u] * c - b[u] * s;
-        v[ib] = a[u] * s + b[u] * c;
+        rotate_pair(a[u], b[u], c, s, v[ia], v[ib]);
       }
     }
   }
@@ -461,10 +477,8 @@ __device__ inline void rope_qk_item(int64_t t, const In* q, const In* k, Out* q_
   const int i = static_cast<int>(t % half);
   const int64_t ng = t / half, n = ng / groups;
   const int h0 = static_cast<int>(ng - n * groups) * per, h1 = min(H, h0 + per);
-  const double inv_freq = pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(Dh));
-  double sd, cd;
-  sincos(static_cast<double>(positions[n]) * inv_freq, &sd, &cd);
-  const float c = static_cast<float>(cd), s = static_cast<float>(sign * sd);
+  float c, s;
+  rope_cos_sin(positions[n], i, Dh, theta, sign, c, s);
   const int ia = interleaved ? 2 * i : i, ib = interleaved ? 2 * i + 1 : half + i;
   // Heads in runs of kRun: every load of a run is issued before its stores. The output may alias the input
   // (in place), so loads and stores of one head sequence would otherwise wait on each other: two loads in
@@ -485,8 +499,10 @@ __device__ inline void rope_qk_item(int64_t t, const In* q, const In* k, Out* q_
     for (int u = 0; u < kRun; ++u) {
       if (h + u >= h1) break;
       Out* dst = (h + u < Hq ? q_out : k_out) + head_offset(h + u);
-      store_value(dst + ia, a[u] * c - b[u] * s);
-      store_value(dst + ib, a[u] * s + b[u] * c);
+      float x, y;
+      rotate_pair(a[u], b[u], c, s, x, y);
+      store_value(dst + ia, x);
+      store_value(dst + ib, y);
     }
   }
 }
@@ -497,6 +513,79 @@ __global__ void rope_qk_kernel(const In* q, const In* k, Out* q_out, Out* k_out,
                                double theta, bool interleaved, double sign, int groups) {
   TESSERA_GRID_STRIDE(t, N * groups * (Dh / 2)) {
     rope_qk_item(t, q, k, q_out, k_out, positions, Hq, Hk, Dh, theta, interleaved, sign, groups);
+  }
+}
+
+/// Eight bf16 values of one 16-byte word (the first in the lowest bits: memory order) and back.
+__device__ __forceinline__ void unpack_bf16x8(const uint4& w, float (&f)[8]) {
+  const uint32_t v[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    f[2 * j] = bf16_to_float(static_cast<uint16_t>(v[j] & 0xffffu));
+    f[2 * j + 1] = bf16_to_float(static_cast<uint16_t>(v[j] >> 16));
+  }
+}
+__device__ __forceinline__ uint4 pack_bf16x8(const float (&f)[8]) {
+  uint32_t v[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) v[j] = uint32_t{bf16_bits(f[2 * j])} | uint32_t{bf16_bits(f[2 * j + 1])} << 16;
+  return make_uint4(v[0], v[1], v[2], v[3]);
+}
+
+/// rope_qk_kernel for bf16 in and out with 16-byte accesses: item t = (n * groups + group) * chunks + c (c
+/// fastest) rotates pairs 8c .. 8c+7 of token n in the group's heads. Half style: the pairs' first elements
+/// are one 16-byte word at 8c, their partners one at Dh/2 + 8c; interleaved: the pairs are the 16 elements
+/// from 16c, two words. cos / sin once per pair for all the thread's heads. Heads in runs of kRun, every load
+/// of a run before its stores (in place: each word is read and written by this thread only), so a thread has
+/// 2 kRun 16-byte loads in flight; rope_qk_item moves 2-byte values, one pair per thread, whose in-place
+/// stores the compiler must order before the next head's loads. The same rotations, bit for bit.
+/// Needs Dh a multiple of 16 and 16-byte aligned q, k, q_out, k_out.
+__global__ void rope_qk_bf16x8_kernel(const uint16_t* q, const uint16_t* k, uint16_t* q_out, uint16_t* k_out,
+                                      const int64_t* __restrict__ positions, int64_t N, int Hq, int Hk,
+                                      int Dh, double theta, bool interleaved, double sign, int groups) {
+  const int half = Dh / 2, chunks = half / 8, H = Hq + Hk, per = (H + groups - 1) / groups;
+  TESSERA_GRID_STRIDE(t, N * groups * chunks) {
+    const int c = static_cast<int>(t % chunks);
+    const int64_t ng = t / chunks, n = ng / groups;
+    const int h0 = static_cast<int>(ng - n * groups) * per, h1 = min(H, h0 + per);
+    float cs[8], sn[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) rope_cos_sin(positions[n], 8 * c + j, Dh, theta, sign, cs[j], sn[j]);
+    const int e0 = interleaved ? 16 * c : 8 * c, e1 = interleaved ? 16 * c + 8 : half + 8 * c;
+    auto row = [&](int hh) { return hh < Hq ? (n * Hq + hh) * Dh : (n * Hk + (hh - Hq)) * Dh; };
+    constexpr int kRun = 4;
+    for (int h = h0; h < h1; h += kRun) {
+      uint4 w0[kRun], w1[kRun];
+#pragma unroll
+      for (int u = 0; u < kRun; ++u) {
+        if (h + u < h1) {
+          const uint16_t* src = (h + u < Hq ? q : k) + row(h + u);
+          w0[u] = *reinterpret_cast<const uint4*>(src + e0);
+          w1[u] = *reinterpret_cast<const uint4*>(src + e1);
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kRun; ++u) {
+        if (h + u < h1) {
+          float f0[8], f1[8], r0[8], r1[8];
+          unpack_bf16x8(w0[u], f0);
+          unpack_bf16x8(w1[u], f1);
+          if (interleaved) {  // word 0: pairs 0-3 as (even, odd) elements; word 1: pairs 4-7
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              rotate_pair(f0[2 * j], f0[2 * j + 1], cs[j], sn[j], r0[2 * j], r0[2 * j + 1]);
+              rotate_pair(f1[2 * j], f1[2 * j + 1], cs[4 + j], sn[4 + j], r1[2 * j], r1[2 * j + 1]);
+            }
+          } else {  // word 0: the pairs' first elements, word 1 their partners
+#pragma unroll
+            for (int j = 0; j < 8; ++j) rotate_pair(f0[j], f1[j], cs[j], sn[j], r0[j], r1[j]);
+          }
+          uint16_t* dst = (h + u < Hq ? q_out : k_out) + row(h + u);
+          *reinterpret_cast<uint4*>(dst + e0) = pack_bf16x8(r0);
+          *reinterpret_cast<uint4*>(dst + e1) = pack_bf16x8(r1);
+        }
+      }
+    }
   }
 }
 
@@ -526,9 +615,23 @@ int rope_head_groups(int64_t N, int half, int H) {
   return static_cast<int>(std::clamp<int64_t>((kTargetThreads + pairs - 1) / pairs, 1, H));
 }
 
+std::atomic<bool> g_rope_vectorised{true};
+
 template <class In, class Out>
 void launch_rope_qk(const void* q, const void* k, void* q_out, void* k_out, const int64_t* positions,
                     int64_t N, int Hq, int Hk, int Dh, double theta, bool interleaved, double sign) {
+  if constexpr (std::is_same_v<In, uint16_t> && std::is_same_v<Out, uint16_t>) {
+    if (Dh % 16 == 0 && g_rope_vectorised.load() && aligned_to(q, 16) && aligned_to(k, 16) &&
+        aligned_to(q_out, 16) && aligned_to(k_out, 16)) {
+      // Threads per token: Dh / 16 chunks of 8 pairs, times head groups until ~64K threads are in flight.
+      const int chunks = Dh / 16, groups = rope_head_groups(N, chunks, Hq + Hk);
+      rope_qk_bf16x8_kernel<<<stride_blocks(N * groups * chunks), kThreads>>>(
+          static_cast<const uint16_t*>(q), static_cast<const uint16_t*>(k), static_cast<uint16_t*>(q_out),
+          static_cast<uint16_t*>(k_out), positions, N, Hq, Hk, Dh, theta, interleaved, sign, groups);
+      TESSERA_CUDA_CHECK_LAUNCH("rope_qk_bf16x8_kernel");
+      return;
+    }
+  }
   const int groups = rope_head_groups(N, Dh / 2, Hq + Hk);
   rope_qk_kernel<In, Out><<<stride_blocks(N * groups * (Dh / 2)), kThreads>>>(
       static_cast<const In*>(q), static_cast<const In*>(k), static_cast<Out*>(q_out),
@@ -807,6 +910,10 @@ void rope_f32(float* x, int64_t stride, const int64_t* positions, int64_t N, int
   rope_kernel<<<stride_blocks(N * (Dh / 2)), kThreads>>>(x, stride, positions, N, static_cast<int>(H),
                                                          static_cast<int>(Dh), theta, interleaved, sign);
   TESSERA_CUDA_CHECK_LAUNCH("rope_kernel");
+}
+
+bool set_rope_vectorised(bool on) {
+  return g_rope_vectorised.exchange(on);
 }
 
 void rope_qk(const void* q, const void* k, void* q_out, void* k_out, bool src_bf16, bool dst_bf16,

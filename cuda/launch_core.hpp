@@ -68,6 +68,11 @@ void rope_qk(const void* q, const void* k, void* q_out, void* k_out, bool src_bf
              const int64_t* positions, int64_t N, int64_t Hq, int64_t Hk, int64_t Dh, double theta,
              bool interleaved, double sign);
 
+/// Whether bf16 -> bf16 rope_qk calls that fit them (Dh a multiple of 16, 16-byte aligned pointers) take the
+/// kernel with 16-byte accesses (the default) or the per-pair one every call takes; returns the previous
+/// setting. For tests and benchmarks, which compare the two.
+bool set_rope_vectorised(bool on);
+
 /// A KV cache's append in one launch: kdst [rows, kw] = k rows (stride k_stride), vdst [rows, vw] = v rows,
 /// seg_dst[r] = seg ? seg[r] : 0.
 void append_kv_f32(float* kdst, const float* k, int64_t k_stride, int64_t kw, float* vdst, const float* v,

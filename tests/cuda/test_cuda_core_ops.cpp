@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "../../cuda/launch_core.hpp"  // internal: the RoPE kernel choice
 #include "support/gradcheck.hpp"
 #include "tessera/core/allocator.hpp"
 #include "tessera/core/dtype.hpp"
@@ -505,6 +506,60 @@ TEST_F(CudaCore, RopeQkRotatesQueriesAndKeysInOneLaunch) {
   EXPECT_THROW(ops::rope_qk(cuda{}, dq.data(), dk.data(), dq.data(), dk.data(), d_pos.data(), N, Hq, Hk, 15,
                             1e4, ops::RopeStyle::Half, false),
                Error);
+}
+
+// bf16 RoPE with 16-byte accesses (Dh a multiple of 16, aligned) against the per-pair kernel: bit for bit, in
+// place and out of place, both styles, both directions; head counts past a run of 4 heads and not a multiple
+// of it; token counts from a decoding step (one head per thread) to the training layout (every head in one
+// thread). A row offset by one element (not 16-byte aligned) takes the per-pair kernel.
+TEST_F(CudaCore, RopeQkBf16VectorisedMatchesThePerPairKernel) {
+  Rng rng(43);
+  struct Restore {
+    bool on;
+    ~Restore() { cuda_detail::set_rope_vectorised(on); }
+  } const restore{cuda_detail::set_rope_vectorised(true)};
+  struct Shape {
+    int64_t Hq, Hk, Dh;
+  };
+  for (const Shape sh : {Shape{4, 2, 16}, Shape{11, 6, 48}, Shape{16, 16, 128}})
+    for (const int64_t N : {int64_t{1}, int64_t{29}, int64_t{3000}})
+      for (const auto style : {ops::RopeStyle::Interleaved, ops::RopeStyle::Half})
+        for (const bool inverse : {false, true})
+          for (const int64_t offset : {int64_t{0}, int64_t{1}}) {
+            const std::string tag = "N " + std::to_string(N) + ", heads " + std::to_string(sh.Hq) + " + " +
+                                    std::to_string(sh.Hk) + ", Dh " + std::to_string(sh.Dh) +
+                                    (style == ops::RopeStyle::Half ? ", half" : ", interleaved") +
+                                    (inverse ? ", inverse" : "") + (offset ? ", unaligned" : "");
+            SCOPED_TRACE(tag);
+            const int64_t nq = N * sh.Hq * sh.Dh, nk = N * sh.Hk * sh.Dh;
+            Dev<int64_t> pos(randint(N, rng, 0, 5000));
+            const std::vector<bf16> q = to_bf16(randn(nq + offset, rng)),
+                                    k = to_bf16(randn(nk + offset, rng));
+            // rotate(vectorised, in_place): q', k' (host)
+            auto rotate = [&](bool vectorised, bool in_place) {
+              cuda_detail::set_rope_vectorised(vectorised);
+              // (out of place: the outputs start as the inputs, so the element before an unaligned view
+              // matches the in-place reference, and an element left unwritten stays unrotated)
+              Dev<bf16> dq(q), dk(k), oq(q), ok(k);
+              bf16* q_out = in_place ? dq.data() : oq.data();
+              bf16* k_out = in_place ? dk.data() : ok.data();
+              ops::rope_qk(cuda{}, dq.data() + offset, dk.data() + offset, q_out + offset, k_out + offset,
+                           pos.data(), N, sh.Hq, sh.Hk, sh.Dh, 5e5, style, inverse);
+              return std::pair{in_place ? dq.get() : oq.get(), in_place ? dk.get() : ok.get()};
+            };
+            auto bits = [](const std::vector<bf16>& v) {
+              std::vector<uint16_t> b(v.size());
+              for (size_t i = 0; i < v.size(); ++i) b[i] = v[i].bits;
+              return b;
+            };
+            const auto [ref_q, ref_k] = rotate(false, true);
+            for (const bool in_place : {true, false}) {
+              const auto [vq, vk] = rotate(true, in_place);
+              EXPECT_EQ(bits(vq), bits(ref_q)) << "q, " << (in_place ? "in place" : "out of place");
+              EXPECT_EQ(bits(vk), bits(ref_k)) << "k, " << (in_place ? "in place" : "out of place");
+            }
+            EXPECT_NE(bits(ref_q), bits(q)) << "the rotation changed nothing";
+          }
 }
 
 // rope_qk_append (a cached attention step: RoPE of q in place, the rotated keys and the values into the cache
