@@ -579,7 +579,8 @@ struct Bench {
       if (!std::isfinite(t.loss)) fail("train step", str("loss ", t.loss, " is not finite"));
       if (breakdown)
         phase_breakdown("train", [&] {
-          zero_grads(lm);
+          zero_grads(lm);  // 4 bytes per trainable parameter (18 GB at BLT-1B): its own phase
+          lm.model.phase("zero_grads");
           lm.forward(ids.data(), 1, T);
           (void)lm.loss(targets.data());
           lm.backward(targets.data());

@@ -187,10 +187,11 @@ struct Problem {
 template <class Mask>
 Problem make_problem(const ops::AttnDims& d, const Mask& m, Rng& rng) {
   const int64_t Dv = d.dv();
-  Problem p{{d.B * d.Tq, d.q_stride, d.Hq * d.Dh},
-            {d.B * d.Tk, d.k_stride, d.Hkv * d.Dh},
-            {d.B * d.Tk, d.v_stride, d.Hkv * Dv},
-            {d.B * d.Tq, d.o_stride, d.Hq * Dv}};
+  Problem p;
+  p.sq = {d.B * d.Tq, d.q_stride, d.Hq * d.Dh};
+  p.sk = {d.B * d.Tk, d.k_stride, d.Hkv * d.Dh};
+  p.sv = {d.B * d.Tk, d.v_stride, d.Hkv * Dv};
+  p.so = {d.B * d.Tq, d.o_stride, d.Hq * Dv};
   p.q = random_bf16(p.sq, rng, 1.0);
   p.k = random_bf16(p.sk, rng, 1.0);
   p.v = random_bf16(p.sv, rng, 1.0);
