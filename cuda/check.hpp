@@ -151,12 +151,16 @@ inline void profile_mark(const char* name) {
       ::tessera::cuda_detail::throw_cuda(tessera_err_, #call, __FILE__, __LINE__); \
   } while (0)
 
-#define TESSERA_CUBLAS_CHECK(call)                                                  \
+#define TESSERA_CUBLAS_CHECK(call) TESSERA_CUBLAS_CHECK_AS(call, #call)
+
+/// The same, with the name the profile gives the call (e.g. its operand type: fp32 and bf16 products go
+/// through the same cuBLAS entry point).
+#define TESSERA_CUBLAS_CHECK_AS(call, profile_name)                                 \
   do {                                                                              \
     const cublasStatus_t tessera_st_ = (call);                                      \
     if (tessera_st_ != CUBLAS_STATUS_SUCCESS)                                       \
       ::tessera::cuda_detail::throw_cublas(tessera_st_, #call, __FILE__, __LINE__); \
-    ::tessera::cuda_detail::profile_mark(#call);                                    \
+    ::tessera::cuda_detail::profile_mark(profile_name);                             \
   } while (0)
 
 /// After a kernel launch: report launch-configuration errors with the kernel's name.

@@ -102,13 +102,16 @@ void gemm_f32(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, co
   const cublasOperation_t op_a = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
   cublasHandle_t h = handle();
   if (batch == 1) {
-    TESSERA_CUBLAS_CHECK(cublasGemmEx_64(h, op_b, op_a, N, M, K, &alpha, B, CUDA_R_32F, ldb, A, CUDA_R_32F,
-                                         lda, &beta, C, CUDA_R_32F, ldc, compute_type(),
-                                         CUBLAS_GEMM_DEFAULT));
+    TESSERA_CUBLAS_CHECK_AS(
+        cublasGemmEx_64(h, op_b, op_a, N, M, K, &alpha, B, CUDA_R_32F, ldb, A, CUDA_R_32F, lda, &beta, C,
+                        CUDA_R_32F, ldc, compute_type(), CUBLAS_GEMM_DEFAULT),
+        "cublasGemmEx fp32");
   } else {
-    TESSERA_CUBLAS_CHECK(cublasGemmStridedBatchedEx_64(h, op_b, op_a, N, M, K, &alpha, B, CUDA_R_32F, ldb, sb,
-                                                       A, CUDA_R_32F, lda, sa, &beta, C, CUDA_R_32F, ldc, sc,
-                                                       batch, compute_type(), CUBLAS_GEMM_DEFAULT));
+    TESSERA_CUBLAS_CHECK_AS(
+        cublasGemmStridedBatchedEx_64(h, op_b, op_a, N, M, K, &alpha, B, CUDA_R_32F, ldb, sb, A, CUDA_R_32F,
+                                      lda, sa, &beta, C, CUDA_R_32F, ldc, sc, batch, compute_type(),
+                                      CUBLAS_GEMM_DEFAULT),
+        "cublasGemmStridedBatchedEx fp32");
   }
 }
 
@@ -425,13 +428,15 @@ void gemm_bf16(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, c
   }
   cublasHandle_t h = handle();
   if (batch == 1) {
-    TESSERA_CUBLAS_CHECK(cublasGemmEx_64(h, op_b, op_a, N, M, K, &alpha, B, CUDA_R_16BF, ldb, A, CUDA_R_16BF,
-                                         lda, &beta, C, c_type, ldc, CUBLAS_COMPUTE_32F,
-                                         CUBLAS_GEMM_DEFAULT));
+    TESSERA_CUBLAS_CHECK_AS(
+        cublasGemmEx_64(h, op_b, op_a, N, M, K, &alpha, B, CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda, &beta, C,
+                        c_type, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+        "cublasGemmEx bf16");
   } else {
-    TESSERA_CUBLAS_CHECK(cublasGemmStridedBatchedEx_64(h, op_b, op_a, N, M, K, &alpha, B, CUDA_R_16BF, ldb,
-                                                       sb, A, CUDA_R_16BF, lda, sa, &beta, C, c_type, ldc, sc,
-                                                       batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    TESSERA_CUBLAS_CHECK_AS(cublasGemmStridedBatchedEx_64(h, op_b, op_a, N, M, K, &alpha, B, CUDA_R_16BF, ldb,
+                                                          sb, A, CUDA_R_16BF, lda, sa, &beta, C, c_type, ldc,
+                                                          sc, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                            "cublasGemmStridedBatchedEx bf16");
   }
 }
 
