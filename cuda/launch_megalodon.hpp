@@ -5,6 +5,7 @@
 // std::complex<float>. Work is queued on the legacy default stream.
 #pragma once
 #include <cstdint>
+#include <string>
 
 namespace tessera::cuda_detail {
 
@@ -83,6 +84,19 @@ void attention_forward_f32(const AttnArgs& a, const float* q, const float* k, co
                            float* lse);
 void attention_backward_f32(const AttnArgs& a, const float* q, const float* k, const float* v, const float* o,
                             const float* lse, const float* dout, float* dq, float* dk, float* dv);
+
+// chunk_attention.cu: mask::ChunkLocal in bf16 mixed precision through batched bf16 GEMMs (fp32 interface, as
+// the fp32 op's). Calls outside its coverage, or whose score buffers (B T C fp32 + bf16) cannot be allocated,
+// return false with nothing written.
+inline constexpr int64_t kChunkAttentionMaxChunk = 4096;
+/// "" when the GEMM route covers the call (chunk-local, q_offset 0, Tq == Tk a multiple of C <= 4096, Hq ==
+/// Hkv), else why not.
+std::string chunk_attention_gemm_unsupported(const AttnArgs& a);
+bool chunk_attention_forward_gemm(const AttnArgs& a, const float* q, const float* k, const float* v, float* o,
+                                  float* lse);
+bool chunk_attention_backward_gemm(const AttnArgs& a, const float* q, const float* k, const float* v,
+                                   const float* o, const float* lse, const float* dout, float* dq, float* dk,
+                                   float* dv);
 
 // The id-based masks: q_id/k_id (document or segment ids, equal ids attend; `causal` adds k <= q), block-causal
 // segments, key validity bytes. Device pointers.

@@ -274,6 +274,17 @@ void attention_backward(cuda, const AttnDims& d, const mask::ChunkLocal& m, cons
   attention_backward_cuda(d, m, q, k, v, o, lse, dout, dq, dk, dv);
 }
 
+bool attention_forward_chunks_bf16(cuda, const AttnDims& d, const mask::ChunkLocal& m, const float* q,
+                                   const float* k, const float* v, float* o, float* lse) {
+  return cuda_detail::chunk_attention_forward_gemm(attn_args(d, m, "attention_forward"), q, k, v, o, lse);
+}
+bool attention_backward_chunks_bf16(cuda, const AttnDims& d, const mask::ChunkLocal& m, const float* q,
+                                    const float* k, const float* v, const float* o, const float* lse,
+                                    const float* dout, float* dq, float* dk, float* dv) {
+  return cuda_detail::chunk_attention_backward_gemm(attn_args(d, m, "attention_backward"), q, k, v, o, lse,
+                                                    dout, dq, dk, dv);
+}
+
 // Id masks: every id / validity pointer is device memory.
 void attention_forward(cuda, const AttnDims& d, const mask::DocumentCuts& m, const float* q, const float* k,
                        const float* v, float* o, float* lse) {

@@ -22,6 +22,7 @@
 #include <complex>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "support/gradcheck.hpp"
@@ -462,7 +463,9 @@ void with_mask(const AttnCase& c, F&& f) {
 
 /// Forward and backward on both backends; o, lse, dq, dk, dv compared. Padding columns start with the same
 /// value on both sides (7) and must stay untouched; head columns of outputs start as NaN on the GPU.
-void check_attention(const AttnCase& c, Rng& rng) {
+/// chunks_bf16: the GPU side is ops::attention_*_chunks_bf16 (batched bf16 GEMMs), which must take the call,
+/// compared within the bf16 contract's tolerances.
+void check_attention(const AttnCase& c, Rng& rng, bool chunks_bf16 = false) {
   SCOPED_TRACE(c.name);
   const ops::AttnDims d = with_strides(c.d, c.pad);
   const int64_t nq = d.B * d.Tq, nk = d.B * d.Tk;
@@ -491,15 +494,30 @@ void check_attention(const AttnCase& c, Rng& rng) {
     ops::attention_forward(cpu{}, d, m, q.data(), k.data(), v.data(), o.data(), lse.data());
     ops::attention_backward(cpu{}, d, m, q.data(), k.data(), v.data(), o.data(), lse.data(), dout.data(),
                             dq.data(), dk.data(), dv.data());
+    if constexpr (std::is_same_v<decltype(m), ops::mask::ChunkLocal>) {
+      if (chunks_bf16) {
+        ASSERT_TRUE(ops::attention_forward_chunks_bf16(cuda{}, d, m, d_q.get(), d_k.get(), d_v.get(),
+                                                       d_o.get(), d_lse.get()));
+        ASSERT_TRUE(ops::attention_backward_chunks_bf16(cuda{}, d, m, d_q.get(), d_k.get(), d_v.get(),
+                                                        d_o.get(), d_lse.get(), d_dout.get(), d_dq.get(),
+                                                        d_dk.get(), d_dv.get()));
+        return;
+      }
+    }
+    ASSERT_FALSE(chunks_bf16) << "the GEMM route is for mask::ChunkLocal";
     ops::attention_forward(cuda{}, d, m, d_q.get(), d_k.get(), d_v.get(), d_o.get(), d_lse.get());
     ops::attention_backward(cuda{}, d, m, d_q.get(), d_k.get(), d_v.get(), d_o.get(), d_lse.get(), d_dout.get(),
                             d_dq.get(), d_dk.get(), d_dv.get());
   });
-  expect_close("attention o", d_o.host(), o);
-  expect_close("attention lse", d_lse.host(), lse);
-  expect_close("attention dq", d_dq.host(), dq);
-  expect_close("attention dk", d_dk.host(), dk);
-  expect_close("attention dv", d_dv.host(), dv);
+  // bf16 operands, P and dS (one rounding each, 2^-9 relative) under fp32 accumulation: 1e-2 of the largest
+  // output for o and lse, 2e-2 for the gradients (two rounded factors per product), as the bf16 kernels'
+  // tests.
+  const double t_out = chunks_bf16 ? 1e-2 : kRtol, t_grad = chunks_bf16 ? 2e-2 : kRtol;
+  expect_close("attention o", d_o.host(), o, t_out);
+  expect_close("attention lse", d_lse.host(), lse, t_out);
+  expect_close("attention dq", d_dq.host(), dq, t_grad);
+  expect_close("attention dk", d_dk.host(), dk, t_grad);
+  expect_close("attention dv", d_dv.host(), dv, t_grad);
 }
 
 ops::AttnDims dims(int64_t B, int64_t Tq, int64_t Tk, int64_t Hq, int64_t Hkv, int64_t Dh, int64_t Dv,
@@ -534,6 +552,30 @@ TEST_F(CudaMegalodon, AttentionMatchesCpuForEachMask) {
       {"causal Dh=48 Dv=200 GQA 3/1", dims(1, 33, 33, 3, 1, 48, 200, 0, 0.15), 0, 0, 1},
   };
   for (const AttnCase& c : cases) check_attention(c, rng);
+}
+
+// Chunk-local attention through batched bf16 GEMMs (Megalodon under bf16 compute precision): Megalodon's wide
+// values (Dv 8 x Dh) and scale 1, several heads, padded strides, one chunk per sequence; calls it does not
+// cover return false with nothing written.
+TEST_F(CudaMegalodon, ChunkAttentionThroughBf16GemmsMatchesCpu) {
+  Rng rng(33);
+  const AttnCase cases[] = {
+      {"chunks C=16 Dh=16 Dv=128 scale=1", dims(2, 64, 64, 1, 1, 16, 128, 0, 1.0), 2, 16},
+      {"chunks C=32 Dh=Dv=64 H=2 padded", dims(2, 96, 96, 2, 2, 64, 0, 0, 0.125), 2, 32, 3},
+      {"one chunk C=T=48 Dh=32 Dv=80 H=3", dims(1, 48, 48, 3, 3, 32, 80, 0, 0.2), 2, 48},
+  };
+  for (const AttnCase& c : cases) check_attention(c, rng, true);
+
+  const ops::AttnDims d = with_strides(dims(1, 40, 40, 2, 2, 16, 0, 0, 0.25), 0);
+  Dev<float> buf(filled<float>(40 * 64, 0.5f)), lse(filled<float>(80, kNaN)), o(filled<float>(40 * 32, kNaN));
+  EXPECT_FALSE(ops::attention_forward_chunks_bf16(cuda{}, d, ops::mask::ChunkLocal{16}, buf.get(), buf.get(),
+                                                  buf.get(), o.get(), lse.get()))
+      << "40 is not a multiple of the chunk";
+  for (float x : o.host()) ASSERT_TRUE(std::isnan(x)) << "a refused call wrote its output";
+  auto gqa = dims(1, 32, 32, 2, 1, 16, 0, 0, 0.25);
+  EXPECT_FALSE(ops::attention_forward_chunks_bf16(cuda{}, with_strides(gqa, 0), ops::mask::ChunkLocal{16},
+                                                  buf.get(), buf.get(), buf.get(), o.get(), lse.get()))
+      << "grouped heads";
 }
 
 // Tq != Tk with q_offset (KV-cache decoding and chunked prefill), and rows that see no key at all (lse -inf,

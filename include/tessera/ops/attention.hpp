@@ -364,6 +364,17 @@ void attention_backward(cuda, const AttnDims& d, const mask::SlidingWindow& m, c
 void attention_backward(cuda, const AttnDims& d, const mask::ChunkLocal& m, const float* q, const float* k,
                         const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk,
                         float* dv);
+/// CUDA, bf16 mixed precision (Megalodon's attention under set_compute_precision(bf16)): mask::ChunkLocal
+/// through batched bf16 GEMMs with fp32 accumulation and a softmax kernel (cuda/chunk_attention.cu), for the
+/// wide heads the flash kernels can only run in fp32. Same interface and layouts as the fp32 op, the bf16
+/// attention's precision contract (q, k, v, dout, P and dS rounded to bf16 once). Returns false, nothing
+/// written, unless q_offset is 0, Tq == Tk is a multiple of C <= 4096 and Hq == Hkv, or when its buffers for
+/// every chunk's scores (B T C fp32 and bf16) cannot be allocated.
+bool attention_forward_chunks_bf16(cuda, const AttnDims& d, const mask::ChunkLocal& m, const float* q,
+                                   const float* k, const float* v, float* o, float* lse);
+bool attention_backward_chunks_bf16(cuda, const AttnDims& d, const mask::ChunkLocal& m, const float* q,
+                                    const float* k, const float* v, const float* o, const float* lse,
+                                    const float* dout, float* dq, float* dk, float* dv);
 
 // CUDA id masks (same kernels). Every id / validity pointer inside the policy (q_doc, k_doc, q_seg, k_seg,
 // valid) must be DEVICE memory, laid out as on the CPU (rows b*Tq + i, b*Tk + j); the host never reads

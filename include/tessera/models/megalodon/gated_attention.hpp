@@ -17,12 +17,14 @@
 #pragma once
 #include <cmath>
 #include <complex>
+#include <type_traits>
 #include <vector>
 
 #include "tessera/layers/cema.hpp"
 #include "tessera/layers/kv_cache.hpp"
 #include "tessera/layers/linear.hpp"
 #include "tessera/layers/offset_norm.hpp"
+#include "tessera/layers/precision.hpp"
 #include "tessera/layers/timestep_norm.hpp"
 #include "tessera/models/megalodon/config.hpp"
 #include "tessera/ops/activation.hpp"
@@ -73,6 +75,10 @@ struct MegaGatedAttention {
   Linear<T, B> wv, wz, wr, wh1, wh2;
   int64_t dim = 0, zdim = 0, vdim = 0, heads = 0, dz = 0, dv = 0, chunk = 0;
   double eps = 1e-5, rope_base = 10000.0;
+  /// bf16 (layers/precision.hpp): besides the Linear layers, the chunk attention's products run as batched
+  /// bf16 GEMMs where ops::attention_forward_chunks_bf16 covers the call (whole chunks), else on the fp32
+  /// kernels.
+  Precision compute_precision = Precision::fp32;
 
   void setup(const MegalodonConfig& c) {
     dim = c.model_dim;
@@ -135,8 +141,16 @@ struct MegaGatedAttention {
     // Chunk-local attention.
     s.attn.resize_uninit({n, vdim});
     s.lse.resize_uninit({ctx.batch, heads, ctx.seq});
-    ops::attention_forward(B{}, attn_dims(ctx.batch, ctx.seq, ctx.seq, 0), ops::mask::ChunkLocal{chunk},
-                           s.q.data(), s.k.data(), s.v.data(), s.attn.data(), s.lse.data());
+    const ops::AttnDims d = attn_dims(ctx.batch, ctx.seq, ctx.seq, 0);
+    bool in_bf16 = false;
+    if constexpr (std::is_same_v<B, cuda> && std::is_same_v<T, float>) {
+      in_bf16 = compute_precision == Precision::bf16 &&
+                ops::attention_forward_chunks_bf16(B{}, d, ops::mask::ChunkLocal{chunk}, s.q.data(),
+                                                   s.k.data(), s.v.data(), s.attn.data(), s.lse.data());
+    }
+    if (!in_bf16)
+      ops::attention_forward(B{}, d, ops::mask::ChunkLocal{chunk}, s.q.data(), s.k.data(), s.v.data(),
+                             s.attn.data(), s.lse.data());
     finish(ctx, x, y, s);
   }
 
@@ -157,9 +171,17 @@ struct MegaGatedAttention {
     dq_.resize_uninit({n, zdim});
     dk_.resize_uninit({n, zdim});
     dv_.resize_uninit({n, vdim});
-    ops::attention_backward(B{}, attn_dims(ctx.batch, ctx.seq, ctx.seq, 0), ops::mask::ChunkLocal{chunk},
-                            s.q.data(), s.k.data(), s.v.data(), s.attn.data(), s.lse.data(), da_.data(),
-                            dq_.data(), dk_.data(), dv_.data());
+    const ops::AttnDims d = attn_dims(ctx.batch, ctx.seq, ctx.seq, 0);
+    bool in_bf16 = false;
+    if constexpr (std::is_same_v<B, cuda> && std::is_same_v<T, float>) {
+      in_bf16 = compute_precision == Precision::bf16 &&
+                ops::attention_backward_chunks_bf16(B{}, d, ops::mask::ChunkLocal{chunk}, s.q.data(),
+                                                    s.k.data(), s.v.data(), s.attn.data(), s.lse.data(),
+                                                    da_.data(), dq_.data(), dk_.data(), dv_.data());
+    }
+    if (!in_bf16)
+      ops::attention_backward(B{}, d, ops::mask::ChunkLocal{chunk}, s.q.data(), s.k.data(), s.v.data(),
+                              s.attn.data(), s.lse.data(), da_.data(), dq_.data(), dk_.data(), dv_.data());
     const int64_t* pos = ctx.positions ? ctx.positions : s.positions.data();
     ops::rope_backward(B{}, dq_.data(), zdim, pos, n, heads, dz, rope_base, ops::RopeStyle::Interleaved);
     ops::rope_backward(B{}, dk_.data(), zdim, pos, n, heads, dz, rope_base, ops::RopeStyle::Interleaved);

@@ -1,0 +1,217 @@
+// Chunk-local attention (mask::ChunkLocal: Megalodon's causal attention inside chunks of C tokens) in bf16
+// mixed precision through batched GEMMs. Megalodon's heads are wide (z 256, values up to 2048 per head) and
+// its chunks short enough that one chunk's C x C scores fit in memory (C 2048: 16 MB fp32 per chunk and
+// head), so instead of a flash kernel (which at these head dims has to run on CUDA cores in fp32) every
+// product is a cuBLAS bf16 GEMM with fp32 accumulation over all B * T / C chunks at once, and only the
+// softmax is a kernel:
+//
+//   forward, per head:  S = Q K^T (fp32);  P = softmax(scale S) causal inside the chunk (bf16), lse;  O = P
+//   V. backward, per head: S = Q K^T again;  P = exp(scale S - lse) (bf16);  dV = P^T dO;  dP = dO V^T;
+//                       dS = P (dP - rowsum(dO O)) scale (bf16);  dQ = dS K;  dK = dS^T Q.
+//
+// The precision contract is the bf16 attention's (include/tessera/ops/attention_bf16.hpp): q, k, v, dO, P and
+// dS rounded to bf16 once, fp32 accumulation, fp32 softmax statistics; o, lse, dq, dk, dv fp32, laid out as
+// the fp32 op's.
+#include <cmath>
+#include <limits>
+
+#include "check.hpp"
+#include "core_util.cuh"
+#include "launch_core.hpp"
+#include "launch_megalodon.hpp"
+#include "scratch.cuh"
+
+namespace tessera::cuda_detail {
+
+namespace {
+
+constexpr int kRowsPerBlock = 8;  // one warp per score row
+constexpr int kThreads = 256;     // the element-wise kernels
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+/// Row g of the scores S [rows, C] (rows = B * T; row g is position g % C of its chunk, token g % T of
+/// sequence g / T): P = exp(scale S - lse) for the keys c <= g % C, 0 for the rest (bf16), and
+/// lse[(b * H + h) * T + t] = log sum exp over the same keys.
+__global__ void chunk_softmax_kernel(const float* __restrict__ S, uint16_t* __restrict__ P,
+                                     float* __restrict__ lse, int64_t rows, int C, float scale, int64_t T,
+                                     int H, int h) {
+  const int lane = threadIdx.x % 32;
+  const int64_t g = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
+  if (g >= rows) return;
+  const int r = static_cast<int>(g % C);
+  const float* s = S + g * C;
+  float m = -std::numeric_limits<float>::infinity();
+  for (int c = lane; c <= r; c += 32) m = fmaxf(m, scale * s[c]);
+  m = warp_max(m);
+  float sum = 0.f;
+  for (int c = lane; c <= r; c += 32) sum += expf(scale * s[c] - m);
+  sum = warp_sum(sum);
+  const float l = m + logf(sum);
+  uint16_t* p = P + g * C;
+  for (int c = lane; c < C; c += 32) p[c] = c <= r ? bf16_bits(expf(scale * s[c] - l)) : uint16_t{0};
+  if (lane == 0) lse[(g / T * H + h) * T + g % T] = l;
+}
+
+/// The backward's P from the forward's lse: P = exp(scale S - lse) for c <= g % C, else 0 (bf16).
+__global__ void chunk_probs_kernel(const float* __restrict__ S, const float* __restrict__ lse,
+                                   uint16_t* __restrict__ P, int64_t rows, int C, float scale, int64_t T,
+                                   int H, int h) {
+  TESSERA_GRID_STRIDE(i, rows * C) {
+    const int64_t g = i / C;
+    const int c = static_cast<int>(i - g * C), r = static_cast<int>(g % C);
+    const float l = lse[(g / T * H + h) * T + g % T];
+    P[i] = c <= r ? bf16_bits(expf(scale * S[i] - l)) : uint16_t{0};
+  }
+}
+
+/// Dsum[g] = sum_j dO[g, j] O[g, j] over head h's Dv columns (fp32 rows of strides do_stride, o_stride).
+__global__ void chunk_rowdot_kernel(const float* __restrict__ dO, int64_t do_stride,
+                                    const float* __restrict__ O, int64_t o_stride, int64_t col0, int Dv,
+                                    float* __restrict__ Dsum, int64_t rows) {
+  const int lane = threadIdx.x % 32;
+  const int64_t g = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
+  if (g >= rows) return;
+  const float* a = dO + g * do_stride + col0;
+  const float* b = O + g * o_stride + col0;
+  float s = 0.f;
+  for (int j = lane; j < Dv; j += 32) s += a[j] * b[j];
+  s = warp_sum(s);
+  if (lane == 0) Dsum[g] = s;
+}
+
+/// dS = P (dP - Dsum[row]) scale, in place over P (bf16); dP fp32.
+__global__ void chunk_dscores_kernel(const float* __restrict__ dP, uint16_t* __restrict__ P,
+                                     const float* __restrict__ Dsum, int64_t rows, int C, float scale) {
+  TESSERA_GRID_STRIDE(i, rows * C) {
+    const float p = bf16_to_float(P[i]);
+    P[i] = bf16_bits(p * (dP[i] - Dsum[i / C]) * scale);
+  }
+}
+
+/// A strided fp32 [rows, cols] buffer (token stride `stride`) as bf16 with the same stride: the elements from
+/// the first to the last used one are cast (padding columns between rows too, never read).
+void cast_rows(uint16_t* dst, const float* src, int64_t rows, int64_t stride, int64_t cols) {
+  cast_f32_to_bf16(dst, src, (rows - 1) * stride + cols);
+}
+
+unsigned row_blocks(int64_t rows) {
+  return static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
+}
+
+}  // namespace
+
+std::string chunk_attention_gemm_unsupported(const AttnArgs& a) {
+  if (a.mask != AttnMask::ChunkLocal) return "mask is not chunk-local";
+  if (a.q_offset != 0 || a.Tq != a.Tk) return "q_offset != 0 or Tq != Tk";
+  if (a.Hq != a.Hkv) return "grouped heads (Hq != Hkv)";
+  if (a.mask_param < 1 || a.mask_param > kChunkAttentionMaxChunk) return "chunk size outside [1, 4096]";
+  if (a.Tq % a.mask_param != 0) return "length not a multiple of the chunk size";
+  if (a.B < 1 || a.Tq < 1) return "empty call";
+  return "";
+}
+
+bool chunk_attention_forward_gemm(const AttnArgs& a, const float* q, const float* k, const float* v, float* o,
+                                  float* lse) {
+  if (!chunk_attention_gemm_unsupported(a).empty()) return false;
+  TESSERA_CHECK(q && k && v && o && lse, "attention_forward(cuda, chunk GEMMs): null pointer");
+  const int64_t C = a.mask_param, T = a.Tq, rows = a.B * T, chunks = rows / C, H = a.Hq;
+  DeviceScratch scratch;
+  const int64_t nq = (rows - 1) * a.q_stride + H * a.Dh, nk = (rows - 1) * a.k_stride + H * a.Dh,
+                nv = (rows - 1) * a.v_stride + H * a.Dv;
+  // (the scores of every chunk at once: B T C fp32 and bf16; where that memory cannot be had, the flash
+  // kernels, which need none, run the call)
+  if (!scratch.try_reserve(DeviceScratch::bytes_for<uint16_t>(nq) + DeviceScratch::bytes_for<uint16_t>(nk) +
+                           DeviceScratch::bytes_for<uint16_t>(nv) +
+                           DeviceScratch::bytes_for<float>(rows * C) +
+                           DeviceScratch::bytes_for<uint16_t>(rows * C)))
+    return false;
+  uint16_t* q16 = scratch.carve<uint16_t>(nq);
+  uint16_t* k16 = scratch.carve<uint16_t>(nk);
+  uint16_t* v16 = scratch.carve<uint16_t>(nv);
+  float* S = scratch.carve<float>(rows * C);
+  uint16_t* P = scratch.carve<uint16_t>(rows * C);
+  cast_rows(q16, q, rows, a.q_stride, H * a.Dh);
+  cast_rows(k16, k, rows, a.k_stride, H * a.Dh);
+  cast_rows(v16, v, rows, a.v_stride, H * a.Dv);
+  const float scale = static_cast<float>(a.scale);
+  for (int64_t h = 0; h < H; ++h) {
+    // S_i = Q_i K_i^T for every chunk i (batched: chunk i starts at row i * C).
+    gemm_bf16(false, true, C, C, a.Dh, 1.f, q16 + h * a.Dh, a.q_stride, C * a.q_stride, k16 + h * a.Dh,
+              a.k_stride, C * a.k_stride, 0.f, S, false, C, C * C, chunks);
+    chunk_softmax_kernel<<<row_blocks(rows), 32 * kRowsPerBlock>>>(
+        S, P, lse, rows, static_cast<int>(C), scale, T, static_cast<int>(H), static_cast<int>(h));
+    TESSERA_CUDA_CHECK_LAUNCH("chunk_softmax_kernel");
+    // O_i = P_i V_i, into head h's columns of o.
+    gemm_bf16(false, false, C, a.Dv, C, 1.f, P, C, C * C, v16 + h * a.Dv, a.v_stride, C * a.v_stride, 0.f,
+              o + h * a.Dv, false, a.o_stride, C * a.o_stride, chunks);
+  }
+  return true;
+}
+
+bool chunk_attention_backward_gemm(const AttnArgs& a, const float* q, const float* k, const float* v,
+                                   const float* o, const float* lse, const float* dout, float* dq, float* dk,
+                                   float* dv) {
+  if (!chunk_attention_gemm_unsupported(a).empty()) return false;
+  TESSERA_CHECK(q && k && v && o && lse && dout && dq && dk && dv,
+                "attention_backward(cuda, chunk GEMMs): null pointer");
+  const int64_t C = a.mask_param, T = a.Tq, rows = a.B * T, chunks = rows / C, H = a.Hq;
+  DeviceScratch scratch;
+  const int64_t nq = (rows - 1) * a.q_stride + H * a.Dh, nk = (rows - 1) * a.k_stride + H * a.Dh,
+                nv = (rows - 1) * a.v_stride + H * a.Dv, no = (rows - 1) * a.o_stride + H * a.Dv;
+  if (!scratch.try_reserve(DeviceScratch::bytes_for<uint16_t>(nq) + DeviceScratch::bytes_for<uint16_t>(nk) +
+                           DeviceScratch::bytes_for<uint16_t>(nv) + DeviceScratch::bytes_for<uint16_t>(no) +
+                           DeviceScratch::bytes_for<float>(rows * C) +
+                           DeviceScratch::bytes_for<uint16_t>(rows * C) +
+                           DeviceScratch::bytes_for<float>(rows)))
+    return false;
+  uint16_t* q16 = scratch.carve<uint16_t>(nq);
+  uint16_t* k16 = scratch.carve<uint16_t>(nk);
+  uint16_t* v16 = scratch.carve<uint16_t>(nv);
+  uint16_t* do16 = scratch.carve<uint16_t>(no);
+  float* S = scratch.carve<float>(rows * C);        // the scores, then dP
+  uint16_t* P = scratch.carve<uint16_t>(rows * C);  // P, then dS
+  float* Dsum = scratch.carve<float>(rows);
+  cast_rows(q16, q, rows, a.q_stride, H * a.Dh);
+  cast_rows(k16, k, rows, a.k_stride, H * a.Dh);
+  cast_rows(v16, v, rows, a.v_stride, H * a.Dv);
+  cast_rows(do16, dout, rows, a.o_stride, H * a.Dv);
+  const float scale = static_cast<float>(a.scale);
+  const int Ci = static_cast<int>(C), Hi = static_cast<int>(H);
+  for (int64_t h = 0; h < H; ++h) {
+    const uint16_t *qh = q16 + h * a.Dh, *kh = k16 + h * a.Dh, *vh = v16 + h * a.Dv, *doh = do16 + h * a.Dv;
+    gemm_bf16(false, true, C, C, a.Dh, 1.f, qh, a.q_stride, C * a.q_stride, kh, a.k_stride, C * a.k_stride,
+              0.f, S, false, C, C * C, chunks);
+    chunk_probs_kernel<<<stride_blocks(rows * C), kThreads>>>(S, lse, P, rows, Ci, scale, T, Hi,
+                                                              static_cast<int>(h));
+    TESSERA_CUDA_CHECK_LAUNCH("chunk_probs_kernel");
+    // dV_i = P_i^T dO_i
+    gemm_bf16(true, false, C, a.Dv, C, 1.f, P, C, C * C, doh, a.o_stride, C * a.o_stride, 0.f, dv + h * a.Dv,
+              false, a.v_stride, C * a.v_stride, chunks);
+    // dP_i = dO_i V_i^T (over the scores' buffer)
+    gemm_bf16(false, true, C, C, a.Dv, 1.f, doh, a.o_stride, C * a.o_stride, vh, a.v_stride, C * a.v_stride,
+              0.f, S, false, C, C * C, chunks);
+    chunk_rowdot_kernel<<<row_blocks(rows), 32 * kRowsPerBlock>>>(dout, a.o_stride, o, a.o_stride, h * a.Dv,
+                                                                  static_cast<int>(a.Dv), Dsum, rows);
+    TESSERA_CUDA_CHECK_LAUNCH("chunk_rowdot_kernel");
+    chunk_dscores_kernel<<<stride_blocks(rows * C), kThreads>>>(S, P, Dsum, rows, Ci, scale);
+    TESSERA_CUDA_CHECK_LAUNCH("chunk_dscores_kernel");
+    // dQ_i = dS_i K_i;  dK_i = dS_i^T Q_i
+    gemm_bf16(false, false, C, a.Dh, C, 1.f, P, C, C * C, kh, a.k_stride, C * a.k_stride, 0.f, dq + h * a.Dh,
+              false, a.q_stride, C * a.q_stride, chunks);
+    gemm_bf16(true, false, C, a.Dh, C, 1.f, P, C, C * C, qh, a.q_stride, C * a.q_stride, 0.f, dk + h * a.Dh,
+              false, a.k_stride, C * a.k_stride, chunks);
+  }
+  return true;
+}
+
+}  // namespace tessera::cuda_detail
