@@ -1,9 +1,9 @@
 // Chunk-local attention (mask::ChunkLocal: Megalodon's causal attention inside chunks of C tokens) in bf16
-// mixed precision through batched GEMMs. Megalodon's heads are wide (z 256, values up to 2048 per head) and
-// its chunks short enough that one chunk's C x C scores fit in memory (C 2048: 16 MB fp32 per chunk and
-// head), so instead of a flash kernel (which at these head dims has to run on CUDA cores in fp32) every
-// product is a cuBLAS bf16 GEMM with fp32 accumulation over all B * T / C chunks at once, and only the
-// softmax is a kernel:
+// mixed precision through batched GEMMs. Megalodon's value heads are wider than the bf16 flash kernels take
+// (256 and up, against 128) and its chunks short enough that one chunk's C x C scores fit in memory (C 2048:
+// 16 MB fp32 per chunk and head), so instead of a flash kernel (which at these head dims has to run on CUDA
+// cores in fp32) every product is a cuBLAS bf16 GEMM with fp32 accumulation over all B * T / C chunks at
+// once, and only the softmax is a kernel:
 //
 //   forward, per head:  S = Q K^T (fp32);  P = softmax(scale S) causal inside the chunk (bf16), lse;  O = P
 //   V. backward, per head: S = Q K^T again;  P = exp(scale S - lse) (bf16);  dV = P^T dO;  dP = dO V^T;
