@@ -15,6 +15,7 @@
 #include <cmath>
 #include <limits>
 
+#include "attention_kernels.cuh"  // Dims, warp_max / warp_sum, attn_rowdot_kernel
 #include "check.hpp"
 #include "core_util.cuh"
 #include "launch_core.hpp"
@@ -27,17 +28,6 @@ namespace {
 
 constexpr int kRowsPerBlock = 8;  // one warp per score row
 constexpr int kThreads = 256;     // the element-wise kernels
-
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 /// Row g of the scores S [rows, C] (rows = B * T; row g is position g % C of its chunk, token g % T of
 /// sequence g / T): P = exp(scale S - lse) for the keys c <= g % C, 0 for the rest (bf16), and
@@ -74,27 +64,15 @@ __global__ void chunk_probs_kernel(const float* __restrict__ S, const float* __r
   }
 }
 
-/// Dsum[g] = sum_j dO[g, j] O[g, j] over head h's Dv columns (fp32 rows of strides do_stride, o_stride).
-__global__ void chunk_rowdot_kernel(const float* __restrict__ dO, int64_t do_stride,
-                                    const float* __restrict__ O, int64_t o_stride, int64_t col0, int Dv,
-                                    float* __restrict__ Dsum, int64_t rows) {
-  const int lane = threadIdx.x % 32;
-  const int64_t g = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
-  if (g >= rows) return;
-  const float* a = dO + g * do_stride + col0;
-  const float* b = O + g * o_stride + col0;
-  float s = 0.f;
-  for (int j = lane; j < Dv; j += 32) s += a[j] * b[j];
-  s = warp_sum(s);
-  if (lane == 0) Dsum[g] = s;
-}
-
-/// dS = P (dP - Dsum[row]) scale, in place over P (bf16); dP fp32.
+/// dS = P (dP - Dsum) scale, in place over P (bf16); dP fp32; Dsum = rowsum(dO O) per (row, head), laid out
+/// as lse (attn_rowdot_kernel's output).
 __global__ void chunk_dscores_kernel(const float* __restrict__ dP, uint16_t* __restrict__ P,
-                                     const float* __restrict__ Dsum, int64_t rows, int C, float scale) {
+                                     const float* __restrict__ Dsum, int64_t rows, int C, float scale,
+                                     int64_t T, int H, int h) {
   TESSERA_GRID_STRIDE(i, rows * C) {
+    const int64_t g = i / C;
     const float p = bf16_to_float(P[i]);
-    P[i] = bf16_bits(p * (dP[i] - Dsum[i / C]) * scale);
+    P[i] = bf16_bits(p * (dP[i] - Dsum[(g / T * H + h) * T + g % T]) * scale);
   }
 }
 
@@ -172,7 +150,7 @@ bool chunk_attention_backward_gemm(const AttnArgs& a, const float* q, const floa
                            DeviceScratch::bytes_for<uint16_t>(nv) + DeviceScratch::bytes_for<uint16_t>(no) +
                            DeviceScratch::bytes_for<float>(rows * C) +
                            DeviceScratch::bytes_for<uint16_t>(rows * C) +
-                           DeviceScratch::bytes_for<float>(rows)))
+                           DeviceScratch::bytes_for<float>(rows * H)))
     return false;
   uint16_t* q16 = scratch.carve<uint16_t>(nq);
   uint16_t* k16 = scratch.carve<uint16_t>(nk);
@@ -180,13 +158,18 @@ bool chunk_attention_backward_gemm(const AttnArgs& a, const float* q, const floa
   uint16_t* do16 = scratch.carve<uint16_t>(no);
   float* S = scratch.carve<float>(rows * C);        // the scores, then dP
   uint16_t* P = scratch.carve<uint16_t>(rows * C);  // P, then dS
-  float* Dsum = scratch.carve<float>(rows);
+  float* Dsum = scratch.carve<float>(rows * H);
   cast_rows(q16, q, rows, a.q_stride, H * a.Dh);
   cast_rows(k16, k, rows, a.k_stride, H * a.Dh);
   cast_rows(v16, v, rows, a.v_stride, H * a.Dv);
   cast_rows(do16, dout, rows, a.o_stride, H * a.Dv);
   const float scale = static_cast<float>(a.scale);
   const int Ci = static_cast<int>(C), Hi = static_cast<int>(H);
+  // rowsum(dO O) of every (row, head), in fp32 (the fp32 op's kernel).
+  const Dims dims{a.B,        a.Tq,       a.Tk,       a.Hq,       a.Hkv,      a.Dh, a.Dv,
+                  a.q_stride, a.k_stride, a.v_stride, a.o_stride, a.q_offset, scale};
+  attn_rowdot_kernel<<<grid_for(rows * H * 32, 128, "attention_backward"), 128>>>(dims, o, dout, Dsum);
+  TESSERA_CUDA_CHECK_LAUNCH("attn_rowdot_kernel");
   for (int64_t h = 0; h < H; ++h) {
     const uint16_t *qh = q16 + h * a.Dh, *kh = k16 + h * a.Dh, *vh = v16 + h * a.Dv, *doh = do16 + h * a.Dv;
     gemm_bf16(false, true, C, C, a.Dh, 1.f, qh, a.q_stride, C * a.q_stride, kh, a.k_stride, C * a.k_stride,
@@ -200,10 +183,8 @@ bool chunk_attention_backward_gemm(const AttnArgs& a, const float* q, const floa
     // dP_i = dO_i V_i^T (over the scores' buffer)
     gemm_bf16(false, true, C, C, a.Dv, 1.f, doh, a.o_stride, C * a.o_stride, vh, a.v_stride, C * a.v_stride,
               0.f, S, false, C, C * C, chunks);
-    chunk_rowdot_kernel<<<row_blocks(rows), 32 * kRowsPerBlock>>>(dout, a.o_stride, o, a.o_stride, h * a.Dv,
-                                                                  static_cast<int>(a.Dv), Dsum, rows);
-    TESSERA_CUDA_CHECK_LAUNCH("chunk_rowdot_kernel");
-    chunk_dscores_kernel<<<stride_blocks(rows * C), kThreads>>>(S, P, Dsum, rows, Ci, scale);
+    chunk_dscores_kernel<<<stride_blocks(rows * C), kThreads>>>(S, P, Dsum, rows, Ci, scale, T, Hi,
+                                                                static_cast<int>(h));
     TESSERA_CUDA_CHECK_LAUNCH("chunk_dscores_kernel");
     // dQ_i = dS_i K_i;  dK_i = dS_i^T Q_i
     gemm_bf16(false, false, C, a.Dh, C, 1.f, P, C, C * C, kh, a.k_stride, C * a.k_stride, 0.f, dq + h * a.Dh,

@@ -467,16 +467,34 @@ __global__ void rope_kernel(float* x, int64_t stride, const int64_t* __restrict_
 // other would wait on 2·H dependent loads. In/Out: float, or uint16_t (bf16 bits: loads widen exactly, stores
 // round to nearest even once, after the rotation).
 
+/// The heads of one item group of the rope_qk kernels: token n and its joint head range [h0, h1) (queries,
+/// then keys), for the group ng = n * groups + group of `groups` runs of ceil(H / groups) heads.
+struct RopeHeads {
+  int64_t n;
+  int h0, h1;
+};
+__device__ __forceinline__ RopeHeads rope_heads(int64_t ng, int groups, int H) {
+  const int per = (H + groups - 1) / groups;
+  const int64_t n = ng / groups;
+  const int h0 = static_cast<int>(ng - n * groups) * per;
+  return {n, h0, min(H, h0 + per)};
+}
+/// Joint head hh of token n (queries, then keys): its offset in q / k (and q_out / k_out).
+__device__ __forceinline__ int64_t rope_head_offset(int64_t n, int hh, int Hq, int Hk, int Dh) {
+  return hh < Hq ? (n * Hq + hh) * Dh : (n * Hk + (hh - Hq)) * Dh;
+}
+
 /// Item t = (n * groups + group) * half + i of rope_qk_kernel (i fastest: coalesced): pair i of token n in
 /// the group's heads, from q / k to q_out / k_out.
 template <class In, class Out>
 __device__ inline void rope_qk_item(int64_t t, const In* q, const In* k, Out* q_out, Out* k_out,
                                     const int64_t* __restrict__ positions, int Hq, int Hk, int Dh,
                                     double theta, bool interleaved, double sign, int groups) {
-  const int half = Dh / 2, H = Hq + Hk, per = (H + groups - 1) / groups;
+  const int half = Dh / 2;
   const int i = static_cast<int>(t % half);
-  const int64_t ng = t / half, n = ng / groups;
-  const int h0 = static_cast<int>(ng - n * groups) * per, h1 = min(H, h0 + per);
+  const RopeHeads hs = rope_heads(t / half, groups, Hq + Hk);
+  const int64_t n = hs.n;
+  const int h0 = hs.h0, h1 = hs.h1;
   float c, s;
   rope_cos_sin(positions[n], i, Dh, theta, sign, c, s);
   const int ia = interleaved ? 2 * i : i, ib = interleaved ? 2 * i + 1 : half + i;
@@ -484,8 +502,7 @@ __device__ inline void rope_qk_item(int64_t t, const In* q, const In* k, Out* q_
   // (in place), so loads and stores of one head sequence would otherwise wait on each other: two loads in
   // flight per thread, far too few to keep HBM busy at training sizes. Each element is read and written by
   // this thread only, so reading ahead is safe.
-  // Head hh of the joint list (queries, then keys): its offset in q / k (and q_out / k_out) of token n.
-  auto head_offset = [&](int hh) { return hh < Hq ? (n * Hq + hh) * Dh : (n * Hk + (hh - Hq)) * Dh; };
+  auto head_offset = [&](int hh) { return rope_head_offset(n, hh, Hq, Hk, Dh); };
   constexpr int kRun = 8;
   for (int h = h0; h < h1; h += kRun) {
     float a[kRun], b[kRun];
@@ -543,16 +560,17 @@ __device__ __forceinline__ uint4 pack_bf16x8(const float (&f)[8]) {
 __global__ void rope_qk_bf16x8_kernel(const uint16_t* q, const uint16_t* k, uint16_t* q_out, uint16_t* k_out,
                                       const int64_t* __restrict__ positions, int64_t N, int Hq, int Hk,
                                       int Dh, double theta, bool interleaved, double sign, int groups) {
-  const int half = Dh / 2, chunks = half / 8, H = Hq + Hk, per = (H + groups - 1) / groups;
+  const int half = Dh / 2, chunks = half / 8;
   TESSERA_GRID_STRIDE(t, N * groups * chunks) {
     const int c = static_cast<int>(t % chunks);
-    const int64_t ng = t / chunks, n = ng / groups;
-    const int h0 = static_cast<int>(ng - n * groups) * per, h1 = min(H, h0 + per);
+    const RopeHeads hs = rope_heads(t / chunks, groups, Hq + Hk);
+    const int64_t n = hs.n;
+    const int h0 = hs.h0, h1 = hs.h1;
     float cs[8], sn[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) rope_cos_sin(positions[n], 8 * c + j, Dh, theta, sign, cs[j], sn[j]);
     const int e0 = interleaved ? 16 * c : 8 * c, e1 = interleaved ? 16 * c + 8 : half + 8 * c;
-    auto row = [&](int hh) { return hh < Hq ? (n * Hq + hh) * Dh : (n * Hk + (hh - Hq)) * Dh; };
+    auto row = [&](int hh) { return rope_head_offset(n, hh, Hq, Hk, Dh); };
     constexpr int kRun = 4;
     for (int h = h0; h < h1; h += kRun) {
       uint4 w0[kRun], w1[kRun];
