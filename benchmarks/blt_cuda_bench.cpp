@@ -63,6 +63,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -322,10 +323,12 @@ struct Bench {
   void phase_breakdown(const std::string& what, F&& step) {
     Lm& lm = *model;
     std::vector<std::pair<std::string, cudaEvent_t>> marks;
+    std::vector<std::chrono::steady_clock::time_point> host_marks;  // when each event was queued
     auto record = [&](const char* name) {
       cudaEvent_t e = nullptr;
       TESSERA_CHECK(cudaEventCreate(&e) == cudaSuccess && cudaEventRecord(e, nullptr) == cudaSuccess,
                     "blt_cuda_bench: cudaEventRecord failed");
+      host_marks.push_back(std::chrono::steady_clock::now());
       marks.emplace_back(name, e);
     };
     auto release = [&] {
@@ -345,31 +348,51 @@ struct Bench {
     record("rest_of_step");
     (void)cudaEventSynchronize(marks.back().second);
     std::vector<std::string> order;  // first appearance
-    std::map<std::string, std::vector<double>> ms;
+    std::map<std::string, std::vector<double>> ms, host_ms;
     for (size_t i = 1; i < marks.size(); ++i) {
       float t = 0;
       (void)cudaEventElapsedTime(&t, marks[i - 1].second, marks[i].second);
       auto [it, fresh] = ms.try_emplace(marks[i].first);
       if (fresh) order.push_back(marks[i].first);
       it->second.push_back(t);
+      host_ms[marks[i].first].push_back(
+          std::chrono::duration<double, std::milli>(host_marks[i] - host_marks[i - 1]).count());
     }
     release();
+    auto median = [](std::vector<double>& v) {
+      std::sort(v.begin(), v.end());
+      return v[v.size() / 2];
+    };
     nlohmann::json phases = nlohmann::json::object();
-    std::string line;
-    double total = 0;
+    std::string line, host_line;
+    double total = 0, host_total = 0;
     for (const std::string& n : order) {
       std::vector<double>& v = ms[n];
-      double sum = 0;
+      std::vector<double>& h = host_ms[n];
+      double sum = 0, host_sum = 0;
       for (double t : v) sum += t;
-      std::sort(v.begin(), v.end());
-      const double med = v[v.size() / 2];
-      phases[n] = {{"calls", v.size()}, {"median_ms", med}, {"total_ms", sum}};
+      for (double t : h) host_sum += t;
+      const double med = median(v), host_med = median(h);
+      phases[n] = {{"calls", v.size()},
+                   {"median_ms", med},
+                   {"total_ms", sum},
+                   {"host_median_ms", host_med},
+                   {"host_total_ms", host_sum}};
       line += v.size() == 1 ? sfmt("%s%s %.2f", line.empty() ? "" : ", ", n.c_str(), sum)
                             : sfmt("%s%s %zux median %.3f (total %.1f)", line.empty() ? "" : ", ", n.c_str(),
                                    v.size(), med, sum);
+      host_line += v.size() == 1
+                       ? sfmt("%s%s %.2f", host_line.empty() ? "" : ", ", n.c_str(), host_sum)
+                       : sfmt("%s%s median %.3f", host_line.empty() ? "" : ", ", n.c_str(), host_med);
       total += sum;
+      host_total += host_sum;
     }
     std::printf("blt_cuda_bench: %s phases (ms): %s; total %.2f\n", what.c_str(), line.c_str(), total);
+    // The host's time to queue each phase (for a phase that synchronises — patch decisions, logits to the
+    // host — it includes the wait). A phase whose host time is close to its GPU time is bound by issuing its
+    // launches, not by the GPU.
+    std::printf("blt_cuda_bench: %s phases, host time to queue (ms): %s; total %.2f\n", what.c_str(),
+                host_line.c_str(), host_total);
     json_line({{"what", what + "_phases"}, {"precision", prec}, {"phases", phases}});
   }
 
