@@ -502,6 +502,18 @@ void bench_decode(Ctx& c) {
           ops::gemm(cuda{}, false, true, 1, k.n[g], K, 1.f, xb, K, wp(g), K, 0.f, y_ref[g].get(), k.n[g]);
         if (k.gated) ops::swiglu_forward(cuda{}, y_ref[0].get(), y_ref[0].get(), y_ref[1].get(), 1, N0);
       };
+      // The previous route of the small products (x read from global memory in the inner loop) first, its
+      // outputs kept for the check of the default (x staged in shared memory).
+      const bool was_staged = tessera::cuda_detail::set_small_linear_staged(false);
+      const double loop_ms = c.timer.median_ms(small, c.reps);
+      small();
+      std::vector<DevBuf<float>> y_loop;
+      for (size_t g = 0; g < (k.gated ? 1 : k.n.size()); ++g) {
+        y_loop.emplace_back(k.n[g]);
+        CHECK_CUDA(cudaMemcpy(y_loop.back().get(), y_small[g].get(), sizeof(float) * k.n[g],
+                              cudaMemcpyDeviceToDevice));
+      }
+      tessera::cuda_detail::set_small_linear_staged(was_staged);
       const double ms = c.timer.median_ms(small, c.reps), base_ms = c.timer.median_ms(cast_gemm, c.reps);
       small();
       cast_gemm();
@@ -515,6 +527,15 @@ void bench_decode(Ctx& c) {
       print_row({std::string("decode small product: ") + k.what, shape, ms, mem_rate(c, bytes, ms, 0),
                  "cast + cuBLAS GEMM per weight" + std::string(k.gated ? " + SwiGLU" : ""), base_ms,
                  mem_rate(c, bytes, base_ms, 0), rel_str(d)});
+      bench::DiffStat dl;
+      for (size_t g = 0; g < y_loop.size(); ++g) {
+        const bench::DiffStat e = bench::diff(y_small[g].get(), y_loop[g].get(), k.n[g]);
+        dl.max_abs_diff = std::max(dl.max_abs_diff, e.max_abs_diff);
+        dl.max_abs_ref = std::max(dl.max_abs_ref, e.max_abs_ref);
+      }
+      print_row({std::string("decode small product: ") + k.what + ", x staged in shared memory", shape, ms,
+                 mem_rate(c, bytes, ms, 0), "x read in the inner loop (previous route)", loop_ms,
+                 mem_rate(c, bytes, loop_ms, 0), rel_str(dl)});
     });
   }
 }

@@ -74,8 +74,8 @@ void allow_smem(Kernel kernel, size_t bytes) {
 // ---- split-KV forward selection (attn_forward_split_kernel) ---------------------------------------------
 
 constexpr int64_t kSplitMaxTq = 8;     // query rows at most (the split path reads K, V once per row)
-constexpr int64_t kSplitMinKeys = 64;  // keys per split at least
-constexpr int64_t kSplitBlocksPerSm = 4;
+constexpr int64_t kSplitMinKeys = 16;  // keys per split at least: one step of a block's 4 warps x 4 keys
+constexpr int64_t kSplitBlocksPerSm = 8;
 
 /// Multiprocessor count of the current device, queried once (tessera drives one device per process).
 int device_sm_count() {
@@ -106,10 +106,12 @@ int64_t key_span(const Mask& m, const Dims& d) {
 }
 
 /// Splits per query row for attn_forward_split_kernel, or 0 for the tile kernel. The split path needs few
-/// query rows (<= 8) and a key span worth splitting (>= 2 x 64 keys). For Tq = 1 it is taken whatever the
+/// query rows (<= 8) and a key span worth splitting (>= 2 x 16 keys). For Tq = 1 it is taken whatever the
 /// grid: it reads each K, V row once like the tile kernel, but without the tile kernel's 31 padded query
 /// rows and 3 idle warps. For 1 < Tq <= 8 it reads K, V once per query row (from L2), so only while the
-/// tile grid fills at most half the SMs. Splits: enough blocks for ~4 per SM, >= 64 keys each, <= 128.
+/// tile grid fills at most half the SMs. Splits: enough blocks for ~8 per SM, >= 16 keys each, <= 128. A
+/// block's steps are serial (load 16 keys, reduce, rescale), so short splits keep a decoding step's
+/// attention near one memory round trip: a 384-key Llama-1B row took 13-16 us (H200) with 64-key splits.
 int split_kv_parts(const Dims& d, int64_t span, int sms) {
   if (d.Tq > kSplitMaxTq || span < 2 * kSplitMinKeys) return 0;
   const int64_t tile_blocks = d.B * d.Hq * ((d.Tq + kBQ - 1) / kBQ);

@@ -161,6 +161,10 @@ struct SmallLinearGroup {
   const float* residual;
   int residual_adds;
 };
+/// Whether the small products stage x in shared memory where it fits (the default) or read it from global
+/// memory in their inner loop (the earlier route, kept for the A/B in bench_cuda). Returns the previous
+/// setting.
+bool set_small_linear_staged(bool on);
 /// Whether x [M, K] suits the small products: K a positive multiple of 8, x 16-byte aligned.
 bool small_linear_supported(const float* x, int64_t K);
 /// What linear_small_bf16 does besides the products (a KV-cache append in the same launch): RoPE — the first

@@ -11,6 +11,14 @@
 // row (the rows are read exactly once, coalesced), rounds its 8 x values per row to bf16 in registers (the
 // same operands as the cuBLAS route: x rounded once, fp32 products and sums), and a warp shuffle sums the
 // lanes. Only the summation order differs from cuBLAS.
+//
+// Staged x (the default where M * K bf16 values fit in 48 KB of shared memory): the block first rounds its M
+// rows of x (normalised if the RMSNorm rides along, 1/rms from one block reduction instead of one per warp)
+// to bf16 into shared memory, while the warps' first weight loads are in flight. Without it every chunk of
+// weights waited for a dependent load of x from L1/L2 (ncu on an H200: 60 % of the stalls, DRAM at 22-45 %
+// of peak for Llama-1B's decoding products). Each lane keeps U chunks of weights in flight and reloads a
+// chunk's registers as soon as it has used them (a rolling prefetch), so a row is streamed without a pause
+// between rounds. set_small_linear_staged(false) keeps x in global memory (the A/B in bench_cuda).
 #include <algorithm>
 #include <cstdint>
 
@@ -72,16 +80,94 @@ __device__ inline float warp_sum(float v) {
   return v;
 }
 
+/// x' [M, K] rounded to bf16 (normalised first if a.norm_w is set) into xs [M][K / 8] words of 8 values, by
+/// the whole block; rstd as the per-warp route computes it, its sum of squares reduced over the block.
+template <int M>
+__device__ void stage_x(const SmallArgs& a, uint4* xs) {
+  __shared__ float partial[kWarps][M];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int64_t K = a.K, K8 = K / 8;
+  float rstd[M];
+#pragma unroll
+  for (int r = 0; r < M; ++r) rstd[r] = 1.f;
+  if (a.norm_w) {
+    float ss[M];
+#pragma unroll
+    for (int r = 0; r < M; ++r) ss[r] = 0.f;
+    for (int64_t k = tid * 4; k < K; k += kWarps * 32 * 4) {  // K % 8 == 0, x 16-byte aligned
+#pragma unroll
+      for (int r = 0; r < M; ++r) {
+        const float4 v = *reinterpret_cast<const float4*>(a.x + r * K + k);
+        ss[r] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < M; ++r) {
+      ss[r] = warp_sum(ss[r]);
+      if (lane == 0) partial[warp][r] = ss[r];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int r = 0; r < M; ++r) {
+      float total = 0.f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) total += partial[w][r];
+      rstd[r] =
+          static_cast<float>(1.0 / sqrt(static_cast<double>(total) / static_cast<double>(K) + a.norm_eps));
+    }
+  }
+  for (int64_t c8 = tid; c8 < K8; c8 += kWarps * 32) {
+    const int64_t k = c8 * 8;
+    float g[8] = {1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f};
+    if (a.norm_w) {
+      const float4 g0 = *reinterpret_cast<const float4*>(a.norm_w + k);
+      const float4 g1 = *reinterpret_cast<const float4*>(a.norm_w + k + 4);
+      g[0] = g0.x, g[1] = g0.y, g[2] = g0.z, g[3] = g0.w, g[4] = g1.x, g[5] = g1.y, g[6] = g1.z, g[7] = g1.w;
+    }
+#pragma unroll
+    for (int r = 0; r < M; ++r) {
+      const float4 p = *reinterpret_cast<const float4*>(a.x + r * K + k);
+      const float4 q = *reinterpret_cast<const float4*>(a.x + r * K + k + 4);
+      const float v[8] = {p.x, p.y, p.z, p.w, q.x, q.y, q.z, q.w};
+      uint32_t w[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const float lo = a.norm_w ? v[2 * e] * rstd[r] * g[2 * e] : v[2 * e];
+        const float hi = a.norm_w ? v[2 * e + 1] * rstd[r] * g[2 * e + 1] : v[2 * e + 1];
+        w[e] = uint32_t{bf16_bits(lo)} | uint32_t{bf16_bits(hi)} << 16;
+      }
+      xs[r * K8 + c8] = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+  }
+  __syncthreads();
+}
+
+/// Weight chunks each lane keeps in flight: staged, as many as the registers allow (x costs none there);
+/// otherwise fewer, as the rows' x values are held too.
+template <int M, int C, bool Gated, bool Staged>
+__host__ __device__ constexpr int chunks_in_flight() {
+  if constexpr (Staged) {
+    constexpr int loads = (M <= 2 ? 8 : M <= 4 ? 4 : 2) / (Gated ? 2 : 1);
+    return loads / C > 0 ? loads / C : 1;
+  } else {
+    return M <= 2 ? 4 : M <= 4 ? 2 : 1;
+  }
+}
+
 /// One warp: C columns of one group (col[], below), all M rows. Gated: acc = gate products, acc_up = up
-/// products.
-template <int M, int C, bool Gated>
+/// products. Staged: x' comes from shared memory (stage_x; dynamic shared memory M * K * 2 bytes).
+template <int M, int C, bool Gated, bool Staged>
 __global__ void __launch_bounds__(kWarps * 32) linear_small_kernel(SmallArgs a) {
+  extern __shared__ uint4 xs[];  // staged x': [M][K / 8] words of 8 bf16
   const int lane = threadIdx.x & 31;
   const int64_t tile = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   pdl_launch_dependents();  // the next kernel may start its own weight loads (cuda/pdl.cuh)
   int g = 0;
   while (g + 1 < a.groups && tile >= a.g[g].tiles_end) ++g;
-  if (tile >= a.g[g].tiles_end) return;  // the whole warp: the tile is per warp
+  // A warp past the last tile loads nothing (its columns are past its group's n) but, staged, still helps
+  // to stage x before it leaves.
+  const bool active = tile < a.g[g].tiles_end;
+  if (!Staged && !active) return;  // the whole warp: the tile is per warp
   const SmallGroup grp = a.g[g];
   const int64_t t = tile - (g > 0 ? a.g[g - 1].tiles_end : 0), K = a.K;
   // The warp's output columns: C consecutive ones, or for a rotated output one RoPE pair (C == 2) — columns
@@ -96,38 +182,39 @@ __global__ void __launch_bounds__(kWarps * 32) linear_small_kernel(SmallArgs a) 
     col[C - 1] = col[0] + half;
   }
 
-  // Each lane reads 8 elements of every weight row per chunk, chunk j at k = lane * 8 + 256 j. U chunks are
-  // loaded before any is used: one 16-byte load in flight per lane and weight row is far too little to cover
-  // HBM latency at decoding grid sizes (a 2048 x 2048 product has 2048 warps, ~16 per SM). Per lane the sums
-  // still run over its chunks in order, so U does not change the results. The first U chunks load before
-  // pdl_wait(): weights are no other kernel's output, so under PDL they stream in while the kernel before
-  // (which wrote x) finishes.
-  constexpr int U = M <= 2 ? 4 : M <= 4 ? 2 : 1;
+  // Each lane reads 8 elements of every weight row per chunk, chunk j at k = lane * 8 + 256 j, U chunks in
+  // flight: one 16-byte load in flight per lane and weight row is far too little to cover HBM latency at
+  // decoding grid sizes (a 2048 x 2048 product has 2048 warps, ~16 per SM). A chunk's registers take the
+  // chunk U positions later as soon as they have been used. Per lane the sums run over its chunks in order,
+  // so U does not change the results. The first U chunks load before pdl_wait(): weights are no other
+  // kernel's output, so under PDL they stream in while the kernel before (which wrote x) finishes.
+  constexpr int U = chunks_in_flight<M, C, Gated, Staged>();
   constexpr int64_t kStep = 32 * 8 * U;
   uint4 wv[U][C], uv[U][C];
-  auto load = [&](int64_t k0) {
+  auto load = [&](int u, int64_t k) {
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t k = k0 + u * 32 * 8;
-#pragma unroll
-      for (int c = 0; c < C; ++c) {
-        const bool in = col[c] < grp.n && k < K;
-        wv[u][c] = in ? *reinterpret_cast<const uint4*>(grp.w + col[c] * K + k) : make_uint4(0, 0, 0, 0);
-        if constexpr (Gated)
-          uv[u][c] = in ? *reinterpret_cast<const uint4*>(grp.w_up + col[c] * K + k) : make_uint4(0, 0, 0, 0);
-      }
+    for (int c = 0; c < C; ++c) {
+      const bool in = col[c] < grp.n && k < K;
+      wv[u][c] = in ? *reinterpret_cast<const uint4*>(grp.w + col[c] * K + k) : make_uint4(0, 0, 0, 0);
+      if constexpr (Gated)
+        uv[u][c] = in ? *reinterpret_cast<const uint4*>(grp.w_up + col[c] * K + k) : make_uint4(0, 0, 0, 0);
     }
   };
-  int64_t k0 = lane * 8;
-  load(k0);
+  const int64_t k0 = lane * 8;
+#pragma unroll
+  for (int u = 0; u < U; ++u) load(u, k0 + u * 32 * 8);
   pdl_wait();  // x, the norm gain's input and the outputs belong to the kernels before this one
   if (tile == 0 && a.epi.seg_dst && lane < M) a.epi.seg_dst[lane] = a.epi.seg_src ? a.epi.seg_src[lane] : 0;
 
-  // RMSNorm in front: each warp computes the M rows' 1/rms itself (M * K reads, next to the weights' C * K).
   float rstd[M];
 #pragma unroll
   for (int r = 0; r < M; ++r) rstd[r] = 1.f;
-  if (a.norm_w) {
+  if constexpr (Staged) {
+    stage_x<M>(a, xs);
+    if (!active) return;
+  } else if (a.norm_w) {
+    // RMSNorm in front: each warp computes the M rows' 1/rms itself (M * K reads, next to the weights' C *
+    // K).
 #pragma unroll
     for (int r = 0; r < M; ++r) {
       float ss = 0.f;
@@ -147,13 +234,13 @@ __global__ void __launch_bounds__(kWarps * 32) linear_small_kernel(SmallArgs a) 
 #pragma unroll
     for (int c = 0; c < C; ++c) acc[r][c] = acc_up[r][c] = 0.f;
 
-  for (;;) {
+  for (int64_t base = k0; base < K; base += kStep) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int64_t k = k0 + u * 32 * 8;
-      if (k >= K) break;
+      const int64_t k = base + u * 32 * 8;
+      if (k >= K) continue;
       float g[8] = {1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f};
-      if (a.norm_w) {
+      if (!Staged && a.norm_w) {
         const float4 g0 = *reinterpret_cast<const float4*>(a.norm_w + k);
         const float4 g1 = *reinterpret_cast<const float4*>(a.norm_w + k + 4);
         g[0] = g0.x, g[1] = g0.y, g[2] = g0.z, g[3] = g0.w, g[4] = g1.x, g[5] = g1.y, g[6] = g1.z,
@@ -161,22 +248,26 @@ __global__ void __launch_bounds__(kWarps * 32) linear_small_kernel(SmallArgs a) 
       }
 #pragma unroll
       for (int r = 0; r < M; ++r) {
-        const float4 p = *reinterpret_cast<const float4*>(a.x + r * K + k);
-        const float4 q = *reinterpret_cast<const float4*>(a.x + r * K + k + 4);
-        const float v[8] = {p.x, p.y, p.z, p.w, q.x, q.y, q.z, q.w};
-        float xs[8];
+        float xr[8];
+        if constexpr (Staged) {
+          const uint4 q = xs[r * (K / 8) + k / 8];
+          xr[0] = lo_bf16(q.x), xr[1] = hi_bf16(q.x), xr[2] = lo_bf16(q.y), xr[3] = hi_bf16(q.y);
+          xr[4] = lo_bf16(q.z), xr[5] = hi_bf16(q.z), xr[6] = lo_bf16(q.w), xr[7] = hi_bf16(q.w);
+        } else {
+          const float4 p = *reinterpret_cast<const float4*>(a.x + r * K + k);
+          const float4 q = *reinterpret_cast<const float4*>(a.x + r * K + k + 4);
+          const float v[8] = {p.x, p.y, p.z, p.w, q.x, q.y, q.z, q.w};
 #pragma unroll
-        for (int e = 0; e < 8; ++e) xs[e] = round_bf16(a.norm_w ? v[e] * rstd[r] * g[e] : v[e]);
+          for (int e = 0; e < 8; ++e) xr[e] = round_bf16(a.norm_w ? v[e] * rstd[r] * g[e] : v[e]);
+        }
 #pragma unroll
         for (int c = 0; c < C; ++c) {
-          acc[r][c] = dot8(xs, wv[u][c], acc[r][c]);
-          if constexpr (Gated) acc_up[r][c] = dot8(xs, uv[u][c], acc_up[r][c]);
+          acc[r][c] = dot8(xr, wv[u][c], acc[r][c]);
+          if constexpr (Gated) acc_up[r][c] = dot8(xr, uv[u][c], acc_up[r][c]);
         }
       }
+      load(u, k + kStep);  // the rolling prefetch: this chunk's registers take the chunk U positions on
     }
-    k0 += kStep;
-    if (k0 >= K) break;
-    load(k0);
   }
 
   if constexpr (C == 2 && !Gated) {
@@ -223,11 +314,20 @@ __global__ void __launch_bounds__(kWarps * 32) linear_small_kernel(SmallArgs a) 
     }
 }
 
+/// Staged x fits the default 48 KB of dynamic shared memory a block may have without opting in.
+constexpr int64_t kStagedBytes = 48 * 1024;
+bool g_staged = true;
+
 template <int M, int C, bool Gated>
 void launch(const SmallArgs& a) {
   const int64_t tiles = a.g[a.groups - 1].tiles_end;
   const unsigned blocks = static_cast<unsigned>((tiles + kWarps - 1) / kWarps);
-  launch_pdl(linear_small_kernel<M, C, Gated>, dim3(blocks), dim3(kWarps * 32), 0, a);
+  const int64_t staged_bytes = int64_t{M} * a.K * 2;
+  if (g_staged && staged_bytes <= kStagedBytes)
+    launch_pdl(linear_small_kernel<M, C, Gated, true>, dim3(blocks), dim3(kWarps * 32),
+               static_cast<size_t>(staged_bytes), a);
+  else
+    launch_pdl(linear_small_kernel<M, C, Gated, false>, dim3(blocks), dim3(kWarps * 32), 0, a);
   if constexpr (Gated)
     TESSERA_CUDA_CHECK_LAUNCH("swiglu_small_kernel");
   else
@@ -304,6 +404,12 @@ void run(SmallArgs& a, int64_t rows, bool gated, const char* op) {
 }
 
 }  // namespace
+
+bool set_small_linear_staged(bool on) {
+  const bool was = g_staged;
+  g_staged = on;
+  return was;
+}
 
 bool small_linear_supported(const float* x, int64_t K) {
   return K > 0 && K % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;

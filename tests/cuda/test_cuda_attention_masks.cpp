@@ -361,12 +361,13 @@ TEST_F(CudaAttentionMasks, BadIdsAreTesseraErrors) {
 // (Tq = 1) and a short chunk (Tq = 3), the queries being the last rows of a longer key sequence (q_offset =
 // Tk - Tq), for every mask the CUDA attention binds. The backward (unchanged) reads the forward's o and lse,
 // so it checks them once more. The sizes are in the split regime of split_kv_parts on a 132-SM H100 (the
-// emulator reports 132 SMs): Tq <= 8 and a key span >= 128, with B*Hq = 8 query heads (tile grid 8 blocks,
-// 2 * 8 <= 132 for Tq = 3); splits per row = min(ceil(4*132 / (B*Hq*Tq)), span / 64), i.e. min(66, span/64)
-// for Tq = 1 and min(22, span/64) for Tq = 3: e.g. causal Tk = 600 -> 9 splits, window W = 300 -> 4, chunk
-// C = 256 -> 4, the non-causal id masks over Tk = 500 -> 7 (span = Tk); with several splits the row's last
-// block merges them, and the many launches here reuse the per-row counters it re-arms. The last case has
-// B*Hq = 528 rows: one split, written by its block directly.
+// emulator reports 132 SMs): Tq <= 8 and a key span >= 32, with B*Hq = 8 query heads (tile grid 8 blocks,
+// 2 * 8 <= 132 for Tq = 3); splits per row = min(ceil(8*132 / (B*Hq*Tq)), span / 16, 128), i.e.
+// min(128, span/16) for Tq = 1 and min(44, span/16) for Tq = 3: e.g. causal Tk = 600 -> 37 splits, window
+// W = 300 -> 18, chunk C = 256 -> 16, the non-causal id masks over Tk = 500 -> 31 (span = Tk); a split's
+// keys may all be masked (its part has weight 0); with several splits the row's last block merges them, and
+// the many launches here reuse the per-row counters it re-arms. The last case has B*Hq = 1056 rows: one
+// split, written by its block directly.
 TEST_F(CudaAttentionMasks, SplitKvDecodeMatchesCpu) {
   Rng rng(46);
   for (const int64_t Tq : {int64_t{1}, int64_t{3}}) {
@@ -439,9 +440,9 @@ TEST_F(CudaAttentionMasks, SplitKvDecodeMatchesCpu) {
           d.Hq * Tq);
     }
   }
-  // One split per row (B*Hq*Tq = 528 rows >= 4*132 blocks): o and lse come straight from the split kernel.
+  // One split per row (B*Hq*Tq = 1056 rows >= 8*132 blocks): o and lse come straight from the split kernel.
   // Forward only (the backward of this many heads is slow in the emulator and covered above).
-  const auto d = dims(2, 1, 130, 264, 132, 16, 32, 129, 0.25, 0);
+  const auto d = dims(2, 1, 130, 528, 264, 16, 32, 129, 0.25, 0);
   const std::vector<float> q = randn(d.B * d.Tq * d.q_stride, rng), k = randn(d.B * d.Tk * d.k_stride, rng),
                            v = randn(d.B * d.Tk * d.v_stride, rng);
   std::vector<float> o(static_cast<size_t>(d.B * d.Tq * d.o_stride)), lse(static_cast<size_t>(d.B * d.Hq));

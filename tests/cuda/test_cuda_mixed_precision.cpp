@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "../../cuda/launch_core.hpp"  // internal: the small products' x route
 #include "support/cuda_testing.hpp"
 #include "support/gradcheck.hpp"
 #include "tessera/core/allocator.hpp"
@@ -194,9 +195,17 @@ TEST(CudaMixedPrecision, FrozenBf16WeightsAreCastOnceForInference) {
 // unrounded fp32 operands the error must be visibly larger, so an x that was not rounded fails. The fused
 // neighbours: an RMSNorm in front (the reference normalises in fp32 as rmsnorm_forward does, then rounds),
 // and a residual added to one output: into a separate y, in place (y aliasing the residual), and twice. The
-// gated (SwiGLU) products round gate and up to bf16 before silu(gate) * up.
+// gated (SwiGLU) products round gate and up to bf16 before silu(gate) * up. Every case runs on both routes
+// of x: staged in shared memory (the default; the norm's sum of squares reduced over the block) and read
+// from global memory in the inner loop; the last cases (M * K * 2 bytes over 48 KB) cannot be staged and
+// take the second route either way (no norm there: at K in the thousands the fp32 sum of squares may move a
+// normalised x across a bf16 rounding boundary, against the reference's double sum).
 TEST(CudaMixedPrecision, SmallProductsMultiplyBf16OperandsWithFp32Accumulation) {
   TESSERA_NEED_GPU();
+  struct Restore {
+    bool on;
+    ~Restore() { cuda_detail::set_small_linear_staged(on); }
+  } const restore{cuda_detail::set_small_linear_staged(true)};
   struct Case {
     int64_t M, K;
     std::vector<int64_t> n;
@@ -221,114 +230,119 @@ TEST(CudaMixedPrecision, SmallProductsMultiplyBf16OperandsWithFp32Accumulation) 
                                    {1, 72, {40}, false, true, 2},
                                    {2, 72, {24}, true, true},
                                    {8, 16, {4100}, false, false, 2},
-                                   {2, 72, {40, 24}, false, true, 3}};
+                                   {2, 72, {40, 24}, false, true, 3},
+                                   {8, 3080, {24, 9}, false, false, 2},
+                                   {5, 5000, {16}, false}};
   uint64_t seed = 100;
-  for (const Case& c : cases) {
-    SCOPED_TRACE(::testing::Message()
-                 << "M=" << c.M << " K=" << c.K << " groups=" << c.n.size() << " first n=" << c.n[0]
-                 << (c.gated ? " gated" : "") << (c.norm ? " norm" : "") << " residual " << c.residual);
-    const auto x_in = normals(c.M * c.K, ++seed, 3.0);
-    const auto xd = upload(x_in);
-    const auto gain = normals(c.K, ++seed);
-    const auto gain_d = upload(gain);
-    // What the products multiply: x, or RMSNorm(x) in fp32 as rmsnorm_forward_kernel computes it.
-    std::vector<float> x = x_in;
-    if (c.norm) {
-      for (int64_t r = 0; r < c.M; ++r) {
-        double ss = 0;
-        for (int64_t k = 0; k < c.K; ++k) ss += double(x_in[r * c.K + k]) * x_in[r * c.K + k];
-        const float rs = static_cast<float>(1.0 / std::sqrt(ss / c.K + 1e-5));
-        for (int64_t k = 0; k < c.K; ++k) x[r * c.K + k] = x_in[r * c.K + k] * rs * gain[k];
+  for (const bool staged : {true, false})
+    for (const Case& c : cases) {
+      cuda_detail::set_small_linear_staged(staged);
+      SCOPED_TRACE(::testing::Message()
+                   << (staged ? "staged x, " : "x from global memory, ") << "M=" << c.M << " K=" << c.K
+                   << " groups=" << c.n.size() << " first n=" << c.n[0] << (c.gated ? " gated" : "")
+                   << (c.norm ? " norm" : "") << " residual " << c.residual);
+      const auto x_in = normals(c.M * c.K, ++seed, 3.0);
+      const auto xd = upload(x_in);
+      const auto gain = normals(c.K, ++seed);
+      const auto gain_d = upload(gain);
+      // What the products multiply: x, or RMSNorm(x) in fp32 as rmsnorm_forward_kernel computes it.
+      std::vector<float> x = x_in;
+      if (c.norm) {
+        for (int64_t r = 0; r < c.M; ++r) {
+          double ss = 0;
+          for (int64_t k = 0; k < c.K; ++k) ss += double(x_in[r * c.K + k]) * x_in[r * c.K + k];
+          const float rs = static_cast<float>(1.0 / std::sqrt(ss / c.K + 1e-5));
+          for (int64_t k = 0; k < c.K; ++k) x[r * c.K + k] = x_in[r * c.K + k] * rs * gain[k];
+        }
       }
-    }
-    const ops::SmallLinearNorm norm{c.norm ? gain_d.data() : nullptr, 1e-5};
-    ASSERT_TRUE(ops::small_linear_supported(cuda{}, xd.data(), c.M, c.K));
-    const size_t G = c.gated ? 2 : c.n.size();  // gated: gate and up weights of one width
-    std::vector<std::vector<float>> w(G), bias(G), res(G);
-    std::vector<Tensor<bf16, cuda>> w16(G);
-    std::vector<Tensor<float, cuda>> bd(G), y(c.gated ? 1 : G);
-    std::vector<ops::SmallLinearOut> outs;
-    Tensor<float, cuda> rd;
-    for (size_t g = 0; g < G; ++g) {
-      const int64_t n = c.gated ? c.n[0] : c.n[g];
-      w[g] = normals(n * c.K, ++seed, 0.5);
-      auto wd = upload(w[g]);
-      w16[g] = Tensor<bf16, cuda>({n, c.K});
-      ops::cast(cuda{}, w16[g].data(), wd.data(), n * c.K);
-      if (!c.gated && g == 0) {
-        bias[g] = normals(n, ++seed);
-        bd[g] = upload(bias[g]);
-      }
-      if (!c.gated) {
-        y[g] = Tensor<float, cuda>({c.M, n});
-        outs.push_back({w16[g].data(), g == 0 ? bd[g].data() : nullptr, y[g].data(), n});
-        if (c.residual && g + 1 == G) {
-          res[g] = normals(c.M * n, ++seed);
-          cuda_mem::to_device(y[g].data(), res[g].data(), res[g].size() * 4);
-          outs.back().residual = y[g].data();  // in place
-          if (c.residual == 3) outs.back().residual_adds = 2;
-          if (c.residual == 1 || c.residual == 3) {
-            rd = upload(res[g]);
-            outs.back().residual = rd.data();
-            ops::fill(cuda{}, y[g].data(), 1e30f, y[g].numel());  // a separate y is overwritten, not read
+      const ops::SmallLinearNorm norm{c.norm ? gain_d.data() : nullptr, 1e-5};
+      ASSERT_TRUE(ops::small_linear_supported(cuda{}, xd.data(), c.M, c.K));
+      const size_t G = c.gated ? 2 : c.n.size();  // gated: gate and up weights of one width
+      std::vector<std::vector<float>> w(G), bias(G), res(G);
+      std::vector<Tensor<bf16, cuda>> w16(G);
+      std::vector<Tensor<float, cuda>> bd(G), y(c.gated ? 1 : G);
+      std::vector<ops::SmallLinearOut> outs;
+      Tensor<float, cuda> rd;
+      for (size_t g = 0; g < G; ++g) {
+        const int64_t n = c.gated ? c.n[0] : c.n[g];
+        w[g] = normals(n * c.K, ++seed, 0.5);
+        auto wd = upload(w[g]);
+        w16[g] = Tensor<bf16, cuda>({n, c.K});
+        ops::cast(cuda{}, w16[g].data(), wd.data(), n * c.K);
+        if (!c.gated && g == 0) {
+          bias[g] = normals(n, ++seed);
+          bd[g] = upload(bias[g]);
+        }
+        if (!c.gated) {
+          y[g] = Tensor<float, cuda>({c.M, n});
+          outs.push_back({w16[g].data(), g == 0 ? bd[g].data() : nullptr, y[g].data(), n});
+          if (c.residual && g + 1 == G) {
+            res[g] = normals(c.M * n, ++seed);
+            cuda_mem::to_device(y[g].data(), res[g].data(), res[g].size() * 4);
+            outs.back().residual = y[g].data();  // in place
+            if (c.residual == 3) outs.back().residual_adds = 2;
+            if (c.residual == 1 || c.residual == 3) {
+              rd = upload(res[g]);
+              outs.back().residual = rd.data();
+              ops::fill(cuda{}, y[g].data(), 1e30f, y[g].numel());  // a separate y is overwritten, not read
+            }
           }
         }
       }
-    }
-    if (c.gated) {
-      y[0] = Tensor<float, cuda>({c.M, c.n[0]});
-      ops::swiglu_small_bf16(cuda{}, xd.data(), c.M, c.K, w16[0].data(), w16[1].data(), c.n[0], y[0].data(),
-                             norm);
-    } else {
-      ops::linear_small_bf16(cuda{}, xd.data(), c.M, c.K, outs.data(), static_cast<int>(outs.size()), norm);
-    }
-    // References in double: products of the rounded operands, and of the fp32 ones.
-    auto product = [&](size_t g, int64_t r, int64_t j, bool rounded) {
-      double a = 0;
-      for (int64_t k = 0; k < c.K; ++k) {
-        const float xv = x[r * c.K + k], wv = w[g][j * c.K + k];
-        a += rounded ? round_bf16(xv) * round_bf16(wv) : double(xv) * wv;
+      if (c.gated) {
+        y[0] = Tensor<float, cuda>({c.M, c.n[0]});
+        ops::swiglu_small_bf16(cuda{}, xd.data(), c.M, c.K, w16[0].data(), w16[1].data(), c.n[0], y[0].data(),
+                               norm);
+      } else {
+        ops::linear_small_bf16(cuda{}, xd.data(), c.M, c.K, outs.data(), static_cast<int>(outs.size()), norm);
       }
-      return a;
-    };
-    auto silu_times = [](double g, double u) { return g / (1 + std::exp(-g)) * u; };
-    // Gated: gate and up are rounded to bf16 before the SwiGLU (as the all-bf16 SwiGlu's GEMMs write them).
-    // A product within 1e-5 of a bf16 rounding midpoint may round either way after the kernel's fp32 sum:
-    // such elements (rare) are left out of the comparison.
-    auto near_midpoint = [](double v) {
-      const double nearest = round_bf16(static_cast<float>(v));
-      if (nearest == 0) return false;
-      const double ulp = std::ldexp(1.0, std::ilogb(nearest) - 7);  // bf16: 8 significant bits
-      return std::abs(std::abs(v - nearest) - ulp / 2) < 1e-5 * std::abs(v);
-    };
-    for (size_t o = 0; o < y.size(); ++o) {
-      const int64_t n = y[o].size(1);
-      std::vector<double> ref16(c.M * n), ref32(c.M * n);
-      std::vector<bool> skip(c.M * n, false);
-      for (int64_t r = 0; r < c.M; ++r)
-        for (int64_t j = 0; j < n; ++j) {
-          const double b = (bias[o].empty() ? 0.0 : bias[o][j]) +
-                           (res[o].empty() ? 0.0 : (c.residual == 3 ? 2.0 : 1.0) * res[o][r * n + j]);
-          if (c.gated) {
-            const double pg = product(0, r, j, true), pu = product(1, r, j, true);
-            ref16[r * n + j] =
-                silu_times(round_bf16(static_cast<float>(pg)), round_bf16(static_cast<float>(pu)));
-            skip[r * n + j] = near_midpoint(pg) || near_midpoint(pu);
-          } else {
-            ref16[r * n + j] = product(o, r, j, true) + b;
-          }
-          ref32[r * n + j] = c.gated ? silu_times(product(0, r, j, false), product(1, r, j, false))
-                                     : product(o, r, j, false) + b;
+      // References in double: products of the rounded operands, and of the fp32 ones.
+      auto product = [&](size_t g, int64_t r, int64_t j, bool rounded) {
+        double a = 0;
+        for (int64_t k = 0; k < c.K; ++k) {
+          const float xv = x[r * c.K + k], wv = w[g][j * c.K + k];
+          a += rounded ? round_bf16(xv) * round_bf16(wv) : double(xv) * wv;
         }
-      auto got = download(y[o].data(), y[o].numel());
-      for (size_t i = 0; i < got.size(); ++i)
-        if (skip[i]) got[i] = static_cast<float>(ref16[i]);
-      EXPECT_LE(rel_err(got, ref16), 1e-5) << "output " << o;
-      if (c.K >= 16 && c.M * n >= 16) {
-        EXPECT_GT(rel_err(got, ref32), 1e-5) << "output " << o << ": x not rounded?";
+        return a;
+      };
+      auto silu_times = [](double g, double u) { return g / (1 + std::exp(-g)) * u; };
+      // Gated: gate and up are rounded to bf16 before the SwiGLU (as the all-bf16 SwiGlu's GEMMs write them).
+      // A product within 1e-5 of a bf16 rounding midpoint may round either way after the kernel's fp32 sum:
+      // such elements (rare) are left out of the comparison.
+      auto near_midpoint = [](double v) {
+        const double nearest = round_bf16(static_cast<float>(v));
+        if (nearest == 0) return false;
+        const double ulp = std::ldexp(1.0, std::ilogb(nearest) - 7);  // bf16: 8 significant bits
+        return std::abs(std::abs(v - nearest) - ulp / 2) < 1e-5 * std::abs(v);
+      };
+      for (size_t o = 0; o < y.size(); ++o) {
+        const int64_t n = y[o].size(1);
+        std::vector<double> ref16(c.M * n), ref32(c.M * n);
+        std::vector<bool> skip(c.M * n, false);
+        for (int64_t r = 0; r < c.M; ++r)
+          for (int64_t j = 0; j < n; ++j) {
+            const double b = (bias[o].empty() ? 0.0 : bias[o][j]) +
+                             (res[o].empty() ? 0.0 : (c.residual == 3 ? 2.0 : 1.0) * res[o][r * n + j]);
+            if (c.gated) {
+              const double pg = product(0, r, j, true), pu = product(1, r, j, true);
+              ref16[r * n + j] =
+                  silu_times(round_bf16(static_cast<float>(pg)), round_bf16(static_cast<float>(pu)));
+              skip[r * n + j] = near_midpoint(pg) || near_midpoint(pu);
+            } else {
+              ref16[r * n + j] = product(o, r, j, true) + b;
+            }
+            ref32[r * n + j] = c.gated ? silu_times(product(0, r, j, false), product(1, r, j, false))
+                                       : product(o, r, j, false) + b;
+          }
+        auto got = download(y[o].data(), y[o].numel());
+        for (size_t i = 0; i < got.size(); ++i)
+          if (skip[i]) got[i] = static_cast<float>(ref16[i]);
+        EXPECT_LE(rel_err(got, ref16), 1e-5) << "output " << o;
+        if (c.K >= 16 && c.M * n >= 16) {
+          EXPECT_GT(rel_err(got, ref32), 1e-5) << "output " << o << ": x not rounded?";
+        }
       }
     }
-  }
 }
 
 // RoPE in the small products' epilogue (a decoding step's q/k/v, rotation and KV-cache append in one launch):
