@@ -28,7 +28,9 @@
 //            separately): no gradient, no optimizer state. Out of device memory -> an OOM row, and the
 //            program goes on.
 // --breakdown: after each part's timed run, one more (forward, training step, whole cached generation) with
-// an event after every phase of BltModel::on_phase, printed as GPU ms per phase ("<part> phases"). Exit
+// an event after every phase of BltModel::on_phase, printed as GPU ms per phase ("<part> phases"), and the
+// host's time to queue each phase ("<part> phases, host time to queue"; far below the GPU time: the phase
+// is bound by its kernels, close to it: by issuing them). Exit
 // status 1 when a logit, entropy or loss is not finite or a part fails for another reason than memory; 0
 // without a CUDA device ("no CUDA device, skipping").
 //
