@@ -69,6 +69,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <map>
 #include <memory>
 #include <new>
@@ -296,6 +297,7 @@ struct Bench {
     model.reset();  // the old model's memory first
     const auto t0 = Clock::now();
     model = std::make_unique<Lm>(cfg);
+    model->model.on_phase = profile_hook();
     bench::init_on_device(*model, seed);
     if (patch_scale != 1.0) {  // sharper entropy-model predictions -> longer patches
       auto& w = model->model.patcher.lm_head.params.weight.value;
@@ -316,6 +318,13 @@ struct Bench {
     std::fflush(stdout);
   }
 
+  /// Under TESSERA_CUDA_PROFILE the model's phases name the profiler's phases (its table by phase); none
+  /// otherwise.
+  static std::function<void(const char*)> profile_hook() {
+    if (!cuda_mem::profile_on()) return nullptr;
+    return [](const char* name) { cuda_mem::profile_phase_end(name); };
+  }
+
   /// --breakdown: `step` run with BltModel::on_phase recording an event on the default stream after each
   /// phase (the model's forward / backward phases, the cached generation's ingest phases); a phase's GPU time
   /// is the interval from the previous event (a synchronisation inside a phase — patching's download of the
@@ -327,6 +336,7 @@ struct Bench {
     std::vector<std::pair<std::string, cudaEvent_t>> marks;
     std::vector<std::chrono::steady_clock::time_point> host_marks;  // when each event was queued
     auto record = [&](const char* name) {
+      cuda_mem::profile_phase_end(name);
       cudaEvent_t e = nullptr;
       TESSERA_CHECK(cudaEventCreate(&e) == cudaSuccess && cudaEventRecord(e, nullptr) == cudaSuccess,
                     "blt_cuda_bench: cudaEventRecord failed");
@@ -334,7 +344,7 @@ struct Bench {
       marks.emplace_back(name, e);
     };
     auto release = [&] {
-      lm.model.on_phase = nullptr;
+      lm.model.on_phase = profile_hook();
       for (auto& [n, e] : marks) (void)cudaEventDestroy(e);
     };
     TESSERA_CHECK(cudaDeviceSynchronize() == cudaSuccess, "blt_cuda_bench: cudaDeviceSynchronize failed");
@@ -346,7 +356,7 @@ struct Bench {
       release();
       throw;
     }
-    lm.model.on_phase = nullptr;
+    lm.model.on_phase = profile_hook();
     record("rest_of_step");
     (void)cudaEventSynchronize(marks.back().second);
     std::vector<std::string> order;  // first appearance

@@ -35,7 +35,9 @@ namespace tessera::cuda_detail {
 // — exactly the per-operation cost of a launch-bound decoding loop. Events are folded every 4096 operations
 // (one synchronisation) and a table sorted by total time goes to stderr at exit. Off (one branch per launch)
 // unless the variable is set. TESSERA_CUDA_PROFILE=trace also prints each operation's name as it is issued
-// (the sequence of launches of, say, one decoding step).
+// (the sequence of launches of, say, one decoding step). A caller that names the phases of its work
+// (phase_end: every operation since the previous phase_end belongs to this phase, e.g. BltModel::on_phase in
+// blt_cuda_bench) gets a second table: per phase its total and its costliest operations.
 class Profiler {
  public:
   static Profiler& get() {
@@ -53,8 +55,14 @@ class Profiler {
     }
     cudaEvent_t e = make_event();
     (void)cudaEventRecord(e, nullptr);
-    pending_.push_back({name, e});
+    pending_.push_back({name, e, static_cast<int64_t>(phases_.size())});
     if (pending_.size() >= 4096) fold();
+  }
+  /// The operations marked since the previous phase_end (or the start) belong to phase `name`.
+  void phase_end(const char* name) {
+    if (!on_) return;
+    const std::lock_guard<std::mutex> lock(mu_);
+    phases_.emplace_back(name);
   }
   /// Forget what was counted so far (e.g. warm-up steps, one-time algorithm tuning); the next operation
   /// starts a fresh interval.
@@ -63,6 +71,8 @@ class Profiler {
     const std::lock_guard<std::mutex> lock(mu_);
     fold();
     stats_.clear();
+    by_phase_.clear();
+    phases_.clear();
     count_ = 0;
     if (started_) free_.push_back(prev_);
     prev_ = nullptr;
@@ -87,6 +97,7 @@ class Profiler {
       std::fprintf(stderr, "%-48.48s %10lld %12.3f %6.1f%% %10.2f\n", r.name.c_str(),
                    static_cast<long long>(r.s.calls), r.s.ms, total > 0 ? 100.0 * r.s.ms / total : 0.0,
                    r.s.calls ? 1e3 * r.s.ms / double(r.s.calls) : 0.0);
+    print_phases();
     for (cudaEvent_t e : free_) (void)cudaEventDestroy(e);
     (void)cudaEventDestroy(prev_);
   }
@@ -113,27 +124,67 @@ class Profiler {
   }
   void fold() {
     if (pending_.empty()) return;
-    if (cudaEventSynchronize(pending_.back().second) != cudaSuccess) return;
-    for (auto& [name, e] : pending_) {
+    if (cudaEventSynchronize(pending_.back().e) != cudaSuccess) return;
+    for (const Pending& op : pending_) {
       float ms = 0;
-      (void)cudaEventElapsedTime(&ms, prev_, e);
-      std::string key(name);
+      (void)cudaEventElapsedTime(&ms, prev_, op.e);
+      std::string key(op.name);
       if (const size_t paren = key.find('('); paren != std::string::npos) key.resize(paren);  // cuBLAS calls
-      Stat& st = stats_[key];
-      ++st.calls;
-      st.ms += ms;
+      for (Stat* st : {&stats_[key], &by_phase_[op.phase][key]}) {
+        ++st->calls;
+        st->ms += ms;
+      }
       ++count_;
       free_.push_back(prev_);
-      prev_ = e;
+      prev_ = op.e;
     }
     pending_.clear();
+  }
+  /// Per named phase (phases of the same name merged, in order of first appearance): its total and its
+  /// costliest operations. Operations after the last phase_end are "(after the last phase)".
+  void print_phases() const {
+    if (phases_.empty()) return;
+    std::vector<std::string> order;
+    std::map<std::string, std::map<std::string, Stat>> merged;
+    for (const auto& [index, ops] : by_phase_) {
+      const std::string name = index < static_cast<int64_t>(phases_.size())
+                                   ? phases_[index]
+                                   : std::string("(after the last phase)");
+      if (!merged.count(name)) order.push_back(name);
+      for (const auto& [op, st] : ops) {
+        Stat& m = merged[name][op];
+        m.calls += st.calls;
+        m.ms += st.ms;
+      }
+    }
+    std::fprintf(stderr, "TESSERA_CUDA_PROFILE by phase (the costliest operations of each):\n");
+    for (const std::string& name : order) {
+      std::vector<std::pair<std::string, Stat>> ops(merged[name].begin(), merged[name].end());
+      std::sort(ops.begin(), ops.end(),
+                [](const auto& a, const auto& b) { return a.second.ms > b.second.ms; });
+      double total = 0;
+      for (const auto& [op, st] : ops) total += st.ms;
+      std::fprintf(stderr, "phase %-42.42s %23.3f ms\n", name.c_str(), total);
+      for (size_t i = 0; i < ops.size() && i < 8; ++i)
+        std::fprintf(stderr, "  %-46.46s %10lld %12.3f %6.1f%% %10.2f\n", ops[i].first.c_str(),
+                     static_cast<long long>(ops[i].second.calls), ops[i].second.ms,
+                     total > 0 ? 100.0 * ops[i].second.ms / total : 0.0,
+                     ops[i].second.calls ? 1e3 * ops[i].second.ms / double(ops[i].second.calls) : 0.0);
+    }
   }
   bool on_ = false, trace_ = false, started_ = false;
   std::mutex mu_;
   cudaEvent_t prev_ = nullptr;
-  std::vector<std::pair<const char*, cudaEvent_t>> pending_;
+  struct Pending {
+    const char* name;
+    cudaEvent_t e;
+    int64_t phase;  // index into phases_ (the phase is named when it ends)
+  };
+  std::vector<Pending> pending_;
   std::vector<cudaEvent_t> free_;
   std::map<std::string, Stat> stats_;
+  std::map<int64_t, std::map<std::string, Stat>> by_phase_;
+  std::vector<std::string> phases_;
   int64_t count_ = 0;
 };
 

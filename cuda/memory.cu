@@ -99,6 +99,14 @@ void profile_restart() {
   cuda_detail::Profiler::get().restart();
 }
 
+void profile_phase_end(const char* name) {
+  cuda_detail::Profiler::get().phase_end(name);
+}
+
+bool profile_on() {
+  return cuda_detail::Profiler::get().on();
+}
+
 int device_count() {
   int n = 0;
   if (cudaGetDeviceCount(&n) != cudaSuccess) {

@@ -197,7 +197,7 @@ TEST(CudaMixedPrecision, FrozenBf16WeightsAreCastOnceForInference) {
 // and a residual added to one output: into a separate y, in place (y aliasing the residual), and twice. The
 // gated (SwiGLU) products round gate and up to bf16 before silu(gate) * up. Every case runs on both routes
 // of x: staged in shared memory (the default; the norm's sum of squares reduced over the block) and read
-// from global memory in the inner loop; the last cases (M * K * 2 bytes over 48 KB) cannot be staged and
+// from global memory in the inner loop; the last cases (M * K * 2 bytes over 47 KB) cannot be staged and
 // take the second route either way (no norm there: at K in the thousands the fp32 sum of squares may move a
 // normalised x across a bf16 rounding boundary, against the reference's double sum).
 TEST(CudaMixedPrecision, SmallProductsMultiplyBf16OperandsWithFp32Accumulation) {
@@ -231,6 +231,7 @@ TEST(CudaMixedPrecision, SmallProductsMultiplyBf16OperandsWithFp32Accumulation) 
                                    {2, 72, {24}, true, true},
                                    {8, 16, {4100}, false, false, 2},
                                    {2, 72, {40, 24}, false, true, 3},
+                                   {8, 3008, {8}, false},  // 47 KB of x: the largest staged
                                    {8, 3080, {24, 9}, false, false, 2},
                                    {5, 5000, {16}, false}};
   uint64_t seed = 100;

@@ -49,6 +49,11 @@ int device_count();
 /// TESSERA_CUDA_PROFILE (cuda/check.hpp): drop the operations counted so far, e.g. after warm-up steps, so
 /// that the table at exit covers only what follows. No effect when the profiler is off.
 void profile_restart();
+/// TESSERA_CUDA_PROFILE: the operations issued since the previous call (or the start) belong to phase `name`;
+/// the table at exit then also lists each phase's costliest operations. No effect when the profiler is off.
+void profile_phase_end(const char* name);
+/// Whether TESSERA_CUDA_PROFILE is set (the profiler records).
+bool profile_on();
 }  // namespace cuda_mem
 
 }  // namespace tessera
