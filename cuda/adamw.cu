@@ -1,8 +1,8 @@
 // Optimizer kernels on the GPU: the fused AdamW step (train::adamw_update), the squared global gradient norm
 // and gradient clipping by it.
 //
-// AdamW: grid-stride, four elements per thread with 16-byte accesses where the pointers allow (one per
-// thread otherwise and for the tail); each element's update is evaluated in double and rounded once,
+// AdamW: one grid-stride launch, four elements per thread with 16-byte accesses where the pointers allow (one
+// per thread otherwise and for the tail); each element's update is evaluated in double and rounded once,
 // exactly as the CPU (the per-step scalars bc1, sqrt(bc2), lr/bc1, 1 - lr*wd are computed on the host with
 // the CPU's expressions). The double operations use the _rn intrinsics so nvcc cannot contract them into
 // FMAs: every operation is one IEEE-rounded +, *, / or sqrt, so the result equals the CPU's bit for bit
@@ -44,33 +44,34 @@ __device__ __forceinline__ float adamw_element(float& p, float g, float& m, floa
   return p;
 }
 
+/// The update of n elements, four at a time with 16-byte loads and stores of p, g, m, v (8-byte of the bf16
+/// copy) where vec4 (p, g, m, v 16-byte aligned, p_bf16 8-byte aligned), the tail one by one
+/// (for_each_x4): the same arithmetic per element, so the same bits either way.
 __global__ void adamw_kernel(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m,
-                             float* __restrict__ v, int64_t n, AdamWScalars c,
-                             uint16_t* __restrict__ p_bf16) {
-  TESSERA_GRID_STRIDE(i, n) {
-    const float pn = adamw_element(p[i], g[i], m[i], v[i], c);
-    if (p_bf16) p_bf16[i] = bf16_bits(pn);
-  }
-}
-
-/// The same update four elements at a time: 16-byte loads and stores of p, g, m, v (8-byte of the bf16
-/// copy), for 16-byte aligned p, g, m, v and 8-byte aligned p_bf16; n4 = n / 4 groups (the launcher runs the
-/// remainder through adamw_kernel). Same arithmetic per element, so the same bits.
-__global__ void adamw_x4_kernel(float4* __restrict__ p, const float4* __restrict__ g, float4* __restrict__ m,
-                                float4* __restrict__ v, int64_t n4, AdamWScalars c,
-                                uint64_t* __restrict__ p_bf16) {
-  TESSERA_GRID_STRIDE(i, n4) {
-    float4 pp = p[i], mm = m[i], vv = v[i];
-    const float4 gg = g[i];
-    adamw_element(pp.x, gg.x, mm.x, vv.x, c);
-    adamw_element(pp.y, gg.y, mm.y, vv.y, c);
-    adamw_element(pp.z, gg.z, mm.z, vv.z, c);
-    adamw_element(pp.w, gg.w, mm.w, vv.w, c);
-    p[i] = pp;
-    m[i] = mm;
-    v[i] = vv;
-    if (p_bf16) p_bf16[i] = pack_bf16x4(pp.x, pp.y, pp.z, pp.w);
-  }
+                             float* __restrict__ v, int64_t n, AdamWScalars c, uint16_t* __restrict__ p_bf16,
+                             bool vec4) {
+  float4* p4 = reinterpret_cast<float4*>(p);
+  const float4* g4 = reinterpret_cast<const float4*>(g);
+  float4 *m4 = reinterpret_cast<float4*>(m), *v4 = reinterpret_cast<float4*>(v);
+  uint64_t* b4 = reinterpret_cast<uint64_t*>(p_bf16);
+  for_each_x4(
+      n, vec4,
+      [&](int64_t i) {
+        float4 pp = p4[i], mm = m4[i], vv = v4[i];
+        const float4 gg = g4[i];
+        adamw_element(pp.x, gg.x, mm.x, vv.x, c);
+        adamw_element(pp.y, gg.y, mm.y, vv.y, c);
+        adamw_element(pp.z, gg.z, mm.z, vv.z, c);
+        adamw_element(pp.w, gg.w, mm.w, vv.w, c);
+        p4[i] = pp;
+        m4[i] = mm;
+        v4[i] = vv;
+        if (p_bf16) b4[i] = pack_bf16x4(pp.x, pp.y, pp.z, pp.w);
+      },
+      [&](int64_t i) {
+        const float pn = adamw_element(p[i], g[i], m[i], v[i], c);
+        if (p_bf16) p_bf16[i] = bf16_bits(pn);
+      });
 }
 
 constexpr int kSumBlocks = 1024;  // threads of the final sum
@@ -157,21 +158,10 @@ void adamw_update_f32(float* p, const float* g, float* m, float* v, int64_t n, d
   const double bc2_sqrt = std::sqrt(1.0 - std::pow(beta2, static_cast<double>(t)));
   const AdamWScalars c{beta1,    1.0 - beta1, beta2,         1.0 - beta2, eps,
                        bc2_sqrt, lr / bc1,    1.0 - lr * wd, grad_scale};
-  int64_t done = 0;
-  if (aligned_to(p, 16) && aligned_to(g, 16) && aligned_to(m, 16) && aligned_to(v, 16) &&
-      (!p_bf16 || aligned_to(p_bf16, 8)) && n >= 4) {
-    const int64_t n4 = n / 4;
-    adamw_x4_kernel<<<stride_blocks(n4), kThreads>>>(
-        reinterpret_cast<float4*>(p), reinterpret_cast<const float4*>(g), reinterpret_cast<float4*>(m),
-        reinterpret_cast<float4*>(v), n4, c, reinterpret_cast<uint64_t*>(p_bf16));
-    TESSERA_CUDA_CHECK_LAUNCH("adamw_x4_kernel");
-    done = 4 * n4;
-  }
-  if (done < n) {
-    adamw_kernel<<<stride_blocks(n - done), kThreads>>>(p + done, g + done, m + done, v + done, n - done, c,
-                                                        p_bf16 ? p_bf16 + done : nullptr);
-    TESSERA_CUDA_CHECK_LAUNCH("adamw_kernel");
-  }
+  const bool vec4 = aligned_to(p, 16) && aligned_to(g, 16) && aligned_to(m, 16) && aligned_to(v, 16) &&
+                    (!p_bf16 || aligned_to(p_bf16, 8)) && n >= 4;
+  adamw_kernel<<<stride_blocks(vec4 ? n / 4 : n, kThreads), kThreads>>>(p, g, m, v, n, c, p_bf16, vec4);
+  TESSERA_CUDA_CHECK_LAUNCH("adamw_kernel");
 }
 
 void grad_sumsq_many_f32(double* sumsq, const float* const* g, const int64_t* n, int64_t count) {

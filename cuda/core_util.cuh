@@ -37,6 +37,22 @@ inline unsigned stride_blocks(int64_t n, int threads = 256) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); \
        i += int64_t(gridDim.x) * blockDim.x)
 
+/// An elementwise grid-stride loop four elements per access where every pointer is 16-byte aligned (vec4):
+/// vec(i) for the float4 items [0, n / 4) first, then one(i) for the n % 4 last elements (every element when
+/// !vec4), in one launch. The same operation on every element either way, so the same bits.
+template <class Vec, class One>
+__device__ inline void for_each_x4(int64_t n, bool vec4, Vec vec, One one) {
+  int64_t done = 0;
+  if (vec4) {
+    const int64_t n4 = n / 4;
+    TESSERA_GRID_STRIDE(i, n4) vec(i);
+    done = 4 * n4;
+  }
+  for (int64_t i = done + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    one(i);
+}
+
 /// Throws naming the op unless 0 <= v <= INT_MAX (kernels index rows/columns with int).
 inline void check_int_range(const char* op, const char* what, int64_t v) {
   TESSERA_CHECK(v >= 0 && v <= INT_MAX, op, "(cuda): ", what, "=", v, " must be in [0, ", INT_MAX, "]");

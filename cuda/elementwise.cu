@@ -306,20 +306,7 @@ int swiglu_bf16in_width(int64_t H, int64_t ld, const float* dout, const P*... bf
 }
 
 // The simple elementwise kernels take four floats per access where every pointer is 16-byte aligned (vec4):
-// the float4 items [0, n / 4) first, then the n % 4 last elements one by one, in one grid-stride launch.
-// The same operation on every element either way (bit-identical results).
-template <class Vec, class One>
-__device__ inline void for_each_x4(int64_t n, bool vec4, Vec vec, One one) {
-  int64_t done = 0;
-  if (vec4) {
-    const int64_t n4 = n / 4;
-    TESSERA_GRID_STRIDE(i, n4) vec(i);
-    done = 4 * n4;
-  }
-  for (int64_t i = done + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    one(i);
-}
+// for_each_x4 (core_util.cuh).
 __device__ inline float4 add4(float4 a, float4 b) {
   return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
 }

@@ -922,8 +922,9 @@ TEST_F(CudaCore, StackedHashEmbeddingMatchesCpu) {
 // agree bit for bit unless the CPU build contracts its loop into FMAs (-march=native may), which moves an
 // fp32 result by at most 1 ulp; after 3 steps rtol 1e-6 (~8 ulp) is ample, a wrong formula is off by far
 // more. The bf16 copy must be exactly the RNE rounding of the GPU's fp32 weights. Offset 0: aligned tensors
-// (the 4-wide kernel, plus the scalar one for the tail of 1001 = 4 * 250 + 1); offset 1: misaligned pointers
-// (the scalar kernel only). Step 2 reads the gradients scaled by a clipping coefficient on both sides.
+// (the kernel's 4-wide path, plus its one-by-one path for the tail of 1001 = 4 * 250 + 1); offset 1:
+// misaligned pointers (one by one only). Step 2 reads the gradients scaled by a clipping coefficient on both
+// sides.
 TEST_F(CudaCore, AdamWThreeStepsMatchCpu) {
   for (const int64_t offset : {0, 1}) {
     SCOPED_TRACE("offset " + std::to_string(offset));
