@@ -130,14 +130,18 @@ void forward_split(const AttnArgs& a, const Dims& d, const Mask& mask, int ns, c
   constexpr const char* op = "attention_forward";
   const int64_t rows = d.B * d.Hq * d.Tq;
   const unsigned blocks = block_count(rows * ns, op);
-  DeviceScratch scratch;
   float *part_ml = nullptr, *part_acc = nullptr;
   unsigned* counters = nullptr;
   if (ns > 1) {
-    scratch.reserve(DeviceScratch::bytes_for<float>(rows * ns * 2) +
-                    DeviceScratch::bytes_for<float>(rows * ns * d.Dv));
-    part_ml = scratch.carve<float>(rows * ns * 2);
-    part_acc = scratch.carve<float>(rows * ns * d.Dv);
+    // The parts live in a buffer kept across calls (a decoding step makes one such call per layer: no pool
+    // allocation and free each time); launches on the stream run in order, so reusing it is safe.
+    // Sized for the most splits a row can take, so that a growing cache (more splits per step) does not
+    // reallocate it step after step.
+    thread_local KeptDeviceBuffer<float> split_parts;
+    const int64_t ml = (rows * ns * 2 + 63) / 64 * 64;  // part_acc 256-byte aligned
+    const int64_t most = (rows * kSplitMaxParts * 2 + 63) / 64 * 64 + rows * kSplitMaxParts * d.Dv;
+    part_ml = split_parts.get(static_cast<size_t>(most));
+    part_acc = part_ml + ml;
     // Per-row counters for the merge: zeroed when allocated; every launch leaves them zero.
     thread_local KeptDeviceBuffer<unsigned> split_counters;
     counters = split_counters.get(static_cast<size_t>(std::max<int64_t>(rows, 1024)), true);
