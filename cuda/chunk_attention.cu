@@ -29,6 +29,11 @@ namespace {
 constexpr int kRowsPerBlock = 8;  // one warp per score row
 constexpr int kThreads = 256;     // the element-wise kernels
 
+/// Where the statistics of score row g and head h live: lse[(b * H + h) * T + t] for token t of sequence b.
+__device__ __forceinline__ int64_t stat_index(int64_t g, int64_t T, int H, int h) {
+  return (g / T * H + h) * T + g % T;
+}
+
 /// Row g of the scores S [rows, C] (rows = B * T; row g is position g % C of its chunk, token g % T of
 /// sequence g / T): P = exp(scale S - lse) for the keys c <= g % C, 0 for the rest (bf16), and
 /// lse[(b * H + h) * T + t] = log sum exp over the same keys.
@@ -49,7 +54,7 @@ __global__ void chunk_softmax_kernel(const float* __restrict__ S, uint16_t* __re
   const float l = m + logf(sum);
   uint16_t* p = P + g * C;
   for (int c = lane; c < C; c += 32) p[c] = c <= r ? bf16_bits(expf(scale * s[c] - l)) : uint16_t{0};
-  if (lane == 0) lse[(g / T * H + h) * T + g % T] = l;
+  if (lane == 0) lse[stat_index(g, T, H, h)] = l;
 }
 
 /// The backward's P from the forward's lse: P = exp(scale S - lse) for c <= g % C, else 0 (bf16).
@@ -59,7 +64,7 @@ __global__ void chunk_probs_kernel(const float* __restrict__ S, const float* __r
   TESSERA_GRID_STRIDE(i, rows * C) {
     const int64_t g = i / C;
     const int c = static_cast<int>(i - g * C), r = static_cast<int>(g % C);
-    const float l = lse[(g / T * H + h) * T + g % T];
+    const float l = lse[stat_index(g, T, H, h)];
     P[i] = c <= r ? bf16_bits(expf(scale * S[i] - l)) : uint16_t{0};
   }
 }
@@ -72,14 +77,26 @@ __global__ void chunk_dscores_kernel(const float* __restrict__ dP, uint16_t* __r
   TESSERA_GRID_STRIDE(i, rows * C) {
     const int64_t g = i / C;
     const float p = bf16_to_float(P[i]);
-    P[i] = bf16_bits(p * (dP[i] - Dsum[(g / T * H + h) * T + g % T]) * scale);
+    P[i] = bf16_bits(p * (dP[i] - Dsum[stat_index(g, T, H, h)]) * scale);
   }
 }
 
-/// A strided fp32 [rows, cols] buffer (token stride `stride`) as bf16 with the same stride: the elements from
-/// the first to the last used one are cast (padding columns between rows too, never read).
+/// Elements from the first to the last used one of a strided [rows, cols] buffer (token stride `stride`).
+int64_t extent(int64_t rows, int64_t stride, int64_t cols) {
+  return (rows - 1) * stride + cols;
+}
+
+/// A strided fp32 [rows, cols] buffer as bf16 with the same stride: its extent is cast (padding columns
+/// between rows too, never read).
 void cast_rows(uint16_t* dst, const float* src, int64_t rows, int64_t stride, int64_t cols) {
-  cast_f32_to_bf16(dst, src, (rows - 1) * stride + cols);
+  cast_f32_to_bf16(dst, src, extent(rows, stride, cols));
+}
+
+/// out_i = op(A_i) op(B_i) for every chunk i at once (alpha 1, beta 0, fp32 out): chunk i of each operand
+/// starts C rows further on, so each batch stride is C times its leading dimension.
+void per_chunk_gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const uint16_t* A, int64_t lda,
+                    const uint16_t* B, int64_t ldb, float* out, int64_t ldc, int64_t C, int64_t chunks) {
+  gemm_bf16(ta, tb, m, n, k, 1.f, A, lda, C * lda, B, ldb, C * ldb, 0.f, out, false, ldc, C * ldc, chunks);
 }
 
 unsigned row_blocks(int64_t rows) {
@@ -104,8 +121,8 @@ bool chunk_attention_forward_gemm(const AttnArgs& a, const float* q, const float
   TESSERA_CHECK(q && k && v && o && lse, "attention_forward(cuda, chunk GEMMs): null pointer");
   const int64_t C = a.mask_param, T = a.Tq, rows = a.B * T, chunks = rows / C, H = a.Hq;
   DeviceScratch scratch;
-  const int64_t nq = (rows - 1) * a.q_stride + H * a.Dh, nk = (rows - 1) * a.k_stride + H * a.Dh,
-                nv = (rows - 1) * a.v_stride + H * a.Dv;
+  const int64_t nq = extent(rows, a.q_stride, H * a.Dh), nk = extent(rows, a.k_stride, H * a.Dh),
+                nv = extent(rows, a.v_stride, H * a.Dv);
   // (the scores of every chunk at once: B T C fp32 and bf16; where that memory cannot be had, the flash
   // kernels, which need none, run the call)
   if (!scratch.try_reserve(DeviceScratch::bytes_for<uint16_t>(nq) + DeviceScratch::bytes_for<uint16_t>(nk) +
@@ -124,14 +141,14 @@ bool chunk_attention_forward_gemm(const AttnArgs& a, const float* q, const float
   const float scale = static_cast<float>(a.scale);
   for (int64_t h = 0; h < H; ++h) {
     // S_i = Q_i K_i^T for every chunk i (batched: chunk i starts at row i * C).
-    gemm_bf16(false, true, C, C, a.Dh, 1.f, q16 + h * a.Dh, a.q_stride, C * a.q_stride, k16 + h * a.Dh,
-              a.k_stride, C * a.k_stride, 0.f, S, false, C, C * C, chunks);
+    per_chunk_gemm(false, true, C, C, a.Dh, q16 + h * a.Dh, a.q_stride, k16 + h * a.Dh, a.k_stride, S, C, C,
+                   chunks);
     chunk_softmax_kernel<<<row_blocks(rows), 32 * kRowsPerBlock>>>(
         S, P, lse, rows, static_cast<int>(C), scale, T, static_cast<int>(H), static_cast<int>(h));
     TESSERA_CUDA_CHECK_LAUNCH("chunk_softmax_kernel");
     // O_i = P_i V_i, into head h's columns of o.
-    gemm_bf16(false, false, C, a.Dv, C, 1.f, P, C, C * C, v16 + h * a.Dv, a.v_stride, C * a.v_stride, 0.f,
-              o + h * a.Dv, false, a.o_stride, C * a.o_stride, chunks);
+    per_chunk_gemm(false, false, C, a.Dv, C, P, C, v16 + h * a.Dv, a.v_stride, o + h * a.Dv, a.o_stride, C,
+                   chunks);
   }
   return true;
 }
@@ -144,8 +161,8 @@ bool chunk_attention_backward_gemm(const AttnArgs& a, const float* q, const floa
                 "attention_backward(cuda, chunk GEMMs): null pointer");
   const int64_t C = a.mask_param, T = a.Tq, rows = a.B * T, chunks = rows / C, H = a.Hq;
   DeviceScratch scratch;
-  const int64_t nq = (rows - 1) * a.q_stride + H * a.Dh, nk = (rows - 1) * a.k_stride + H * a.Dh,
-                nv = (rows - 1) * a.v_stride + H * a.Dv, no = (rows - 1) * a.o_stride + H * a.Dv;
+  const int64_t nq = extent(rows, a.q_stride, H * a.Dh), nk = extent(rows, a.k_stride, H * a.Dh),
+                nv = extent(rows, a.v_stride, H * a.Dv), no = extent(rows, a.o_stride, H * a.Dv);
   if (!scratch.try_reserve(DeviceScratch::bytes_for<uint16_t>(nq) + DeviceScratch::bytes_for<uint16_t>(nk) +
                            DeviceScratch::bytes_for<uint16_t>(nv) + DeviceScratch::bytes_for<uint16_t>(no) +
                            DeviceScratch::bytes_for<float>(rows * C) +
@@ -172,25 +189,20 @@ bool chunk_attention_backward_gemm(const AttnArgs& a, const float* q, const floa
   TESSERA_CUDA_CHECK_LAUNCH("attn_rowdot_kernel");
   for (int64_t h = 0; h < H; ++h) {
     const uint16_t *qh = q16 + h * a.Dh, *kh = k16 + h * a.Dh, *vh = v16 + h * a.Dv, *doh = do16 + h * a.Dv;
-    gemm_bf16(false, true, C, C, a.Dh, 1.f, qh, a.q_stride, C * a.q_stride, kh, a.k_stride, C * a.k_stride,
-              0.f, S, false, C, C * C, chunks);
+    per_chunk_gemm(false, true, C, C, a.Dh, qh, a.q_stride, kh, a.k_stride, S, C, C, chunks);
     chunk_probs_kernel<<<stride_blocks(rows * C), kThreads>>>(S, lse, P, rows, Ci, scale, T, Hi,
                                                               static_cast<int>(h));
     TESSERA_CUDA_CHECK_LAUNCH("chunk_probs_kernel");
     // dV_i = P_i^T dO_i
-    gemm_bf16(true, false, C, a.Dv, C, 1.f, P, C, C * C, doh, a.o_stride, C * a.o_stride, 0.f, dv + h * a.Dv,
-              false, a.v_stride, C * a.v_stride, chunks);
+    per_chunk_gemm(true, false, C, a.Dv, C, P, C, doh, a.o_stride, dv + h * a.Dv, a.v_stride, C, chunks);
     // dP_i = dO_i V_i^T (over the scores' buffer)
-    gemm_bf16(false, true, C, C, a.Dv, 1.f, doh, a.o_stride, C * a.o_stride, vh, a.v_stride, C * a.v_stride,
-              0.f, S, false, C, C * C, chunks);
+    per_chunk_gemm(false, true, C, C, a.Dv, doh, a.o_stride, vh, a.v_stride, S, C, C, chunks);
     chunk_dscores_kernel<<<stride_blocks(rows * C), kThreads>>>(S, P, Dsum, rows, Ci, scale, T, Hi,
                                                                 static_cast<int>(h));
     TESSERA_CUDA_CHECK_LAUNCH("chunk_dscores_kernel");
     // dQ_i = dS_i K_i;  dK_i = dS_i^T Q_i
-    gemm_bf16(false, false, C, a.Dh, C, 1.f, P, C, C * C, kh, a.k_stride, C * a.k_stride, 0.f, dq + h * a.Dh,
-              false, a.q_stride, C * a.q_stride, chunks);
-    gemm_bf16(true, false, C, a.Dh, C, 1.f, P, C, C * C, qh, a.q_stride, C * a.q_stride, 0.f, dk + h * a.Dh,
-              false, a.k_stride, C * a.k_stride, chunks);
+    per_chunk_gemm(false, false, C, a.Dh, C, P, C, kh, a.k_stride, dq + h * a.Dh, a.q_stride, C, chunks);
+    per_chunk_gemm(true, false, C, a.Dh, C, P, C, qh, a.q_stride, dk + h * a.Dh, a.k_stride, C, chunks);
   }
   return true;
 }

@@ -417,6 +417,20 @@ __device__ __forceinline__ void rope_cos_sin(int64_t pos, int i, int Dh, double 
   s = static_cast<float>(sign * sd);
 }
 
+/// The rope kernels' head order: heads [h0, h1) in runs of kRun, load(u, hh) for every head hh of a run (u
+/// its place in the run) before store(u, hh) for any. The output may alias the input (in place), so loads and
+/// stores of one head after the other would wait on each other: too few loads in flight per thread to keep
+/// HBM busy at training sizes. Each element is read and written by its thread only, so reading ahead is safe.
+template <int kRun, class Load, class Store>
+__device__ __forceinline__ void in_head_runs(int h0, int h1, Load&& load, Store&& store) {
+  for (int h = h0; h < h1; h += kRun) {
+#pragma unroll
+    for (int u = 0; u < kRun && h + u < h1; ++u) load(u, h + u);
+#pragma unroll
+    for (int u = 0; u < kRun && h + u < h1; ++u) store(u, h + u);
+  }
+}
+
 __global__ void rope_kernel(float* x, int64_t stride, const int64_t* __restrict__ positions, int64_t N, int H,
                             int Dh, double theta, bool interleaved, double sign) {
   const int half = Dh / 2;
@@ -427,23 +441,18 @@ __global__ void rope_kernel(float* x, int64_t stride, const int64_t* __restrict_
     rope_cos_sin(positions[n], i, Dh, theta, sign, c, s);
     float* tok = x + n * stride;
     const int ia = interleaved ? 2 * i : i, ib = interleaved ? 2 * i + 1 : half + i;
-    // Heads in runs of 8, every load of a run before its stores (in place: see rope_qk_item).
     constexpr int kRun = 8;
-    for (int h = 0; h < H; h += kRun) {
-      float a[kRun], b[kRun];
-#pragma unroll
-      for (int u = 0; u < kRun; ++u) {
-        if (h + u >= H) break;
-        const float* v = tok + static_cast<int64_t>(h + u) * Dh;
-        a[u] = v[ia], b[u] = v[ib];
-      }
-#pragma unroll
-      for (int u = 0; u < kRun; ++u) {
-        if (h + u >= H) break;
-        float* v = tok + static_cast<int64_t>(h + u) * Dh;
-        rotate_pair(a[u], b[u], c, s, v[ia], v[ib]);
-      }
-    }
+    float a[kRun], b[kRun];
+    in_head_runs<kRun>(
+        0, H,
+        [&](int u, int hh) {
+          const float* v = tok + static_cast<int64_t>(hh) * Dh;
+          a[u] = v[ia], b[u] = v[ib];
+        },
+        [&](int u, int hh) {
+          float* v = tok + static_cast<int64_t>(hh) * Dh;
+          rotate_pair(a[u], b[u], c, s, v[ia], v[ib]);
+        });
   }
 }
 
@@ -481,34 +490,24 @@ __device__ inline void rope_qk_item(int64_t t, const In* q, const In* k, Out* q_
   const int i = static_cast<int>(t % half);
   const RopeHeads hs = rope_heads(t / half, groups, Hq + Hk);
   const int64_t n = hs.n;
-  const int h0 = hs.h0, h1 = hs.h1;
   float c, s;
   rope_cos_sin(positions[n], i, Dh, theta, sign, c, s);
   const int ia = interleaved ? 2 * i : i, ib = interleaved ? 2 * i + 1 : half + i;
-  // Heads in runs of kRun: every load of a run is issued before its stores. The output may alias the input
-  // (in place), so loads and stores of one head sequence would otherwise wait on each other: two loads in
-  // flight per thread, far too few to keep HBM busy at training sizes. Each element is read and written by
-  // this thread only, so reading ahead is safe.
-  auto head_offset = [&](int hh) { return rope_head_offset(n, hh, Hq, Hk, Dh); };
   constexpr int kRun = 8;
-  for (int h = h0; h < h1; h += kRun) {
-    float a[kRun], b[kRun];
-#pragma unroll
-    for (int u = 0; u < kRun; ++u) {
-      if (h + u >= h1) break;
-      const In* src = (h + u < Hq ? q : k) + head_offset(h + u);
-      a[u] = load_value(src + ia), b[u] = load_value(src + ib);
-    }
-#pragma unroll
-    for (int u = 0; u < kRun; ++u) {
-      if (h + u >= h1) break;
-      Out* dst = (h + u < Hq ? q_out : k_out) + head_offset(h + u);
-      float x, y;
-      rotate_pair(a[u], b[u], c, s, x, y);
-      store_value(dst + ia, x);
-      store_value(dst + ib, y);
-    }
-  }
+  float a[kRun], b[kRun];
+  in_head_runs<kRun>(
+      hs.h0, hs.h1,
+      [&](int u, int hh) {
+        const In* src = (hh < Hq ? q : k) + rope_head_offset(n, hh, Hq, Hk, Dh);
+        a[u] = load_value(src + ia), b[u] = load_value(src + ib);
+      },
+      [&](int u, int hh) {
+        Out* dst = (hh < Hq ? q_out : k_out) + rope_head_offset(n, hh, Hq, Hk, Dh);
+        float x, y;
+        rotate_pair(a[u], b[u], c, s, x, y);
+        store_value(dst + ia, x);
+        store_value(dst + ib, y);
+      });
 }
 
 template <class In, class Out>
@@ -552,26 +551,20 @@ __global__ void rope_qk_bf16x8_kernel(const uint16_t* q, const uint16_t* k, uint
     const int c = static_cast<int>(t % chunks);
     const RopeHeads hs = rope_heads(t / chunks, groups, Hq + Hk);
     const int64_t n = hs.n;
-    const int h0 = hs.h0, h1 = hs.h1;
     float cs[8], sn[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) rope_cos_sin(positions[n], 8 * c + j, Dh, theta, sign, cs[j], sn[j]);
     const int e0 = interleaved ? 16 * c : 8 * c, e1 = interleaved ? 16 * c + 8 : half + 8 * c;
-    auto row = [&](int hh) { return rope_head_offset(n, hh, Hq, Hk, Dh); };
     constexpr int kRun = 4;
-    for (int h = h0; h < h1; h += kRun) {
-      uint4 w0[kRun], w1[kRun];
-#pragma unroll
-      for (int u = 0; u < kRun; ++u) {
-        if (h + u < h1) {
-          const uint16_t* src = (h + u < Hq ? q : k) + row(h + u);
+    uint4 w0[kRun], w1[kRun];
+    in_head_runs<kRun>(
+        hs.h0, hs.h1,
+        [&](int u, int hh) {
+          const uint16_t* src = (hh < Hq ? q : k) + rope_head_offset(n, hh, Hq, Hk, Dh);
           w0[u] = *reinterpret_cast<const uint4*>(src + e0);
           w1[u] = *reinterpret_cast<const uint4*>(src + e1);
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < kRun; ++u) {
-        if (h + u < h1) {
+        },
+        [&](int u, int hh) {
           float f0[8], f1[8], r0[8], r1[8];
           unpack_bf16x8(w0[u], f0);
           unpack_bf16x8(w1[u], f1);
@@ -585,12 +578,10 @@ __global__ void rope_qk_bf16x8_kernel(const uint16_t* q, const uint16_t* k, uint
 #pragma unroll
             for (int j = 0; j < 8; ++j) rotate_pair(f0[j], f1[j], cs[j], sn[j], r0[j], r1[j]);
           }
-          uint16_t* dst = (h + u < Hq ? q_out : k_out) + row(h + u);
+          uint16_t* dst = (hh < Hq ? q_out : k_out) + rope_head_offset(n, hh, Hq, Hk, Dh);
           *reinterpret_cast<uint4*>(dst + e0) = pack_bf16x8(r0);
           *reinterpret_cast<uint4*>(dst + e1) = pack_bf16x8(r1);
-        }
-      }
-    }
+        });
   }
 }
 
