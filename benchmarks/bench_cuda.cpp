@@ -12,9 +12,9 @@
 //   rows      RMSNorm (fp32 in, bf16 out; backward dx + residual and dw) at Llama-1B's and BLT-1B's training
 //             shapes, the vectorised kernels vs the row-wise ones; RoPE on bf16 q, k in place vs the memcpy
 //             floor.
-//   blt       BLT-1B's byte <-> patch cross-attention (fp32; decoder and encoder shapes, 4096 bytes in
-//             patches of mean 4.5): the segment kernels of its PatchSegments binding vs the flash tile
-//             kernels under the same id mask.
+//   blt       BLT-1B's byte <-> patch cross-attention (decoder and encoder shapes, 4096 bytes in
+//             patches of mean 4.5): the fp32 segment kernels of its PatchSegments binding vs the flash tile
+//             kernels under the same id mask; the bf16 segment kernels (a bf16 model's) vs the fp32 ones.
 //   attention ops::attention_forward/backward(cuda) (fp32, flash-style) at B=4 T=4096 H=16, Dh 64 and 128,
 //             masks Causal and ChunkLocal{2048} (Megalodon's chunk size) vs a materialised baseline: cuBLAS
 //             fp32 batched S = scale Q K^T (T x T per head), a masked-softmax kernel, O = P V; backward
@@ -1052,6 +1052,39 @@ void bench_blt_cross(Ctx& c) {
                  rel_str(bench::diff(o.get(), ob.get(), nq))});
       print_row({"BLT cross-attention bwd fp32 (segments)", shape, ms_b, "-", base + " (bwd)", base_b, "-",
                  strf("%.2e", worst_b)});
+
+      // The bf16 overloads (the all-bf16 cross-attention of a bf16 model): half the bytes, the same walks;
+      // baseline the fp32 rows above, check against them (the bf16 outputs widened; the inputs differ by
+      // their bf16 rounding, so the check is the bf16 contract's, ~1e-2, not 0).
+      using tessera::bf16;
+      DevBuf<uint16_t> q16(nq), k16(nk), v16(nk), dout16(nq), o16(nq), dq16(nq), dk16(nk), dv16(nk);
+      bench::to_bf16(q16.get(), q.get(), nq);
+      bench::to_bf16(k16.get(), k.get(), nk);
+      bench::to_bf16(v16.get(), v.get(), nk);
+      bench::to_bf16(dout16.get(), dout.get(), nq);
+      auto b16 = [](DevBuf<uint16_t>& b) { return reinterpret_cast<bf16*>(b.get()); };
+      DevBuf<float> lse16(H * d.Tq), wide_q(nq), wide_k(nk);
+      const double ms_f16 = c.timer.median_ms(
+          [&] { ops::attention_forward(cuda{}, d, m, b16(q16), b16(k16), b16(v16), b16(o16), lse16.get()); },
+          c.reps);
+      const double ms_b16 = c.timer.median_ms(
+          [&] {
+            ops::attention_backward(cuda{}, d, m, b16(q16), b16(k16), b16(v16), b16(o16), lse16.get(),
+                                    b16(dout16), b16(dq16), b16(dk16), b16(dv16));
+          },
+          c.reps);
+      bench::from_bf16(wide_q.get(), o16.get(), nq);
+      const std::string o_err = rel_str(bench::diff(wide_q.get(), o.get(), nq));
+      bench::from_bf16(wide_q.get(), dq16.get(), nq);
+      double worst16 = bench::diff(wide_q.get(), dq.get(), nq).rel();
+      bench::from_bf16(wide_k.get(), dk16.get(), nk);
+      worst16 = std::max(worst16, bench::diff(wide_k.get(), dk.get(), nk).rel());
+      bench::from_bf16(wide_k.get(), dv16.get(), nk);
+      worst16 = std::max(worst16, bench::diff(wide_k.get(), dv.get(), nk).rel());
+      print_row({"BLT cross-attention fwd bf16 (segments)", shape, ms_f16, "-", "fp32 segments, same run",
+                 ms_f, "-", o_err});
+      print_row({"BLT cross-attention bwd bf16 (segments)", shape, ms_b16, "-", "fp32 segments (bwd)", ms_b,
+                 "-", strf("%.2e", worst16)});
     });
   }
 }

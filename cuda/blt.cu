@@ -30,6 +30,7 @@
 #include "attention_kernels.cuh"
 #include "attention_launch.cuh"
 #include "check.hpp"
+#include "core_util.cuh"
 #include "launch_blt.hpp"
 #include "scratch.cuh"
 
@@ -80,59 +81,88 @@ IdNoSyncMask id_mask(const AttnArgs& a, int64_t window, const int64_t* q_id, con
 // patch's k query slots attend to its bytes) or a patch's k slots (decoder: every byte attends to the slots
 // of its patch), a handful of keys. The tile kernels would walk whole 64 x 64 tiles, nearly all masked, for
 // each of them (one tile per 64 patches). Here one warp takes one (query row, head) for the forward and dQ,
-// and one (key row, kv head) for dK and dV, and walks exactly its equal range: a binary search over sorted
-// ids (the keys' for the forward and dQ, the queries' for dK / dV), every row of the other side when they are
+// and one (key row, kv head) for dK and dV, and walks exactly its equal range. The ranges come from
+// seg_ranges_kernel, one thread per row, before the walks: a binary search over sorted ids (the keys' for the
+// forward and dQ, the queries' for dK / dV) — once per row instead of once per (row, head) warp, whose walk
+// would otherwise start behind ~log2(T) dependent loads — or every row of the other side when the ids are
 // not sorted or too few to be worth a search. Lane c owns columns c, c + 32, ...; a row's sum runs in order
 // over the range, so results are deterministic. Same formulas as the tile kernels (o = sum p v / l, lse = m +
 // log l, dS = P (dP - D), dQ = scale dS K, dK = scale dS^T Q, dV = P^T dO) and the same conventions: a query
 // without a visible key has o = 0 and lse = -inf, a key no query sees gets dK = dV = 0.
+//
+// The kernels are templated on the storage type E of q, k, v, o, dO, dQ, dK, dV: float, or bf16 bits
+// (uint16_t) for the bf16 cross-attention (ops/blt_cuda.hpp): bf16 values widen exactly, every sum, max, exp
+// and lse is fp32, and each output is rounded to bf16 once when it is stored — P and dS are never rounded.
 
 constexpr int kSegThreads = 128;
 constexpr int kSegKeys = 4;  // keys per step of the forward and dQ walks: their loads are in flight together
 constexpr int64_t kSegScan = 64;  // up to this many rows on the other side: scan them, no search, no check
 
-/// Ids of both sides and the device flags of their sortedness checks (null: scan every row).
+/// Ids of both sides and, per row, the range of the other side's rows to walk (null: every row).
 struct SegIds {
   const int64_t* q_id;
   const int64_t* k_id;
   int64_t Tq, Tk;
-  const unsigned long long* k_unsorted;  // ids_sorted_kernel's flag over k_id; null: scan
-  const unsigned long long* q_unsorted;  // the same over q_id (dK / dV)
+  const Range* k_rows;  // [B * Tq]: the key rows of each query row (forward, dQ)
+  const Range* q_rows;  // [B * Tk]: the query rows of each key row (dK, dV)
 
-  /// Rows of `ids` (one batch row of n ids) to walk for id v: its equal range when verified sorted.
-  __device__ static Range rows_of(const int64_t* ids, int64_t n, int64_t v,
-                                  const unsigned long long* unsorted) {
-    if (unsorted == nullptr || *unsorted != 0) return {0, n};
-    return {sorted_bound(ids, n, v, false), sorted_bound(ids, n, v, true)};
-  }
+  __device__ Range keys_of(int64_t bi) const { return k_rows ? k_rows[bi] : Range{0, Tk}; }
+  __device__ Range queries_of(int64_t bj) const { return q_rows ? q_rows[bj] : Range{0, Tq}; }
 };
 
-/// Queue the sortedness checks the walks use: of the key ids when promised sorted (forward, dQ), of the
-/// query ids when `search_queries` (dK / dV); only for sides of more than kSegScan rows.
-SegIds seg_ids(const Dims& d, const int64_t* q_id, const int64_t* k_id, bool k_sorted, bool search_queries,
-               DeviceScratch& scratch) {
+/// out[r] for each of the `rows` = B * n_self rows of one side: the rows of the other side (n_other per
+/// batch row) whose id equals row r's — its equal range while `unsorted` (ids_sorted_kernel's flag over
+/// other_id) is clear, every row [0, n_other) when the promise is broken.
+__global__ void seg_ranges_kernel(const int64_t* __restrict__ self_id, int64_t n_self,
+                                  const int64_t* __restrict__ other_id, int64_t n_other, int64_t rows,
+                                  const unsigned long long* __restrict__ unsorted, Range* __restrict__ out) {
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r >= rows) return;
+  if (*unsorted != 0) {
+    out[r] = Range{0, n_other};
+    return;
+  }
+  const int64_t* row = other_id + r / n_self * n_other;
+  const int64_t v = self_id[r];
+  out[r] = Range{sorted_bound(row, n_other, v, false), sorted_bound(row, n_other, v, true)};
+}
+
+/// Queue the row ranges the walks use: the key rows of each query row when the key ids are promised sorted
+/// (forward, dQ), the query rows of each key row when `search_queries` (dK / dV; BLT's query ids are sorted
+/// too, and the check finds out when not); each only for an other side of more than kSegScan rows. The
+/// sortedness flags and ranges live in `scratch`, which must outlive the launches that read them.
+SegIds seg_ids(const Dims& d, const int64_t* q_id, const int64_t* k_id, bool k_sorted, bool search_keys,
+               bool search_queries, DeviceScratch& scratch, const char* op) {
   SegIds ids{q_id, k_id, d.Tq, d.Tk, nullptr, nullptr};
-  const bool check_k = k_sorted && d.Tk > kSegScan, check_q = search_queries && d.Tq > kSegScan;
-  if (!check_k && !check_q) return ids;
-  scratch.reserve(DeviceScratch::bytes_for<unsigned long long>(2));
+  const bool by_k = search_keys && k_sorted && d.Tk > kSegScan, by_q = search_queries && d.Tq > kSegScan;
+  if (!by_k && !by_q) return ids;
+  const int64_t nk = by_k ? d.B * d.Tq : 0, nq = by_q ? d.B * d.Tk : 0;
+  scratch.reserve(DeviceScratch::bytes_for<unsigned long long>(2) + DeviceScratch::bytes_for<Range>(nk) +
+                  DeviceScratch::bytes_for<Range>(nq));
   unsigned long long* flags = scratch.carve<unsigned long long>(2);
   TESSERA_CUDA_CHECK(cudaMemsetAsync(flags, 0, 2 * sizeof(unsigned long long), 0));
-  if (check_k) {
-    queue_ids_sorted_check(k_id, d.B, d.Tk, flags, "attention (cuda)");
-    ids.k_unsorted = flags;
+  if (by_k && nk > 0) {
+    queue_ids_sorted_check(k_id, d.B, d.Tk, flags, op);
+    Range* r = scratch.carve<Range>(nk);
+    seg_ranges_kernel<<<grid_for(nk, 128, op), 128>>>(q_id, d.Tq, k_id, d.Tk, nk, flags, r);
+    TESSERA_CUDA_CHECK_LAUNCH("seg_ranges_kernel");
+    ids.k_rows = r;
   }
-  if (check_q) {
-    queue_ids_sorted_check(q_id, d.B, d.Tq, flags + 1, "attention (cuda)");
-    ids.q_unsorted = flags + 1;
+  if (by_q && nq > 0) {
+    queue_ids_sorted_check(q_id, d.B, d.Tq, flags + 1, op);
+    Range* r = scratch.carve<Range>(nq);
+    seg_ranges_kernel<<<grid_for(nq, 128, op), 128>>>(k_id, d.Tk, q_id, d.Tq, nq, flags + 1, r);
+    TESSERA_CUDA_CHECK_LAUNCH("seg_ranges_kernel");
+    ids.q_rows = r;
   }
   return ids;
 }
 
 /// Warp w = (b * Tq + i) * Hq + h: o and lse of query row i, head h.
-template <int kD>
+template <int kD, class E>
 __global__ void __launch_bounds__(kSegThreads)
-    seg_attn_forward_kernel(Dims d, SegIds ids, const float* __restrict__ q, const float* __restrict__ k,
-                            const float* __restrict__ v, float* __restrict__ o, float* __restrict__ lse) {
+    seg_attn_forward_kernel(Dims d, SegIds ids, const E* __restrict__ q, const E* __restrict__ k,
+                            const E* __restrict__ v, E* __restrict__ o, float* __restrict__ lse) {
   constexpr int kC = kD / 32;
   const int64_t w = (static_cast<int64_t>(blockIdx.x) * kSegThreads + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
@@ -140,15 +170,15 @@ __global__ void __launch_bounds__(kSegThreads)
   const int64_t h = w % d.Hq, bi = w / d.Hq, b = bi / d.Tq, i = bi % d.Tq, g = h / d.rep();
   const int64_t* krow_id = ids.k_id + b * d.Tk;
   const int64_t id = ids.q_id[bi];
-  const Range kr = SegIds::rows_of(krow_id, d.Tk, id, ids.k_unsorted);
-  const float* qrow = q + bi * d.q_stride + h * d.Dh;
-  const float* kb = k + b * d.Tk * d.k_stride + g * d.Dh;
-  const float* vb = v + b * d.Tk * d.v_stride + g * d.Dv;
+  const Range kr = ids.keys_of(bi);
+  const E* qrow = q + bi * d.q_stride + h * d.Dh;
+  const E* kb = k + b * d.Tk * d.k_stride + g * d.Dh;
+  const E* vb = v + b * d.Tk * d.v_stride + g * d.Dv;
   float qr[kC], acc[kC];
 #pragma unroll
   for (int c = 0; c < kC; ++c) {
     const int col = lane + 32 * c;
-    qr[c] = col < d.Dh ? qrow[col] : 0.f;
+    qr[c] = col < d.Dh ? load_value(qrow + col) : 0.f;
     acc[c] = 0.f;
   }
   float mx = -INFINITY, l = 0.f;  // warp-uniform
@@ -161,8 +191,8 @@ __global__ void __launch_bounds__(kSegThreads)
 #pragma unroll
       for (int c = 0; c < kC; ++c) {
         const int col = lane + 32 * c;
-        kv[t][c] = ok[t] && col < d.Dh ? kb[(j0 + t) * d.k_stride + col] : 0.f;
-        vv[t][c] = ok[t] && col < d.Dv ? vb[(j0 + t) * d.v_stride + col] : 0.f;
+        kv[t][c] = ok[t] && col < d.Dh ? load_value(kb + (j0 + t) * d.k_stride + col) : 0.f;
+        vv[t][c] = ok[t] && col < d.Dv ? load_value(vb + (j0 + t) * d.v_stride + col) : 0.f;
       }
     }
     float s[kSegKeys], smax = -INFINITY;
@@ -190,22 +220,38 @@ __global__ void __launch_bounds__(kSegThreads)
     }
     mx = new_max;
   }
-  float* orow = o + bi * d.o_stride + h * d.Dv;
+  E* orow = o + bi * d.o_stride + h * d.Dv;
   const float inv = l > 0.f ? 1.f / l : 0.f;
 #pragma unroll
   for (int c = 0; c < kC; ++c) {
     const int col = lane + 32 * c;
-    if (col < d.Dv) orow[col] = acc[c] * inv;
+    if (col < d.Dv) store_value(orow + col, acc[c] * inv);
   }
   if (lse && lane == 0) lse[(b * d.Hq + h) * d.Tq + i] = l > 0.f ? mx + logf(l) : -INFINITY;
 }
 
+/// Warp w = (b * Tq + i) * Hq + h: D = dO . O of query row i, head h, in fp32 (the backward's rowdot).
+template <class E>
+__global__ void seg_rowdot_kernel(Dims d, const E* __restrict__ o, const E* __restrict__ dout,
+                                  float* __restrict__ Dd) {
+  const int64_t w = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (w >= d.B * d.Tq * d.Hq) return;  // whole warps
+  const int64_t row = w / d.Hq, h = w % d.Hq;
+  const E* orow = o + row * d.o_stride + h * d.Dv;
+  const E* drow = dout + row * d.o_stride + h * d.Dv;
+  float s = 0.f;
+  for (int64_t c = lane; c < d.Dv; c += 32) s += load_value(drow + c) * load_value(orow + c);
+  s = warp_sum(s);
+  if (lane == 0) Dd[(row / d.Tq * d.Hq + h) * d.Tq + row % d.Tq] = s;
+}
+
 /// Warp w = (b * Tq + i) * Hq + h: dQ of query row i, head h (Dd: the rowdot D = dO . O per (b, h, i)).
-template <int kD>
+template <int kD, class E>
 __global__ void __launch_bounds__(kSegThreads)
-    seg_attn_dq_kernel(Dims d, SegIds ids, const float* __restrict__ q, const float* __restrict__ k,
-                       const float* __restrict__ v, const float* __restrict__ lse,
-                       const float* __restrict__ Dd, const float* __restrict__ dout, float* __restrict__ dq) {
+    seg_attn_dq_kernel(Dims d, SegIds ids, const E* __restrict__ q, const E* __restrict__ k,
+                       const E* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ Dd,
+                       const E* __restrict__ dout, E* __restrict__ dq) {
   constexpr int kC = kD / 32;
   const int64_t w = (static_cast<int64_t>(blockIdx.x) * kSegThreads + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
@@ -216,17 +262,17 @@ __global__ void __launch_bounds__(kSegThreads)
   const int64_t* krow_id = ids.k_id + b * d.Tk;
   const int64_t id = ids.q_id[bi];
   // A row without visible keys (lse = -inf) has dQ = 0: walk nothing.
-  const Range kr = L == -INFINITY ? Range{0, 0} : SegIds::rows_of(krow_id, d.Tk, id, ids.k_unsorted);
-  const float* qrow = q + bi * d.q_stride + h * d.Dh;
-  const float* drow = dout + bi * d.o_stride + h * d.Dv;
-  const float* kb = k + b * d.Tk * d.k_stride + g * d.Dh;
-  const float* vb = v + b * d.Tk * d.v_stride + g * d.Dv;
+  const Range kr = L == -INFINITY ? Range{0, 0} : ids.keys_of(bi);
+  const E* qrow = q + bi * d.q_stride + h * d.Dh;
+  const E* drow = dout + bi * d.o_stride + h * d.Dv;
+  const E* kb = k + b * d.Tk * d.k_stride + g * d.Dh;
+  const E* vb = v + b * d.Tk * d.v_stride + g * d.Dv;
   float qr[kC], dr[kC], acc[kC];
 #pragma unroll
   for (int c = 0; c < kC; ++c) {
     const int col = lane + 32 * c;
-    qr[c] = col < d.Dh ? qrow[col] : 0.f;
-    dr[c] = col < d.Dv ? drow[col] : 0.f;
+    qr[c] = col < d.Dh ? load_value(qrow + col) : 0.f;
+    dr[c] = col < d.Dv ? load_value(drow + col) : 0.f;
     acc[c] = 0.f;
   }
   for (int64_t j0 = kr.lo; j0 < kr.hi; j0 += kSegKeys) {
@@ -238,8 +284,8 @@ __global__ void __launch_bounds__(kSegThreads)
 #pragma unroll
       for (int c = 0; c < kC; ++c) {
         const int col = lane + 32 * c;
-        kv[t][c] = ok[t] && col < d.Dh ? kb[(j0 + t) * d.k_stride + col] : 0.f;
-        vv[t][c] = ok[t] && col < d.Dv ? vb[(j0 + t) * d.v_stride + col] : 0.f;
+        kv[t][c] = ok[t] && col < d.Dh ? load_value(kb + (j0 + t) * d.k_stride + col) : 0.f;
+        vv[t][c] = ok[t] && col < d.Dv ? load_value(vb + (j0 + t) * d.v_stride + col) : 0.f;
       }
     }
 #pragma unroll
@@ -258,22 +304,21 @@ __global__ void __launch_bounds__(kSegThreads)
       for (int c = 0; c < kC; ++c) acc[c] += ds * kv[t][c];
     }
   }
-  float* dqrow = dq + bi * d.q_stride + h * d.Dh;
+  E* dqrow = dq + bi * d.q_stride + h * d.Dh;
 #pragma unroll
   for (int c = 0; c < kC; ++c) {
     const int col = lane + 32 * c;
-    if (col < d.Dh) dqrow[col] = d.scale * acc[c];
+    if (col < d.Dh) store_value(dqrow + col, d.scale * acc[c]);
   }
 }
 
 /// Warp w = (b * Tk + j) * Hkv + g: dK, dV of key row j, kv head g, over the query rows of its segment and
 /// the query heads of group g (queries ascending, heads ascending within a query).
-template <int kD>
+template <int kD, class E>
 __global__ void __launch_bounds__(kSegThreads)
-    seg_attn_dkdv_kernel(Dims d, SegIds ids, const float* __restrict__ q, const float* __restrict__ k,
-                         const float* __restrict__ v, const float* __restrict__ lse,
-                         const float* __restrict__ Dd, const float* __restrict__ dout, float* __restrict__ dk,
-                         float* __restrict__ dv) {
+    seg_attn_dkdv_kernel(Dims d, SegIds ids, const E* __restrict__ q, const E* __restrict__ k,
+                         const E* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ Dd,
+                         const E* __restrict__ dout, E* __restrict__ dk, E* __restrict__ dv) {
   constexpr int kC = kD / 32;
   const int64_t w = (static_cast<int64_t>(blockIdx.x) * kSegThreads + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
@@ -281,15 +326,15 @@ __global__ void __launch_bounds__(kSegThreads)
   const int64_t g = w % d.Hkv, bj = w / d.Hkv, b = bj / d.Tk, rep = d.rep();
   const int64_t* qrow_id = ids.q_id + b * d.Tq;
   const int64_t id = ids.k_id[bj];
-  const Range qr = SegIds::rows_of(qrow_id, d.Tq, id, ids.q_unsorted);
-  const float* krow = k + bj * d.k_stride + g * d.Dh;
-  const float* vrow = v + bj * d.v_stride + g * d.Dv;
+  const Range qr = ids.queries_of(bj);
+  const E* krow = k + bj * d.k_stride + g * d.Dh;
+  const E* vrow = v + bj * d.v_stride + g * d.Dv;
   float kr[kC], vr[kC], dka[kC], dva[kC];
 #pragma unroll
   for (int c = 0; c < kC; ++c) {
     const int col = lane + 32 * c;
-    kr[c] = col < d.Dh ? krow[col] : 0.f;
-    vr[c] = col < d.Dv ? vrow[col] : 0.f;
+    kr[c] = col < d.Dh ? load_value(krow + col) : 0.f;
+    vr[c] = col < d.Dv ? load_value(vrow + col) : 0.f;
     dka[c] = dva[c] = 0.f;
   }
   // (query row, head) pairs u = (i - qr.lo) * rep + (h - g rep), kSegKeys per step so that their loads are in
@@ -304,13 +349,13 @@ __global__ void __launch_bounds__(kSegThreads)
       const int64_t row = (b * d.Hq + h) * d.Tq + i;
       L[t] = ok ? lse[row] : -INFINITY;  // finite for a row that sees this key
       Di[t] = ok ? Dd[row] : 0.f;
-      const float* qp = q + (b * d.Tq + i) * d.q_stride + h * d.Dh;
-      const float* dp_row = dout + (b * d.Tq + i) * d.o_stride + h * d.Dv;
+      const E* qp = q + (b * d.Tq + i) * d.q_stride + h * d.Dh;
+      const E* dp_row = dout + (b * d.Tq + i) * d.o_stride + h * d.Dv;
 #pragma unroll
       for (int c = 0; c < kC; ++c) {
         const int col = lane + 32 * c;
-        qv[t][c] = ok && col < d.Dh ? qp[col] : 0.f;
-        dov[t][c] = ok && col < d.Dv ? dp_row[col] : 0.f;
+        qv[t][c] = ok && col < d.Dh ? load_value(qp + col) : 0.f;
+        dov[t][c] = ok && col < d.Dv ? load_value(dp_row + col) : 0.f;
       }
     }
 #pragma unroll
@@ -332,40 +377,38 @@ __global__ void __launch_bounds__(kSegThreads)
       }
     }
   }
-  float* dkrow = dk + bj * d.k_stride + g * d.Dh;
-  float* dvrow = dv + bj * d.v_stride + g * d.Dv;
+  E* dkrow = dk + bj * d.k_stride + g * d.Dh;
+  E* dvrow = dv + bj * d.v_stride + g * d.Dv;
 #pragma unroll
   for (int c = 0; c < kC; ++c) {
     const int col = lane + 32 * c;
-    if (col < d.Dh) dkrow[col] = d.scale * dka[c];
-    if (col < d.Dv) dvrow[col] = dva[c];
+    if (col < d.Dh) store_value(dkrow + col, d.scale * dka[c]);
+    if (col < d.Dv) store_value(dvrow + col, dva[c]);
   }
 }
 
-}  // namespace
-
-void attention_forward_segments_f32(const AttnArgs& a, const int64_t* q_id, const int64_t* k_id,
-                                    bool k_sorted, const float* q, const float* k, const float* v, float* o,
-                                    float* lse) {
+template <class E>
+void segments_forward(const AttnArgs& a, const int64_t* q_id, const int64_t* k_id, bool k_sorted, const E* q,
+                      const E* k, const E* v, E* o, float* lse) {
   constexpr const char* op = "attention_forward";
   const Dims d = make_dims(a, op);
   if (d.B * d.Tq == 0) return;
   TESSERA_CHECK(q && o && (d.Tk == 0 || (k && v)), op, "(cuda): q, k, v or o is null");
   TESSERA_CHECK(q_id && (d.Tk == 0 || k_id), op, "(cuda): query or key ids are null");
-  DeviceScratch scratch;  // the flags outlive the launches that read them
-  const SegIds ids = seg_ids(d, q_id, k_id, k_sorted, false, scratch);
+  DeviceScratch scratch;  // the flags and ranges outlive the launches that read them
+  const SegIds ids = seg_ids(d, q_id, k_id, k_sorted, true, false, scratch, op);
   dispatch_dim(a, [&](auto dim) {
     constexpr int kD = decltype(dim)::value;
-    seg_attn_forward_kernel<kD>
+    seg_attn_forward_kernel<kD, E>
         <<<grid_for(d.B * d.Tq * d.Hq * 32, kSegThreads, op), kSegThreads>>>(d, ids, q, k, v, o, lse);
   });
   TESSERA_CUDA_CHECK_LAUNCH("seg_attn_forward_kernel");
 }
 
-void attention_backward_segments_f32(const AttnArgs& a, const int64_t* q_id, const int64_t* k_id,
-                                     bool k_sorted, const float* q, const float* k, const float* v,
-                                     const float* o, const float* lse, const float* dout, float* dq,
-                                     float* dk, float* dv) {
+template <class E>
+void segments_backward(const AttnArgs& a, const int64_t* q_id, const int64_t* k_id, bool k_sorted, const E* q,
+                       const E* k, const E* v, const E* o, const float* lse, const E* dout, E* dq, E* dk,
+                       E* dv) {
   constexpr const char* op = "attention_backward";
   const Dims d = make_dims(a, op);
   const bool has_q = d.B * d.Tq > 0, has_k = d.B * d.Tk > 0;
@@ -376,25 +419,53 @@ void attention_backward_segments_f32(const AttnArgs& a, const int64_t* q_id, con
   DeviceScratch scratch;
   if (has_q) scratch.reserve(DeviceScratch::bytes_for<float>(d.B * d.Hq * d.Tq));
   float* Dd = has_q ? scratch.carve<float>(d.B * d.Hq * d.Tq) : nullptr;
-  DeviceScratch flag_scratch;  // the flags outlive the launches that read them
-  const SegIds ids = seg_ids(d, q_id, k_id, k_sorted && has_q, has_q && has_k, flag_scratch);
+  DeviceScratch range_scratch;  // the flags and ranges outlive the launches that read them
+  const SegIds ids = seg_ids(d, q_id, k_id, k_sorted, has_q && has_k, has_q && has_k, range_scratch, op);
   if (has_q) {
-    attn_rowdot_kernel<<<grid_for(d.B * d.Tq * d.Hq * 32, 128, op), 128>>>(d, o, dout, Dd);
-    TESSERA_CUDA_CHECK_LAUNCH("attn_rowdot_kernel");
+    seg_rowdot_kernel<E><<<grid_for(d.B * d.Tq * d.Hq * 32, 128, op), 128>>>(d, o, dout, Dd);
+    TESSERA_CUDA_CHECK_LAUNCH("seg_rowdot_kernel");
   }
   dispatch_dim(a, [&](auto dim) {
     constexpr int kD = decltype(dim)::value;
     if (has_k) {  // (without query rows: dK = dV = 0)
-      seg_attn_dkdv_kernel<kD><<<grid_for(d.B * d.Tk * d.Hkv * 32, kSegThreads, op), kSegThreads>>>(
+      seg_attn_dkdv_kernel<kD, E><<<grid_for(d.B * d.Tk * d.Hkv * 32, kSegThreads, op), kSegThreads>>>(
           d, ids, q, k, v, lse, Dd, dout, dk, dv);
       TESSERA_CUDA_CHECK_LAUNCH("seg_attn_dkdv_kernel");
     }
     if (has_q) {  // (without keys: dQ = 0)
-      seg_attn_dq_kernel<kD><<<grid_for(d.B * d.Tq * d.Hq * 32, kSegThreads, op), kSegThreads>>>(
+      seg_attn_dq_kernel<kD, E><<<grid_for(d.B * d.Tq * d.Hq * 32, kSegThreads, op), kSegThreads>>>(
           d, ids, q, k, v, lse, Dd, dout, dq);
       TESSERA_CUDA_CHECK_LAUNCH("seg_attn_dq_kernel");
     }
   });
+}
+
+}  // namespace
+
+void attention_forward_segments_f32(const AttnArgs& a, const int64_t* q_id, const int64_t* k_id,
+                                    bool k_sorted, const float* q, const float* k, const float* v, float* o,
+                                    float* lse) {
+  segments_forward(a, q_id, k_id, k_sorted, q, k, v, o, lse);
+}
+
+void attention_backward_segments_f32(const AttnArgs& a, const int64_t* q_id, const int64_t* k_id,
+                                     bool k_sorted, const float* q, const float* k, const float* v,
+                                     const float* o, const float* lse, const float* dout, float* dq,
+                                     float* dk, float* dv) {
+  segments_backward(a, q_id, k_id, k_sorted, q, k, v, o, lse, dout, dq, dk, dv);
+}
+
+void attention_forward_segments_bf16(const AttnArgs& a, const int64_t* q_id, const int64_t* k_id,
+                                     bool k_sorted, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                                     uint16_t* o, float* lse) {
+  segments_forward(a, q_id, k_id, k_sorted, q, k, v, o, lse);
+}
+
+void attention_backward_segments_bf16(const AttnArgs& a, const int64_t* q_id, const int64_t* k_id,
+                                      bool k_sorted, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                                      const uint16_t* o, const float* lse, const uint16_t* dout, uint16_t* dq,
+                                      uint16_t* dk, uint16_t* dv) {
+  segments_backward(a, q_id, k_id, k_sorted, q, k, v, o, lse, dout, dq, dk, dv);
 }
 
 void attention_forward_ids_nosync_f32(const AttnArgs& a, int64_t window, const int64_t* q_id,

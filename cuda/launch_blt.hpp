@@ -28,7 +28,8 @@ void attention_backward_ids_nosync_f32(const AttnArgs& a, int64_t window, const 
 /// BLT's cross-attention mask SegmentEqual (q_id, k_id = patch / slot segments: key j visible to query i iff
 /// their ids are equal) by kernels that walk each row's exact equal range, one warp per row: a query row's
 /// keys (forward, dQ) and a key row's queries (dK, dV), found by binary search where the ids are verified
-/// sorted on the device (the keys' only when k_sorted is promised; the queries' always), else by scanning
+/// sorted on the device (the keys' only when k_sorted is promised; the queries' always; once per row, before
+/// the walks), else by scanning
 /// every row of the other side (same result). Same contract as attention_forward_ids_nosync_f32 with window
 /// 0, for the few keys per query that patches give. a.mask is ignored.
 void attention_forward_segments_f32(const AttnArgs& a, const int64_t* q_id, const int64_t* k_id,
@@ -38,5 +39,14 @@ void attention_backward_segments_f32(const AttnArgs& a, const int64_t* q_id, con
                                      bool k_sorted, const float* q, const float* k, const float* v,
                                      const float* o, const float* lse, const float* dout, float* dq,
                                      float* dk, float* dv);
+/// The same with q, k, v, o, dO, dQ, dK, dV in bf16 (bit patterns): fp32 sums, max, exp and lse; each output
+/// rounded once (the bf16 cross-attention of include/tessera/ops/blt_cuda.hpp).
+void attention_forward_segments_bf16(const AttnArgs& a, const int64_t* q_id, const int64_t* k_id,
+                                     bool k_sorted, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                                     uint16_t* o, float* lse);
+void attention_backward_segments_bf16(const AttnArgs& a, const int64_t* q_id, const int64_t* k_id,
+                                      bool k_sorted, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                                      const uint16_t* o, const float* lse, const uint16_t* dout, uint16_t* dq,
+                                      uint16_t* dk, uint16_t* dv);
 
 }  // namespace tessera::cuda_detail

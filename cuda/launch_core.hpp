@@ -160,6 +160,7 @@ struct SmallLinearGroup {
   int64_t n;
   const float* residual;
   int residual_adds;
+  bool round_bf16 = false;  // y rounded to bf16 values (kept as fp32) after bias and residual
 };
 /// Whether the small products stage x in shared memory where it fits (the default) or read it from global
 /// memory in their inner loop (the earlier route, kept for the A/B in bench_cuda). Returns the previous

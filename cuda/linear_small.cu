@@ -37,7 +37,8 @@ struct SmallGroup {
   const float* bias;      // [n] or null (not gated)
   const float* residual;  // [M, n] or null: y = residual + product (may alias y), added residual_adds times
   int residual_adds;
-  float* y;  // [M, n]
+  bool round;  // y rounded to bf16 values after bias and residual (not with the rotation)
+  float* y;    // [M, n]
   int64_t n;
   int64_t tiles_end;  // cumulative warp tiles up to and including this group
 };
@@ -309,7 +310,7 @@ __global__ void __launch_bounds__(kWarps * 32) linear_small_kernel(SmallArgs a) 
           const float res = grp.residual[r * grp.n + col[c]];
           for (int n = 0; n < grp.residual_adds; ++n) v = res + v;
         }
-        grp.y[r * grp.n + col[c]] = v;
+        grp.y[r * grp.n + col[c]] = grp.round ? round_bf16(v) : v;
       }
     }
 }
@@ -380,8 +381,8 @@ void run(SmallArgs& a, int64_t rows, bool gated, const char* op) {
                       a.epi.head_dim % 2 == 0 && a.epi.theta > 0,
                   op, "(cuda): RoPE needs positions, an even head dimension and theta > 0");
     for (int g = 0; g < a.epi.groups; ++g)
-      TESSERA_CHECK(a.g[g].n % a.epi.head_dim == 0 && !a.g[g].residual, op, "(cuda): rotated output ", g,
-                    " must be whole heads without a residual");
+      TESSERA_CHECK(a.g[g].n % a.epi.head_dim == 0 && !a.g[g].residual && !a.g[g].round, op,
+                    "(cuda): rotated output ", g, " must be whole heads without a residual or rounding");
   }
   int64_t tiles = 0;
   for (int g = 0; g < a.groups; ++g) {
@@ -427,8 +428,15 @@ void linear_small_bf16(const float* x, int64_t M, int64_t K, const SmallLinearGr
   a.norm_eps = norm_eps;
   a.epi = epilogue;
   for (int g = 0; g < n_groups; ++g)
-    a.g[g] = {groups[g].w, nullptr, groups[g].bias, groups[g].residual, groups[g].residual_adds, groups[g].y,
-              groups[g].n, 0};
+    a.g[g] = {groups[g].w,
+              nullptr,
+              groups[g].bias,
+              groups[g].residual,
+              groups[g].residual_adds,
+              groups[g].round_bf16,
+              groups[g].y,
+              groups[g].n,
+              0};
   run(a, M, false, "linear_small_bf16");
 }
 
@@ -440,7 +448,7 @@ void swiglu_small_bf16(const float* x, int64_t M, int64_t K, const uint16_t* w_g
   a.K = K;
   a.norm_w = norm_w;
   a.norm_eps = norm_eps;
-  a.g[0] = {w_gate, w_up, nullptr, nullptr, 0, y, N, 0};
+  a.g[0] = {w_gate, w_up, nullptr, nullptr, 0, false, y, N, 0};
   run(a, M, true, "swiglu_small_bf16");
 }
 

@@ -248,7 +248,8 @@ void linear_small_bf16(cuda, const float* x, int64_t M, int64_t K, const SmallLi
   for (int i = 0; i < n_outs; ++i) {
     TESSERA_CHECK(!outs[i].residual || (outs[i].residual_adds >= 1 && outs[i].residual_adds <= 4),
                   "linear_small_bf16(cuda): residual_adds must be in 1..4, got ", outs[i].residual_adds);
-    g[i] = {bits(outs[i].w), outs[i].bias, outs[i].y, outs[i].n, outs[i].residual, outs[i].residual_adds};
+    g[i] = {bits(outs[i].w),  outs[i].bias,          outs[i].y,         outs[i].n,
+            outs[i].residual, outs[i].residual_adds, outs[i].round_bf16};
   }
   cuda_detail::linear_small_bf16(
       x, M, K, g, n_outs, norm.weight, norm.eps,

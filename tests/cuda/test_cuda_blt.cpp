@@ -405,6 +405,61 @@ TEST(CudaBltMask, PatchSegmentsWalkExactlyEachRowsSegment) {
       if (std::string(sh.name) == "encoder") {
         EXPECT_GT(empty, 0) << "the empty patch's slots see no byte";
       }
+
+      // The bf16 overloads (the all-bf16 cross-attention): the same kernels on bf16 operands, against the
+      // CPU's fp32 op on the same bf16-rounded values. Scores, softmax and sums stay fp32 and only each
+      // output is rounded (2^-9 relative), so o and lse are that close; the gradients also read the rounded o
+      // and dO (D = dO . O), a few roundings more: bounds 4e-3 (o), 1e-2 (gradients), 1e-3 (lse). The walks
+      // are the fp32 kernels' (one template), so two variants suffice: searched ranges, and shuffled queries.
+      if (variant == 1 || variant == 2) continue;
+      auto round16 = [](const std::vector<float>& x) {
+        std::vector<float> r(x.size());
+        for (size_t i = 0; i < x.size(); ++i) r[i] = static_cast<float>(bf16(x[i]));
+        return r;
+      };
+      auto to16 = [](const std::vector<float>& x) {
+        std::vector<bf16> r(x.size());
+        for (size_t i = 0; i < x.size(); ++i) r[i] = bf16(x[i]);
+        return r;
+      };
+      auto from16 = [](Tensor<bf16, cuda>& t) {
+        const auto h = download(t.data(), t.numel());
+        std::vector<float> r(h.size());
+        for (size_t i = 0; i < h.size(); ++i) r[i] = static_cast<float>(h[i]);
+        return r;
+      };
+      const auto q_r = round16(q), k_r = round16(k), v_r = round16(v), dout_r = round16(dout);
+      std::vector<float> o_r(q.size()), lse_r(lse.size()), dq_r(q.size()), dk_r(k.size()), dv_r(v.size());
+      ops::attention_forward(cpu{}, d, mh, q_r.data(), k_r.data(), v_r.data(), o_r.data(), lse_r.data());
+      ops::attention_backward(cpu{}, d, mh, q_r.data(), k_r.data(), v_r.data(), o_r.data(), lse_r.data(),
+                              dout_r.data(), dq_r.data(), dk_r.data(), dv_r.data());
+      auto q16 = upload(to16(q)), k16 = upload(to16(k)), v16 = upload(to16(v)), dout16 = upload(to16(dout));
+      Tensor<bf16, cuda> o16({static_cast<int64_t>(o.size())}), dq16({static_cast<int64_t>(q.size())}),
+          dk16({static_cast<int64_t>(k.size())}), dv16({static_cast<int64_t>(v.size())});
+      Tensor<float, cuda> lse16({static_cast<int64_t>(lse.size())});
+      ops::attention_forward(cuda{}, d, md, q16.data(), k16.data(), v16.data(), o16.data(), lse16.data());
+      ops::attention_backward(cuda{}, d, md, q16.data(), k16.data(), v16.data(), o16.data(), lse16.data(),
+                              dout16.data(), dq16.data(), dk16.data(), dv16.data());
+      auto check16 = [&](const char* what, Tensor<bf16, cuda>& got, const std::vector<float>& want,
+                         int64_t rows, int64_t stride, int64_t width, double tol) {
+        const auto g = cols(from16(got), rows, stride, width);
+        const auto w = cols(want, rows, stride, width);
+        const double e = rel_err(g.data(), w.data(), static_cast<int64_t>(w.size()));
+        EXPECT_LE(e, tol) << what << " (bf16)";
+        EXPECT_GT(e, 0.0) << what << " (bf16): identical to fp32, not rounded";
+      };
+      check16("o", o16, o_r, B * d.Tq, d.o_stride, d.Hq * d.Dh, 4e-3);
+      check16("dq", dq16, dq_r, B * d.Tq, d.q_stride, d.Hq * d.Dh, 1e-2);
+      check16("dk", dk16, dk_r, B * d.Tk, d.k_stride, d.Hkv * d.Dh, 1e-2);
+      check16("dv", dv16, dv_r, B * d.Tk, d.v_stride, d.Hkv * d.Dh, 1e-2);
+      const auto l16 = download(lse16.data(), lse16.numel());
+      for (size_t i = 0; i < lse_r.size(); ++i) {
+        if (std::isinf(lse_r[i])) {
+          ASSERT_TRUE(std::isinf(l16[i]) && l16[i] < 0) << "lse (bf16) " << i;
+        } else {
+          ASSERT_NEAR(l16[i], lse_r[i], 1e-3) << "lse (bf16) " << i;
+        }
+      }
     }
   }
 }

@@ -2,8 +2,8 @@
 // fixture weights: one training step (logits, loss, every gradient) with the fixture's patches. bf16 covers
 // every Linear (entropy model, local encoder/decoder, cross-attention projections, global transformer,
 // lm_head) and, since this config has no document cuts (SeqContext::single_document), the self-attention of
-// the local and global transformers (mask::PositionOnly); the patch cross-attention stays fp32. Skips without
-// a device.
+// the local and global transformers (mask::PositionOnly) and the patch cross-attention (its all-bf16 path:
+// bf16 projections around the bf16 segment kernels, ops/blt_cuda.hpp). Skips without a device.
 //
 // Tolerances: as in test_cuda_mixed_precision.cpp, every GEMM operand is rounded to bf16 (2^-9 relative) and
 // the attention kernel rounds P and dS; errors compound through the local decoder, the global stack, the
@@ -33,6 +33,7 @@
 #include "tessera/core/transfer.hpp"
 #include "tessera/io/model_io.hpp"
 #include "tessera/io/safetensors.hpp"
+#include "tessera/layers/init.hpp"
 #include "tessera/layers/precision.hpp"
 
 using namespace tessera;
@@ -50,6 +51,13 @@ const std::string kDir = std::string(TESSERA_TEST_FIXTURES) + "/blt-hf-tiny";
 const std::string kDir =
     (std::filesystem::path(__FILE__).parent_path().parent_path() / "fixtures" / "blt-hf-tiny").string();
 #endif
+
+std::vector<float> normals(int64_t n, uint64_t seed, double sd = 1.0) {
+  Rng rng(seed);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& x : v) x = static_cast<float>(rng.normal() * sd);
+  return v;
+}
 
 std::vector<int64_t> case_vec(int i, const std::string& name) {
   static const io::SafeTensorsFile f(kDir + "/cases.safetensors");
@@ -148,4 +156,121 @@ TEST(CudaBltBf16, FrozenWeightsDecodeLikeTheCastRoute) {
   }
   for (int64_t b = 0; b < 2; ++b) EXPECT_EQ(static_cast<int64_t>(gf.generated(b).size()), o.max_new_tokens);
   std::cout << "[cuda-blt-bf16] frozen vs cast-route decoding: max logits rel err " << worst << "\n";
+}
+
+// BLT's patch cross-attention in bf16 takes CrossAttention's all-bf16 path (the norms write the projections'
+// bf16 inputs, q/k/v in bf16, the bf16 segment kernels, 2x + o in o_proj's epilogue, bf16 gradients between
+// the kernel and the GEMMs) and tracks the fp32 CPU layer within bf16 tolerances; its backward can add the
+// key/value path's gradient to a tensor in place (the decoder's layers sharing one memory) with exactly the
+// same values. The decoder's shape: every byte attends to the k = 2 slots of its patch.
+TEST(CudaBltBf16, PatchCrossAttentionRunsAllInBf16) {
+  TESSERA_NEED_GPU();
+  LayerConfig c;
+  c.dim = 64, c.n_heads = 4, c.norm_eps = 1e-5;
+  blt::PatchCrossAttention<float> h;
+  blt::PatchCrossAttention<float, cuda> d;
+  h.setup(c);
+  d.setup(c);
+  Rng rng(5);
+  init_normal(h, rng, 0.2);
+  copy_params(d, h);
+  set_compute_precision(d, Precision::bf16);
+  allocate_grads(h);
+  allocate_grads(d);
+  ASSERT_TRUE(d.attn.all_bf16());
+  const int64_t Bn = 2, T = 40, P = 12, k = 2;
+  std::vector<int64_t> byte_seg(static_cast<size_t>(Bn * T)), slot_seg(static_cast<size_t>(Bn * P * k));
+  for (int64_t b = 0; b < Bn; ++b) {
+    for (int64_t t = 0; t < T; ++t) byte_seg[b * T + t] = std::min<int64_t>(P - 1, (t * (3 + b)) / 11);
+    for (int64_t j = 0; j < P * k; ++j) slot_seg[b * P * k + j] = j / k;
+  }
+  const auto byte_seg_d = upload(byte_seg), slot_seg_d = upload(slot_seg);
+  SeqContext qh, kh;
+  qh.batch = kh.batch = Bn;
+  qh.seq = T, kh.seq = P * k;
+  SeqContext qd = qh, kd = kh;
+  qh.segment_ids = byte_seg.data(), kh.segment_ids = slot_seg.data();
+  qd.segment_ids = byte_seg_d.data(), kd.segment_ids = slot_seg_d.data();
+  const int64_t nq = Bn * T * c.dim, nk = Bn * P * k * c.dim;
+  const auto x = normals(nq, 6), src = normals(nk, 7), dy = normals(nq, 8, 0.5);
+  const auto xd = upload(x), srcd = upload(src), dyd = upload(dy);
+  const TensorView<const float> xh(x.data(), {Bn * T, c.dim}), srch(src.data(), {Bn * P * k, c.dim}),
+      dyh(dy.data(), {Bn * T, c.dim});
+  const TensorView<const float> xv(xd.data(), {Bn * T, c.dim}), srcv(srcd.data(), {Bn * P * k, c.dim}),
+      dyv(dyd.data(), {Bn * T, c.dim});
+
+  typename blt::PatchCrossAttention<float>::Saved sh;
+  typename blt::PatchCrossAttention<float, cuda>::Saved sd;
+  Tensor<float> yh, dxh, dsrch;
+  Tensor<float, cuda> yd, dxd, dsrcd;
+  h.forward(qh, xh, kh, srch, yh, sh);
+  d.forward(qd, xv, kd, srcv, yd, sd);
+  EXPECT_EQ(sd.qn.numel() + sd.kn.numel(), 0) << "fp32 normed tensors on the all-bf16 path";
+  EXPECT_EQ(sd.attn_s.q.numel() + sd.attn_s.attn.numel(), 0)
+      << "fp32 q / attention output on the all-bf16 path";
+  EXPECT_EQ(sd.attn_s.o16.numel(), nq);
+  const double ye = rel_err(download(yd), yh.data(), yh.numel());
+  h.backward(qh, dyh, dxh, dsrch, sh);
+  d.backward(qd, dyv, dxd, dsrcd, sd);
+  const double dxe = rel_err(download(dxd), dxh.data(), dxh.numel()),
+               dsrce = rel_err(download(dsrcd), dsrch.data(), dsrch.numel());
+  EXPECT_LE(ye, 1e-2) << "y";
+  EXPECT_GT(ye, 1e-7) << "y identical to fp32: the bf16 path was not taken";
+  EXPECT_LE(dxe, 1e-2) << "dx";
+  EXPECT_LE(dsrce, 3e-2) << "dsrc";
+  double worst = 0;
+  for (const auto& g : tessera::testing::gradient_errors(h, d)) {
+    EXPECT_LE(g.err, 5e-2) << g.name;
+    worst = std::max(worst, g.err);
+  }
+  // The key/value path added in place: exactly the overwritten gradient plus what was there.
+  const auto dsrc1 = download(dsrcd);
+  const auto base = normals(nk, 9);
+  Tensor<float, cuda> acc = upload(base), dx2;
+  d.forward(qd, xv, kd, srcv, yd, sd);
+  d.backward(qd, dyv, dx2, acc, sd, true);
+  const auto acch = download(acc);
+  for (size_t i = 0; i < acch.size(); ++i) ASSERT_EQ(acch[i], base[i] + dsrc1[i]) << "accumulated dsrc " << i;
+  std::cout << "[cuda-blt-bf16] patch cross-attention: y " << ye << ", dx " << dxe << ", dsrc " << dsrce
+            << ", worst weight gradient " << worst << "\n";
+}
+
+// Decoding with frozen bf16 weights closes a patch through the fused small products (CrossAttention::
+// forward_fused: the norms, the double residual and the products in 4 launches, the fp32 segment kernel);
+// they round q, k and v to bf16 values so that the step computes what the all-bf16 forward does for the same
+// rows (the route a prefill and unfrozen decoding take): only summation order and the norms' 1/rms reductions
+// differ. The encoder's shape: the k = 2 slots of a closing patch attend to its bytes.
+TEST(CudaBltBf16, FusedPatchClosingMatchesTheAllBf16Forward) {
+  TESSERA_NEED_GPU();
+  LayerConfig c;
+  c.dim = 64, c.n_heads = 4, c.norm_eps = 1e-5;
+  blt::PatchCrossAttention<float> h;
+  blt::PatchCrossAttention<float, cuda> d;
+  h.setup(c);
+  d.setup(c);
+  Rng rng(15);
+  init_normal(h, rng, 0.2);
+  copy_params(d, h);
+  set_compute_precision(d, Precision::bf16);
+  freeze_bf16_weights(d);
+  const int64_t slots = 2, bytes = 5;
+  const std::vector<int64_t> slot_seg(static_cast<size_t>(slots), 0), byte_seg(static_cast<size_t>(bytes), 0);
+  const auto slot_seg_d = upload(slot_seg), byte_seg_d = upload(byte_seg);
+  SeqContext qs, ks;
+  qs.seq = slots, ks.seq = bytes;
+  qs.segment_ids = slot_seg_d.data(), ks.segment_ids = byte_seg_d.data();
+  const auto q0 = upload(normals(slots * c.dim, 16)), keys = upload(normals(bytes * c.dim, 17));
+  const TensorView<const float> q0v(q0.data(), {slots, c.dim}), keysv(keys.data(), {bytes, c.dim});
+  typename blt::PatchCrossAttention<float, cuda>::Saved s1, s2;
+  Tensor<float, cuda> y_full, y_fused;
+  d.forward(qs, q0v, ks, keysv, y_full, s1);
+  ASSERT_EQ(s1.attn_s.o16.numel(), slots * c.dim)
+      << "frozen weights at these sizes still take the all-bf16 path";
+  ASSERT_TRUE(d.attn.forward_fused(qs, q0v, {d.q_norm.params.weight.value.data(), d.q_norm.eps}, ks, keysv,
+                                   {d.k_norm.params.weight.value.data(), d.k_norm.eps}, q0.data(), 2, y_fused,
+                                   s2.attn_s));
+  const auto full = download(y_full);
+  const double e = rel_err(download(y_fused), full.data(), static_cast<int64_t>(full.size()));
+  EXPECT_LE(e, 2e-4);
+  std::cout << "[cuda-blt-bf16] fused patch closing vs the all-bf16 forward: rel err " << e << "\n";
 }

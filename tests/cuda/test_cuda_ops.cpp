@@ -356,6 +356,14 @@ TEST_F(Cuda, RmsNormForwardBackwardMatchCpu) {
     for (int64_t i = 0; i < n; ++i)
       ASSERT_EQ(with_res[static_cast<size_t>(i)], plain[static_cast<size_t>(i)] + res[static_cast<size_t>(i)])
           << "rmsnorm dx + residual " << tag << " [" << i << "]";
+    // ... also accumulated in place (dx is the residual).
+    auto d_acc = upload(res);
+    ops::rmsnorm_backward(cuda{}, d_acc.data(), nullptr, d_dy.data(), d_x.data(), d_wp, d_rstd.data(), c.N,
+                          c.D, d_acc.data());
+    const Host acc = download(d_acc);
+    for (int64_t i = 0; i < n; ++i)
+      ASSERT_EQ(acc[static_cast<size_t>(i)], with_res[static_cast<size_t>(i)])
+          << "rmsnorm dx += in place " << tag << " [" << i << "]";
 
     // bf16 output: each element is the fp32 output rounded once, and rstd is the same.
     Tensor<bf16, cuda> d_y16({n});

@@ -48,6 +48,28 @@ TEST(RmsNorm, Gradcheck) {
   }
 }
 
+// A residual gradient (a pre-norm block's skip branch) is added in the same pass: exactly the plain dx plus
+// it, also when dx is the residual itself (accumulating a norm's input gradient in place, e.g. BLT's decoder
+// memory).
+TEST(RmsNorm, BackwardAddsAResidualThatMayBeDx) {
+  Rng rng(23);
+  const int64_t N = 5, D = 33;
+  auto x = cast<float>(randn(N * D, rng)), w = cast<float>(randn(D, rng)),
+       dy = cast<float>(randn(N * D, rng)), res = cast<float>(randn(N * D, rng));
+  std::vector<float> y(N * D), rstd(N), plain(N * D), with_res(N * D);
+  ops::rmsnorm_forward(cpu{}, y.data(), rstd.data(), x.data(), w.data(), N, D, 1e-5);
+  ops::rmsnorm_backward(cpu{}, plain.data(), nullptr, dy.data(), x.data(), w.data(), rstd.data(), N, D);
+  ops::rmsnorm_backward(cpu{}, with_res.data(), nullptr, dy.data(), x.data(), w.data(), rstd.data(), N, D,
+                        res.data());
+  std::vector<float> in_place = res;
+  ops::rmsnorm_backward(cpu{}, in_place.data(), nullptr, dy.data(), x.data(), w.data(), rstd.data(), N, D,
+                        in_place.data());
+  for (int64_t i = 0; i < N * D; ++i) {
+    ASSERT_EQ(with_res[i], plain[i] + res[i]) << i;
+    ASSERT_EQ(in_place[i], plain[i] + res[i]) << "dx aliasing the residual, " << i;
+  }
+}
+
 // fp32 on sizes above the OpenMP threshold against the double implementation (checked above).
 TEST(RmsNorm, LargeFloatMatchesDouble) {
   Rng rng(22);

@@ -1,7 +1,12 @@
 // Cross-attention: queries from x (query context), keys/values from a source sequence (key context),
 // projections q_proj/k_proj/v_proj/o_proj, no rotary positions, a cross mask policy (Mask::make_cross).
+// bf16: when its four projections compute in bf16 (set_compute_precision) and the mask has a bf16 attention
+// kernel (BLT's PatchSegments, ops/blt_cuda.hpp), the layer runs all in bf16 like SelfAttention's all-bf16
+// path: x and src cast once (or given in bf16 by the caller), q, k, v written in bf16 by their GEMMs, the
+// kernel's bf16 output fed to o_proj, and the backward's gradients in bf16 between the kernel and the GEMMs.
 #pragma once
 #include <cmath>
+#include <type_traits>
 
 #include "tessera/layers/kv_cache.hpp"
 #include "tessera/layers/linear.hpp"
@@ -19,9 +24,33 @@ struct CrossAttention {
     typename Linear<T, B>::Saved q_s, k_s, v_s, o_s;
     Tensor<T, B> q, k, v, attn, lse;
     SeqContext kctx;
+    // The all-bf16 path: the inputs and the kernel's operands and output, kept in bf16 for the backward
+    // instead of q, k, v, attn in fp32.
+    Tensor<bf16, B> x16, src16, q16, k16, v16, o16;
   };
   Linear<T, B> q_proj, k_proj, v_proj, o_proj;
   int64_t dim = 0, kv_dim = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
+
+  /// Whether this instantiation has a bf16 attention kernel for its mask: float on CUDA and an
+  /// ops::attention_forward overload of Mask::make_cross's policy for bf16 operands.
+  static constexpr bool has_bf16_attention = [] {
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
+      return requires(const ops::AttnDims& d, const SeqContext& c, const bf16* p, bf16* o, float* l) {
+        ops::attention_forward(cuda{}, d, Mask::make_cross(c, c), p, p, p, o, l);
+      };
+    } else {
+      return false;
+    }
+  }();
+  /// The all-bf16 path (see the file comment): a bf16 attention kernel and all four projections in bf16.
+  bool all_bf16() const {
+    if constexpr (has_bf16_attention) {
+      return q_proj.computes_in_bf16() && k_proj.computes_in_bf16() && v_proj.computes_in_bf16() &&
+             o_proj.computes_in_bf16();
+    } else {
+      return false;
+    }
+  }
 
   void setup(const LayerConfig& c) {
     dim = c.dim;
@@ -50,6 +79,15 @@ struct CrossAttention {
     TESSERA_CHECK(q.batch == k.batch, "CrossAttention: query batch ", q.batch, " != key batch ", k.batch);
     TESSERA_CHECK(src.size(0) == k.rows() && src.size(1) == kv_dim, "CrossAttention: source ", src.shape,
                   " does not match ", k.rows(), " rows of width ", kv_dim);
+    if constexpr (has_bf16_attention) {
+      if (all_bf16()) {
+        s.x16.resize_uninit(x.shape);
+        ops::cast(B{}, s.x16.data(), x.data(), x.numel());
+        s.src16.resize_uninit(src.shape);
+        ops::cast(B{}, s.src16.data(), src.data(), src.numel());
+        return forward_from_bf16_inputs(q, k, y, s);
+      }
+    }
     q_proj.forward(q, x, s.q, s.q_s);
     k_proj.forward(k, src, s.k, s.k_s);
     v_proj.forward(k, src, s.v, s.v_s);
@@ -60,6 +98,32 @@ struct CrossAttention {
                            s.attn.data(), s.lse.data());
     o_proj.forward(q, s.attn, y, s.o_s);
   }
+  /// The all-bf16 path from inputs that exist only in bf16: where all_bf16(), a caller may write bf16(x)
+  /// [q.rows(), dim] into s.x16 and bf16(src) [k.rows(), kv_dim] into s.src16 itself (e.g. with
+  /// RmsNorm::forward_to_bf16) and call this — forward()'s numbers for those inputs, without fp32 copies or
+  /// their casts. y = o (+ residual_adds · residual, in o_proj's epilogue; residual [q.rows(), dim], not y).
+  void forward_from_bf16_inputs(const SeqContext& q, const SeqContext& k, Tensor<T, B>& y, Saved& s,
+                                const T* residual = nullptr, int residual_adds = 1) const {
+    TESSERA_CHECK(all_bf16(), "CrossAttention::forward_from_bf16_inputs: needs the all-bf16 path");
+    TESSERA_CHECK(q.batch == k.batch, "CrossAttention: query batch ", q.batch, " != key batch ", k.batch);
+    TESSERA_CHECK(s.x16.numel() == q.rows() * dim && s.src16.numel() == k.rows() * kv_dim,
+                  "CrossAttention::forward_from_bf16_inputs: bf16 inputs of ", s.x16.numel(), " and ",
+                  s.src16.numel(), " values for ", q.rows(), " x ", dim, " queries and ", k.rows(), " x ",
+                  kv_dim, " keys");
+    if constexpr (has_bf16_attention) {
+      const TensorView<const T> x(nullptr, Shape{q.rows(), dim}), src(nullptr, Shape{k.rows(), kv_dim});
+      q_proj.forward_to_bf16(q, x, s.q16, s.q_s, s.x16.data());
+      k_proj.forward_to_bf16(k, src, s.k16, s.k_s, s.src16.data());
+      v_proj.forward_to_bf16(k, src, s.v16, s.v_s, s.src16.data());
+      s.o16.resize_uninit({q.rows(), n_heads * head_dim});
+      s.lse.resize_uninit({q.batch, n_heads, q.seq});
+      s.kctx = k;
+      ops::attention_forward(B{}, dims(q, k), Mask::make_cross(q, k), s.q16.data(), s.k16.data(),
+                             s.v16.data(), s.o16.data(), s.lse.data());
+      o_proj.forward_bf16_input(q, s.o16.data(), q.rows(), y, s.o_s, residual, residual_adds);
+    }
+  }
+
   /// Inference: keys and values of a source for a cache, kout / vout [k.rows(), n_kv_heads * head_dim].
   void project_kv(const SeqContext& k, TensorView<const T> src, Tensor<T, B>& kout,
                   Tensor<T, B>& vout) const {
@@ -70,13 +134,15 @@ struct CrossAttention {
     v_proj.forward(k, src, vout, unused);
   }
   /// project_kv of norm(src) at decoding sizes with frozen bf16 weights: k and v in one small product with
-  /// the RMSNorm (gain and eps in `norm`) fused in. False (nothing done) when that does not apply.
+  /// the RMSNorm (gain and eps in `norm`) fused in; round_bf16: k and v rounded to bf16 values (as the
+  /// all-bf16 forward's GEMMs write them). False (nothing done) when that does not apply.
   bool project_kv_small(TensorView<const T> src, ops::SmallLinearNorm norm, Tensor<T, B>& kout,
-                        Tensor<T, B>& vout) const {
+                        Tensor<T, B>& vout, bool round_bf16 = false) const {
     if constexpr (std::is_same_v<T, float> && std::is_same_v<B, cuda>) {
       if (!k_proj.small_forward_ok(src) || !v_proj.small_forward_ok(src)) return false;
       const int64_t n = src.size(0);
-      const ops::SmallLinearOut outs[] = {k_proj.small_output(kout, n), v_proj.small_output(vout, n)};
+      ops::SmallLinearOut outs[] = {k_proj.small_output(kout, n), v_proj.small_output(vout, n)};
+      outs[0].round_bf16 = outs[1].round_bf16 = round_bf16;
       ops::linear_small_bf16(B{}, src.data(), n, kv_dim, outs, 2, norm);
       return true;
     } else {
@@ -125,8 +191,10 @@ struct CrossAttention {
   }
   /// Inference with frozen bf16 weights at decoding sizes (no backward): forward() of norm_q(x) against
   /// norm_k(src), both RMSNorms fused into the small products (q_proj; k_proj and v_proj in one launch), and
-  /// `residual` added `residual_adds` times in o_proj's — 4 launches with the attention. False (nothing done)
-  /// when the small products do not apply to x or src.
+  /// `residual` added `residual_adds` times in o_proj's — 4 launches with the attention. Where all_bf16()
+  /// holds, q, k and v are rounded to bf16 values in the products, so that the fp32 kernel computes what the
+  /// all-bf16 forward's bf16 kernel does (its output is rounded by o_proj's product, which reads bf16(x)).
+  /// False (nothing done) when the small products do not apply to x or src.
   bool forward_fused(const SeqContext& q, TensorView<const T> x, ops::SmallLinearNorm norm_q,
                      const SeqContext& k, TensorView<const T> src, ops::SmallLinearNorm norm_k,
                      const T* residual, int residual_adds, Tensor<T, B>& y, Saved& s) const {
@@ -135,8 +203,10 @@ struct CrossAttention {
       TESSERA_CHECK(q.batch == k.batch && x.size(0) == q.rows() && src.size(0) == k.rows(),
                     "CrossAttention::forward_fused: ", x.size(0), " query rows and ", src.size(0),
                     " key rows for contexts of ", q.batch, " x ", q.seq, " and ", k.batch, " x ", k.seq);
-      if (!project_kv_small(src, norm_k, s.k, s.v)) return false;  // src too large: nothing done
-      const ops::SmallLinearOut qo = q_proj.small_output(s.q, x.size(0));
+      const bool round = all_bf16();
+      if (!project_kv_small(src, norm_k, s.k, s.v, round)) return false;  // src too large: nothing done
+      ops::SmallLinearOut qo = q_proj.small_output(s.q, x.size(0));
+      qo.round_bf16 = round;
       ops::linear_small_bf16(B{}, x.data(), x.size(0), x.size(1), &qo, 1, norm_q);
       const int64_t w = n_heads * head_dim;
       s.attn.resize_uninit({q.rows(), w});
@@ -207,6 +277,7 @@ struct CrossAttention {
   /// dx (overwritten) and dsrc (overwritten) from dy; parameter gradients accumulated.
   void backward(const SeqContext& q, TensorView<const T> dy, Tensor<T, B>& dx, Tensor<T, B>& dsrc, Saved& s) {
     const SeqContext& k = s.kctx;
+    if (all_bf16()) return backward_bf16(q, dy, dx, dsrc, s);
     o_proj.backward(q, dy, d_attn_, s.o_s);
     dq_.resize_uninit(s.q.shape());
     dk_.resize_uninit(s.k.shape());
@@ -215,11 +286,28 @@ struct CrossAttention {
                             s.attn.data(), s.lse.data(), d_attn_.data(), dq_.data(), dk_.data(), dv_.data());
     q_proj.backward(q, dq_, dx, s.q_s);
     k_proj.backward(k, dk_, dsrc, s.k_s);
-    v_proj.backward(k, dv_, tmp_, s.v_s);
-    ops::add_inplace(B{}, dsrc.data(), tmp_.data(), dsrc.numel());
+    v_proj.backward(k, dv_, dsrc, s.v_s, true);  // dsrc = dk Wk + dv Wv, the second accumulated by its GEMM
   }
 
  private:
+  void backward_bf16(const SeqContext& q, TensorView<const T> dy, Tensor<T, B>& dx, Tensor<T, B>& dsrc,
+                     Saved& s) {
+    if constexpr (has_bf16_attention) {
+      const SeqContext& k = s.kctx;
+      auto& [do16, dq16, dk16, dv16] = shared_scratch<CrossAttention, bf16, B, 4>();
+      o_proj.backward_to_bf16(q, dy, do16, s.o_s, s.o16.data());
+      dq16.resize_uninit(s.q16.shape());
+      dk16.resize_uninit(s.k16.shape());
+      dv16.resize_uninit(s.v16.shape());
+      ops::attention_backward(B{}, dims(q, k), Mask::make_cross(q, k), s.q16.data(), s.k16.data(),
+                              s.v16.data(), s.o16.data(), s.lse.data(), do16.data(), dq16.data(), dk16.data(),
+                              dv16.data());
+      q_proj.backward_from_bf16(q, dq16.data(), dx, s.q_s, false, s.x16.data());
+      k_proj.backward_from_bf16(k, dk16.data(), dsrc, s.k_s, false, s.src16.data());
+      v_proj.backward_from_bf16(k, dv16.data(), dsrc, s.v_s, true, s.src16.data());
+    }
+  }
+
   ops::AttnDims dims(const SeqContext& q, const SeqContext& k) const {
     ops::AttnDims d{};
     d.B = q.batch;
@@ -233,7 +321,7 @@ struct CrossAttention {
     d.scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
     return d;
   }
-  Tensor<T, B> d_attn_, dq_, dk_, dv_, tmp_;
+  Tensor<T, B> d_attn_, dq_, dk_, dv_;
 };
 
 }  // namespace tessera

@@ -79,28 +79,31 @@ struct Linear {
   /// that projections of one input (q/k/v, gate/up) share one cast; it must stay valid until this call
   /// returns. residual (optional, [N, out], not y): y = x Wᵀ (+ b) + residual — with bf16 compute and no bias
   /// the addition rides in the GEMM's epilogue (ops::gemm_add), the same fp32 sum as a separate add.
+  /// residual_adds (bf16 compute only, >= 1): the residual is added that many times (BLT's doubled residual
+  /// 2·x + o), in the epilogue as beta = residual_adds.
   void forward(const SeqContext&, TensorView<const T> x, Tensor<T, B>& y, Saved& s, const bf16* x16 = nullptr,
-               const T* residual = nullptr) const {
+               const T* residual = nullptr, int residual_adds = 1) const {
     TESSERA_CHECK(x.rank() == 2 && x.size(1) == in && x.is_contiguous(), "Linear: input ", x.shape,
                   " does not match in_features ", in);
     const int64_t n = x.size(0);
     y.resize_uninit({n, out});
     s.x = x;
     if constexpr (kMixed) {
-      if (compute_precision == Precision::bf16) return forward_bf16(x, x16, y, residual);
+      if (compute_precision == Precision::bf16) return forward_bf16(x, x16, y, residual, residual_adds);
     }
+    TESSERA_CHECK(residual_adds == 1, "Linear: residual_adds ", residual_adds, " needs bf16 compute");
     ops::linear_forward(B{}, y.data(), x.data(), params.weight.value.data(), bias(), n, in, out);
     if (residual) ops::add_inplace(B{}, y.data(), residual, n * out);
   }
   /// bf16 compute only: forward from an input that exists only in bf16 (x16 [n, in], e.g. the bf16 attention
   /// kernel's output); the backward must then be given the same x16, which must stay valid until then.
-  /// residual as in forward.
+  /// residual, residual_adds as in forward.
   void forward_bf16_input(const SeqContext&, const bf16* x16, int64_t n, Tensor<T, B>& y, Saved& s,
-                          const T* residual = nullptr) const {
+                          const T* residual = nullptr, int residual_adds = 1) const {
     TESSERA_CHECK(computes_in_bf16() && x16, "Linear::forward_bf16_input: needs bf16 compute and an input");
     y.resize_uninit({n, out});
     s.x = TensorView<const T>(nullptr, Shape{n, in});  // the shape only: the data is x16
-    if constexpr (kMixed) forward_bf16(s.x, x16, y, residual);
+    if constexpr (kMixed) forward_bf16(s.x, x16, y, residual, residual_adds);
   }
   /// bf16 compute only: y16 [n, out] = bf16(x Wᵀ (+ b)), the product rounded once (what a cast of forward()'s
   /// y gives) for a consumer that reads bf16 only (the attention kernel's v); x16 as in forward.
@@ -213,24 +216,27 @@ struct Linear {
     ops::cast(B{}, x16.data(), x.data(), x.size(0) * in);
     return x16.data();
   }
-  void forward_bf16(TensorView<const T> x, const bf16* x16, Tensor<T, B>& y,
-                    const T* residual = nullptr) const {
+  void forward_bf16(TensorView<const T> x, const bf16* x16, Tensor<T, B>& y, const T* residual = nullptr,
+                    int residual_adds = 1) const {
+    TESSERA_CHECK(residual_adds >= 1, "Linear: residual_adds must be >= 1, got ", residual_adds);
     const int64_t n = x.size(0);
+    const auto add_residual = [&] {
+      for (int r = 0; residual && r < residual_adds; ++r) ops::add_inplace(B{}, y.data(), residual, n * out);
+    };
     if (!x16 && x.data() && small_forward_ok(x)) {
       const ops::SmallLinearOut o = small_output(y, n);
       ops::linear_small_bf16(B{}, x.data(), n, in, &o, 1);
-      if (residual) ops::add_inplace(B{}, y.data(), residual, n * out);
-      return;
+      return add_residual();
     }
     if (!x16) x16 = cast_input(x);
     if (!weight_frozen_) cast_weight();
     if (residual && !bias()) {
-      return ops::gemm_add(B{}, false, true, n, out, in, 1.0f, x16, in, weight_bf16_.data(), in, 1.0f,
-                           residual, out, y.data(), out);
+      return ops::gemm_add(B{}, false, true, n, out, in, 1.0f, x16, in, weight_bf16_.data(), in,
+                           static_cast<float>(residual_adds), residual, out, y.data(), out);
     }
     ops::gemm(B{}, false, true, n, out, in, 1.0f, x16, in, weight_bf16_.data(), in, 0.0f, y.data(), out);
     if (bias()) ops::add_row_bias(B{}, y.data(), bias(), n, out);
-    if (residual) ops::add_inplace(B{}, y.data(), residual, n * out);
+    add_residual();
   }
   void check_bf16_backward(const bf16* x16, const Saved& s) const {
     TESSERA_CHECK(weight_bf16_.numel() == out * in, "Linear: bf16 backward without a bf16 forward");

@@ -90,6 +90,9 @@ struct SmallLinearOut {
   int64_t n;
   const float* residual = nullptr;
   int residual_adds = 1;
+  /// y rounded to bf16 values (stored as fp32) after the bias and residual: the value a bf16 GEMM output
+  /// (Linear::forward_to_bf16) would hold, for decoding paths that must match an all-bf16 forward.
+  bool round_bf16 = false;
 };
 struct SmallLinearNorm {
   const float* weight = nullptr;  // null: no normalisation

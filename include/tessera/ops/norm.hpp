@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #include "tessera/core/backend.hpp"
 #include "tessera/core/dtype.hpp"
@@ -73,6 +74,12 @@ void rmsnorm_backward(cpu, std::type_identity_t<T>* dx, std::type_identity_t<T>*
       const auto dyr = eig::CMapVec<T>(dy + n * D, D).array();
       auto dxr = eig::MapVec<T>(dx + n * D, D).array();
       const T r = rstd[n];
+      const T* res = residual ? residual + n * D : nullptr;
+      if (res && residual == dx) {  // aliased: keep the residual row before dx's is written
+        static thread_local std::vector<T> kept;
+        kept.assign(res, res + D);
+        res = kept.data();
+      }
       if (w) {
         const auto wr = eig::CMapVec<T>(w, D).array();
         const T c = (dyr * wr * xr).sum() * r * r / static_cast<T>(D);
@@ -81,7 +88,7 @@ void rmsnorm_backward(cpu, std::type_identity_t<T>* dx, std::type_identity_t<T>*
         const T c = (dyr * xr).sum() * r * r / static_cast<T>(D);
         dxr = r * (dyr - xr * c);
       }
-      if (residual) dxr += eig::CMapVec<T>(residual + n * D, D).array();
+      if (res) dxr += eig::CMapVec<T>(res, D).array();
     }
   }
   if (dw) detail::norm_colsum(dw, dy, x, rstd, N, D);

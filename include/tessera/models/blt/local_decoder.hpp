@@ -87,16 +87,17 @@ struct LocalDecoder {
   void backward(const SeqContext& bytes, TensorView<const T> dout, const PatchIndex<B>& pl,
                 Tensor<T, B>& dh_enc, Tensor<T, B>& dg, Saved& s) {
     const size_t n = layers.size();
-    dmem_.resize({pl.B * pl.P * k, dim});  // zeroed: accumulates over the cross-attention layers
+    dmem_.resize_uninit({pl.B * pl.P * k, dim});  // written by the last cross layer, added to by the others
     norm.backward(bytes, dout, g_[0], s.norm_s);
     int cur = 0;  // g_[cur] holds the gradient w.r.t. the current hidden state
+    bool dmem_written = false;
     for (size_t i = n; i-- > 0;) {
       layers.layers[i].backward(bytes, g_[cur], g_[1 - cur], s.layer_s[i]);
       cur = 1 - cur;
       if (has_cross(i)) {  // always true for layer 0, so the loop ends in dh_enc
         Tensor<T, B>& dx = i == 0 ? dh_enc : g_[1 - cur];
-        cross_attn_layers.layers[i].backward(s.bytes_q, g_[cur], dx, dsrc_, s.cross_s[i]);
-        ops::add_inplace(B{}, dmem_.data(), dsrc_.data(), dmem_.numel());
+        cross_attn_layers.layers[i].backward(s.bytes_q, g_[cur], dx, dmem_, s.cross_s[i], dmem_written);
+        dmem_written = true;
         cur = 1 - cur;
       }
     }
@@ -105,7 +106,7 @@ struct LocalDecoder {
   }
 
  private:
-  Tensor<T, B> g_[2], dmem_, dsrc_;
+  Tensor<T, B> g_[2], dmem_;
 };
 
 }  // namespace tessera::blt

@@ -157,22 +157,35 @@ struct PatchCrossAttention {
     f("k_norm", k_norm);
     attn.for_each_child(f);  // q_proj, k_proj, v_proj, o_proj directly under this layer
   }
-  /// x: [q.rows(), dim] queries; src: [k.rows(), kv_dim] keys/values; y = 2x + o.
+  /// x: [q.rows(), dim] queries; src: [k.rows(), kv_dim] keys/values; y = 2x + o. In bf16 (the attention's
+  /// all-bf16 path) the norms write the projections' bf16 inputs directly and 2x rides in o_proj's epilogue.
   void forward(const SeqContext& q, TensorView<const T> x, const SeqContext& k, TensorView<const T> src,
                Tensor<T, B>& y, Saved& s) const {
+    if constexpr (Attn::has_bf16_attention) {
+      if (attn.all_bf16()) {
+        q_norm.forward_to_bf16(q, x, s.attn_s.x16, s.qn_s);
+        k_norm.forward_to_bf16(k, src, s.attn_s.src16, s.kn_s);
+        return attn.forward_from_bf16_inputs(q, k, y, s.attn_s, x.data(), 2);
+      }
+    }
     q_norm.forward(q, x, s.qn, s.qn_s);
     k_norm.forward(k, src, s.kn, s.kn_s);
     attn.forward(q, s.qn, k, s.kn, y, s.attn_s);
     ops::add_inplace(B{}, y.data(), x.data(), x.numel());
     ops::add_inplace(B{}, y.data(), x.data(), x.numel());
   }
-  /// dx (overwritten) = 2·dy + q-path gradient; dsrc (overwritten) = k/v-path gradient.
-  void backward(const SeqContext& q, TensorView<const T> dy, Tensor<T, B>& dx, Tensor<T, B>& dsrc, Saved& s) {
+  /// dx (overwritten) = 2·dy + q-path gradient; dsrc = k/v-path gradient, overwritten, or added to dsrc's
+  /// [k.rows(), kv_dim] when accumulate_dsrc (in k_norm's backward pass: e.g. the decoder's layers that all
+  /// read one memory).
+  void backward(const SeqContext& q, TensorView<const T> dy, Tensor<T, B>& dx, Tensor<T, B>& dsrc, Saved& s,
+                bool accumulate_dsrc = false) {
     attn.backward(q, dy, dqn_, dkn_, s.attn_s);
-    q_norm.backward(q, dqn_, dx, s.qn_s);
-    ops::add_inplace(B{}, dx.data(), dy.data(), dy.numel());
-    ops::add_inplace(B{}, dx.data(), dy.data(), dy.numel());
-    k_norm.backward(s.attn_s.kctx, dkn_, dsrc, s.kn_s);
+    q_norm.backward(q, dqn_, dx, s.qn_s, dy.data());          // q-path + dy in one pass,
+    ops::add_inplace(B{}, dx.data(), dy.data(), dy.numel());  // + dy again: the doubled residual
+    if (accumulate_dsrc)
+      TESSERA_CHECK(dsrc.numel() == dkn_.numel(), "PatchCrossAttention: accumulating into dsrc of ",
+                    dsrc.shape(), ", expected ", dkn_.shape());
+    k_norm.backward(s.attn_s.kctx, dkn_, dsrc, s.kn_s, accumulate_dsrc ? dsrc.data() : nullptr);
   }
 
  private:
