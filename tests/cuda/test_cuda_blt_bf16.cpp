@@ -9,10 +9,10 @@
 // the attention kernel rounds P and dS; errors compound through the local decoder, the global stack, the
 // cross-attentions and the local encoder, so they grow towards the input, and a gradient that is a small
 // difference of large terms shows them most. Measured with emulated tensor cores (fp32 accumulation): logits
-// 9.5e-3 of their largest entry, loss 1.1e-4 relative, gradients median 1.35e-2 and at most 1.33e-1 (the
-// encoder's first FFN, deepest in the chain). Bounds: logits 2e-2, loss 5e-3, median gradient 3e-2, every
-// gradient 2.5e-1 — any real error (a stale weight copy, a missing gradient term, a transposed operand)
-// is O(1) and moves the median.
+// 9.5e-3 of their largest entry, loss 1.4e-4 relative, gradients median 1.36e-2 and at most 1.36e-1 (the
+// encoder's FFN, deepest in the chain; 1.1e-4, 1.35e-2 and 1.33e-1 with the cross-attention in fp32). Bounds:
+// logits 2e-2, loss 5e-3, median gradient 3e-2, every gradient 2.5e-1 — any real error (a stale weight copy,
+// a missing gradient term, a transposed operand) is O(1) and moves the median.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -162,7 +162,10 @@ TEST(CudaBltBf16, FrozenWeightsDecodeLikeTheCastRoute) {
 // bf16 inputs, q/k/v in bf16, the bf16 segment kernels, 2x + o in o_proj's epilogue, bf16 gradients between
 // the kernel and the GEMMs) and tracks the fp32 CPU layer within bf16 tolerances; its backward can add the
 // key/value path's gradient to a tensor in place (the decoder's layers sharing one memory) with exactly the
-// same values. The decoder's shape: every byte attends to the k = 2 slots of its patch.
+// same values. The decoder's shape: every byte attends to the k = 2 slots of its patch. Measured with
+// emulated tensor cores: y 4.5e-3, dx 9.9e-3, dsrc 6.1e-3, weight gradients at most 8.6e-3 of their largest
+// entries (every GEMM operand rounded to bf16, 2^-9, through two products and the norms); bounds 1e-2, 3e-2,
+// 3e-2, 5e-2.
 TEST(CudaBltBf16, PatchCrossAttentionRunsAllInBf16) {
   TESSERA_NEED_GPU();
   LayerConfig c;
@@ -216,7 +219,7 @@ TEST(CudaBltBf16, PatchCrossAttentionRunsAllInBf16) {
                dsrce = rel_err(download(dsrcd), dsrch.data(), dsrch.numel());
   EXPECT_LE(ye, 1e-2) << "y";
   EXPECT_GT(ye, 1e-7) << "y identical to fp32: the bf16 path was not taken";
-  EXPECT_LE(dxe, 1e-2) << "dx";
+  EXPECT_LE(dxe, 3e-2) << "dx";
   EXPECT_LE(dsrce, 3e-2) << "dsrc";
   double worst = 0;
   for (const auto& g : tessera::testing::gradient_errors(h, d)) {
@@ -239,7 +242,8 @@ TEST(CudaBltBf16, PatchCrossAttentionRunsAllInBf16) {
 // forward_fused: the norms, the double residual and the products in 4 launches, the fp32 segment kernel);
 // they round q, k and v to bf16 values so that the step computes what the all-bf16 forward does for the same
 // rows (the route a prefill and unfrozen decoding take): only summation order and the norms' 1/rms reductions
-// differ. The encoder's shape: the k = 2 slots of a closing patch attend to its bytes.
+// differ. The encoder's shape: the k = 2 slots of a closing patch attend to its bytes. Measured on the
+// emulator: 6.5e-8 of the largest output; without the rounding of q, k, v it is 3.1e-3. Bound 5e-5.
 TEST(CudaBltBf16, FusedPatchClosingMatchesTheAllBf16Forward) {
   TESSERA_NEED_GPU();
   LayerConfig c;
@@ -271,6 +275,6 @@ TEST(CudaBltBf16, FusedPatchClosingMatchesTheAllBf16Forward) {
                                    s2.attn_s));
   const auto full = download(y_full);
   const double e = rel_err(download(y_fused), full.data(), static_cast<int64_t>(full.size()));
-  EXPECT_LE(e, 2e-4);
+  EXPECT_LE(e, 5e-5);
   std::cout << "[cuda-blt-bf16] fused patch closing vs the all-bf16 forward: rel err " << e << "\n";
 }
