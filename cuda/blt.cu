@@ -1,16 +1,13 @@
 // BLT's device pieces that the generic ops do not cover: attention under BLT's two id masks with a
 // key-sortedness check that never synchronises the host.
 //
-//   All<SlidingWindow, DocumentCuts>  every BLT transformer's self-attention (local encoder/decoder over
-//   bytes with
-//                                     the 512-byte window, the global model over patches with window 0 =
-//                                     causal; document ids all zero when EOS cuts are off). No other CUDA
-//                                     binding exists.
-//   PatchSegments (= SegmentEqual)    the byte <-> patch cross-attention (ops/blt_cuda.hpp). attention.cu
-//   binds
-//                                     SegmentEqual too, but verifies k_sorted with a copy back to the host,
-//                                     i.e. one synchronisation per call (per cross-attention layer, forward
-//                                     and backward); this binding keeps the BLT step free of them.
+// - All<SlidingWindow, DocumentCuts>: every BLT transformer's self-attention (the local encoder and decoder
+//   over bytes with the 512-byte window, the global model over patches with window 0 = causal; document ids
+//   all zero when EOS cuts are off). No other CUDA binding exists.
+// - PatchSegments (= SegmentEqual): the byte <-> patch cross-attention (ops/blt_cuda.hpp), fp32 and bf16.
+//   attention.cu binds SegmentEqual too, but verifies k_sorted with a copy back to the host, i.e. one
+//   synchronisation per call (per cross-attention layer, forward and backward); this binding keeps the BLT
+//   step free of them.
 //
 // The cross-attention does not use the tile kernels: under PatchSegments a query row sees only the few key
 // rows of its own segment, so the segment kernels below walk exactly those (warp per row).

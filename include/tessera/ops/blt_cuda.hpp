@@ -1,11 +1,11 @@
 // BLT's attention mask policies and the CUDA overloads the generic op headers do not declare (defined in
 // cuda/blt.cu, bound in cuda/ops_blt.cpp; link tessera::cuda).
 //
-//   All<SlidingWindow, DocumentCuts>  BLT's self-attention mask (blt::BltMask): a causal window and document
-//   cuts. PatchSegments                     BLT's byte <-> patch cross-attention mask: exactly SegmentEqual
-//   (same
-//                                     policy, same CPU results), a type of its own only to pick the CUDA
-//                                     binding below.
+// - All<SlidingWindow, DocumentCuts>: BLT's self-attention mask (blt::BltMask), a causal window and document
+//   cuts.
+// - PatchSegments: BLT's byte <-> patch cross-attention mask, exactly SegmentEqual (same policy, same CPU
+//   results), a type of its own only to pick the CUDA binding below.
+//
 // CUDA: the same contract and results as the CPU op (ops/attention.hpp), fp32 (PatchSegments also bf16,
 // below), device pointers — the ids too. One difference from the CPU op and from attention.cu's id masks: a
 // declared k_sorted is verified on the device WITHOUT synchronising the host (attention.cu copies a flag back
