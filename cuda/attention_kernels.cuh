@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "core_util.cuh"  // load_value
 #include "pdl.cuh"
 
 namespace tessera::cuda_detail {
@@ -477,17 +478,19 @@ __global__ void __launch_bounds__(kSplitThreads)
 
 // ---- backward ----------------------------------------------------------------------------------------
 
-// Dd[(b*Hq + h)*Tq + i] = dO_i . O_i over the Dv columns of head h; one warp per (token row, head).
-__global__ void attn_rowdot_kernel(Dims d, const float* __restrict__ o, const float* __restrict__ dout,
+// Dd[(b*Hq + h)*Tq + i] = dO_i . O_i over the Dv columns of head h, in fp32; one warp per (token row, head).
+// E: the storage type of o and dO (float, or bf16 bits as uint16_t, widened exactly).
+template <class E>
+__global__ void attn_rowdot_kernel(Dims d, const E* __restrict__ o, const E* __restrict__ dout,
                                    float* __restrict__ Dd) {
   const int64_t w = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x % 32;
   if (w >= d.B * d.Tq * d.Hq) return;  // whole warps
   const int64_t row = w / d.Hq, h = w % d.Hq;
-  const float* orow = o + row * d.o_stride + h * d.Dv;
-  const float* drow = dout + row * d.o_stride + h * d.Dv;
+  const E* orow = o + row * d.o_stride + h * d.Dv;
+  const E* drow = dout + row * d.o_stride + h * d.Dv;
   float s = 0.f;
-  for (int64_t c = lane; c < d.Dv; c += 32) s += drow[c] * orow[c];
+  for (int64_t c = lane; c < d.Dv; c += 32) s += load_value(drow + c) * load_value(orow + c);
   s = warp_sum(s);
   if (lane == 0) Dd[(row / d.Tq * d.Hq + h) * d.Tq + row % d.Tq] = s;
 }

@@ -227,22 +227,6 @@ __global__ void __launch_bounds__(kSegThreads)
   if (lse && lane == 0) lse[(b * d.Hq + h) * d.Tq + i] = l > 0.f ? mx + logf(l) : -INFINITY;
 }
 
-/// Warp w = (b * Tq + i) * Hq + h: D = dO . O of query row i, head h, in fp32 (the backward's rowdot).
-template <class E>
-__global__ void seg_rowdot_kernel(Dims d, const E* __restrict__ o, const E* __restrict__ dout,
-                                  float* __restrict__ Dd) {
-  const int64_t w = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
-  if (w >= d.B * d.Tq * d.Hq) return;  // whole warps
-  const int64_t row = w / d.Hq, h = w % d.Hq;
-  const E* orow = o + row * d.o_stride + h * d.Dv;
-  const E* drow = dout + row * d.o_stride + h * d.Dv;
-  float s = 0.f;
-  for (int64_t c = lane; c < d.Dv; c += 32) s += load_value(drow + c) * load_value(orow + c);
-  s = warp_sum(s);
-  if (lane == 0) Dd[(row / d.Tq * d.Hq + h) * d.Tq + row % d.Tq] = s;
-}
-
 /// Warp w = (b * Tq + i) * Hq + h: dQ of query row i, head h (Dd: the rowdot D = dO . O per (b, h, i)).
 template <int kD, class E>
 __global__ void __launch_bounds__(kSegThreads)
@@ -419,8 +403,8 @@ void segments_backward(const AttnArgs& a, const int64_t* q_id, const int64_t* k_
   DeviceScratch range_scratch;  // the flags and ranges outlive the launches that read them
   const SegIds ids = seg_ids(d, q_id, k_id, k_sorted, has_q && has_k, has_q && has_k, range_scratch, op);
   if (has_q) {
-    seg_rowdot_kernel<E><<<grid_for(d.B * d.Tq * d.Hq * 32, 128, op), 128>>>(d, o, dout, Dd);
-    TESSERA_CUDA_CHECK_LAUNCH("seg_rowdot_kernel");
+    attn_rowdot_kernel<E><<<grid_for(d.B * d.Tq * d.Hq * 32, 128, op), 128>>>(d, o, dout, Dd);
+    TESSERA_CUDA_CHECK_LAUNCH("attn_rowdot_kernel");
   }
   dispatch_dim(a, [&](auto dim) {
     constexpr int kD = decltype(dim)::value;

@@ -59,6 +59,24 @@ std::vector<float> normals(int64_t n, uint64_t seed, double sd = 1.0) {
   return v;
 }
 
+/// A small patch cross-attention layer: width 64, 4 heads of 16.
+LayerConfig cross_config() {
+  LayerConfig c;
+  c.dim = 64, c.n_heads = 4, c.norm_eps = 1e-5;
+  return c;
+}
+
+/// The CPU layer h and its CUDA copy d set up from c with the same N(0, 0.2) weights (seeded); d in bf16.
+void cross_pair(const LayerConfig& c, uint64_t seed, blt::PatchCrossAttention<float>& h,
+                blt::PatchCrossAttention<float, cuda>& d) {
+  h.setup(c);
+  d.setup(c);
+  Rng rng(seed);
+  init_normal(h, rng, 0.2);
+  copy_params(d, h);
+  set_compute_precision(d, Precision::bf16);
+}
+
 std::vector<int64_t> case_vec(int i, const std::string& name) {
   static const io::SafeTensorsFile f(kDir + "/cases.safetensors");
   Tensor<int64_t> t = f.read<int64_t>("case" + std::to_string(i) + "." + name);
@@ -168,16 +186,10 @@ TEST(CudaBltBf16, FrozenWeightsDecodeLikeTheCastRoute) {
 // 3e-2, 5e-2.
 TEST(CudaBltBf16, PatchCrossAttentionRunsAllInBf16) {
   TESSERA_NEED_GPU();
-  LayerConfig c;
-  c.dim = 64, c.n_heads = 4, c.norm_eps = 1e-5;
+  const LayerConfig c = cross_config();
   blt::PatchCrossAttention<float> h;
   blt::PatchCrossAttention<float, cuda> d;
-  h.setup(c);
-  d.setup(c);
-  Rng rng(5);
-  init_normal(h, rng, 0.2);
-  copy_params(d, h);
-  set_compute_precision(d, Precision::bf16);
+  cross_pair(c, 5, h, d);
   allocate_grads(h);
   allocate_grads(d);
   ASSERT_TRUE(d.attn.all_bf16());
@@ -246,16 +258,10 @@ TEST(CudaBltBf16, PatchCrossAttentionRunsAllInBf16) {
 // emulator: 6.5e-8 of the largest output; without the rounding of q, k, v it is 3.1e-3. Bound 5e-5.
 TEST(CudaBltBf16, FusedPatchClosingMatchesTheAllBf16Forward) {
   TESSERA_NEED_GPU();
-  LayerConfig c;
-  c.dim = 64, c.n_heads = 4, c.norm_eps = 1e-5;
+  const LayerConfig c = cross_config();
   blt::PatchCrossAttention<float> h;
   blt::PatchCrossAttention<float, cuda> d;
-  h.setup(c);
-  d.setup(c);
-  Rng rng(15);
-  init_normal(h, rng, 0.2);
-  copy_params(d, h);
-  set_compute_precision(d, Precision::bf16);
+  cross_pair(c, 15, h, d);
   freeze_bf16_weights(d);
   const int64_t slots = 2, bytes = 5;
   const std::vector<int64_t> slot_seg(static_cast<size_t>(slots), 0), byte_seg(static_cast<size_t>(bytes), 0);
