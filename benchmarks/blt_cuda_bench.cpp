@@ -591,11 +591,24 @@ struct Bench {
       adam_oom = e.what();
     }
     try {
-      const Timing t = bench::time_steps(
+      // The gradients are zeroed on a side stream alongside the forward pass (zero_grads_async), joined
+      // before the backward; the row after this one zeroes them first on the default stream, for comparison
+      // (timed first, so that TESSERA_CUDA_PROFILE's table covers the steps of the first row).
+      const Timing t_inline = bench::time_steps(
           [&] {
             zero_grads(lm);
             lm.forward(ids.data(), 1, T);
             const double loss = lm.loss(targets.data());
+            lm.backward(targets.data());
+            return loss;
+          },
+          warmup, steps);
+      const Timing t = bench::time_steps(
+          [&] {
+            auto zeroing = zero_grads_async(lm);
+            lm.forward(ids.data(), 1, T);
+            const double loss = lm.loss(targets.data());
+            zeroing.join();
             lm.backward(targets.data());
             return loss;
           },
@@ -612,12 +625,28 @@ struct Bench {
                  {"bytes_per_s", double(T) / s},
                  {"loss", t.loss}});
       if (!std::isfinite(t.loss)) fail("train step", str("loss ", t.loss, " is not finite"));
+      row("train step " + prec + " (fwd + bwd), gradients zeroed before the forward (CUDA)",
+          "T=" + std::to_string(T), sfmt("%.1f ms", t_inline.median_ms),
+          commas(double(T) / (t_inline.median_ms / 1e3)) + " bytes/s");
+      json_line({{"what", "train_zero_inline"},
+                 {"precision", prec},
+                 {"T", T},
+                 {"seconds", t_inline.median_ms / 1e3},
+                 {"loss", t_inline.loss}});
+      // The same forward on the same weights: the losses agree.
+      if (!(std::abs(t_inline.loss - t.loss) <= 1e-4 * std::abs(t.loss)))
+        fail("train step", str("the loss with the gradients zeroed aside (", t.loss,
+                               ") and before the forward (", t_inline.loss, ") differ"));
       if (breakdown)
         phase_breakdown("train", [&] {
-          zero_grads(lm);  // 4 bytes per trainable parameter (18 GB at BLT-1B): its own phase
+          // 4 bytes per trainable parameter (18 GB at BLT-1B) queued on the side stream: ~0 here; the
+          // forward's phases run alongside it, and the join shows in loss_and_lm_head_backward if it is still
+          // running.
+          auto zeroing = zero_grads_async(lm);
           lm.model.phase("zero_grads");
           lm.forward(ids.data(), 1, T);
           (void)lm.loss(targets.data());
+          zeroing.join();
           lm.backward(targets.data());
         });
     } catch (const std::exception& e) {

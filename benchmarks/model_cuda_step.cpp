@@ -158,9 +158,10 @@ int main(int argc, char** argv) {
       train::AdamW<float, cuda> opt({1e-4, 0.9, 0.95, 1e-8, 0.1});
       DeviceBatch data(rows, cfg.vocab_size, 2);
       const auto step = [&] {
-        zero_grads(m);
+        auto zeroing = zero_grads_async(m);  // on the side stream, alongside the forward
         m.forward(data.ids.data(), batch, seq);
         const double loss = m.loss(data.targets.data());
+        zeroing.join();
         m.backward(data.targets.data());
         // Global-norm clip folded into AdamW (the Trainer's step): same update as clip_grad_norm + step.
         opt.step(m, opt.config().lr, train::clip_coefficient(train::grad_norm(m), 1.0));
@@ -197,9 +198,10 @@ int main(int argc, char** argv) {
     train::AdamW<float, cuda> opt({1e-4, 0.9, 0.95, 1e-8, 0.1});
     DeviceBatch data(rows, cfg.vocab_size, 2);
     const auto step = [&] {
-      zero_grads(m);
+      auto zeroing = zero_grads_async(m);  // on the side stream, alongside the forward
       m.forward(data.ids.data(), batch, seq);
       const double loss = m.loss(data.targets.data());
+      zeroing.join();
       m.backward(data.targets.data());
       opt.step(m, opt.config().lr, train::clip_coefficient(train::grad_norm(m), 1.0));
       return loss;

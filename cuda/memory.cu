@@ -95,6 +95,41 @@ void to_host(void* dst, const void* src, size_t bytes) {
   if (bytes) TESSERA_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
 }
 
+namespace {
+// The side stream and its two events, made on first use and kept for the process (destroying them at exit
+// could run after the runtime is gone). Non-blocking: the legacy default stream does not wait for it, nor it
+// for the default stream, except through the events.
+struct Aside {
+  cudaStream_t stream{};
+  cudaEvent_t fork{}, done{};
+  Aside() {
+    TESSERA_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    TESSERA_CUDA_CHECK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+    TESSERA_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+  }
+};
+Aside& aside() {
+  static Aside* a = new Aside;
+  return *a;
+}
+}  // namespace
+
+void aside_begin() {
+  Aside& a = aside();
+  TESSERA_CUDA_CHECK(cudaEventRecord(a.fork, 0));
+  TESSERA_CUDA_CHECK(cudaStreamWaitEvent(a.stream, a.fork, 0));
+}
+
+void aside_zero(void* p, size_t bytes) {
+  if (bytes) TESSERA_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, aside().stream));
+}
+
+void aside_join() {
+  Aside& a = aside();
+  TESSERA_CUDA_CHECK(cudaEventRecord(a.done, a.stream));
+  TESSERA_CUDA_CHECK(cudaStreamWaitEvent(0, a.done, 0));
+}
+
 void profile_restart() {
   cuda_detail::Profiler::get().restart();
 }

@@ -177,12 +177,11 @@ inline void prepend_bos(const tessera::train::ByteBatch& in, std::vector<int64_t
 }
 
 /// Zero the gradients that exist. The entropy model inside a BLT never gets a gradient buffer, so clipping
-/// and AdamW (which skip parameters without one) never touch it; tessera::zero_grads would allocate it.
+/// and AdamW (which skip parameters without one) never touch it; tessera::zero_grads would allocate it. On
+/// CUDA the zeroing runs on the side stream alongside what is queued next: join it before the backward pass.
 template <class M>
-void zero_existing_grads(M& m) {
-  tessera::for_each_param(m, [](const std::string&, auto& p) {
-    if (p.grad.numel() > 0) p.grad.zero();
-  });
+tessera::GradZeroing<typename M::backend> zero_existing_grads_async(M& m) {
+  return tessera::zero_grads_async(m, /*allocate_missing=*/false);
 }
 
 /// The bytes of every path, in order, joined by '\n'; max_bytes (0 = all) caps the total.

@@ -232,8 +232,9 @@ int train_entropy(const TrainArgs& a, const Target& t) {
     prepend_bos(b, ids, tgt);
     const int64_t* x = ids_b.put(ids);
     const int64_t* y = tgt_b.put(tgt);
-    zero_existing_grads(m);
+    auto zeroing = zero_existing_grads_async(m);  // CUDA: alongside the forward
     m.forward(x, b.rows(), T);
+    zeroing.join();
     m.backward(y);
     st.loss = m.loss(y);
     st.bytes = b.tokens();
@@ -330,11 +331,12 @@ int train_blt(const TrainArgs& a, const Target& t) {
     const int64_t rows = b.rows();
     const int64_t* x = ids_b.put(ids);
     const int64_t* y = tgt_b.put(tgt);
+    auto zeroing = zero_existing_grads_async(m);  // CUDA: alongside the entropy model and the forward
     const tessera::blt::PatchLengths pl = m.model.compute_patch_lengths(x, rows, T, ids.data());
     st.patches = 0;
     for (int64_t len : pl.lengths) st.patches += len > 0;
-    zero_existing_grads(m);
     m.forward(x, rows, T, pl.lengths.data(), pl.P);
+    zeroing.join();
     m.backward(y);
     st.loss = m.loss(y);
     st.bytes = b.tokens();

@@ -40,6 +40,29 @@ TEST(Param, ReflectedDottedNamesSkipAbsent) {
   EXPECT_EQ(p.b.params.bias.grad.numel(), 0);
 }
 
+TEST(Param, ZeroGradsAsyncOnTheCpuZeroesAtOnceAndAllocatesWhatIsMissing) {
+  Parent p;
+  p.a.params.weight.resize({2, 3});
+  p.a.params.bias.resize({2});
+  p.b.params.weight.resize({4});
+  p.a.params.weight.grad.resize({2, 3});
+  for (int64_t i = 0; i < 6; ++i) p.a.params.weight.grad[i] = 1.f + float(i);
+  {
+    auto none = zero_grads_async(p, /*allocate_missing=*/false);
+    EXPECT_FALSE(none.pending());
+    for (int64_t i = 0; i < 6; ++i) EXPECT_EQ(p.a.params.weight.grad[i], 0.f);
+    EXPECT_EQ(p.a.params.bias.grad.numel(), 0) << "allocate_missing = false leaves it absent";
+  }
+  p.a.params.weight.grad[4] = 3.f;
+  auto zeroing = zero_grads_async(p);
+  EXPECT_FALSE(zeroing.pending()) << "nothing runs aside on the CPU";
+  zeroing.join();
+  EXPECT_EQ(p.a.params.weight.grad[4], 0.f);
+  ASSERT_EQ(p.a.params.bias.grad.shape(), (Shape{2}));
+  ASSERT_EQ(p.b.params.weight.grad.shape(), (Shape{4}));
+  for (int64_t i = 0; i < 4; ++i) EXPECT_EQ(p.b.params.weight.grad[i], 0.f);
+}
+
 TEST(Transfer, CopyParamsByNameChecksNamesAndShapes) {
   Parent src, dst;
   src.a.params.weight.resize({2, 3});

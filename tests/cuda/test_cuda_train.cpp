@@ -1,5 +1,6 @@
 // Training on CUDA parameters: clip_grad_norm (device reduction and scaling) and AdamW (fused kernel, fp32
-// master weights) against the CPU path on the same values, three clipped steps; optimizer state save/load.
+// master weights) against the CPU path on the same values, three clipped steps; optimizer state save/load;
+// gradients zeroed on the side stream (zero_grads_async) and ordered by the join.
 // Skips without a device.
 #include <gtest/gtest.h>
 
@@ -8,6 +9,7 @@
 
 #include "support/gradcheck.hpp"
 #include "tessera/core/allocator.hpp"
+#include "tessera/ops/elementwise.hpp"
 #include "tessera/train/adamw.hpp"
 #include "tessera/train/clip.hpp"
 
@@ -90,4 +92,48 @@ TEST(CudaTrain, ClipAndAdamWMatchTheCpu) {
   back.load_state(io::SafeTensorsFile(path), d);
   EXPECT_EQ(back.steps(), 3);
   EXPECT_EQ(download(*back.m("weight")), download(*opt_d.m("weight")));
+}
+
+// zero_grads_async: the existing gradients are zeroed on the side stream and the join orders that before an
+// accumulation queued after it; a missing gradient is allocated (zeroed) on the default stream. Under
+// tools/cuda-emu the side stream's memsets wait until something orders them, so a join that did not make the
+// default stream wait leaves the old values under the accumulation here.
+TEST(CudaTrain, GradientsZeroedAsideAreZeroWhenTheBackwardRuns) {
+  if (cuda_mem::device_count() == 0) GTEST_SKIP() << "no CUDA device: cudaGetDeviceCount reports none";
+  TwoTensors<cuda> d;
+  TwoTensors<cpu> h;
+  Rng rng(9);
+  tessera::testing::fill_normal(h.params.weight.grad, rng);
+  tessera::testing::fill_normal(h.params.bias.grad, rng);
+  tessera::testing::fill_normal(h.params.weight.value, rng);  // what the "backward" adds
+  for (int round = 0; round < 2; ++round) {
+    upload(d.params.weight.grad, h.params.weight.grad);
+    if (round == 0)
+      upload(d.params.bias.grad, h.params.bias.grad);
+    else
+      d.params.bias.grad = Tensor<float, cuda>();  // a missing gradient
+    Tensor<float, cuda> add;
+    add.resize_uninit(h.params.weight.value.shape());
+    upload(add, h.params.weight.value);
+    {
+      auto zeroing = zero_grads_async(d);
+      EXPECT_TRUE(zeroing.pending());
+      zeroing.join();
+      EXPECT_FALSE(zeroing.pending());
+      ops::add_inplace(cuda{}, d.params.weight.grad.data(), add.data(), add.numel());
+    }
+    EXPECT_EQ(download(d.params.weight.grad), download(add)) << "round " << round;
+    ASSERT_EQ(d.params.bias.grad.shape(), d.params.bias.value.shape()) << "allocated by zero_grads_async";
+    EXPECT_EQ(download(d.params.bias.grad), std::vector<float>(5, 0.f)) << "round " << round;
+  }
+  // Joined by the destructor at the end of its scope; nothing pending: no join to make.
+  upload(d.params.weight.grad, h.params.weight.grad);
+  { auto zeroing = zero_grads_async(d); }
+  EXPECT_EQ(download(d.params.weight.grad), std::vector<float>(37 * 301, 0.f));
+  TwoTensors<cuda> none;
+  none.params.weight.grad = Tensor<float, cuda>();
+  none.params.bias.grad = Tensor<float, cuda>();
+  auto nothing = zero_grads_async(none, /*allocate_missing=*/false);
+  EXPECT_FALSE(nothing.pending());
+  EXPECT_EQ(none.params.weight.grad.numel(), 0);
 }

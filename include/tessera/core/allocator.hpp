@@ -44,6 +44,13 @@ namespace cuda_mem {
 /// Host <-> device copies (defined in cuda/memory.cu).
 void to_device(void* dst, const void* src, size_t bytes);
 void to_host(void* dst, const void* src, size_t bytes);
+/// Work alongside the default stream, on a second (non-blocking) stream of its own. aside_begin(): what is
+/// queued there next starts after everything queued so far on the default stream. aside_zero(): zero bytes at
+/// p there. aside_join(): what is queued next on the default stream waits for all of it. Between begin and
+/// join the memory zeroed aside must not be used (zero_grads_async in core/param.hpp wraps this).
+void aside_begin();
+void aside_zero(void* p, size_t bytes);
+void aside_join();
 /// Number of visible devices; 0 when the driver or device is missing (never throws).
 int device_count();
 /// TESSERA_CUDA_PROFILE (cuda/check.hpp): drop the operations counted so far, e.g. after warm-up steps, so

@@ -5,10 +5,12 @@
 #include <boost/hana/accessors.hpp>
 #include <boost/hana/define_struct.hpp>
 #include <boost/hana/for_each.hpp>
-#include <boost/hana/string.hpp>
 #include <boost/hana/pair.hpp>
+#include <boost/hana/string.hpp>
 #include <string>
 #include <string_view>
+#include <type_traits>
+#include <utility>
 
 #include "tessera/core/tensor.hpp"
 
@@ -73,6 +75,78 @@ void zero_grads(L& layer) {
     if (p.grad.shape() == p.value.shape()) p.grad.zero();
     else p.grad.resize(p.value.shape());
   });
+}
+/// A zero_grads_async in flight. join() — or the destructor — orders the zeroing before the work queued next:
+/// call it before anything reads, writes or frees a gradient (the backward pass). CPU: nothing to wait for.
+template <class B>
+class [[nodiscard]] GradZeroing {
+ public:
+  GradZeroing() = default;
+  explicit GradZeroing(bool pending) : pending_(pending) {}
+  GradZeroing(GradZeroing&& o) noexcept : pending_(std::exchange(o.pending_, false)) {}
+  GradZeroing& operator=(GradZeroing&& o) noexcept {
+    if (this != &o) {
+      join_quietly();
+      pending_ = std::exchange(o.pending_, false);
+    }
+    return *this;
+  }
+  ~GradZeroing() { join_quietly(); }
+  void join() {
+    if constexpr (!is_cpu_v<B>) {
+      if (pending_) cuda_mem::aside_join();
+    }
+    pending_ = false;
+  }
+  bool pending() const { return pending_; }
+
+ private:
+  void join_quietly() noexcept {
+    try {
+      join();
+    } catch (
+        ...) {  // a destructor must not throw; a failed join leaves a sticky CUDA error for the next call
+    }
+  }
+  bool pending_ = false;
+};
+
+/// zero_grads that overlaps with the work queued after it: on CUDA the gradients that already exist are
+/// zeroed on a side stream that starts after the work queued so far (18 GB of memset at BLT-1B, ~4 ms on an
+/// H200, alongside the forward pass, which reads no gradient). Missing gradients are allocated (zeroed) on
+/// the default stream as zero_grads does, or skipped with allocate_missing = false. Join the result before
+/// the backward pass:
+///   auto zeroing = zero_grads_async(model);
+///   model.forward(...);
+///   zeroing.join();
+///   model.backward(...);
+/// CPU: zeroes at once.
+template <class L>
+GradZeroing<typename L::backend> zero_grads_async(L& layer, bool allocate_missing = true) {
+  using B = typename L::backend;
+  if constexpr (is_cpu_v<B>) {
+    for_each_param(layer, [&](const std::string&, auto& p) {
+      if (p.grad.shape() == p.value.shape())
+        p.grad.zero();
+      else if (allocate_missing)
+        p.grad.resize(p.value.shape());
+    });
+    return GradZeroing<B>(false);
+  } else {
+    bool begun = false;
+    for_each_param(layer, [&](const std::string&, auto& p) {
+      static_assert(std::is_same_v<typename std::remove_reference_t<decltype(p)>::backend, B>,
+                    "zero_grads_async: every parameter must live on the layer's backend");
+      if (p.grad.shape() == p.value.shape() && p.grad.numel() > 0) {
+        if (!begun) cuda_mem::aside_begin();
+        begun = true;
+        cuda_mem::aside_zero(p.grad.data(), static_cast<size_t>(p.grad.numel()) * sizeof(p.grad.data()[0]));
+      } else if (allocate_missing) {
+        p.grad.resize(p.value.shape());
+      }
+    });
+    return GradZeroing<B>(begun);
+  }
 }
 /// Total number of parameter elements.
 template <class L>

@@ -22,6 +22,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <numeric>
 #include <thread>
@@ -356,7 +357,40 @@ cudaError_t cudaMalloc(T** p, size_t n) { return cudaMalloc(reinterpret_cast<voi
 template <class T>
 cudaError_t cudaMallocAsync(T** p, size_t n, cudaStream_t s) { return cudaMallocAsync(reinterpret_cast<void**>(p), n, s); }
 inline cudaError_t cudaMemset(void* p, int v, size_t n) { if (n) std::memset(p, v, n); return cudaSuccess; }
-inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t = nullptr) { return cudaMemset(p, v, n); }
+// Streams: work runs at once, except on a stream created with cudaStreamNonBlocking, whose memsets wait in
+// its queue until something orders them before later work (cudaStreamWaitEvent on an event recorded there, a
+// synchronisation, the stream's destruction): the latest point a GPU may run them. Code that uses such a
+// stream's results without that ordering then reads what was there before, as it could on a GPU.
+struct EmuStream {
+  bool deferred = false;
+  std::vector<std::function<void()>> queue;
+  void flush() {
+    auto q = std::move(queue);
+    queue.clear();
+    for (auto& f : q) f();
+  }
+};
+struct EmuEvent {
+  EmuStream* recorded_on = nullptr;
+};
+namespace emu {
+inline std::vector<EmuStream*>& deferred_streams() {
+  static std::vector<EmuStream*> v;
+  return v;
+}
+inline void flush_all_streams() {
+  for (EmuStream* s : deferred_streams()) s->flush();
+}
+}  // namespace emu
+enum : unsigned { cudaStreamDefault = 0, cudaStreamNonBlocking = 1 };
+enum : unsigned { cudaEventDefault = 0, cudaEventBlockingSync = 1, cudaEventDisableTiming = 2 };
+inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t s = nullptr) {
+  if (s && s->deferred) {
+    s->queue.push_back([p, v, n] { (void)cudaMemset(p, v, n); });
+    return cudaSuccess;
+  }
+  return cudaMemset(p, v, n);
+}
 enum cudaMemcpyKind {
   cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost, cudaMemcpyDeviceToDevice, cudaMemcpyDefault
 };
@@ -390,15 +424,60 @@ inline cudaError_t cudaMemcpy2DAsync(void* d, size_t dpitch, const void* s, size
     (void)cudaMemcpy(static_cast<char*>(d) + r * dpitch, static_cast<const char*>(s) + r * spitch, width, k);
   return cudaSuccess;
 }
-// Streams and events: kernels run synchronously, so these are no-ops with valid handles.
-inline cudaError_t cudaStreamCreate(cudaStream_t* s) { *s = reinterpret_cast<cudaStream_t>(std::malloc(1)); return cudaSuccess; }
-inline cudaError_t cudaStreamDestroy(cudaStream_t s) { std::free(s); return cudaSuccess; }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { emu_trace("stream_synchronize"); return cudaSuccess; }
-inline cudaError_t cudaDeviceSynchronize() { emu_trace("device_synchronize"); return cudaSuccess; }
-inline cudaError_t cudaEventCreate(cudaEvent_t* e) { *e = reinterpret_cast<cudaEvent_t>(std::malloc(1)); return cudaSuccess; }
-inline cudaError_t cudaEventDestroy(cudaEvent_t e) { std::free(e); return cudaSuccess; }
-inline cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t = nullptr) { return cudaSuccess; }
-inline cudaError_t cudaEventSynchronize(cudaEvent_t) { emu_trace("event_synchronize"); return cudaSuccess; }
+// Streams and events: kernels run synchronously; only a non-blocking stream's memsets wait (see EmuStream).
+inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags) {
+  *s = new EmuStream;
+  (*s)->deferred = (flags & cudaStreamNonBlocking) != 0;
+  if ((*s)->deferred) emu::deferred_streams().push_back(*s);
+  return cudaSuccess;
+}
+inline cudaError_t cudaStreamCreate(cudaStream_t* s) {
+  return cudaStreamCreateWithFlags(s, cudaStreamDefault);
+}
+inline cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  if (!s) return cudaErrorInvalidValue;
+  s->flush();
+  auto& v = emu::deferred_streams();
+  v.erase(std::remove(v.begin(), v.end(), s), v.end());
+  delete s;
+  return cudaSuccess;
+}
+inline cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  emu_trace("stream_synchronize");
+  if (s) s->flush();  // the legacy default stream's wait does not cover a non-blocking stream
+  return cudaSuccess;
+}
+inline cudaError_t cudaDeviceSynchronize() {
+  emu_trace("device_synchronize");
+  emu::flush_all_streams();
+  return cudaSuccess;
+}
+inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) {
+  *e = new EmuEvent;
+  return cudaSuccess;
+}
+inline cudaError_t cudaEventCreate(cudaEvent_t* e) {
+  return cudaEventCreateWithFlags(e, cudaEventDefault);
+}
+inline cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  delete e;
+  return cudaSuccess;
+}
+inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = nullptr) {
+  if (!e) return cudaErrorInvalidValue;
+  e->recorded_on = s;
+  return cudaSuccess;
+}
+inline cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t e, unsigned = 0) {
+  if (!e) return cudaErrorInvalidValue;
+  if (e->recorded_on) e->recorded_on->flush();
+  return cudaSuccess;
+}
+inline cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  emu_trace("event_synchronize");
+  if (e && e->recorded_on) e->recorded_on->flush();
+  return cudaSuccess;
+}
 inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t, cudaEvent_t) { *ms = 0.f; return cudaSuccess; }
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
 // The opt-in limit of an H100 (227 KiB); the emulation itself does not bound shared memory.
