@@ -81,6 +81,7 @@
 
 #include "cuda_bench_util.hpp"
 #include "tessera/layers/precision.hpp"
+#include "tessera/ops/elementwise.hpp"
 #include "tessera/train/adamw.hpp"
 
 using namespace tessera;
@@ -568,14 +569,21 @@ struct Bench {
   /// AdamW first, while the (freshly built) model holds no activations: weights, gradients and the two
   /// moments are 16 bytes per trainable parameter (72.5 GB for BLT-1B at fp32, which an 80 GB card holds only
   /// without the ~21 GB of activations of a T = 4096 forward); the state is freed before the fwd + bwd steps.
-  /// AdamW's speed does not depend on the gradient values (zero here).
+  /// The gradients are set to 1e-3 for it (zero gradients would leave the second moments at zero).
   void train() {
     Lm& lm = *model;
     lm.model.walk_patcher = false;  // frozen entropy model: no gradient, no optimizer state
+    // bf16: AdamW writes the bf16 weights with its update (the timed AdamW steps below do), and the forward
+    // passes after them read those instead of casting the fp32 masters again.
+    keep_bf16_weight_copies(lm);
+    int64_t copies = 0;  // weights with a bf16 copy: 2 more bytes each for AdamW to write
+    for_each_param(lm, [&](const std::string&, auto& p) { copies += p.value_bf16.numel(); });
     const int64_t trainable = count_params(lm);
     const std::string adam_what = "AdamW step fp32 master (CUDA)",
                       adam_shape = commas(double(trainable) / 1e6, 1) + " M trainable params";
     zero_grads(lm);
+    for_each_param(
+        lm, [](const std::string&, auto& p) { ops::fill(cuda{}, p.grad.data(), 1e-3f, p.grad.numel()); });
     Timing t_adam;
     std::string adam_oom;
     try {
@@ -657,8 +665,8 @@ struct Bench {
       oom_row(adam_what, adam_shape, "adamw", std::runtime_error(adam_oom));
       return;
     }
-    // AdamW moves 28 bytes per parameter: reads p, g, m, v and writes p, m, v (fp32).
-    const double gbps = 28.0 * double(trainable) / (t_adam.median_ms / 1e3) / 1e9;
+    // AdamW moves 28 bytes per parameter: reads p, g, m, v and writes p, m, v (fp32); and the bf16 copies.
+    const double gbps = (28.0 * double(trainable) + 2.0 * double(copies)) / (t_adam.median_ms / 1e3) / 1e9;
     row(adam_what, adam_shape, sfmt("%.1f ms", t_adam.median_ms),
         sfmt("%.0f GB/s (%.1f%% of %.0f)", gbps, 100.0 * gbps / hbm_gbps, hbm_gbps));
     json_line({{"what", "adamw"},

@@ -38,6 +38,7 @@ void init_on_device(Model& m, uint64_t seed) {
   dev_pool.resize_uninit({static_cast<int64_t>(pool.size())});
   cuda_mem::to_device(dev_pool.data(), pool.data(), pool.size() * sizeof(float));
   for_each_param(m, [&](const std::string&, auto& p) {
+    p.value_bf16_current = false;
     if (p.value.rank() < 2) return;
     const size_t total = static_cast<size_t>(p.value.numel());
     for (size_t i = 0; i < total;) {

@@ -152,6 +152,7 @@ int main(int argc, char** argv) {
       cfg.vocab_size = 256, cfg.dim = dim, cfg.n_layers = layers, cfg.n_heads = heads, cfg.ffn_hidden = ffn;
       models::Llama<float, cuda> m(cfg);
       set_compute_precision(m, parse_precision(precision));
+      keep_bf16_weight_copies(m);  // bf16: AdamW writes the bf16 weights, the forward does not cast them
       init_on_device(m, 1);
       allocate_grads(m);
       const int64_t params = count_params(m);
@@ -192,6 +193,7 @@ int main(int argc, char** argv) {
     cfg.validate();
     models::Megalodon<float, cuda> m(cfg);
     set_compute_precision(m, parse_precision(precision));
+    keep_bf16_weight_copies(m);
     init_on_device(m, 1);
     allocate_grads(m);
     const int64_t params = count_params(m);

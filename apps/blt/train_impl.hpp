@@ -218,6 +218,7 @@ int train_entropy(const TrainArgs& a, const Target& t) {
   tessera::init_normal(model, rng, 0.02);
   tessera::allocate_grads(model);
   tessera::set_compute_precision(model, t.precision);
+  tessera::keep_bf16_weight_copies(model);  // bf16: AdamW writes the bf16 weights with its update
   print_device<B>(t);
   std::printf("entropy model: %lld parameters, dim %lld, %lld layers, window %lld\n",
               static_cast<long long>(tessera::count_params(model)), static_cast<long long>(mcfg.dim),
@@ -294,6 +295,9 @@ int train_blt(const TrainArgs& a, const Target& t) {
   lm.model.walk_patcher = true;
   tessera::io::load_model(lm.model.patcher, ef.weights.string());
   tessera::set_compute_precision(lm, t.precision);
+  lm.model.walk_patcher = false;  // bf16: AdamW writes the BLT's bf16 weights with its update (the entropy
+  tessera::keep_bf16_weight_copies(lm);  // model is frozen: it keeps casting)
+  lm.model.walk_patcher = true;
   print_device<B>(t);
   std::printf("BLT: %lld trainable parameters (+%lld frozen in the entropy model from %s)\n",
               static_cast<long long>(n_blt), static_cast<long long>(tessera::count_params(lm) - n_blt),

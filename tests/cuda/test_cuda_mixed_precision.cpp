@@ -669,6 +669,69 @@ TEST(CudaMixedPrecision, PreNormResidualBf16RouteHasTheCastRoutesNumbers) {
 INSTANTIATE_TEST_SUITE_P(Masks, CudaMixedPrecisionLlama, ::testing::Values(int64_t{0}, int64_t{8}),
                          [](const auto& i) { return i.param ? "SlidingWindow" : "Causal"; });
 
+// keep_bf16_weight_copies: AdamW writes bf16(p) with its update and the next forward multiplies with that
+// copy instead of casting the fp32 master. The copy is the cast's rounding, so training is the same to the
+// bit; the forward reads the copy (a master changed behind the optimizer's back does not show) until
+// mark_values_changed, and the library's copies and loads mark by themselves.
+TEST(CudaMixedPrecision, Bf16WeightCopiesFromAdamWTrainLikeTheCastEveryForward) {
+  TESSERA_NEED_GPU();
+  const auto cfg = tiny_config(0);
+  models::Llama<float> h(cfg), h2(cfg);
+  Rng rng(21);
+  for_each_param(h, [&](const std::string&, auto& p) { tessera::testing::fill_normal(p.value, rng, 0.1); });
+  for_each_param(h2, [&](const std::string&, auto& p) { tessera::testing::fill_normal(p.value, rng, 0.1); });
+  models::Llama<float, cuda> cast(cfg), kept(cfg);
+  for (auto* m : {&cast, &kept}) {
+    copy_params(*m, h);
+    set_compute_precision(*m, Precision::bf16);
+    allocate_grads(*m);
+  }
+  keep_bf16_weight_copies(kept);
+  int64_t copies = 0;
+  for_each_param(kept, [&](const std::string&, auto& p) { copies += p.value_bf16.numel() > 0; });
+  EXPECT_EQ(copies, 2 * 7 + 1) << "q, k, v, o, gate, up, down per block and the output head";
+  train::AdamW<float, cuda> opt_cast({1e-2, 0.9, 0.95, 1e-8, 0.1}), opt_kept({1e-2, 0.9, 0.95, 1e-8, 0.1});
+  const int64_t batch = 2, seq = 24, rows = batch * seq;
+  const auto ids = random_ids(rows, cfg.vocab_size, 22), targets = random_ids(rows, cfg.vocab_size, 23);
+  auto ids_d = upload(ids), targets_d = upload(targets);
+  auto step = [&](models::Llama<float, cuda>& m, train::AdamW<float, cuda>& opt) {
+    zero_grads(m);
+    m.forward(ids_d.data(), batch, seq);
+    const double loss = m.loss(targets_d.data());
+    m.backward(targets_d.data());
+    opt.step(m);
+    return loss;
+  };
+  for (int s = 0; s < 3; ++s) EXPECT_EQ(step(cast, opt_cast), step(kept, opt_kept)) << "step " << s;
+  for_each_param(kept, [&](const std::string& name, auto& p) {
+    if (p.value_bf16.numel() > 0) {
+      EXPECT_TRUE(p.value_bf16_current) << name;
+    }
+  });
+  std::map<std::string, std::vector<float>> want;
+  for_each_param(cast, [&](const std::string& name, auto& p) { want[name] = download(p.value); });
+  for_each_param(kept,
+                 [&](const std::string& name, auto& p) { EXPECT_EQ(download(p.value), want[name]) << name; });
+  const auto logits = [&](models::Llama<float, cuda>& m) {
+    const Tensor<float, cuda>& l = m.forward(ids_d.data(), batch, seq);
+    return download(l);
+  };
+  const std::vector<float> expected = logits(cast);
+  EXPECT_EQ(logits(kept), expected);
+
+  // A master written behind the optimizer's back: the forward still reads the copy ...
+  Tensor<float, cuda>& w = kept.lm_head.params.weight.value;
+  ops::fill(cuda{}, w.data(), 0.25f, w.numel());
+  EXPECT_EQ(logits(kept), expected) << "the forward must read the optimizer's copy";
+  // ... until the change is marked: then it casts the master again.
+  mark_values_changed(kept);
+  EXPECT_NE(logits(kept), expected);
+  // copy_params marks by itself: the kept model then computes what the cast model does with the new weights.
+  copy_params(kept, h2);
+  copy_params(cast, h2);
+  EXPECT_EQ(logits(kept), logits(cast));
+}
+
 // Megalodon with bf16 compute: its Linears (the gated attention's projections, the FFN, the untied output
 // head) run bf16 GEMMs; CEMA, TimestepNorm and the chunk attention stay fp32. One training step against the
 // fp32 CPU model. Measured (emulated tensor cores): logits 6.4e-3 of their largest entry, loss 3.5e-4

@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "tessera/core/dtype.hpp"
 #include "tessera/core/tensor.hpp"
 
 namespace tessera {
@@ -23,8 +24,17 @@ struct Param {
   using backend = B;
   Tensor<T, B> value;
   Tensor<T, B> grad;
+  /// bf16 mixed precision, opt-in (keep_bf16_weight_copies in layers/precision.hpp): bf16(value), written by
+  /// the optimizer together with its update, so that the next forward reads it instead of casting the fp32
+  /// value again. Used only while value_bf16_current is true: the optimizer sets it, and whatever else writes
+  /// value must clear it (the library's loads, initialisations and copies do; see mark_values_changed).
+  Tensor<bf16, B> value_bf16;
+  bool value_bf16_current = false;
   /// Allocate the value (zeroed); an unallocated Param is absent from the walk (e.g. no bias).
-  void resize(Shape s) { value.resize(s); }
+  void resize(Shape s) {
+    value.resize(s);
+    value_bf16_current = false;
+  }
   bool present() const { return value.numel() > 0; }
 };
 
@@ -147,6 +157,13 @@ GradZeroing<typename L::backend> zero_grads_async(L& layer, bool allocate_missin
     });
     return GradZeroing<B>(begun);
   }
+}
+/// Every parameter's value was (or may have been) written by something other than the optimizer: the bf16
+/// copies the optimizer keeps (Param::value_bf16) are out of date until its next step. Loads, initialisations
+/// and copies call it; so must code that writes Param::value directly while keep_bf16_weight_copies is on.
+template <class L>
+void mark_values_changed(L& layer) {
+  for_each_param(layer, [](const std::string&, auto& p) { p.value_bf16_current = false; });
 }
 /// Total number of parameter elements.
 template <class L>

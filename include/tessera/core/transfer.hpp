@@ -70,6 +70,7 @@ void copy_params(DstModel& dst, SrcModel& src) {
                   p.value.shape(), " in the destination but ", it->second.second, " in the source");
     TESSERA_CHECK(sizeof(*p.value.data()) == elem, "copy_params: parameter '", name, "' has a different dtype");
     copy_bytes<DstB, SrcB>(p.value.data(), it->second.first, static_cast<size_t>(p.value.numel()) * elem);
+    p.value_bf16_current = false;
     ++matched;
   });
   TESSERA_CHECK(matched == from.size(), "copy_params: the source model has ", from.size(),

@@ -108,6 +108,7 @@ void load_model(Model& m, const SafeTensorsFile& f, const std::string& prefix = 
       const Tensor<T> host = f.read<T>(name);
       cuda_mem::to_device(p.value.data(), host.data(), static_cast<size_t>(host.numel()) * sizeof(T));
     }
+    p.value_bf16_current = false;
   });
 }
 

@@ -16,6 +16,7 @@ namespace tessera {
 template <class L>
 void init_normal(L& layer, Rng& rng, double std = 0.02) {
   for_each_param(layer, [&](const std::string&, auto& p) {
+    p.value_bf16_current = false;
     if (p.value.rank() < 2) return;
     using T = typename std::remove_reference_t<decltype(p.value)>::value_type;
     using B = typename std::remove_reference_t<decltype(p)>::backend;

@@ -50,6 +50,18 @@ struct Linear {
     }
   }
 
+  /// bf16 training (keep_bf16_weight_copies in layers/precision.hpp): keep = true gives the weight a bf16
+  /// copy (Param::value_bf16) that the optimizer rewrites with every update; while it is current the forward
+  /// multiplies with it instead of casting the fp32 master again. keep = false drops it.
+  void keep_bf16_weight_copy(bool keep) {
+    Param<T, B>& w = params.weight;
+    w.value_bf16_current = false;
+    if (keep && computes_in_bf16())
+      w.value_bf16.resize_uninit(w.value.shape());
+    else
+      w.value_bf16 = Tensor<bf16, B>();
+  }
+
   /// Decoding-size products (ops::linear_small_bf16): with frozen bf16 weights, an x of at most
   /// ops::kSmallLinearRows rows goes to one small-product launch instead of a cast and a cuBLAS GEMM —
   /// forward() takes that route by itself, and layers whose projections share an input (q/k/v, gate/up)
@@ -122,8 +134,7 @@ struct Linear {
         return ops::cast(B{}, y16.data(), y.data(), n * out);
       }
       if (!x16) x16 = cast_input(x);
-      if (!weight_frozen_) cast_weight();
-      ops::gemm(B{}, false, true, n, out, in, 1.0f, x16, in, weight_bf16_.data(), in, 0.0f, y16.data(), out);
+      ops::gemm(B{}, false, true, n, out, in, 1.0f, x16, in, weight_for_forward(), in, 0.0f, y16.data(), out);
     }
   }
   /// bf16 compute only: the backward from a gradient that exists only in bf16 (dy16 [n, out], e.g. the bf16
@@ -186,13 +197,15 @@ struct Linear {
 
  private:
   // bf16 mixed precision (layers/precision.hpp; float parameters on CUDA only). The weight's bf16 copy is
-  // cast from the fp32 master at every forward — 6 bytes per weight, small next to the GEMMs, and never stale
-  // after an optimizer step or a load — and reused by the backward. x and dy are cast into per-thread scratch.
+  // cast from the fp32 master at every forward — 6 bytes per weight, and never stale after an optimizer step
+  // or a load — unless the optimizer keeps a current one (keep_bf16_weight_copy) or it is frozen for
+  // inference; the backward reuses the forward's. x and dy are cast into per-thread scratch.
   // The GEMMs multiply bf16 operands exactly and accumulate in fp32; y, dx are fp32, dW += in fp32, and the
   // bias add / reduction stay fp32.
   static constexpr bool kMixed = std::is_same_v<T, float> && std::is_same_v<B, cuda>;
   mutable Tensor<bf16, B> weight_bf16_;
   bool weight_frozen_ = false;  // weight_bf16_ is kept (inference), not re-cast per forward
+  mutable const bf16* weight16_ = nullptr;  // the bf16 weight of the last forward, for its backward
 
   static std::array<Tensor<bf16, B>, 2>& scratch() { return shared_scratch<Linear, bf16, B, 2>(); }
   static std::array<Tensor<T, B>, 1>& scratch_f32() { return shared_scratch<Linear, T, B, 1>(); }
@@ -209,6 +222,22 @@ struct Linear {
   void cast_weight() const {
     weight_bf16_.resize_uninit({out, in});
     ops::cast(B{}, weight_bf16_.data(), params.weight.value.data(), out * in);
+  }
+  /// The bf16 weight a forward multiplies with (and its backward after it): the frozen copy, the optimizer's
+  /// current copy (keep_bf16_weight_copy; the layer's own cast buffer is then released), or a cast of the
+  /// fp32 master made now.
+  const bf16* weight_for_forward() const {
+    const Param<T, B>& w = params.weight;
+    if (weight_frozen_) {
+      weight16_ = weight_bf16_.data();
+    } else if (w.value_bf16_current && w.value_bf16.numel() == out * in) {
+      if (weight_bf16_.numel() > 0) weight_bf16_ = Tensor<bf16, B>();
+      weight16_ = w.value_bf16.data();
+    } else {
+      cast_weight();
+      weight16_ = weight_bf16_.data();
+    }
+    return weight16_;
   }
   const bf16* cast_input(TensorView<const T> x) const {
     auto& x16 = scratch()[0];
@@ -229,17 +258,17 @@ struct Linear {
       return add_residual();
     }
     if (!x16) x16 = cast_input(x);
-    if (!weight_frozen_) cast_weight();
+    const bf16* w16 = weight_for_forward();
     if (residual && !bias()) {
-      return ops::gemm_add(B{}, false, true, n, out, in, 1.0f, x16, in, weight_bf16_.data(), in,
+      return ops::gemm_add(B{}, false, true, n, out, in, 1.0f, x16, in, w16, in,
                            static_cast<float>(residual_adds), residual, out, y.data(), out);
     }
-    ops::gemm(B{}, false, true, n, out, in, 1.0f, x16, in, weight_bf16_.data(), in, 0.0f, y.data(), out);
+    ops::gemm(B{}, false, true, n, out, in, 1.0f, x16, in, w16, in, 0.0f, y.data(), out);
     if (bias()) ops::add_row_bias(B{}, y.data(), bias(), n, out);
     add_residual();
   }
   void check_bf16_backward(const bf16* x16, const Saved& s) const {
-    TESSERA_CHECK(weight_bf16_.numel() == out * in, "Linear: bf16 backward without a bf16 forward");
+    TESSERA_CHECK(weight16_ != nullptr, "Linear: bf16 backward without a bf16 forward");
     TESSERA_CHECK(!weight_frozen_, "Linear: backward with frozen bf16 weights (freeze_bf16_weights is for ",
                   "inference; set_compute_precision unfreezes them for training)");
     TESSERA_CHECK(x16 || s.x.data(), "Linear: the backward of forward_bf16_input needs its x16");
@@ -258,10 +287,10 @@ struct Linear {
     check_bf16_backward(x16, s);
     const int64_t n = s.x.size(0);
     if (dx)
-      ops::gemm(B{}, false, false, n, in, out, 1.0f, dy16, out, weight_bf16_.data(), in,
-                accumulate_dx ? 1.0f : 0.0f, dx, in);
+      ops::gemm(B{}, false, false, n, in, out, 1.0f, dy16, out, weight16_, in, accumulate_dx ? 1.0f : 0.0f,
+                dx, in);
     else if (dx16)
-      ops::gemm(B{}, false, false, n, in, out, 1.0f, dy16, out, weight_bf16_.data(), in, 0.0f, dx16, in);
+      ops::gemm(B{}, false, false, n, in, out, 1.0f, dy16, out, weight16_, in, 0.0f, dx16, in);
     if (!x16) x16 = cast_input(s.x);
     ops::gemm(B{}, true, false, out, in, n, 1.0f, dy16, out, x16, in, 1.0f, params.weight.grad.data(), in);
   }

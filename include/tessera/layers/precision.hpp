@@ -5,6 +5,8 @@
 //
 //   set_compute_precision(model, Precision::bf16);   // any model or layer, after construction
 //   freeze_bf16_weights(model);                       // inference: cast the weights once, not per forward
+//   keep_bf16_weight_copies(model);                   // training: AdamW writes the bf16 copies with its
+//   update
 //
 // Layers opt in with a member `Precision compute_precision`; the walk visits every layer that holds a
 // parameter (the same recursion as for_each_param), so a new model needs no code for this.
@@ -31,6 +33,10 @@ template <class L>
 concept HasComputePrecision = requires(L& l) { l.compute_precision; };
 template <class L>
 concept HasBf16WeightCache = requires(L& l) { l.cache_bf16_weight(true); };
+template <class L>
+concept HasBf16WeightCopy = requires(L& l) {
+  l.keep_bf16_weight_copy(true);
+};
 
 /// Set `compute_precision` on every layer of `layer` (itself included) that has one. bf16 needs float
 /// parameters on the CUDA backend; anything else is rejected with an error naming the layer type's backend.
@@ -59,6 +65,21 @@ void freeze_bf16_weights(L& layer) {
   if constexpr (HasBf16WeightCache<L>) layer.cache_bf16_weight(true);
   if constexpr (HasChildren<L>) {
     layer.for_each_child([&](std::string_view, auto& child) { freeze_bf16_weights(child); });
+  }
+}
+
+/// bf16 training: every bf16 layer's weight gets a bf16 copy (Param::value_bf16, 2 bytes per weight) that
+/// train::AdamW writes with each update — the same rounding as the cast — so the forward after a step reads
+/// it instead of casting the fp32 master again (6 bytes per weight and step saved, 2 spent in the optimizer).
+/// Until the first step, and after anything else writes the weights (the library's loads, initialisations and
+/// copies mark them; code that writes Param::value directly must call mark_values_changed), the forward casts
+/// as before, so the numbers never depend on it. Call after set_compute_precision; keep = false drops the
+/// copies.
+template <class L>
+void keep_bf16_weight_copies(L& layer, bool keep = true) {
+  if constexpr (HasBf16WeightCopy<L>) layer.keep_bf16_weight_copy(keep);
+  if constexpr (HasChildren<L>) {
+    layer.for_each_child([&](std::string_view, auto& child) { keep_bf16_weight_copies(child, keep); });
   }
 }
 

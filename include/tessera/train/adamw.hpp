@@ -113,9 +113,14 @@ class AdamW {
       if constexpr (is_cpu_v<B>)
         adamw_update(B{}, p.value.data(), p.grad.data(), s.m.data(), s.v.data(), p.value.numel(), lr,
                      cfg_.beta1, cfg_.beta2, cfg_.eps, wd, t, grad_scale);
-      else
+      else {
+        // The bf16 copy of a layer that keeps one (keep_bf16_weight_copies), written with the update.
+        const bool copy = p.value_bf16.numel() == p.value.numel();
         adamw_update(B{}, p.value.data(), p.grad.data(), s.m.data(), s.v.data(), p.value.numel(), lr,
-                     cfg_.beta1, cfg_.beta2, cfg_.eps, wd, t, nullptr, grad_scale);
+                     cfg_.beta1, cfg_.beta2, cfg_.eps, wd, t, copy ? p.value_bf16.data() : nullptr,
+                     grad_scale);
+        p.value_bf16_current = copy;
+      }
     });
     t_ = t;
   }

@@ -162,6 +162,7 @@ void load_original(BltForCausalLM<T, B>& lm, const std::string& blt_path, const 
     throw Error(msg);
   }
   for (const Job& j : jobs) j.file->read_into(j.name, j.dst, j.shape.numel());
+  mark_values_changed(lm);
 }
 
 }  // namespace tessera::blt

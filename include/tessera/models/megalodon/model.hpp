@@ -126,6 +126,7 @@ class Megalodon {
       });
     }
     if (!output.tied) trunc(output.output.params.weight.value, s);
+    mark_values_changed(*this);
   }
 
   int64_t vocab() const { return config.out_size(); }
