@@ -111,11 +111,11 @@ class [[nodiscard]] GradZeroing {
   bool pending() const { return pending_; }
 
  private:
+  // A destructor must not throw: its failed join is dropped (call join() to see the error).
   void join_quietly() noexcept {
     try {
       join();
-    } catch (
-        ...) {  // a destructor must not throw; a failed join leaves a sticky CUDA error for the next call
+    } catch (...) {
     }
   }
   bool pending_ = false;
