@@ -35,6 +35,8 @@
 #include "tessera/io/safetensors.hpp"
 #include "tessera/layers/init.hpp"
 #include "tessera/layers/precision.hpp"
+#include "tessera/ops/elementwise.hpp"
+#include "tessera/train/adamw.hpp"
 
 using namespace tessera;
 using tessera::testing::download;
@@ -129,6 +131,60 @@ TEST(CudaBltBf16, TrainStepTracksTheFp32Model) {
   EXPECT_LE(median, 3e-2) << "median gradient error";
   std::cout << "[cuda-blt-bf16] logits rel err " << le << ", loss " << loss_d << " vs " << loss_h << ", " << n
             << " gradients, median " << median << ", worst " << worst << " (" << worst_name << ")\n";
+}
+
+// keep_bf16_weight_copies on the whole BLT: AdamW writes every bf16 Linear's weight copy, and every route
+// that multiplies with a weight (the plain forward, forward_to_bf16 for v and the all-bf16 cross-attention's
+// q/k/v, forward_bf16_input for o, the backward's products) reads it. Two AdamW steps give the cast route's
+// losses and weights bit for bit; then every master that has a copy is overwritten behind the optimizer's
+// back and the logits must not move: a route that still cast its master would show it.
+TEST(CudaBltBf16, AdamWWeightCopiesAreReadByEveryRoute) {
+  TESSERA_NEED_GPU();
+  const BltConfig c = BltConfig::read(kDir + "/config.json");
+  BltForCausalLM<float> h(c);
+  io::load_model(h, kDir + "/model.safetensors");
+  BltForCausalLM<float, cuda> cast(c), kept(c);
+  for (auto* m : {&cast, &kept}) {
+    copy_params(*m, h);
+    set_compute_precision(*m, Precision::bf16);
+    m->model.walk_patcher = false;  // the frozen entropy model gets no gradient and no copy
+    allocate_grads(*m);
+  }
+  keep_bf16_weight_copies(kept);
+  const std::vector<int64_t> ids = case_vec(0, "ids"), pl = case_vec(0, "patch_lengths");
+  const int64_t T = static_cast<int64_t>(ids.size()), P = static_cast<int64_t>(pl.size());
+  std::vector<int64_t> targets(ids.size(), -100);
+  for (int64_t i = 0; i + 1 < T; ++i) targets[i] = ids[i + 1];
+  const auto ids_d = upload(ids), targets_d = upload(targets);
+  train::AdamW<float, cuda> opt_cast({1e-3, 0.9, 0.95, 1e-8, 0.1}), opt_kept({1e-3, 0.9, 0.95, 1e-8, 0.1});
+  auto step = [&](BltForCausalLM<float, cuda>& m, train::AdamW<float, cuda>& opt) {
+    zero_grads(m);
+    m.forward(ids_d.data(), 1, T, pl.data(), P);
+    const double loss = m.loss(targets_d.data());
+    m.backward(targets_d.data());
+    opt.step(m);
+    return loss;
+  };
+  for (int s = 0; s < 2; ++s) EXPECT_EQ(step(cast, opt_cast), step(kept, opt_kept)) << "step " << s;
+  std::map<std::string, std::vector<float>> want;
+  for_each_param(cast, [&](const std::string& name, auto& p) { want[name] = download(p.value); });
+  int64_t copies = 0;
+  for_each_param(kept, [&](const std::string& name, auto& p) {
+    EXPECT_EQ(download(p.value), want[name]) << name;
+    if (p.value_bf16.numel() > 0) {
+      EXPECT_TRUE(p.value_bf16_current) << name;
+      ++copies;
+    }
+  });
+  EXPECT_GE(copies, 20);
+  const auto logits = [&](BltForCausalLM<float, cuda>& m) {
+    return download(m.forward(ids_d.data(), 1, T, pl.data(), P));
+  };
+  const std::vector<float> expected = logits(cast);
+  for_each_param(kept, [&](const std::string&, auto& p) {
+    if (p.value_bf16.numel() > 0) ops::fill(cuda{}, p.value.data(), 0.5f, p.value.numel());
+  });
+  EXPECT_EQ(logits(kept), expected) << "a route cast its fp32 master instead of reading the optimizer's copy";
 }
 
 // Cached generation with frozen bf16 weights (freeze_bf16_weights: the serving setup, and the GPU
