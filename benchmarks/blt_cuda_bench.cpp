@@ -568,7 +568,8 @@ struct Bench {
 
   /// AdamW first, while the (freshly built) model holds no activations: weights, gradients and the two
   /// moments are 16 bytes per trainable parameter (72.5 GB for BLT-1B at fp32, which an 80 GB card holds only
-  /// without the ~21 GB of activations of a T = 4096 forward); the state is freed before the fwd + bwd steps.
+  /// without the ~21 GB of activations of a T = 4096 forward; in bf16 also 2 bytes per weight for the bf16
+  /// copies AdamW writes, 2.9 GB); the state is freed before the fwd + bwd steps.
   /// The gradients are set to 1e-3 for it (zero gradients would leave the second moments at zero).
   void train() {
     Lm& lm = *model;

@@ -52,7 +52,8 @@ struct Linear {
 
   /// bf16 training (keep_bf16_weight_copies in layers/precision.hpp): keep = true gives the weight a bf16
   /// copy (Param::value_bf16) that the optimizer rewrites with every update; while it is current the forward
-  /// multiplies with it instead of casting the fp32 master again. keep = false drops it.
+  /// multiplies with it instead of casting the fp32 master again. keep = false drops it. Call between steps,
+  /// not between a forward and its backward: the layer's own cast buffer is released (unless frozen).
   void keep_bf16_weight_copy(bool keep) {
     Param<T, B>& w = params.weight;
     w.value_bf16_current = false;
@@ -60,6 +61,10 @@ struct Linear {
       w.value_bf16.resize_uninit(w.value.shape());
     else
       w.value_bf16 = Tensor<bf16, B>();
+    if (!weight_frozen_) {
+      weight_bf16_ = Tensor<bf16, B>();
+      weight16_ = nullptr;
+    }
   }
 
   /// Decoding-size products (ops::linear_small_bf16): with frozen bf16 weights, an x of at most
