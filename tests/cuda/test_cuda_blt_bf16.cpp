@@ -85,6 +85,30 @@ std::vector<int64_t> case_vec(int i, const std::string& name) {
   return std::vector<int64_t>(t.begin(), t.end());
 }
 
+/// The fixture's weights on the host.
+void load_fixture(BltForCausalLM<float>& h) {
+  io::load_model(h, kDir + "/model.safetensors");
+}
+
+/// d: a copy of h's weights computing in bf16.
+void bf16_copy(BltForCausalLM<float, cuda>& d, BltForCausalLM<float>& h) {
+  copy_params(d, h);
+  set_compute_precision(d, Precision::bf16);
+}
+
+/// Case 0 of the fixture as a training step's input: its ids and patches (a bf16 entropy model may cut
+/// elsewhere; patching in bf16 is not what is compared), next-byte targets, on the host and the device.
+struct TrainCase {
+  std::vector<int64_t> ids = case_vec(0, "ids"), pl = case_vec(0, "patch_lengths"), targets;
+  int64_t T = static_cast<int64_t>(ids.size()), P = static_cast<int64_t>(pl.size());
+  Tensor<int64_t, cuda> ids_d, targets_d;
+  TrainCase() : targets(ids.size(), -100) {
+    for (int64_t i = 0; i + 1 < T; ++i) targets[i] = ids[i + 1];
+    ids_d = upload(ids);
+    targets_d = upload(targets);
+  }
+};
+
 }  // namespace
 
 TEST(CudaBltBf16, TrainStepTracksTheFp32Model) {
@@ -92,28 +116,22 @@ TEST(CudaBltBf16, TrainStepTracksTheFp32Model) {
   const BltConfig c = BltConfig::read(kDir + "/config.json");
   BltForCausalLM<float> h(c);
   BltForCausalLM<float, cuda> d(c);
-  io::load_model(h, kDir + "/model.safetensors");
-  copy_params(d, h);
-  set_compute_precision(d, Precision::bf16);
+  load_fixture(h);
+  bf16_copy(d, h);
   h.model.walk_patcher = d.model.walk_patcher = false;  // the frozen entropy model gets no gradient
   allocate_grads(h);
   allocate_grads(d);
-  // The fixture's patches (a bf16 entropy model may cut elsewhere; patching in bf16 is not what is compared).
-  const std::vector<int64_t> ids = case_vec(0, "ids"), pl = case_vec(0, "patch_lengths");
-  const int64_t T = static_cast<int64_t>(ids.size()), P = static_cast<int64_t>(pl.size());
-  std::vector<int64_t> targets(ids.size(), -100);
-  for (int64_t i = 0; i + 1 < T; ++i) targets[i] = ids[i + 1];
-  const auto ids_d = upload(ids), targets_d = upload(targets);
+  const TrainCase tc;
 
-  const Tensor<float>& lh = h.forward(ids.data(), 1, T, pl.data(), P);
-  const Tensor<float, cuda>& ld = d.forward(ids_d.data(), 1, T, pl.data(), P);
+  const Tensor<float>& lh = h.forward(tc.ids.data(), 1, tc.T, tc.pl.data(), tc.P);
+  const Tensor<float, cuda>& ld = d.forward(tc.ids_d.data(), 1, tc.T, tc.pl.data(), tc.P);
   const double le = rel_err(download(ld.data(), ld.numel()), lh.data(), lh.numel());
   EXPECT_LE(le, 2e-2) << "logits";
   EXPECT_GT(le, 1e-6) << "logits identical to fp32: the bf16 path was not taken";
-  const double loss_h = h.loss(targets.data()), loss_d = d.loss(targets_d.data());
+  const double loss_h = h.loss(tc.targets.data()), loss_d = d.loss(tc.targets_d.data());
   EXPECT_NEAR(loss_d, loss_h, 5e-3 * loss_h);
-  h.backward(targets.data());
-  d.backward(targets_d.data());
+  h.backward(tc.targets.data());
+  d.backward(tc.targets_d.data());
   double worst = 0;
   size_t n = 0;
   std::vector<double> errs;
@@ -142,26 +160,21 @@ TEST(CudaBltBf16, AdamWWeightCopiesAreReadByEveryRoute) {
   TESSERA_NEED_GPU();
   const BltConfig c = BltConfig::read(kDir + "/config.json");
   BltForCausalLM<float> h(c);
-  io::load_model(h, kDir + "/model.safetensors");
+  load_fixture(h);
   BltForCausalLM<float, cuda> cast(c), kept(c);
   for (auto* m : {&cast, &kept}) {
-    copy_params(*m, h);
-    set_compute_precision(*m, Precision::bf16);
+    bf16_copy(*m, h);
     m->model.walk_patcher = false;  // the frozen entropy model gets no gradient and no copy
     allocate_grads(*m);
   }
   keep_bf16_weight_copies(kept);
-  const std::vector<int64_t> ids = case_vec(0, "ids"), pl = case_vec(0, "patch_lengths");
-  const int64_t T = static_cast<int64_t>(ids.size()), P = static_cast<int64_t>(pl.size());
-  std::vector<int64_t> targets(ids.size(), -100);
-  for (int64_t i = 0; i + 1 < T; ++i) targets[i] = ids[i + 1];
-  const auto ids_d = upload(ids), targets_d = upload(targets);
+  const TrainCase tc;
   train::AdamW<float, cuda> opt_cast({1e-3, 0.9, 0.95, 1e-8, 0.1}), opt_kept({1e-3, 0.9, 0.95, 1e-8, 0.1});
   auto step = [&](BltForCausalLM<float, cuda>& m, train::AdamW<float, cuda>& opt) {
     zero_grads(m);
-    m.forward(ids_d.data(), 1, T, pl.data(), P);
-    const double loss = m.loss(targets_d.data());
-    m.backward(targets_d.data());
+    m.forward(tc.ids_d.data(), 1, tc.T, tc.pl.data(), tc.P);
+    const double loss = m.loss(tc.targets_d.data());
+    m.backward(tc.targets_d.data());
     opt.step(m);
     return loss;
   };
@@ -178,7 +191,7 @@ TEST(CudaBltBf16, AdamWWeightCopiesAreReadByEveryRoute) {
   });
   EXPECT_GE(copies, 20);
   const auto logits = [&](BltForCausalLM<float, cuda>& m) {
-    return download(m.forward(ids_d.data(), 1, T, pl.data(), P));
+    return download(m.forward(tc.ids_d.data(), 1, tc.T, tc.pl.data(), tc.P));
   };
   const std::vector<float> expected = logits(cast);
   for_each_param(kept, [&](const std::string&, auto& p) {
@@ -200,12 +213,10 @@ TEST(CudaBltBf16, FrozenWeightsDecodeLikeTheCastRoute) {
   TESSERA_NEED_GPU();
   const BltConfig c = BltConfig::read(kDir + "/config.json");
   BltForCausalLM<float> h(c);
-  io::load_model(h, kDir + "/model.safetensors");
+  load_fixture(h);
   BltForCausalLM<float, cuda> frozen(c), cast(c);
-  copy_params(frozen, h);
-  copy_params(cast, h);
-  set_compute_precision(frozen, Precision::bf16);
-  set_compute_precision(cast, Precision::bf16);
+  bf16_copy(frozen, h);
+  bf16_copy(cast, h);
   freeze_bf16_weights(frozen);
   std::vector<int64_t> p0 = case_vec(1, "ids"), p1 = case_vec(3, "ids");
   p0.resize(20);

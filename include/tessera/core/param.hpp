@@ -134,29 +134,21 @@ class [[nodiscard]] GradZeroing {
 template <class L>
 GradZeroing<typename L::backend> zero_grads_async(L& layer, bool allocate_missing = true) {
   using B = typename L::backend;
-  if constexpr (is_cpu_v<B>) {
-    for_each_param(layer, [&](const std::string&, auto& p) {
-      if (p.grad.shape() == p.value.shape())
-        p.grad.zero();
-      else if (allocate_missing)
-        p.grad.resize(p.value.shape());
-    });
-    return GradZeroing<B>(false);
-  } else {
-    bool begun = false;
-    for_each_param(layer, [&](const std::string&, auto& p) {
-      static_assert(std::is_same_v<typename std::remove_reference_t<decltype(p)>::backend, B>,
-                    "zero_grads_async: every parameter must live on the layer's backend");
-      if (p.grad.shape() == p.value.shape() && p.grad.numel() > 0) {
-        if (!begun) cuda_mem::aside_begin();
-        begun = true;
-        cuda_mem::aside_zero(p.grad.data(), static_cast<size_t>(p.grad.numel()) * sizeof(p.grad.data()[0]));
-      } else if (allocate_missing) {
-        p.grad.resize(p.value.shape());
-      }
-    });
-    return GradZeroing<B>(begun);
-  }
+  bool aside = false;  // a zeroing was queued on the side stream
+  for_each_param(layer, [&](const std::string&, auto& p) {
+    static_assert(std::is_same_v<typename std::remove_reference_t<decltype(p)>::backend, B>,
+                  "zero_grads_async: every parameter must live on the layer's backend");
+    if (!(p.grad.shape() == p.value.shape())) {
+      if (allocate_missing) p.grad.resize(p.value.shape());
+    } else if constexpr (is_cpu_v<B>) {
+      p.grad.zero();
+    } else if (p.grad.numel() > 0) {
+      if (!aside) cuda_mem::aside_begin();
+      aside = true;
+      cuda_mem::aside_zero(p.grad.data(), static_cast<size_t>(p.grad.numel()) * sizeof(p.grad.data()[0]));
+    }
+  });
+  return GradZeroing<B>(aside);
 }
 /// Every parameter's value was (or may have been) written by something other than the optimizer: the bf16
 /// copies the optimizer keeps (Param::value_bf16) are out of date until its next step. Loads, initialisations

@@ -5,8 +5,7 @@
 //
 //   set_compute_precision(model, Precision::bf16);   // any model or layer, after construction
 //   freeze_bf16_weights(model);                       // inference: cast the weights once, not per forward
-//   keep_bf16_weight_copies(model);                   // training: AdamW writes the bf16 copies with its
-//   update
+//   keep_bf16_weight_copies(model);                   // training: AdamW writes the bf16 copies
 //
 // Layers opt in with a member `Precision compute_precision`; the walk visits every layer that holds a
 // parameter (the same recursion as for_each_param), so a new model needs no code for this.
