@@ -38,7 +38,7 @@ struct GenerateArgs {
   bool ignore_eos = false;
   bool no_cache = false;
   std::string ids_out;
-  std::string device = "cpu";
+  std::string device = "cpu", precision = "fp32";  // bf16: frozen bf16 weight copies (cuda only)
 };
 int cmd_generate(const GenerateArgs& a);
 

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,23 @@ struct EvalResult {
   double loss() const { return bpb * std::log(2.0); }
 };
 
+/// Inference in precision p: bf16 layers cast their weights once (freeze_bf16_weights: the cast every
+/// forward would give the same numbers, at three times the weight traffic of the bf16 products); with frozen
+/// weights, cached decoding also takes the fused small products (norms and residuals folded in).
+template <class M>
+void set_inference_precision(M& model, tessera::Precision p) {
+  tessera::set_compute_precision(model, p);
+  if (p == tessera::Precision::bf16) tessera::freeze_bf16_weights(model);
+}
+
+/// The BLT in folder `dir` on backend B, set up for inference in precision p (set_inference_precision).
+template <class B>
+std::unique_ptr<BltLm<B>> load_blt_for_inference(const std::string& dir, tessera::Precision p) {
+  auto lm = load_blt<B>(dir);
+  set_inference_precision(*lm, p);
+  return lm;
+}
+
 /// Bits per byte of the model (BLT or entropy model) in a.model on a.data, on backend B. Windows are built on
 /// the host and uploaded on CUDA; the BLT patches each batch with its own entropy model.
 template <class B>
@@ -37,7 +55,7 @@ EvalResult evaluate(const EvalArgs& a, const Target& t) {
   BackendIds<B> xs, ys;
   if (entropy_only) {
     auto m = load_entropy<B>(a.model);
-    tessera::set_compute_precision(*m, t.precision);
+    set_inference_precision(*m, t.precision);
     r.bpb = heldout_bpb(bytes, a.batch, a.seq_len, a.max_windows,
                         [&](const int64_t* x, const int64_t* y, int64_t rows, int64_t T) {
                           r.windows += rows;
@@ -45,8 +63,7 @@ EvalResult evaluate(const EvalArgs& a, const Target& t) {
                           return m->loss(ys.put(y, rows * T));
                         });
   } else {
-    auto lm = load_blt<B>(a.model);
-    tessera::set_compute_precision(*lm, t.precision);
+    auto lm = load_blt_for_inference<B>(a.model, t.precision);
     r.bpb = heldout_bpb(bytes, a.batch, a.seq_len, a.max_windows,
                         [&](const int64_t* x, const int64_t* y, int64_t rows, int64_t T) {
                           r.windows += rows;
@@ -74,12 +91,13 @@ inline tessera::blt::GenerateOptions generate_options(const GenerateArgs& a) {
   return o;
 }
 
-/// Continue `prompt` (ids: BOS + bytes) with the BLT in a.model on backend B. Cached (entropy model,
-/// encoder, global and decoder caches; on the device on CUDA) unless --no-cache asks for the reference's
-/// generate_nocache (a full re-patching forward per byte). Prompt and generated ids are host memory.
+/// Continue `prompt` (ids: BOS + bytes) with the BLT in a.model on backend B, in a.precision (checked by
+/// select_target first: bf16 needs cuda). Cached (entropy model, encoder, global and decoder caches; on the
+/// device on CUDA) unless --no-cache asks for the reference's generate_nocache (a full re-patching forward
+/// per byte). Prompt and generated ids are host memory.
 template <class B>
 tessera::blt::GenerateResult generate(const GenerateArgs& a, const std::vector<int64_t>& prompt) {
-  auto lm = load_blt<B>(a.model);
+  auto lm = load_blt_for_inference<B>(a.model, tessera::parse_precision(a.precision));
   const tessera::blt::GenerateOptions o = generate_options(a);
   return a.no_cache ? tessera::blt::generate_uncached(*lm, {prompt}, o)
                     : tessera::blt::generate_cached(*lm, {prompt}, o);

@@ -83,8 +83,8 @@ int cmd_generate(const GenerateArgs& a) {
   TESSERA_CHECK(a.top_k >= 0, "--top-k must be >= 0, got ", a.top_k);
   TESSERA_CHECK(a.top_p >= 0 && a.top_p <= 1, "--top-p must be in [0, 1], got ", a.top_p);
   const std::string prompt = a.prompt ? *a.prompt : parse_hex(*a.prompt_hex, "--prompt-hex");
-  [[maybe_unused]] const Target t = select_target(a.device);  // throws for an unusable device
-  const std::vector<int64_t> ids = blt::encode(prompt);       // BOS + bytes, no EOS
+  [[maybe_unused]] const Target t = select_target(a.device, a.precision);  // throws for an unusable one
+  const std::vector<int64_t> ids = blt::encode(prompt);                    // BOS + bytes, no EOS
 #if TESSERA_BLT_CUDA
   const blt::GenerateResult r =
       t.device == Device::cuda ? generate<tessera::cuda>(a, ids) : generate<tessera::cpu>(a, ids);

@@ -6,8 +6,8 @@
 //   blt train-entropy -c apps/blt/entropy.json -o runs/entropy
 //   blt train -c apps/blt/blt.json -o runs/blt                  (blt.json names runs/entropy)
 //   blt eval -m runs/blt --data text.txt
-//   blt train -c apps/blt/blt.json -o runs/blt --device cuda [--precision bf16]   (also train-entropy, eval;
-//                                                                                  generate takes --device)
+//   blt train -c apps/blt/blt.json -o runs/blt --device cuda [--precision bf16]   (also train-entropy, eval,
+//                                                                                  generate)
 //   blt generate -m runs/blt -p "The " -n 200 --temp 0.8 --top-p 0.95
 //   blt patch -m runs/blt --text "Daenerys Targaryen is in Game of Thrones" --png patches.png
 //   blt logits -m runs/blt --ids-hex 48656c6c6f --out logits.safetensors
@@ -22,7 +22,7 @@ int main(int argc, char** argv) {
   CLI::App app{"blt: train, evaluate, sample and inspect Byte Latent Transformers (tessera)"};
   app.require_subcommand(1);
 
-  // --device on train, train-entropy, eval, generate; --precision on the first three.
+  // --device and --precision on train, train-entropy, eval, generate.
   auto add_device = [](CLI::App* c, std::string& device) {
     c->add_option("--device", device, "where to run: cpu, or cuda (an NVIDIA GPU; needs a CUDA build)")
         ->check(CLI::IsMember({"cpu", "cuda"}))
@@ -84,6 +84,7 @@ int main(int argc, char** argv) {
                  "re-patch and run a full forward per byte (the reference's path)");
   c_ge->add_option("--ids-out", ge.ids_out, "write the generated token ids (not the prompt's) to this file");
   add_device(c_ge, ge.device);
+  add_precision(c_ge, ge.precision);
 
   PatchArgs pa;
   std::string text, file;

@@ -196,6 +196,7 @@ resume_from() {
 # Refused everywhere: bf16 on the CPU, an unknown device.
 expect_error "needs --device cuda" "$BLT" train -c "$TMP/blt.json" --data "$TMP/corpus.txt" -o "$TMP/d1" --precision bf16
 expect_error "needs --device cuda" "$BLT" eval -m "$TMP/a" --data "$TMP/corpus.txt" --precision bf16
+expect_error "needs --device cuda" "$BLT" generate -m "$TMP/a" -p "Line " -n 4 --precision bf16
 expect_error "not in {cpu,cuda}" "$BLT" generate -m "$TMP/a" -p "Line " -n 2 --device tpu --ids-out "$TMP/d2.txt"
 no_file "$TMP/d1" "$TMP/d2.txt"
 
@@ -276,6 +277,9 @@ else
     > "$TMP/ev_bf16.log" 2>&1 || fail "eval --precision bf16 failed: $(cat "$TMP/ev_bf16.log")"
   "$BLT" eval -m "$TMP/g" --data "$TMP/corpus.txt" --seq-len 64 --max-windows 6 --device cuda > "$TMP/ev_g32.log" 2>&1
   close_num "$(eval_loss "$TMP/ev_g32.log")" "$(eval_loss "$TMP/ev_bf16.log")" 2e-2 "eval bf16 vs fp32 (BLT)"
+  "$BLT" generate -m "$TMP/g" -p "Line " -n 24 --temp 0 --ignore-eos --device cuda --precision bf16 \
+    --ids-out "$TMP/gen_bf16.txt" > "$TMP/gen_bf16.log" 2>&1 || fail "generate --precision bf16 failed: $(cat "$TMP/gen_bf16.log")"
+  [ "$(wc -w < "$TMP/gen_bf16.txt")" = 24 ] || fail "generate --precision bf16 wrote $(wc -w < "$TMP/gen_bf16.txt") ids, not 24"
   "$BLT" train -c "$TMP/fixed.json" --data "$TMP/corpus.txt" -o "$TMP/h" --device cuda --precision bf16 --steps 3 \
     > "$TMP/h.log" 2>&1 || fail "train --precision bf16 failed: $(cat "$TMP/h.log")"
   grep -q "^device: cuda (bf16 compute)" "$TMP/h.log" || fail "train --precision bf16 did not report bf16"

@@ -6,7 +6,8 @@
 //   - checkpoints move between devices: a CUDA checkpoint resumed on the CPU (and a CPU one on CUDA)
 //     continues with the uninterrupted run's losses and ends at its weights; a CUDA-trained model evaluates
 //     to the same loss on the CPU as on the device (BLT and entropy model);
-//   - greedy generation on CUDA gives the CPU's bytes; bf16 evaluation stays close to fp32.
+//   - greedy generation on CUDA gives the CPU's bytes; bf16 evaluation stays close to fp32, and bf16
+//     generation runs the frozen bf16 weights.
 // Skips without a device. Under tools/cuda-emu (`tools/cuda-emu/run blt_app`) it runs on the emulator.
 //
 // Tolerances: fp32 on both sides with different summation orders (cuBLAS vs Eigen GEMMs, flash vs blockwise
@@ -255,6 +256,19 @@ TEST_F(BltAppOnCuda, TrainEvalResumeAndGenerateMatchTheCpu) {
   EXPECT_EQ(bltapp::generate<cuda>(ga, prompt).tokens.at(0), want) << "cached greedy bytes";
   ga.no_cache = true;
   EXPECT_EQ(bltapp::generate<cuda>(ga, prompt).tokens.at(0), want) << "uncached greedy bytes";
+
+  // --precision bf16: every Linear (the entropy model's too) holds its bf16 weights once, and generation
+  // takes the frozen-weight decoding route: the bytes of that route run by the library itself.
+  ga.no_cache = false;
+  ga.precision = "bf16";
+  auto lm = bltapp::load_blt_for_inference<cuda>(ga.model, Precision::bf16);
+  EXPECT_NE(lm->lm_head.frozen_weight_bf16(), nullptr) << "lm_head not frozen in bf16";
+  EXPECT_NE(lm->model.patcher.lm_head.frozen_weight_bf16(), nullptr) << "entropy model not frozen in bf16";
+  EXPECT_EQ(bltapp::load_blt_for_inference<cuda>(ga.model, Precision::fp32)->lm_head.frozen_weight_bf16(),
+            nullptr);
+  const auto bf16_want = blt::generate_cached(*lm, {prompt}, bltapp::generate_options(ga)).tokens.at(0);
+  EXPECT_EQ(static_cast<int64_t>(bf16_want.size()), ga.n);
+  EXPECT_EQ(bltapp::generate<cuda>(ga, prompt).tokens.at(0), bf16_want) << "bf16 cached greedy bytes";
 }
 
 TEST(BltAppDevice, RefusesWhatTheBuildOrMachineCannotRun) {
