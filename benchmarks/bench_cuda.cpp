@@ -28,6 +28,9 @@
 //             convolution (bench_cuda_kernels.cu: kernel k on the device, cuFFT real transforms of length
 //             2 next_pow2(L)), forward only, with and without computing k; backward vs the memcpy floor.
 //   TSN       ops::timestep_norm_forward/backward(cuda) at B=1 L=16384 D=4096 G=64 vs the memcpy floor.
+//   AdamW     train::adamw_update(cuda) (fp32 state, bf16 copy: 30 bytes per element) on one 256 M-element
+//             tensor and on 48 of 2048 x 2048, with loads ahead (the default) vs the plain grid-stride pass;
+//             the two must give the same bits.
 //
 // Output: device lines, then one markdown table, a row printed as soon as it is measured:
 //   | benchmark | shape | time | rate | baseline | baseline time | baseline rate | t_base/t | check |
@@ -37,7 +40,7 @@
 // the bytes the op must move at least (forward read x + write y; backward read x, dy + write dx), also as a
 // percentage of the measured memcpy rate; memcpy counts read + write.
 //
-// Usage: bench_cuda [--only=mem,gemm,decode,rows,blt,attn,cema,tsn] [--reps=N] [--attn-dh=64|128] (the
+// Usage: bench_cuda [--only=mem,gemm,decode,rows,blt,attn,cema,tsn,adamw] [--reps=N] [--attn-dh=64|128] (the
 // attention section at one head dim only). No GPU: prints a skip line and exits 0. A failing section prints a
 // FAILED row and the others still run; the exit status is then 1.
 #include <cublasLt.h>
@@ -62,7 +65,7 @@
 #include "../cuda/launch.hpp"                 // internal: the row-wise RMSNorm kernels (a baseline)
 #include "../cuda/launch_attention_bf16.hpp"  // internal: the bf16 attention kernel choice
 #include "../cuda/launch_blt.hpp"             // internal: the tile kernels under BLT's id masks (a baseline)
-#include "../cuda/launch_core.hpp"            // internal: the per-pair RoPE kernel (a baseline)
+#include "../cuda/launch_core.hpp"            // internal: the per-pair RoPE kernel, AdamW routes (baselines)
 #include "bench_cuda_kernels.cuh"
 #include "tessera/core/dtype.hpp"
 #include "tessera/core/rng.hpp"
@@ -75,6 +78,7 @@
 #include "tessera/ops/norm.hpp"
 #include "tessera/ops/rope.hpp"
 #include "tessera/ops/timestep_norm.hpp"
+#include "tessera/train/adamw.hpp"
 
 namespace {
 
@@ -1188,6 +1192,68 @@ void bench_tsn(Ctx& c) {
   print_row(rb);
 }
 
+/// The AdamW step (fp32 p, g, m, v; the bf16 copy of p written too: 30 bytes per element) with loads ahead
+/// (the default) against the plain grid-stride pass, on one 256 M-element tensor (half a BLT-1B hash table)
+/// and on 48 tensors of 2048 x 2048 (a Llama-1B-like model's matrices). The check runs one step of each
+/// route from the same state: p, m, v and the bf16 copy must be equal bit for bit.
+void bench_adamw(Ctx& c) {
+  namespace cd = tessera::cuda_detail;
+  struct Case {
+    int64_t tensors, n;
+    const char* shape;
+  };
+  for (const Case cs :
+       {Case{1, int64_t{256} << 20, "1 tensor of 256 M"}, Case{48, 2048 * 2048, "48 x 2048 x 2048"}}) {
+    guarded(c, std::string("adamw ") + cs.shape, [&] {
+      const int64_t total = cs.tensors * cs.n;
+      const DevBuf<float> g = uniform_buf(total, 61, -1e-2f, 1e-2f);
+      DevBuf<float> p = uniform_buf(total, 62), m = uniform_buf(total, 63, -1e-3f, 1e-3f),
+                    v = uniform_buf(total, 64, 0.f, 1e-4f);
+      DevBuf<uint16_t> pb(total);
+      int64_t t = 1;
+      auto step = [&](DevBuf<float>& pp, DevBuf<float>& mm, DevBuf<float>& vv, DevBuf<uint16_t>& bb) {
+        for (int64_t k = 0; k < cs.tensors; ++k) {
+          const int64_t o = k * cs.n;
+          tessera::train::adamw_update(cuda{}, pp.get() + o, g.get() + o, mm.get() + o, vv.get() + o, cs.n,
+                                       1e-4, 0.9, 0.95, 1e-8, 0.1, t,
+                                       reinterpret_cast<tessera::bf16*>(bb.get() + o));
+        }
+      };
+      const cd::AdamWRoute was = cd::set_adamw_route({});
+      struct Restore {
+        cd::AdamWRoute was;
+        ~Restore() { cd::set_adamw_route(was); }
+      } const restore{was};
+      // One step of each route from the same state, compared; then the timed steps (t fixed: the state keeps
+      // changing, the work does not).
+      DevBuf<float> p2(total), m2(total), v2(total);
+      DevBuf<uint16_t> pb2(total);
+      CHECK_CUDA(cudaMemcpy(p2.get(), p.get(), 4 * total, cudaMemcpyDeviceToDevice));
+      CHECK_CUDA(cudaMemcpy(m2.get(), m.get(), 4 * total, cudaMemcpyDeviceToDevice));
+      CHECK_CUDA(cudaMemcpy(v2.get(), v.get(), 4 * total, cudaMemcpyDeviceToDevice));
+      step(p, m, v, pb);
+      cd::set_adamw_route({false, 0});
+      step(p2, m2, v2, pb2);
+      const bench::DiffStat dp = bench::diff(p.get(), p2.get(), total),
+                            dm = bench::diff(m.get(), m2.get(), total),
+                            dv = bench::diff(v.get(), v2.get(), total),
+                            db = bench::diff_bf16(pb.get(), pb2.get(), total);
+      const bool same =
+          dp.max_abs_diff == 0 && dm.max_abs_diff == 0 && dv.max_abs_diff == 0 && db.max_abs_diff == 0;
+      t = 2;
+      const double base_ms = c.timer.median_ms([&] { step(p2, m2, v2, pb2); }, c.reps);
+      cd::set_adamw_route({});
+      const double ms = c.timer.median_ms([&] { step(p, m, v, pb); }, c.reps);
+      const double bytes = 30.0 * double(total);
+      print_row(
+          {"AdamW step, loads ahead (fp32 state, bf16 copy)", cs.shape, ms, mem_rate(c, bytes, ms, 0),
+           "grid-stride pass", base_ms, mem_rate(c, bytes, base_ms, 0),
+           same ? "bits equal" : "DIFFER: p " + rel_str(dp) + ", m " + rel_str(dm) + ", v " + rel_str(dv)});
+      if (!same) throw std::runtime_error("the two AdamW routes differ");
+    });
+  }
+}
+
 void print_notes(const Ctx& c) {
   std::printf("\nnotes:\n");
   std::printf("  time: median; t_base/t > 1: ours is faster (GEMM: our share of the cuBLAS peak).\n");
@@ -1236,7 +1302,7 @@ int main(int argc, char** argv) {
       // Google Benchmark flags (an older gpu-check passed one): not a Google Benchmark program, ignored.
     } else {
       std::fprintf(stderr,
-                   "usage: bench_cuda [--only=mem,gemm,decode,rows,blt,attn,cema,tsn] [--reps=N] "
+                   "usage: bench_cuda [--only=mem,gemm,decode,rows,blt,attn,cema,tsn,adamw] [--reps=N] "
                    "[--attn-dh=64|128]\n");
       return 2;
     }
@@ -1274,7 +1340,8 @@ int main(int argc, char** argv) {
                     {"blt", bench_blt_cross},
                     {"attn", bench_attention},
                     {"cema", bench_cema},
-                    {"tsn", bench_tsn}};
+                    {"tsn", bench_tsn},
+                    {"adamw", bench_adamw}};
     for (const auto& s : sections) {
       if (wanted(only, s.name)) guarded(c, s.name, [&] { s.run(c); });
     }

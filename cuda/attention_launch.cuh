@@ -77,17 +77,6 @@ constexpr int64_t kSplitMaxTq = 8;     // query rows at most (the split path rea
 constexpr int64_t kSplitMinKeys = 16;  // keys per split at least: one step of a block's 4 warps x 4 keys
 constexpr int64_t kSplitBlocksPerSm = 8;
 
-/// Multiprocessor count of the current device, queried once (tessera drives one device per process).
-int device_sm_count() {
-  static const int sms = [] {
-    int dev = 0, n = 0;
-    TESSERA_CUDA_CHECK(cudaGetDevice(&dev));
-    TESSERA_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-    return n;
-  }();
-  return sms;
-}
-
 /// Upper bound of the keys one query row sees (the split count's estimate; results do not depend on it).
 /// Masks with a causal window W (WindowMask; blt.cu's id mask, where W = 0 means no window) see <= W keys.
 template <class Mask>

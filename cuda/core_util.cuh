@@ -27,6 +27,17 @@ class OpTemp : public DeviceScratch {
   explicit OpTemp(size_t total) { reserve(total); }
 };
 
+/// Multiprocessor count of the current device, queried once (tessera drives one device per process).
+inline int device_sm_count() {
+  static const int sms = [] {
+    int dev = 0, n = 0;
+    TESSERA_CUDA_CHECK(cudaGetDevice(&dev));
+    TESSERA_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    return n;
+  }();
+  return sms;
+}
+
 /// Grid for a grid-stride loop over n items with `threads` per block (capped; the loop covers the rest).
 inline unsigned stride_blocks(int64_t n, int threads = 256) {
   return static_cast<unsigned>(std::clamp<int64_t>((n + threads - 1) / threads, 1, int64_t(1) << 16));

@@ -132,6 +132,15 @@ void hash_embedding_forward_f32(float* y, const int64_t* ids, const int64_t* has
 void adamw_update_f32(float* p, const float* g, float* m, float* v, int64_t n, double lr, double beta1,
                       double beta2, double eps, double wd, int64_t t, uint16_t* p_bf16,
                       float grad_scale = 1.f);
+/// How adamw_update_f32 runs its 4-wide path: loads_ahead (the default) on a grid of at most max_blocks
+/// blocks (0: 4 per multiprocessor), each thread loading its next four elements while it computes the current
+/// four (adamw.cu); or one grid-stride pass without loads ahead (the earlier route, kept for the A/B in
+/// bench_cuda). The same bits either way. Returns the previous setting.
+struct AdamWRoute {
+  bool loads_ahead = true;
+  int max_blocks = 0;
+};
+AdamWRoute set_adamw_route(AdamWRoute r);
 /// *sumsq (one device double) += sum g^2, accumulated in double in a fixed order (deterministic).
 void grad_sumsq_f32(double* sumsq, const float* g, int64_t n);
 /// *sumsq += sum over the `count` tensors g[k] of n[k] floats of g^2: one launch per 64 tensors, one final

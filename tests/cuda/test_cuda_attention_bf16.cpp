@@ -42,6 +42,7 @@
 
 #include "../../cuda/cudnn_attention.hpp"        // internal: cuDNN as the second implementation
 #include "../../cuda/launch_attention_bf16.hpp"  // internal: kernel choice, mma primitive self-test
+#include "support/cuda_testing.hpp"
 #include "tessera/core/allocator.hpp"
 #include "tessera/core/dtype.hpp"
 #include "tessera/core/error.hpp"
@@ -53,6 +54,8 @@ using namespace tessera;
 using cuda_detail::AttnBf16Kernel;
 namespace mask = tessera::ops::mask;
 
+using tessera::testing::DeviceCopy;
+
 namespace {
 
 constexpr double kTolO = 1e-2, kTolLse = 4e-3, kTolGrad = 2e-2;
@@ -60,39 +63,16 @@ constexpr uint16_t kNaNBits = 0x7fc0;   // bf16 quiet NaN: output entries the ke
 constexpr uint16_t kSentinel = 0x40e0;  // bf16 7.0: padding columns the kernel must not touch
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-class CudaAttentionBf16 : public ::testing::Test {
+class CudaAttentionBf16 : public tessera::testing::CudaTest {
  protected:
   // tessera's kernels, whatever TESSERA_ATTN_BF16_BACKEND says: these tests are about them (the cuDNN test
   // chooses cuDNN itself).
   void SetUp() override {
-    if (cuda_mem::device_count() == 0)
-      GTEST_SKIP() << "no CUDA device: cudaGetDeviceCount reports none (no GPU or no driver)";
+    CudaTest::SetUp();
+    if (IsSkipped()) return;
     cuda_detail::set_attention_bf16_backend(cuda_detail::AttnBf16Backend::Tessera);
   }
   void TearDown() override { cuda_detail::set_attention_bf16_backend(cuda_detail::AttnBf16Backend::Auto); }
-};
-
-/// A device copy of a host vector (owning).
-template <class T>
-class Dev {
- public:
-  explicit Dev(const std::vector<T>& h) : n_(h.size()) {
-    p_ = static_cast<T*>(Allocator<cuda>::allocate(std::max<size_t>(n_, 1) * sizeof(T)));
-    cuda_mem::to_device(p_, h.data(), n_ * sizeof(T));
-  }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-  ~Dev() { Allocator<cuda>::deallocate(p_); }
-  T* get() { return p_; }
-  std::vector<T> host() const {
-    std::vector<T> h(n_);
-    cuda_mem::to_host(h.data(), p_, n_ * sizeof(T));
-    return h;
-  }
-
- private:
-  T* p_ = nullptr;
-  size_t n_;
 };
 
 /// A strided token-row tensor: `rows` rows of `stride` elements, the first `cols` of each are the heads.
@@ -220,12 +200,12 @@ Result check(const std::string& name, const ops::AttnDims& d, const Mask& m, Rng
   const auto& [sq, sk, sv, so, q, k, v, dout, o_ref, lse_ref, dq_ref, dk_ref, dv_ref] = p;
   const size_t nlse = lse_ref.size();
 
-  Dev<bf16> d_q(q), d_k(k), d_v(v), d_dout(dout), d_o(unwritten_bf16(so));
-  Dev<float> d_lse(std::vector<float>(nlse, std::numeric_limits<float>::quiet_NaN()));
-  ops::attention_forward(cuda{}, d, m, d_q.get(), d_k.get(), d_v.get(), d_o.get(), d_lse.get());
-  Dev<bf16> d_dq(unwritten_bf16(sq)), d_dk(unwritten_bf16(sk)), d_dv(unwritten_bf16(sv));
-  ops::attention_backward(cuda{}, d, m, d_q.get(), d_k.get(), d_v.get(), d_o.get(), d_lse.get(), d_dout.get(),
-                          d_dq.get(), d_dk.get(), d_dv.get());
+  DeviceCopy<bf16> d_q(q), d_k(k), d_v(v), d_dout(dout), d_o(unwritten_bf16(so));
+  DeviceCopy<float> d_lse(std::vector<float>(nlse, std::numeric_limits<float>::quiet_NaN()));
+  ops::attention_forward(cuda{}, d, m, d_q.data(), d_k.data(), d_v.data(), d_o.data(), d_lse.data());
+  DeviceCopy<bf16> d_dq(unwritten_bf16(sq)), d_dk(unwritten_bf16(sk)), d_dv(unwritten_bf16(sv));
+  ops::attention_backward(cuda{}, d, m, d_q.data(), d_k.data(), d_v.data(), d_o.data(), d_lse.data(),
+                          d_dout.data(), d_dq.data(), d_dk.data(), d_dv.data());
 
   Result res{};
   const std::vector<bf16> o = d_o.host();
@@ -262,8 +242,8 @@ Result check(const std::string& name, const ops::AttnDims& d, const Mask& m, Rng
 
   if (repeat) {  // deterministic: no atomics, every element written by one warp
     const std::vector<bf16> dq1 = d_dq.host(), dk1 = d_dk.host(), dv1 = d_dv.host();
-    ops::attention_backward(cuda{}, d, m, d_q.get(), d_k.get(), d_v.get(), d_o.get(), d_lse.get(),
-                            d_dout.get(), d_dq.get(), d_dk.get(), d_dv.get());
+    ops::attention_backward(cuda{}, d, m, d_q.data(), d_k.data(), d_v.data(), d_o.data(), d_lse.data(),
+                            d_dout.data(), d_dq.data(), d_dk.data(), d_dv.data());
     auto same = [](const std::vector<bf16>& a, const std::vector<bf16>& b) {
       return std::equal(a.begin(), a.end(), b.begin(), [](bf16 x, bf16 y) { return x.bits == y.bits; });
     };
@@ -297,15 +277,15 @@ struct Forward {
 
 /// The GPU forward with kernel `kern` on device inputs (o starts as NaN / sentinel, lse as NaN).
 template <class Mask>
-Forward gpu_forward(AttnBf16Kernel kern, const ops::AttnDims& d, const Mask& m, Dev<bf16>& q, Dev<bf16>& k,
-                    Dev<bf16>& v) {
+Forward gpu_forward(AttnBf16Kernel kern, const ops::AttnDims& d, const Mask& m, DeviceCopy<bf16>& q,
+                    DeviceCopy<bf16>& k, DeviceCopy<bf16>& v) {
   const KernelChoice choice(kern);
   EXPECT_EQ(cuda_detail::attention_bf16_kernel(), kern);
   const Strided so{d.B * d.Tq, d.o_stride, d.Hq * d.dv()};
-  Dev<bf16> o(unwritten_bf16(so));
-  Dev<float> lse(
+  DeviceCopy<bf16> o(unwritten_bf16(so));
+  DeviceCopy<float> lse(
       std::vector<float>(static_cast<size_t>(d.B * d.Hq * d.Tq), std::numeric_limits<float>::quiet_NaN()));
-  ops::attention_forward(cuda{}, d, m, q.get(), k.get(), v.get(), o.get(), lse.get());
+  ops::attention_forward(cuda{}, d, m, q.data(), k.data(), v.data(), o.data(), lse.data());
   return {o.host(), lse.host()};
 }
 
@@ -323,7 +303,7 @@ void compare_kernels(const std::string& name, const ops::AttnDims& d, const Mask
   std::vector<float> o_ref(so.size()), lse_ref(static_cast<size_t>(d.B * d.Hq * d.Tq));
   ops::attention_forward(cpu{}, d, m, qf.data(), kf.data(), vf.data(), o_ref.data(), lse_ref.data());
 
-  Dev<bf16> d_q(q), d_k(k), d_v(v);
+  DeviceCopy<bf16> d_q(q), d_k(k), d_v(v);
   const Forward fm = gpu_forward(AttnBf16Kernel::Mma, d, m, d_q, d_k, d_v);
   const Forward fw = gpu_forward(AttnBf16Kernel::Wmma, d, m, d_q, d_k, d_v);
   const double em = rel_err("o mma", so, fm.o, o_ref), ew = rel_err("o wmma", so, fw.o, o_ref);
@@ -380,14 +360,14 @@ TEST_F(CudaAttentionBf16, MmaPrimitivesMatchHostMatmul) {
                           kInf,         -kInf,         std::numeric_limits<float>::quiet_NaN()};
   while (x.size() < 64) x.push_back(static_cast<float>(rng.normal() * 100));
 
-  Dev<bf16> d_a(a), d_bt(bt), d_b(b);
-  Dev<float> d_c(c), d_x(x), d_nk(std::vector<float>(256, 0.f)), d_kn(std::vector<float>(256, 0.f)),
+  DeviceCopy<bf16> d_a(a), d_bt(bt), d_b(b);
+  DeviceCopy<float> d_c(c), d_x(x), d_nk(std::vector<float>(256, 0.f)), d_kn(std::vector<float>(256, 0.f)),
       d_chain(std::vector<float>(256, 0.f));
-  Dev<uint32_t> d_packed(std::vector<uint32_t>(32, 0u));
-  cuda_detail::mma_selftest(reinterpret_cast<const uint16_t*>(d_a.get()),
-                            reinterpret_cast<const uint16_t*>(d_bt.get()),
-                            reinterpret_cast<const uint16_t*>(d_b.get()), d_c.get(), d_x.get(), d_nk.get(),
-                            d_kn.get(), d_chain.get(), d_packed.get());
+  DeviceCopy<uint32_t> d_packed(std::vector<uint32_t>(32, 0u));
+  cuda_detail::mma_selftest(reinterpret_cast<const uint16_t*>(d_a.data()),
+                            reinterpret_cast<const uint16_t*>(d_bt.data()),
+                            reinterpret_cast<const uint16_t*>(d_b.data()), d_c.data(), d_x.data(),
+                            d_nk.data(), d_kn.data(), d_chain.data(), d_packed.data());
   const std::vector<float> nk = d_nk.host(), kn = d_kn.host(), chain = d_chain.host();
   const std::vector<uint32_t> packed = d_packed.host();
 
@@ -533,16 +513,16 @@ void compare_dq_modes(const std::string& name, const ops::AttnDims& d, const Mas
   const Problem p = make_problem(d, m, rng);
   const auto& [sq, sk, sv, so, q, k, v, dout, o_ref, lse_ref, dq_ref, dk_ref, dv_ref] = p;
 
-  Dev<bf16> d_q(q), d_k(k), d_v(v), d_dout(dout), d_o(unwritten_bf16(so));
-  Dev<float> d_lse(std::vector<float>(lse_ref.size(), 0.f));
-  ops::attention_forward(cuda{}, d, m, d_q.get(), d_k.get(), d_v.get(), d_o.get(), d_lse.get());
+  DeviceCopy<bf16> d_q(q), d_k(k), d_v(v), d_dout(dout), d_o(unwritten_bf16(so));
+  DeviceCopy<float> d_lse(std::vector<float>(lse_ref.size(), 0.f));
+  ops::attention_forward(cuda{}, d, m, d_q.data(), d_k.data(), d_v.data(), d_o.data(), d_lse.data());
   std::vector<bf16> dq[2], dk[2], dv[2];
   const AttnBf16Dq modes[2] = {AttnBf16Dq::Stored, AttnBf16Dq::Recompute};
   for (int i = 0; i < 2; ++i) {
     const DqChoice choice(modes[i]);
-    Dev<bf16> d_dq(unwritten_bf16(sq)), d_dk(unwritten_bf16(sk)), d_dv(unwritten_bf16(sv));
-    ops::attention_backward(cuda{}, d, m, d_q.get(), d_k.get(), d_v.get(), d_o.get(), d_lse.get(),
-                            d_dout.get(), d_dq.get(), d_dk.get(), d_dv.get());
+    DeviceCopy<bf16> d_dq(unwritten_bf16(sq)), d_dk(unwritten_bf16(sk)), d_dv(unwritten_bf16(sv));
+    ops::attention_backward(cuda{}, d, m, d_q.data(), d_k.data(), d_v.data(), d_o.data(), d_lse.data(),
+                            d_dout.data(), d_dq.data(), d_dk.data(), d_dv.data());
     EXPECT_EQ(cuda_detail::last_attention_bf16_dq(), modes[i]) << "the backward did not take the forced path";
     dq[i] = d_dq.host();
     dk[i] = d_dk.host();

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "support/cuda_testing.hpp"
 #include "tessera/core/allocator.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/core/rng.hpp"
@@ -23,41 +24,14 @@
 using namespace tessera;
 namespace mask = tessera::ops::mask;
 
+using tessera::testing::DeviceCopy;
+
 namespace {
 
 constexpr double kRtol = 1e-4;
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
-class CudaAttentionMasks : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (cuda_mem::device_count() == 0)
-      GTEST_SKIP() << "no CUDA device: cudaGetDeviceCount reports none (no GPU or no driver)";
-  }
-};
-
-/// A device copy of a host vector (owning).
-template <class T>
-class Dev {
- public:
-  explicit Dev(const std::vector<T>& h) : n_(h.size()) {
-    p_ = static_cast<T*>(Allocator<cuda>::allocate(n_ * sizeof(T)));
-    cuda_mem::to_device(p_, h.data(), n_ * sizeof(T));
-  }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-  ~Dev() { Allocator<cuda>::deallocate(p_); }
-  T* get() { return p_; }
-  std::vector<T> host() const {
-    std::vector<T> h(n_);
-    cuda_mem::to_host(h.data(), p_, n_ * sizeof(T));
-    return h;
-  }
-
- private:
-  T* p_ = nullptr;
-  size_t n_;
-};
+class CudaAttentionMasks : public tessera::testing::CudaTest {};
 
 /// Elementwise comparison; equal infinities compare equal (lse of a fully masked row), NaN fails.
 void expect_close(const std::string& what, const std::vector<float>& gpu, const std::vector<float>& ref) {
@@ -156,18 +130,19 @@ int64_t check(const std::string& name, const ops::AttnDims& d, const M& cpu_mask
   std::vector<float> dq = buffer(nq, d.q_stride, d.Hq * d.Dh, false, 0),
                      dk = buffer(nk, d.k_stride, d.Hkv * d.Dh, false, 0),
                      dv = buffer(nk, d.v_stride, d.Hkv * Dv, false, 0);
-  Dev<float> d_q(q), d_k(k), d_v(v), d_dout(dout);
-  Dev<float> d_o(buffer(nq, d.o_stride, d.Hq * Dv, false, kNaN)), d_lse(std::vector<float>(lse.size(), kNaN));
-  Dev<float> d_dq(buffer(nq, d.q_stride, d.Hq * d.Dh, false, kNaN)),
+  DeviceCopy<float> d_q(q), d_k(k), d_v(v), d_dout(dout);
+  DeviceCopy<float> d_o(buffer(nq, d.o_stride, d.Hq * Dv, false, kNaN)),
+      d_lse(std::vector<float>(lse.size(), kNaN));
+  DeviceCopy<float> d_dq(buffer(nq, d.q_stride, d.Hq * d.Dh, false, kNaN)),
       d_dk(buffer(nk, d.k_stride, d.Hkv * d.Dh, false, kNaN)),
       d_dv(buffer(nk, d.v_stride, d.Hkv * Dv, false, kNaN));
 
   ops::attention_forward(cpu{}, d, cpu_mask, q.data(), k.data(), v.data(), o.data(), lse.data());
   ops::attention_backward(cpu{}, d, cpu_mask, q.data(), k.data(), v.data(), o.data(), lse.data(), dout.data(),
                           dq.data(), dk.data(), dv.data());
-  ops::attention_forward(cuda{}, d, gpu_mask, d_q.get(), d_k.get(), d_v.get(), d_o.get(), d_lse.get());
-  ops::attention_backward(cuda{}, d, gpu_mask, d_q.get(), d_k.get(), d_v.get(), d_o.get(), d_lse.get(),
-                          d_dout.get(), d_dq.get(), d_dk.get(), d_dv.get());
+  ops::attention_forward(cuda{}, d, gpu_mask, d_q.data(), d_k.data(), d_v.data(), d_o.data(), d_lse.data());
+  ops::attention_backward(cuda{}, d, gpu_mask, d_q.data(), d_k.data(), d_v.data(), d_o.data(), d_lse.data(),
+                          d_dout.data(), d_dq.data(), d_dk.data(), d_dv.data());
   expect_close("o", d_o.host(), o);
   expect_close("lse", d_lse.host(), lse);
   expect_close("dq", d_dq.host(), dq);
@@ -179,8 +154,8 @@ int64_t check(const std::string& name, const ops::AttnDims& d, const M& cpu_mask
 /// DocumentCuts (causal = false) or All<Causal, DocumentCuts> over the given ids.
 int64_t check_docs(const std::string& name, const ops::AttnDims& d, const std::vector<int64_t>& qd,
                    const std::vector<int64_t>& kd, bool sorted, bool causal, Rng& rng) {
-  Dev<int64_t> dq(qd), dk(kd);
-  const mask::DocumentCuts host{qd.data(), kd.data(), sorted}, dev{dq.get(), dk.get(), sorted};
+  DeviceCopy<int64_t> dq(qd), dk(kd);
+  const mask::DocumentCuts host{qd.data(), kd.data(), sorted}, dev{dq.data(), dk.data(), sorted};
   if (causal) return check(name, d, mask::All{mask::Causal{}, host}, mask::All{mask::Causal{}, dev}, rng);
   return check(name, d, host, dev, rng);
 }
@@ -249,9 +224,9 @@ TEST_F(CudaAttentionMasks, BlockCausalMatchesCpu) {
   Rng rng(43);
   auto run = [&](const std::string& name, const ops::AttnDims& d, const std::vector<int64_t>& qs,
                  const std::vector<int64_t>& ks, bool sorted) {
-    Dev<int64_t> dq(qs), dk(ks);
+    DeviceCopy<int64_t> dq(qs), dk(ks);
     return check(name, d, mask::BlockCausal{qs.data(), ks.data(), sorted},
-                 mask::BlockCausal{dq.get(), dk.get(), sorted}, rng);
+                 mask::BlockCausal{dq.data(), dk.data(), sorted}, rng);
   };
   {
     const auto d = dims(2, 83, 83, 4, 2, 64, 0, 0, 0.125, 1);
@@ -278,9 +253,9 @@ TEST_F(CudaAttentionMasks, SegmentEqualMatchesCpu) {
   Rng rng(44);
   auto run = [&](const std::string& name, const ops::AttnDims& d, const std::vector<int64_t>& qs,
                  const std::vector<int64_t>& ks, bool sorted) {
-    Dev<int64_t> dq(qs), dk(ks);
+    DeviceCopy<int64_t> dq(qs), dk(ks);
     return check(name, d, mask::SegmentEqual{qs.data(), ks.data(), sorted},
-                 mask::SegmentEqual{dq.get(), dk.get(), sorted}, rng);
+                 mask::SegmentEqual{dq.data(), dk.data(), sorted}, rng);
   };
   {
     // 150 bytes in patches of 1..6 bytes; two key rows per patch id (a single key per query would make the
@@ -318,42 +293,42 @@ TEST_F(CudaAttentionMasks, KeyValidMatchesCpu) {
     valid[d.Tk + j] = 0;                    // batch 1: nothing valid
     valid[2 * d.Tk + j] = j >= 64 ? 1 : 0;  // batch 2: only the last (partial) key tile
   }
-  Dev<uint8_t> dvalid(valid);
+  DeviceCopy<uint8_t> dvalid(valid);
   const int64_t masked =
-      check("key validity", d, mask::KeyValid{valid.data()}, mask::KeyValid{dvalid.get()}, rng);
+      check("key validity", d, mask::KeyValid{valid.data()}, mask::KeyValid{dvalid.data()}, rng);
   EXPECT_EQ(masked, d.Hq * d.Tq);  // exactly batch 1
 }
 
 // A declared k_sorted is checked on the device, with the CPU bind's message; null id arrays are rejected.
 TEST_F(CudaAttentionMasks, BadIdsAreTesseraErrors) {
   const auto d = dims(2, 5, 40, 1, 1, 8, 0, 0, 0.1, 0);
-  Dev<float> buf(std::vector<float>(4096, 0.f)), out(std::vector<float>(4096, 0.f)),
+  DeviceCopy<float> buf(std::vector<float>(4096, 0.f)), out(std::vector<float>(4096, 0.f)),
       lse(std::vector<float>(4096, 0.f));
   std::vector<int64_t> k(80, 0);
   k[40 + 17] = 3;  // batch 1 decreases at key row 18
-  Dev<int64_t> dk(k), dq(std::vector<int64_t>(10, 0));
+  DeviceCopy<int64_t> dk(k), dq(std::vector<int64_t>(10, 0));
   try {
-    ops::attention_forward(cuda{}, d, mask::DocumentCuts{dq.get(), dk.get(), true}, buf.get(), buf.get(),
-                           buf.get(), out.get(), lse.get());
+    ops::attention_forward(cuda{}, d, mask::DocumentCuts{dq.data(), dk.data(), true}, buf.data(), buf.data(),
+                           buf.data(), out.data(), lse.data());
     ADD_FAILURE() << "expected tessera::Error for unsorted k_doc";
   } catch (const Error& e) {
     const std::string msg = e.what();
     EXPECT_NE(msg.find("k_doc"), std::string::npos) << msg;
     EXPECT_NE(msg.find("batch 1, key row 18"), std::string::npos) << msg;
   }
-  EXPECT_THROW(
-      ops::attention_backward(cuda{}, d, mask::BlockCausal{dq.get(), dk.get(), true}, buf.get(), buf.get(),
-                              buf.get(), buf.get(), buf.get(), buf.get(), buf.get(), buf.get(), buf.get()),
-      Error);
+  EXPECT_THROW(ops::attention_backward(cuda{}, d, mask::BlockCausal{dq.data(), dk.data(), true}, buf.data(),
+                                       buf.data(), buf.data(), buf.data(), buf.data(), buf.data(), buf.data(),
+                                       buf.data(), buf.data()),
+               Error);
   // Declared unsorted: accepted (every key block is visited).
-  EXPECT_NO_THROW(ops::attention_forward(cuda{}, d, mask::SegmentEqual{dq.get(), dk.get(), false}, buf.get(),
-                                         buf.get(), buf.get(), out.get(), lse.get()));
+  EXPECT_NO_THROW(ops::attention_forward(cuda{}, d, mask::SegmentEqual{dq.data(), dk.data(), false},
+                                         buf.data(), buf.data(), buf.data(), out.data(), lse.data()));
   EXPECT_THROW(
-      ops::attention_forward(cuda{}, d, mask::All{mask::Causal{}, mask::DocumentCuts{nullptr, dk.get()}},
-                             buf.get(), buf.get(), buf.get(), buf.get(), buf.get()),
+      ops::attention_forward(cuda{}, d, mask::All{mask::Causal{}, mask::DocumentCuts{nullptr, dk.data()}},
+                             buf.data(), buf.data(), buf.data(), buf.data(), buf.data()),
       Error);
-  EXPECT_THROW(ops::attention_forward(cuda{}, d, mask::KeyValid{nullptr}, buf.get(), buf.get(), buf.get(),
-                                      buf.get(), buf.get()),
+  EXPECT_THROW(ops::attention_forward(cuda{}, d, mask::KeyValid{nullptr}, buf.data(), buf.data(), buf.data(),
+                                      buf.data(), buf.data()),
                Error);
 }
 
@@ -407,10 +382,10 @@ TEST_F(CudaAttentionMasks, SplitKvDecodeMatchesCpu) {
       auto q = query_ids_from_keys(k, d);
       q[0] = 0;
       for (const bool sorted : {true, false}) {
-        Dev<int64_t> dq(q), dk(k);
+        DeviceCopy<int64_t> dq(q), dk(k);
         EXPECT_EQ(check(std::string("block causal") + (sorted ? " sorted" : " unsorted") + tq, d,
                         mask::BlockCausal{q.data(), k.data(), sorted},
-                        mask::BlockCausal{dq.get(), dk.get(), sorted}, rng),
+                        mask::BlockCausal{dq.data(), dk.data(), sorted}, rng),
                   d.Hq);
       }
     }
@@ -422,10 +397,10 @@ TEST_F(CudaAttentionMasks, SplitKvDecodeMatchesCpu) {
       for (int64_t i = 0; i < 2 * Tq; ++i) q[i] = i % 4;
       q[Tq] = 9;  // batch 1, row 0
       for (const bool sorted : {true, false}) {
-        Dev<int64_t> dq(q), dk(k);
+        DeviceCopy<int64_t> dq(q), dk(k);
         EXPECT_EQ(check(std::string("segment equal") + (sorted ? " sorted" : " unsorted") + tq, d,
                         mask::SegmentEqual{q.data(), k.data(), sorted},
-                        mask::SegmentEqual{dq.get(), dk.get(), sorted}, rng),
+                        mask::SegmentEqual{dq.data(), dk.data(), sorted}, rng),
                   d.Hq);
       }
     }
@@ -434,9 +409,9 @@ TEST_F(CudaAttentionMasks, SplitKvDecodeMatchesCpu) {
       const auto d = dims(2, Tq, 520, 4, 2, 128, 0, 520 - Tq, 0.09, 1);
       std::vector<uint8_t> valid(static_cast<size_t>(2 * 520), 0);
       for (int64_t j = 0; j < 520; ++j) valid[j] = rng.uniform() < 0.6 ? 1 : 0;
-      Dev<uint8_t> dvalid(valid);
+      DeviceCopy<uint8_t> dvalid(valid);
       EXPECT_EQ(
-          check("key valid Dh=128" + tq, d, mask::KeyValid{valid.data()}, mask::KeyValid{dvalid.get()}, rng),
+          check("key valid Dh=128" + tq, d, mask::KeyValid{valid.data()}, mask::KeyValid{dvalid.data()}, rng),
           d.Hq * Tq);
     }
   }
@@ -446,10 +421,11 @@ TEST_F(CudaAttentionMasks, SplitKvDecodeMatchesCpu) {
   const std::vector<float> q = randn(d.B * d.Tq * d.q_stride, rng), k = randn(d.B * d.Tk * d.k_stride, rng),
                            v = randn(d.B * d.Tk * d.v_stride, rng);
   std::vector<float> o(static_cast<size_t>(d.B * d.Tq * d.o_stride)), lse(static_cast<size_t>(d.B * d.Hq));
-  Dev<float> d_q(q), d_k(k), d_v(v), d_o(std::vector<float>(o.size(), kNaN)),
+  DeviceCopy<float> d_q(q), d_k(k), d_v(v), d_o(std::vector<float>(o.size(), kNaN)),
       d_lse(std::vector<float>(lse.size(), kNaN));
   ops::attention_forward(cpu{}, d, mask::Causal{}, q.data(), k.data(), v.data(), o.data(), lse.data());
-  ops::attention_forward(cuda{}, d, mask::Causal{}, d_q.get(), d_k.get(), d_v.get(), d_o.get(), d_lse.get());
+  ops::attention_forward(cuda{}, d, mask::Causal{}, d_q.data(), d_k.data(), d_v.data(), d_o.data(),
+                         d_lse.data());
   expect_close("one split o", d_o.host(), o);
   expect_close("one split lse", d_lse.host(), lse);
 }

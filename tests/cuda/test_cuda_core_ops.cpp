@@ -13,13 +13,15 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <string>
 #include <vector>
 
-#include "../../cuda/launch_core.hpp"  // internal: the RoPE kernel choice
+#include "../../cuda/launch_core.hpp"  // internal: the RoPE kernel choice, the AdamW route
+#include "support/cuda_testing.hpp"
 #include "support/gradcheck.hpp"
 #include "tessera/core/allocator.hpp"
 #include "tessera/core/dtype.hpp"
@@ -40,43 +42,16 @@
 
 using namespace tessera;
 
+using tessera::testing::DeviceCopy;
+
 namespace {
 
 constexpr double kRtol = 1e-5;
 
-class CudaCore : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (cuda_mem::device_count() == 0)
-      GTEST_SKIP() << "no CUDA device: cudaGetDeviceCount reports none (no GPU or no driver)";
-  }
-};
+class CudaCore : public tessera::testing::CudaTest {};
 
 using Host = std::vector<float>;
 using Ids = std::vector<int64_t>;
-
-/// A device copy of a host vector (any trivially copyable element type); freed on destruction.
-template <class T>
-class Dev {
- public:
-  explicit Dev(const std::vector<T>& h) : n_(h.size()) {
-    p_ = static_cast<T*>(Allocator<cuda>::allocate(n_ * sizeof(T)));
-    cuda_mem::to_device(p_, h.data(), n_ * sizeof(T));
-  }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-  ~Dev() { Allocator<cuda>::deallocate(p_); }
-  T* data() { return p_; }
-  std::vector<T> get() const {
-    std::vector<T> h(n_);
-    cuda_mem::to_host(h.data(), p_, n_ * sizeof(T));
-    return h;
-  }
-
- private:
-  size_t n_ = 0;
-  T* p_ = nullptr;
-};
 
 Host randn(int64_t n, Rng& rng, double scale = 1.0) {
   Host v(static_cast<size_t>(n));
@@ -152,16 +127,16 @@ TEST_F(CudaCore, EmbeddingForwardBackwardMatchCpu) {
   const Ids ids = randint(N, rng, 0, V);
   const Host table = randn(V * D, rng), dout = randn(N * D, rng);
   Host out(sz(N * D)), dtable = randn(V * D, rng);
-  Dev<int64_t> d_ids(ids);
-  Dev<float> d_table(table), d_out(out), d_dout(dout), d_dtable(dtable);
+  DeviceCopy<int64_t> d_ids(ids);
+  DeviceCopy<float> d_table(table), d_out(out), d_dout(dout), d_dtable(dtable);
 
   ops::embedding_forward(cpu{}, out.data(), ids.data(), table.data(), N, V, D);
   ops::embedding_forward(cuda{}, d_out.data(), d_ids.data(), d_table.data(), N, V, D);
-  expect_equal("embedding out", d_out.get(), out);
+  expect_equal("embedding out", d_out.host(), out);
 
   ops::embedding_backward(cpu{}, dtable.data(), dout.data(), ids.data(), N, V, D);
   ops::embedding_backward(cuda{}, d_dtable.data(), d_dout.data(), d_ids.data(), N, V, D);
-  expect_close("embedding dtable", d_dtable.get(), dtable);
+  expect_close("embedding dtable", d_dtable.host(), dtable);
 }
 
 // Sorted by id, each id's rows are summed in row order starting from the table's value: the same additions in
@@ -171,16 +146,16 @@ TEST_F(CudaCore, EmbeddingBackwardIsDeterministic) {
   const int64_t N = 5000, V = 7, D = 33;
   const Ids ids = randint(N, rng, 0, V);
   const Host dout = randn(N * D, rng);
-  Dev<int64_t> d_ids(ids);
-  Dev<float> d_dout(dout);
+  DeviceCopy<int64_t> d_ids(ids);
+  DeviceCopy<float> d_dout(dout);
   Host first;
   for (int run = 0; run < 2; ++run) {
-    Dev<float> d_dtable(Host(sz(V * D), 0.f));
+    DeviceCopy<float> d_dtable(Host(sz(V * D), 0.f));
     ops::embedding_backward(cuda{}, d_dtable.data(), d_dout.data(), d_ids.data(), N, V, D);
     if (run == 0)
-      first = d_dtable.get();
+      first = d_dtable.host();
     else
-      EXPECT_EQ(d_dtable.get(), first);
+      EXPECT_EQ(d_dtable.host(), first);
   }
 }
 
@@ -192,17 +167,17 @@ TEST_F(CudaCore, EmbeddingOutOfRangeIdsAreNanAndSkipped) {
   const int64_t N = static_cast<int64_t>(ids.size());
   Host table(sz(V * D));
   for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<float>(i);
-  Dev<int64_t> d_ids(ids);
-  Dev<float> d_table(table), d_out(Host(sz(N * D))), d_dout(Host(sz(N * D), 1.f)),
+  DeviceCopy<int64_t> d_ids(ids);
+  DeviceCopy<float> d_table(table), d_out(Host(sz(N * D))), d_dout(Host(sz(N * D), 1.f)),
       d_dtable(Host(sz(V * D), 0.f));
   ops::embedding_forward(cuda{}, d_out.data(), d_ids.data(), d_table.data(), N, V, D);
-  const Host out = d_out.get();
+  const Host out = d_out.host();
   EXPECT_EQ(out[0], 3.f);
   EXPECT_EQ(out[12], 6.f);
   EXPECT_EQ(out[15], 3.f);
   EXPECT_TRUE(all_nan(out, 3, 12)) << "rows 1-3 have out-of-range ids";
   ops::embedding_backward(cuda{}, d_dtable.data(), d_dout.data(), d_ids.data(), N, V, D);
-  EXPECT_EQ(d_dtable.get(), (Host{0, 0, 0, 2, 2, 2, 1, 1, 1, 0, 0, 0}));
+  EXPECT_EQ(d_dtable.host(), (Host{0, 0, 0, 2, 2, 2, 1, 1, 1, 0, 0, 0}));
   EXPECT_THROW(ops::embedding_forward(cuda{}, d_out.data(), d_ids.data(), d_table.data(), N, V, 0), Error);
 }
 
@@ -215,31 +190,31 @@ TEST_F(CudaCore, SiluGeluForwardBackwardMatchCpu) {
   x[0] = 100.f;  // saturated sigmoid / erf / tanh
   x[1] = -100.f;
   const Host dy = randn(n, rng);
-  Dev<float> d_x(x), d_dy(dy), d_y(Host(sz(n))), d_dx(Host(sz(n)));
+  DeviceCopy<float> d_x(x), d_dy(dy), d_y(Host(sz(n))), d_dx(Host(sz(n)));
   Host y(sz(n)), dx(sz(n));
 
   ops::silu_forward(cpu{}, y.data(), x.data(), n);
   ops::silu_forward(cuda{}, d_y.data(), d_x.data(), n);
-  expect_close("silu y", d_y.get(), y);
+  expect_close("silu y", d_y.host(), y);
   ops::silu_backward(cpu{}, dx.data(), dy.data(), x.data(), n);
   ops::silu_backward(cuda{}, d_dx.data(), d_dy.data(), d_x.data(), n);
-  expect_close("silu dx", d_dx.get(), dx);
+  expect_close("silu dx", d_dx.host(), dx);
 
   for (const auto approx : {ops::GeluApprox::None, ops::GeluApprox::Tanh}) {
     const std::string tag = approx == ops::GeluApprox::None ? " (erf)" : " (tanh)";
     ops::gelu_forward(cpu{}, y.data(), x.data(), n, approx);
     ops::gelu_forward(cuda{}, d_y.data(), d_x.data(), n, approx);
-    expect_close("gelu y" + tag, d_y.get(), y);
+    expect_close("gelu y" + tag, d_y.host(), y);
     ops::gelu_backward(cpu{}, dx.data(), dy.data(), x.data(), n, approx);
     ops::gelu_backward(cuda{}, d_dx.data(), d_dy.data(), d_x.data(), n, approx);
-    expect_close("gelu dx" + tag, d_dx.get(), dx);
+    expect_close("gelu dx" + tag, d_dx.host(), dx);
   }
 
   // In place (y == x), allowed on both backends.
-  Dev<float> d_inplace(x);
+  DeviceCopy<float> d_inplace(x);
   ops::silu_forward(cpu{}, y.data(), x.data(), n);
   ops::silu_forward(cuda{}, d_inplace.data(), d_inplace.data(), n);
-  expect_close("silu in place", d_inplace.get(), y);
+  expect_close("silu in place", d_inplace.host(), y);
 }
 
 // gate and up as the two halves of a fused [N, 2H] projection (gu_stride = 2H), and as separate [N, H]
@@ -254,7 +229,7 @@ TEST_F(CudaCore, SwigluForwardBackwardMatchCpu) {
     // fused: gu holds [gate | up] rows; separate: gu is gate and `up` its own array. Gradients likewise.
     const Host gu = randn(N * ld, rng, 2.0), up_sep = randn(N * H, rng), dout = randn(N * H, rng);
     Host out(sz(N * H)), dgu(gu.size(), 0.f), dup_sep(sz(N * H), 0.f);
-    Dev<float> d_gu(gu), d_up_sep(up_sep), d_dout(dout), d_out(out), d_dgu(dgu), d_dup_sep(dup_sep);
+    DeviceCopy<float> d_gu(gu), d_up_sep(up_sep), d_dout(dout), d_out(out), d_dgu(dgu), d_dup_sep(dup_sep);
     const float* up = fused ? gu.data() + H : up_sep.data();
     float* dup = fused ? dgu.data() + H : dup_sep.data();
     const float* d_up = fused ? d_gu.data() + H : d_up_sep.data();
@@ -263,11 +238,11 @@ TEST_F(CudaCore, SwigluForwardBackwardMatchCpu) {
 
     ops::swiglu_forward(cpu{}, out.data(), gu.data(), up, N, H, stride);
     ops::swiglu_forward(cuda{}, d_out.data(), d_gu.data(), d_up, N, H, stride);
-    expect_close("swiglu out" + tag, d_out.get(), out);
+    expect_close("swiglu out" + tag, d_out.host(), out);
     ops::swiglu_backward(cpu{}, dgu.data(), dup, dout.data(), gu.data(), up, N, H, stride);
     ops::swiglu_backward(cuda{}, d_dgu.data(), d_dup, d_dout.data(), d_gu.data(), d_up, N, H, stride);
-    expect_close("swiglu dgate (and dup when fused)" + tag, d_dgu.get(), dgu);
-    if (!fused) expect_close("swiglu dup" + tag, d_dup_sep.get(), dup_sep);
+    expect_close("swiglu dgate (and dup when fused)" + tag, d_dgu.host(), dgu);
+    if (!fused) expect_close("swiglu dup" + tag, d_dup_sep.host(), dup_sep);
 
     // bf16 outputs: exactly the bf16 rounding of the fp32 outputs (the same fp32 value, rounded once).
     auto rounded = [](const Host& v) {
@@ -280,15 +255,15 @@ TEST_F(CudaCore, SwigluForwardBackwardMatchCpu) {
       for (size_t i = 0; i < v.size(); ++i) r[i] = v[i].bits;
       return r;
     };
-    Dev<bf16> h16(std::vector<bf16>(sz(N * H))), dgu16(std::vector<bf16>(gu.size())),
+    DeviceCopy<bf16> h16(std::vector<bf16>(sz(N * H))), dgu16(std::vector<bf16>(gu.size())),
         dup16_sep(std::vector<bf16>(sz(N * H)));
     ops::swiglu_forward(cuda{}, h16.data(), d_gu.data(), d_up, N, H, stride);
-    EXPECT_EQ(bits(h16.get()), rounded(d_out.get())) << "swiglu bf16 out" << tag;
+    EXPECT_EQ(bits(h16.host()), rounded(d_out.host())) << "swiglu bf16 out" << tag;
     bf16* dup16 = fused ? dgu16.data() + H : dup16_sep.data();
     ops::swiglu_backward(cuda{}, dgu16.data(), dup16, d_dout.data(), d_gu.data(), d_up, N, H, stride);
-    EXPECT_EQ(bits(dgu16.get()), rounded(d_dgu.get())) << "swiglu bf16 dgate (and dup when fused)" << tag;
+    EXPECT_EQ(bits(dgu16.host()), rounded(d_dgu.host())) << "swiglu bf16 dgate (and dup when fused)" << tag;
     if (!fused) {
-      EXPECT_EQ(bits(dup16_sep.get()), rounded(d_dup_sep.get())) << "swiglu bf16 dup" << tag;
+      EXPECT_EQ(bits(dup16_sep.host()), rounded(d_dup_sep.host())) << "swiglu bf16 dup" << tag;
     }
   }
 }
@@ -325,30 +300,30 @@ TEST_F(CudaCore, SwigluBf16InputsMatchTheFp32KernelsOnRoundedInputs) {
     const std::vector<bf16> gu16 = to_bf16(randn(s + N * ld, rng, 2.0)),
                             up16_sep = to_bf16(randn(s + N * H, rng));
     const Host dout = randn(s + N * H, rng);
-    Dev<float> d_gu(widen(gu16)), d_up_sep(widen(up16_sep)), d_dout(dout);
-    Dev<bf16> d_gu16(gu16), d_up16_sep(up16_sep);
+    DeviceCopy<float> d_gu(widen(gu16)), d_up_sep(widen(up16_sep)), d_dout(dout);
+    DeviceCopy<bf16> d_gu16(gu16), d_up16_sep(up16_sep);
     const std::vector<bf16> zeros_h(sz(s + N * H)), zeros_gu(sz(s + N * ld));
-    Dev<bf16> h_ref(zeros_h), h_new(zeros_h), dgu_ref(zeros_gu), dgu_new(zeros_gu), dup_ref(zeros_h),
+    DeviceCopy<bf16> h_ref(zeros_h), h_new(zeros_h), dgu_ref(zeros_gu), dgu_new(zeros_gu), dup_ref(zeros_h),
         dup_new(zeros_h);
     const float* gate = d_gu.data() + s;
     const float* up = c.fused ? gate + H : d_up_sep.data() + s;
     const bf16* gate16 = d_gu16.data() + s;
     const bf16* up16 = c.fused ? gate16 + H : d_up16_sep.data() + s;
-    auto dup_of = [&](Dev<bf16>& dgu, Dev<bf16>& dup) {
+    auto dup_of = [&](DeviceCopy<bf16>& dgu, DeviceCopy<bf16>& dup) {
       return c.fused ? dgu.data() + s + H : dup.data() + s;
     };
     const int64_t stride = c.fused ? ld : 0;
 
     ops::swiglu_forward(cuda{}, h_ref.data() + s, gate, up, N, H, stride);
     ops::swiglu_forward(cuda{}, h_new.data() + s, gate16, up16, N, H, stride);
-    EXPECT_LE(max_ulps(h_new.get(), h_ref.get()), 1) << "swiglu bf16-input out";
+    EXPECT_LE(max_ulps(h_new.host(), h_ref.host()), 1) << "swiglu bf16-input out";
     ops::swiglu_backward(cuda{}, dgu_ref.data() + s, dup_of(dgu_ref, dup_ref), d_dout.data() + s, gate, up, N,
                          H, stride);
     ops::swiglu_backward(cuda{}, dgu_new.data() + s, dup_of(dgu_new, dup_new), d_dout.data() + s, gate16,
                          up16, N, H, stride);
-    EXPECT_LE(max_ulps(dgu_new.get(), dgu_ref.get()), 1) << "swiglu bf16-input dgate (and dup when fused)";
+    EXPECT_LE(max_ulps(dgu_new.host(), dgu_ref.host()), 1) << "swiglu bf16-input dgate (and dup when fused)";
     if (!c.fused) {
-      EXPECT_LE(max_ulps(dup_new.get(), dup_ref.get()), 1) << "swiglu bf16-input dup";
+      EXPECT_LE(max_ulps(dup_new.host(), dup_ref.host()), 1) << "swiglu bf16-input dup";
     }
   }
 }
@@ -369,15 +344,15 @@ TEST_F(CudaCore, AddAndScaleAreExact) {
     ops::add_inplace(cpu{}, yi.data() + c.off, x.data() + c.off, n);
     ops::scale_inplace(cpu{}, ys.data() + c.off, -0.37f, n);
     std::fill(yf.begin() + c.off, yf.end(), 2.75f);
-    Dev<float> d_x(x), d_y(y), d_z(Host(sz(m))), d_yi(y), d_ys(y), d_yf(y);
+    DeviceCopy<float> d_x(x), d_y(y), d_z(Host(sz(m))), d_yi(y), d_ys(y), d_yf(y);
     ops::add(cuda{}, d_z.data() + c.off, d_x.data() + c.off, d_y.data() + c.off, n);
     ops::add_inplace(cuda{}, d_yi.data() + c.off, d_x.data() + c.off, n);
     ops::scale_inplace(cuda{}, d_ys.data() + c.off, -0.37f, n);
     ops::fill(cuda{}, d_yf.data() + c.off, 2.75f, n);
-    expect_equal("add", d_z.get(), z);
-    expect_equal("add_inplace", d_yi.get(), yi);
-    expect_equal("scale_inplace", d_ys.get(), ys);
-    expect_equal("fill", d_yf.get(), yf);
+    expect_equal("add", d_z.host(), z);
+    expect_equal("add_inplace", d_yi.host(), yi);
+    expect_equal("scale_inplace", d_ys.host(), ys);
+    expect_equal("fill", d_yf.host(), yf);
   }
 }
 
@@ -395,14 +370,14 @@ TEST_F(CudaCore, RopeForwardBackwardMatchCpu) {
       Ids pos = randint(N, rng, 0, 5000);
       pos[0] = 0;
       const Host x = randn(N * stride, rng);
-      Dev<int64_t> d_pos(pos);
+      DeviceCopy<int64_t> d_pos(pos);
       const std::string tag = (style == ops::RopeStyle::Interleaved ? " interleaved" : " half") +
                               std::string(", H ") + std::to_string(H);
       Host y = x;
-      Dev<float> d_y(x);
+      DeviceCopy<float> d_y(x);
       ops::rope_forward(cpu{}, y.data(), stride, pos.data(), N, H, Dh, 10000.0, style);
       ops::rope_forward(cuda{}, d_y.data(), stride, d_pos.data(), N, H, Dh, 10000.0, style);
-      const Host gy = d_y.get();
+      const Host gy = d_y.host();
       expect_close("rope forward" + tag, gy, y);
       for (int64_t n = 0; n < N; ++n)
         for (int64_t k = H * Dh; k < stride; ++k)
@@ -410,10 +385,10 @@ TEST_F(CudaCore, RopeForwardBackwardMatchCpu) {
 
       ops::rope_backward(cpu{}, y.data(), stride, pos.data(), N, H, Dh, 10000.0, style);
       ops::rope_backward(cuda{}, d_y.data(), stride, d_pos.data(), N, H, Dh, 10000.0, style);
-      const Host back = d_y.get();
+      const Host back = d_y.host();
       expect_close("rope backward" + tag, back, y);
       expect_close("rope backward(forward(x)) = x" + tag, back, x);
-      Dev<float> d_x(x);
+      DeviceCopy<float> d_x(x);
       EXPECT_THROW(
           ops::rope_forward(cuda{}, d_x.data(), stride, d_pos.data(), N, H, 33, 1e4, ops::RopeStyle::Half),
           Error);
@@ -438,7 +413,7 @@ TEST_F(CudaCore, RopeQkRotatesQueriesAndKeysInOneLaunch) {
       const int64_t Hq = heads.q, Hk = heads.k;
       SCOPED_TRACE("N = " + std::to_string(N) + ", heads " + std::to_string(Hq) + " + " + std::to_string(Hk));
       Ids pos = randint(N, rng, 0, 3000);
-      Dev<int64_t> d_pos(pos);
+      DeviceCopy<int64_t> d_pos(pos);
       const Host q = randn(N * Hq * Dh, rng), k = randn(N * Hk * Dh, rng);
       // Within one bf16 step of the rounded reference (a tie-breaking difference of the fp32 rotations).
       auto expect_bf16_of = [](const std::string& what, const Host& got, const Host& ref32) {
@@ -464,45 +439,45 @@ TEST_F(CudaCore, RopeQkRotatesQueriesAndKeysInOneLaunch) {
           };
           const auto [rq, rk] = cpu_rotate(q, k);
           {  // fp32 in place
-            Dev<float> dq(q), dk(k);
+            DeviceCopy<float> dq(q), dk(k);
             ops::rope_qk(cuda{}, dq.data(), dk.data(), dq.data(), dk.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4,
                          style, inverse);
-            expect_close("rope_qk fp32 q" + tag, dq.get(), rq);
-            expect_close("rope_qk fp32 k" + tag, dk.get(), rk);
+            expect_close("rope_qk fp32 q" + tag, dq.host(), rq);
+            expect_close("rope_qk fp32 k" + tag, dk.host(), rk);
           }
           {  // fp32 -> bf16
-            Dev<float> dq(q), dk(k);
-            Dev<bf16> oq(std::vector<bf16>(q.size())), ok(std::vector<bf16>(k.size()));
+            DeviceCopy<float> dq(q), dk(k);
+            DeviceCopy<bf16> oq(std::vector<bf16>(q.size())), ok(std::vector<bf16>(k.size()));
             ops::rope_qk(cuda{}, dq.data(), dk.data(), oq.data(), ok.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4,
                          style, inverse);
-            expect_bf16_of("rope_qk fp32->bf16 q" + tag, widen(oq.get()), rq);
-            expect_bf16_of("rope_qk fp32->bf16 k" + tag, widen(ok.get()), rk);
-            EXPECT_EQ(dq.get(), q) << "the fp32 input is left alone";
+            expect_bf16_of("rope_qk fp32->bf16 q" + tag, widen(oq.host()), rq);
+            expect_bf16_of("rope_qk fp32->bf16 k" + tag, widen(ok.host()), rk);
+            EXPECT_EQ(dq.host(), q) << "the fp32 input is left alone";
           }
           const auto [rq16, rk16] = cpu_rotate(widen(to_bf16(q)), widen(to_bf16(k)));
           {  // bf16 -> fp32
-            Dev<bf16> dq(to_bf16(q)), dk(to_bf16(k));
-            Dev<float> oq(Host(q.size())), ok(Host(k.size()));
+            DeviceCopy<bf16> dq(to_bf16(q)), dk(to_bf16(k));
+            DeviceCopy<float> oq(Host(q.size())), ok(Host(k.size()));
             ops::rope_qk(cuda{}, dq.data(), dk.data(), oq.data(), ok.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4,
                          style, inverse);
-            expect_close("rope_qk bf16->fp32 q" + tag, oq.get(), rq16);
-            expect_close("rope_qk bf16->fp32 k" + tag, ok.get(), rk16);
+            expect_close("rope_qk bf16->fp32 q" + tag, oq.host(), rq16);
+            expect_close("rope_qk bf16->fp32 k" + tag, ok.host(), rk16);
           }
           {  // bf16 -> bf16 in place
-            Dev<bf16> dq(to_bf16(q)), dk(to_bf16(k));
+            DeviceCopy<bf16> dq(to_bf16(q)), dk(to_bf16(k));
             ops::rope_qk(cuda{}, dq.data(), dk.data(), dq.data(), dk.data(), d_pos.data(), N, Hq, Hk, Dh, 1e4,
                          style, inverse);
-            expect_bf16_of("rope_qk bf16 in place q" + tag, widen(dq.get()), rq16);
-            expect_bf16_of("rope_qk bf16 in place k" + tag, widen(dk.get()), rk16);
+            expect_bf16_of("rope_qk bf16 in place q" + tag, widen(dq.host()), rq16);
+            expect_bf16_of("rope_qk bf16 in place k" + tag, widen(dk.host()), rk16);
           }
         }
       }
     }
   const int64_t N = 29, Hq = 4, Hk = 2;
   Ids pos = randint(N, rng, 0, 3000);
-  Dev<int64_t> d_pos(pos);
+  DeviceCopy<int64_t> d_pos(pos);
   const Host q = randn(N * Hq * Dh, rng), k = randn(N * Hk * Dh, rng);
-  Dev<float> dq(q), dk(k);
+  DeviceCopy<float> dq(q), dk(k);
   EXPECT_THROW(ops::rope_qk(cuda{}, dq.data(), dk.data(), dq.data(), dk.data(), d_pos.data(), N, Hq, Hk, 15,
                             1e4, ops::RopeStyle::Half, false),
                Error);
@@ -532,7 +507,7 @@ TEST_F(CudaCore, RopeQkBf16VectorisedMatchesThePerPairKernel) {
                                     (inverse ? ", inverse" : "") + (offset ? ", unaligned" : "");
             SCOPED_TRACE(tag);
             const int64_t nq = N * sh.Hq * sh.Dh, nk = N * sh.Hk * sh.Dh;
-            Dev<int64_t> pos(randint(N, rng, 0, 5000));
+            DeviceCopy<int64_t> pos(randint(N, rng, 0, 5000));
             const std::vector<bf16> q = to_bf16(randn(nq + offset, rng)),
                                     k = to_bf16(randn(nk + offset, rng));
             // rotate(vectorised, in_place): q', k' (host)
@@ -540,12 +515,12 @@ TEST_F(CudaCore, RopeQkBf16VectorisedMatchesThePerPairKernel) {
               cuda_detail::set_rope_vectorised(vectorised);
               // (out of place: the outputs start as the inputs, so the element before an unaligned view
               // matches the in-place reference, and an element left unwritten stays unrotated)
-              Dev<bf16> dq(q), dk(k), oq(q), ok(k);
+              DeviceCopy<bf16> dq(q), dk(k), oq(q), ok(k);
               bf16* q_out = in_place ? dq.data() : oq.data();
               bf16* k_out = in_place ? dk.data() : ok.data();
               ops::rope_qk(cuda{}, dq.data() + offset, dk.data() + offset, q_out + offset, k_out + offset,
                            pos.data(), N, sh.Hq, sh.Hk, sh.Dh, 5e5, style, inverse);
-              return std::pair{in_place ? dq.get() : oq.get(), in_place ? dk.get() : ok.get()};
+              return std::pair{in_place ? dq.host() : oq.host(), in_place ? dk.host() : ok.host()};
             };
             auto bits = [](const std::vector<bf16>& v) {
               std::vector<uint16_t> b(v.size());
@@ -577,16 +552,16 @@ TEST_F(CudaCore, RopeQkAppendRotatesIntoTheCacheRows) {
       Ids rseg(static_cast<size_t>(N), 7);
       ops::rope_qk_append(cpu{}, rq.data(), k.data(), v.data(), pos.data(), N, Hq, Hk, Dh, vw, 1e4, style,
                           rk.data(), rv.data(), rseg.data());
-      Dev<int64_t> d_pos(pos), seg(Ids(static_cast<size_t>(N), 7));
-      Dev<float> dq(q), dk(k), dv(v), kdst(Host(k.size(), -1.f)), vdst(Host(v.size(), -1.f));
+      DeviceCopy<int64_t> d_pos(pos), seg(Ids(static_cast<size_t>(N), 7));
+      DeviceCopy<float> dq(q), dk(k), dv(v), kdst(Host(k.size(), -1.f)), vdst(Host(v.size(), -1.f));
       ops::rope_qk_append(cuda{}, dq.data(), dk.data(), dv.data(), d_pos.data(), N, Hq, Hk, Dh, vw, 1e4,
                           style, kdst.data(), vdst.data(), seg.data());
-      expect_close("rope_qk_append q", dq.get(), rq);
-      expect_close("rope_qk_append k rows", kdst.get(), rk);
-      EXPECT_EQ(vdst.get(), v) << "v rows are copied";
-      EXPECT_EQ(seg.get(), Ids(static_cast<size_t>(N), 0)) << "segment ids are zeroed";
-      EXPECT_EQ(dk.get(), k) << "k is left alone";
-      EXPECT_EQ(dv.get(), v) << "v is left alone";
+      expect_close("rope_qk_append q", dq.host(), rq);
+      expect_close("rope_qk_append k rows", kdst.host(), rk);
+      EXPECT_EQ(vdst.host(), v) << "v rows are copied";
+      EXPECT_EQ(seg.host(), Ids(static_cast<size_t>(N), 0)) << "segment ids are zeroed";
+      EXPECT_EQ(dk.host(), k) << "k is left alone";
+      EXPECT_EQ(dv.host(), v) << "v is left alone";
       EXPECT_NE(rk, k) << "the keys were rotated";
     }
   }
@@ -600,12 +575,12 @@ TEST_F(CudaCore, AppendKvCopiesRowsAndSegmentIds) {
   const Host k = randn(rows * ks, rng), v = randn(rows * vs, rng);
   const Ids seg = randint(rows, rng, 1, 100);
   for (const bool with_seg : {true, false}) {
-    Dev<float> dk(k), dv(v), ck(Host(cap * kw, -1.f)), cv(Host(cap * vw, -2.f));
-    Dev<int64_t> ds(seg), cs(Ids(cap, -3));
+    DeviceCopy<float> dk(k), dv(v), ck(Host(cap * kw, -1.f)), cv(Host(cap * vw, -2.f));
+    DeviceCopy<int64_t> ds(seg), cs(Ids(cap, -3));
     ops::append_kv(cuda{}, ck.data() + at * kw, dk.data(), ks, kw, cv.data() + at * vw, dv.data(), vs, vw,
                    cs.data() + at, with_seg ? ds.data() : nullptr, rows);
-    const Host gk = ck.get(), gv = cv.get();
-    const Ids gs = cs.get();
+    const Host gk = ck.host(), gv = cv.host();
+    const Ids gs = cs.host();
     for (int64_t r = 0; r < cap; ++r) {
       const bool in = r >= at && r < at + rows;
       for (int64_t c = 0; c < kw; ++c)
@@ -632,21 +607,21 @@ TEST_F(CudaCore, CrossEntropyForwardBackwardMatchCpu) {
     Ids targets = randint(N, rng, 0, V);
     for (int64_t n = 0; n < N; n += 5) targets[sz(n)] = -100;
     Host losses(sz(N)), dlogits(sz(N * V));
-    Dev<float> d_logits(logits), d_losses(losses), d_dlogits(dlogits);
-    Dev<int64_t> d_targets(targets);
+    DeviceCopy<float> d_logits(logits), d_losses(losses), d_dlogits(dlogits);
+    DeviceCopy<int64_t> d_targets(targets);
 
     const double loss = ops::cross_entropy_forward(cpu{}, losses.data(), logits.data(), targets.data(), N, V);
     const double gloss =
         ops::cross_entropy_forward(cuda{}, d_losses.data(), d_logits.data(), d_targets.data(), N, V);
     EXPECT_NEAR(gloss, loss, 1e-6 * std::abs(loss)) << tag;
-    expect_close("ce losses" + tag, d_losses.get(), losses);
+    expect_close("ce losses" + tag, d_losses.host(), losses);
     EXPECT_NEAR(ops::cross_entropy_forward(cuda{}, nullptr, d_logits.data(), d_targets.data(), N, V), loss,
                 1e-6 * std::abs(loss))
         << "losses = nullptr" << tag;
 
     ops::cross_entropy_backward(cpu{}, dlogits.data(), logits.data(), targets.data(), N, V, 1.7);
     ops::cross_entropy_backward(cuda{}, d_dlogits.data(), d_logits.data(), d_targets.data(), N, V, 1.7);
-    expect_close("ce dlogits" + tag, d_dlogits.get(), dlogits);
+    expect_close("ce dlogits" + tag, d_dlogits.host(), dlogits);
   }
 }
 
@@ -654,13 +629,13 @@ TEST_F(CudaCore, CrossEntropyIgnoredAndBadTargets) {
   const int64_t N = 3, V = 5;
   Rng rng(42);
   const Host logits = randn(N * V, rng);
-  Dev<float> d_logits(logits), d_dlogits(Host(sz(N * V), 7.f));
-  Dev<int64_t> all_ignored(Ids{-1, -1, -1});
+  DeviceCopy<float> d_logits(logits), d_dlogits(Host(sz(N * V), 7.f));
+  DeviceCopy<int64_t> all_ignored(Ids{-1, -1, -1});
   EXPECT_EQ(ops::cross_entropy_forward(cuda{}, nullptr, d_logits.data(), all_ignored.data(), N, V, -1), 0.0);
   ops::cross_entropy_backward(cuda{}, d_dlogits.data(), d_logits.data(), all_ignored.data(), N, V, 1.0, -1);
-  EXPECT_EQ(d_dlogits.get(), Host(sz(N * V), 0.f));
+  EXPECT_EQ(d_dlogits.host(), Host(sz(N * V), 0.f));
 
-  Dev<int64_t> bad(Ids{0, 5, -100});
+  DeviceCopy<int64_t> bad(Ids{0, 5, -100});
   try {
     ops::cross_entropy_forward(cuda{}, nullptr, d_logits.data(), bad.data(), N, V);
     ADD_FAILURE() << "expected tessera::Error";
@@ -668,7 +643,7 @@ TEST_F(CudaCore, CrossEntropyIgnoredAndBadTargets) {
     EXPECT_NE(std::string(e.what()).find("target 5 of row 1"), std::string::npos) << e.what();
   }
   ops::cross_entropy_backward(cuda{}, d_dlogits.data(), d_logits.data(), bad.data(), N, V, 1.0);
-  const Host g = d_dlogits.get();
+  const Host g = d_dlogits.host();
   EXPECT_TRUE(all_nan(g, 5, 10)) << "row with a bad target";
   EXPECT_FALSE(std::isnan(g[0]));
   EXPECT_EQ(g[10], 0.f);  // ignored row
@@ -687,9 +662,9 @@ TEST_F(CudaCore, EntropiesMatchCpu) {
     for (int64_t v = 0; v < V; ++v) logits[sz(V + v)] = v == 7 ? 80.f : 0.f;  // row 1: nearly one-hot
     Host h(sz(rows));
     blt::entropies_from_logits(logits.data(), rows, V, h.data());
-    Dev<float> d_logits(logits), d_h(Host(sz(rows)));
+    DeviceCopy<float> d_logits(logits), d_h(Host(sz(rows)));
     blt::entropies_from_logits(cuda{}, d_logits.data(), rows, V, d_h.data());
-    expect_close("entropies V=" + std::to_string(V), d_h.get(), h);
+    expect_close("entropies V=" + std::to_string(V), d_h.host(), h);
   }
 }
 
@@ -712,26 +687,26 @@ TEST_F(CudaCore, LayerNormForwardBackwardMatchCpu) {
     Host w = randn(c.D, rng), b = randn(c.D, rng);
     for (float& v : w) v += 1.f;
     Host y(sz(n)), mean(sz(c.N)), rstd(sz(c.N)), dx(sz(n)), dw = randn(c.D, rng), db = randn(c.D, rng);
-    Dev<float> d_x(x), d_dy(dy), d_w(w), d_b(b), d_y(y), d_mean(mean), d_rstd(rstd), d_dx(dx), d_dw(dw),
-        d_db(db);
+    DeviceCopy<float> d_x(x), d_dy(dy), d_w(w), d_b(b), d_y(y), d_mean(mean), d_rstd(rstd), d_dx(dx),
+        d_dw(dw), d_db(db);
     const float* wp = c.affine ? w.data() : nullptr;
     const float* bp = c.affine ? b.data() : nullptr;
 
     ops::layernorm_forward(cpu{}, y.data(), mean.data(), rstd.data(), x.data(), wp, bp, c.N, c.D, 1e-5);
     ops::layernorm_forward(cuda{}, d_y.data(), d_mean.data(), d_rstd.data(), d_x.data(),
                            c.affine ? d_w.data() : nullptr, c.affine ? d_b.data() : nullptr, c.N, c.D, 1e-5);
-    expect_close("layernorm y" + tag, d_y.get(), y);
-    expect_close("layernorm mean" + tag, d_mean.get(), mean);
-    expect_close("layernorm rstd" + tag, d_rstd.get(), rstd);
+    expect_close("layernorm y" + tag, d_y.host(), y);
+    expect_close("layernorm mean" + tag, d_mean.host(), mean);
+    expect_close("layernorm rstd" + tag, d_rstd.host(), rstd);
 
     ops::layernorm_backward(cpu{}, dx.data(), c.affine ? dw.data() : nullptr, c.affine ? db.data() : nullptr,
                             dy.data(), x.data(), wp, mean.data(), rstd.data(), c.N, c.D);
     ops::layernorm_backward(cuda{}, d_dx.data(), c.affine ? d_dw.data() : nullptr,
                             c.affine ? d_db.data() : nullptr, d_dy.data(), d_x.data(),
                             c.affine ? d_w.data() : nullptr, d_mean.data(), d_rstd.data(), c.N, c.D);
-    expect_close("layernorm dx" + tag, d_dx.get(), dx);
-    expect_close("layernorm dw" + tag, d_dw.get(), dw);
-    expect_close("layernorm db" + tag, d_db.get(), db);
+    expect_close("layernorm dx" + tag, d_dx.host(), dx);
+    expect_close("layernorm dw" + tag, d_dw.host(), dw);
+    expect_close("layernorm db" + tag, d_db.host(), db);
   }
 }
 
@@ -770,17 +745,17 @@ TEST_F(CudaCore, SegmentMaxForwardBackwardMatchCpu) {
   Host out(sz(S * D)), dx = randn(N * D, rng);
   Ids argmax(sz(S * D));
   const Host dout = randn(S * D, rng);
-  Dev<float> d_x(c.x), d_out(out), d_dout(dout), d_dx(dx);
-  Dev<int64_t> d_seg(c.seg), d_argmax(argmax);
+  DeviceCopy<float> d_x(c.x), d_out(out), d_dout(dout), d_dx(dx);
+  DeviceCopy<int64_t> d_seg(c.seg), d_argmax(argmax);
 
   ops::segment_max_forward(cpu{}, out.data(), argmax.data(), c.x.data(), c.seg.data(), N, S, D);
   ops::segment_max_forward(cuda{}, d_out.data(), d_argmax.data(), d_x.data(), d_seg.data(), N, S, D);
-  expect_equal("segment max out", d_out.get(), out);
-  expect_equal("segment max argmax", d_argmax.get(), argmax);
+  expect_equal("segment max out", d_out.host(), out);
+  expect_equal("segment max argmax", d_argmax.host(), argmax);
 
   ops::segment_max_backward(cpu{}, dx.data(), dout.data(), argmax.data(), S, D);
   ops::segment_max_backward(cuda{}, d_dx.data(), d_dout.data(), d_argmax.data(), S, D);
-  expect_equal("segment max dx", d_dx.get(), dx);
+  expect_equal("segment max dx", d_dx.host(), dx);
 }
 
 // Mean pooling sums each segment's rows in row order on both sides (then one multiply): results agree to
@@ -791,16 +766,16 @@ TEST_F(CudaCore, SegmentMeanForwardBackwardMatchCpu) {
   const int64_t N = c.N, S = c.S, D = c.D;
   Host out(sz(S * D)), dx = randn(N * D, rng);
   const Host dout = randn(S * D, rng);
-  Dev<float> d_x(c.x), d_out(out), d_dout(dout), d_dx(dx);
-  Dev<int64_t> d_seg(c.seg);
+  DeviceCopy<float> d_x(c.x), d_out(out), d_dout(dout), d_dx(dx);
+  DeviceCopy<int64_t> d_seg(c.seg);
 
   ops::segment_mean_forward(cpu{}, out.data(), c.x.data(), c.seg.data(), N, S, D);
   ops::segment_mean_forward(cuda{}, d_out.data(), d_x.data(), d_seg.data(), N, S, D);
-  expect_close("segment mean out", d_out.get(), out);
+  expect_close("segment mean out", d_out.host(), out);
 
   ops::segment_mean_backward(cpu{}, dx.data(), dout.data(), c.seg.data(), N, S, D);
   ops::segment_mean_backward(cuda{}, d_dx.data(), d_dout.data(), d_seg.data(), N, S, D);
-  expect_close("segment mean dx", d_dx.get(), dx);
+  expect_close("segment mean dx", d_dx.host(), dx);
 }
 
 // ---- patch ids
@@ -816,9 +791,9 @@ TEST_F(CudaCore, PatchIdsFromLengthsMatchCpu) {
                        2,  2, 2, 2, 2, 2, 2, 2, 2};
   Ids ref(sz(B * T));
   patchers::patch_ids_from_lengths(lengths.data(), B, P, T, ref.data());
-  Dev<int64_t> d_len(lengths), d_out(Ids(sz(B * T), -7));
+  DeviceCopy<int64_t> d_len(lengths), d_out(Ids(sz(B * T), -7));
   patchers::patch_ids_from_lengths(cuda{}, d_len.data(), B, P, T, d_out.data());
-  expect_equal("patch ids", d_out.get(), ref);
+  expect_equal("patch ids", d_out.host(), ref);
 
   // A longer random batch through the same path.
   Rng rng(81);
@@ -826,9 +801,9 @@ TEST_F(CudaCore, PatchIdsFromLengthsMatchCpu) {
   const Ids len2 = randint(B2 * P2, rng, 0, 9);
   Ids ref2(sz(B2 * T2));
   patchers::patch_ids_from_lengths(len2.data(), B2, P2, T2, ref2.data());
-  Dev<int64_t> d_len2(len2), d_out2(Ids(sz(B2 * T2)));
+  DeviceCopy<int64_t> d_len2(len2), d_out2(Ids(sz(B2 * T2)));
   patchers::patch_ids_from_lengths(cuda{}, d_len2.data(), B2, P2, T2, d_out2.data());
-  expect_equal("patch ids (random)", d_out2.get(), ref2);
+  expect_equal("patch ids (random)", d_out2.host(), ref2);
 }
 
 // ---- BLT hash n-gram ids and hash embedding
@@ -843,17 +818,17 @@ TEST_F(CudaCore, HashNgramIdsMatchCpuExactly) {
     Ids ids(sz(B * T));
     for (auto& v : ids)
       v = bytes ? static_cast<int64_t>(rng.next_u64() % 260) : static_cast<int64_t>(rng.next_u64());
-    Dev<int64_t> d_ids(ids);
+    DeviceCopy<int64_t> d_ids(ids);
     for (const int n : {1, 3, 8})
       for (const int64_t prime : {blt::kHashPrimes[0], blt::kHashPrimes[1], blt::kHashPrimes[6]}) {
         const int64_t M = 500002;
         Ids ref(sz(B * T));
         blt::hash_ngram_ids_batch(ids.data(), B, T, n, M, ref.data(), prime);
-        Dev<int64_t> d_out(Ids(sz(B * T), -1));
+        DeviceCopy<int64_t> d_out(Ids(sz(B * T), -1));
         blt::hash_ngram_ids_batch(cuda{}, d_ids.data(), B, T, n, M, d_out.data(), prime);
         expect_equal("hash ids n=" + std::to_string(n) + " prime=" + std::to_string(prime) +
                          (bytes ? " (bytes)" : " (int64)"),
-                     d_out.get(), ref);
+                     d_out.host(), ref);
       }
   }
 }
@@ -875,34 +850,34 @@ TEST_F(CudaCore, StackedHashEmbeddingMatchesCpu) {
     const Ids ids = randint(N, rng, 0, hc.vocab_size);
     Ids hid(sz(nt * N));
     blt::stacked_hash_ids(hc, ids.data(), B, T, hid.data());
-    Dev<int64_t> d_ids(ids), d_hid(Ids(sz(nt * N), -1));
+    DeviceCopy<int64_t> d_ids(ids), d_hid(Ids(sz(nt * N), -1));
     blt::stacked_hash_ids(cuda{}, hc, d_ids.data(), B, T, d_hid.data());
-    expect_equal("stacked hash ids", d_hid.get(), hid);
+    expect_equal("stacked hash ids", d_hid.host(), hid);
 
     const Host byte_table = randn(hc.vocab_size * D, rng), hash_table = randn(rows * D, rng),
                dy = randn(N * D, rng);
     Host y(sz(N * D)), dbyte = randn(hc.vocab_size * D, rng), dhash = randn(rows * D, rng);
-    Dev<float> d_bt(byte_table), d_ht(hash_table), d_dy(dy), d_y(y), d_dbyte(dbyte), d_dhash(dhash);
+    DeviceCopy<float> d_bt(byte_table), d_ht(hash_table), d_dy(dy), d_y(y), d_dbyte(dbyte), d_dhash(dhash);
     blt::hash_embedding_forward(cpu{}, y.data(), ids.data(), hid.data(), byte_table.data(), hash_table.data(),
                                 N, nt, hc.vocab_size, D);
     blt::hash_embedding_forward(cuda{}, d_y.data(), d_ids.data(), d_hid.data(), d_bt.data(), d_ht.data(), N,
                                 nt, hc.vocab_size, D);
-    expect_close("hash embedding y", d_y.get(), y);
+    expect_close("hash embedding y", d_y.host(), y);
 
     blt::hash_embedding_backward(cpu{}, dbyte.data(), dhash.data(), dy.data(), ids.data(), hid.data(), N, nt,
                                  hc.vocab_size, rows, D);
     blt::hash_embedding_backward(cuda{}, d_dbyte.data(), d_dhash.data(), d_dy.data(), d_ids.data(),
                                  d_hid.data(), N, nt, hc.vocab_size, rows, D);
-    expect_close("hash embedding dbyte", d_dbyte.get(), dbyte);
-    expect_close("hash embedding dhash", d_dhash.get(), dhash);
+    expect_close("hash embedding dbyte", d_dbyte.host(), dbyte);
+    expect_close("hash embedding dhash", d_dhash.host(), dhash);
 
     // An out-of-range byte id gives a NaN row (the other rows as before).
     Ids bad = ids;
     bad[5] = hc.vocab_size;
-    Dev<int64_t> d_bad(bad);
+    DeviceCopy<int64_t> d_bad(bad);
     blt::hash_embedding_forward(cuda{}, d_y.data(), d_bad.data(), d_hid.data(), d_bt.data(), d_ht.data(), N,
                                 nt, hc.vocab_size, D);
-    const Host yb = d_y.get();
+    const Host yb = d_y.host();
     for (int64_t r = 0; r < N; ++r)
       for (int64_t c = 0; c < D; ++c) {
         const float v = yb[sz(r * D + c)];
@@ -922,34 +897,52 @@ TEST_F(CudaCore, StackedHashEmbeddingMatchesCpu) {
 // agree bit for bit unless the CPU build contracts its loop into FMAs (-march=native may), which moves an
 // fp32 result by at most 1 ulp; after 3 steps rtol 1e-6 (~8 ulp) is ample, a wrong formula is off by far
 // more. The bf16 copy must be exactly the RNE rounding of the GPU's fp32 weights. Offset 0: aligned tensors
-// (the kernel's 4-wide path, plus its one-by-one path for the tail of 1001 = 4 * 250 + 1); offset 1:
+// (the kernel's 4-wide path, plus its one-by-one path for the tail of 4099 = 4 * 1024 + 3); offset 1:
 // misaligned pointers (one by one only). Step 2 reads the gradients scaled by a clipping coefficient on both
-// sides.
+// sides. Every route of the 4-wide path (adamw.cu: loads ahead on the default grid, loads ahead on a grid of
+// one block, where each thread walks four groups, and the plain grid-stride pass) gives the same bits.
 TEST_F(CudaCore, AdamWThreeStepsMatchCpu) {
+  struct Restore {
+    cuda_detail::AdamWRoute was;
+    ~Restore() { cuda_detail::set_adamw_route(was); }
+  } const restore{cuda_detail::set_adamw_route({})};
+  const std::pair<const char*, cuda_detail::AdamWRoute> routes[] = {
+      {"loads ahead", {true, 0}}, {"loads ahead, one block", {true, 1}}, {"grid-stride", {false, 0}}};
   for (const int64_t offset : {0, 1}) {
-    SCOPED_TRACE("offset " + std::to_string(offset));
-    Rng rng(101);
-    const int64_t n = 1001;
-    Host p = randn(n + offset, rng), m(sz(n + offset), 0.f), v(sz(n + offset), 0.f);
-    Dev<float> d_p(p), d_m(m), d_v(v);
-    Dev<bf16> d_pb(std::vector<bf16>(sz(n + offset)));
-    for (int64_t t = 1; t <= 3; ++t) {
-      const Host g = randn(n + offset, rng, 0.1);
-      Dev<float> d_g(g);
-      const float grad_scale = t == 2 ? 0.37f : 1.f;  // step 2 folds a clipping coefficient in
-      train::adamw_update(cpu{}, p.data() + offset, g.data() + offset, m.data() + offset, v.data() + offset,
-                          n, 1e-2, 0.9, 0.95, 1e-8, 0.1, t, grad_scale);
-      train::adamw_update(cuda{}, d_p.data() + offset, d_g.data() + offset, d_m.data() + offset,
-                          d_v.data() + offset, n, 1e-2, 0.9, 0.95, 1e-8, 0.1, t,
-                          t == 3 ? d_pb.data() + offset : nullptr, grad_scale);
+    std::vector<float> first_route_p;
+    for (const auto& [route_name, route] : routes) {
+      SCOPED_TRACE(std::string(route_name) + ", offset " + std::to_string(offset));
+      cuda_detail::set_adamw_route(route);
+      Rng rng(101);
+      const int64_t n = 4099;
+      Host p = randn(n + offset, rng), m(sz(n + offset), 0.f), v(sz(n + offset), 0.f);
+      DeviceCopy<float> d_p(p), d_m(m), d_v(v);
+      DeviceCopy<bf16> d_pb(std::vector<bf16>(sz(n + offset)));
+      for (int64_t t = 1; t <= 3; ++t) {
+        const Host g = randn(n + offset, rng, 0.1);
+        DeviceCopy<float> d_g(g);
+        const float grad_scale = t == 2 ? 0.37f : 1.f;  // step 2 folds a clipping coefficient in
+        train::adamw_update(cpu{}, p.data() + offset, g.data() + offset, m.data() + offset, v.data() + offset,
+                            n, 1e-2, 0.9, 0.95, 1e-8, 0.1, t, grad_scale);
+        train::adamw_update(cuda{}, d_p.data() + offset, d_g.data() + offset, d_m.data() + offset,
+                            d_v.data() + offset, n, 1e-2, 0.9, 0.95, 1e-8, 0.1, t,
+                            t == 3 ? d_pb.data() + offset : nullptr, grad_scale);
+      }
+      const Host gp = d_p.host();
+      expect_close("adamw p", gp, p, 1e-6);
+      expect_close("adamw m", d_m.host(), m, 1e-6);
+      expect_close("adamw v", d_v.host(), v, 1e-6);
+      const std::vector<bf16> pb = d_pb.host();
+      for (int64_t i = offset; i < n + offset; ++i)
+        ASSERT_EQ(pb[sz(i)].bits, bf16(gp[sz(i)]).bits) << "bf16 copy of p[" << i << "] = " << gp[sz(i)];
+      if (first_route_p.empty()) {
+        first_route_p = gp;
+      } else {
+        for (size_t i = 0; i < gp.size(); ++i)
+          ASSERT_EQ(std::bit_cast<uint32_t>(gp[i]), std::bit_cast<uint32_t>(first_route_p[i]))
+              << "p[" << i << "] differs from the first route's";
+      }
     }
-    const Host gp = d_p.get();
-    expect_close("adamw p", gp, p, 1e-6);
-    expect_close("adamw m", d_m.get(), m, 1e-6);
-    expect_close("adamw v", d_v.get(), v, 1e-6);
-    const std::vector<bf16> pb = d_pb.get();
-    for (int64_t i = offset; i < n + offset; ++i)
-      ASSERT_EQ(pb[sz(i)].bits, bf16(gp[sz(i)]).bits) << "bf16 copy of p[" << i << "] = " << gp[sz(i)];
   }
 }
 
@@ -960,9 +953,9 @@ template <class Add>
 void expect_sumsq_twice(const std::string& what, double start, double ref, Add add) {
   double first = 0;
   for (int run = 0; run < 2; ++run) {
-    Dev<double> d_s(std::vector<double>{start});
+    DeviceCopy<double> d_s(std::vector<double>{start});
     add(d_s.data());
-    const double s = d_s.get()[0];
+    const double s = d_s.host()[0];
     EXPECT_NEAR(s, ref, 1e-12 * ref) << what;
     if (run == 0)
       first = s;
@@ -983,7 +976,7 @@ TEST_F(CudaCore, GradNormAndClipMatchCpu) {
   for (float x : g1) ref += double(x) * x;
   for (float x : g2) ref += double(x) * x;
   for (size_t i = 1; i < g1.size(); ++i) ref += double(g1[i]) * g1[i];
-  Dev<float> d_g1(g1), d_g2(g2);
+  DeviceCopy<float> d_g1(g1), d_g2(g2);
   expect_sumsq_twice("one by one", 0.0, ref, [&](double* s) {
     train::grad_sumsq(cuda{}, s, d_g1.data(), 100003);
     train::grad_sumsq(cuda{}, s, d_g2.data(), 777);
@@ -995,15 +988,15 @@ TEST_F(CudaCore, GradNormAndClipMatchCpu) {
   expect_sumsq_twice("list", 0.0, ref, [&](double* s) { train::grad_sumsq(cuda{}, s, gs, ns); });
 
   const double norm = std::sqrt(ref);
-  Dev<double> d_s(std::vector<double>{ref});
+  DeviceCopy<double> d_s(std::vector<double>{ref});
   for (const double max_norm : {2.0 * norm, 0.5 * norm, 0.0}) {
-    Dev<float> d_g(g2);
+    DeviceCopy<float> d_g(g2);
     train::clip_scale_grads(cuda{}, d_g.data(), 777, d_s.data(), max_norm);
     Host want = g2;
     const double coef = max_norm / (norm + 1e-6);
     if (max_norm > 0 && coef < 1.0)
       for (float& x : want) x *= static_cast<float>(coef);
-    expect_close("clip max_norm=" + std::to_string(max_norm), d_g.get(), want, 1e-6);
+    expect_close("clip max_norm=" + std::to_string(max_norm), d_g.host(), want, 1e-6);
   }
 }
 
@@ -1013,7 +1006,7 @@ TEST_F(CudaCore, GradNormAndClipMatchCpu) {
 TEST_F(CudaCore, GradSumsqOverManyTensors) {
   Rng rng(103);
   const Host pool = randn(1 << 20, rng);
-  Dev<float> d_pool(pool);
+  DeviceCopy<float> d_pool(pool);
   const int64_t sizes[] = {0, 1, 3, 4, 5, 1000, 131072, 131073, 262151, 7};
   std::vector<const float*> gs;
   std::vector<int64_t> ns;
@@ -1027,7 +1020,7 @@ TEST_F(CudaCore, GradSumsqOverManyTensors) {
     offset += 9973;
   }
   expect_sumsq_twice("150 tensors", 2.5, ref, [&](double* s) { train::grad_sumsq(cuda{}, s, gs, ns); });
-  Dev<double> d_s(std::vector<double>{0.0});
+  DeviceCopy<double> d_s(std::vector<double>{0.0});
   EXPECT_THROW(train::grad_sumsq(cuda{}, d_s.data(), gs, std::span<const int64_t>(ns).first(3)), Error);
   ns[4] = -1;
   EXPECT_THROW(train::grad_sumsq(cuda{}, d_s.data(), gs, ns), Error);
@@ -1069,11 +1062,11 @@ TEST_F(CudaCore, GemmBf16MatchesCpuWithinBf16Rounding) {
       double scale = 0;
       for (float x : exact) scale = std::max(scale, std::abs(double(x)));
 
-      Dev<bf16> d_A(Ab), d_B(Bb), d_Cb(Cb);
-      Dev<float> d_C(C0);
+      DeviceCopy<bf16> d_A(Ab), d_B(Bb), d_Cb(Cb);
+      DeviceCopy<float> d_C(C0);
       ops::gemm(cuda{}, ta, tb, M, N, K, alpha, d_A.data(), lda, d_B.data(), ldb, beta, d_C.data(), ldc);
       ops::gemm(cuda{}, ta, tb, M, N, K, alpha, d_A.data(), lda, d_B.data(), ldb, beta, d_Cb.data(), ldc);
-      const Host got = d_C.get(), got_b = widen(d_Cb.get());
+      const Host got = d_C.host(), got_b = widen(d_Cb.host());
       int bad = 0;
       for (int64_t i = 0; i < M; ++i)
         for (int64_t j = 0; j < ldc; ++j) {
@@ -1101,8 +1094,8 @@ TEST_F(CudaCore, GemmBf16MatchesCpuWithinBf16Rounding) {
 }
 
 TEST_F(CudaCore, BadSizesAreTesseraErrors) {
-  Dev<float> f(Host(16, 0.f));
-  Dev<int64_t> i(Ids(16, 0));
+  DeviceCopy<float> f(Host(16, 0.f));
+  DeviceCopy<int64_t> i(Ids(16, 0));
   EXPECT_THROW(ops::swiglu_forward(cuda{}, f.data(), f.data(), f.data(), 2, 8, 4), Error);  // stride < H
   EXPECT_THROW(
       ops::layernorm_forward(cuda{}, f.data(), nullptr, nullptr, f.data(), nullptr, nullptr, 2, 0, 1e-5),
@@ -1113,7 +1106,7 @@ TEST_F(CudaCore, BadSizesAreTesseraErrors) {
   EXPECT_THROW(
       train::adamw_update(cuda{}, f.data(), f.data(), f.data(), f.data(), 16, 1e-3, 0.9, 0.95, 1e-8, 0, 0),
       Error);
-  Dev<bf16> b(std::vector<bf16>(16));
+  DeviceCopy<bf16> b(std::vector<bf16>(16));
   EXPECT_THROW(ops::gemm(cuda{}, false, false, 2, 2, 3, 1.f, b.data(), 2, b.data(), 2, 0.f, f.data(), 2),
                Error);
 }

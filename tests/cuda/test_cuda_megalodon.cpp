@@ -25,6 +25,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "support/cuda_testing.hpp"
 #include "support/gradcheck.hpp"
 #include "tessera/core/allocator.hpp"
 #include "tessera/core/rng.hpp"
@@ -35,43 +36,16 @@
 using namespace tessera;
 using cfloat = std::complex<float>;
 
+using tessera::testing::DeviceCopy;
+
 namespace {
 
 constexpr double kRtol = 1e-4;
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
-class CudaMegalodon : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (cuda_mem::device_count() == 0)
-      GTEST_SKIP() << "no CUDA device: cudaGetDeviceCount reports none (no GPU or no driver)";
-  }
-};
+class CudaMegalodon : public tessera::testing::CudaTest {};
 
-/// A device copy of a host vector (owning; any trivially copyable element type).
-template <class T>
-class Dev {
- public:
-  explicit Dev(const std::vector<T>& h) : n_(h.size()) {
-    p_ = static_cast<T*>(Allocator<cuda>::allocate(n_ * sizeof(T)));
-    cuda_mem::to_device(p_, h.data(), n_ * sizeof(T));
-  }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-  ~Dev() { Allocator<cuda>::deallocate(p_); }
-  T* get() { return p_; }
-  std::vector<T> host() const {
-    std::vector<T> h(n_);
-    cuda_mem::to_host(h.data(), p_, n_ * sizeof(T));
-    return h;
-  }
-
- private:
-  T* p_ = nullptr;
-  size_t n_;
-};
-
-/// n copies of v (a function, so `Dev<float> d(filled<float>(n))` is not a vexing parse).
+/// n copies of v (a function, so `DeviceCopy<float> d(filled<float>(n))` is not a vexing parse).
 template <class T>
 std::vector<T> filled(int64_t n, T v = T{}) {
   return std::vector<T>(static_cast<size_t>(n), v);
@@ -142,11 +116,11 @@ struct CemaHostParams {
 };
 
 struct CemaDevParams {
-  Dev<float> alpha, delta, theta, gamma, omega;
+  DeviceCopy<float> alpha, delta, theta, gamma, omega;
   explicit CemaDevParams(const CemaHostParams& h)
       : alpha(h.alpha), delta(h.delta), theta(h.theta), gamma(h.gamma), omega(h.omega) {}
   ops::CemaParams<float> params() {
-    return {alpha.get(), delta.get(), theta.get(), gamma.get(), omega.get()};
+    return {alpha.data(), delta.data(), theta.data(), gamma.data(), omega.data()};
   }
 };
 
@@ -193,22 +167,24 @@ TEST_F(CudaMegalodon, CemaForwardBackwardMatchCpu) {
     ops::cema_forward(cpu{}, dm, host_params(hp), u.data(), hx_h, y.data(), h_out.data(), ops::CemaMode::Scan);
     std::vector<float> ga = randn(c.D * c.N, rng), gd = randn(c.D * c.N, rng), gt = randn(c.D, rng),
                        gg = randn(c.D * c.N * 2, rng), gw = randn(c.D, rng);
-    Dev<float> d_ga(ga), d_gd(gd), d_gt(gt), d_gg(gg), d_gw(gw);  // same starting values: grads accumulate
+    DeviceCopy<float> d_ga(ga), d_gd(gd), d_gt(gt), d_gg(gg),
+        d_gw(gw);  // same starting values: grads accumulate
     ops::cema_backward(cpu{}, dm, host_params(hp), u.data(), hx_h, dy.data(), dh_h, du.data(), dhx.data(),
                        ops::CemaGrads<float>{ga.data(), gd.data(), gt.data(), gg.data(), gw.data()},
                        ops::CemaMode::Scan);
 
-    Dev<float> d_u(u), d_dy(dy), d_y(filled<float>(n_tok, kNaN)), d_du(filled<float>(n_tok, kNaN));
-    Dev<cfloat> d_hx(hx), d_dh(dh), d_hout(filled<cfloat>(n_st, cfloat(kNaN, kNaN))),
+    DeviceCopy<float> d_u(u), d_dy(dy), d_y(filled<float>(n_tok, kNaN)), d_du(filled<float>(n_tok, kNaN));
+    DeviceCopy<cfloat> d_hx(hx), d_dh(dh), d_hout(filled<cfloat>(n_st, cfloat(kNaN, kNaN))),
         d_dhx(filled<cfloat>(n_st, cfloat(kNaN, kNaN)));
-    const cfloat* hx_d = c.with_hx ? d_hx.get() : nullptr;
-    const cfloat* dh_d = c.with_dh ? d_dh.get() : nullptr;
-    ops::cema_forward(cuda{}, dm, dp.params(), d_u.get(), hx_d, d_y.get(), d_hout.get());
+    const cfloat* hx_d = c.with_hx ? d_hx.data() : nullptr;
+    const cfloat* dh_d = c.with_dh ? d_dh.data() : nullptr;
+    ops::cema_forward(cuda{}, dm, dp.params(), d_u.data(), hx_d, d_y.data(), d_hout.data());
     expect_close("cema y", d_y.host(), y);
     expect_close("cema h_out", d_hout.host(), h_out);
 
-    ops::cema_backward(cuda{}, dm, dp.params(), d_u.get(), hx_d, d_dy.get(), dh_d, d_du.get(), d_dhx.get(),
-                       ops::CemaGrads<float>{d_ga.get(), d_gd.get(), d_gt.get(), d_gg.get(), d_gw.get()});
+    ops::cema_backward(
+        cuda{}, dm, dp.params(), d_u.data(), hx_d, d_dy.data(), dh_d, d_du.data(), d_dhx.data(),
+        ops::CemaGrads<float>{d_ga.data(), d_gd.data(), d_gt.data(), d_gg.data(), d_gw.data()});
     expect_close("cema du", d_du.host(), du);
     expect_close("cema dhx", d_dhx.host(), dhx);
     expect_close("cema dalpha", d_ga.host(), ga);
@@ -228,9 +204,10 @@ TEST_F(CudaMegalodon, CemaDecodeStepsMatchOneCallAndNullsAreSkipped) {
   CemaDevParams dp(hp);
   const std::vector<float> u = randn(B * L * D, rng);
   const std::vector<cfloat> hx = crandn(B * D * N, rng);
-  Dev<float> d_u(u), d_y(filled<float>(B * L * D, kNaN));
-  Dev<cfloat> d_hx(hx), d_h(filled<cfloat>(B * D * N));
-  ops::cema_forward(cuda{}, ops::CemaDims{B, L, D, N}, dp.params(), d_u.get(), d_hx.get(), d_y.get(), d_h.get());
+  DeviceCopy<float> d_u(u), d_y(filled<float>(B * L * D, kNaN));
+  DeviceCopy<cfloat> d_hx(hx), d_h(filled<cfloat>(B * D * N));
+  ops::cema_forward(cuda{}, ops::CemaDims{B, L, D, N}, dp.params(), d_u.data(), d_hx.data(), d_y.data(),
+                    d_h.data());
   const std::vector<float> y_full = d_y.host();
 
   std::vector<float> y_steps(B * L * D);
@@ -239,10 +216,10 @@ TEST_F(CudaMegalodon, CemaDecodeStepsMatchOneCallAndNullsAreSkipped) {
     std::vector<float> ut(B * D);
     for (int64_t b = 0; b < B; ++b)
       for (int64_t d = 0; d < D; ++d) ut[b * D + d] = u[(b * L + t) * D + d];
-    Dev<float> d_ut(ut), d_yt(filled<float>(B * D, kNaN));
-    Dev<cfloat> d_s(state), d_next(filled<cfloat>(B * D * N));
-    ops::cema_forward(cuda{}, ops::CemaDims{B, 1, D, N}, dp.params(), d_ut.get(), d_s.get(), d_yt.get(),
-                      d_next.get());
+    DeviceCopy<float> d_ut(ut), d_yt(filled<float>(B * D, kNaN));
+    DeviceCopy<cfloat> d_s(state), d_next(filled<cfloat>(B * D * N));
+    ops::cema_forward(cuda{}, ops::CemaDims{B, 1, D, N}, dp.params(), d_ut.data(), d_s.data(), d_yt.data(),
+                      d_next.data());
     const std::vector<float> yt = d_yt.host();
     for (int64_t b = 0; b < B; ++b)
       for (int64_t d = 0; d < D; ++d) y_steps[(b * L + t) * D + d] = yt[b * D + d];
@@ -253,9 +230,10 @@ TEST_F(CudaMegalodon, CemaDecodeStepsMatchOneCallAndNullsAreSkipped) {
 
   // Backward with every optional pointer null: du is still produced, nothing else is touched.
   const std::vector<float> dy = randn(B * L * D, rng);
-  Dev<float> d_dy(dy), d_du(filled<float>(B * L * D, kNaN));
-  ops::cema_backward(cuda{}, ops::CemaDims{B, L, D, N}, dp.params(), d_u.get(), nullptr, d_dy.get(), nullptr,
-                     d_du.get(), nullptr, ops::CemaGrads<float>{nullptr, nullptr, nullptr, nullptr, nullptr});
+  DeviceCopy<float> d_dy(dy), d_du(filled<float>(B * L * D, kNaN));
+  ops::cema_backward(cuda{}, ops::CemaDims{B, L, D, N}, dp.params(), d_u.data(), nullptr, d_dy.data(),
+                     nullptr, d_du.data(), nullptr,
+                     ops::CemaGrads<float>{nullptr, nullptr, nullptr, nullptr, nullptr});
   std::vector<float> du(B * L * D);
   ops::cema_backward(cpu{}, ops::CemaDims{B, L, D, N}, host_params(hp), u.data(), nullptr, dy.data(), nullptr,
                      du.data(), nullptr, ops::CemaGrads<float>{nullptr, nullptr, nullptr, nullptr, nullptr},
@@ -269,13 +247,13 @@ TEST_F(CudaMegalodon, CemaBackwardIsDeterministic) {
   const int64_t B = 4, L = 200, D = 24, N = 16;
   const CemaHostParams hp(D, N, rng);
   CemaDevParams dp(hp);
-  Dev<float> d_u(randn(B * L * D, rng)), d_dy(randn(B * L * D, rng));
+  DeviceCopy<float> d_u(randn(B * L * D, rng)), d_dy(randn(B * L * D, rng));
   std::vector<float> first;
   for (int run = 0; run < 2; ++run) {
-    Dev<float> d_du(filled<float>(B * L * D)), d_ga(filled<float>(D * N)),
-        d_gt(filled<float>(D));
-    ops::cema_backward(cuda{}, ops::CemaDims{B, L, D, N}, dp.params(), d_u.get(), nullptr, d_dy.get(), nullptr,
-                       d_du.get(), nullptr, ops::CemaGrads<float>{d_ga.get(), nullptr, d_gt.get(), nullptr, nullptr});
+    DeviceCopy<float> d_du(filled<float>(B * L * D)), d_ga(filled<float>(D * N)), d_gt(filled<float>(D));
+    ops::cema_backward(cuda{}, ops::CemaDims{B, L, D, N}, dp.params(), d_u.data(), nullptr, d_dy.data(),
+                       nullptr, d_du.data(), nullptr,
+                       ops::CemaGrads<float>{d_ga.data(), nullptr, d_gt.data(), nullptr, nullptr});
     std::vector<float> all = d_ga.host(), gt = d_gt.host(), du = d_du.host();
     all.insert(all.end(), gt.begin(), gt.end());
     all.insert(all.end(), du.begin(), du.end());
@@ -290,14 +268,15 @@ TEST_F(CudaMegalodon, CemaBadInputsAreTesseraErrors) {
   Rng rng(14);
   const CemaHostParams hp(4, 8, rng);
   CemaDevParams dp(hp);
-  Dev<float> buf(filled<float>(64));
-  EXPECT_THROW(ops::cema_forward(cuda{}, ops::CemaDims{1, 2, 4, 0}, dp.params(), buf.get(), nullptr, buf.get(),
-                                 nullptr),
+  DeviceCopy<float> buf(filled<float>(64));
+  EXPECT_THROW(ops::cema_forward(cuda{}, ops::CemaDims{1, 2, 4, 0}, dp.params(), buf.data(), nullptr,
+                                 buf.data(), nullptr),
                Error);
   ops::CemaParams<float> missing = dp.params();
   missing.gamma = nullptr;
-  EXPECT_THROW(ops::cema_forward(cuda{}, ops::CemaDims{1, 2, 4, 8}, missing, buf.get(), nullptr, buf.get(), nullptr),
-               Error);
+  EXPECT_THROW(
+      ops::cema_forward(cuda{}, ops::CemaDims{1, 2, 4, 8}, missing, buf.data(), nullptr, buf.data(), nullptr),
+      Error);
 }
 
 // ---- TimestepNorm --------------------------------------------------------------------------------------
@@ -354,20 +333,19 @@ TEST_F(CudaMegalodon, TimestepNormForwardBackwardMatchCpu) {
                                 w_h, dx.data(), dpm.data(), dpv.data(), gw.data(), gb.data());
 
     // GPU.
-    Dev<float> d_x(x), d_dy(dy), d_pm(pm), d_pv(pv), d_w(w), d_b(bias), d_dmean(dmean), d_dvar(dvar);
-    Dev<float> d_gw(gw0), d_gb(gb0);
-    Dev<int64_t> d_pc(pc), d_count(filled<int64_t>(c.B, -1));
-    Dev<float> d_y(filled<float>(n, kNaN)), d_mean(filled<float>(nbg, kNaN)),
-        d_var(filled<float>(nbg, kNaN)), d_cm(filled<float>(nlg, kNaN)),
-        d_cr(filled<float>(nlg, kNaN)), d_dx(filled<float>(n, kNaN)),
-        d_dpm(filled<float>(nbg, kNaN)), d_dpv(filled<float>(nbg, kNaN));
-    const int64_t* pc_d = c.with_state ? d_pc.get() : nullptr;
-    const float* pm_d = c.with_state ? d_pm.get() : nullptr;
-    const float* pv_d = c.with_state ? d_pv.get() : nullptr;
-    const float* w_d = c.affine ? d_w.get() : nullptr;
-    const float* b_d = c.affine ? d_b.get() : nullptr;
-    ops::timestep_norm_forward(cuda{}, dm, d_x.get(), pc_d, pm_d, pv_d, w_d, b_d, eps, d_y.get(), d_count.get(),
-                               d_mean.get(), d_var.get(), d_cm.get(), d_cr.get());
+    DeviceCopy<float> d_x(x), d_dy(dy), d_pm(pm), d_pv(pv), d_w(w), d_b(bias), d_dmean(dmean), d_dvar(dvar);
+    DeviceCopy<float> d_gw(gw0), d_gb(gb0);
+    DeviceCopy<int64_t> d_pc(pc), d_count(filled<int64_t>(c.B, -1));
+    DeviceCopy<float> d_y(filled<float>(n, kNaN)), d_mean(filled<float>(nbg, kNaN)),
+        d_var(filled<float>(nbg, kNaN)), d_cm(filled<float>(nlg, kNaN)), d_cr(filled<float>(nlg, kNaN)),
+        d_dx(filled<float>(n, kNaN)), d_dpm(filled<float>(nbg, kNaN)), d_dpv(filled<float>(nbg, kNaN));
+    const int64_t* pc_d = c.with_state ? d_pc.data() : nullptr;
+    const float* pm_d = c.with_state ? d_pm.data() : nullptr;
+    const float* pv_d = c.with_state ? d_pv.data() : nullptr;
+    const float* w_d = c.affine ? d_w.data() : nullptr;
+    const float* b_d = c.affine ? d_b.data() : nullptr;
+    ops::timestep_norm_forward(cuda{}, dm, d_x.data(), pc_d, pm_d, pv_d, w_d, b_d, eps, d_y.data(),
+                               d_count.data(), d_mean.data(), d_var.data(), d_cm.data(), d_cr.data());
     expect_close("tsn y", d_y.host(), y);
     expect_close("tsn mean", d_mean.host(), mean);
     expect_close("tsn var", d_var.host(), var);
@@ -376,9 +354,10 @@ TEST_F(CudaMegalodon, TimestepNormForwardBackwardMatchCpu) {
     EXPECT_EQ(d_count.host(), count);
 
     // Backward from the GPU's own saved statistics (the end-to-end path).
-    ops::timestep_norm_backward(cuda{}, dm, d_dy.get(), c.with_dstate ? d_dmean.get() : nullptr,
-                                c.with_dstate ? d_dvar.get() : nullptr, d_x.get(), pc_d, pm_d, d_cm.get(),
-                                d_cr.get(), w_d, d_dx.get(), d_dpm.get(), d_dpv.get(), d_gw.get(), d_gb.get());
+    ops::timestep_norm_backward(cuda{}, dm, d_dy.data(), c.with_dstate ? d_dmean.data() : nullptr,
+                                c.with_dstate ? d_dvar.data() : nullptr, d_x.data(), pc_d, pm_d, d_cm.data(),
+                                d_cr.data(), w_d, d_dx.data(), d_dpm.data(), d_dpv.data(), d_gw.data(),
+                                d_gb.data());
     expect_close("tsn dx", d_dx.host(), dx);
     expect_close("tsn dprev_mean", d_dpm.host(), dpm);
     expect_close("tsn dprev_var", d_dpv.host(), dpv);
@@ -397,17 +376,20 @@ TEST_F(CudaMegalodon, TimestepNormCarriedStateMatchesOneCall) {
     std::copy_n(x.begin() + b * (L1 + L2) * D, L1 * D, x1.begin() + b * L1 * D);
     std::copy_n(x.begin() + (b * (L1 + L2) + L1) * D, L2 * D, x2.begin() + b * L2 * D);
   }
-  Dev<float> d_x(x), d_x1(x1), d_x2(x2), d_w(w);
-  Dev<float> d_y(filled<float>(x.size(), kNaN)), d_y1(filled<float>(x1.size(), kNaN)),
+  DeviceCopy<float> d_x(x), d_x1(x1), d_x2(x2), d_w(w);
+  DeviceCopy<float> d_y(filled<float>(x.size(), kNaN)), d_y1(filled<float>(x1.size(), kNaN)),
       d_y2(filled<float>(x2.size(), kNaN));
-  Dev<int64_t> d_c1(filled<int64_t>(B)), d_c2(filled<int64_t>(B));
-  Dev<float> d_m1(filled<float>(B * G)), d_v1(filled<float>(B * G));
-  ops::timestep_norm_forward(cuda{}, ops::TsnDims{B, L1 + L2, D, G}, d_x.get(), nullptr, nullptr, nullptr,
-                             d_w.get(), nullptr, 1e-5, d_y.get(), nullptr, nullptr, nullptr, nullptr, nullptr);
-  ops::timestep_norm_forward(cuda{}, ops::TsnDims{B, L1, D, G}, d_x1.get(), nullptr, nullptr, nullptr, d_w.get(),
-                             nullptr, 1e-5, d_y1.get(), d_c1.get(), d_m1.get(), d_v1.get(), nullptr, nullptr);
-  ops::timestep_norm_forward(cuda{}, ops::TsnDims{B, L2, D, G}, d_x2.get(), d_c1.get(), d_m1.get(), d_v1.get(),
-                             d_w.get(), nullptr, 1e-5, d_y2.get(), d_c2.get(), nullptr, nullptr, nullptr, nullptr);
+  DeviceCopy<int64_t> d_c1(filled<int64_t>(B)), d_c2(filled<int64_t>(B));
+  DeviceCopy<float> d_m1(filled<float>(B * G)), d_v1(filled<float>(B * G));
+  ops::timestep_norm_forward(cuda{}, ops::TsnDims{B, L1 + L2, D, G}, d_x.data(), nullptr, nullptr, nullptr,
+                             d_w.data(), nullptr, 1e-5, d_y.data(), nullptr, nullptr, nullptr, nullptr,
+                             nullptr);
+  ops::timestep_norm_forward(cuda{}, ops::TsnDims{B, L1, D, G}, d_x1.data(), nullptr, nullptr, nullptr,
+                             d_w.data(), nullptr, 1e-5, d_y1.data(), d_c1.data(), d_m1.data(), d_v1.data(),
+                             nullptr, nullptr);
+  ops::timestep_norm_forward(cuda{}, ops::TsnDims{B, L2, D, G}, d_x2.data(), d_c1.data(), d_m1.data(),
+                             d_v1.data(), d_w.data(), nullptr, 1e-5, d_y2.data(), d_c2.data(), nullptr,
+                             nullptr, nullptr, nullptr);
   const std::vector<float> y = d_y.host(), y1 = d_y1.host(), y2 = d_y2.host();
   std::vector<float> joined(y.size());
   for (int64_t b = 0; b < B; ++b) {
@@ -419,14 +401,14 @@ TEST_F(CudaMegalodon, TimestepNormCarriedStateMatchesOneCall) {
 }
 
 TEST_F(CudaMegalodon, TimestepNormBadInputsAreTesseraErrors) {
-  Dev<float> buf(filled<float>(64));
-  EXPECT_THROW(ops::timestep_norm_forward(cuda{}, ops::TsnDims{1, 2, 6, 4}, buf.get(), nullptr, nullptr, nullptr,
-                                          nullptr, nullptr, 1e-5, buf.get(), nullptr, nullptr, nullptr, nullptr,
-                                          nullptr),
+  DeviceCopy<float> buf(filled<float>(64));
+  EXPECT_THROW(ops::timestep_norm_forward(cuda{}, ops::TsnDims{1, 2, 6, 4}, buf.data(), nullptr, nullptr,
+                                          nullptr, nullptr, nullptr, 1e-5, buf.data(), nullptr, nullptr,
+                                          nullptr, nullptr, nullptr),
                Error);  // D % G != 0
-  EXPECT_THROW(ops::timestep_norm_backward(cuda{}, ops::TsnDims{1, 2, 8, 4}, buf.get(), nullptr, nullptr,
-                                           buf.get(), nullptr, nullptr, nullptr, buf.get(), nullptr, buf.get(),
-                                           nullptr, nullptr, nullptr, nullptr),
+  EXPECT_THROW(ops::timestep_norm_backward(cuda{}, ops::TsnDims{1, 2, 8, 4}, buf.data(), nullptr, nullptr,
+                                           buf.data(), nullptr, nullptr, nullptr, buf.data(), nullptr,
+                                           buf.data(), nullptr, nullptr, nullptr, nullptr),
                Error);  // cummean missing
 }
 
@@ -485,10 +467,12 @@ void check_attention(const AttnCase& c, Rng& rng, bool chunks_bf16 = false) {
   std::vector<float> dq = buffer(nq, d.q_stride, d.Hq * d.Dh, false, 0),
                      dk = buffer(nk, d.k_stride, d.Hkv * d.Dh, false, 0),
                      dv = buffer(nk, d.v_stride, d.Hkv * Dv, false, 0);
-  Dev<float> d_q(q), d_k(k), d_v(v), d_dout(dout);
-  Dev<float> d_o(buffer(nq, d.o_stride, d.Hq * Dv, false, kNaN)), d_lse(filled<float>(lse.size(), kNaN));
-  Dev<float> d_dq(buffer(nq, d.q_stride, d.Hq * d.Dh, false, kNaN)),
-      d_dk(buffer(nk, d.k_stride, d.Hkv * d.Dh, false, kNaN)), d_dv(buffer(nk, d.v_stride, d.Hkv * Dv, false, kNaN));
+  DeviceCopy<float> d_q(q), d_k(k), d_v(v), d_dout(dout);
+  DeviceCopy<float> d_o(buffer(nq, d.o_stride, d.Hq * Dv, false, kNaN)),
+      d_lse(filled<float>(lse.size(), kNaN));
+  DeviceCopy<float> d_dq(buffer(nq, d.q_stride, d.Hq * d.Dh, false, kNaN)),
+      d_dk(buffer(nk, d.k_stride, d.Hkv * d.Dh, false, kNaN)),
+      d_dv(buffer(nk, d.v_stride, d.Hkv * Dv, false, kNaN));
 
   with_mask(c, [&](auto m) {
     ops::attention_forward(cpu{}, d, m, q.data(), k.data(), v.data(), o.data(), lse.data());
@@ -496,18 +480,18 @@ void check_attention(const AttnCase& c, Rng& rng, bool chunks_bf16 = false) {
                             dq.data(), dk.data(), dv.data());
     if constexpr (std::is_same_v<decltype(m), ops::mask::ChunkLocal>) {
       if (chunks_bf16) {
-        ASSERT_TRUE(ops::attention_forward_chunks_bf16(cuda{}, d, m, d_q.get(), d_k.get(), d_v.get(),
-                                                       d_o.get(), d_lse.get()));
-        ASSERT_TRUE(ops::attention_backward_chunks_bf16(cuda{}, d, m, d_q.get(), d_k.get(), d_v.get(),
-                                                        d_o.get(), d_lse.get(), d_dout.get(), d_dq.get(),
-                                                        d_dk.get(), d_dv.get()));
+        ASSERT_TRUE(ops::attention_forward_chunks_bf16(cuda{}, d, m, d_q.data(), d_k.data(), d_v.data(),
+                                                       d_o.data(), d_lse.data()));
+        ASSERT_TRUE(ops::attention_backward_chunks_bf16(cuda{}, d, m, d_q.data(), d_k.data(), d_v.data(),
+                                                        d_o.data(), d_lse.data(), d_dout.data(), d_dq.data(),
+                                                        d_dk.data(), d_dv.data()));
         return;
       }
     }
     ASSERT_FALSE(chunks_bf16) << "the GEMM route is for mask::ChunkLocal";
-    ops::attention_forward(cuda{}, d, m, d_q.get(), d_k.get(), d_v.get(), d_o.get(), d_lse.get());
-    ops::attention_backward(cuda{}, d, m, d_q.get(), d_k.get(), d_v.get(), d_o.get(), d_lse.get(), d_dout.get(),
-                            d_dq.get(), d_dk.get(), d_dv.get());
+    ops::attention_forward(cuda{}, d, m, d_q.data(), d_k.data(), d_v.data(), d_o.data(), d_lse.data());
+    ops::attention_backward(cuda{}, d, m, d_q.data(), d_k.data(), d_v.data(), d_o.data(), d_lse.data(),
+                            d_dout.data(), d_dq.data(), d_dk.data(), d_dv.data());
   });
   // bf16 operands, P and dS (one rounding each, 2^-9 relative) under fp32 accumulation: 1e-2 of the largest
   // output for o and lse, 2e-2 for the gradients (two rounded factors per product), as the bf16 kernels'
@@ -567,14 +551,15 @@ TEST_F(CudaMegalodon, ChunkAttentionThroughBf16GemmsMatchesCpu) {
   for (const AttnCase& c : cases) check_attention(c, rng, true);
 
   const ops::AttnDims d = with_strides(dims(1, 40, 40, 2, 2, 16, 0, 0, 0.25), 0);
-  Dev<float> buf(filled<float>(40 * 64, 0.5f)), lse(filled<float>(80, kNaN)), o(filled<float>(40 * 32, kNaN));
-  EXPECT_FALSE(ops::attention_forward_chunks_bf16(cuda{}, d, ops::mask::ChunkLocal{16}, buf.get(), buf.get(),
-                                                  buf.get(), o.get(), lse.get()))
+  DeviceCopy<float> buf(filled<float>(40 * 64, 0.5f)), lse(filled<float>(80, kNaN)),
+      o(filled<float>(40 * 32, kNaN));
+  EXPECT_FALSE(ops::attention_forward_chunks_bf16(cuda{}, d, ops::mask::ChunkLocal{16}, buf.data(),
+                                                  buf.data(), buf.data(), o.data(), lse.data()))
       << "40 is not a multiple of the chunk";
   for (float x : o.host()) ASSERT_TRUE(std::isnan(x)) << "a refused call wrote its output";
   auto gqa = dims(1, 32, 32, 2, 1, 16, 0, 0, 0.25);
   EXPECT_FALSE(ops::attention_forward_chunks_bf16(cuda{}, with_strides(gqa, 0), ops::mask::ChunkLocal{16},
-                                                  buf.get(), buf.get(), buf.get(), o.get(), lse.get()))
+                                                  buf.data(), buf.data(), buf.data(), o.data(), lse.data()))
       << "grouped heads";
 }
 
@@ -599,14 +584,14 @@ TEST_F(CudaMegalodon, AttentionBackwardIsDeterministic) {
   Rng rng(33);
   const ops::AttnDims d = with_strides(dims(2, 96, 96, 4, 2, 64, 0, 0, 0.125), 0);
   const int64_t nq = d.B * d.Tq * d.q_stride, nk = d.B * d.Tk * d.k_stride;
-  Dev<float> q(randn(nq, rng)), k(randn(nk, rng)), v(randn(nk, rng)), dout(randn(nq, rng));
-  Dev<float> o(filled<float>(nq)), lse(filled<float>(d.B * d.Hq * d.Tq));
-  ops::attention_forward(cuda{}, d, ops::mask::Causal{}, q.get(), k.get(), v.get(), o.get(), lse.get());
+  DeviceCopy<float> q(randn(nq, rng)), k(randn(nk, rng)), v(randn(nk, rng)), dout(randn(nq, rng));
+  DeviceCopy<float> o(filled<float>(nq)), lse(filled<float>(d.B * d.Hq * d.Tq));
+  ops::attention_forward(cuda{}, d, ops::mask::Causal{}, q.data(), k.data(), v.data(), o.data(), lse.data());
   std::vector<float> first;
   for (int run = 0; run < 2; ++run) {
-    Dev<float> dq(filled<float>(nq)), dk(filled<float>(nk)), dv(filled<float>(nk));
-    ops::attention_backward(cuda{}, d, ops::mask::Causal{}, q.get(), k.get(), v.get(), o.get(), lse.get(),
-                            dout.get(), dq.get(), dk.get(), dv.get());
+    DeviceCopy<float> dq(filled<float>(nq)), dk(filled<float>(nk)), dv(filled<float>(nk));
+    ops::attention_backward(cuda{}, d, ops::mask::Causal{}, q.data(), k.data(), v.data(), o.data(),
+                            lse.data(), dout.data(), dq.data(), dk.data(), dv.data());
     std::vector<float> all = dq.host(), a = dk.host(), b = dv.host();
     all.insert(all.end(), a.begin(), a.end());
     all.insert(all.end(), b.begin(), b.end());
@@ -618,19 +603,20 @@ TEST_F(CudaMegalodon, AttentionBackwardIsDeterministic) {
 }
 
 TEST_F(CudaMegalodon, AttentionBadInputsAreTesseraErrors) {
-  Dev<float> buf(filled<float>(4096));
+  DeviceCopy<float> buf(filled<float>(4096));
   ops::AttnDims d = with_strides(dims(1, 2, 2, 1, 1, 300, 0, 0, 0.1), 0);
   try {
-    ops::attention_forward(cuda{}, d, ops::mask::Causal{}, buf.get(), buf.get(), buf.get(), buf.get(), nullptr);
+    ops::attention_forward(cuda{}, d, ops::mask::Causal{}, buf.data(), buf.data(), buf.data(), buf.data(),
+                           nullptr);
     ADD_FAILURE() << "expected tessera::Error for Dh=300";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("256"), std::string::npos) << e.what();
   }
   d = with_strides(dims(1, 2, 2, 1, 1, 8, 0, 0, 0.1), 0);
-  EXPECT_THROW(ops::attention_forward(cuda{}, d, ops::mask::SlidingWindow{0}, buf.get(), buf.get(), buf.get(),
-                                      buf.get(), nullptr),
+  EXPECT_THROW(ops::attention_forward(cuda{}, d, ops::mask::SlidingWindow{0}, buf.data(), buf.data(),
+                                      buf.data(), buf.data(), nullptr),
                Error);
-  EXPECT_THROW(ops::attention_forward(cuda{}, d, ops::mask::ChunkLocal{0}, buf.get(), buf.get(), buf.get(),
-                                      buf.get(), nullptr),
+  EXPECT_THROW(ops::attention_forward(cuda{}, d, ops::mask::ChunkLocal{0}, buf.data(), buf.data(), buf.data(),
+                                      buf.data(), nullptr),
                Error);
 }

@@ -56,13 +56,7 @@ const io::SafeTensorsFile& cases() {
   return f;
 }
 
-class CudaMegalodonModel : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (cuda_mem::device_count() == 0)
-      GTEST_SKIP() << "no CUDA device: cudaGetDeviceCount reports none (no GPU or no driver)";
-  }
-};
+class CudaMegalodonModel : public tessera::testing::CudaTest {};
 
 /// The CPU model's weights into the CUDA model, matched by reflected name (both walks must agree).
 void copy_params(Megalodon<float>& h, Megalodon<float, cuda>& d) {

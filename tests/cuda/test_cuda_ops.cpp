@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "../../cuda/launch.hpp"  // internal: the bound of the tuned cuBLASLt GEMMs
+#include "support/cuda_testing.hpp"
 #include "support/gradcheck.hpp"
 #include "tessera/core/allocator.hpp"
 #include "tessera/core/dtype.hpp"
@@ -28,17 +29,14 @@
 
 using namespace tessera;
 
+using tessera::testing::download;
+using tessera::testing::upload;
+
 namespace {
 
 constexpr double kRtol = 1e-5;
 
-class Cuda : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (cuda_mem::device_count() == 0)
-      GTEST_SKIP() << "no CUDA device: cudaGetDeviceCount reports none (no GPU or no driver)";
-  }
-};
+class Cuda : public tessera::testing::CudaTest {};
 
 using Host = std::vector<float>;
 
@@ -46,19 +44,6 @@ Host randn(int64_t n, Rng& rng, double scale = 1.0) {
   Host v(static_cast<size_t>(n));
   tessera::testing::fill_normal(v.data(), n, rng, scale);
   return v;
-}
-
-Tensor<float, cuda> upload(const Host& h) {
-  Tensor<float, cuda> t;
-  t.resize_uninit({static_cast<int64_t>(h.size())});
-  cuda_mem::to_device(t.data(), h.data(), h.size() * sizeof(float));
-  return t;
-}
-
-Host download(const Tensor<float, cuda>& t) {
-  Host h(static_cast<size_t>(t.numel()));
-  cuda_mem::to_host(h.data(), t.data(), h.size() * sizeof(float));
-  return h;
 }
 
 void expect_close(const std::string& what, const Host& gpu, const Host& ref, double rtol = kRtol) {

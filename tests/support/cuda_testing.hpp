@@ -1,5 +1,6 @@
-// Helpers shared by the GPU tests (tests/cuda): the skip when no device is visible, host <-> device copies of
-// test data, and the error measure they report: max |got - ref| / max |ref| over all elements.
+// Helpers shared by the GPU tests (tests/cuda): the skip when no device is visible (TESSERA_NEED_GPU, or the
+// fixture base CudaTest), host <-> device copies of test data (upload / download, DeviceCopy), and the error
+// measure they report: max |got - ref| / max |ref| over all elements.
 #pragma once
 #include <gtest/gtest.h>
 
@@ -21,6 +22,36 @@
       "no CUDA device: cudaGetDeviceCount reports none (no GPU or no driver)"
 
 namespace tessera::testing {
+
+/// Fixture base of GPU tests: every test skips (with the reason) when no CUDA device is visible.
+class CudaTest : public ::testing::Test {
+ protected:
+  void SetUp() override { TESSERA_NEED_GPU(); }
+};
+
+/// A device copy of a host vector (any trivially copyable element type), freed on destruction: data() is the
+/// device pointer, host() downloads the current contents.
+template <class T>
+class DeviceCopy {
+ public:
+  explicit DeviceCopy(const std::vector<T>& h) : n_(h.size()) {
+    p_ = static_cast<T*>(Allocator<cuda>::allocate(std::max<size_t>(n_, 1) * sizeof(T)));
+    if (n_ > 0) cuda_mem::to_device(p_, h.data(), n_ * sizeof(T));
+  }
+  DeviceCopy(const DeviceCopy&) = delete;
+  DeviceCopy& operator=(const DeviceCopy&) = delete;
+  ~DeviceCopy() { Allocator<cuda>::deallocate(p_); }
+  T* data() { return p_; }
+  std::vector<T> host() const {
+    std::vector<T> h(n_);
+    if (n_ > 0) cuda_mem::to_host(h.data(), p_, n_ * sizeof(T));
+    return h;
+  }
+
+ private:
+  size_t n_ = 0;
+  T* p_ = nullptr;
+};
 
 template <class T>
 std::vector<T> download(const T* d, int64_t n) {
