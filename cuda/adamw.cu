@@ -45,6 +45,27 @@ __device__ __forceinline__ float adamw_element(float& p, float g, float& m, floa
   return p;
 }
 
+/// Group i of four elements: their update from the loaded pp, gg, mm, vv (updated in place), stored to p, m,
+/// v (and the bf16 copy of p when b4 is set).
+__device__ __forceinline__ void adamw_group(float4* p4, float4* m4, float4* v4, uint64_t* b4, int64_t i,
+                                            float4& pp, const float4& gg, float4& mm, float4& vv,
+                                            const AdamWScalars& c) {
+  adamw_element(pp.x, gg.x, mm.x, vv.x, c);
+  adamw_element(pp.y, gg.y, mm.y, vv.y, c);
+  adamw_element(pp.z, gg.z, mm.z, vv.z, c);
+  adamw_element(pp.w, gg.w, mm.w, vv.w, c);
+  p4[i] = pp;
+  m4[i] = mm;
+  v4[i] = vv;
+  if (b4) b4[i] = pack_bf16x4(pp.x, pp.y, pp.z, pp.w);
+}
+/// Element i alone (misaligned tensors, tails).
+__device__ __forceinline__ void adamw_one(float* p, const float* g, float* m, float* v, uint16_t* p_bf16,
+                                          int64_t i, const AdamWScalars& c) {
+  const float pn = adamw_element(p[i], g[i], m[i], v[i], c);
+  if (p_bf16) p_bf16[i] = bf16_bits(pn);
+}
+
 /// The update of n elements, four at a time with 16-byte loads and stores of p, g, m, v (8-byte of the bf16
 /// copy) where vec4 (p, g, m, v 16-byte aligned, p_bf16 8-byte aligned), the tail one by one
 /// (for_each_x4): the same arithmetic per element, so the same bits either way.
@@ -59,20 +80,9 @@ __global__ void adamw_kernel(float* __restrict__ p, const float* __restrict__ g,
       n, vec4,
       [&](int64_t i) {
         float4 pp = p4[i], mm = m4[i], vv = v4[i];
-        const float4 gg = g4[i];
-        adamw_element(pp.x, gg.x, mm.x, vv.x, c);
-        adamw_element(pp.y, gg.y, mm.y, vv.y, c);
-        adamw_element(pp.z, gg.z, mm.z, vv.z, c);
-        adamw_element(pp.w, gg.w, mm.w, vv.w, c);
-        p4[i] = pp;
-        m4[i] = mm;
-        v4[i] = vv;
-        if (p_bf16) b4[i] = pack_bf16x4(pp.x, pp.y, pp.z, pp.w);
+        adamw_group(p4, m4, v4, b4, i, pp, g4[i], mm, vv, c);
       },
-      [&](int64_t i) {
-        const float pn = adamw_element(p[i], g[i], m[i], v[i], c);
-        if (p_bf16) p_bf16[i] = bf16_bits(pn);
-      });
+      [&](int64_t i) { adamw_one(p, g, m, v, p_bf16, i, c); });
 }
 
 /// The 4-wide update with loads ahead: each thread walks groups i, i + stride, ... of a grid of at most
@@ -101,22 +111,13 @@ __global__ void __launch_bounds__(kThreads, kAheadBlocksPerSm)
       const bool more = next < n4;
       float4 pn{}, gn{}, mn{}, vn{};
       if (more) pn = p4[next], gn = g4[next], mn = m4[next], vn = v4[next];
-      adamw_element(pp.x, gg.x, mm.x, vv.x, c);
-      adamw_element(pp.y, gg.y, mm.y, vv.y, c);
-      adamw_element(pp.z, gg.z, mm.z, vv.z, c);
-      adamw_element(pp.w, gg.w, mm.w, vv.w, c);
-      p4[i] = pp;
-      m4[i] = mm;
-      v4[i] = vv;
-      if (p_bf16) b4[i] = pack_bf16x4(pp.x, pp.y, pp.z, pp.w);
+      adamw_group(p4, m4, v4, b4, i, pp, gg, mm, vv, c);
       if (!more) break;
       i = next, pp = pn, gg = gn, mm = mn, vv = vn;
     }
   }
-  for (int64_t k = 4 * n4 + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < n; k += stride) {
-    const float pk = adamw_element(p[k], g[k], m[k], v[k], c);
-    if (p_bf16) p_bf16[k] = bf16_bits(pk);
-  }
+  for (int64_t k = 4 * n4 + blockIdx.x * int64_t(blockDim.x) + threadIdx.x; k < n; k += stride)
+    adamw_one(p, g, m, v, p_bf16, k, c);
 }
 
 AdamWRoute g_adamw_route{};
