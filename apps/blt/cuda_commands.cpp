@@ -1,6 +1,7 @@
-// The CUDA instantiations of the backend-generic commands (train_impl.hpp, eval_impl.hpp). Compiled only when
-// tessera::cuda is built (apps/blt/CMakeLists.txt), in its own translation unit so that it builds in parallel
-// with the CPU ones; train.cpp and inference.cpp see them through the headers' extern template declarations.
+// The CUDA instantiations of the backend-generic commands (train_impl.hpp, eval_impl.hpp), compiled into
+// blt_commands only when tessera::cuda is built (apps/blt/CMakeLists.txt), in their own translation unit so
+// that they build in parallel with the CPU ones (cpu_commands.cpp); every other translation unit sees them
+// through the headers' extern template declarations.
 #include "eval_impl.hpp"
 #include "train_impl.hpp"
 

@@ -2,8 +2,8 @@
 // written, and the one thing the backend-generic commands need beyond the model: host ids in backend memory.
 //
 // The commands are templates over the backend B (train_impl.hpp, eval_impl.hpp), instantiated for
-// tessera::cpu in train.cpp / inference.cpp and for tessera::cuda in cuda_commands.cpp, which CMake compiles
-// (and defines TESSERA_BLT_CUDA=1 for) only when tessera::cuda is built.
+// tessera::cpu in cpu_commands.cpp and for tessera::cuda in cuda_commands.cpp, which CMake compiles (and
+// defines TESSERA_BLT_CUDA=1 for, in blt_commands' users too) only when tessera::cuda is built.
 #pragma once
 #include <algorithm>
 #include <cstdint>

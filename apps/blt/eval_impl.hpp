@@ -103,7 +103,11 @@ tessera::blt::GenerateResult generate(const GenerateArgs& a, const std::vector<i
                     : tessera::blt::generate_cached(*lm, {prompt}, o);
 }
 
-#if TESSERA_BLT_CUDA  // defined once, in cuda_commands.cpp
+// Instantiated once per backend, in cpu_commands.cpp and cuda_commands.cpp (the blt_commands library).
+extern template EvalResult evaluate<tessera::cpu>(const EvalArgs&, const Target&);
+extern template tessera::blt::GenerateResult generate<tessera::cpu>(const GenerateArgs&,
+                                                                    const std::vector<int64_t>&);
+#if TESSERA_BLT_CUDA
 extern template EvalResult evaluate<tessera::cuda>(const EvalArgs&, const Target&);
 extern template tessera::blt::GenerateResult generate<tessera::cuda>(const GenerateArgs&,
                                                                      const std::vector<int64_t>&);

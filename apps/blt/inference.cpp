@@ -1,6 +1,6 @@
 // `blt eval`, `blt generate`, `blt patch` and `blt logits`: a trained (or published, transformers layout) BLT
 // in a folder; ids are [BOS] + (byte + 4), the tool prepends the BOS. eval and generate run on --device
-// (eval_impl.hpp; the CUDA instantiation is in cuda_commands.cpp); patch and logits run on the CPU.
+// (eval_impl.hpp, instantiated in cpu_commands.cpp and cuda_commands.cpp); patch and logits run on the CPU.
 #include <cmath>
 #include <cstdio>
 #include <string>

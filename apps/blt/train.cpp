@@ -1,5 +1,5 @@
 // `blt train-entropy` and `blt train`: pick the backend (--device, --precision) and run the training of
-// train_impl.hpp on it. The CPU instantiation lives here, the CUDA one in cuda_commands.cpp.
+// train_impl.hpp on it (instantiated in cpu_commands.cpp and cuda_commands.cpp).
 #include "commands.hpp"
 #include "device.hpp"
 #include "train_impl.hpp"

@@ -364,7 +364,10 @@ int train_blt(const TrainArgs& a, const Target& t) {
                        {"precision", tessera::precision_name(t.precision)}});
 }
 
-#if TESSERA_BLT_CUDA  // defined once, in cuda_commands.cpp
+// Instantiated once per backend, in cpu_commands.cpp and cuda_commands.cpp (the blt_commands library).
+extern template int train_entropy<tessera::cpu>(const TrainArgs&, const Target&);
+extern template int train_blt<tessera::cpu>(const TrainArgs&, const Target&);
+#if TESSERA_BLT_CUDA
 extern template int train_entropy<tessera::cuda>(const TrainArgs&, const Target&);
 extern template int train_blt<tessera::cuda>(const TrainArgs&, const Target&);
 #endif

@@ -277,12 +277,19 @@ TEST(BltAppDevice, RefusesWhatTheBuildOrMachineCannotRun) {
   EXPECT_THROW(bltapp::select_target("cpu", "bf16"), Error);
   EXPECT_THROW(bltapp::select_target("cpu", "fp8"), Error);
   EXPECT_THROW(bltapp::select_target("tpu"), Error);
-  // This test program is built without TESSERA_BLT_CUDA (it instantiates the CUDA commands itself), so
-  // select_target refuses cuda here as a CPU-only blt does, naming the reason.
-  try {
-    bltapp::select_target("cuda");
-    ADD_FAILURE() << "--device cuda accepted by a build without TESSERA_BLT_CUDA";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("built without the CUDA backend"), std::string::npos) << e.what();
+  // This program links blt_commands as the blt tool does (TESSERA_BLT_CUDA=1): cuda is taken where a device
+  // is visible and refused, naming the reason, where none is (tests/apps/test_blt_cli.sh checks the refusal
+  // of a build without the CUDA backend).
+  static_assert(TESSERA_BLT_CUDA == 1);
+  if (cuda_mem::device_count() > 0) {
+    EXPECT_EQ(bltapp::select_target("cuda", "bf16").device, Device::cuda);
+    EXPECT_EQ(bltapp::select_target("cuda", "bf16").precision, Precision::bf16);
+  } else {
+    try {
+      bltapp::select_target("cuda");
+      ADD_FAILURE() << "--device cuda accepted without a CUDA device";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("no CUDA device"), std::string::npos) << e.what();
+    }
   }
 }
