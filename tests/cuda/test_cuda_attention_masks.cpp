@@ -33,21 +33,8 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
 class CudaAttentionMasks : public tessera::testing::CudaTest {};
 
-/// Elementwise comparison; equal infinities compare equal (lse of a fully masked row), NaN fails.
 void expect_close(const std::string& what, const std::vector<float>& gpu, const std::vector<float>& ref) {
-  ASSERT_EQ(gpu.size(), ref.size()) << what;
-  double scale = 0;
-  for (float r : ref)
-    if (std::isfinite(r)) scale = std::max(scale, std::abs(static_cast<double>(r)));
-  int bad = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double g = gpu[i], r = ref[i];
-    if (std::isinf(r) && g == r) continue;
-    const double err = std::abs(g - r);
-    if (!(err <= kRtol * std::abs(r) + kRtol * scale) && ++bad <= 5)
-      ADD_FAILURE() << what << "[" << i << "]: gpu " << g << " vs cpu " << r;
-  }
-  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << ref.size() << " entries differ";
+  tessera::testing::expect_elementwise_close(what, gpu, ref, kRtol);
 }
 
 ops::AttnDims dims(int64_t B, int64_t Tq, int64_t Tk, int64_t Hq, int64_t Hkv, int64_t Dh, int64_t Dv,

@@ -20,13 +20,13 @@
 // threshold so that both devices apply one rule. bf16: 2e-2 relative on the loss (8-bit mantissas of the GEMM
 // operands, fp32 accumulation).
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -36,6 +36,7 @@
 
 #include "blt/eval_impl.hpp"
 #include "blt/train_impl.hpp"
+#include "support/temp_dir.hpp"
 #include "tessera/core/allocator.hpp"
 #include "tessera/io/safetensors.hpp"
 
@@ -54,13 +55,13 @@ const Target kCuda{Device::cuda, Precision::fp32};
 /// for the emulator: 4 steps of 2 x 32 bytes, checkpoints every 2 steps.
 class BltAppOnCuda : public ::testing::Test {
  protected:
+  std::unique_ptr<tessera::testing::TempDir> tmp;
   fs::path dir;
 
   void SetUp() override {
     if (cuda_mem::device_count() == 0) GTEST_SKIP() << "no CUDA device: cudaGetDeviceCount reports none";
-    dir = fs::temp_directory_path() / ("tessera_test_cuda_blt_app_" + std::to_string(::getpid()));
-    fs::remove_all(dir);
-    fs::create_directories(dir);
+    tmp = std::make_unique<tessera::testing::TempDir>("cuda-blt-app");
+    dir = tmp->path;
     std::ofstream c(dir / "corpus.txt");
     for (int i = 1; i <= 300; ++i)
       c << "Line " << i << ": the quick brown fox jumps over the lazy dog; a dictionary defines words by "
@@ -71,10 +72,6 @@ class BltAppOnCuda : public ::testing::Test {
               "train": {"steps": 4, "warmup": 1, "lr": 3e-3, "min_lr": 3e-4, "eval_every": 2,
                         "ckpt_every": 2, "seed": 7}})");
   }
-  void TearDown() override {
-    if (!dir.empty()) fs::remove_all(dir);
-  }
-
   void write(const std::string& name, const std::string& text) { std::ofstream(dir / name) << text; }
   /// The BLT config on top of entropy model folder `ent`; patching: a fixed threshold or the calibration.
   void write_blt(const std::string& name, const std::string& ent, const std::string& patching) {

@@ -83,19 +83,7 @@ Host widen(const std::vector<bf16>& v) {
 }
 
 void expect_close(const std::string& what, const Host& gpu, const Host& ref, double rtol = kRtol) {
-  ASSERT_EQ(gpu.size(), ref.size()) << what;
-  double scale = 0;
-  for (float r : ref) scale = std::max(scale, std::abs(static_cast<double>(r)));
-  int bad = 0;
-  double worst = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double g = gpu[i], r = ref[i], err = std::abs(g - r);
-    worst = std::max(worst, err / std::max(scale, 1e-30));
-    if (!(err <= rtol * std::abs(r) + rtol * scale) && ++bad <= 5)
-      ADD_FAILURE() << what << "[" << i << "]: gpu " << g << " vs cpu " << r;
-  }
-  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << ref.size() << " entries differ (worst |err|/max|cpu| "
-                    << worst << ")";
+  tessera::testing::expect_elementwise_close(what, gpu, ref, rtol);
 }
 
 template <class T>

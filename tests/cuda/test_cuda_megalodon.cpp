@@ -74,26 +74,10 @@ std::vector<float> as_floats(const std::vector<cfloat>& z) {
   return f;
 }
 
-/// Elementwise comparison (see the tolerance note at the top). Equal infinities compare equal (lse of a fully
-/// masked row is -inf on both sides); a NaN on either side is a failure.
+/// Elementwise comparison (see the tolerance note at the top; tessera::testing::expect_elementwise_close).
 void expect_close(const std::string& what, const std::vector<float>& gpu, const std::vector<float>& ref,
                   double rtol = kRtol) {
-  ASSERT_EQ(gpu.size(), ref.size()) << what;
-  double scale = 0;
-  for (float r : ref)
-    if (std::isfinite(r)) scale = std::max(scale, std::abs(static_cast<double>(r)));
-  int bad = 0;
-  double worst = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    const double g = gpu[i], r = ref[i];
-    if (std::isinf(r) && g == r) continue;
-    const double err = std::abs(g - r);
-    if (std::isfinite(err)) worst = std::max(worst, err / std::max(scale, 1e-30));
-    if (!(err <= rtol * std::abs(r) + rtol * scale) && ++bad <= 5)
-      ADD_FAILURE() << what << "[" << i << "]: gpu " << g << " vs cpu " << r;
-  }
-  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << ref.size() << " entries differ (worst |err|/max|cpu| "
-                    << worst << ")";
+  tessera::testing::expect_elementwise_close(what, gpu, ref, rtol);
 }
 
 void expect_close(const std::string& what, const std::vector<cfloat>& gpu, const std::vector<cfloat>& ref,

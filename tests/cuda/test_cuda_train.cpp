@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "support/gradcheck.hpp"
+#include "support/temp_dir.hpp"
 #include "tessera/core/allocator.hpp"
 #include "tessera/ops/elementwise.hpp"
 #include "tessera/train/adamw.hpp"
@@ -82,7 +83,8 @@ TEST(CudaTrain, ClipAndAdamWMatchTheCpu) {
   EXPECT_NEAR(train::grad_norm(d), train::grad_norm(h), 1e-9 * train::grad_norm(h));
 
   // Optimizer state written from the device and read back onto it.
-  const std::string path = ::testing::TempDir() + "/tessera_cuda_adamw.safetensors";
+  const tessera::testing::TempDir tmp("cuda-adamw");
+  const std::string path = tmp.file("state.safetensors");
   {
     io::SafeTensorsWriter w;
     opt_d.save_state(w);

@@ -1,6 +1,5 @@
 // Atomic file replacement, JSON config helpers, JSONL metrics.
 #include <gtest/gtest.h>
-#include <stdlib.h>
 
 #include <filesystem>
 #include <fstream>
@@ -9,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "support/temp_dir.hpp"
 #include "tessera/io/atomic_file.hpp"
 #include "tessera/io/json_config.hpp"
 #include "tessera/io/jsonl.hpp"
@@ -18,27 +18,9 @@ using namespace tessera;
 using namespace tessera::io;
 namespace fs = std::filesystem;
 
-namespace {
+using tessera::testing::TempDir;
 
-struct TempDir {
-  fs::path dir;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "tessera-io-XXXXXX").string();
-    if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    dir = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(dir, ec);
-  }
-  std::string file(const std::string& name) const { return (dir / name).string(); }
-  std::vector<std::string> listing() const {
-    std::vector<std::string> v;
-    for (const auto& e : fs::directory_iterator(dir)) v.push_back(e.path().filename().string());
-    std::sort(v.begin(), v.end());
-    return v;
-  }
-};
+namespace {
 
 std::string slurp(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -109,7 +91,7 @@ TEST(AtomicFile, IoFailuresNamePathAndErrno) {
   EXPECT_EQ(msg.rfind(missing_dir, 0), 0u) << msg;
   EXPECT_HAS(msg, "No such file or directory");
   // The target is a non-empty directory: the rename fails after the data was written; the temp file goes away.
-  fs::create_directories(tmp.dir / "target" / "child");
+  fs::create_directories(tmp.path / "target" / "child");
   const std::string target = tmp.file("target");
   msg = error_of([&] { write_text_atomic(target, "data"); });
   EXPECT_EQ(msg.rfind(target, 0), 0u) << msg;

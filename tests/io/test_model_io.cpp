@@ -1,32 +1,20 @@
 // Model checkpoints by reflected parameter name: round trip, every load error, dtype conversion on load.
 #include <gtest/gtest.h>
-#include <stdlib.h>
 
 #include <filesystem>
 #include <string>
 #include <vector>
 
+#include "support/temp_dir.hpp"
 #include "tessera/core/rng.hpp"
 #include "tessera/io/model_io.hpp"
 
 using namespace tessera;
 using namespace tessera::io;
 
-namespace {
+using tessera::testing::TempDir;
 
-struct TempDir {
-  std::filesystem::path dir;
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "tessera-io-XXXXXX").string();
-    if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    dir = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(dir, ec);
-  }
-  std::string file(const std::string& name) const { return (dir / name).string(); }
-};
+namespace {
 
 template <class T>
 struct Leaf {

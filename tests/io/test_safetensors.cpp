@@ -1,7 +1,6 @@
 // safetensors: round trips of every dtype, conversions on read, metadata, writer layout, and one test per
 // validation failure (each error must start with the file path and name the problem).
 #include <gtest/gtest.h>
-#include <stdlib.h>
 
 #include <cmath>
 #include <cstdlib>
@@ -12,26 +11,15 @@
 #include <string>
 #include <vector>
 
+#include "support/temp_dir.hpp"
 #include "tessera/io/safetensors.hpp"
 
 using namespace tessera;
 using namespace tessera::io;
 
-namespace {
+using tessera::testing::TempDir;
 
-struct TempDir {
-  std::filesystem::path dir;
-  TempDir() {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "tessera-io-XXXXXX").string();
-    if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    dir = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(dir, ec);
-  }
-  std::string file(const std::string& name) const { return (dir / name).string(); }
-};
+namespace {
 
 std::string slurp(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -370,7 +358,7 @@ TEST(SafeTensors, CorruptFilesNameFileAndProblem) {
   TempDir tmp;
   // Missing file, directory, empty and truncated files.
   expect_open_error(tmp.file("missing.safetensors"), "cannot open: No such file or directory");
-  expect_open_error(tmp.dir.string(), "not a regular file");
+  expect_open_error(tmp.path.string(), "not a regular file");
   spit(tmp.file("empty.safetensors"), "");
   expect_open_error(tmp.file("empty.safetensors"), "file is too short (0 bytes)");
   spit(tmp.file("five.safetensors"), std::string("\x10\0\0\0\0", 5));

@@ -1,6 +1,7 @@
 // Helpers shared by the GPU tests (tests/cuda): the skip when no device is visible (TESSERA_NEED_GPU, or the
-// fixture base CudaTest), host <-> device copies of test data (upload / download, DeviceCopy), and the error
-// measure they report: max |got - ref| / max |ref| over all elements.
+// fixture base CudaTest), host <-> device copies of test data (upload / download, DeviceCopy), the
+// elementwise check against the CPU (expect_elementwise_close) and the error measure they report: max |got -
+// ref| / max |ref| over all elements.
 #pragma once
 #include <gtest/gtest.h>
 
@@ -73,6 +74,29 @@ Tensor<T, cuda> upload(const T* h, int64_t n) {
 template <class T>
 Tensor<T, cuda> upload(const std::vector<T>& h) {
   return upload(h.data(), static_cast<int64_t>(h.size()));
+}
+
+/// Elementwise GPU-against-CPU check: |gpu - cpu| <= rtol * |cpu| + rtol * max |cpu| for every element, the
+/// maximum over the finite CPU values. Equal infinities compare equal (e.g. the lse of a fully masked row); a
+/// NaN on either side fails. Reports the first five offenders, the count and the worst |err| / max |cpu|.
+inline void expect_elementwise_close(const std::string& what, const std::vector<float>& gpu,
+                                     const std::vector<float>& ref, double rtol) {
+  ASSERT_EQ(gpu.size(), ref.size()) << what;
+  double scale = 0;
+  for (float r : ref)
+    if (std::isfinite(r)) scale = std::max(scale, std::abs(static_cast<double>(r)));
+  int bad = 0;
+  double worst = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double g = gpu[i], r = ref[i];
+    if (std::isinf(r) && g == r) continue;
+    const double err = std::abs(g - r);
+    if (std::isfinite(err)) worst = std::max(worst, err / std::max(scale, 1e-30));
+    if (!(err <= rtol * std::abs(r) + rtol * scale) && ++bad <= 5)
+      ADD_FAILURE() << what << "[" << i << "]: gpu " << g << " vs cpu " << r;
+  }
+  EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << ref.size() << " entries differ (worst |err|/max|cpu| "
+                    << worst << ")";
 }
 
 /// max |got - ref| / max |ref| over n elements (max |got - ref| when ref is all zero). A NaN anywhere gives

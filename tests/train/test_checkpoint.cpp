@@ -2,7 +2,6 @@
 // resume — a run interrupted after k steps and resumed in fresh objects ends bit-identical to an
 // uninterrupted run.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <cmath>
@@ -14,23 +13,16 @@
 #include <vector>
 
 #include "support/gradcheck.hpp"
+#include "support/temp_dir.hpp"
 #include "tessera/train/train.hpp"
 
 using namespace tessera;
 using namespace tessera::train;
 namespace fs = std::filesystem;
 
-namespace {
+using tessera::testing::TempDir;
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& tag) {
-    path = fs::temp_directory_path() / ("tessera_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
+namespace {
 
 std::string error_of(const std::function<void()>& f) {
   try {

@@ -1,6 +1,5 @@
 // Corpus reading (gzip, plain, folder, errors), the held-out split, the byte loader and evaluation windows.
 #include <gtest/gtest.h>
-#include <unistd.h>
 #include <zlib.h>
 
 #include <cstring>
@@ -9,6 +8,7 @@
 #include <set>
 #include <string>
 
+#include "support/temp_dir.hpp"
 #include "tessera/train/byte_loader.hpp"
 #include "tessera/train/text_corpus.hpp"
 
@@ -16,17 +16,9 @@ using namespace tessera;
 using namespace tessera::train;
 namespace fs = std::filesystem;
 
-namespace {
+using tessera::testing::TempDir;
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& tag) {
-    path = fs::temp_directory_path() / ("tessera_" + tag + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
+namespace {
 
 void write_text(const fs::path& p, const std::string& s) {
   std::ofstream(p, std::ios::binary) << s;

@@ -1,12 +1,12 @@
 // AdamW (against torch.optim.AdamW values and a hand-written double reference), lr schedules, clipping.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <cmath>
 #include <filesystem>
 #include <vector>
 
 #include "support/gradcheck.hpp"
+#include "support/temp_dir.hpp"
 #include "tessera/train/adamw.hpp"
 #include "tessera/train/clip.hpp"
 #include "tessera/train/schedule.hpp"
@@ -154,7 +154,8 @@ TEST(AdamW, FirstStepIsSignTimesLr) {
 }
 
 TEST(AdamW, StateRoundTripContinuesIdentically) {
-  const auto path = std::filesystem::temp_directory_path() / ("tessera_adamw_" + std::to_string(::getpid()));
+  const tessera::testing::TempDir tmp("adamw");
+  const auto path = tmp.path / "state.safetensors";
   Tiny<float> a, b;
   AdamW<float> opt_a({.lr = 0.1, .weight_decay = 0.1});
   set_grads(a, 0);
@@ -199,7 +200,6 @@ TEST(AdamW, StateRoundTripContinuesIdentically) {
       EXPECT_NE(std::string(e.what()).find("m.weight"), std::string::npos) << e.what();
     }
   }
-  std::filesystem::remove(path);
 }
 
 TEST(AdamW, RejectsBadConfig) {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "support/gradcheck.hpp"
+#include "support/temp_dir.hpp"
 #include "tessera/io/model_io.hpp"
 #include "tessera/io/safetensors.hpp"
 #include "tessera/models/blt/blt.hpp"
@@ -404,17 +405,10 @@ TEST(BltPatches, ConventionsAndPaddingGiveTheSameLogits) {
 
 // ---- checkpoints ------------------------------------------------------------------------------------------
 
-namespace {
-std::string temp_dir(const std::string& name) {
-  const auto d = std::filesystem::temp_directory_path() / ("tessera_blt_" + name + "_" + std::to_string(::getpid()));
-  std::filesystem::create_directories(d);
-  return d.string();
-}
-}  // namespace
-
 TEST(BltCheckpoint, SavePretrainedRoundTrip) {
   auto& m = fixture_model<float>();
-  const std::string dir = temp_dir("hf");
+  const tessera::testing::TempDir tmp("blt-hf");
+  const std::string dir = tmp.path.string();
   blt::save_pretrained(m, dir);
   auto back = blt::load_pretrained<float>(dir);
   EXPECT_EQ(back->config().to_hf_json(), m.config().to_hf_json());
@@ -428,12 +422,12 @@ TEST(BltCheckpoint, SavePretrainedRoundTrip) {
   const Case c = load_case(3);
   const auto& lg = back->forward(c.ids.data(), 1, static_cast<int64_t>(c.ids.size()));
   EXPECT_LE(tessera::testing::max_abs_err(lg.data(), c.logits.data(), lg.numel()), 1e-4);
-  std::filesystem::remove_all(dir);
 }
 
 TEST(BltCheckpoint, OriginalLayoutRoundTrip) {
   auto& m = fixture_model<float>();
-  const std::string dir = temp_dir("orig");
+  const tessera::testing::TempDir tmp("blt-orig");
+  const std::string dir = tmp.path.string();
   blt::save_original(m, dir + "/blt.safetensors", dir + "/entropy.safetensors");
   const io::SafeTensorsFile fb(dir + "/blt.safetensors"), fe(dir + "/entropy.safetensors");
   for (const char* k : {"local_encoder.tok_embeddings.weight", "local_encoder.layers.0.attention.wq.weight",
@@ -468,7 +462,6 @@ TEST(BltCheckpoint, OriginalLayoutRoundTrip) {
     EXPECT_NE(std::string(e.what()).find("missing keys"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("unexpected keys"), std::string::npos) << e.what();
   }
-  std::filesystem::remove_all(dir);
 }
 
 TEST(BltCheckpoint, StrictLoadNamesTheProblem) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "support/gradcheck.hpp"
+#include "support/temp_dir.hpp"
 #include "tessera/models/megalodon/megalodon.hpp"
 
 using namespace tessera;
@@ -207,8 +208,8 @@ TEST(Megalodon, DecodingStateHasConstantSize) {
 }
 
 TEST(MegalodonCheckpoint, RoundTripWithOfficialNamesAndBuffers) {
-  const auto dir = std::filesystem::temp_directory_path() / "tessera_megalodon_ckpt";
-  std::filesystem::create_directories(dir);
+  const tessera::testing::TempDir tmp("megalodon-ckpt");
+  const auto& dir = tmp.path;
   Megalodon<float> m(tiny_config());
   init_perturbed(m, 11);
   save_megalodon(m, dir.string());
@@ -226,12 +227,11 @@ TEST(MegalodonCheckpoint, RoundTripWithOfficialNamesAndBuffers) {
   const Tensor<float> a = m.forward(ids.data(), 1, 12).clone();
   const auto& b = back->forward(ids.data(), 1, 12);
   for (int64_t i = 0; i < a.numel(); ++i) ASSERT_EQ(a[i], b[i]);
-  std::filesystem::remove_all(dir);
 }
 
 TEST(MegalodonCheckpoint, BadInputsGiveClearErrors) {
-  const auto dir = std::filesystem::temp_directory_path() / "tessera_megalodon_bad";
-  std::filesystem::create_directories(dir);
+  const tessera::testing::TempDir tmp("megalodon-bad");
+  const auto& dir = tmp.path;
   Megalodon<float> m(tiny_config());
   save_megalodon(m, dir.string());
   const auto expect_error = [&](const std::string& needle) {
@@ -272,7 +272,6 @@ TEST(MegalodonCheckpoint, BadInputsGiveClearErrors) {
   const auto path = (dir / "model.safetensors").string();
   std::filesystem::resize_file(path, std::filesystem::file_size(path) / 2);
   expect_error("model.safetensors");
-  std::filesystem::remove_all(dir);
 }
 
 TEST(Megalodon, IsCausal) {
