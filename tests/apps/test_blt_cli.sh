@@ -31,6 +31,8 @@ expect_error() {
   local out rc
   out=$("$@" 2>&1); rc=$?
   if [ $rc -eq 0 ]; then fail "expected failure: $*"; return; fi
+  # Bad input must end in an error exit, never a crash (a signal: exit status 128 + N).
+  if [ $rc -gt 128 ]; then fail "crashed (signal $((rc - 128))) instead of an error exit: $*: $out"; return; fi
   if ! grep -q -- "$pat" <<<"$out"; then fail "message for '$*' lacks '$pat': $out"; return; fi
   echo "ok (exit $rc): $pat"
 }

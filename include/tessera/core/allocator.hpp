@@ -8,6 +8,19 @@
 
 #include "tessera/core/backend.hpp"
 
+// Under AddressSanitizer the bytes between a buffer's end and its 64-byte rounding are poisoned, so that an
+// access past a tensor's last element is reported even where it stays inside the rounded allocation.
+#if defined(__SANITIZE_ADDRESS__)
+#define TESSERA_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TESSERA_ASAN 1
+#endif
+#endif
+#ifdef TESSERA_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
+
 namespace tessera {
 
 template <class B>
@@ -20,6 +33,9 @@ struct Allocator<cpu> {
     const size_t rounded = (bytes + 63) / 64 * 64;
     void* p = std::aligned_alloc(64, rounded);
     if (!p) throw std::bad_alloc();
+#ifdef TESSERA_ASAN
+    ASAN_POISON_MEMORY_REGION(static_cast<char*>(p) + bytes, rounded - bytes);
+#endif
     return p;
   }
   static void deallocate(void* p) { std::free(p); }
