@@ -16,7 +16,7 @@ struct TrainArgs {
   int64_t steps = 0;   // overrides train.steps when > 0
   bool resume = false;
   std::string device = "cpu";      // cpu | cuda (device.hpp)
-  std::string precision = "fp32";  // fp32 | bf16 (bf16: cuda only)
+  std::string precision = "fp32";  // fp32 | bf16 (bf16 training: cuda only)
 };
 int cmd_train_entropy(const TrainArgs& a);
 int cmd_train(const TrainArgs& a);
@@ -38,7 +38,7 @@ struct GenerateArgs {
   bool ignore_eos = false;
   bool no_cache = false;
   std::string ids_out;
-  std::string device = "cpu", precision = "fp32";  // bf16: frozen bf16 weight copies (cuda only)
+  std::string device = "cpu", precision = "fp32";  // bf16: frozen bf16 weight copies
 };
 int cmd_generate(const GenerateArgs& a);
 

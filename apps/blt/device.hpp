@@ -23,16 +23,21 @@ namespace bltapp {
 
 enum class Device { cpu, cuda };
 
+/// What a command does with the model: bf16 on the CPU is for inference only (bf16 weights, fp32 activations;
+/// layers/precision.hpp), bf16 training needs CUDA.
+enum class Use { training, inference };
+
 /// The backend and compute precision of a command.
 struct Target {
   Device device = Device::cpu;
   tessera::Precision precision = tessera::Precision::fp32;
 };
 
-/// Parses and checks --device / --precision: cuda needs a build with the CUDA backend and a visible device,
-/// bf16 needs cuda. Throws tessera::Error with the reason (callers do this first, so a refused command writes
-/// nothing).
-inline Target select_target(const std::string& device, const std::string& precision = "fp32") {
+/// Parses and checks --device / --precision: cuda needs a build with the CUDA backend and a visible device;
+/// bf16 needs cuda for training. Throws tessera::Error with the reason (callers do this first, so a refused
+/// command writes nothing).
+inline Target select_target(const std::string& device, const std::string& precision = "fp32",
+                            Use use = Use::training) {
   Target t;
   if (device == "cuda") {
     t.device = Device::cuda;
@@ -51,8 +56,9 @@ inline Target select_target(const std::string& device, const std::string& precis
         "-DTESSERA_CUDA=ON where nvcc is installed), so there is no CUDA device to use; use --device cpu");
 #endif
   }
-  TESSERA_CHECK(t.precision == tessera::Precision::fp32 || t.device == Device::cuda,
-                "--precision bf16 needs --device cuda (the CPU backend computes in fp32)");
+  TESSERA_CHECK(t.precision == tessera::Precision::fp32 || t.device == Device::cuda || use == Use::inference,
+                "--precision bf16 needs --device cuda for training (the CPU trains in fp32; its bf16 is for "
+                "eval and generate)");
   return t;
 }
 

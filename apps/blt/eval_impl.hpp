@@ -92,7 +92,7 @@ inline tessera::blt::GenerateOptions generate_options(const GenerateArgs& a) {
 }
 
 /// Continue `prompt` (ids: BOS + bytes) with the BLT in a.model on backend B, in a.precision (checked by
-/// select_target first: bf16 needs cuda). Cached (entropy model, encoder, global and decoder caches; on the
+/// select_target first). Cached (entropy model, encoder, global and decoder caches; on the
 /// device on CUDA) unless --no-cache asks for the reference's generate_nocache (a full re-patching forward
 /// per byte). Prompt and generated ids are host memory.
 template <class B>

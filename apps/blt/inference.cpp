@@ -57,7 +57,7 @@ int cmd_eval(const EvalArgs& a) {
   TESSERA_CHECK(a.seq_len > 1, "--seq-len must be > 1, got ", a.seq_len);
   TESSERA_CHECK(a.batch > 0, "--batch must be > 0, got ", a.batch);
   TESSERA_CHECK(a.max_windows >= 0, "--max-windows must be >= 0, got ", a.max_windows);
-  const Target t = select_target(a.device, a.precision);
+  const Target t = select_target(a.device, a.precision, Use::inference);
 #if TESSERA_BLT_CUDA
   const EvalResult r =
       t.device == Device::cuda ? evaluate<tessera::cuda>(a, t) : evaluate<tessera::cpu>(a, t);
@@ -83,7 +83,8 @@ int cmd_generate(const GenerateArgs& a) {
   TESSERA_CHECK(a.top_k >= 0, "--top-k must be >= 0, got ", a.top_k);
   TESSERA_CHECK(a.top_p >= 0 && a.top_p <= 1, "--top-p must be in [0, 1], got ", a.top_p);
   const std::string prompt = a.prompt ? *a.prompt : parse_hex(*a.prompt_hex, "--prompt-hex");
-  [[maybe_unused]] const Target t = select_target(a.device, a.precision);  // throws for an unusable one
+  [[maybe_unused]] const Target t =
+      select_target(a.device, a.precision, Use::inference);                // throws if unusable
   const std::vector<int64_t> ids = blt::encode(prompt);                    // BOS + bytes, no EOS
 #if TESSERA_BLT_CUDA
   const blt::GenerateResult r =

@@ -28,10 +28,12 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"cpu", "cuda"}))
         ->capture_default_str();
   };
-  auto add_precision = [](CLI::App* c, std::string& precision) {
-    c->add_option(
-         "--precision", precision,
-         "compute precision: fp32, or bf16 (mixed precision with fp32 master weights; --device cuda)")
+  auto add_precision = [](CLI::App* c, std::string& precision, bool inference = false) {
+    c->add_option("--precision", precision,
+                  inference ? "compute precision: fp32, or bf16 (cuda: mixed precision; cpu: bf16 weights, "
+                              "fp32 activations and sums)"
+                            : "compute precision: fp32, or bf16 (mixed precision with fp32 master weights; "
+                              "--device cuda)")
         ->check(CLI::IsMember({"fp32", "bf16"}))
         ->capture_default_str();
   };
@@ -65,7 +67,7 @@ int main(int argc, char** argv) {
   c_ev->add_option("--batch", ev.batch, "windows per forward")->capture_default_str();
   c_ev->add_option("--max-windows", ev.max_windows, "evaluate at most this many windows (0 = all)");
   add_device(c_ev, ev.device);
-  add_precision(c_ev, ev.precision);
+  add_precision(c_ev, ev.precision, true);
 
   GenerateArgs ge;
   std::string prompt, prompt_hex;
@@ -84,7 +86,7 @@ int main(int argc, char** argv) {
                  "re-patch and run a full forward per byte (the reference's path)");
   c_ge->add_option("--ids-out", ge.ids_out, "write the generated token ids (not the prompt's) to this file");
   add_device(c_ge, ge.device);
-  add_precision(c_ge, ge.precision);
+  add_precision(c_ge, ge.precision, true);
 
   PatchArgs pa;
   std::string text, file;

@@ -88,6 +88,53 @@ TEST(Layers, LinearGradAndValues) {
   EXPECT_DOUBLE_EQ(y[0], 2 * 3 - 4 + 0.5);
 }
 
+// bf16 on the CPU (layers/precision.hpp): a float Linear multiplies with bf16-rounded weights — the fp32
+// layer given those rounded weights, up to the order of the sums — frozen or cast per forward alike; the
+// residual is added; there is no backward; double models refuse bf16.
+TEST(Layers, LinearBf16WeightsOnTheCpu) {
+  Rng rng(3);
+  for (const int64_t rows : {int64_t{1}, int64_t{5}, int64_t{40}}) {  // decoding-size and panel routes
+    Linear<float> lin, rounded;
+    lin.setup(70, 33, /*bias=*/true);
+    rounded.setup(70, 33, true);
+    fill_normal(lin.params.weight.value, rng, 0.5);
+    fill_normal(lin.params.bias.value, rng, 0.5);
+    for (int64_t i = 0; i < lin.params.weight.value.numel(); ++i)
+      rounded.params.weight.value[i] = static_cast<float>(bf16(lin.params.weight.value[i]));
+    rounded.params.bias.value = lin.params.bias.value.clone();
+    Tensor<float> x({rows, 70}), res({rows, 33});
+    fill_normal(x, rng, 1.0);
+    fill_normal(res, rng, 1.0);
+    Tensor<float> want, want_res, y, y_frozen, y_fp32;
+    Linear<float>::Saved s;
+    rounded.forward(ctx_for(1, rows), x, want, s);
+    rounded.forward(ctx_for(1, rows), x, want_res, s, nullptr, res.data());
+    lin.forward(ctx_for(1, rows), x, y_fp32, s);
+    set_compute_precision(lin, Precision::bf16);
+    lin.forward(ctx_for(1, rows), x, y, s);  // cast at this forward
+    freeze_bf16_weights(lin);
+    lin.forward(ctx_for(1, rows), x, y_frozen, s);
+    double moved = 0;
+    for (int64_t i = 0; i < want.numel(); ++i) {
+      EXPECT_NEAR(y[i], want[i], 2e-5) << rows << " rows, element " << i;
+      EXPECT_EQ(y_frozen[i], y[i]) << rows << " rows, element " << i;
+      moved = std::max(moved, std::abs(static_cast<double>(y[i]) - y_fp32[i]));
+    }
+    EXPECT_GT(moved, 1e-5) << "the weights were not rounded";  // bf16 weights do change the result
+    lin.forward(ctx_for(1, rows), x, y, s, nullptr, res.data());
+    for (int64_t i = 0; i < want.numel(); ++i) EXPECT_NEAR(y[i], want_res[i], 2e-5) << "with residual, " << i;
+    Tensor<float> dx;
+    EXPECT_THROW(lin.backward(ctx_for(1, rows), y, dx, s), Error);
+    EXPECT_THROW(lin.backward_params(y, s), Error);
+    set_compute_precision(lin, Precision::fp32);  // back to the fp32 masters
+    lin.forward(ctx_for(1, rows), x, y, s);
+    for (int64_t i = 0; i < y.numel(); ++i) EXPECT_EQ(y[i], y_fp32[i]);
+  }
+  Linear<double> d;
+  d.setup(2, 2);
+  EXPECT_THROW(set_compute_precision(d, Precision::bf16), Error);
+}
+
 TEST(Layers, NormsGrad) {
   RmsNorm<double> rms;
   rms.setup(small_config());

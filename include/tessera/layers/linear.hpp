@@ -6,6 +6,7 @@
 #include "tessera/core/param.hpp"
 #include "tessera/layers/context.hpp"
 #include "tessera/layers/precision.hpp"
+#include "tessera/ops/bf16_weight_product.hpp"
 #include "tessera/ops/elementwise.hpp"
 #include "tessera/ops/matmul.hpp"
 
@@ -42,7 +43,7 @@ struct Linear {
   /// reuses that copy in every forward until called with keep = false (no-op unless compute is bf16).
   void cache_bf16_weight(bool keep) {
     weight_frozen_ = false;
-    if constexpr (kMixed) {
+    if constexpr (kMixed || kCpuBf16Weight) {
       if (keep && compute_precision == Precision::bf16) {
         cast_weight();
         weight_frozen_ = true;
@@ -79,8 +80,15 @@ struct Linear {
       return false;
     }
   }
-  /// The frozen bf16 weight [out, in] (null unless cache_bf16_weight(true) is in effect).
-  const bf16* frozen_weight_bf16() const { return weight_frozen_ ? weight_bf16_.data() : nullptr; }
+  /// The frozen bf16 weight [out, in] for the CUDA small products (null unless cache_bf16_weight(true) is in
+  /// effect, and always on the CPU, whose bf16 weights only this layer's forward reads).
+  const bf16* frozen_weight_bf16() const {
+    if constexpr (kMixed) {
+      return weight_frozen_ ? weight_bf16_.data() : nullptr;
+    } else {
+      return nullptr;
+    }
+  }
   /// y resized to [n, out], described for ops::linear_small_bf16 (only when small_forward_ok).
   ops::SmallLinearOut small_output(Tensor<T, B>& y, int64_t n) const {
     TESSERA_CHECK(weight_frozen_, "Linear::small_output: needs frozen bf16 weights");
@@ -108,7 +116,15 @@ struct Linear {
     if constexpr (kMixed) {
       if (compute_precision == Precision::bf16) return forward_bf16(x, x16, y, residual, residual_adds);
     }
-    TESSERA_CHECK(residual_adds == 1, "Linear: residual_adds ", residual_adds, " needs bf16 compute");
+    TESSERA_CHECK(residual_adds == 1, "Linear: residual_adds ", residual_adds, " needs bf16 compute on CUDA");
+    if constexpr (kCpuBf16Weight) {
+      if (compute_precision == Precision::bf16) {
+        if (!weight_frozen_) cast_weight();
+        ops::linear_forward_bf16_weight(B{}, y.data(), x.data(), weight_bf16_.data(), bias(), n, in, out);
+        if (residual) ops::add_inplace(B{}, y.data(), residual, n * out);
+        return;
+      }
+    }
     ops::linear_forward(B{}, y.data(), x.data(), params.weight.value.data(), bias(), n, in, out);
     if (residual) ops::add_inplace(B{}, y.data(), residual, n * out);
   }
@@ -184,6 +200,7 @@ struct Linear {
   void backward(const SeqContext&, TensorView<const T> dy, Tensor<T, B>& dx, Saved& s, bool accumulate_dx = false,
                 const bf16* x16 = nullptr) {
     const int64_t n = s.x.size(0);
+    check_cpu_backward();
     prepare_dx(dx, n, accumulate_dx);
     if constexpr (kMixed) {
       if (compute_precision == Precision::bf16) return backward_bf16(dy, dx.data(), accumulate_dx, x16, s);
@@ -193,6 +210,7 @@ struct Linear {
   }
   /// Backward without an input gradient (first layer, or dx computed elsewhere).
   void backward_params(TensorView<const T> dy, Saved& s) {
+    check_cpu_backward();
     if constexpr (kMixed) {
       if (compute_precision == Precision::bf16) return backward_bf16(dy, nullptr, false, nullptr, s);
     }
@@ -208,6 +226,10 @@ struct Linear {
   // The GEMMs multiply bf16 operands exactly and accumulate in fp32; y, dx are fp32, dW += in fp32, and the
   // bias add / reduction stay fp32.
   static constexpr bool kMixed = std::is_same_v<T, float> && std::is_same_v<B, cuda>;
+  // bf16 on the CPU (float parameters): the weight alone is bf16 — cast from the master at every forward, or
+  // once by freeze_bf16_weights — and ops::linear_forward_bf16_weight multiplies fp32 x with it, summing in
+  // fp32. Inference only: there is no CPU bf16 backward.
+  static constexpr bool kCpuBf16Weight = std::is_same_v<T, float> && is_cpu_v<B>;
   mutable Tensor<bf16, B> weight_bf16_;
   bool weight_frozen_ = false;  // weight_bf16_ is kept (inference), not re-cast per forward
   mutable const bf16* weight16_ = nullptr;  // the bf16 weight of the last forward, for its backward
@@ -215,6 +237,13 @@ struct Linear {
   static std::array<Tensor<bf16, B>, 2>& scratch() { return shared_scratch<Linear, bf16, B, 2>(); }
   static std::array<Tensor<T, B>, 1>& scratch_f32() { return shared_scratch<Linear, T, B, 1>(); }
 
+  void check_cpu_backward() const {
+    if constexpr (kCpuBf16Weight)
+      TESSERA_CHECK(
+          compute_precision == Precision::fp32,
+          "Linear: no backward in bf16 on the CPU (its bf16 weights are for inference; train in fp32, "
+          "or in bf16 on CUDA)");
+  }
   void prepare_dx(Tensor<T, B>& dx, int64_t n, bool accumulate_dx) const {
     if (accumulate_dx) {
       TESSERA_CHECK(dx.numel() == n * in, "Linear: accumulating into dx of ", dx.shape(), ", expected [", n,

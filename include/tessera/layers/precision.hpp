@@ -1,7 +1,10 @@
-// Compute precision of a model's layers (DESIGN.md "Numerics"): fp32 everywhere, or bf16 mixed precision on
-// the GPU — the autocast recipe: parameters, optimizer state, activations between layers, norms, softmax
-// statistics and every reduction stay fp32 (master copies); the matrix products (Linear layers, attention)
-// read bf16 copies of their operands and accumulate in fp32 on the tensor cores.
+// Compute precision of a model's layers (DESIGN.md "Numerics"): fp32 everywhere, or bf16.
+//   CUDA: bf16 mixed precision, the autocast recipe: parameters, optimizer state, activations between layers,
+//     norms, softmax statistics and every reduction stay fp32 (master copies); the matrix products (Linear
+//     layers, attention) read bf16 copies of their operands and accumulate in fp32 on the tensor cores.
+//   CPU: bf16 weights for inference: the Linear layers multiply fp32 inputs with bf16 copies of their
+//     weights (ops/bf16_weight_product.hpp), summing in fp32; everything else stays fp32. Frozen, the copies
+//     halve the bytes a decoding step reads. There is no CPU bf16 backward (a Linear refuses it).
 //
 //   set_compute_precision(model, Precision::bf16);   // any model or layer, after construction
 //   freeze_bf16_weights(model);                       // inference: cast the weights once, not per forward
@@ -38,15 +41,14 @@ concept HasBf16WeightCopy = requires(L& l) {
 };
 
 /// Set `compute_precision` on every layer of `layer` (itself included) that has one. bf16 needs float
-/// parameters on the CUDA backend; anything else is rejected with an error naming the layer type's backend.
+/// parameters (see the file comment for what it means on each backend); anything else is rejected.
 template <class L>
 void set_compute_precision(L& layer, Precision p) {
   if constexpr (HasComputePrecision<L>) {
     using T = typename L::value_type;
-    using B = typename L::backend;
-    TESSERA_CHECK(p == Precision::fp32 || (std::is_same_v<B, cuda> && std::is_same_v<T, float>),
-                  "bf16 compute precision needs a float model on the CUDA backend (this one is ",
-                  std::is_same_v<B, cuda> ? "CUDA" : "CPU", ")");
+    TESSERA_CHECK(p == Precision::fp32 || (std::is_same_v<T, float>),
+                  "bf16 compute precision needs a float model (this one's parameters are ", sizeof(T) * 8,
+                  "-bit)");
     layer.compute_precision = p;
   }
   if constexpr (HasBf16WeightCache<L>) layer.cache_bf16_weight(false);
