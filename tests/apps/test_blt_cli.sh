@@ -195,10 +195,18 @@ resume_from() {
   mkdir -p "$3" && cp -r "$1/step_0000000$2" "$3/" && cp "$1/config.json" "$3/" && echo "step_0000000$2" > "$3/latest"
 }
 
-# Refused everywhere: bf16 on the CPU, an unknown device.
-expect_error "needs --device cuda" "$BLT" train -c "$TMP/blt.json" --data "$TMP/corpus.txt" -o "$TMP/d1" --precision bf16
-expect_error "needs --device cuda" "$BLT" eval -m "$TMP/a" --data "$TMP/corpus.txt" --precision bf16
-expect_error "needs --device cuda" "$BLT" generate -m "$TMP/a" -p "Line " -n 4 --precision bf16
+# Refused everywhere: bf16 training on the CPU, an unknown device.
+expect_error "needs --device cuda for training" "$BLT" train -c "$TMP/blt.json" --data "$TMP/corpus.txt" -o "$TMP/d1" --precision bf16
+expect_error "needs --device cuda for training" "$BLT" train-entropy -c "$TMP/entropy.json" --data "$TMP/corpus.txt" -o "$TMP/d1" --precision bf16
+# bf16 inference on the CPU (bf16 weights, fp32 activations): eval within 2e-2 of the fp32 loss, greedy
+# generation writes its bytes.
+"$BLT" eval -m "$TMP/a" --data "$TMP/corpus.txt" --seq-len 64 --max-windows 4 > "$TMP/ev_c32.log" 2>&1 &&
+  "$BLT" eval -m "$TMP/a" --data "$TMP/corpus.txt" --seq-len 64 --max-windows 4 --precision bf16 > "$TMP/ev_c16.log" 2>&1 ||
+  fail "eval --precision bf16 on the cpu failed: $(cat "$TMP/ev_c16.log")"
+close_num "$(eval_loss "$TMP/ev_c32.log")" "$(eval_loss "$TMP/ev_c16.log")" 2e-2 "cpu eval bf16 vs fp32 (BLT)"
+"$BLT" generate -m "$TMP/a" -p "Line " -n 16 --temp 0 --ignore-eos --precision bf16 --ids-out "$TMP/gen_c16.txt" \
+  > "$TMP/gen_c16.log" 2>&1 || fail "generate --precision bf16 on the cpu failed: $(cat "$TMP/gen_c16.log")"
+[ "$(wc -w < "$TMP/gen_c16.txt")" = 16 ] || fail "cpu generate --precision bf16 wrote $(wc -w < "$TMP/gen_c16.txt") ids, not 16"
 expect_error "not in {cpu,cuda}" "$BLT" generate -m "$TMP/a" -p "Line " -n 2 --device tpu --ids-out "$TMP/d2.txt"
 no_file "$TMP/d1" "$TMP/d2.txt"
 
