@@ -53,11 +53,20 @@ std::vector<float> normals(int64_t n, uint64_t seed, double sd = 1.0) {
 
 }  // namespace
 
-TEST(CudaMixedPrecision, RejectsCpuModels) {
+TEST(CudaMixedPrecision, CpuModelsTakeBf16WeightsForInferenceOnly) {
+  // On the CPU, bf16 means bf16 weights for inference (tests/layers: LinearBf16WeightsOnTheCpu); double
+  // models refuse it.
   Linear<float> l;
   l.setup(4, 4);
-  EXPECT_THROW(set_compute_precision(l, Precision::bf16), Error);
+  EXPECT_NO_THROW(set_compute_precision(l, Precision::bf16));
+  Linear<float>::Saved s;
+  Tensor<float> x({2, 4}), y, dx;
+  l.forward(SeqContext{}, x, y, s);
+  EXPECT_THROW(l.backward(SeqContext{}, y, dx, s), Error);
   EXPECT_NO_THROW(set_compute_precision(l, Precision::fp32));
+  Linear<double> d;
+  d.setup(4, 4);
+  EXPECT_THROW(set_compute_precision(d, Precision::bf16), Error);
   EXPECT_EQ(parse_precision("bf16"), Precision::bf16);
   EXPECT_THROW(parse_precision("fp16"), Error);
 }
