@@ -1,12 +1,14 @@
 // CPU fp32 GEMM through tessera::ops::gemm (Eigen, routed to OpenBLAS when built with TESSERA_USE_BLAS):
 // square sizes and the exact products of a training step of the lm app's default model. Then decoding-size
-// products (1 to 64 rows) with weights that do not stay in cache, fp32 (ops::linear_forward, OpenBLAS's sgemv
-// / sgemm) against bf16 weights (ops::linear_forward_bf16_weight), in GB/s of weights read.
+// products (1 to 64 rows) with weights that do not stay in cache, in GB/s of weights read: the GEMM
+// (ops::gemm: OpenBLAS's sgemv / sgemm), fp32 ops::linear_forward (the streamed product up to 16 rows, the
+// GEMM beyond) and bf16 weights (ops::linear_forward_bf16_weight).
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tessera/core/dtype.hpp"
@@ -56,10 +58,13 @@ void add_linear(const std::string& what, int64_t rows, int64_t in, int64_t out) 
   add("gemm_linear/" + what + "/bwd_dW_TN/" + shape, true, false, out, in, rows, 1.0f);
 }
 
+enum class DecodeRoute { gemm, linear_fp32, linear_bf16 };
+
 /// y [rows, out] = x [rows, in] Wᵀ over `copies` distinct weights (together >= 256 MB of fp32, beyond any
-/// cache), one per iteration in turn, as a decoding step walks its layers: W in fp32 or in bf16.
-/// Counters: GB/s of weight bytes read, GFLOP/s.
-void run_decode_product(benchmark::State& state, bool bf16_weights, int64_t rows, int64_t in, int64_t out) {
+/// cache), one per iteration in turn, as a decoding step walks its layers. Counters: GB/s of weight bytes
+/// read, GFLOP/s.
+void run_decode_product(benchmark::State& state, DecodeRoute route, int64_t rows, int64_t in, int64_t out) {
+  const bool bf16_weights = route == DecodeRoute::linear_bf16;
   const int64_t per = in * out, copies = std::max<int64_t>(2, (int64_t{256} << 20) / (4 * per));
   const auto w32 = random_buffer(per * copies, 4);
   std::vector<tessera::bf16> w16;
@@ -75,6 +80,9 @@ void run_decode_product(benchmark::State& state, bool bf16_weights, int64_t rows
     if (bf16_weights)
       tessera::ops::linear_forward_bf16_weight(cpu{}, y.data(), x.data(), w16.data() + c * per, nullptr, rows,
                                                in, out);
+    else if (route == DecodeRoute::gemm)
+      tessera::ops::gemm(cpu{}, false, true, rows, out, in, 1.0f, x.data(), in, w32.data() + c * per, in,
+                         0.0f, y.data(), out);
     else
       tessera::ops::linear_forward(cpu{}, y.data(), x.data(), w32.data() + c * per,
                                    static_cast<const float*>(nullptr), rows, in, out);
@@ -89,11 +97,14 @@ void run_decode_product(benchmark::State& state, bool bf16_weights, int64_t rows
 }
 
 void add_decode(const std::string& what, int64_t rows, int64_t in, int64_t out) {
-  for (const bool b : {false, true}) {
-    const std::string name = std::string("decode_product/") + (b ? "bf16_weights/" : "fp32/") + what + "/" +
-                             std::to_string(rows) + "x" + std::to_string(in) + "->" + std::to_string(out);
+  for (const auto& [route, label] :
+       {std::pair{DecodeRoute::gemm, "gemm_fp32/"}, std::pair{DecodeRoute::linear_fp32, "linear_fp32/"},
+        std::pair{DecodeRoute::linear_bf16, "linear_bf16_weights/"}}) {
+    const std::string name = std::string("decode_product/") + label + what + "/" + std::to_string(rows) +
+                             "x" + std::to_string(in) + "->" + std::to_string(out);
+    const DecodeRoute r = route;
     benchmark::RegisterBenchmark(name.c_str(),
-                                 [=](benchmark::State& s) { run_decode_product(s, b, rows, in, out); })
+                                 [=](benchmark::State& s) { run_decode_product(s, r, rows, in, out); })
         ->Unit(benchmark::kMicrosecond)
         ->UseRealTime();
   }

@@ -8,6 +8,7 @@
 #include "tessera/core/dtype.hpp"
 #include "tessera/core/error.hpp"
 #include "tessera/ops/eigen.hpp"
+#include "tessera/ops/streamed_product.hpp"
 
 namespace tessera::ops {
 
@@ -136,9 +137,14 @@ void row_bias_backward(cpu, T* dbias, const T* dy, int64_t n, int64_t D) {
 void add_row_bias(cuda, float* y, const float* bias, int64_t n, int64_t D);
 void row_bias_backward(cuda, float* dbias, const float* dy, int64_t n, int64_t D);
 
-/// y[N,out] = x[N,in] * W[out,in]^T (+ b[out]). PyTorch weight layout.
+/// y[N,out] = x[N,in] * W[out,in]^T (+ b[out]). PyTorch weight layout. On the CPU in fp32, up to
+/// kStreamedRows rows (decoding) take the streamed product (ops/streamed_product.hpp: the weights read once
+/// for all rows, each output the same sum whatever the number of rows), more rows the GEMM.
 template <class B, class T>
 void linear_forward(B be, T* y, const T* x, const T* w, const T* b, int64_t N, int64_t in, int64_t out) {
+  if constexpr (std::is_same_v<B, cpu> && std::is_same_v<T, float>) {
+    if (N <= kStreamedRows) return streamed_linear_forward(x, w, b, y, N, in, out);
+  }
   gemm(be, false, true, N, out, in, T(1), x, in, w, in, T(0), y, out);
   if (b) add_row_bias(be, y, b, N, out);
 }
