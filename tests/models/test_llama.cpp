@@ -122,3 +122,45 @@ TEST(Llama, Bf16WeightsOnTheCpuDecodeLikeTheirFullForward) {
   std::cout << "[llama-bf16] cached vs full " << worst << ", bf16 vs fp32 " << diff / scale
             << " of the largest logit\n";
 }
+
+// Decoding products are streamed on the CPU (ops/streamed_product.hpp: one fixed-order sum per output,
+// whatever the rows around it) and every other op of a decoding step is row by row, so sequences decoded
+// together get the logits, bit for bit, of each sequence decoded alone — in fp32 and with bf16 weights.
+TEST(Llama, SequencesDecodedTogetherGetTheBitsOfEachDecodedAlone) {
+  models::LlamaConfig c;
+  c.vocab_size = 40;
+  c.dim = 64;
+  c.n_layers = 2;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.ffn_hidden = 96;
+  c.window = 12;  // the caches drop rows too
+  for (const bool b16 : {false, true}) {
+    models::Llama<float> m(c);
+    Rng rng(6);
+    for_each_param(m, [&](const std::string&, auto& p) { tessera::testing::fill_normal(p.value, rng, 0.2); });
+    if (b16) {
+      set_compute_precision(m, Precision::bf16);
+      freeze_bf16_weights(m);
+    }
+    const int64_t R = 3, T = 30, V = c.vocab_size;
+    std::vector<int64_t> ids(R * T);
+    for (auto& i : ids) i = static_cast<int64_t>(rng.below(V));
+    std::vector<models::Llama<float>::Cache> together(R, m.make_cache()), alone(R, m.make_cache());
+    std::vector<models::Llama<float>::Cache*> ptrs = {&together[0], &together[1], &together[2]};
+    models::Llama<float>::DecodeScratch s, s1;
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t step[] = {ids[t], ids[T + t], ids[2 * T + t]};
+      const std::vector<float> batch = [&] {
+        const auto& l = m.forward_cached(step, R, 1, ptrs.data(), s);
+        return std::vector<float>(l.data(), l.data() + R * V);
+      }();
+      for (int64_t b = 0; b < R; ++b) {
+        auto* one = &alone[b];
+        const auto& l = m.forward_cached(&step[b], 1, 1, &one, s1);
+        for (int64_t v = 0; v < V; ++v)
+          ASSERT_EQ(batch[b * V + v], l[v]) << (b16 ? "bf16" : "fp32") << " sequence " << b << ", step " << t;
+      }
+    }
+  }
+}
