@@ -411,6 +411,42 @@ TEST(BltCache, RandomDoubleModelWithGqaAndTokenProjection) {
   EXPECT_LT(pl.P, static_cast<int64_t>(ids.size()) - 20);
 }
 
+TEST(BltCache, ARowSteppedInABatchGetsTheBitsOfTheRowSteppedAlone) {
+  // The decoding products are streamed (ops/streamed_product.hpp: one fixed-order sum per output whatever
+  // the rows around it), the patches closing in one step attend over their bytes one call each, and every
+  // other op of a step is row by row: batching rows changes no bit of their logits — in fp32 and with bf16
+  // weights.
+  for (const bool b16 : {false, true}) {
+    auto m = load_model(fixture_config());
+    if (b16) {
+      set_compute_precision(*m, Precision::bf16);
+      freeze_bf16_weights(*m);
+    }
+    blt::BltIncremental<float> inc(*m);
+    const std::vector<std::vector<int64_t>> texts = {with_continuation(fixture_model(), prompt(1, 12), 40),
+                                                     with_continuation(fixture_model(), prompt(3, 30), 40),
+                                                     with_continuation(fixture_model(), prompt(4, 20), 40)};
+    const size_t n0[] = {12, 30, 20};
+    std::vector<blt::BltRowCache<float>> batch(3), alone(3);
+    for (int b = 0; b < 3; ++b) {
+      inc.prefill(batch[b], std::span<const int64_t>(texts[b].data(), n0[b]));
+      inc.prefill(alone[b], std::span<const int64_t>(texts[b].data(), n0[b]));
+    }
+    blt::BltRowCache<float>* rows[] = {&batch[0], &batch[1], &batch[2]};
+    for (int t = 0; t < 40; ++t) {
+      const int64_t ids[] = {texts[0][n0[0] + t], texts[1][n0[1] + t], texts[2][n0[2] + t]};
+      inc.step(rows, 3, ids);
+      for (int b = 0; b < 3; ++b) {
+        blt::BltRowCache<float>* one = &alone[b];
+        inc.step(&one, 1, &ids[b]);
+        ASSERT_EQ(batch[b].logits, alone[b].logits)
+            << (b16 ? "bf16" : "fp32") << " row " << b << ", step " << t;
+      }
+    }
+    for (int b = 0; b < 3; ++b) EXPECT_EQ(inc.patch_lengths(batch[b]), inc.patch_lengths(alone[b]));
+  }
+}
+
 TEST(BltCache, Bf16WeightsOnTheCpu) {
   // bf16 weights on the CPU (layers/precision.hpp; `blt generate --precision bf16`): the cached steps equal
   // the bf16 model's own full forwards (the same rounded weights; decoding streams them through the small

@@ -423,6 +423,28 @@ class BltIncremental {
           {enc_cross.k_norm.params.weight.value.data(), enc_cross.k_norm.eps}, q0.data(), 2, reprs_,
           enc_cross_s_.attn_s);
     }
+    if (!fused && is_cpu_v<B> && n == 1 && C > 1) {
+      // A decoding step of several rows: each closed patch attends over its own bytes in a call of its own,
+      // exactly as in the step of its row alone (one batched call would tile the concatenated keys of all the
+      // rows, so a row's sums would depend on the others). With the streamed products, a row stepped in a
+      // batch then gets the bits of the row stepped alone.
+      reprs_.resize_uninit({C * k_, d_});
+      for (int64_t c = 0, key0 = 0; c < C; ++c) {
+        int64_t key1 = key0;
+        while (key1 < L && key_seg_[static_cast<size_t>(key1)] == c) ++key1;
+        SeqContext qc, kc;
+        qc.seq = k_;
+        qc.segment_ids = slot_seg + c * k_;
+        kc.seq = key1 - key0;
+        kc.segment_ids = key_seg + key0;
+        enc_cross.forward(qc, q0.slice(0, c * k_, (c + 1) * k_), kc, keys.slice(0, key0, key1), enc_one_,
+                          enc_cross_s_);
+        Allocator<B>::copy(reprs_.data() + c * k_ * d_, enc_one_.data(),
+                           static_cast<size_t>(k_ * d_) * sizeof(T));
+        key0 = key1;
+      }
+      fused = true;
+    }
     if (!fused) enc_cross.forward(qs, q0, ks, keys, reprs_, enc_cross_s_);
     reprs_.reshape({C, k_ * d_});
 
@@ -568,8 +590,8 @@ class BltIncremental {
   std::vector<Row*> quirk_ptrs_;
   RowBuffer<T, B> close_h_;
   Tensor<float, B> H_dev_;
-  Tensor<T, B> e_, h_, last_, normed_, logits_, quirk_h_, pooled_, q0_, reprs_, gproj_, g_, grun_, mem_, kn_,
-      kmem_, vmem_, qn_, cbuf_, lbuf_[2];
+  Tensor<T, B> e_, h_, last_, normed_, logits_, quirk_h_, pooled_, q0_, reprs_, enc_one_, gproj_, g_, grun_,
+      mem_, kn_, kmem_, vmem_, qn_, cbuf_, lbuf_[2];
   Tensor<int64_t, B> argmax_;
 };
 
