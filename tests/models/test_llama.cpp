@@ -24,6 +24,17 @@ models::LlamaConfig tiny() {
   c.ffn_hidden = 12;
   return c;
 }
+/// A small model with grouped-query attention for the CPU decoding tests.
+models::LlamaConfig decoding_config() {
+  models::LlamaConfig c;
+  c.vocab_size = 40;
+  c.dim = 64;
+  c.n_layers = 2;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  c.ffn_hidden = 96;
+  return c;
+}
 }  // namespace
 
 TEST(Llama, NamesFollowTheReferenceLayout) {
@@ -84,13 +95,7 @@ TEST(Llama, BadConfigAndInputsGiveClearErrors) {
 // weights equals its own full forward (the same rounded weights: streamed by the decoding products, widened
 // for the prompt's GEMMs), and stays within the weights' rounding of the fp32 model.
 TEST(Llama, Bf16WeightsOnTheCpuDecodeLikeTheirFullForward) {
-  models::LlamaConfig c;
-  c.vocab_size = 40;
-  c.dim = 64;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.ffn_hidden = 96;
+  models::LlamaConfig c = decoding_config();
   models::Llama<float> m(c);
   Rng rng(5);
   for_each_param(m, [&](const std::string&, auto& p) { tessera::testing::fill_normal(p.value, rng, 0.2); });
@@ -127,13 +132,7 @@ TEST(Llama, Bf16WeightsOnTheCpuDecodeLikeTheirFullForward) {
 // whatever the rows around it) and every other op of a decoding step is row by row, so sequences decoded
 // together get the logits, bit for bit, of each sequence decoded alone — in fp32 and with bf16 weights.
 TEST(Llama, SequencesDecodedTogetherGetTheBitsOfEachDecodedAlone) {
-  models::LlamaConfig c;
-  c.vocab_size = 40;
-  c.dim = 64;
-  c.n_layers = 2;
-  c.n_heads = 4;
-  c.n_kv_heads = 2;
-  c.ffn_hidden = 96;
+  models::LlamaConfig c = decoding_config();
   c.window = 12;  // the caches drop rows too
   for (const bool b16 : {false, true}) {
     models::Llama<float> m(c);
