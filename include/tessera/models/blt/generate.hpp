@@ -1,9 +1,10 @@
 // BLT text generation (specs/blt.md §9) with caches, and the reference no-cache path it must reproduce.
 //
-//   blt::GenerateOptions o;                      // max_new_tokens, temperature (0 = greedy), top_k, top_p,
-//   seed, o.max_new_tokens = 200;                      // stop_at_eos auto r = blt::generate_cached(lm,
-//   {blt::encode("A BLT has"), blt::encode("my name is")}, o); r.tokens[0]            // generated ids of
-//   prompt 0 (EOS included when it ended there) r.generate_bytes_per_s()
+//   blt::GenerateOptions o;  // max_new_tokens, temperature (0 = greedy), top_k, top_p, seed, stop_at_eos
+//   o.max_new_tokens = 200;
+//   auto r = blt::generate_cached(lm, {blt::encode("A BLT has"), blt::encode("my name is")}, o);
+//   r.tokens[0];               // the generated ids of prompt 0 (EOS last when it stopped there)
+//   r.generate_bytes_per_s();  // new bytes of all rows per second
 //
 //   blt::BltGenerator<float> g(lm, o);           // step by step: prefill, then step() until done()
 //   g.prefill(prompts);  while (!g.done()) { std::vector<int64_t> next = g.step(); ... }
