@@ -119,7 +119,7 @@ TEST(StreamedProduct, ARowGivesTheSameBitsAloneInABatchAndOnAnyThreadCount) {
 
 TEST(StreamedProduct, Bf16WidenedPanelRoute) {
   Rng rng(8);
-  check_product({ops::kBf16WeightDirectRows + 1, 33, 9, true}, rng);
+  check_product({ops::kStreamedRows + 1, 33, 9, true}, rng);
   check_product({64, 256, 300, false}, rng);
   // A weight larger than one panel: K 400000 leaves room for 2 of the 3 rows, so two panels.
   ASSERT_LT(ops::kBf16WeightPanelFloats / 400000, 3);

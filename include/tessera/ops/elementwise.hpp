@@ -56,12 +56,16 @@ void append_kv(cpu, T* kdst, const T* k, int64_t k_stride, int64_t kw, T* vdst, 
   for (int64_t r = 0; r < rows; ++r) seg_dst[r] = seg ? seg[r] : 0;
 }
 
+/// Casts of at least this many elements split over OpenMP threads.
+inline constexpr int64_t kCastParallelMin = int64_t{1} << 16;
 /// dst = bf16(src) (round to nearest even) / dst = float(src) (exact), n elements: the operand casts of
-/// mixed-precision compute (layers/precision.hpp).
+/// mixed-precision compute and the weight panels of CPU bf16 inference (layers/precision.hpp).
 inline void cast(cpu, bf16* dst, const float* src, int64_t n) {
+#pragma omp parallel for schedule(static) if (n >= kCastParallelMin)
   for (int64_t i = 0; i < n; ++i) dst[i] = bf16(src[i]);
 }
 inline void cast(cpu, float* dst, const bf16* src, int64_t n) {
+#pragma omp parallel for schedule(static) if (n >= kCastParallelMin)
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
 }
 

@@ -52,7 +52,6 @@ struct Vec {
   static T zero() { return _mm512_setzero_ps(); }
   static T load(const float* p) { return _mm512_loadu_ps(p); }
   static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
-  static T add(T a, T b) { return _mm512_add_ps(a, b); }
   static float sum(T a) { return _mm512_reduce_add_ps(a); }
   /// The 2 kLanes weights at p as two vectors (see the file comment for bf16's even / odd order).
   static void load_weights(const float* p, T& lo, T& hi) { lo = load(p), hi = load(p + kLanes); }
@@ -72,7 +71,6 @@ struct Vec {
   static T zero() { return _mm256_setzero_ps(); }
   static T load(const float* p) { return _mm256_loadu_ps(p); }
   static T fma(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
-  static T add(T a, T b) { return _mm256_add_ps(a, b); }
   static float sum(T a) {
     __m128 q = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     q = _mm_add_ps(q, _mm_movehl_ps(q, q));
